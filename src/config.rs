@@ -1,0 +1,268 @@
+//! The TOML configuration: every setting with a documented default, unknown keys rejected.
+//!
+//! `ivrd run` without `--config` uses [`Config::default()`], which serves the bundled demo on
+//! this machine (SIP on 127.0.0.1:5060 UDP and TCP, prompts from `./prompts`). Paths in a
+//! config file are taken relative to the file's directory, so a config can travel with its
+//! prompts and dialplans.
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message names the line and key).
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of its allowed range.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub demo: DemoConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// UDP listen addresses, IPv4 or IPv6 (`"[::1]:5060"`).
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// Host (IP or name) we put in Contact and Via when the listen address is a wildcard.
+    pub public_host: Option<String>,
+    /// RFC 3261 T1 in milliseconds (default 500). Everything else scales from T1/T2/T4.
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+    /// User-Agent / Server header value.
+    pub user_agent: String,
+    /// Ring (180) this long before answering; 0 answers at once. Lets callers CANCEL.
+    pub ring_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Address our RTP sockets bind to and that we announce in SDP.
+    pub rtp_ip: IpAddr,
+    /// Address announced in SDP when it differs from `rtp_ip` (e.g. behind 1:1 NAT).
+    pub announce_ip: Option<IpAddr>,
+    /// RTP port range (even ports are used for RTP; RTCP would be port+1, which we do not open).
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Send RTP to where the caller's RTP comes from (NAT latching) instead of the SDP address.
+    pub symmetric_rtp: bool,
+    /// Hang up when no RTP arrived for this long (0 disables). Paused while the caller holds.
+    pub rtp_timeout_secs: u64,
+    /// Hang up any call after this long (0 disables).
+    pub max_call_secs: u64,
+    /// Directory with `<language>/<name>.wav` prompts.
+    pub prompts_dir: PathBuf,
+    /// Language used when nothing else chose one.
+    pub default_language: String,
+    /// Codecs we accept, in our preference order when we make the offer: "PCMU", "PCMA".
+    pub codecs: Vec<String>,
+    /// Detect DTMF tones in the received audio as well as RFC 4733 and SIP INFO.
+    pub inband_dtmf: bool,
+    /// Pacing threads for RTP; each paces a share of the calls from one 20 ms clock.
+    pub pacing_threads: usize,
+}
+
+/// The built-in demo flow (until dialplans exist): welcome, collect digits, read them back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    pub max_digits: usize,
+    pub terminator: char,
+    pub first_digit_timeout_ms: u64,
+    pub inter_digit_timeout_ms: u64,
+    /// Collect-and-read-back rounds before saying goodbye and hanging up.
+    pub rounds: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as "info" or "ivrd=debug"; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let addr: SocketAddr = "127.0.0.1:5060".parse().expect("static address");
+        SipConfig {
+            udp: vec![addr],
+            tcp: vec![addr],
+            public_host: None,
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            user_agent: concat!("ivrd/", env!("CARGO_PKG_VERSION")).to_string(),
+            ring_ms: 0,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            rtp_ip: IpAddr::from([127, 0, 0, 1]),
+            announce_ip: None,
+            rtp_port_min: 20000,
+            rtp_port_max: 29999,
+            symmetric_rtp: true,
+            rtp_timeout_secs: 30,
+            max_call_secs: 3600,
+            prompts_dir: PathBuf::from("prompts"),
+            default_language: "en".into(),
+            codecs: vec!["PCMU".into(), "PCMA".into()],
+            inband_dtmf: true,
+            pacing_threads: 1,
+        }
+    }
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            max_digits: 10,
+            terminator: '#',
+            first_digit_timeout_ms: 10_000,
+            inter_digit_timeout_ms: 5_000,
+            rounds: 3,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: SipConfig::default(),
+            media: MediaConfig::default(),
+            demo: DemoConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative paths are resolved against its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.media.prompts_dir.is_relative() {
+            cfg.media.prompts_dir = base.join(&cfg.media.prompts_dir);
+        }
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Range and consistency checks that TOML types alone cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
+            return Err("[sip] needs at least one udp or tcp listen address".into());
+        }
+        if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
+            return Err("[sip] t1_ms must be > 0 and t2_ms >= t1_ms".into());
+        }
+        let m = &self.media;
+        if m.rtp_port_min == 0 || m.rtp_port_max < m.rtp_port_min.saturating_add(1) {
+            return Err(format!(
+                "[media] rtp_port_min..rtp_port_max ({}..{}) must hold at least two ports",
+                m.rtp_port_min, m.rtp_port_max
+            ));
+        }
+        if m.codecs.is_empty() {
+            return Err("[media] codecs must name at least one of PCMU, PCMA".into());
+        }
+        for c in &m.codecs {
+            if !matches!(c.to_ascii_uppercase().as_str(), "PCMU" | "PCMA") {
+                return Err(format!("[media] codecs: unknown codec {c:?} (use PCMU or PCMA)"));
+            }
+        }
+        if m.pacing_threads == 0 || m.pacing_threads > 64 {
+            return Err("[media] pacing_threads must be 1..=64".into());
+        }
+        if self.demo.max_digits == 0 {
+            return Err("[demo] max_digits must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn timers(&self) -> (Duration, Duration, Duration) {
+        (
+            Duration::from_millis(self.sip.t1_ms),
+            Duration::from_millis(self.sip.t2_ms),
+            Duration::from_millis(self.sip.t4_ms),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ivrd.toml");
+        std::fs::write(&path, "[sip]\nudpp = [\"127.0.0.1:5060\"]\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("udpp"), "{err}");
+    }
+
+    #[test]
+    fn relative_prompt_dir_follows_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ivrd.toml");
+        std::fs::write(&path, "[media]\nprompts_dir = \"p\"\nrtp_port_min = 30000\nrtp_port_max = 30010\n").unwrap();
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg.media.prompts_dir, dir.path().join("p"));
+        assert_eq!(cfg.media.rtp_port_max, 30010);
+    }
+
+    #[test]
+    fn bad_ranges_are_explained() {
+        let mut cfg = Config::default();
+        cfg.media.rtp_port_max = cfg.media.rtp_port_min;
+        assert!(cfg.validate().unwrap_err().contains("rtp_port_min"));
+    }
+}

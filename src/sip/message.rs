@@ -1,0 +1,683 @@
+//! SIP messages: parsing what real peers send, and building what we answer.
+//!
+//! Lines and header values are split and decoded by `ezk-sip-types` (compact names, folded lines,
+//! LF-only line ends, `Via :` spacing, IPv6 hosts and comma-joined values all pass; rsip did not,
+//! see the README's design section). This module adds what that crate leaves to its user:
+//! framing by Content-Length, the RFC 3261 8.2/16.3 checks that turn a parsed message into one we
+//! can act on (a message that fails them gets 400 or is dropped), and the few facts every layer
+//! above needs (Call-ID, CSeq, tags, top Via) decoded once at parse time.
+//!
+//! The request line is split by hand rather than with the crate's `RequestLine` parser so that a
+//! Request-URI that is not a `sip:` URI (`tel:` is common from gateways) still gives us a message
+//! we can answer, instead of an unparseable blob.
+
+use bytes::{Bytes, BytesMut};
+use bytesstr::BytesStr;
+use ezk_sip_types::header::typed::{CSeq, CallID, FromTo, Via};
+use ezk_sip_types::msg::{Line, PullParser};
+use ezk_sip_types::print::{AppendCtx, PrintCtx};
+use ezk_sip_types::uri::SipUri;
+use ezk_sip_types::{Headers, Method, Name};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+/// Why a datagram or stream segment is not a SIP message we can act on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// The message head is not complete (no empty line yet): on TCP, wait for more bytes.
+    #[error("incomplete message head")]
+    Incomplete,
+    /// The body is shorter than Content-Length says: on TCP wait; on UDP the message is bad.
+    #[error("body shorter than Content-Length ({have} of {want} bytes)")]
+    ShortBody { have: usize, want: usize },
+    /// The first line is neither a request line nor a status line.
+    #[error("bad start line: {0}")]
+    StartLine(String),
+    /// A header line or value could not be decoded.
+    #[error("bad header {0}")]
+    Header(String),
+    /// A header every request and response must carry is missing (RFC 3261 8.1.1).
+    #[error("missing {0} header")]
+    Missing(&'static str),
+    /// The message is not valid UTF-8 in its head.
+    #[error("message head is not UTF-8")]
+    NotUtf8,
+}
+
+/// The first line of a message.
+#[derive(Debug, Clone)]
+pub enum StartLine {
+    Request {
+        method: Method,
+        /// The Request-URI exactly as received.
+        uri: BytesStr,
+    },
+    Response {
+        code: u16,
+        reason: BytesStr,
+    },
+}
+
+/// A parsed SIP message with the facts every layer needs decoded once.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub start: StartLine,
+    pub headers: Headers,
+    pub body: Bytes,
+    pub call_id: BytesStr,
+    pub cseq: u32,
+    pub cseq_method: Method,
+    pub from: FromTo,
+    pub to: FromTo,
+    /// All Via values in order (comma-joined values already split).
+    pub vias: Vec<Via>,
+}
+
+/// How many bytes of `buf` the next message takes, for stream transports (RFC 3261 18.3):
+/// the head up to the empty line plus Content-Length bytes. `Ok(None)` means "need more".
+/// A missing Content-Length on a stream counts as 0, as the RFC requires it there.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
+    // Keep-alive CRLFs between messages (RFC 5626 4.4.1) are skipped by the caller.
+    let mut parser = PullParser::new(buf, 0);
+    let mut content_length = 0usize;
+    for line in parser.by_ref() {
+        let line = match line {
+            Ok(line) => line,
+            Err(_) => return Ok(None),
+        };
+        if let Some(value) = header_value_if(line, &["content-length", "l"]) {
+            content_length = value
+                .trim()
+                .parse()
+                .map_err(|_| ParseError::Header(format!("Content-Length: {value:?}")))?;
+        }
+    }
+    if !has_head_end(buf, parser.progress()) {
+        return Ok(None);
+    }
+    let head_end = parser.head_end();
+    let total = head_end + content_length;
+    Ok(if buf.len() >= total { Some(total) } else { None })
+}
+
+fn has_head_end(buf: &[u8], progress: usize) -> bool {
+    buf[progress..].starts_with(b"\r\n\r\n") || buf[progress..].starts_with(b"\n\n")
+}
+
+/// `Some(value)` when `line` is a header whose name is one of `names` (lower case).
+fn header_value_if<'a>(line: &'a [u8], names: &[&str]) -> Option<&'a str> {
+    let line = std::str::from_utf8(line).ok()?;
+    let (name, value) = line.split_once(':')?;
+    let name = name.trim();
+    names
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+        .then_some(value)
+}
+
+impl Message {
+    /// Parses one whole message. On datagrams the body is what follows the head, cut to
+    /// Content-Length when that is shorter (RFC 3261 18.3); a longer Content-Length is an error.
+    pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
+        let mut parser = PullParser::new(&buf, 0);
+        let mut lines = Vec::with_capacity(16);
+        for line in parser.by_ref() {
+            lines.push(line.map_err(|_| ParseError::Incomplete)?);
+        }
+        if !has_head_end(&buf, parser.progress()) {
+            return Err(ParseError::Incomplete);
+        }
+        let head_end = parser.head_end();
+        let Some((first, header_lines)) = lines.split_first() else {
+            return Err(ParseError::StartLine("empty".into()));
+        };
+        let first = std::str::from_utf8(first).map_err(|_| ParseError::NotUtf8)?;
+        let start = parse_start_line(&buf, first)?;
+
+        let mut headers = Headers::with_capacity(header_lines.len());
+        for raw in header_lines {
+            let text = std::str::from_utf8(raw).map_err(|_| ParseError::NotUtf8)?;
+            let (_, line) = Line::parse(&buf, text)
+                .map_err(|_| ParseError::Header(truncate(text).to_string()))?;
+            // Folded continuation lines keep their line break inside the value; RFC 3261 7.3.1
+            // says they are equivalent to a single space.
+            let value = if line.value.contains('\n') {
+                BytesStr::from(unfold(&line.value))
+            } else {
+                line.value
+            };
+            headers.insert(line.name, value);
+        }
+
+        let rest = buf.slice(head_end.min(buf.len())..);
+        let body = match headers.get_raw(&Name::CONTENT_LENGTH).next() {
+            Some(v) => {
+                let want: usize = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| ParseError::Header(format!("Content-Length: {v}")))?;
+                if rest.len() < want {
+                    return Err(ParseError::ShortBody {
+                        have: rest.len(),
+                        want,
+                    });
+                }
+                rest.slice(..want)
+            }
+            None => rest,
+        };
+
+        let call_id: CallID = headers
+            .get_named()
+            .map_err(|_| ParseError::Missing("Call-ID"))?;
+        let cseq: CSeq = match headers.try_get_named::<CSeq>() {
+            None => return Err(ParseError::Missing("CSeq")),
+            Some(Err(_)) => return Err(ParseError::Header("CSeq".into())),
+            Some(Ok(c)) => c,
+        };
+        let from = decode_from_to(&headers, Name::FROM, "From")?;
+        let to = decode_from_to(&headers, Name::TO, "To")?;
+        let vias: Vec<Via> = match headers.try_get_named::<Vec<Via>>() {
+            None => return Err(ParseError::Missing("Via")),
+            Some(Err(_)) => return Err(ParseError::Header("Via".into())),
+            Some(Ok(v)) if v.is_empty() => return Err(ParseError::Missing("Via")),
+            Some(Ok(v)) => v,
+        };
+        if let StartLine::Request { method, .. } = &start {
+            // RFC 3261 8.2 / RFC 4475 3.1.2.x: the CSeq method must match the request's.
+            if *method != cseq.method {
+                return Err(ParseError::Header("CSeq method does not match request".into()));
+            }
+        }
+        Ok(Message {
+            start,
+            headers,
+            body,
+            call_id: call_id.0,
+            cseq: cseq.cseq,
+            cseq_method: cseq.method,
+            from,
+            to,
+            vias,
+        })
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// The request's method, or the CSeq method for a response.
+    pub fn method(&self) -> &Method {
+        match &self.start {
+            StartLine::Request { method, .. } => method,
+            StartLine::Response { .. } => &self.cseq_method,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    pub fn request_uri(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The top Via's branch, the transaction key for RFC 3261 peers.
+    pub fn branch(&self) -> Option<&str> {
+        self.vias[0].params.get_val("branch").map(|b| b.as_str())
+    }
+
+    pub fn from_tag(&self) -> Option<&str> {
+        self.from.tag.as_deref()
+    }
+
+    pub fn to_tag(&self) -> Option<&str> {
+        self.to.tag.as_deref()
+    }
+
+    /// The first value of a header (any spelling, compact or long).
+    pub fn header(&self, name: &Name) -> Option<&str> {
+        self.headers.get_raw(name).next().map(|v| v.as_str())
+    }
+
+    /// The Content-Type's media type without parameters, lower case.
+    pub fn content_type(&self) -> Option<String> {
+        self.header(&Name::CONTENT_TYPE)
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    }
+
+    /// True when the body is SDP (or no Content-Type but a body, which some peers send).
+    pub fn has_sdp(&self) -> bool {
+        !self.body.is_empty()
+            && self
+                .content_type()
+                .is_none_or(|ct| ct == "application/sdp")
+    }
+
+    /// Where responses to this request go (RFC 3261 18.2.2 with RFC 3581 rport): the source
+    /// address for anything that came over a stream or asked for rport, else the Via sent-by.
+    pub fn response_target(&self, source: SocketAddr, reliable: bool) -> SocketAddr {
+        let via = &self.vias[0];
+        if reliable || via.params.get("rport").is_some() {
+            return source;
+        }
+        if let Some(maddr) = via.params.get_val("maddr").and_then(|m| m.parse::<IpAddr>().ok()) {
+            return SocketAddr::new(maddr, via.sent_by.port.unwrap_or(5060));
+        }
+        // `received` is added because the sent-by host may be a name we would have to resolve,
+        // or a private address behind NAT: the source IP is what works (RFC 3261 18.2.2).
+        SocketAddr::new(source.ip(), via.sent_by.port.unwrap_or(5060))
+    }
+
+    /// The Contact URI (inside `<>` if present), for in-dialog requests we send.
+    pub fn contact_uri(&self) -> Option<String> {
+        let raw = self.header(&Name::CONTACT)?;
+        Some(extract_uri(raw).to_string())
+    }
+
+    /// Record-Route values in order, each as received (for the route set, RFC 3261 12.1.1).
+    pub fn record_routes(&self) -> Vec<String> {
+        self.headers
+            .get_raw(&Name::RECORD_ROUTE)
+            .flat_map(|v| split_header_list(v))
+            .collect()
+    }
+}
+
+fn decode_from_to(headers: &Headers, name: Name, label: &'static str) -> Result<FromTo, ParseError> {
+    match headers.try_get::<FromTo>(name) {
+        None => Err(ParseError::Missing(label)),
+        Some(Err(_)) => Err(ParseError::Header(label.into())),
+        Some(Ok(v)) => Ok(v),
+    }
+}
+
+fn parse_start_line(src: &Bytes, line: &str) -> Result<StartLine, ParseError> {
+    if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
+        let rest = rest.trim_start();
+        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        let code: u16 = code
+            .parse()
+            .ok()
+            .filter(|c| (100..700).contains(c))
+            .ok_or_else(|| ParseError::StartLine(truncate(line).into()))?;
+        return Ok(StartLine::Response {
+            code,
+            reason: BytesStr::from(reason.trim()),
+        });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version (RFC 3261 7.1): exactly single
+    // spaces, which RFC 4475 3.1.2.7 tests ("escaped headers" with embedded spaces are invalid).
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ParseError::StartLine(truncate(line).into()));
+    };
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return Err(ParseError::StartLine(format!("unsupported version {version}")));
+    }
+    if method.is_empty() || !method.bytes().all(is_token_byte) || uri.is_empty() || !uri.contains(':') {
+        return Err(ParseError::StartLine(truncate(line).into()));
+    }
+    Ok(StartLine::Request {
+        method: Method::from_parse(src, method),
+        uri: BytesStr::from(uri),
+    })
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+fn truncate(s: &str) -> &str {
+    let end = s.char_indices().nth(80).map_or(s.len(), |(i, _)| i);
+    &s[..end]
+}
+
+/// Replaces folded line breaks (CRLF or LF followed by whitespace) by one space.
+fn unfold(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\r' || c == '\n' {
+            while matches!(chars.peek(), Some('\r' | '\n' | ' ' | '\t')) {
+                chars.next();
+            }
+            out.push(' ');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The URI in a name-addr or addr-spec: inside `<...>` if there are brackets, else up to `;`.
+pub fn extract_uri(value: &str) -> &str {
+    if let (Some(a), Some(b)) = (value.find('<'), value.find('>')) {
+        if a < b {
+            return &value[a + 1..b];
+        }
+    }
+    value.split(';').next().unwrap_or(value).trim()
+}
+
+/// Splits a comma-joined header list, ignoring commas inside `<...>` and quotes.
+pub fn split_header_list(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0usize);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => depth += 1,
+            '>' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                out.push(value[start..i].trim().to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = value[start..].trim();
+    if !last.is_empty() {
+        out.push(last.to_string());
+    }
+    out
+}
+
+/// The user part of a SIP URI (the dialed number), if it has one.
+pub fn uri_user(uri: &str) -> Option<&str> {
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))
+        .or_else(|| uri.strip_prefix("tel:"));
+    let rest = rest?;
+    if uri.starts_with("tel:") {
+        return Some(rest.split(';').next().unwrap_or(rest));
+    }
+    let (user, _) = rest.split_once('@')?;
+    Some(user.split(';').next().unwrap_or(user))
+}
+
+/// Parses a SIP URI the crate understands (for hosts and ports), `None` for `tel:` and others.
+pub fn parse_sip_uri(uri: &str) -> Option<SipUri> {
+    uri.parse().ok()
+}
+
+/// Builds a response to `req`: status line, the Via stack (top one with `received`/`rport`
+/// filled in per RFC 3581), From, To (with our tag if given and the request had none),
+/// Call-ID, CSeq, then `extra` header lines, then the body with its Content-Length.
+pub struct ResponseBuilder<'a> {
+    req: &'a Message,
+    code: u16,
+    reason: &'a str,
+    to_tag: Option<&'a str>,
+    source: Option<SocketAddr>,
+    extra: String,
+    body: Option<(&'a str, Bytes)>,
+}
+
+impl<'a> ResponseBuilder<'a> {
+    pub fn new(req: &'a Message, code: u16, reason: &'a str) -> Self {
+        ResponseBuilder {
+            req,
+            code,
+            reason,
+            to_tag: None,
+            source: None,
+            extra: String::new(),
+            body: None,
+        }
+    }
+
+    /// Adds `received`/`rport` to the top Via for a request that came from `source`.
+    pub fn received_from(mut self, source: SocketAddr) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    pub fn to_tag(mut self, tag: &'a str) -> Self {
+        self.to_tag = Some(tag);
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: impl std::fmt::Display) -> Self {
+        let _ = write!(self.extra, "{name}: {value}\r\n");
+        self
+    }
+
+    pub fn body(mut self, content_type: &'a str, body: Bytes) -> Self {
+        self.body = Some((content_type, body));
+        self
+    }
+
+    pub fn build(self) -> Bytes {
+        let req = self.req;
+        let mut head = String::with_capacity(512);
+        let _ = write!(head, "SIP/2.0 {} {}\r\n", self.code, self.reason);
+        // The top Via is re-printed with received/rport; the others are copied byte for byte
+        // because a proxy's Via is its own business (RFC 3261 8.2.6.2: copy them in order).
+        let _ = write!(head, "Via: {}\r\n", top_via_with_received(&req.vias[0], self.source));
+        for via in req
+            .headers
+            .get_raw(&Name::VIA)
+            .flat_map(|v| split_header_list(v))
+            .skip(1)
+        {
+            let _ = write!(head, "Via: {via}\r\n");
+        }
+        for rr in req.headers.get_raw(&Name::RECORD_ROUTE) {
+            // Record-Route is copied into responses so the caller learns the route set.
+            if (101..300).contains(&self.code) {
+                let _ = write!(head, "Record-Route: {rr}\r\n");
+            }
+        }
+        // From and To are copied as received (RFC 3261 8.2.6.2), plus our tag on To.
+        let from = req.header(&Name::FROM).unwrap_or_default();
+        let to = req.header(&Name::TO).unwrap_or_default();
+        let _ = write!(head, "From: {from}\r\n");
+        match (req.to.tag.is_some(), self.to_tag) {
+            (false, Some(tag)) if self.code != 100 => {
+                let _ = write!(head, "To: {to};tag={tag}\r\n");
+            }
+            _ => {
+                let _ = write!(head, "To: {to}\r\n");
+            }
+        }
+        let _ = write!(head, "Call-ID: {}\r\n", req.call_id);
+        let _ = write!(head, "CSeq: {} {}\r\n", req.cseq, req.cseq_method);
+        head.push_str(&self.extra);
+        finish(head, self.body)
+    }
+}
+
+fn top_via_with_received(via: &Via, source: Option<SocketAddr>) -> String {
+    let Some(source) = source else {
+        return via.print_ctx(PrintCtx::default()).to_string();
+    };
+    let mut via = via.clone();
+    let ip = source.ip().to_string();
+    let sent_by_ip = via.sent_by.ip();
+    if via.params.get("rport").is_some() {
+        via.params.push_or_edit("rport", source.port().to_string());
+        via.params.push_or_edit("received", ip);
+    } else if sent_by_ip != Some(source.ip()) {
+        via.params.push_or_edit("received", ip);
+    }
+    via.print_ctx(PrintCtx::default()).to_string()
+}
+
+/// Appends Content-Length (and the body with its type) and the empty line.
+pub fn finish(mut head: String, body: Option<(&str, Bytes)>) -> Bytes {
+    match body {
+        Some((content_type, body)) => {
+            let _ = write!(
+                head,
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let mut out = BytesMut::with_capacity(head.len() + body.len());
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(&body);
+            out.freeze()
+        }
+        None => {
+            head.push_str("Content-Length: 0\r\n\r\n");
+            Bytes::from(head)
+        }
+    }
+}
+
+/// The standard reason phrase for the codes ivrd sends.
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Message, ParseError> {
+        Message::parse(Bytes::from(s.to_string()))
+    }
+
+    const INVITE: &str = "INVITE sip:ivr@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK-1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:+4930123@example.com>;tag=abc\r\n\
+To: <sip:ivr@127.0.0.1>\r\n\
+Call-ID: call-1@10.0.0.1\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@10.0.0.1:5070>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 4\r\n\r\nv=0\nEXTRA";
+
+    #[test]
+    fn parses_request_and_cuts_body_to_content_length() {
+        let m = parse(INVITE).unwrap();
+        assert_eq!(m.method(), &Method::INVITE);
+        assert_eq!(m.request_uri(), Some("sip:ivr@127.0.0.1"));
+        assert_eq!(&m.call_id[..], "call-1@10.0.0.1");
+        assert_eq!(m.cseq, 1);
+        assert_eq!(m.from_tag(), Some("abc"));
+        assert_eq!(m.to_tag(), None);
+        assert_eq!(m.branch(), Some("z9hG4bK-1"));
+        assert_eq!(&m.body[..], b"v=0\n");
+        assert_eq!(m.contact_uri().as_deref(), Some("sip:alice@10.0.0.1:5070"));
+        assert!(m.has_sdp());
+    }
+
+    #[test]
+    fn compact_lf_only_folded_and_joined_via() {
+        let msg = "OPTIONS sip:ivr@[2001:db8::1] SIP/2.0\n\
+v: SIP/2.0/UDP [2001:db8::2]:5060;branch=z9hG4bKa, SIP/2.0/UDP p.example.com;branch=z9hG4bKb\n\
+f: <sip:a@example.com>;tag=1\n\
+t: <sip:ivr@[2001:db8::1]>\n\
+i: x1\n\
+Subject: one\n two\n\
+CSeq: 2 OPTIONS\n\
+l: 0\n\n";
+        let m = parse(msg).unwrap();
+        assert_eq!(m.vias.len(), 2);
+        assert_eq!(m.branch(), Some("z9hG4bKa"));
+        assert_eq!(&m.call_id[..], "x1");
+        assert_eq!(m.header(&Name::SUBJECT), Some("one two"));
+    }
+
+    #[test]
+    fn unknown_method_and_tel_uri_parse() {
+        let msg = "FOO tel:+4930123 SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 FOO\r\n\r\n";
+        let m = parse(msg).unwrap();
+        assert_eq!(m.method().to_string(), "FOO");
+        assert_eq!(uri_user(m.request_uri().unwrap()), Some("+4930123"));
+    }
+
+    #[test]
+    fn rejects_what_must_be_rejected() {
+        let base = INVITE.replace("Content-Length: 4", "Content-Length: 400");
+        assert!(matches!(parse(&base), Err(ParseError::ShortBody { .. })));
+        let no_callid = INVITE.replace("Call-ID: call-1@10.0.0.1\r\n", "");
+        assert_eq!(parse(&no_callid).unwrap_err(), ParseError::Missing("Call-ID"));
+        let mismatch = INVITE.replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
+        assert!(matches!(parse(&mismatch), Err(ParseError::Header(_))));
+        let version = INVITE.replace("SIP/2.0\r\nVia", "SIP/7.0\r\nVia");
+        assert!(matches!(parse(&version), Err(ParseError::StartLine(_))));
+        assert!(parse("garbage\r\n\r\n").is_err());
+        assert_eq!(parse("INVITE sip:a@b SIP/2.0\r\nVia: x").unwrap_err(), ParseError::Incomplete);
+    }
+
+    #[test]
+    fn framing_on_streams() {
+        let two = format!("{INVITE}{INVITE}");
+        // The first message's body is 4 bytes, so the frame ends right after "v=0\n".
+        let first = frame_len(two.as_bytes()).unwrap().unwrap();
+        assert_eq!(&two.as_bytes()[first - 4..first], b"v=0\n");
+        assert_eq!(frame_len(&INVITE.as_bytes()[..30]).unwrap(), None);
+        let head_only = INVITE.split("\r\n\r\n").next().unwrap().to_string() + "\r\n\r\nv=";
+        assert_eq!(frame_len(head_only.as_bytes()).unwrap(), None);
+    }
+
+    #[test]
+    fn response_carries_received_rport_and_tag() {
+        let m = parse(INVITE).unwrap();
+        let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let resp = ResponseBuilder::new(&m, 200, "OK")
+            .received_from(src)
+            .to_tag("srv1")
+            .header("Contact", "<sip:ivr@127.0.0.1>")
+            .body("application/sdp", Bytes::from_static(b"v=0\r\n"))
+            .build();
+        let text = std::str::from_utf8(&resp).unwrap();
+        assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{text}");
+        assert!(text.contains("rport=40000"), "{text}");
+        assert!(text.contains("received=192.0.2.7"), "{text}");
+        assert!(text.contains(";tag=srv1"), "{text}");
+        assert!(text.ends_with("Content-Length: 5\r\n\r\nv=0\r\n"), "{text}");
+        let back = Message::parse(resp).unwrap();
+        assert_eq!(back.status(), Some(200));
+        assert_eq!(back.to_tag(), Some("srv1"));
+        assert_eq!(m.response_target(src, false), src);
+    }
+
+    #[test]
+    fn header_list_split_respects_brackets() {
+        assert_eq!(
+            split_header_list("<sip:a,b@h;lr>, <sip:c@h>"),
+            vec!["<sip:a,b@h;lr>".to_string(), "<sip:c@h>".to_string()]
+        );
+    }
+}

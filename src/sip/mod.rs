@@ -1,0 +1,2 @@
+//! SIP: messages, transports, transactions, dialogs and SDP.
+pub mod message;
