@@ -1,3 +1,29 @@
 //! ivrd: a SIP IVR daemon that verifies callers by a one-time PIN sent by SMS.
+//!
+//! # The map
+//! ```text
+//!  UDP/TCP --> sip::transport --> sip::core --(NewCall, SipEvent)--> call (one task a call)
+//!                                 (transactions,                      |  CallIo: play, collect,
+//!                                  dialog routing,                    |  hang up, facts
+//!                                  one timer heap)                    v
+//!  RTP <--> media::engine (pacing threads, one clock; recv task a stream) <--> demo / dialplan
+//!                 ^ prompts: media::prompt (WAV -> 8 kHz -> G.711, once, shared)
+//!                 ^ digits:  media::dtmf (RFC 4733, SIP INFO, in-band Goertzel; de-duplicated)
+//! ```
+//! - [`config`]: the TOML configuration, every default documented.
+//! - [`sip::message`]: parsing (over `ezk-sip-types`) and building messages.
+//! - [`sip::transport`]: UDP and TCP sockets; the only SIP code with IO.
+//! - [`sip::transaction`]: RFC 3261 17 transaction state machines, no IO, no clock.
+//! - [`sip::dialog`]: dialog state and in-dialog requests, no IO.
+//! - [`sip::sdp`]: RFC 3264 offer/answer.
+//! - [`sip::core`]: the task that drives transactions and routes messages to calls.
+//! - [`media::rtp`], [`media::g711`], [`media::prompt`], [`media::dtmf`], [`media::engine`].
+//! - [`call`]: one call; the [`call::CallIo`] API that call flows use.
+//! - [`demo`]: the built-in demo flow.
+//! - [`server`]: start-up, the accept loop and graceful shutdown.
+pub mod call;
 pub mod config;
+pub mod demo;
+pub mod media;
+pub mod server;
 pub mod sip;

@@ -373,14 +373,18 @@ impl ServerInvite {
     }
 
     /// The dialog matched the ACK for our 2xx (a new branch). In Accepted
-    /// it stops the 2xx retransmission and terminates. Ignored elsewhere.
-    ///
-    /// RFC 6026 would linger in Accepted until Timer L to absorb late
-    /// INVITE retransmissions; the owner asked for immediate termination,
-    /// so late INVITE copies are the dialog layer's to recognise.
+    /// it stops the 2xx retransmission and enters Confirmed, where it
+    /// lingers until Timer L (RFC 6026 7.1) so that a late copy of the
+    /// INVITE is absorbed here instead of looking like a new call. The
+    /// lingering deadline ends quietly (no [`Event::AckTimeout`]).
     pub fn handle_2xx_ack(&mut self, _now: Instant) {
         if self.state == State::Accepted {
-            self.terminate();
+            self.state = State::Confirmed;
+            self.retransmit = None;
+            if let Some(d) = &mut self.deadline {
+                // Timer I's semantics ("terminate, nothing to report") for L's remaining time.
+                d.timer = Timer::I;
+            }
         }
     }
 
@@ -988,11 +992,17 @@ mod tests {
         assert_eq!(s.state(), State::Accepted);
 
         s.handle_2xx_ack(base + ms(9000));
+        assert_eq!(s.state(), State::Confirmed);
+        assert!(events(&mut s).is_empty());
+        // No more 2xx retransmissions; a late INVITE copy is absorbed, not re-answered.
+        s.handle_timeout(base + ms(11_500));
+        s.handle_request_retransmit(base + ms(12_000));
+        assert_eq!(s.poll_transmit(), None);
+        // Lingers until Timer L (64*T1 after the 2xx), then ends without AckTimeout.
+        assert_eq!(s.poll_timeout(), Some(base + ms(32_000)));
+        s.handle_timeout(base + ms(32_000));
         assert_eq!(s.state(), State::Terminated);
         assert_eq!(events(&mut s), vec![Event::Terminated]);
-        assert_eq!(s.poll_timeout(), None);
-        s.handle_timeout(base + ms(11_500));
-        assert_eq!(s.poll_transmit(), None);
     }
 
     #[test]
@@ -1073,10 +1083,11 @@ mod tests {
         s.send_response(base, 200, b(OK));
         s.handle_2xx_ack(base + ms(100));
         s.handle_2xx_ack(base + ms(200));
-        s.handle_transport_error(base + ms(200));
-        s.send_response(base + ms(300), 486, b(BUSY));
-        s.handle_request_retransmit(base + ms(300));
+        // Lingering in Confirmed until Timer L, then every input is ignored.
         s.handle_timeout(base + Duration::from_secs(60));
+        s.handle_transport_error(base + Duration::from_secs(61));
+        s.send_response(base + Duration::from_secs(61), 486, b(BUSY));
+        s.handle_request_retransmit(base + Duration::from_secs(61));
         assert_eq!(transmits(&mut s), vec![b(OK)]);
         assert_eq!(events(&mut s), vec![Event::Terminated]);
         assert_eq!(s.state(), State::Terminated);

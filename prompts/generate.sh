@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Regenerates the bundled voice prompts (prompts/<language>/<name>.wav) with
+# espeak-ng and sox, so the repository never holds recordings nobody can
+# reproduce. Output is 16 kHz mono 16-bit PCM: deliberately not 8 kHz, so the
+# daemon's load-time resampler is exercised by the default prompt set.
+#
+# Usage: prompts/generate.sh            (needs: apt-get install espeak-ng sox)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+for tool in espeak-ng sox; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "generate.sh: $tool not found; install it with: apt-get install -y espeak-ng sox" >&2
+        exit 1
+    fi
+done
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# espeak-ng voice per language directory. en-us rather than plain "en"
+# (British) because the demo targets a US-style IVR.
+declare -A VOICE=([en]=en-us [de]=de)
+
+# Speech rate in words per minute: a little slower than espeak's default
+# 175, which is hard to follow over a narrowband phone line.
+RATE=155
+
+# speak VOICE TEXT OUT: synthesise TEXT into OUT as raw espeak output.
+speak() {
+    # -b 1: the text is UTF-8 (umlauts in the German prompts).
+    espeak-ng -b 1 -v "$1" -s "$RATE" -w "$3" "$2"
+}
+
+# finish IN OUT: convert to 16 kHz mono 16-bit, trim leading and trailing
+# silence (keeps files small and prompts snappy), normalise to -3 dBFS peak
+# (headroom for the G.711 companders), then pad 50 ms each side so that
+# concatenated prompts such as "you entered" + digits stay distinct and the
+# first syllable is not clipped when RTP starts.
+finish() {
+    # -R: repeatable dither, so reruns give byte-identical files.
+    sox -R -V1 "$1" -r 16000 -c 1 -b 16 "$2" \
+        silence 1 0.02 0.5% reverse silence 1 0.02 0.5% reverse \
+        norm -3 pad 0.05 0.05
+}
+
+# say LANG NAME TEXT
+say() {
+    local lang=$1 name=$2 text=$3
+    mkdir -p "$lang"
+    speak "${VOICE[$lang]}" "$text" "$tmp/raw.wav"
+    finish "$tmp/raw.wav" "$lang/$name.wav"
+}
+
+# Both languages: NAME "English text" "German text".
+both() {
+    say en "$1" "$2"
+    say de "$1" "$3"
+}
+
+both welcome \
+    "Welcome. This line verifies callers by a one-time PIN." \
+    "Willkommen. Diese Leitung prüft Anrufer mit einer Einmal-PIN."
+both demo-welcome \
+    "Welcome to the i v r d demo." \
+    "Willkommen bei der i v r d Demo."
+both enter-digits \
+    "Please enter some digits, then press the hash key." \
+    "Bitte geben Sie einige Ziffern ein und drücken Sie dann die Raute-Taste."
+both you-entered \
+    "You entered" \
+    "Sie haben eingegeben"
+both no-input \
+    "Sorry, I did not hear any input." \
+    "Entschuldigung, ich habe keine Eingabe gehört."
+both invalid \
+    "Sorry, that is not valid." \
+    "Entschuldigung, das ist ungültig."
+both goodbye \
+    "Goodbye." \
+    "Auf Wiederhören."
+both enter-customer-id \
+    "Please enter your six digit customer number." \
+    "Bitte geben Sie Ihre sechsstellige Kundennummer ein."
+both sending-pin \
+    "Thank you. We are sending a PIN to your mobile phone. Please wait." \
+    "Danke. Wir senden eine PIN an Ihr Mobiltelefon. Bitte warten Sie."
+both enter-pin \
+    "Please enter the PIN from the text message." \
+    "Bitte geben Sie die PIN aus der Textnachricht ein."
+both wrong-pin \
+    "That PIN is not correct." \
+    "Diese PIN ist nicht korrekt."
+both verified \
+    "Thank you, you are verified. Connecting you to an agent." \
+    "Danke, Sie sind verifiziert. Wir verbinden Sie mit einem Mitarbeiter."
+both fallback \
+    "Please hold, we are connecting you to an agent." \
+    "Bitte bleiben Sie am Apparat, wir verbinden Sie mit einem Mitarbeiter."
+both sms-failed \
+    "Sorry, we could not send the text message." \
+    "Entschuldigung, wir konnten die Textnachricht nicht senden."
+
+# Spoken key names, used to read back entered digits.
+en_keys=(zero one two three four five six seven eight nine)
+de_keys=(null eins zwei drei vier fünf sechs sieben acht neun)
+for d in 0 1 2 3 4 5 6 7 8 9; do
+    both "digit-$d" "${en_keys[$d]}" "${de_keys[$d]}"
+done
+both star "star" "Stern"
+both hash "hash" "Raute"
+
+# The language menu is played before a language is chosen, so it is one
+# bilingual file, identical in every language directory. Each half is
+# spoken by its own voice (a German voice reading English sounds wrong),
+# joined with a short pause.
+speak en-us "For English, press 1." "$tmp/menu-en.wav"
+speak de "Für Deutsch, drücken Sie 2." "$tmp/menu-de.wav"
+sox -R -V1 -n -r 22050 -c 1 -b 16 "$tmp/gap.wav" trim 0 0.4
+sox -R -V1 "$tmp/menu-en.wav" "$tmp/gap.wav" "$tmp/menu-de.wav" "$tmp/menu.wav"
+finish "$tmp/menu.wav" en/language-menu.wav
+cp en/language-menu.wav de/language-menu.wav
+
+echo "generated $(find en de -name '*.wav' | wc -l) prompts in $(pwd)"

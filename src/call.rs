@@ -1,0 +1,699 @@
+//! One call: the glue between its dialog, its media stream and the flow that drives it.
+//!
+//! A call is one tokio task. It answers the INVITE (SDP answer, optional ringing), then hands
+//! a [`Call`] to a call flow, which uses the [`CallIo`] API: play prompts (with or without
+//! barge-in), collect digits, hang up. While the flow waits, the call keeps serving its dialog:
+//! re-INVITEs (hold, session refresh), INFO digits, BYE and CANCEL, the RTP timeout and the
+//! maximum call duration all surface here, and every wait ends with the reason the call ended
+//! if it did. Digits that arrive between waits are kept (type-ahead), de-duplicated across
+//! methods (the same press by RFC 4733 and in-band counts once).
+
+use crate::media::dtmf::{Digit, DigitDedup, DtmfMethod, parse_info};
+use crate::media::engine::{MediaEngine, MediaEvent, StreamHandle, StreamParams};
+use crate::media::prompt::{Prompt, PromptLibrary};
+use crate::sip::core::{ACCEPT, ALLOW, CoreHandle, NewCall, SipEvent, TxId, new_branch};
+use crate::sip::dialog::{Dialog, fmt_host_port};
+use crate::sip::message::{Message, ResponseBuilder, extract_uri, reason_phrase, uri_user};
+use crate::sip::sdp::{Codec, Direction, LocalSession, Negotiated, SdpError};
+use crate::sip::transport::{Flow, Protocol};
+use bytes::Bytes;
+use ezk_sip_types::{Method, Name};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Why a call ended (also the outcome recorded for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEnd {
+    /// The flow finished and we hung up.
+    Completed,
+    /// The caller sent BYE.
+    CallerHangup,
+    /// The caller sent CANCEL before we answered.
+    Cancelled,
+    /// No RTP from the caller for the configured time.
+    RtpTimeout,
+    /// The maximum call duration was reached.
+    MaxDuration,
+    /// Our 2xx was never acknowledged (64*T1).
+    AckTimeout,
+    /// The daemon is shutting down and the drain deadline passed.
+    Shutdown,
+    /// The call could not be set up (SDP, media ports); the INVITE got an error response.
+    Rejected(u16),
+}
+
+impl CallEnd {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CallEnd::Completed => "completed",
+            CallEnd::CallerHangup => "caller-hangup",
+            CallEnd::Cancelled => "cancelled",
+            CallEnd::RtpTimeout => "rtp-timeout",
+            CallEnd::MaxDuration => "max-duration",
+            CallEnd::AckTimeout => "ack-timeout",
+            CallEnd::Shutdown => "shutdown",
+            CallEnd::Rejected(_) => "rejected",
+        }
+    }
+
+    /// Whether we still owe the caller a BYE when the call ends this way.
+    fn needs_bye(&self) -> bool {
+        matches!(
+            self,
+            CallEnd::Completed | CallEnd::RtpTimeout | CallEnd::MaxDuration | CallEnd::AckTimeout | CallEnd::Shutdown
+        )
+    }
+}
+
+/// Facts about a call a flow can use.
+#[derive(Debug, Clone)]
+pub struct CallFacts {
+    pub call_id: String,
+    /// The caller's number or user (From URI user part).
+    pub caller: String,
+    /// The caller's display name, if the From header had one.
+    pub caller_name: Option<String>,
+    /// The dialed number or user (Request-URI user part).
+    pub called: String,
+    pub request_uri: String,
+    pub from_uri: String,
+    pub remote: SocketAddr,
+    pub started: SystemTime,
+}
+
+impl CallFacts {
+    pub fn from_invite(invite: &Message, remote: SocketAddr) -> CallFacts {
+        let from_raw = invite.header(&Name::FROM).unwrap_or_default();
+        let from_uri = extract_uri(from_raw).to_string();
+        let name = from_raw
+            .split('<')
+            .next()
+            .filter(|_| from_raw.contains('<'))
+            .map(|n| n.trim().trim_matches('"').trim().to_string())
+            .filter(|n| !n.is_empty());
+        let request_uri = invite.request_uri().unwrap_or_default().to_string();
+        CallFacts {
+            call_id: invite.call_id.to_string(),
+            caller: uri_user(&from_uri).unwrap_or_default().to_string(),
+            caller_name: name,
+            called: uri_user(&request_uri).unwrap_or_default().to_string(),
+            request_uri,
+            from_uri,
+            remote,
+            started: SystemTime::now(),
+        }
+    }
+}
+
+/// How digits are collected.
+#[derive(Debug, Clone)]
+pub struct CollectSpec {
+    pub min: usize,
+    pub max: usize,
+    /// A key that ends input early and is not part of it (usually `#`).
+    pub terminator: Option<char>,
+    /// How long to wait for the first key after the prompt ends.
+    pub first_digit_timeout: Duration,
+    /// How long to wait for each further key.
+    pub inter_digit_timeout: Duration,
+}
+
+/// How a collection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollectEnd {
+    Terminator,
+    MaxDigits,
+    Timeout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    pub digits: String,
+    pub ended_by: CollectEnd,
+    /// The methods the collected digits arrived by, in first-seen order.
+    pub methods: Vec<DtmfMethod>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlayOutcome {
+    /// The caller pressed a key and the prompt stopped (barge-in).
+    pub interrupted: bool,
+}
+
+/// What a call flow can do with a call. The live [`Call`] implements it over SIP and RTP;
+/// the simulator implements it with scripted keys and a virtual clock.
+pub trait CallIo {
+    fn facts(&self) -> &CallFacts;
+    fn language(&self) -> &str;
+    fn set_language(&mut self, language: &str);
+    /// Plays prompts by name in the call's language; with `barge_in`, a key stops playback
+    /// (and is kept for the next collect).
+    fn play(&mut self, prompts: &[&str], barge_in: bool) -> impl Future<Output = Result<PlayOutcome, CallEnd>> + Send;
+    fn collect(&mut self, spec: &CollectSpec) -> impl Future<Output = Result<Collected, CallEnd>> + Send;
+}
+
+/// What a call needs from the daemon, shared by all calls.
+#[derive(Clone)]
+pub struct CallContext {
+    pub core: CoreHandle,
+    pub media: MediaEngine,
+    pub prompts: Arc<PromptLibrary>,
+    pub settings: Arc<CallSettings>,
+    /// Cancelled when the drain deadline passes: calls still running hang up.
+    pub hangup_all: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    pub user_agent: String,
+    pub ring: Duration,
+    pub max_call: Option<Duration>,
+    pub codecs: Vec<Codec>,
+    pub announce_ip: Option<IpAddr>,
+    pub public_host: Option<String>,
+    pub default_language: String,
+    /// Window in which the same digit by another method is a duplicate.
+    pub dtmf_dedup_window: Duration,
+}
+
+/// A live, answered call.
+pub struct Call {
+    facts: CallFacts,
+    ctx: CallContext,
+    dialog: Dialog,
+    flow: Flow,
+    session: LocalSession,
+    stream: StreamHandle,
+    params: StreamParams,
+    sip_events: mpsc::UnboundedReceiver<SipEvent>,
+    media_events: mpsc::UnboundedReceiver<MediaEvent>,
+    typeahead: VecDeque<(Digit, DtmfMethod)>,
+    dedup: DigitDedup,
+    methods_seen: Vec<DtmfMethod>,
+    next_token: u64,
+    max_deadline: Option<tokio::time::Instant>,
+    language: String,
+    /// We sent an offer in a 2xx (late offer / offerless re-INVITE): the ACK carries the answer.
+    awaiting_answer: bool,
+}
+
+enum Wake {
+    Digit,
+    PlayDone { token: u64, interrupted: bool },
+    Timeout,
+}
+
+impl Call {
+    /// Sets up media and answers the INVITE (after ringing, if configured). On failure the
+    /// INVITE has been answered with an error and the reason is returned.
+    pub async fn answer(new: NewCall, ctx: CallContext) -> Result<Call, CallEnd> {
+        let NewCall {
+            invite,
+            flow,
+            tx,
+            local_tag,
+            events: mut sip_events,
+        } = new;
+        let facts = CallFacts::from_invite(&invite, flow.remote);
+        let settings = ctx.settings.clone();
+        let reject = |code: u16| {
+            let resp = ResponseBuilder::new(&invite, code, reason_phrase(code))
+                .received_from(flow.remote)
+                .to_tag(&local_tag)
+                .header("Server", &settings.user_agent)
+                .header("Accept", "application/sdp")
+                .build();
+            ctx.core.respond(tx, code, resp);
+            CallEnd::Rejected(code)
+        };
+        if !invite.body.is_empty() && !invite.has_sdp() {
+            return Err(reject(415));
+        }
+        let (media_tx, media_events) = mpsc::unbounded_channel();
+        let initial = StreamParams {
+            codec: settings.codecs[0],
+            payload_type: settings.codecs[0].payload_type(),
+            dtmf_payload_type: None,
+            ptime_ms: 20,
+            remote: None,
+            send: false,
+            expect_rtp: true,
+        };
+        let stream = match ctx.media.open(initial, media_tx) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot open RTP stream");
+                return Err(reject(503));
+            }
+        };
+        let rtp_local = stream.local_addr();
+        let announce = SocketAddr::new(settings.announce_ip.unwrap_or(rtp_local.ip()), rtp_local.port());
+        let mut session = LocalSession::new(rand::random(), announce, settings.codecs.clone());
+        let (sdp, negotiated) = if invite.has_sdp() {
+            match session.answer(&invite.body) {
+                Ok((sdp, n)) => (sdp, Some(n)),
+                Err(e) => {
+                    info!(error = %e, "SDP offer refused");
+                    return Err(reject(sdp_error_code(&e)));
+                }
+            }
+        } else {
+            (session.offer(), None)
+        };
+        let params = match negotiated {
+            Some(n) => params_from(&n),
+            None => initial,
+        };
+        stream.update(params);
+
+        let contact = contact_uri(&flow, settings.public_host.as_deref());
+        let dialog = Dialog::new_uas(&invite, &local_tag, contact.clone(), flow.protocol);
+        let max_deadline = settings.max_call.map(|d| tokio::time::Instant::now() + d);
+        if !settings.ring.is_zero() {
+            let ringing = ResponseBuilder::new(&invite, 180, "Ringing")
+                .received_from(flow.remote)
+                .to_tag(&local_tag)
+                .header("Contact", format!("<{contact}>"))
+                .build();
+            ctx.core.respond(tx, 180, ringing);
+            let until = tokio::time::Instant::now() + settings.ring;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    ev = sip_events.recv() => match ev {
+                        Some(SipEvent::Cancelled) | None => return Err(CallEnd::Cancelled),
+                        Some(other) => debug!(?other, "event while ringing ignored"),
+                    },
+                    _ = ctx.hangup_all.cancelled() => return Err(reject(503)),
+                }
+            }
+        }
+        let ok = ResponseBuilder::new(&invite, 200, "OK")
+            .received_from(flow.remote)
+            .to_tag(&local_tag)
+            .header("Contact", format!("<{contact}>"))
+            .header("Allow", ALLOW)
+            .header("Accept", ACCEPT)
+            .header("Supported", "")
+            .header("Server", &settings.user_agent)
+            .body("application/sdp", Bytes::from(sdp))
+            .build();
+        ctx.core.respond(tx, 200, ok);
+        info!(
+            caller = %mask_number(&facts.caller),
+            called = %facts.called,
+            remote = %flow.remote,
+            transport = flow.protocol.via_name(),
+            codec = params.codec.name(),
+            "call started"
+        );
+        Ok(Call {
+            language: settings.default_language.clone(),
+            facts,
+            dialog,
+            flow,
+            session,
+            stream,
+            params,
+            sip_events,
+            media_events,
+            typeahead: VecDeque::new(),
+            dedup: DigitDedup::new(settings.dtmf_dedup_window),
+            methods_seen: Vec::new(),
+            next_token: 1,
+            max_deadline,
+            awaiting_answer: !invite.has_sdp(),
+            ctx,
+        })
+    }
+
+    /// Ends the call: BYE when we owe one, then releases the dialog and media.
+    pub async fn finish(mut self, end: &CallEnd) {
+        if end.needs_bye() {
+            self.stream.stop();
+            let branch = new_branch();
+            let via = self.flow.local;
+            let bye = self.dialog.request("BYE", via, &branch, &[("User-Agent", self.ctx.settings.user_agent.clone())], None);
+            let to = self.request_target();
+            match self.ctx.core.request(self.flow, to, branch, bye).await {
+                Ok(resp) => debug!(status = resp.status(), "BYE answered"),
+                Err(e) => info!(error = %e, "BYE got no answer"),
+            }
+        }
+        self.ctx.core.end_dialog(self.dialog.id.clone());
+    }
+
+    /// Where in-dialog requests go: the route set or Contact when it is an IP literal we can
+    /// reach, else back to where the INVITE came from (the usual case behind NAT and proxies).
+    fn request_target(&self) -> SocketAddr {
+        match self.flow.protocol {
+            // On TCP the caller's connection is the way back (RFC 5923-style reuse, which
+            // every softphone and PBX expects from a server that has no listener to dial).
+            Protocol::Tcp => self.flow.remote,
+            Protocol::Udp => self.dialog.next_hop().unwrap_or(self.flow.remote),
+        }
+    }
+
+    /// Waits for the next thing the flow cares about, serving the dialog meanwhile.
+    async fn wait(&mut self, deadline: Option<tokio::time::Instant>) -> Result<Wake, CallEnd> {
+        loop {
+            let deadline_fut = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let max_fut = async {
+                match self.max_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = self.sip_events.recv() => match ev {
+                    Some(ev) => self.on_sip(ev)?,
+                    None => return Err(CallEnd::CallerHangup),
+                },
+                ev = self.media_events.recv() => match ev {
+                    Some(MediaEvent::Digit { digit, method, at }) => {
+                        if self.on_digit(digit, method, at) {
+                            return Ok(Wake::Digit);
+                        }
+                    }
+                    Some(MediaEvent::PlayDone { token, interrupted }) => return Ok(Wake::PlayDone { token, interrupted }),
+                    Some(MediaEvent::RtpTimeout) => return Err(CallEnd::RtpTimeout),
+                    None => return Err(CallEnd::RtpTimeout),
+                },
+                _ = deadline_fut => return Ok(Wake::Timeout),
+                _ = max_fut => return Err(CallEnd::MaxDuration),
+                _ = self.ctx.hangup_all.cancelled() => return Err(CallEnd::Shutdown),
+            }
+        }
+    }
+
+    fn on_digit(&mut self, digit: Digit, method: DtmfMethod, at: Instant) -> bool {
+        if !self.dedup.accept(at, digit, method) {
+            debug!(digit = %digit.as_char(), method = method.as_str(), "duplicate digit dropped");
+            return false;
+        }
+        debug!(digit = %digit.as_char(), method = method.as_str(), "digit");
+        if !self.methods_seen.contains(&method) {
+            self.methods_seen.push(method);
+        }
+        self.typeahead.push_back((digit, method));
+        true
+    }
+
+    fn on_sip(&mut self, ev: SipEvent) -> Result<(), CallEnd> {
+        match ev {
+            SipEvent::Bye => Err(CallEnd::CallerHangup),
+            SipEvent::Cancelled => Err(CallEnd::Cancelled),
+            SipEvent::AckTimeout => Err(CallEnd::AckTimeout),
+            SipEvent::Ack { body } => {
+                if self.awaiting_answer {
+                    self.awaiting_answer = false;
+                    match self.session.accept_answer(&body) {
+                        Ok(n) => self.apply(&n),
+                        // RFC 3261 13.2.2.4: a bad answer in the ACK leaves us nothing to
+                        // negotiate with; hang up rather than play into the void.
+                        Err(e) => {
+                            warn!(error = %e, "unusable SDP answer in ACK");
+                            return Err(CallEnd::Completed);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            SipEvent::Request { tx, msg, flow } => {
+                self.on_request(tx, *msg, flow);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_request(&mut self, tx: TxId, msg: Message, flow: Flow) {
+        if self.dialog.accept_remote_cseq(&msg).is_err() {
+            return self.respond(tx, &msg, flow, 500, &[], None);
+        }
+        let method = msg.method().clone();
+        if method == Method::INVITE {
+            self.dialog.refresh_target(&msg);
+            let sdp = if msg.has_sdp() {
+                match self.session.answer(&msg.body) {
+                    Ok((sdp, n)) => {
+                        self.apply(&n);
+                        info!(direction = n.direction.as_str(), "re-INVITE answered");
+                        sdp
+                    }
+                    Err(e) => {
+                        info!(error = %e, "re-INVITE offer refused");
+                        // The old session stays as it was (RFC 3264 8).
+                        return self.respond(tx, &msg, flow, sdp_error_code(&e), &[], None);
+                    }
+                }
+            } else {
+                self.awaiting_answer = true;
+                self.session.offer()
+            };
+            let contact = format!("<{}>", self.dialog.local_contact);
+            return self.respond(tx, &msg, flow, 200, &[("Contact", contact), ("Allow", ALLOW.into())], Some(sdp));
+        }
+        if method == Method::INFO {
+            let ct = msg.content_type().unwrap_or_default();
+            return match parse_info(&ct, &msg.body) {
+                Ok(digit) => {
+                    self.on_digit(digit, DtmfMethod::SipInfo, Instant::now());
+                    self.respond(tx, &msg, flow, 200, &[], None)
+                }
+                // An empty INFO is a keep-alive some PBXes send; anything else we cannot read.
+                Err(_) if msg.body.is_empty() => self.respond(tx, &msg, flow, 200, &[], None),
+                Err(e) => {
+                    debug!(error = %e, content_type = %ct, "INFO not understood");
+                    self.respond(tx, &msg, flow, 415, &[("Accept", "application/dtmf-relay, application/dtmf".into())], None)
+                }
+            };
+        }
+        if method == Method::NOTIFY {
+            return self.respond(tx, &msg, flow, 200, &[], None);
+        }
+        if method == Method::REFER {
+            // We transfer callers; we do not let them transfer us.
+            return self.respond(tx, &msg, flow, 603, &[], None);
+        }
+        self.respond(tx, &msg, flow, 405, &[("Allow", ALLOW.into())], None)
+    }
+
+    fn respond(&self, tx: TxId, msg: &Message, flow: Flow, code: u16, extra: &[(&str, String)], sdp: Option<String>) {
+        let reason = match code {
+            603 => "Decline",
+            c => reason_phrase(c),
+        };
+        let mut b = ResponseBuilder::new(msg, code, reason)
+            .received_from(flow.remote)
+            .header("Server", &self.ctx.settings.user_agent);
+        for (n, v) in extra {
+            b = b.header(n, v);
+        }
+        if let Some(sdp) = sdp {
+            b = b.body("application/sdp", Bytes::from(sdp));
+        }
+        self.ctx.core.respond(tx, code, b.build());
+    }
+
+    fn apply(&mut self, n: &Negotiated) {
+        self.params = params_from(n);
+        self.stream.update(self.params);
+    }
+
+    fn resolve(&self, names: &[&str]) -> Vec<Arc<Prompt>> {
+        names
+            .iter()
+            .filter_map(|name| {
+                let p = self
+                    .ctx
+                    .prompts
+                    .get(&self.language, name)
+                    .or_else(|| self.ctx.prompts.get(&self.ctx.settings.default_language, name));
+                if p.is_none() {
+                    // `ivrd check` and start-up validation catch this; never go silent on it.
+                    warn!(prompt = name, language = %self.language, "prompt missing; skipped");
+                }
+                p.cloned()
+            })
+            .collect()
+    }
+}
+
+impl CallIo for Call {
+    fn facts(&self) -> &CallFacts {
+        &self.facts
+    }
+
+    fn language(&self) -> &str {
+        &self.language
+    }
+
+    fn set_language(&mut self, language: &str) {
+        self.language = language.to_string();
+    }
+
+    async fn play(&mut self, prompts: &[&str], barge_in: bool) -> Result<PlayOutcome, CallEnd> {
+        if barge_in && !self.typeahead.is_empty() {
+            // The caller is already typing: do not make them listen.
+            return Ok(PlayOutcome { interrupted: true });
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.stream.play(token, self.resolve(prompts));
+        loop {
+            match self.wait(None).await? {
+                Wake::PlayDone { token: t, interrupted } if t == token => return Ok(PlayOutcome { interrupted }),
+                Wake::Digit if barge_in => {
+                    self.stream.stop();
+                    return Ok(PlayOutcome { interrupted: true });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn collect(&mut self, spec: &CollectSpec) -> Result<Collected, CallEnd> {
+        let mut digits = String::new();
+        let mut methods: Vec<DtmfMethod> = Vec::new();
+        let mut deadline = tokio::time::Instant::now() + spec.first_digit_timeout;
+        loop {
+            while let Some((d, m)) = self.typeahead.pop_front() {
+                let c = d.as_char();
+                if !methods.contains(&m) {
+                    methods.push(m);
+                }
+                if Some(c) == spec.terminator {
+                    return Ok(Collected {
+                        digits,
+                        ended_by: CollectEnd::Terminator,
+                        methods,
+                    });
+                }
+                digits.push(c);
+                if digits.len() >= spec.max {
+                    return Ok(Collected {
+                        digits,
+                        ended_by: CollectEnd::MaxDigits,
+                        methods,
+                    });
+                }
+                deadline = tokio::time::Instant::now() + spec.inter_digit_timeout;
+            }
+            if let Wake::Timeout = self.wait(Some(deadline)).await? {
+                return Ok(Collected {
+                    digits,
+                    ended_by: CollectEnd::Timeout,
+                    methods,
+                });
+            }
+        }
+    }
+}
+
+fn params_from(n: &Negotiated) -> StreamParams {
+    StreamParams {
+        codec: n.codec,
+        payload_type: n.payload_type,
+        dtmf_payload_type: n.dtmf_payload_type,
+        ptime_ms: n.ptime_ms,
+        remote: n.remote,
+        send: matches!(n.direction, Direction::SendRecv | Direction::SendOnly) && n.remote.is_some(),
+        expect_rtp: matches!(n.direction, Direction::SendRecv | Direction::RecvOnly),
+    }
+}
+
+fn sdp_error_code(e: &SdpError) -> u16 {
+    if e.is_not_acceptable() { 488 } else { 400 }
+}
+
+fn contact_uri(flow: &Flow, public_host: Option<&str>) -> String {
+    let hostport = match public_host {
+        Some(h) => format!("{h}:{}", flow.local.port()),
+        None => fmt_host_port(flow.local),
+    };
+    match flow.protocol {
+        Protocol::Udp => format!("sip:ivrd@{hostport}"),
+        Protocol::Tcp => format!("sip:ivrd@{hostport};transport=tcp"),
+    }
+}
+
+/// Masks a phone number for logs: keeps a short prefix and the last two digits.
+pub fn mask_number(n: &str) -> String {
+    let chars: Vec<char> = n.chars().collect();
+    if chars.len() <= 4 {
+        return "*".repeat(chars.len());
+    }
+    let keep_start = if chars[0] == '+' { 3 } else { 2 };
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i < keep_start || i >= chars.len() - 2 { *c } else { '*' })
+        .collect()
+}
+
+/// Runs one call from INVITE to the end: answer, flow, BYE, log.
+pub async fn run<F, Fut>(new: NewCall, ctx: CallContext, flow: F)
+where
+    F: FnOnce(Call) -> Fut,
+    Fut: Future<Output = (Call, Result<(), CallEnd>)>,
+{
+    let started = Instant::now();
+    let call = match Call::answer(new, ctx).await {
+        Ok(call) => call,
+        Err(end) => {
+            info!(reason = end.as_str(), "call ended before answer");
+            return;
+        }
+    };
+    let (call, result) = flow(call).await;
+    let end = match result {
+        Ok(()) => CallEnd::Completed,
+        Err(e) => e,
+    };
+    let methods: Vec<&str> = call.methods_seen.iter().map(|m| m.as_str()).collect();
+    call.finish(&end).await;
+    info!(
+        reason = end.as_str(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        dtmf = %methods.join(","),
+        "call ended"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_numbers() {
+        assert_eq!(mask_number("+4915112345678"), "+49*********78");
+        assert_eq!(mask_number("0301234"), "03***34");
+        assert_eq!(mask_number("123"), "***");
+    }
+
+    #[test]
+    fn facts_from_invite() {
+        let inv = Message::parse(Bytes::from_static(
+            b"INVITE sip:+4930999@ivr.example;user=phone SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+From: \"Alice Example\" <sip:+4915112345678@pbx.example>;tag=a\r\nTo: <sip:+4930999@ivr.example>\r\n\
+Call-ID: c@h\r\nCSeq: 1 INVITE\r\n\r\n",
+        ))
+        .unwrap();
+        let f = CallFacts::from_invite(&inv, "192.0.2.1:5060".parse().unwrap());
+        assert_eq!(f.caller, "+4915112345678");
+        assert_eq!(f.caller_name.as_deref(), Some("Alice Example"));
+        assert_eq!(f.called, "+4930999");
+        assert_eq!(f.call_id, "c@h");
+    }
+}

@@ -1,0 +1,573 @@
+//! The media engine: RTP for every call, paced from a shared clock.
+//!
+//! Sending: a few pacing threads (default one) each own a share of the streams and wake on a
+//! fixed 10 ms grid. On each tick a thread writes one packet for every stream that is due
+//! (every 2 ticks for 20 ms ptime), from the stream's prompt queue or silence, into one stack
+//! buffer, and sends it with a plain `sendto` on the stream's socket. No task or timer per
+//! call, no allocation per packet, and every stream of a thread is phase-locked to one clock,
+//! so a thousand calls cost a thousand `sendto`s per tick and nothing else.
+//!
+//! Receiving: one small tokio task per stream waits on its socket (epoll does the waiting),
+//! latches the caller's address for symmetric RTP, turns RFC 4733 events and in-band tones
+//! into digits, and watches for RTP silence (the RTP timeout). Events go to the call task.
+//!
+//! The call talks to its stream through a [`StreamHandle`]: play, stop, update after SDP
+//! changes; dropping the handle closes the stream and frees its port.
+
+use super::dtmf::{Digit, DtmfMethod, InbandDetector, Rfc4733Receiver};
+use super::g711;
+use super::prompt::Prompt;
+use super::rtp::{self, HEADER_LEN, Received, RtpSender};
+use crate::sip::sdp::Codec;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// The pacing grid. 10 ms serves every ptime we negotiate (10, 20, 30, 40 ms).
+const TICK: Duration = Duration::from_millis(10);
+/// Largest payload we send: 40 ms of G.711.
+const MAX_PAYLOAD: usize = 320;
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("no free RTP port in {min}..={max}")]
+    NoPort { min: u16, max: u16 },
+    #[error("RTP socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a stream tells its call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// The prompts queued by `play(token, ..)` finished or were stopped.
+    PlayDone { token: u64, interrupted: bool },
+    Digit { digit: Digit, method: DtmfMethod, at: Instant },
+    /// No RTP for the configured time.
+    RtpTimeout,
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    pub rtp_ip: IpAddr,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub symmetric_rtp: bool,
+    pub rtp_timeout: Option<Duration>,
+    pub inband_dtmf: bool,
+    pub pacing_threads: usize,
+}
+
+/// What the negotiated SDP says about sending and receiving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamParams {
+    pub codec: Codec,
+    pub payload_type: u8,
+    pub dtmf_payload_type: Option<u8>,
+    pub ptime_ms: u32,
+    /// The address in the SDP; `None` until known (late offer) or on hold (0.0.0.0).
+    pub remote: Option<SocketAddr>,
+    /// False while we must not send (the caller's SDP says recvonly/inactive).
+    pub send: bool,
+    /// False while the caller sends nothing on purpose (hold): pauses the RTP timeout.
+    pub expect_rtp: bool,
+}
+
+/// Counters for metrics and the benchmark (relaxed atomics: read rarely, written hot).
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    pub packets_sent: AtomicU64,
+    pub packets_received: AtomicU64,
+    pub send_errors: AtomicU64,
+    /// Ticks that started more than half a tick late.
+    pub late_ticks: AtomicU64,
+    pub ticks: AtomicU64,
+    pub active_streams: AtomicUsize,
+}
+
+enum PacerCmd {
+    Add(Box<PacedStream>),
+    Play { id: u64, token: u64, prompts: Vec<Arc<Prompt>> },
+    Stop { id: u64 },
+    Update { id: u64, params: StreamParams },
+    Remove { id: u64 },
+}
+
+/// State shared between the receive task (writer) and the pacer (reader).
+#[derive(Debug, Default)]
+struct Shared {
+    /// Where the caller's RTP comes from (symmetric RTP / NAT latching).
+    latched: Mutex<Option<SocketAddr>>,
+    has_latched: AtomicBool,
+}
+
+struct PacedStream {
+    id: u64,
+    socket: StdUdpSocket,
+    params: StreamParams,
+    rtp: RtpSender,
+    shared: Arc<Shared>,
+    symmetric: bool,
+    /// Ticks between packets (ptime / 10 ms) and the tick of the next packet.
+    every: u64,
+    next_tick: u64,
+    queue: VecDeque<Arc<Prompt>>,
+    pos: usize,
+    token: Option<u64>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+}
+
+impl PacedStream {
+    fn destination(&self) -> Option<SocketAddr> {
+        if self.symmetric && self.shared.has_latched.load(Ordering::Acquire) {
+            if let Some(a) = *self.shared.latched.lock().expect("latch lock") {
+                return Some(a);
+            }
+        }
+        self.params.remote
+    }
+
+    /// Fills `payload` from the prompt queue (then silence) and advances playback.
+    fn fill(&mut self, payload: &mut [u8]) {
+        let silence = match self.params.codec {
+            Codec::Pcmu => g711::ULAW_SILENCE,
+            Codec::Pcma => g711::ALAW_SILENCE,
+        };
+        let mut filled = 0;
+        while filled < payload.len() {
+            let Some(prompt) = self.queue.front() else {
+                payload[filled..].fill(silence);
+                break;
+            };
+            let audio: &[u8] = match self.params.codec {
+                Codec::Pcmu => &prompt.pcmu,
+                Codec::Pcma => &prompt.pcma,
+            };
+            let take = (audio.len() - self.pos.min(audio.len())).min(payload.len() - filled);
+            payload[filled..filled + take].copy_from_slice(&audio[self.pos..self.pos + take]);
+            filled += take;
+            self.pos += take;
+            if self.pos >= audio.len() {
+                self.queue.pop_front();
+                self.pos = 0;
+            }
+        }
+        if self.queue.is_empty() {
+            if let Some(token) = self.token.take() {
+                let _ = self.events.send(MediaEvent::PlayDone {
+                    token,
+                    interrupted: false,
+                });
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.queue.clear();
+        self.pos = 0;
+        if let Some(token) = self.token.take() {
+            let _ = self.events.send(MediaEvent::PlayDone {
+                token,
+                interrupted: true,
+            });
+        }
+    }
+}
+
+struct Pacer {
+    commands: std_mpsc::Sender<PacerCmd>,
+    streams: AtomicUsize,
+}
+
+/// The engine; cheap to clone.
+#[derive(Clone)]
+pub struct MediaEngine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    settings: MediaSettings,
+    pacers: Vec<Pacer>,
+    ports: Mutex<PortPool>,
+    next_id: AtomicU64,
+    stats: Arc<MediaStats>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+impl MediaEngine {
+    /// Starts the pacing threads.
+    pub fn start(settings: MediaSettings) -> std::io::Result<MediaEngine> {
+        let stats = Arc::new(MediaStats::default());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut pacers = Vec::new();
+        for n in 0..settings.pacing_threads.max(1) {
+            let (tx, rx) = std_mpsc::channel();
+            let stats = stats.clone();
+            let stopping = stopping.clone();
+            std::thread::Builder::new()
+                .name(format!("ivrd-rtp-{n}"))
+                .spawn(move || pacer_loop(rx, stats, stopping))?;
+            pacers.push(Pacer {
+                commands: tx,
+                streams: AtomicUsize::new(0),
+            });
+        }
+        let ports = PortPool::new(settings.port_min, settings.port_max);
+        Ok(MediaEngine {
+            inner: Arc::new(EngineInner {
+                settings,
+                pacers,
+                ports: Mutex::new(ports),
+                next_id: AtomicU64::new(1),
+                stats,
+                stopping,
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<MediaStats> {
+        &self.inner.stats
+    }
+
+    /// Opens a stream on a free port. Sending starts once `update` gives it a destination;
+    /// until then the pacer only keeps its clock.
+    pub fn open(&self, params: StreamParams, events: mpsc::UnboundedSender<MediaEvent>) -> Result<StreamHandle, MediaError> {
+        let s = &self.inner.settings;
+        let (socket, port) = self.inner.ports.lock().expect("port lock").bind(s.rtp_ip)?;
+        let recv_socket = socket.try_clone()?;
+        recv_socket.set_nonblocking(true)?;
+        let recv_socket = tokio::net::UdpSocket::from_std(recv_socket)?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(Shared::default());
+        let recv_params = Arc::new(Mutex::new(params));
+        let recv = tokio::spawn(recv_loop(
+            recv_socket,
+            shared.clone(),
+            recv_params.clone(),
+            events.clone(),
+            self.inner.settings.clone(),
+            self.inner.stats.clone(),
+        ));
+        // Least-loaded pacer: keeps threads balanced as calls come and go.
+        let (pacer_idx, pacer) = self
+            .inner
+            .pacers
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, p)| p.streams.load(Ordering::Relaxed))
+            .expect("at least one pacer");
+        pacer.streams.fetch_add(1, Ordering::Relaxed);
+        let stream = PacedStream {
+            id,
+            socket,
+            params,
+            rtp: RtpSender::new_random(),
+            shared,
+            symmetric: s.symmetric_rtp,
+            every: u64::from(params.ptime_ms / 10).max(1),
+            next_tick: 0,
+            queue: VecDeque::new(),
+            pos: 0,
+            token: None,
+            events,
+        };
+        let _ = pacer.commands.send(PacerCmd::Add(Box::new(stream)));
+        self.inner.stats.active_streams.fetch_add(1, Ordering::Relaxed);
+        Ok(StreamHandle {
+            id,
+            pacer: pacer_idx,
+            local: SocketAddr::new(s.rtp_ip, port),
+            port,
+            recv_params,
+            recv,
+            engine: self.inner.clone(),
+        })
+    }
+}
+
+/// A call's grip on its stream. Dropping it closes the stream.
+pub struct StreamHandle {
+    id: u64,
+    pacer: usize,
+    local: SocketAddr,
+    port: u16,
+    recv_params: Arc<Mutex<StreamParams>>,
+    recv: tokio::task::JoinHandle<()>,
+    engine: Arc<EngineInner>,
+}
+
+impl StreamHandle {
+    /// Our RTP address (for the SDP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn send(&self, cmd: PacerCmd) {
+        let _ = self.engine.pacers[self.pacer].commands.send(cmd);
+    }
+
+    /// Queues prompts; `PlayDone { token }` follows when they end or are stopped.
+    /// A play replaces whatever was playing (which gets its own `PlayDone`, interrupted).
+    pub fn play(&self, token: u64, prompts: Vec<Arc<Prompt>>) {
+        self.send(PacerCmd::Play {
+            id: self.id,
+            token,
+            prompts,
+        });
+    }
+
+    pub fn stop(&self) {
+        self.send(PacerCmd::Stop { id: self.id });
+    }
+
+    /// New SDP facts (answer, re-INVITE, hold).
+    pub fn update(&self, params: StreamParams) {
+        *self.recv_params.lock().expect("params lock") = params;
+        self.send(PacerCmd::Update { id: self.id, params });
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        self.send(PacerCmd::Remove { id: self.id });
+        self.recv.abort();
+        self.engine.pacers[self.pacer].streams.fetch_sub(1, Ordering::Relaxed);
+        self.engine.stats.active_streams.fetch_sub(1, Ordering::Relaxed);
+        self.engine.ports.lock().expect("port lock").release(self.port);
+    }
+}
+
+/// RTP ports: even ports in the range, handed out round-robin so a port freed by one call is
+/// not reused at once (late packets of the old call would land in the new one).
+struct PortPool {
+    min: u16,
+    max: u16,
+    cursor: u16,
+    in_use: HashSet<u16>,
+}
+
+impl PortPool {
+    fn new(min: u16, max: u16) -> PortPool {
+        let min = min + (min % 2);
+        PortPool {
+            min,
+            max,
+            cursor: min,
+            in_use: HashSet::new(),
+        }
+    }
+
+    fn bind(&mut self, ip: IpAddr) -> Result<(StdUdpSocket, u16), MediaError> {
+        let slots = (u32::from(self.max - self.min) / 2 + 1) as usize;
+        for _ in 0..slots {
+            let port = self.cursor;
+            self.cursor = if u32::from(self.cursor) + 2 > u32::from(self.max) {
+                self.min
+            } else {
+                self.cursor + 2
+            };
+            if self.in_use.contains(&port) {
+                continue;
+            }
+            // Another process may hold the port: skip it and try the next.
+            if let Ok(sock) = StdUdpSocket::bind(SocketAddr::new(ip, port)) {
+                sock.set_nonblocking(true)?;
+                self.in_use.insert(port);
+                return Ok((sock, port));
+            }
+        }
+        Err(MediaError::NoPort {
+            min: self.min,
+            max: self.max,
+        })
+    }
+
+    fn release(&mut self, port: u16) {
+        self.in_use.remove(&port);
+    }
+}
+
+fn pacer_loop(commands: std_mpsc::Receiver<PacerCmd>, stats: Arc<MediaStats>, stopping: Arc<AtomicBool>) {
+    let mut streams: HashMap<u64, Box<PacedStream>> = HashMap::new();
+    let start = Instant::now();
+    let mut tick: u64 = 0;
+    let mut buf = [0u8; HEADER_LEN + MAX_PAYLOAD];
+    loop {
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let deadline = start + TICK * (tick as u32);
+        let now = Instant::now();
+        if deadline > now {
+            std::thread::sleep(deadline - now);
+        } else if now - deadline > TICK / 2 {
+            stats.late_ticks.fetch_add(1, Ordering::Relaxed);
+            // Far behind (suspended VM, overloaded host): skip to the present instead of
+            // bursting the backlog; the RTP timestamps still advance per packet sent.
+            if now - deadline > TICK * 5 {
+                tick = ((now - start).as_nanos() / TICK.as_nanos()) as u64;
+            }
+        }
+        stats.ticks.fetch_add(1, Ordering::Relaxed);
+        loop {
+            match commands.try_recv() {
+                Ok(cmd) => apply(&mut streams, cmd, tick),
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => {
+                    if streams.is_empty() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        for s in streams.values_mut() {
+            if s.next_tick > tick {
+                continue;
+            }
+            s.next_tick = tick + s.every;
+            let samples = (s.params.ptime_ms * 8) as usize;
+            let Some(dest) = s.destination() else { continue };
+            if !s.params.send {
+                continue;
+            }
+            let len = HEADER_LEN + samples.min(MAX_PAYLOAD);
+            s.rtp.write_header(&mut buf, s.params.payload_type, samples as u32);
+            s.fill(&mut buf[HEADER_LEN..len]);
+            match s.socket.send_to(&buf[..len], dest) {
+                Ok(_) => {
+                    stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        tick += 1;
+    }
+}
+
+fn apply(streams: &mut HashMap<u64, Box<PacedStream>>, cmd: PacerCmd, tick: u64) {
+    match cmd {
+        PacerCmd::Add(mut s) => {
+            s.next_tick = tick;
+            streams.insert(s.id, s);
+        }
+        PacerCmd::Play { id, token, prompts } => {
+            if let Some(s) = streams.get_mut(&id) {
+                s.stop();
+                s.queue = prompts.into();
+                s.pos = 0;
+                s.token = Some(token);
+                if s.queue.is_empty() {
+                    s.fill(&mut []);
+                }
+            }
+        }
+        PacerCmd::Stop { id } => {
+            if let Some(s) = streams.get_mut(&id) {
+                s.stop();
+            }
+        }
+        PacerCmd::Update { id, params } => {
+            if let Some(s) = streams.get_mut(&id) {
+                s.every = u64::from(params.ptime_ms / 10).max(1);
+                s.params = params;
+            }
+        }
+        PacerCmd::Remove { id } => {
+            streams.remove(&id);
+        }
+    }
+}
+
+async fn recv_loop(
+    socket: tokio::net::UdpSocket,
+    shared: Arc<Shared>,
+    params: Arc<Mutex<StreamParams>>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    settings: MediaSettings,
+    stats: Arc<MediaStats>,
+) {
+    let mut buf = [0u8; 2048];
+    let mut pcm = [0i16; 2048];
+    let mut rfc4733 = Rfc4733Receiver::new();
+    let mut inband = InbandDetector::new();
+    let mut last_rx = tokio::time::Instant::now();
+    loop {
+        let p = *params.lock().expect("params lock");
+        let deadline = match settings.rtp_timeout {
+            Some(t) if p.expect_rtp => last_rx + t,
+            // Far future: the RTP timeout is off or paused (hold).
+            _ => tokio::time::Instant::now() + Duration::from_secs(3600),
+        };
+        let (n, from) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    debug!(error = %e, "RTP receive error");
+                    continue;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                if p.expect_rtp && settings.rtp_timeout.is_some() && last_rx + settings.rtp_timeout.unwrap_or_default() <= tokio::time::Instant::now() {
+                    let _ = events.send(MediaEvent::RtpTimeout);
+                    return;
+                }
+                continue;
+            }
+        };
+        let Received::Rtp(pkt) = rtp::parse(&buf[..n]) else {
+            continue;
+        };
+        last_rx = tokio::time::Instant::now();
+        stats.packets_received.fetch_add(1, Ordering::Relaxed);
+        if settings.symmetric_rtp {
+            let mut latched = shared.latched.lock().expect("latch lock");
+            if *latched != Some(from) {
+                if latched.is_some() {
+                    debug!(%from, "RTP source moved; re-latching");
+                }
+                *latched = Some(from);
+                shared.has_latched.store(true, Ordering::Release);
+            }
+        }
+        let digit = if Some(pkt.payload_type) == p.dtmf_payload_type {
+            rfc4733.handle(pkt.timestamp, pkt.payload).map(|d| (d, DtmfMethod::Rfc4733))
+        } else if pkt.payload_type == p.payload_type && settings.inband_dtmf {
+            let samples = &mut pcm[..pkt.payload.len().min(2048)];
+            match p.codec {
+                Codec::Pcmu => g711::decode_ulaw_into(&pkt.payload[..samples.len()], samples),
+                Codec::Pcma => g711::decode_alaw_into(&pkt.payload[..samples.len()], samples),
+            }
+            inband.process(samples).map(|d| (d, DtmfMethod::Inband))
+        } else {
+            None
+        };
+        if let Some((digit, method)) = digit {
+            if events
+                .send(MediaEvent::Digit {
+                    digit,
+                    method,
+                    at: Instant::now(),
+                })
+                .is_err()
+            {
+                warn!("call gone; stopping RTP receiver");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Media: RTP streams paced from a shared clock, G.711, prompts, and DTMF from every source.
+pub mod dtmf;
+pub mod engine;
+pub mod g711;
+pub mod prompt;
+pub mod rtp;

@@ -1,0 +1,815 @@
+//! The SIP core: one task that owns every transaction and routes messages to calls.
+//!
+//! Transports hand it parsed messages; calls hand it responses and requests as bytes. It
+//! matches requests to server transactions (absorbing retransmissions, RFC 3261 17.2.3),
+//! responses to client transactions (17.1.3), ACK and in-dialog requests to dialogs
+//! (12.2.2), answers what needs no call (OPTIONS, CANCEL, BYE, 481, 501, 405, 420, 416) and
+//! drives every transaction's timers from a single deadline heap, so thousands of
+//! transactions cost one sleeping future, not thousands of timers.
+//!
+//! One task for all SIP is deliberate: signalling is a few messages a second per call, and
+//! owning the tables in one place needs no locks and gives a total order to what happens.
+
+use super::dialog::DialogId;
+use super::message::{Message, ResponseBuilder, reason_phrase};
+use super::transaction::{
+    ClientNonInvite, Event as TxEvent, ResponseDisposition, ServerInvite, ServerNonInvite, State, Timers,
+};
+use super::transport::{Flow, Incoming, Transports};
+use bytes::Bytes;
+use ezk_sip_types::{Method, Name};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Methods we accept, for Allow headers (RFC 3261 20.5).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, REFER";
+/// Bodies we understand, for Accept headers.
+pub const ACCEPT: &str = "application/sdp, application/dtmf-relay, application/dtmf, message/sipfrag";
+
+/// Identifies a server transaction for the call that must answer it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxId(u64);
+
+/// What the core tells a call about its dialog.
+#[derive(Debug)]
+pub enum SipEvent {
+    /// The ACK for our 2xx (its body carries the answer after a late offer).
+    Ack { body: Bytes },
+    /// The caller cancelled before we answered; the core already sent 200 and 487.
+    Cancelled,
+    /// The caller hung up; the core already answered 200.
+    Bye,
+    /// An in-dialog request the call must answer (re-INVITE, INFO, NOTIFY, ...).
+    Request { tx: TxId, msg: Box<Message>, flow: Flow },
+    /// Our 2xx was never ACKed (64*T1): the call should send BYE and end (RFC 3261 13.3.1.4).
+    AckTimeout,
+}
+
+/// A new INVITE for the server to turn into a call.
+pub struct NewCall {
+    pub invite: Message,
+    pub flow: Flow,
+    pub tx: TxId,
+    pub local_tag: String,
+    pub events: mpsc::UnboundedReceiver<SipEvent>,
+}
+
+/// Why a request we sent got no final response.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("no final response (Timer F)")]
+    Timeout,
+    #[error("transport error")]
+    Transport,
+    #[error("SIP core stopped")]
+    CoreGone,
+}
+
+enum Command {
+    Respond {
+        tx: TxId,
+        code: u16,
+        msg: Bytes,
+    },
+    Request {
+        flow: Flow,
+        to: SocketAddr,
+        branch: String,
+        msg: Bytes,
+        reply: oneshot::Sender<Result<Message, RequestError>>,
+    },
+    EndDialog(DialogId),
+    /// Stop taking new calls: INVITEs get 503 with Retry-After from now on.
+    Drain { retry_after_secs: u32 },
+}
+
+/// The calls' handle to the core; cheap to clone.
+#[derive(Clone)]
+pub struct CoreHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    pub transports: Transports,
+    pub stats: Arc<CoreStats>,
+}
+
+/// Counters for metrics (read without locking).
+#[derive(Default, Debug)]
+pub struct CoreStats {
+    pub retransmissions: AtomicU64,
+    pub requests_in: AtomicU64,
+    pub responses_in: AtomicU64,
+}
+
+impl CoreHandle {
+    /// Sends a response on a server transaction (the call built the bytes).
+    pub fn respond(&self, tx: TxId, code: u16, msg: Bytes) {
+        let _ = self.commands.send(Command::Respond { tx, code, msg });
+    }
+
+    /// Sends a request in a client transaction and waits for its final response.
+    pub async fn request(&self, flow: Flow, to: SocketAddr, branch: String, msg: Bytes) -> Result<Message, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Request {
+                flow,
+                to,
+                branch,
+                msg,
+                reply,
+            })
+            .map_err(|_| RequestError::CoreGone)?;
+        rx.await.map_err(|_| RequestError::CoreGone)?
+    }
+
+    /// Stops routing requests to a dialog (the call is over).
+    pub fn end_dialog(&self, id: DialogId) {
+        let _ = self.commands.send(Command::EndDialog(id));
+    }
+
+    /// From now on, new INVITEs get 503 + Retry-After and OPTIONS say the same.
+    pub fn drain(&self, retry_after_secs: u32) {
+        let _ = self.commands.send(Command::Drain { retry_after_secs });
+    }
+}
+
+/// A fresh branch with the RFC 3261 magic cookie.
+pub fn new_branch() -> String {
+    format!("z9hG4bK{}", random_token(16))
+}
+
+/// A random token for tags and branches (RFC 3261 19.3: at least 32 bits of randomness).
+pub fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+}
+
+/// Server transaction key (RFC 3261 17.2.3): branch, sent-by and method, where ACK matches
+/// the INVITE. Pre-RFC 3261 peers without the magic cookie are keyed by Call-ID, CSeq and
+/// From tag, which is what 17.2.3's fallback comes down to for our purposes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TxKey {
+    branch: String,
+    sent_by: String,
+    method: String,
+}
+
+impl TxKey {
+    fn of(msg: &Message) -> TxKey {
+        let method = match msg.method().to_string().as_str() {
+            "ACK" => "INVITE".to_string(),
+            m => m.to_string(),
+        };
+        Self::with_method(msg, method)
+    }
+
+    fn with_method(msg: &Message, method: String) -> TxKey {
+        let via = &msg.vias[0];
+        let branch = match msg.branch() {
+            Some(b) if b.starts_with("z9hG4bK") => b.to_string(),
+            _ => format!("2543:{}:{}:{}", msg.call_id, msg.cseq, msg.from_tag().unwrap_or("")),
+        };
+        TxKey {
+            branch,
+            sent_by: format!("{}:{}", via.sent_by.host, via.sent_by.port.unwrap_or(0)),
+            method,
+        }
+    }
+}
+
+enum ServerMachine {
+    Invite(ServerInvite),
+    NonInvite(ServerNonInvite),
+}
+
+struct ServerTx {
+    machine: ServerMachine,
+    key: TxKey,
+    flow: Flow,
+    target: SocketAddr,
+    /// For INVITE transactions: the request (to build a 487 on CANCEL) and our To tag.
+    invite: Option<(Message, String)>,
+    dialog: Option<DialogId>,
+    scheduled: Option<Instant>,
+}
+
+struct ClientTx {
+    machine: ClientNonInvite,
+    flow: Flow,
+    target: SocketAddr,
+    reply: Option<oneshot::Sender<Result<Message, RequestError>>>,
+    scheduled: Option<Instant>,
+}
+
+struct DialogEntry {
+    events: mpsc::UnboundedSender<SipEvent>,
+    /// The INVITE transaction that created the dialog, until its 2xx is ACKed.
+    invite_tx: Option<TxId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerRef {
+    Server(TxId),
+    Client(String),
+}
+
+/// Settings the core needs.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub timers: Timers,
+    pub user_agent: String,
+}
+
+struct Core {
+    cfg: CoreConfig,
+    transports: Transports,
+    stats: Arc<CoreStats>,
+    next_id: u64,
+    server: HashMap<TxId, ServerTx>,
+    server_index: HashMap<TxKey, TxId>,
+    client: HashMap<String, ClientTx>,
+    dialogs: HashMap<DialogId, DialogEntry>,
+    heap: BinaryHeap<Reverse<(Instant, TimerRef)>>,
+    new_calls: mpsc::Sender<NewCall>,
+    draining: Option<u32>,
+}
+
+/// Starts the core task. New INVITEs arrive on `new_calls`.
+pub fn spawn(
+    cfg: CoreConfig,
+    transports: Transports,
+    mut incoming: mpsc::Receiver<Incoming>,
+    new_calls: mpsc::Sender<NewCall>,
+    shutdown: CancellationToken,
+) -> CoreHandle {
+    let (tx, mut commands) = mpsc::unbounded_channel();
+    let stats = Arc::new(CoreStats::default());
+    let handle = CoreHandle {
+        commands: tx,
+        transports: transports.clone(),
+        stats: stats.clone(),
+    };
+    let mut core = Core {
+        cfg,
+        transports,
+        stats,
+        next_id: 1,
+        server: HashMap::new(),
+        server_index: HashMap::new(),
+        client: HashMap::new(),
+        dialogs: HashMap::new(),
+        heap: BinaryHeap::new(),
+        new_calls,
+        draining: None,
+    };
+    tokio::spawn(async move {
+        loop {
+            let next = core.heap.peek().map(|Reverse((at, _))| *at);
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(inc) = incoming.recv() => core.handle_incoming(inc),
+                Some(cmd) = commands.recv() => core.handle_command(cmd),
+                _ = sleep => core.fire_timers(Instant::now()),
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        debug!("SIP core stopped");
+    });
+    handle
+}
+
+impl Core {
+    fn handle_incoming(&mut self, Incoming { msg, flow }: Incoming) {
+        if msg.is_request() {
+            self.stats.requests_in.fetch_add(1, Ordering::Relaxed);
+            self.handle_request(msg, flow);
+        } else {
+            self.stats.responses_in.fetch_add(1, Ordering::Relaxed);
+            self.handle_response(msg);
+        }
+    }
+
+    fn handle_request(&mut self, msg: Message, flow: Flow) {
+        let now = Instant::now();
+        let method = msg.method().clone();
+        if method == Method::ACK {
+            return self.handle_ack(msg, now);
+        }
+        if method == Method::CANCEL {
+            return self.handle_cancel(msg, flow, now);
+        }
+        let key = TxKey::of(&msg);
+        if let Some(id) = self.server_index.get(&key).copied() {
+            // A retransmission: the transaction re-sends its last response, or absorbs it.
+            self.stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+            if let Some(tx) = self.server.get_mut(&id) {
+                match &mut tx.machine {
+                    ServerMachine::Invite(m) => m.handle_request_retransmit(now),
+                    ServerMachine::NonInvite(m) => m.handle_request_retransmit(now),
+                }
+            }
+            self.drive_server(id);
+            return;
+        }
+        if let Some(code) = precheck(&msg) {
+            let extra: &[(&str, &str)] = match code {
+                420 => &[("Unsupported", msg.header(&Name::REQUIRE).unwrap_or(""))],
+                _ => &[],
+            };
+            let extra: Vec<(&str, String)> = extra.iter().map(|(n, v)| (*n, v.to_string())).collect();
+            return self.respond_stateful(&msg, flow, code, &extra);
+        }
+        let in_dialog = msg.to_tag().is_some();
+        match method.to_string().as_str() {
+            "INVITE" if !in_dialog => self.handle_new_invite(msg, flow, now),
+            "OPTIONS" => self.handle_options(msg, flow),
+            "BYE" => match DialogId::of_request(&msg).and_then(|d| self.dialogs.remove(&d)) {
+                Some(entry) => {
+                    self.respond_stateful(&msg, flow, 200, &[]);
+                    let _ = entry.events.send(SipEvent::Bye);
+                }
+                None => self.respond_stateful(&msg, flow, 481, &[]),
+            },
+            m if is_known_method(m) => {
+                if !in_dialog {
+                    // Known but not out of a dialog here (REGISTER, MESSAGE, SUBSCRIBE, ...).
+                    return self.respond_stateful(&msg, flow, 405, &[("Allow", ALLOW.to_string())]);
+                }
+                let Some(dialog) = DialogId::of_request(&msg) else { return };
+                if !self.dialogs.contains_key(&dialog) {
+                    return self.respond_stateful(&msg, flow, 481, &[]);
+                }
+                let id = self.new_server_tx(&msg, flow, now, Some(dialog.clone()));
+                if let Some(entry) = self.dialogs.get(&dialog) {
+                    let _ = entry.events.send(SipEvent::Request {
+                        tx: id,
+                        msg: Box::new(msg),
+                        flow,
+                    });
+                }
+            }
+            _ => self.respond_stateful(&msg, flow, 501, &[("Allow", ALLOW.to_string())]),
+        }
+    }
+
+    fn handle_new_invite(&mut self, msg: Message, flow: Flow, now: Instant) {
+        if let Some(retry) = self.draining {
+            return self.respond_stateful(&msg, flow, 503, &[("Retry-After", retry.to_string())]);
+        }
+        let local_tag = random_token(10);
+        let dialog = DialogId {
+            call_id: msg.call_id.to_string(),
+            local_tag: local_tag.clone(),
+            remote_tag: msg.from_tag().unwrap_or_default().to_string(),
+        };
+        let id = self.new_server_tx(&msg, flow, now, Some(dialog.clone()));
+        if let Some(tx) = self.server.get_mut(&id) {
+            tx.invite = Some((msg.clone(), local_tag.clone()));
+        }
+        // 100 Trying at once: the call task may need a moment (SDP, media ports), and a
+        // caller that hears nothing retransmits (RFC 3261 17.2.1).
+        let trying = ResponseBuilder::new(&msg, 100, "Trying").received_from(flow.remote).build();
+        self.send_on(id, 100, trying);
+        let (events, rx) = mpsc::unbounded_channel();
+        self.dialogs.insert(
+            dialog.clone(),
+            DialogEntry {
+                events,
+                invite_tx: Some(id),
+            },
+        );
+        let new_call = NewCall {
+            invite: msg.clone(),
+            flow,
+            tx: id,
+            local_tag,
+            events: rx,
+        };
+        if let Err(e) = self.new_calls.try_send(new_call) {
+            // The server is saturated or stopping: refuse now rather than let it ring forever.
+            warn!(error = %e, "cannot take a new call");
+            self.dialogs.remove(&dialog);
+            let busy = ResponseBuilder::new(&msg, 503, "Service Unavailable")
+                .received_from(flow.remote)
+                .header("Retry-After", 5)
+                .build();
+            self.send_on(id, 503, busy);
+        }
+    }
+
+    fn handle_ack(&mut self, msg: Message, now: Instant) {
+        // The ACK for a 2xx belongs to the dialog (new branch); for a non-2xx, to the INVITE
+        // transaction (same branch). Try the transaction first: it is the exact match.
+        let key = TxKey::of(&msg);
+        if let Some(id) = self.server_index.get(&key).copied() {
+            if let Some(ServerTx {
+                machine: ServerMachine::Invite(m),
+                ..
+            }) = self.server.get_mut(&id)
+            {
+                if m.state() == State::Completed {
+                    m.handle_ack(now);
+                    self.drive_server(id);
+                    return;
+                }
+            }
+        }
+        let Some(dialog) = DialogId::of_request(&msg) else { return };
+        let Some(entry) = self.dialogs.get_mut(&dialog) else {
+            debug!(call_id = %msg.call_id, "ACK for unknown dialog dropped");
+            return;
+        };
+        let _ = entry.events.send(SipEvent::Ack { body: msg.body.clone() });
+        if let Some(id) = entry.invite_tx.take() {
+            if let Some(ServerTx {
+                machine: ServerMachine::Invite(m),
+                ..
+            }) = self.server.get_mut(&id)
+            {
+                m.handle_2xx_ack(now);
+            }
+            self.drive_server(id);
+        }
+    }
+
+    fn handle_cancel(&mut self, msg: Message, flow: Flow, now: Instant) {
+        let cancel_key = TxKey::of(&msg);
+        if let Some(id) = self.server_index.get(&cancel_key).copied() {
+            // A retransmitted CANCEL.
+            if let Some(ServerTx {
+                machine: ServerMachine::NonInvite(m),
+                ..
+            }) = self.server.get_mut(&id)
+            {
+                m.handle_request_retransmit(now);
+            }
+            return self.drive_server(id);
+        }
+        // RFC 3261 9.2: the CANCEL matches the INVITE transaction it cancels by branch.
+        let invite_key = TxKey::with_method(&msg, "INVITE".into());
+        let Some(invite_id) = self.server_index.get(&invite_key).copied() else {
+            return self.respond_stateful(&msg, flow, 481, &[]);
+        };
+        self.respond_stateful(&msg, flow, 200, &[]);
+        let Some(tx) = self.server.get_mut(&invite_id) else { return };
+        let ServerMachine::Invite(m) = &mut tx.machine else { return };
+        if m.state() != State::Proceeding {
+            // Already answered: the CANCEL has no effect beyond its 200 (RFC 3261 9.2).
+            return;
+        }
+        let Some((invite, tag)) = tx.invite.clone() else { return };
+        let resp = ResponseBuilder::new(&invite, 487, "Request Terminated")
+            .received_from(tx.flow.remote)
+            .to_tag(&tag)
+            .build();
+        m.send_response(now, 487, resp);
+        let dialog = tx.dialog.clone();
+        self.drive_server(invite_id);
+        if let Some(entry) = dialog.and_then(|d| self.dialogs.remove(&d)) {
+            let _ = entry.events.send(SipEvent::Cancelled);
+        }
+    }
+
+    fn handle_options(&mut self, msg: Message, flow: Flow) {
+        if msg.to_tag().is_some() {
+            let known = DialogId::of_request(&msg).is_some_and(|d| self.dialogs.contains_key(&d));
+            if !known {
+                return self.respond_stateful(&msg, flow, 481, &[]);
+            }
+        }
+        let mut extra = vec![
+            ("Allow", ALLOW.to_string()),
+            ("Accept", ACCEPT.to_string()),
+            ("Accept-Encoding", "identity".to_string()),
+            ("Supported", String::new()),
+        ];
+        let code = match self.draining {
+            // A draining server says so to OPTIONS pings too, so load balancers and PBX
+            // qualify checks move traffic away before calls are refused.
+            Some(retry) => {
+                extra.push(("Retry-After", retry.to_string()));
+                503
+            }
+            None => 200,
+        };
+        self.respond_stateful(&msg, flow, code, &extra);
+    }
+
+    fn handle_response(&mut self, msg: Message) {
+        let now = Instant::now();
+        let Some(branch) = msg.branch().map(str::to_string) else { return };
+        let Some(status) = msg.status() else { return };
+        let Some(tx) = self.client.get_mut(&branch) else {
+            // Retransmitted 2xx for requests we never sent, or stray responses: nothing to do.
+            debug!(%branch, status, "response for unknown transaction");
+            return;
+        };
+        match tx.machine.handle_response(now, status) {
+            Some(ResponseDisposition::Final) => {
+                if let Some(reply) = tx.reply.take() {
+                    let _ = reply.send(Ok(msg));
+                }
+            }
+            Some(ResponseDisposition::Provisional) => {}
+            None => {
+                self.stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.drive_client(&branch);
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Respond { tx, code, msg } => {
+                let Some(t) = self.server.get_mut(&tx) else {
+                    debug!(?tx, code, "response for a finished transaction dropped");
+                    return;
+                };
+                match &mut t.machine {
+                    ServerMachine::Invite(m) => m.send_response(now, code, msg),
+                    ServerMachine::NonInvite(m) => m.send_response(now, code, msg),
+                }
+                if code >= 300 {
+                    if let Some(d) = t.dialog.clone() {
+                        // A failed initial INVITE leaves no dialog behind.
+                        if t.invite.is_some() {
+                            self.dialogs.remove(&d);
+                        }
+                    }
+                }
+                self.drive_server(tx);
+            }
+            Command::Request {
+                flow,
+                to,
+                branch,
+                msg,
+                reply,
+            } => {
+                let machine = ClientNonInvite::new(now, self.cfg.timers, flow.protocol.reliable(), msg);
+                self.client.insert(
+                    branch.clone(),
+                    ClientTx {
+                        machine,
+                        flow,
+                        target: to,
+                        reply: Some(reply),
+                        scheduled: None,
+                    },
+                );
+                self.drive_client(&branch);
+            }
+            Command::EndDialog(id) => {
+                self.dialogs.remove(&id);
+            }
+            Command::Drain { retry_after_secs } => {
+                info!(retry_after_secs, "no longer accepting calls");
+                self.draining = Some(retry_after_secs);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.heap.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, r))) = self.heap.pop() else { break };
+            match r {
+                TimerRef::Server(id) => {
+                    if let Some(tx) = self.server.get_mut(&id) {
+                        tx.scheduled = None;
+                        match &mut tx.machine {
+                            ServerMachine::Invite(m) => m.handle_timeout(now),
+                            ServerMachine::NonInvite(m) => m.handle_timeout(now),
+                        }
+                        self.drive_server(id);
+                    }
+                }
+                TimerRef::Client(branch) => {
+                    if let Some(tx) = self.client.get_mut(&branch) {
+                        tx.scheduled = None;
+                        tx.machine.handle_timeout(now);
+                        self.drive_client(&branch);
+                    }
+                }
+            }
+        }
+    }
+
+    fn new_server_tx(&mut self, msg: &Message, flow: Flow, now: Instant, dialog: Option<DialogId>) -> TxId {
+        let id = TxId(self.next_id);
+        self.next_id += 1;
+        let reliable = flow.protocol.reliable();
+        let machine = if *msg.method() == Method::INVITE {
+            ServerMachine::Invite(ServerInvite::new(now, self.cfg.timers, reliable))
+        } else {
+            ServerMachine::NonInvite(ServerNonInvite::new(now, self.cfg.timers, reliable))
+        };
+        let key = TxKey::of(msg);
+        self.server_index.insert(key.clone(), id);
+        self.server.insert(
+            id,
+            ServerTx {
+                machine,
+                key,
+                flow,
+                target: msg.response_target(flow.remote, reliable),
+                invite: None,
+                dialog,
+                scheduled: None,
+            },
+        );
+        id
+    }
+
+    /// Answers a request the core handles itself, inside a server transaction so that
+    /// retransmissions of the request get the same answer.
+    fn respond_stateful(&mut self, msg: &Message, flow: Flow, code: u16, extra: &[(&str, String)]) {
+        let id = self.new_server_tx(msg, flow, Instant::now(), None);
+        let mut b = ResponseBuilder::new(msg, code, reason_phrase(code))
+            .received_from(flow.remote)
+            .header("Server", &self.cfg.user_agent);
+        let tag = random_token(10);
+        if code != 100 {
+            b = b.to_tag(&tag);
+        }
+        for (name, value) in extra {
+            b = b.header(name, value);
+        }
+        self.send_on(id, code, b.build());
+    }
+
+    fn send_on(&mut self, id: TxId, code: u16, resp: Bytes) {
+        let now = Instant::now();
+        if let Some(tx) = self.server.get_mut(&id) {
+            match &mut tx.machine {
+                ServerMachine::Invite(m) => m.send_response(now, code, resp),
+                ServerMachine::NonInvite(m) => m.send_response(now, code, resp),
+            }
+        }
+        self.drive_server(id);
+    }
+
+    /// Sends what a server transaction queued, acts on its events and re-arms its timer.
+    fn drive_server(&mut self, id: TxId) {
+        let Some(tx) = self.server.get_mut(&id) else { return };
+        let mut terminated = false;
+        let mut ack_timeout = false;
+        loop {
+            let out = match &mut tx.machine {
+                ServerMachine::Invite(m) => m.poll_transmit(),
+                ServerMachine::NonInvite(m) => m.poll_transmit(),
+            };
+            let Some(out) = out else { break };
+            self.transports.send(&tx.flow, tx.target, out);
+        }
+        loop {
+            let ev = match &mut tx.machine {
+                ServerMachine::Invite(m) => m.poll_event(),
+                ServerMachine::NonInvite(m) => m.poll_event(),
+            };
+            match ev {
+                None => break,
+                Some(TxEvent::Terminated) => terminated = true,
+                Some(TxEvent::AckTimeout) => ack_timeout = true,
+                Some(TxEvent::Timeout | TxEvent::TransportError) => {}
+            }
+        }
+        let next = match &tx.machine {
+            ServerMachine::Invite(m) => m.poll_timeout(),
+            ServerMachine::NonInvite(m) => m.poll_timeout(),
+        };
+        if let Some(at) = next.filter(|_| next != tx.scheduled) {
+            tx.scheduled = next;
+            self.heap.push(Reverse((at, TimerRef::Server(id))));
+        }
+        if ack_timeout {
+            if let Some(entry) = tx.dialog.as_ref().and_then(|d| self.dialogs.get(d)) {
+                let _ = entry.events.send(SipEvent::AckTimeout);
+            }
+        }
+        if terminated {
+            let tx = self.server.remove(&id).expect("present");
+            if self.server_index.get(&tx.key) == Some(&id) {
+                self.server_index.remove(&tx.key);
+            }
+        }
+    }
+
+    fn drive_client(&mut self, branch: &str) {
+        let Some(tx) = self.client.get_mut(branch) else { return };
+        let mut first = true;
+        while let Some(out) = tx.machine.poll_transmit() {
+            if !first {
+                self.stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            self.transports.send(&tx.flow, tx.target, out);
+        }
+        let mut terminated = false;
+        while let Some(ev) = tx.machine.poll_event() {
+            match ev {
+                TxEvent::Timeout => {
+                    if let Some(reply) = tx.reply.take() {
+                        let _ = reply.send(Err(RequestError::Timeout));
+                    }
+                }
+                TxEvent::TransportError => {
+                    if let Some(reply) = tx.reply.take() {
+                        let _ = reply.send(Err(RequestError::Transport));
+                    }
+                }
+                TxEvent::Terminated => terminated = true,
+                TxEvent::AckTimeout => {}
+            }
+        }
+        let next = tx.machine.poll_timeout();
+        if let Some(at) = next.filter(|_| next != tx.scheduled) {
+            tx.scheduled = next;
+            self.heap.push(Reverse((at, TimerRef::Client(branch.to_string()))));
+        }
+        if terminated {
+            self.client.remove(branch);
+        }
+    }
+}
+
+fn is_known_method(m: &str) -> bool {
+    matches!(
+        m,
+        "INVITE" | "ACK" | "CANCEL" | "BYE" | "REGISTER" | "MESSAGE" | "UPDATE" | "PRACK" | "OPTIONS"
+            | "SUBSCRIBE" | "NOTIFY" | "PUBLISH" | "INFO" | "REFER"
+    )
+}
+
+/// Checks a new request must pass before anything acts on it; `Some(code)` is the refusal.
+fn precheck(msg: &Message) -> Option<u16> {
+    let uri = msg.request_uri()?;
+    let scheme = uri.split(':').next().unwrap_or("").to_ascii_lowercase();
+    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
+        return Some(416);
+    }
+    if let Some(mf) = msg.header(&Name::MAX_FORWARDS) {
+        match mf.trim().parse::<u32>() {
+            Ok(0) if *msg.method() != Method::OPTIONS => return Some(483),
+            Ok(_) => {}
+            Err(_) => return Some(400),
+        }
+    }
+    // We implement no SIP extensions a caller could require (RFC 3261 8.2.2.3).
+    if msg.headers.get_raw(&Name::REQUIRE).any(|v| !v.trim().is_empty()) {
+        return Some(420);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &str) -> Message {
+        Message::parse(Bytes::from(s.to_string())).unwrap()
+    }
+
+    #[test]
+    fn ack_and_invite_share_a_key_cancel_does_not() {
+        let inv = msg("INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n");
+        let ack = msg("ACK sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n");
+        let cancel = msg("CANCEL sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 CANCEL\r\n\r\n");
+        assert_eq!(TxKey::of(&inv), TxKey::of(&ack));
+        assert_ne!(TxKey::of(&inv), TxKey::of(&cancel));
+        assert_eq!(TxKey::with_method(&cancel, "INVITE".into()), TxKey::of(&inv));
+    }
+
+    #[test]
+    fn prechecks() {
+        let base = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n";
+        assert_eq!(precheck(&msg(&format!("{base}\r\n"))), None);
+        assert_eq!(precheck(&msg(&format!("{base}Require: foo\r\n\r\n"))), Some(420));
+        let inv = base.replace("OPTIONS", "INVITE");
+        assert_eq!(precheck(&msg(&format!("{inv}Max-Forwards: 0\r\n\r\n"))), Some(483));
+        let unk = base.replace("OPTIONS sip:a@b", "OPTIONS http:a@b");
+        assert_eq!(precheck(&msg(&format!("{unk}\r\n"))), Some(416));
+    }
+
+    #[test]
+    fn tokens_are_random_and_cookie_prefixed() {
+        let (a, b) = (new_branch(), new_branch());
+        assert!(a.starts_with("z9hG4bK") && a.len() == 23);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,351 @@
+//! SIP over UDP and TCP: the only part of the SIP stack that touches sockets.
+//!
+//! Every received message becomes an [`Incoming`] on one channel, tagged with the [`Flow`] it
+//! came on, so the layers above can answer "the way it came" without knowing about sockets.
+//! UDP answers go from the socket that received the request (peers and NATs expect the
+//! source port to be the one they sent to); TCP answers go back on the same connection
+//! (RFC 3261 18.2.2), which we keep open while the peer does.
+//!
+//! Malformed input never stops a listener: a datagram that does not parse is answered with
+//! 400 when it has enough headers to route a response, otherwise dropped with a debug log.
+
+use super::message::{Message, ParseError, frame_len};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Largest SIP message we accept on TCP before calling the peer broken (a torture-test long
+/// request is ~5 kB; real INVITEs with big SDP stay well under 16 kB).
+const MAX_TCP_MESSAGE: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Udp,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Protocol::Udp => "UDP",
+            Protocol::Tcp => "TCP",
+        }
+    }
+
+    /// Reliable transports need no retransmissions (RFC 3261 17).
+    pub fn reliable(self) -> bool {
+        matches!(self, Protocol::Tcp)
+    }
+}
+
+/// The path a message came on and answers go back on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub protocol: Protocol,
+    /// Our listening address the message arrived at.
+    pub local: SocketAddr,
+    /// The peer's address (source of the message).
+    pub remote: SocketAddr,
+}
+
+/// A parsed message and where it came from.
+#[derive(Debug)]
+pub struct Incoming {
+    pub msg: Message,
+    pub flow: Flow,
+}
+
+/// Sends bytes along flows; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Transports {
+    inner: Arc<Mutex<TransportTable>>,
+}
+
+#[derive(Default)]
+struct TransportTable {
+    udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    /// Open TCP connections by (local listener, peer).
+    tcp: HashMap<(SocketAddr, SocketAddr), mpsc::UnboundedSender<Bytes>>,
+}
+
+impl Transports {
+    /// Sends `data` to `to` over the flow's protocol and local address. For TCP the message
+    /// goes on the connection with that peer; if it is gone we open a new one (the peer's
+    /// listening port is usually the same for requests it sent us over a connection it
+    /// initiated only when it reuses connections, so this is best effort by design).
+    pub fn send(&self, flow: &Flow, to: SocketAddr, data: Bytes) {
+        match flow.protocol {
+            Protocol::Udp => {
+                let sock = self.inner.lock().expect("transport lock").udp.get(&flow.local).cloned();
+                let Some(sock) = sock else {
+                    warn!(local = %flow.local, "no UDP socket for flow");
+                    return;
+                };
+                // try_send_to: UDP sends do not block for long; a full buffer is a dropped
+                // datagram either way, and the transaction layer retransmits.
+                if let Err(e) = sock.try_send_to(&data, to) {
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        let sock = sock.clone();
+                        tokio::spawn(async move {
+                            let _ = sock.send_to(&data, to).await;
+                        });
+                    } else {
+                        debug!(%to, error = %e, "UDP send failed");
+                    }
+                }
+            }
+            Protocol::Tcp => {
+                let existing = self.inner.lock().expect("transport lock").tcp.get(&(flow.local, to)).cloned();
+                match existing {
+                    Some(tx) if tx.send(data.clone()).is_ok() => {}
+                    _ => {
+                        debug!(%to, "no TCP connection to peer; dropping message");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The UDP sockets we listen on, by address (for choosing a Via/Contact).
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.lock().expect("transport lock").udp.keys().copied().collect()
+    }
+}
+
+/// Binds every listener; returns the transports handle and the actually bound addresses
+/// (useful when a config says port 0).
+pub async fn bind(
+    udp: &[SocketAddr],
+    tcp: &[SocketAddr],
+    incoming: mpsc::Sender<Incoming>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(Transports, Vec<(Protocol, SocketAddr)>)> {
+    let transports = Transports::default();
+    let mut bound = Vec::new();
+    for addr in udp {
+        let sock = Arc::new(bind_udp(*addr)?);
+        let local = sock.local_addr()?;
+        transports.inner.lock().expect("transport lock").udp.insert(local, sock.clone());
+        bound.push((Protocol::Udp, local));
+        tokio::spawn(udp_loop(sock, local, incoming.clone(), transports.clone(), shutdown.clone()));
+    }
+    for addr in tcp {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        bound.push((Protocol::Tcp, local));
+        tokio::spawn(tcp_accept_loop(listener, local, incoming.clone(), transports.clone(), shutdown.clone()));
+    }
+    for (p, a) in &bound {
+        info!(protocol = p.via_name(), addr = %a, "SIP listening");
+    }
+    Ok((transports, bound))
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let std_sock = std::net::UdpSocket::bind(addr)?;
+    std_sock.set_nonblocking(true)?;
+    UdpSocket::from_std(std_sock)
+}
+
+async fn udp_loop(
+    sock: Arc<UdpSocket>,
+    local: SocketAddr,
+    incoming: mpsc::Sender<Incoming>,
+    transports: Transports,
+    shutdown: CancellationToken,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // ICMP port unreachable from an earlier send shows up here on some
+                    // systems; it says nothing about this socket, so carry on.
+                    debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let data = &buf[..n];
+        // Keep-alives (CRLF, RFC 5626) and empty datagrams are not messages.
+        if data.iter().all(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            continue;
+        }
+        let flow = Flow {
+            protocol: Protocol::Udp,
+            local,
+            remote: from,
+        };
+        deliver(Bytes::copy_from_slice(data), flow, &incoming, &transports).await;
+    }
+}
+
+/// Parses and forwards one message, or answers 400 if it is broken but answerable.
+async fn deliver(data: Bytes, flow: Flow, incoming: &mpsc::Sender<Incoming>, transports: &Transports) {
+    match Message::parse(data.clone()) {
+        Ok(msg) => {
+            if incoming.send(Incoming { msg, flow }).await.is_err() {
+                debug!("SIP core gone; dropping message");
+            }
+        }
+        Err(err) => {
+            debug!(from = %flow.remote, error = %err, "malformed SIP message");
+            if let Some(resp) = bad_request_response(&data, &err) {
+                transports.send(&flow, flow.remote, resp);
+            }
+        }
+    }
+}
+
+/// Builds a 400 for a request that failed full parsing but still carries the headers a
+/// response needs (RFC 3261 8.2: answer what you can, so the peer stops retransmitting).
+/// Responses, ACKs and anything without Via/From/To/Call-ID/CSeq get no answer.
+fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
+    let text = std::str::from_utf8(data).ok()?;
+    let head = text.split("\r\n\r\n").next()?.split("\n\n").next()?;
+    let mut lines = head.lines();
+    let first = lines.next()?;
+    if first.starts_with("SIP/") || first.starts_with("ACK ") {
+        return None;
+    }
+    let mut out = String::from("SIP/2.0 400 Bad Request\r\n");
+    let mut have = [false; 5];
+    const NAMES: [(&str, &str, &str); 5] = [
+        ("via", "v", "Via"),
+        ("from", "f", "From"),
+        ("to", "t", "To"),
+        ("call-id", "i", "Call-ID"),
+        ("cseq", "", "CSeq"),
+    ];
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let name = name.trim();
+        for (i, (long, short, canonical)) in NAMES.iter().enumerate() {
+            if name.eq_ignore_ascii_case(long) || (!short.is_empty() && name.eq_ignore_ascii_case(short)) {
+                have[i] = true;
+                out.push_str(&format!("{canonical}: {}\r\n", value.trim()));
+            }
+        }
+    }
+    if !have.iter().all(|h| *h) {
+        return None;
+    }
+    // The reason goes in a Warning-like header so admins can see why (no CR/LF inside).
+    let reason: String = err.to_string().chars().filter(|c| !c.is_control()).take(120).collect();
+    out.push_str(&format!("Reason-Phrase-Detail: {reason}\r\nContent-Length: 0\r\n\r\n"));
+    Some(Bytes::from(out))
+}
+
+async fn tcp_accept_loop(
+    listener: TcpListener,
+    local: SocketAddr,
+    incoming: mpsc::Sender<Incoming>,
+    transports: Transports,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "TCP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(tcp_connection(stream, local, peer, incoming.clone(), transports.clone(), shutdown.clone()));
+    }
+}
+
+async fn tcp_connection(
+    stream: TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+    incoming: mpsc::Sender<Incoming>,
+    transports: Transports,
+    shutdown: CancellationToken,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    transports.inner.lock().expect("transport lock").tcp.insert((local, peer), tx);
+    let writer = tokio::spawn(async move {
+        while let Some(data) = rx.recv().await {
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    });
+    let flow = Flow {
+        protocol: Protocol::Tcp,
+        local,
+        remote: peer,
+    };
+    let mut buf = BytesMut::with_capacity(8192);
+    'conn: loop {
+        let n = tokio::select! {
+            r = rd.read_buf(&mut buf) => match r { Ok(n) => n, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        if n == 0 {
+            break;
+        }
+        loop {
+            // Skip keep-alive CRLFs between messages (RFC 5626 4.4.1).
+            while buf.first().is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+                let _ = buf.split_to(1);
+            }
+            if buf.is_empty() {
+                break;
+            }
+            match frame_len(&buf) {
+                Ok(Some(len)) => {
+                    let frame = buf.split_to(len).freeze();
+                    deliver(frame, flow, &incoming, &transports).await;
+                }
+                Ok(None) if buf.len() > MAX_TCP_MESSAGE => {
+                    warn!(%peer, "TCP message too large; closing connection");
+                    break 'conn;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Without a valid Content-Length we cannot find the next message: the
+                    // stream is unusable (RFC 3261 18.3), so close it.
+                    warn!(%peer, error = %e, "unframeable TCP data; closing connection");
+                    break 'conn;
+                }
+            }
+        }
+    }
+    transports.inner.lock().expect("transport lock").tcp.remove(&(local, peer));
+    writer.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_request_needs_routing_headers() {
+        let req = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 99\r\n\r\n";
+        let resp = bad_request_response(req, &ParseError::ShortBody { have: 0, want: 99 }).unwrap();
+        let text = std::str::from_utf8(&resp).unwrap();
+        assert!(text.starts_with("SIP/2.0 400 Bad Request\r\n"));
+        assert!(text.contains("Call-ID: c1\r\n"));
+        let no_callid = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCSeq: 1 INVITE\r\n\r\n";
+        assert!(bad_request_response(no_callid, &ParseError::Missing("Call-ID")).is_none());
+        let ack = b"ACK sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n";
+        assert!(bad_request_response(ack, &ParseError::Missing("x")).is_none());
+    }
+}
