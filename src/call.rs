@@ -32,6 +32,8 @@ use tracing::{debug, info, warn};
 pub enum CallEnd {
     /// The flow finished and we hung up.
     Completed,
+    /// The caller was transferred (REFER succeeded) and we hung up our leg.
+    Transferred,
     /// The caller sent BYE.
     CallerHangup,
     /// The caller sent CANCEL before we answered.
@@ -52,6 +54,7 @@ impl CallEnd {
     pub fn as_str(&self) -> &'static str {
         match self {
             CallEnd::Completed => "completed",
+            CallEnd::Transferred => "transferred",
             CallEnd::CallerHangup => "caller-hangup",
             CallEnd::Cancelled => "cancelled",
             CallEnd::RtpTimeout => "rtp-timeout",
@@ -66,7 +69,12 @@ impl CallEnd {
     fn needs_bye(&self) -> bool {
         matches!(
             self,
-            CallEnd::Completed | CallEnd::RtpTimeout | CallEnd::MaxDuration | CallEnd::AckTimeout | CallEnd::Shutdown
+            CallEnd::Completed
+                | CallEnd::Transferred
+                | CallEnd::RtpTimeout
+                | CallEnd::MaxDuration
+                | CallEnd::AckTimeout
+                | CallEnd::Shutdown
         )
     }
 }
@@ -154,8 +162,43 @@ pub trait CallIo {
     fn set_language(&mut self, language: &str);
     /// Plays prompts by name in the call's language; with `barge_in`, a key stops playback
     /// (and is kept for the next collect).
-    fn play(&mut self, prompts: &[&str], barge_in: bool) -> impl Future<Output = Result<PlayOutcome, CallEnd>> + Send;
-    fn collect(&mut self, spec: &CollectSpec) -> impl Future<Output = Result<Collected, CallEnd>> + Send;
+    fn play(
+        &mut self,
+        prompts: &[&str],
+        barge_in: bool,
+    ) -> impl Future<Output = Result<PlayOutcome, CallEnd>> + Send;
+    fn collect(
+        &mut self,
+        spec: &CollectSpec,
+    ) -> impl Future<Output = Result<Collected, CallEnd>> + Send;
+    /// Runs `task` (an SMS send, a lookup) while the caller hears `prompts`, so nobody waits in
+    /// silence; if the task outlasts the prompts, the wait tone repeats until it is done.
+    /// Returns once both the task and the prompts have finished.
+    fn run_with_prompt<T, F>(
+        &mut self,
+        prompts: &[&str],
+        task: F,
+    ) -> impl Future<Output = Result<T, CallEnd>> + Send
+    where
+        T: Send,
+        F: Future<Output = T> + Send;
+    /// Transfers the caller with REFER (RFC 3515) to `target` (a SIP URI), carrying `headers`
+    /// in the Refer-To URI so the new INVITE has them. On success the call is over (we send
+    /// BYE); on failure the call goes on and the flow decides.
+    fn transfer(
+        &mut self,
+        target: &str,
+        headers: &[(String, String)],
+    ) -> impl Future<Output = Result<TransferOutcome, CallEnd>> + Send;
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// The target answered (final 2xx sipfrag); the call is handed over and will end.
+    Transferred,
+    /// The REFER was refused, the target failed, or nothing final came in time.
+    Failed { status: Option<u16>, reason: String },
 }
 
 /// What a call needs from the daemon, shared by all calls.
@@ -180,6 +223,10 @@ pub struct CallSettings {
     pub default_language: String,
     /// Window in which the same digit by another method is a duplicate.
     pub dtmf_dedup_window: Duration,
+    /// How long a transfer may take to report a final status (NOTIFY) before it counts as failed.
+    pub transfer_timeout: Duration,
+    /// Digest credentials for a PBX that challenges our REFER.
+    pub auth: Option<(String, String)>,
 }
 
 /// A live, answered call.
@@ -201,6 +248,10 @@ pub struct Call {
     language: String,
     /// We sent an offer in a 2xx (late offer / offerless re-INVITE): the ACK carries the answer.
     awaiting_answer: bool,
+    /// The last status a REFER's NOTIFY reported (sipfrag), while a transfer is under way.
+    refer_status: Option<u16>,
+    /// A transfer succeeded: the call ends as "transferred".
+    transferred: bool,
 }
 
 enum Wake {
@@ -253,7 +304,10 @@ impl Call {
             }
         };
         let rtp_local = stream.local_addr();
-        let announce = SocketAddr::new(settings.announce_ip.unwrap_or(rtp_local.ip()), rtp_local.port());
+        let announce = SocketAddr::new(
+            settings.announce_ip.unwrap_or(rtp_local.ip()),
+            rtp_local.port(),
+        );
         let mut session = LocalSession::new(rand::random(), announce, settings.codecs.clone());
         let (sdp, negotiated) = if invite.has_sdp() {
             match session.answer(&invite.body) {
@@ -329,6 +383,8 @@ impl Call {
             next_token: 1,
             max_deadline,
             awaiting_answer: !invite.has_sdp(),
+            refer_status: None,
+            transferred: false,
             ctx,
         })
     }
@@ -339,7 +395,13 @@ impl Call {
             self.stream.stop();
             let branch = new_branch();
             let via = self.flow.local;
-            let bye = self.dialog.request("BYE", via, &branch, &[("User-Agent", self.ctx.settings.user_agent.clone())], None);
+            let bye = self.dialog.request(
+                "BYE",
+                via,
+                &branch,
+                &[("User-Agent", self.ctx.settings.user_agent.clone())],
+                None,
+            );
             let to = self.request_target();
             match self.ctx.core.request(self.flow, to, branch, bye).await {
                 Ok(resp) => debug!(status = resp.status(), "BYE answered"),
@@ -462,7 +524,14 @@ impl Call {
                 self.session.offer()
             };
             let contact = format!("<{}>", self.dialog.local_contact);
-            return self.respond(tx, &msg, flow, 200, &[("Contact", contact), ("Allow", ALLOW.into())], Some(sdp));
+            return self.respond(
+                tx,
+                &msg,
+                flow,
+                200,
+                &[("Contact", contact), ("Allow", ALLOW.into())],
+                Some(sdp),
+            );
         }
         if method == Method::INFO {
             let ct = msg.content_type().unwrap_or_default();
@@ -475,11 +544,32 @@ impl Call {
                 Err(_) if msg.body.is_empty() => self.respond(tx, &msg, flow, 200, &[], None),
                 Err(e) => {
                     debug!(error = %e, content_type = %ct, "INFO not understood");
-                    self.respond(tx, &msg, flow, 415, &[("Accept", "application/dtmf-relay, application/dtmf".into())], None)
+                    self.respond(
+                        tx,
+                        &msg,
+                        flow,
+                        415,
+                        &[("Accept", "application/dtmf-relay, application/dtmf".into())],
+                        None,
+                    )
                 }
             };
         }
         if method == Method::NOTIFY {
+            let is_refer = msg.header(&Name::EVENT).is_some_and(|e| {
+                e.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("refer")
+            });
+            if is_refer && msg.content_type().as_deref() == Some("message/sipfrag") {
+                // RFC 3515 2.4.5: the body's status line is the progress of the new call.
+                if let Some(code) = sipfrag_status(&msg.body) {
+                    debug!(code, "transfer progress");
+                    self.refer_status = Some(code);
+                }
+            }
             return self.respond(tx, &msg, flow, 200, &[], None);
         }
         if method == Method::REFER {
@@ -489,7 +579,15 @@ impl Call {
         self.respond(tx, &msg, flow, 405, &[("Allow", ALLOW.into())], None)
     }
 
-    fn respond(&self, tx: TxId, msg: &Message, flow: Flow, code: u16, extra: &[(&str, String)], sdp: Option<String>) {
+    fn respond(
+        &self,
+        tx: TxId,
+        msg: &Message,
+        flow: Flow,
+        code: u16,
+        extra: &[(&str, String)],
+        sdp: Option<String>,
+    ) {
         let reason = match code {
             603 => "Decline",
             c => reason_phrase(c),
@@ -515,11 +613,11 @@ impl Call {
         names
             .iter()
             .filter_map(|name| {
-                let p = self
-                    .ctx
-                    .prompts
-                    .get(&self.language, name)
-                    .or_else(|| self.ctx.prompts.get(&self.ctx.settings.default_language, name));
+                let p = self.ctx.prompts.get(&self.language, name).or_else(|| {
+                    self.ctx
+                        .prompts
+                        .get(&self.ctx.settings.default_language, name)
+                });
                 if p.is_none() {
                     // `ivrd check` and start-up validation catch this; never go silent on it.
                     warn!(prompt = name, language = %self.language, "prompt missing; skipped");
@@ -553,7 +651,10 @@ impl CallIo for Call {
         self.stream.play(token, self.resolve(prompts));
         loop {
             match self.wait(None).await? {
-                Wake::PlayDone { token: t, interrupted } if t == token => return Ok(PlayOutcome { interrupted }),
+                Wake::PlayDone {
+                    token: t,
+                    interrupted,
+                } if t == token => return Ok(PlayOutcome { interrupted }),
                 Wake::Digit if barge_in => {
                     self.stream.stop();
                     return Ok(PlayOutcome { interrupted: true });
@@ -599,6 +700,181 @@ impl CallIo for Call {
             }
         }
     }
+
+    async fn run_with_prompt<T, F>(&mut self, prompts: &[&str], task: F) -> Result<T, CallEnd>
+    where
+        T: Send,
+        F: Future<Output = T> + Send,
+    {
+        let mut token = self.next_token;
+        self.next_token += 1;
+        let resolved = self.resolve(prompts);
+        let mut playing = !resolved.is_empty();
+        self.stream.play(token, resolved);
+        let wait_tone = self.resolve(&["wait-tone"]);
+        tokio::pin!(task);
+        let mut result: Option<T> = None;
+        loop {
+            if !playing {
+                if let Some(r) = result.take() {
+                    return Ok(r);
+                }
+            }
+            tokio::select! {
+                r = &mut task, if result.is_none() => result = Some(r),
+                w = self.wait(None) => {
+                    if let Wake::PlayDone { token: t, .. } = w? {
+                        if t == token {
+                            playing = false;
+                            if result.is_none() && !wait_tone.is_empty() {
+                                // The task outlasts the prompt: a soft tone, not silence, so
+                                // the caller knows the line is alive.
+                                token = self.next_token;
+                                self.next_token += 1;
+                                self.stream.play(token, wait_tone.clone());
+                                playing = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn transfer(
+        &mut self,
+        target: &str,
+        headers: &[(String, String)],
+    ) -> Result<TransferOutcome, CallEnd> {
+        self.stream.stop();
+        let refer_to = refer_to_uri(target, headers);
+        let mut auth_header: Option<(&'static str, String)> = None;
+        self.refer_status = None;
+        let response = loop {
+            let branch = new_branch();
+            let mut extra = vec![
+                ("Refer-To", format!("<{refer_to}>")),
+                ("Referred-By", format!("<{}>", self.dialog.local_contact)),
+                ("User-Agent", self.ctx.settings.user_agent.clone()),
+            ];
+            if let Some((name, value)) = &auth_header {
+                extra.push((name, value.clone()));
+            }
+            let refer = self
+                .dialog
+                .request("REFER", self.flow.local, &branch, &extra, None);
+            let core = self.ctx.core.clone();
+            let to = self.request_target();
+            let fut = core.request(self.flow, to, branch, refer);
+            tokio::pin!(fut);
+            let r = loop {
+                tokio::select! {
+                    r = &mut fut => break r,
+                    w = self.wait(None) => { w?; }
+                }
+            };
+            let resp = match r {
+                Ok(resp) => resp,
+                Err(e) => {
+                    return Ok(TransferOutcome::Failed {
+                        status: None,
+                        reason: format!("REFER: {e}"),
+                    });
+                }
+            };
+            let status = resp.status().unwrap_or(0);
+            if (status == 401 || status == 407) && auth_header.is_none() {
+                let (challenge_name, answer_name) = if status == 401 {
+                    (Name::WWW_AUTHENTICATE, "Authorization")
+                } else {
+                    (Name::PROXY_AUTHENTICATE, "Proxy-Authorization")
+                };
+                let challenge = resp
+                    .header(&challenge_name)
+                    .and_then(crate::sip::auth::parse_challenge);
+                if let (Some(ch), Some((user, pass))) = (challenge, self.ctx.settings.auth.clone())
+                {
+                    let uri = self.dialog.remote_target.clone();
+                    let value = crate::sip::auth::authorization(
+                        &ch,
+                        &user,
+                        &pass,
+                        "REFER",
+                        &uri,
+                        &crate::sip::core::random_token(12),
+                    );
+                    auth_header = Some((answer_name, value));
+                    continue;
+                }
+            }
+            break resp;
+        };
+        let status = response.status().unwrap_or(0);
+        if !(200..300).contains(&status) {
+            return Ok(TransferOutcome::Failed {
+                status: Some(status),
+                reason: format!("REFER refused with {status}"),
+            });
+        }
+        info!(target = %target, "transfer accepted; waiting for the outcome");
+        let deadline = tokio::time::Instant::now() + self.ctx.settings.transfer_timeout;
+        loop {
+            match self.refer_status {
+                Some(code) if (200..300).contains(&code) => {
+                    self.transferred = true;
+                    return Ok(TransferOutcome::Transferred);
+                }
+                Some(code) if code >= 300 => {
+                    return Ok(TransferOutcome::Failed {
+                        status: Some(code),
+                        reason: format!("transfer target answered {code}"),
+                    });
+                }
+                _ => {}
+            }
+            if let Wake::Timeout = self.wait(Some(deadline)).await? {
+                return Ok(TransferOutcome::Failed {
+                    status: self.refer_status,
+                    reason: "no final transfer status in time".into(),
+                });
+            }
+        }
+    }
+}
+
+/// The Refer-To URI with headers (RFC 3261 19.1.1: `?name=value&...`, escaped), so the
+/// transfer target's INVITE carries them (e.g. `X-Customer-Id`).
+pub fn refer_to_uri(target: &str, headers: &[(String, String)]) -> String {
+    if headers.is_empty() {
+        return target.to_string();
+    }
+    let sep = if target.contains('?') { '&' } else { '?' };
+    let query: Vec<String> = headers
+        .iter()
+        .map(|(n, v)| format!("{}={}", escape_hvalue(n), escape_hvalue(v)))
+        .collect();
+    format!("{target}{sep}{}", query.join("&"))
+}
+
+/// Escapes a header name or value for a SIP URI (RFC 3261 25.1 hnv-unreserved / unreserved).
+fn escape_hvalue(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()[]/?:+$".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The status code of a `message/sipfrag` body's first line ("SIP/2.0 200 OK").
+fn sipfrag_status(body: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(body).ok()?;
+    let line = text.lines().next()?.trim();
+    let rest = line.strip_prefix("SIP/2.0")?.trim_start();
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 fn params_from(n: &Negotiated) -> StreamParams {
@@ -608,7 +884,8 @@ fn params_from(n: &Negotiated) -> StreamParams {
         dtmf_payload_type: n.dtmf_payload_type,
         ptime_ms: n.ptime_ms,
         remote: n.remote,
-        send: matches!(n.direction, Direction::SendRecv | Direction::SendOnly) && n.remote.is_some(),
+        send: matches!(n.direction, Direction::SendRecv | Direction::SendOnly)
+            && n.remote.is_some(),
         expect_rtp: matches!(n.direction, Direction::SendRecv | Direction::RecvOnly),
     }
 }
@@ -638,7 +915,13 @@ pub fn mask_number(n: &str) -> String {
     chars
         .iter()
         .enumerate()
-        .map(|(i, c)| if i < keep_start || i >= chars.len() - 2 { *c } else { '*' })
+        .map(|(i, c)| {
+            if i < keep_start || i >= chars.len() - 2 {
+                *c
+            } else {
+                '*'
+            }
+        })
         .collect()
 }
 
@@ -658,6 +941,7 @@ where
     };
     let (call, result) = flow(call).await;
     let end = match result {
+        Ok(()) if call.transferred => CallEnd::Transferred,
         Ok(()) => CallEnd::Completed,
         Err(e) => e,
     };
@@ -674,6 +958,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refer_to_carries_escaped_headers() {
+        let uri = refer_to_uri(
+            "sip:queue@pbx.example",
+            &[
+                ("X-Customer-Id".into(), "123456".into()),
+                ("X-Note".into(), "a b;c".into()),
+            ],
+        );
+        assert_eq!(
+            uri,
+            "sip:queue@pbx.example?X-Customer-Id=123456&X-Note=a%20b%3Bc"
+        );
+        assert_eq!(refer_to_uri("sip:q@h", &[]), "sip:q@h");
+    }
+
+    #[test]
+    fn sipfrag_status_lines() {
+        assert_eq!(sipfrag_status(b"SIP/2.0 200 OK\r\n"), Some(200));
+        assert_eq!(sipfrag_status(b"SIP/2.0 100 Trying"), Some(100));
+        assert_eq!(
+            sipfrag_status(b"SIP/2.0  486 Busy Here\r\nFoo: bar"),
+            Some(486)
+        );
+        assert_eq!(sipfrag_status(b"garbage"), None);
+    }
 
     #[test]
     fn masks_numbers() {

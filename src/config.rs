@@ -33,7 +33,29 @@ pub struct Config {
     pub sip: SipConfig,
     pub media: MediaConfig,
     pub demo: DemoConfig,
+    pub transfer: TransferConfig,
     pub log: LogConfig,
+}
+
+/// Transfers (REFER) to the queue and fallback extensions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// How long to wait for the transfer's final NOTIFY before it counts as failed.
+    pub timeout_secs: u64,
+    /// Digest credentials for a PBX that challenges the REFER (401/407).
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            timeout_secs: 30,
+            username: None,
+            password: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,13 +150,28 @@ impl Default for MediaConfig {
             symmetric_rtp: true,
             rtp_timeout_secs: 30,
             max_call_secs: 3600,
-            prompts_dir: PathBuf::from("prompts"),
+            prompts_dir: default_prompts_dir(),
             default_language: "en".into(),
             codecs: vec!["PCMU".into(), "PCMA".into()],
             inband_dtmf: true,
             pacing_threads: 1,
         }
     }
+}
+
+/// Where the bundled prompts are when no config says: `./prompts` (running from a checkout),
+/// the installed package's copy, or the source tree this binary was built from.
+fn default_prompts_dir() -> PathBuf {
+    let candidates = [
+        PathBuf::from("prompts"),
+        PathBuf::from("/usr/share/ivrd/prompts"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_dir())
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("prompts"))
 }
 
 impl Default for DemoConfig {
@@ -199,7 +236,9 @@ impl Config {
         }
         for c in &m.codecs {
             if !matches!(c.to_ascii_uppercase().as_str(), "PCMU" | "PCMA") {
-                return Err(format!("[media] codecs: unknown codec {c:?} (use PCMU or PCMA)"));
+                return Err(format!(
+                    "[media] codecs: unknown codec {c:?} (use PCMU or PCMA)"
+                ));
             }
         }
         if m.pacing_threads == 0 || m.pacing_threads > 64 {
@@ -242,7 +281,11 @@ mod tests {
     fn relative_prompt_dir_follows_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ivrd.toml");
-        std::fs::write(&path, "[media]\nprompts_dir = \"p\"\nrtp_port_min = 30000\nrtp_port_max = 30010\n").unwrap();
+        std::fs::write(
+            &path,
+            "[media]\nprompts_dir = \"p\"\nrtp_port_min = 30000\nrtp_port_max = 30010\n",
+        )
+        .unwrap();
         let cfg = Config::load(&path).unwrap();
         assert_eq!(cfg.media.prompts_dir, dir.path().join("p"));
         assert_eq!(cfg.media.rtp_port_max, 30010);

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "ivrd", version, about = "SIP IVR daemon that verifies callers by a one-time PIN sent by SMS")]
+#[command(
+    name = "ivrd",
+    version,
+    about = "SIP IVR daemon that verifies callers by a one-time PIN sent by SMS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,7 +43,11 @@ fn main() -> ExitCode {
                 None => Config::default(),
             };
             init_logging(&cfg.log.level);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ivrd").build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("ivrd")
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("ivrd: cannot start the runtime: {e}");
@@ -68,12 +76,19 @@ fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {

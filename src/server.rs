@@ -33,11 +33,19 @@ pub struct Ready {
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `ready` is told once every socket is bound.
-pub async fn run(cfg: Config, shutdown: CancellationToken, ready: Option<tokio::sync::oneshot::Sender<Ready>>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Ready>>,
+) -> anyhow::Result<()> {
     let prompts = PromptLibrary::load(&cfg.media.prompts_dir)
         .with_context(|| format!("loading prompts from {}", cfg.media.prompts_dir.display()))?;
     let lang = &cfg.media.default_language;
-    let missing: Vec<&str> = crate::demo::PROMPTS.iter().copied().filter(|p| !prompts.contains(lang, p)).collect();
+    let missing: Vec<&str> = crate::demo::PROMPTS
+        .iter()
+        .copied()
+        .filter(|p| !prompts.contains(lang, p))
+        .collect();
     if !missing.is_empty() {
         bail!(
             "{}: language {lang:?} lacks the prompts {} (add {}/<name>.wav files)",
@@ -55,7 +63,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken, ready: Option<tokio::
         port_min: cfg.media.rtp_port_min,
         port_max: cfg.media.rtp_port_max,
         symmetric_rtp: cfg.media.symmetric_rtp,
-        rtp_timeout: (cfg.media.rtp_timeout_secs > 0).then(|| Duration::from_secs(cfg.media.rtp_timeout_secs)),
+        rtp_timeout: (cfg.media.rtp_timeout_secs > 0)
+            .then(|| Duration::from_secs(cfg.media.rtp_timeout_secs)),
         inband_dtmf: cfg.media.inband_dtmf,
         pacing_threads: cfg.media.pacing_threads,
     })
@@ -63,9 +72,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken, ready: Option<tokio::
 
     let (incoming_tx, incoming_rx) = mpsc::channel(4096);
     let sip_shutdown = CancellationToken::new();
-    let (transports, bound) = transport::bind(&cfg.sip.udp, &cfg.sip.tcp, incoming_tx, sip_shutdown.clone())
-        .await
-        .context("binding SIP listeners")?;
+    let (transports, bound) = transport::bind(
+        &cfg.sip.udp,
+        &cfg.sip.tcp,
+        incoming_tx,
+        sip_shutdown.clone(),
+    )
+    .await
+    .context("binding SIP listeners")?;
     let (calls_tx, mut calls_rx) = mpsc::channel(1024);
     let core = core::spawn(
         CoreConfig {
@@ -82,7 +96,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken, ready: Option<tokio::
         .media
         .codecs
         .iter()
-        .map(|c| if c.eq_ignore_ascii_case("PCMA") { Codec::Pcma } else { Codec::Pcmu })
+        .map(|c| {
+            if c.eq_ignore_ascii_case("PCMA") {
+                Codec::Pcma
+            } else {
+                Codec::Pcmu
+            }
+        })
         .collect();
     let hangup_all = CancellationToken::new();
     let ctx = CallContext {
@@ -92,12 +112,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken, ready: Option<tokio::
         settings: Arc::new(CallSettings {
             user_agent: cfg.sip.user_agent.clone(),
             ring: Duration::from_millis(cfg.sip.ring_ms),
-            max_call: (cfg.media.max_call_secs > 0).then(|| Duration::from_secs(cfg.media.max_call_secs)),
+            max_call: (cfg.media.max_call_secs > 0)
+                .then(|| Duration::from_secs(cfg.media.max_call_secs)),
             codecs,
             announce_ip: cfg.media.announce_ip,
             public_host: cfg.sip.public_host.clone(),
             default_language: cfg.media.default_language.clone(),
-            dtmf_dedup_window: Duration::from_millis(300),
+            dtmf_dedup_window: crate::media::dtmf::DigitDedup::DEFAULT_WINDOW,
+            transfer_timeout: Duration::from_secs(cfg.transfer.timeout_secs),
+            auth: cfg
+                .transfer
+                .username
+                .clone()
+                .zip(cfg.transfer.password.clone()),
         }),
         hangup_all: hangup_all.clone(),
     };
@@ -130,8 +157,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken, ready: Option<tokio::
     core.drain(DRAIN_DEADLINE.as_secs() as u32);
     calls.close();
     info!(active = calls.len(), "shutting down; draining calls");
-    if tokio::time::timeout(DRAIN_DEADLINE, calls.wait()).await.is_err() {
-        warn!(active = calls.len(), "drain deadline passed; hanging up remaining calls");
+    if tokio::time::timeout(DRAIN_DEADLINE, calls.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            active = calls.len(),
+            "drain deadline passed; hanging up remaining calls"
+        );
         hangup_all.cancel();
         // Calls send BYE and wait for its answer (at most Timer F); give them that long.
         let _ = tokio::time::timeout(t1 * 64 + Duration::from_secs(1), calls.wait()).await;

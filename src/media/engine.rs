@@ -47,7 +47,11 @@ pub enum MediaError {
 pub enum MediaEvent {
     /// The prompts queued by `play(token, ..)` finished or were stopped.
     PlayDone { token: u64, interrupted: bool },
-    Digit { digit: Digit, method: DtmfMethod, at: Instant },
+    Digit {
+        digit: Digit,
+        method: DtmfMethod,
+        at: Instant,
+    },
     /// No RTP for the configured time.
     RtpTimeout,
 }
@@ -93,10 +97,21 @@ pub struct MediaStats {
 
 enum PacerCmd {
     Add(Box<PacedStream>),
-    Play { id: u64, token: u64, prompts: Vec<Arc<Prompt>> },
-    Stop { id: u64 },
-    Update { id: u64, params: StreamParams },
-    Remove { id: u64 },
+    Play {
+        id: u64,
+        token: u64,
+        prompts: Vec<Arc<Prompt>>,
+    },
+    Stop {
+        id: u64,
+    },
+    Update {
+        id: u64,
+        params: StreamParams,
+    },
+    Remove {
+        id: u64,
+    },
 }
 
 /// State shared between the receive task (writer) and the pacer (reader).
@@ -243,7 +258,11 @@ impl MediaEngine {
 
     /// Opens a stream on a free port. Sending starts once `update` gives it a destination;
     /// until then the pacer only keeps its clock.
-    pub fn open(&self, params: StreamParams, events: mpsc::UnboundedSender<MediaEvent>) -> Result<StreamHandle, MediaError> {
+    pub fn open(
+        &self,
+        params: StreamParams,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> Result<StreamHandle, MediaError> {
         let s = &self.inner.settings;
         let (socket, port) = self.inner.ports.lock().expect("port lock").bind(s.rtp_ip)?;
         let recv_socket = socket.try_clone()?;
@@ -284,7 +303,10 @@ impl MediaEngine {
             events,
         };
         let _ = pacer.commands.send(PacerCmd::Add(Box::new(stream)));
-        self.inner.stats.active_streams.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .active_streams
+            .fetch_add(1, Ordering::Relaxed);
         Ok(StreamHandle {
             id,
             pacer: pacer_idx,
@@ -335,7 +357,10 @@ impl StreamHandle {
     /// New SDP facts (answer, re-INVITE, hold).
     pub fn update(&self, params: StreamParams) {
         *self.recv_params.lock().expect("params lock") = params;
-        self.send(PacerCmd::Update { id: self.id, params });
+        self.send(PacerCmd::Update {
+            id: self.id,
+            params,
+        });
     }
 }
 
@@ -343,9 +368,18 @@ impl Drop for StreamHandle {
     fn drop(&mut self) {
         self.send(PacerCmd::Remove { id: self.id });
         self.recv.abort();
-        self.engine.pacers[self.pacer].streams.fetch_sub(1, Ordering::Relaxed);
-        self.engine.stats.active_streams.fetch_sub(1, Ordering::Relaxed);
-        self.engine.ports.lock().expect("port lock").release(self.port);
+        self.engine.pacers[self.pacer]
+            .streams
+            .fetch_sub(1, Ordering::Relaxed);
+        self.engine
+            .stats
+            .active_streams
+            .fetch_sub(1, Ordering::Relaxed);
+        self.engine
+            .ports
+            .lock()
+            .expect("port lock")
+            .release(self.port);
     }
 }
 
@@ -399,7 +433,11 @@ impl PortPool {
     }
 }
 
-fn pacer_loop(commands: std_mpsc::Receiver<PacerCmd>, stats: Arc<MediaStats>, stopping: Arc<AtomicBool>) {
+fn pacer_loop(
+    commands: std_mpsc::Receiver<PacerCmd>,
+    stats: Arc<MediaStats>,
+    stopping: Arc<AtomicBool>,
+) {
     let mut streams: HashMap<u64, Box<PacedStream>> = HashMap::new();
     let start = Instant::now();
     let mut tick: u64 = 0;
@@ -439,12 +477,15 @@ fn pacer_loop(commands: std_mpsc::Receiver<PacerCmd>, stats: Arc<MediaStats>, st
             }
             s.next_tick = tick + s.every;
             let samples = (s.params.ptime_ms * 8) as usize;
-            let Some(dest) = s.destination() else { continue };
+            let Some(dest) = s.destination() else {
+                continue;
+            };
             if !s.params.send {
                 continue;
             }
             let len = HEADER_LEN + samples.min(MAX_PAYLOAD);
-            s.rtp.write_header(&mut buf, s.params.payload_type, samples as u32);
+            s.rtp
+                .write_header(&mut buf, s.params.payload_type, samples as u32);
             s.fill(&mut buf[HEADER_LEN..len]);
             match s.socket.send_to(&buf[..len], dest) {
                 Ok(_) => {
@@ -545,14 +586,33 @@ async fn recv_loop(
             }
         }
         let digit = if Some(pkt.payload_type) == p.dtmf_payload_type {
-            rfc4733.handle(pkt.timestamp, pkt.payload).map(|d| (d, DtmfMethod::Rfc4733))
+            rfc4733
+                .handle(pkt.timestamp, pkt.payload)
+                .map(|d| (d, DtmfMethod::Rfc4733))
         } else if pkt.payload_type == p.payload_type && settings.inband_dtmf {
             let samples = &mut pcm[..pkt.payload.len().min(2048)];
             match p.codec {
                 Codec::Pcmu => g711::decode_ulaw_into(&pkt.payload[..samples.len()], samples),
                 Codec::Pcma => g711::decode_alaw_into(&pkt.payload[..samples.len()], samples),
             }
-            inband.process(samples).map(|d| (d, DtmfMethod::Inband))
+            // A frame longer than ~30 ms can complete more than one key: take the first here
+            // and send any further ones right after it, in order.
+            let first = inband.process(samples);
+            if let Some(d) = first {
+                let _ = events.send(MediaEvent::Digit {
+                    digit: d,
+                    method: DtmfMethod::Inband,
+                    at: Instant::now(),
+                });
+                while let Some(more) = inband.pop_digit() {
+                    let _ = events.send(MediaEvent::Digit {
+                        digit: more,
+                        method: DtmfMethod::Inband,
+                        at: Instant::now(),
+                    });
+                }
+            }
+            None
         } else {
             None
         };
@@ -569,5 +629,196 @@ async fn recv_loop(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::dtmf::rfc4733_payload;
+    use crate::media::rtp::RtpPacket;
+
+    fn engine(port_min: u16, timeout: Option<Duration>) -> MediaEngine {
+        MediaEngine::start(MediaSettings {
+            rtp_ip: "127.0.0.1".parse().unwrap(),
+            port_min,
+            port_max: port_min + 20,
+            symmetric_rtp: true,
+            rtp_timeout: timeout,
+            inband_dtmf: true,
+            pacing_threads: 1,
+        })
+        .unwrap()
+    }
+
+    fn params(remote: SocketAddr) -> StreamParams {
+        StreamParams {
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            dtmf_payload_type: Some(101),
+            ptime_ms: 20,
+            remote: Some(remote),
+            send: true,
+            expect_rtp: true,
+        }
+    }
+
+    fn recv(sock: &StdUdpSocket) -> Vec<u8> {
+        let mut buf = [0u8; 1500];
+        let n = sock
+            .recv(&mut buf)
+            .expect("an RTP packet within the timeout");
+        buf[..n].to_vec()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plays_prompt_then_silence_with_continuous_headers() {
+        let peer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let engine = engine(41000, None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stream = engine.open(params(peer.local_addr().unwrap()), tx).unwrap();
+        // 400 samples of a recognisable ramp: 2.5 packets of prompt, then silence.
+        let pcm: Vec<i16> = (0..400).map(|i| (i * 50) as i16).collect();
+        let prompt = Arc::new(Prompt::from_pcm("ramp", "en", pcm));
+        // Let a few silent packets through first, then play.
+        let first = recv(&peer);
+        stream.play(7, vec![prompt.clone()]);
+        let mut packets = vec![first];
+        for _ in 0..12 {
+            packets.push(recv(&peer));
+        }
+        let parsed: Vec<RtpPacket> = packets
+            .iter()
+            .map(|p| match rtp::parse(p) {
+                Received::Rtp(r) => r,
+                other => panic!("not RTP: {other:?}"),
+            })
+            .collect();
+        assert!(parsed[0].marker, "first packet carries the marker");
+        for w in parsed.windows(2) {
+            assert_eq!(w[1].seq, w[0].seq.wrapping_add(1));
+            assert_eq!(w[1].timestamp, w[0].timestamp.wrapping_add(160));
+            assert_eq!(w[1].ssrc, w[0].ssrc);
+            assert!(!w[1].marker);
+            assert_eq!(w[1].payload.len(), 160);
+        }
+        // The prompt's bytes appear, in order, followed by mu-law silence.
+        let all: Vec<u8> = parsed
+            .iter()
+            .flat_map(|p| p.payload.iter().copied())
+            .collect();
+        let start = all
+            .windows(prompt.pcmu.len())
+            .position(|w| w == &prompt.pcmu[..])
+            .expect("the prompt is sent intact");
+        assert!(
+            all[start + prompt.pcmu.len()..]
+                .iter()
+                .all(|b| *b == g711::ULAW_SILENCE)
+        );
+        let ev = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .unwrap();
+        assert_eq!(
+            ev,
+            Some(MediaEvent::PlayDone {
+                token: 7,
+                interrupted: false
+            })
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_interrupts_and_latching_follows_the_caller() {
+        let sdp_peer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let real_peer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        real_peer
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let engine = engine(41100, None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stream = engine
+            .open(params(sdp_peer.local_addr().unwrap()), tx)
+            .unwrap();
+        let long = Arc::new(Prompt::from_pcm("long", "en", vec![1000; 80_000]));
+        stream.play(1, vec![long]);
+        stream.stop();
+        let ev = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .unwrap();
+        assert_eq!(
+            ev,
+            Some(MediaEvent::PlayDone {
+                token: 1,
+                interrupted: true
+            })
+        );
+        // The caller's RTP comes from another address than its SDP said (NAT): we follow it.
+        let mut pkt = [0u8; HEADER_LEN + 160];
+        RtpSender::new_random().write_header(&mut pkt, 0, 160);
+        real_peer.send_to(&pkt, stream.local_addr()).unwrap();
+        let got = recv(&real_peer);
+        assert!(matches!(rtp::parse(&got), Received::Rtp(_)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rfc4733_digits_and_rtp_timeout_reach_the_call() {
+        let peer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let engine = engine(41200, Some(Duration::from_millis(600)));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stream = engine.open(params(peer.local_addr().unwrap()), tx).unwrap();
+        let mut sender = RtpSender::new_random();
+        let ts = sender.timestamp;
+        // One key press: start, continuation, end sent three times (same timestamp).
+        for (end, dur) in [
+            (false, 160),
+            (false, 320),
+            (true, 480),
+            (true, 480),
+            (true, 480),
+        ] {
+            let mut pkt = [0u8; HEADER_LEN + 4];
+            sender.timestamp = ts;
+            sender.write_header(&mut pkt, 101, 0);
+            pkt[HEADER_LEN..].copy_from_slice(&rfc4733_payload(
+                Digit::from_char('5').unwrap(),
+                end,
+                10,
+                dur,
+            ));
+            peer.send_to(&pkt, stream.local_addr()).unwrap();
+        }
+        let ev = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match ev {
+            MediaEvent::Digit { digit, method, .. } => {
+                assert_eq!(digit.as_char(), '5');
+                assert_eq!(method, DtmfMethod::Rfc4733);
+            }
+            other => panic!("expected a digit, got {other:?}"),
+        }
+        // Exactly one digit, then silence from the caller ends in an RTP timeout.
+        let ev = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev, MediaEvent::RtpTimeout);
+    }
+
+    #[test]
+    fn port_pool_skips_busy_ports_and_reports_exhaustion() {
+        let busy = StdUdpSocket::bind("127.0.0.1:41300").unwrap();
+        let mut pool = PortPool::new(41300, 41303);
+        let (_a, pa) = pool.bind("127.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(pa, 41302, "41300 is taken by another socket");
+        assert!(matches!(
+            pool.bind("127.0.0.1".parse().unwrap()),
+            Err(MediaError::NoPort { .. })
+        ));
+        pool.release(pa);
+        drop(busy);
     }
 }

@@ -122,13 +122,23 @@ mod tests {
         };
         let mut buf = [0u8; HEADER_LEN + 4];
         s.write_header(&mut buf, 0, 160);
-        let Received::Rtp(p) = parse(&buf) else { panic!("not rtp") };
-        assert_eq!((p.payload_type, p.marker, p.seq, p.timestamp, p.ssrc), (0, true, 65535, u32::MAX - 100, 0xdeadbeef));
+        let Received::Rtp(p) = parse(&buf) else {
+            panic!("not rtp")
+        };
+        assert_eq!(
+            (p.payload_type, p.marker, p.seq, p.timestamp, p.ssrc),
+            (0, true, 65535, u32::MAX - 100, 0xdeadbeef)
+        );
         assert_eq!(p.payload.len(), 4);
         s.write_header(&mut buf, 8, 160);
-        let Received::Rtp(p) = parse(&buf) else { panic!("not rtp") };
+        let Received::Rtp(p) = parse(&buf) else {
+            panic!("not rtp")
+        };
         // Sequence and timestamp wrap; the marker is only on the first packet.
-        assert_eq!((p.payload_type, p.marker, p.seq, p.timestamp), (8, false, 0, 59));
+        assert_eq!(
+            (p.payload_type, p.marker, p.seq, p.timestamp),
+            (8, false, 0, 59)
+        );
     }
 
     #[test]
@@ -142,7 +152,9 @@ mod tests {
         p.extend_from_slice(&[0, 0, 0, 3]); // CSRC
         p.extend_from_slice(&[0xBE, 0xDE, 0, 1, 9, 9, 9, 9]); // extension
         p.extend_from_slice(&[5, 6, 0, 2]); // payload + padding
-        let Received::Rtp(r) = parse(&p) else { panic!("not rtp") };
+        let Received::Rtp(r) = parse(&p) else {
+            panic!("not rtp")
+        };
         assert_eq!(r.payload, &[5, 6]);
         assert_eq!(r.payload_type, 101);
     }

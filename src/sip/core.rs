@@ -13,7 +13,8 @@
 use super::dialog::DialogId;
 use super::message::{Message, ResponseBuilder, reason_phrase};
 use super::transaction::{
-    ClientNonInvite, Event as TxEvent, ResponseDisposition, ServerInvite, ServerNonInvite, State, Timers,
+    ClientNonInvite, Event as TxEvent, ResponseDisposition, ServerInvite, ServerNonInvite, State,
+    Timers,
 };
 use super::transport::{Flow, Incoming, Transports};
 use bytes::Bytes;
@@ -31,7 +32,8 @@ use tracing::{debug, info, warn};
 /// Methods we accept, for Allow headers (RFC 3261 20.5).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, REFER";
 /// Bodies we understand, for Accept headers.
-pub const ACCEPT: &str = "application/sdp, application/dtmf-relay, application/dtmf, message/sipfrag";
+pub const ACCEPT: &str =
+    "application/sdp, application/dtmf-relay, application/dtmf, message/sipfrag";
 
 /// Identifies a server transaction for the call that must answer it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,7 +49,11 @@ pub enum SipEvent {
     /// The caller hung up; the core already answered 200.
     Bye,
     /// An in-dialog request the call must answer (re-INVITE, INFO, NOTIFY, ...).
-    Request { tx: TxId, msg: Box<Message>, flow: Flow },
+    Request {
+        tx: TxId,
+        msg: Box<Message>,
+        flow: Flow,
+    },
     /// Our 2xx was never ACKed (64*T1): the call should send BYE and end (RFC 3261 13.3.1.4).
     AckTimeout,
 }
@@ -87,7 +93,9 @@ enum Command {
     },
     EndDialog(DialogId),
     /// Stop taking new calls: INVITEs get 503 with Retry-After from now on.
-    Drain { retry_after_secs: u32 },
+    Drain {
+        retry_after_secs: u32,
+    },
 }
 
 /// The calls' handle to the core; cheap to clone.
@@ -113,7 +121,13 @@ impl CoreHandle {
     }
 
     /// Sends a request in a client transaction and waits for its final response.
-    pub async fn request(&self, flow: Flow, to: SocketAddr, branch: String, msg: Bytes) -> Result<Message, RequestError> {
+    pub async fn request(
+        &self,
+        flow: Flow,
+        to: SocketAddr,
+        branch: String,
+        msg: Bytes,
+    ) -> Result<Message, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Request {
@@ -148,7 +162,9 @@ pub fn random_token(len: usize) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 /// Server transaction key (RFC 3261 17.2.3): branch, sent-by and method, where ACK matches
@@ -174,7 +190,12 @@ impl TxKey {
         let via = &msg.vias[0];
         let branch = match msg.branch() {
             Some(b) if b.starts_with("z9hG4bK") => b.to_string(),
-            _ => format!("2543:{}:{}:{}", msg.call_id, msg.cseq, msg.from_tag().unwrap_or("")),
+            _ => format!(
+                "2543:{}:{}:{}",
+                msg.call_id,
+                msg.cseq,
+                msg.from_tag().unwrap_or("")
+            ),
         };
         TxKey {
             branch,
@@ -328,7 +349,8 @@ impl Core {
                 420 => &[("Unsupported", msg.header(&Name::REQUIRE).unwrap_or(""))],
                 _ => &[],
             };
-            let extra: Vec<(&str, String)> = extra.iter().map(|(n, v)| (*n, v.to_string())).collect();
+            let extra: Vec<(&str, String)> =
+                extra.iter().map(|(n, v)| (*n, v.to_string())).collect();
             return self.respond_stateful(&msg, flow, code, &extra);
         }
         let in_dialog = msg.to_tag().is_some();
@@ -347,7 +369,9 @@ impl Core {
                     // Known but not out of a dialog here (REGISTER, MESSAGE, SUBSCRIBE, ...).
                     return self.respond_stateful(&msg, flow, 405, &[("Allow", ALLOW.to_string())]);
                 }
-                let Some(dialog) = DialogId::of_request(&msg) else { return };
+                let Some(dialog) = DialogId::of_request(&msg) else {
+                    return;
+                };
                 if !self.dialogs.contains_key(&dialog) {
                     return self.respond_stateful(&msg, flow, 481, &[]);
                 }
@@ -380,7 +404,9 @@ impl Core {
         }
         // 100 Trying at once: the call task may need a moment (SDP, media ports), and a
         // caller that hears nothing retransmits (RFC 3261 17.2.1).
-        let trying = ResponseBuilder::new(&msg, 100, "Trying").received_from(flow.remote).build();
+        let trying = ResponseBuilder::new(&msg, 100, "Trying")
+            .received_from(flow.remote)
+            .build();
         self.send_on(id, 100, trying);
         let (events, rx) = mpsc::unbounded_channel();
         self.dialogs.insert(
@@ -426,12 +452,16 @@ impl Core {
                 }
             }
         }
-        let Some(dialog) = DialogId::of_request(&msg) else { return };
+        let Some(dialog) = DialogId::of_request(&msg) else {
+            return;
+        };
         let Some(entry) = self.dialogs.get_mut(&dialog) else {
             debug!(call_id = %msg.call_id, "ACK for unknown dialog dropped");
             return;
         };
-        let _ = entry.events.send(SipEvent::Ack { body: msg.body.clone() });
+        let _ = entry.events.send(SipEvent::Ack {
+            body: msg.body.clone(),
+        });
         if let Some(id) = entry.invite_tx.take() {
             if let Some(ServerTx {
                 machine: ServerMachine::Invite(m),
@@ -463,13 +493,19 @@ impl Core {
             return self.respond_stateful(&msg, flow, 481, &[]);
         };
         self.respond_stateful(&msg, flow, 200, &[]);
-        let Some(tx) = self.server.get_mut(&invite_id) else { return };
-        let ServerMachine::Invite(m) = &mut tx.machine else { return };
+        let Some(tx) = self.server.get_mut(&invite_id) else {
+            return;
+        };
+        let ServerMachine::Invite(m) = &mut tx.machine else {
+            return;
+        };
         if m.state() != State::Proceeding {
             // Already answered: the CANCEL has no effect beyond its 200 (RFC 3261 9.2).
             return;
         }
-        let Some((invite, tag)) = tx.invite.clone() else { return };
+        let Some((invite, tag)) = tx.invite.clone() else {
+            return;
+        };
         let resp = ResponseBuilder::new(&invite, 487, "Request Terminated")
             .received_from(tx.flow.remote)
             .to_tag(&tag)
@@ -509,7 +545,9 @@ impl Core {
 
     fn handle_response(&mut self, msg: Message) {
         let now = Instant::now();
-        let Some(branch) = msg.branch().map(str::to_string) else { return };
+        let Some(branch) = msg.branch().map(str::to_string) else {
+            return;
+        };
         let Some(status) = msg.status() else { return };
         let Some(tx) = self.client.get_mut(&branch) else {
             // Retransmitted 2xx for requests we never sent, or stray responses: nothing to do.
@@ -559,7 +597,8 @@ impl Core {
                 msg,
                 reply,
             } => {
-                let machine = ClientNonInvite::new(now, self.cfg.timers, flow.protocol.reliable(), msg);
+                let machine =
+                    ClientNonInvite::new(now, self.cfg.timers, flow.protocol.reliable(), msg);
                 self.client.insert(
                     branch.clone(),
                     ClientTx {
@@ -587,7 +626,9 @@ impl Core {
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, r))) = self.heap.pop() else { break };
+            let Some(Reverse((_, r))) = self.heap.pop() else {
+                break;
+            };
             match r {
                 TimerRef::Server(id) => {
                     if let Some(tx) = self.server.get_mut(&id) {
@@ -610,7 +651,13 @@ impl Core {
         }
     }
 
-    fn new_server_tx(&mut self, msg: &Message, flow: Flow, now: Instant, dialog: Option<DialogId>) -> TxId {
+    fn new_server_tx(
+        &mut self,
+        msg: &Message,
+        flow: Flow,
+        now: Instant,
+        dialog: Option<DialogId>,
+    ) -> TxId {
         let id = TxId(self.next_id);
         self.next_id += 1;
         let reliable = flow.protocol.reliable();
@@ -666,7 +713,9 @@ impl Core {
 
     /// Sends what a server transaction queued, acts on its events and re-arms its timer.
     fn drive_server(&mut self, id: TxId) {
-        let Some(tx) = self.server.get_mut(&id) else { return };
+        let Some(tx) = self.server.get_mut(&id) else {
+            return;
+        };
         let mut terminated = false;
         let mut ack_timeout = false;
         loop {
@@ -711,7 +760,9 @@ impl Core {
     }
 
     fn drive_client(&mut self, branch: &str) {
-        let Some(tx) = self.client.get_mut(branch) else { return };
+        let Some(tx) = self.client.get_mut(branch) else {
+            return;
+        };
         let mut first = true;
         while let Some(out) = tx.machine.poll_transmit() {
             if !first {
@@ -740,7 +791,8 @@ impl Core {
         let next = tx.machine.poll_timeout();
         if let Some(at) = next.filter(|_| next != tx.scheduled) {
             tx.scheduled = next;
-            self.heap.push(Reverse((at, TimerRef::Client(branch.to_string()))));
+            self.heap
+                .push(Reverse((at, TimerRef::Client(branch.to_string()))));
         }
         if terminated {
             self.client.remove(branch);
@@ -751,8 +803,20 @@ impl Core {
 fn is_known_method(m: &str) -> bool {
     matches!(
         m,
-        "INVITE" | "ACK" | "CANCEL" | "BYE" | "REGISTER" | "MESSAGE" | "UPDATE" | "PRACK" | "OPTIONS"
-            | "SUBSCRIBE" | "NOTIFY" | "PUBLISH" | "INFO" | "REFER"
+        "INVITE"
+            | "ACK"
+            | "CANCEL"
+            | "BYE"
+            | "REGISTER"
+            | "MESSAGE"
+            | "UPDATE"
+            | "PRACK"
+            | "OPTIONS"
+            | "SUBSCRIBE"
+            | "NOTIFY"
+            | "PUBLISH"
+            | "INFO"
+            | "REFER"
     )
 }
 
@@ -771,7 +835,11 @@ fn precheck(msg: &Message) -> Option<u16> {
         }
     }
     // We implement no SIP extensions a caller could require (RFC 3261 8.2.2.3).
-    if msg.headers.get_raw(&Name::REQUIRE).any(|v| !v.trim().is_empty()) {
+    if msg
+        .headers
+        .get_raw(&Name::REQUIRE)
+        .any(|v| !v.trim().is_empty())
+    {
         return Some(420);
     }
     None
@@ -787,21 +855,36 @@ mod tests {
 
     #[test]
     fn ack_and_invite_share_a_key_cancel_does_not() {
-        let inv = msg("INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n");
-        let ack = msg("ACK sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n");
-        let cancel = msg("CANCEL sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 CANCEL\r\n\r\n");
+        let inv = msg(
+            "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n",
+        );
+        let ack = msg(
+            "ACK sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n",
+        );
+        let cancel = msg(
+            "CANCEL sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 CANCEL\r\n\r\n",
+        );
         assert_eq!(TxKey::of(&inv), TxKey::of(&ack));
         assert_ne!(TxKey::of(&inv), TxKey::of(&cancel));
-        assert_eq!(TxKey::with_method(&cancel, "INVITE".into()), TxKey::of(&inv));
+        assert_eq!(
+            TxKey::with_method(&cancel, "INVITE".into()),
+            TxKey::of(&inv)
+        );
     }
 
     #[test]
     fn prechecks() {
         let base = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:c@d>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n";
         assert_eq!(precheck(&msg(&format!("{base}\r\n"))), None);
-        assert_eq!(precheck(&msg(&format!("{base}Require: foo\r\n\r\n"))), Some(420));
+        assert_eq!(
+            precheck(&msg(&format!("{base}Require: foo\r\n\r\n"))),
+            Some(420)
+        );
         let inv = base.replace("OPTIONS", "INVITE");
-        assert_eq!(precheck(&msg(&format!("{inv}Max-Forwards: 0\r\n\r\n"))), Some(483));
+        assert_eq!(
+            precheck(&msg(&format!("{inv}Max-Forwards: 0\r\n\r\n"))),
+            Some(483)
+        );
         let unk = base.replace("OPTIONS sip:a@b", "OPTIONS http:a@b");
         assert_eq!(precheck(&msg(&format!("{unk}\r\n"))), Some(416));
     }

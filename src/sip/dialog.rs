@@ -54,9 +54,16 @@ pub struct Dialog {
 
 impl Dialog {
     /// The dialog created by answering `invite` with `local_tag`.
-    pub fn new_uas(invite: &Message, local_tag: &str, local_contact: String, protocol: Protocol) -> Dialog {
+    pub fn new_uas(
+        invite: &Message,
+        local_tag: &str,
+        local_contact: String,
+        protocol: Protocol,
+    ) -> Dialog {
         let to_raw = invite.header(&ezk_sip_types::Name::TO).unwrap_or_default();
-        let from_raw = invite.header(&ezk_sip_types::Name::FROM).unwrap_or_default();
+        let from_raw = invite
+            .header(&ezk_sip_types::Name::FROM)
+            .unwrap_or_default();
         Dialog {
             id: DialogId {
                 call_id: invite.call_id.to_string(),
@@ -70,7 +77,12 @@ impl Dialog {
             local_cseq: 0,
             remote_cseq: invite.cseq,
             remote_target: invite.contact_uri().unwrap_or_else(|| {
-                extract_uri(invite.header(&ezk_sip_types::Name::FROM).unwrap_or_default()).to_string()
+                extract_uri(
+                    invite
+                        .header(&ezk_sip_types::Name::FROM)
+                        .unwrap_or_default(),
+                )
+                .to_string()
             }),
             route_set: invite.record_routes(),
             local_contact,
@@ -153,7 +165,10 @@ impl Dialog {
         let sip = parse_sip_uri(&uri)?;
         let ip: IpAddr = sip.host_port.ip()?;
         let default_port = if sip.sips { 5061 } else { 5060 };
-        Some(SocketAddr::new(ip, sip.host_port.port.unwrap_or(default_port)))
+        Some(SocketAddr::new(
+            ip,
+            sip.host_port.port.unwrap_or(default_port),
+        ))
     }
 }
 
@@ -182,15 +197,31 @@ CSeq: 7 INVITE\r\nContact: <sip:alice@10.0.0.1:5070;transport=udp>\r\n{extra}Con
     fn bye_is_addressed_to_the_contact_with_swapped_parties() {
         let inv = invite("");
         let mut d = Dialog::new_uas(&inv, "lt", "sip:ivr@127.0.0.1:5060".into(), Protocol::Udp);
-        let bye = d.request("BYE", "127.0.0.1:5060".parse().unwrap(), "z9hG4bKb", &[], None);
+        let bye = d.request(
+            "BYE",
+            "127.0.0.1:5060".parse().unwrap(),
+            "z9hG4bKb",
+            &[],
+            None,
+        );
         let m = Message::parse(bye).unwrap();
-        assert_eq!(m.request_uri(), Some("sip:alice@10.0.0.1:5070;transport=udp"));
+        assert_eq!(
+            m.request_uri(),
+            Some("sip:alice@10.0.0.1:5070;transport=udp")
+        );
         assert_eq!(m.from_tag(), Some("lt"));
         assert_eq!(m.to_tag(), Some("ft"));
         assert_eq!(m.cseq, 1);
         assert_eq!(&m.call_id[..], "cid");
         assert_eq!(d.next_hop(), Some("10.0.0.1:5070".parse().unwrap()));
-        let second = Message::parse(d.request("INFO", "127.0.0.1:5060".parse().unwrap(), "z9hG4bKc", &[], None)).unwrap();
+        let second = Message::parse(d.request(
+            "INFO",
+            "127.0.0.1:5060".parse().unwrap(),
+            "z9hG4bKc",
+            &[],
+            None,
+        ))
+        .unwrap();
         assert_eq!(second.cseq, 2);
     }
 
@@ -198,10 +229,27 @@ CSeq: 7 INVITE\r\nContact: <sip:alice@10.0.0.1:5070;transport=udp>\r\n{extra}Con
     fn loose_route_set_becomes_route_headers() {
         let inv = invite("Record-Route: <sip:p1.example.com;lr>, <sip:10.9.9.9:5080;lr>\r\n");
         let mut d = Dialog::new_uas(&inv, "lt", "sip:ivr@127.0.0.1".into(), Protocol::Udp);
-        let bye = Message::parse(d.request("BYE", "127.0.0.1:5060".parse().unwrap(), "z9hG4bKb", &[], None)).unwrap();
-        let routes: Vec<_> = bye.headers.get_raw(&ezk_sip_types::Name::ROUTE).map(|v| v.to_string()).collect();
-        assert_eq!(routes, vec!["<sip:p1.example.com;lr>", "<sip:10.9.9.9:5080;lr>"]);
-        assert_eq!(bye.request_uri(), Some("sip:alice@10.0.0.1:5070;transport=udp"));
+        let bye = Message::parse(d.request(
+            "BYE",
+            "127.0.0.1:5060".parse().unwrap(),
+            "z9hG4bKb",
+            &[],
+            None,
+        ))
+        .unwrap();
+        let routes: Vec<_> = bye
+            .headers
+            .get_raw(&ezk_sip_types::Name::ROUTE)
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(
+            routes,
+            vec!["<sip:p1.example.com;lr>", "<sip:10.9.9.9:5080;lr>"]
+        );
+        assert_eq!(
+            bye.request_uri(),
+            Some("sip:alice@10.0.0.1:5070;transport=udp")
+        );
         // A host name cannot be resolved here: the caller falls back to the flow.
         assert_eq!(d.next_hop(), None);
     }
@@ -217,7 +265,10 @@ CSeq: 7 INVITE\r\nContact: <sip:alice@10.0.0.1:5070;transport=udp>\r\n{extra}Con
             .unwrap()
         };
         assert!(d.accept_remote_cseq(&mk(8, "INFO")).is_ok());
-        assert_eq!(d.accept_remote_cseq(&mk(3, "INFO")), Err(InDialogError::CSeqOutOfOrder));
+        assert_eq!(
+            d.accept_remote_cseq(&mk(3, "INFO")),
+            Err(InDialogError::CSeqOutOfOrder)
+        );
         assert!(d.accept_remote_cseq(&mk(7, "ACK")).is_ok());
     }
 }

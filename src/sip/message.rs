@@ -13,10 +13,12 @@
 
 use bytes::{Bytes, BytesMut};
 use bytesstr::BytesStr;
-use ezk_sip_types::header::typed::{CSeq, CallID, FromTo, Via};
+use ezk_sip_types::header::HeaderParse;
+use ezk_sip_types::header::typed::{CSeq, FromTo, Via};
 use ezk_sip_types::msg::{Line, PullParser};
 use ezk_sip_types::print::{AppendCtx, PrintCtx};
 use ezk_sip_types::uri::SipUri;
+use ezk_sip_types::uri::params::{CPS, Params};
 use ezk_sip_types::{Headers, Method, Name};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +44,22 @@ pub enum ParseError {
     /// The message is not valid UTF-8 in its head.
     #[error("message head is not UTF-8")]
     NotUtf8,
+}
+
+/// Prefix of the `StartLine` error for a request in another SIP version. A distinct variant
+/// would be cleaner, but callers already match `StartLine` for every bad first line.
+const UNSUPPORTED_VERSION: &str = "unsupported version ";
+
+impl ParseError {
+    /// The status to answer a request that failed to parse with, when it still carries the
+    /// headers a response needs: 505 for a SIP version we do not speak (RFC 3261 21.5.7,
+    /// RFC 4475 3.1.2.16), 400 for everything else (RFC 3261 21.4.1).
+    pub fn status_code(&self) -> u16 {
+        match self {
+            ParseError::StartLine(s) if s.starts_with(UNSUPPORTED_VERSION) => 505,
+            _ => 400,
+        }
+    }
 }
 
 /// The first line of a message.
@@ -79,29 +97,40 @@ pub struct Message {
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     // Keep-alive CRLFs between messages (RFC 5626 4.4.1) are skipped by the caller.
     let mut parser = PullParser::new(buf, 0);
-    let mut content_length = 0usize;
+    let mut content_length: Option<usize> = None;
     for line in parser.by_ref() {
         let line = match line {
             Ok(line) => line,
             Err(_) => return Ok(None),
         };
         if let Some(value) = header_value_if(line, &["content-length", "l"]) {
-            content_length = value
-                .trim()
-                .parse()
-                .map_err(|_| ParseError::Header(format!("Content-Length: {value:?}")))?;
+            let len = parse_digits(value)
+                .ok_or_else(|| ParseError::Header(format!("Content-Length: {value:?}")))?;
+            // Two different lengths leave no way to find the next message: the stream is lost
+            // and the caller must close it (RFC 4475 3.3.9).
+            if content_length.is_some_and(|have| have != len) {
+                return Err(ParseError::Header(
+                    "conflicting Content-Length values".into(),
+                ));
+            }
+            content_length = Some(len);
         }
     }
     if !has_head_end(buf, parser.progress()) {
         return Ok(None);
     }
     let head_end = parser.head_end();
-    let total = head_end + content_length;
-    Ok(if buf.len() >= total { Some(total) } else { None })
+    let total = head_end.saturating_add(content_length.unwrap_or(0));
+    Ok(if buf.len() >= total {
+        Some(total)
+    } else {
+        None
+    })
 }
 
 fn has_head_end(buf: &[u8], progress: usize) -> bool {
-    buf[progress..].starts_with(b"\r\n\r\n") || buf[progress..].starts_with(b"\n\n")
+    buf.get(progress..)
+        .is_some_and(|rest| rest.starts_with(b"\r\n\r\n") || rest.starts_with(b"\n\n"))
 }
 
 /// `Some(value)` when `line` is a header whose name is one of `names` (lower case).
@@ -150,12 +179,10 @@ impl Message {
         }
 
         let rest = buf.slice(head_end.min(buf.len())..);
-        let body = match headers.get_raw(&Name::CONTENT_LENGTH).next() {
+        let body = match single_value(&headers, &Name::CONTENT_LENGTH, "Content-Length")? {
             Some(v) => {
-                let want: usize = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| ParseError::Header(format!("Content-Length: {v}")))?;
+                let want = parse_digits(v)
+                    .ok_or_else(|| ParseError::Header(format!("Content-Length: {v}")))?;
                 if rest.len() < want {
                     return Err(ParseError::ShortBody {
                         have: rest.len(),
@@ -167,33 +194,57 @@ impl Message {
             None => rest,
         };
 
-        let call_id: CallID = headers
-            .get_named()
-            .map_err(|_| ParseError::Missing("Call-ID"))?;
-        let cseq: CSeq = match headers.try_get_named::<CSeq>() {
-            None => return Err(ParseError::Missing("CSeq")),
-            Some(Err(_)) => return Err(ParseError::Header("CSeq".into())),
-            Some(Ok(c)) => c,
-        };
+        let call_id = single_value(&headers, &Name::CALL_ID, "Call-ID")?
+            .ok_or(ParseError::Missing("Call-ID"))?;
+        // callid = word ["@" word] (RFC 3261 25.1): no spaces, so none can hide a second id.
+        let call_id = BytesStr::from(call_id.trim());
+        if call_id.is_empty() || call_id.contains(char::is_whitespace) {
+            return Err(ParseError::Header(format!(
+                "Call-ID: {}",
+                truncate(&call_id)
+            )));
+        }
+        let cseq_raw =
+            single_value(&headers, &Name::CSEQ, "CSeq")?.ok_or(ParseError::Missing("CSeq"))?;
+        let cseq =
+            parse_whole::<CSeq>(cseq_raw).ok_or_else(|| ParseError::Header("CSeq".into()))?;
+        // The method as written: ezk's Method compares case-insensitively, RFC 3261 7.1 does not.
+        let cseq_method = cseq_raw
+            .trim()
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim()
+            .to_string();
         let from = decode_from_to(&headers, Name::FROM, "From")?;
         let to = decode_from_to(&headers, Name::TO, "To")?;
-        let vias: Vec<Via> = match headers.try_get_named::<Vec<Via>>() {
-            None => return Err(ParseError::Missing("Via")),
-            Some(Err(_)) => return Err(ParseError::Header("Via".into())),
-            Some(Ok(v)) if v.is_empty() => return Err(ParseError::Missing("Via")),
-            Some(Ok(v)) => v,
-        };
+        let vias = decode_vias(&headers)?;
+        // The core reads only the first Max-Forwards; a second, different one is ambiguous.
+        single_value(&headers, &Name::MAX_FORWARDS, "Max-Forwards")?;
         if let StartLine::Request { method, .. } = &start {
-            // RFC 3261 8.2 / RFC 4475 3.1.2.x: the CSeq method must match the request's.
-            if *method != cseq.method {
-                return Err(ParseError::Header("CSeq method does not match request".into()));
+            // RFC 3261 8.2 / RFC 4475 3.1.2.17: the CSeq method must match the request's,
+            // compared as written because method names are case-sensitive (RFC 3261 7.1).
+            if method.to_string() != cseq_method {
+                return Err(ParseError::Header(
+                    "CSeq method does not match request".into(),
+                ));
+            }
+            // A bare magic cookie promises an RFC 3261 transaction id and gives none; every such
+            // request from the peer would share one transaction. RFC 4475 3.2.1 allows a
+            // stateless 400, which is what a parse failure gets.
+            if vias[0]
+                .params
+                .get_val("branch")
+                .is_some_and(|b| b.as_str() == BRANCH_COOKIE)
+            {
+                return Err(ParseError::Header(
+                    "Via branch is only the magic cookie".into(),
+                ));
             }
         }
         Ok(Message {
             start,
             headers,
             body,
-            call_id: call_id.0,
+            call_id,
             cseq: cseq.cseq,
             cseq_method: cseq.method,
             from,
@@ -248,16 +299,18 @@ impl Message {
 
     /// The Content-Type's media type without parameters, lower case.
     pub fn content_type(&self) -> Option<String> {
-        self.header(&Name::CONTENT_TYPE)
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        self.header(&Name::CONTENT_TYPE).map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
     }
 
     /// True when the body is SDP (or no Content-Type but a body, which some peers send).
     pub fn has_sdp(&self) -> bool {
-        !self.body.is_empty()
-            && self
-                .content_type()
-                .is_none_or(|ct| ct == "application/sdp")
+        !self.body.is_empty() && self.content_type().is_none_or(|ct| ct == "application/sdp")
     }
 
     /// Where responses to this request go (RFC 3261 18.2.2 with RFC 3581 rport): the source
@@ -267,7 +320,11 @@ impl Message {
         if reliable || via.params.get("rport").is_some() {
             return source;
         }
-        if let Some(maddr) = via.params.get_val("maddr").and_then(|m| m.parse::<IpAddr>().ok()) {
+        if let Some(maddr) = via
+            .params
+            .get_val("maddr")
+            .and_then(|m| m.parse::<IpAddr>().ok())
+        {
             return SocketAddr::new(maddr, via.sent_by.port.unwrap_or(5060));
         }
         // `received` is added because the sent-by host may be a name we would have to resolve,
@@ -290,12 +347,188 @@ impl Message {
     }
 }
 
-fn decode_from_to(headers: &Headers, name: Name, label: &'static str) -> Result<FromTo, ParseError> {
-    match headers.try_get::<FromTo>(name) {
-        None => Err(ParseError::Missing(label)),
-        Some(Err(_)) => Err(ParseError::Header(label.into())),
-        Some(Ok(v)) => Ok(v),
+/// The RFC 3261 magic cookie that starts every RFC 3261 branch (8.1.1.7).
+const BRANCH_COOKIE: &str = "z9hG4bK";
+
+/// The one value of a header that may appear only once (RFC 3261 7.3.1). Exact repeats are
+/// harmless; different values leave no way to know which one the sender meant, so the message
+/// is refused (RFC 4475 3.3.8 and 3.3.9 expect 400).
+fn single_value<'h>(
+    headers: &'h Headers,
+    name: &Name,
+    label: &str,
+) -> Result<Option<&'h BytesStr>, ParseError> {
+    let mut values = headers.get_raw(name);
+    let first = values.next();
+    if let Some(first) = first
+        && values.any(|v| v.trim() != first.trim())
+    {
+        return Err(ParseError::Header(format!("conflicting {label} values")));
     }
+    Ok(first)
+}
+
+/// 1*DIGIT as a number; `str::parse` alone would also take "+5".
+fn parse_digits(v: &str) -> Option<usize> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// Parses a whole header value with ezk. Its `Headers` getters ignore whatever follows the
+/// part they understood, which would let "1 INVITE garbage" or a half-read Via through.
+fn parse_whole<H: HeaderParse>(value: &str) -> Option<H> {
+    let src = Bytes::copy_from_slice(value.as_bytes());
+    let text = std::str::from_utf8(&src).ok()?;
+    match H::parse(&src, text) {
+        Ok((rest, parsed)) if rest.trim().is_empty() => Some(parsed),
+        _ => None,
+    }
+}
+
+/// Decodes From or To. The display name is checked and unescaped here, because ezk's
+/// quoted-string parser ends at the first `"` even after a backslash (so `"J \"R\""` fails,
+/// RFC 4475 3.1.1.1), and takes any text before `<` as a name, unbalanced quotes and commas
+/// included (3.1.2.6, 3.1.2.15). ezk then sees only `<uri>;params` or `addr-spec;params`.
+fn decode_from_to(
+    headers: &Headers,
+    name: Name,
+    label: &'static str,
+) -> Result<FromTo, ParseError> {
+    let bad = || ParseError::Header(label.into());
+    let raw = single_value(headers, &name, label)?.ok_or(ParseError::Missing(label))?;
+    let (display, rest) = split_display_name(raw).ok_or_else(bad)?;
+    let mut value: FromTo = parse_whole(rest).ok_or_else(bad)?;
+    value.uri.name = display.map(BytesStr::from);
+    // The tag is a token, not a URI part: '%' in it is a literal, and it must come back to the
+    // peer exactly as sent or the dialog does not match (RFC 3261 12.2.1.1, 19.3).
+    let params = match rest.find('>') {
+        Some(gt) if rest.starts_with('<') => &rest[gt + 1..],
+        _ => rest.find(';').map_or("", |semi| &rest[semi..]),
+    };
+    let raw_tag = raw_params(params).find(|(n, _)| n.eq_ignore_ascii_case("tag"));
+    if let Some((_, Some(tag))) = raw_tag
+        && tag.contains('%')
+        && !tag.starts_with('"')
+    {
+        value.tag = Some(BytesStr::from(tag));
+    }
+    Ok(value)
+}
+
+/// Splits a name-addr or addr-spec into its display name (unquoted and unescaped) and the rest
+/// from `<` (or the whole addr-spec). `None` when the display name is malformed: an
+/// unterminated quoted string, or an unquoted one with separators such as `,` in it
+/// (RFC 3261 25.1 display-name = *(token LWS) / quoted-string). Unquoted non-ASCII text is
+/// let through: it is unambiguous and common from phones that put the caller's name there.
+fn split_display_name(value: &str) -> Option<(Option<String>, &str)> {
+    let value = value.trim_start();
+    if let Some(quoted) = value.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = quoted.char_indices();
+        loop {
+            match chars.next()? {
+                (i, '"') => {
+                    let rest = quoted[i + 1..].trim_start();
+                    return rest.starts_with('<').then_some((Some(name), rest));
+                }
+                // quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)
+                (_, '\\') => match chars.next()? {
+                    (_, c) if c.is_ascii() && c != '\r' && c != '\n' => name.push(c),
+                    _ => return None,
+                },
+                (_, '\r' | '\n') => return None,
+                (_, c) => name.push(c),
+            }
+        }
+    }
+    // A `<` after the first `;` can only be inside a quoted parameter of an addr-spec.
+    let before_params = &value[..value.find(';').unwrap_or(value.len())];
+    let Some(lt) = before_params.find('<') else {
+        return Some((None, value));
+    };
+    let display = value[..lt].trim();
+    let token_or_lws = |c: char| {
+        !c.is_ascii() || c == ' ' || c == '\t' || u8::try_from(c).is_ok_and(is_token_byte)
+    };
+    if !display.chars().all(token_or_lws) {
+        return None;
+    }
+    Some((
+        (!display.is_empty()).then(|| display.to_string()),
+        &value[lt..],
+    ))
+}
+
+/// `name[=value]` pairs of a `;`-separated parameter list as written (quotes kept, LWS
+/// around `=` trimmed). Quoted values may contain `;`.
+fn raw_params(params: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    let mut parts = Vec::new();
+    let (mut quoted, mut start) = (false, 0usize);
+    for (i, c) in params.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                parts.push(&params[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&params[start..]);
+    parts
+        .into_iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (p.trim(), None),
+        })
+}
+
+/// Puts parameter values back as written where ezk percent-decoded them. Via parameters are
+/// tokens (RFC 3261 20.42): in `branch=z9hG4bK-%66` the `%` is a literal (RFC 4475 3.1.1.2), and
+/// a response must carry the branch byte for byte or the client cannot match it (17.1.3).
+fn keep_raw_values(params: &mut Params<CPS>, raw: &str) {
+    for (name, value) in raw_params(raw) {
+        let Some(value) = value.filter(|v| v.contains('%') && !v.starts_with('"')) else {
+            continue;
+        };
+        if let Some(param) = params.get_mut(name) {
+            param.value = Some(BytesStr::from(value));
+        }
+    }
+}
+
+/// All Via values, comma-joined ones split. Every one must parse whole: ezk's list decoder
+/// silently skips a value it cannot read and anything after it, which could hide the top Via
+/// (where responses go) or accept `;;,;,,` (RFC 4475 3.1.2.1).
+fn decode_vias(headers: &Headers) -> Result<Vec<Via>, ParseError> {
+    let mut vias = Vec::new();
+    for value in headers.get_raw(&Name::VIA) {
+        // split_header_list drops an empty last element; in a Via list it is an error.
+        let elements = split_header_list(value);
+        if elements.is_empty() || value.trim_end().ends_with(',') {
+            return Err(ParseError::Header(format!("Via: {}", truncate(value))));
+        }
+        for element in elements {
+            let mut via: Via = parse_whole(&element)
+                .ok_or_else(|| ParseError::Header(format!("Via: {}", truncate(&element))))?;
+            // ezk takes an empty name between two `;` as a parameter.
+            if via.params.get("").is_some() {
+                return Err(ParseError::Header(format!("Via: {}", truncate(&element))));
+            }
+            if let Some(semi) = element.find(';') {
+                keep_raw_values(&mut via.params, &element[semi..]);
+            }
+            vias.push(via);
+        }
+    }
+    if vias.is_empty() {
+        return Err(ParseError::Missing("Via"));
+    }
+    Ok(vias)
 }
 
 fn parse_start_line(src: &Bytes, line: &str) -> Result<StartLine, ParseError> {
@@ -313,7 +546,7 @@ fn parse_start_line(src: &Bytes, line: &str) -> Result<StartLine, ParseError> {
         });
     }
     // Request-Line = Method SP Request-URI SP SIP-Version (RFC 3261 7.1): exactly single
-    // spaces, which RFC 4475 3.1.2.7 tests ("escaped headers" with embedded spaces are invalid).
+    // spaces, which RFC 4475 3.1.2.8-10 test (LWS inside the URI, doubled or trailing SP).
     let mut parts = line.split(' ');
     let (Some(method), Some(uri), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -321,15 +554,47 @@ fn parse_start_line(src: &Bytes, line: &str) -> Result<StartLine, ParseError> {
         return Err(ParseError::StartLine(truncate(line).into()));
     };
     if !version.eq_ignore_ascii_case("SIP/2.0") {
-        return Err(ParseError::StartLine(format!("unsupported version {version}")));
+        return Err(ParseError::StartLine(format!(
+            "{UNSUPPORTED_VERSION}{}",
+            truncate(version)
+        )));
     }
-    if method.is_empty() || !method.bytes().all(is_token_byte) || uri.is_empty() || !uri.contains(':') {
+    if method.is_empty() || !method.bytes().all(is_token_byte) || !is_request_uri(uri) {
+        return Err(ParseError::StartLine(truncate(line).into()));
+    }
+    let parsed = Method::from_parse(src, method);
+    // ezk matches known methods by case-insensitive prefix, so "INVITEX" or "invite" would
+    // become INVITE; both are extension methods (names are case-sensitive, RFC 3261 7.1). ezk
+    // cannot represent them as such, so they are refused rather than misread.
+    if parsed.to_string() != method {
         return Err(ParseError::StartLine(truncate(line).into()));
     }
     Ok(StartLine::Request {
-        method: Method::from_parse(src, method),
+        method: parsed,
         uri: BytesStr::from(uri),
     })
+}
+
+/// A Request-URI is `scheme ":" ...` (RFC 3261 25.1, RFC 3986 3.1), which also refuses one
+/// in `<>` (RFC 4475 3.1.2.7). A SIP or SIPS Request-URI must not carry headers (RFC 3261
+/// 19.1.1); RFC 4475 3.1.2.11 allows refusing one that does. A `?` in the user part is
+/// legal, so only the part after `@` counts.
+fn is_request_uri(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    if !chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        || rest.is_empty()
+    {
+        return false;
+    }
+    if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
+        let host_part = rest.split_once('@').map_or(rest, |(_, host)| host);
+        return !host_part.contains('?');
+    }
+    true
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -360,10 +625,10 @@ fn unfold(v: &str) -> String {
 
 /// The URI in a name-addr or addr-spec: inside `<...>` if there are brackets, else up to `;`.
 pub fn extract_uri(value: &str) -> &str {
-    if let (Some(a), Some(b)) = (value.find('<'), value.find('>')) {
-        if a < b {
-            return &value[a + 1..b];
-        }
+    if let (Some(a), Some(b)) = (value.find('<'), value.find('>'))
+        && a < b
+    {
+        return &value[a + 1..b];
     }
     value.split(';').next().unwrap_or(value).trim()
 }
@@ -463,7 +728,11 @@ impl<'a> ResponseBuilder<'a> {
         let _ = write!(head, "SIP/2.0 {} {}\r\n", self.code, self.reason);
         // The top Via is re-printed with received/rport; the others are copied byte for byte
         // because a proxy's Via is its own business (RFC 3261 8.2.6.2: copy them in order).
-        let _ = write!(head, "Via: {}\r\n", top_via_with_received(&req.vias[0], self.source));
+        let _ = write!(
+            head,
+            "Via: {}\r\n",
+            top_via_with_received(&req.vias[0], self.source)
+        );
         for via in req
             .headers
             .get_raw(&Name::VIA)
@@ -631,13 +900,19 @@ l: 0\n\n";
         let base = INVITE.replace("Content-Length: 4", "Content-Length: 400");
         assert!(matches!(parse(&base), Err(ParseError::ShortBody { .. })));
         let no_callid = INVITE.replace("Call-ID: call-1@10.0.0.1\r\n", "");
-        assert_eq!(parse(&no_callid).unwrap_err(), ParseError::Missing("Call-ID"));
+        assert_eq!(
+            parse(&no_callid).unwrap_err(),
+            ParseError::Missing("Call-ID")
+        );
         let mismatch = INVITE.replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
         assert!(matches!(parse(&mismatch), Err(ParseError::Header(_))));
         let version = INVITE.replace("SIP/2.0\r\nVia", "SIP/7.0\r\nVia");
         assert!(matches!(parse(&version), Err(ParseError::StartLine(_))));
         assert!(parse("garbage\r\n\r\n").is_err());
-        assert_eq!(parse("INVITE sip:a@b SIP/2.0\r\nVia: x").unwrap_err(), ParseError::Incomplete);
+        assert_eq!(
+            parse("INVITE sip:a@b SIP/2.0\r\nVia: x").unwrap_err(),
+            ParseError::Incomplete
+        );
     }
 
     #[test]
@@ -671,6 +946,158 @@ l: 0\n\n";
         assert_eq!(back.status(), Some(200));
         assert_eq!(back.to_tag(), Some("srv1"));
         assert_eq!(m.response_target(src, false), src);
+    }
+
+    /// A minimal request around one replaced line, for the checks below.
+    const OPTIONS: &str = "OPTIONS sip:ivr@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+From: <sip:a@h>;tag=1\r\nTo: <sip:ivr@h>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n\r\n";
+
+    fn with(old: &str, new: &str) -> Result<Message, ParseError> {
+        assert!(OPTIONS.contains(old), "{old}");
+        parse(&OPTIONS.replacen(old, new, 1))
+    }
+
+    #[test]
+    fn display_names_are_checked_and_unescaped() {
+        let m = with("From: <sip:a@h>", r#"From: "A \"B\" \\ C" <sip:a@h>"#).unwrap();
+        assert_eq!(m.from.uri.name.as_deref(), Some(r#"A "B" \ C"#));
+        let m = with("From: <sip:a@h>", "From: Jürgen Müller <sip:a@h>").unwrap();
+        assert_eq!(m.from.uri.name.as_deref(), Some("Jürgen Müller"));
+        // Unterminated quote, an unquoted comma, a quoted name not followed by <uri>.
+        for bad in [
+            r#"From: "A <sip:a@h>"#,
+            "From: Bell, A <sip:a@h>",
+            r#"From: "A" sip:a@h"#,
+        ] {
+            assert_eq!(
+                with("From: <sip:a@h>", bad).unwrap_err(),
+                ParseError::Header("From".into()),
+                "{bad}"
+            );
+        }
+        // Trailing garbage that ezk alone would ignore.
+        assert!(with("To: <sip:ivr@h>", "To: <sip:ivr@h> junk").is_err());
+        // A `<` inside a quoted parameter of an addr-spec is no name-addr.
+        let m = with("To: <sip:ivr@h>", r#"To: sip:ivr@h;x="<y>";tag=2"#).unwrap();
+        assert_eq!((m.to.uri.name.as_deref(), m.to_tag()), (None, Some("2")));
+    }
+
+    #[test]
+    fn tags_and_via_parameters_keep_their_percent_signs() {
+        let m = with(";tag=1", ";tag=a%41").unwrap();
+        assert_eq!(m.from_tag(), Some("a%41"));
+        let m = with("branch=z9hG4bK1", "branch=z9hG4bK%41;received=%31").unwrap();
+        assert_eq!(m.branch(), Some("z9hG4bK%41"));
+        assert_eq!(
+            m.vias[0].params.get_val("received").map(|v| v.as_str()),
+            Some("%31")
+        );
+        // Printed back for a response, the branch is still the client's.
+        let resp = ResponseBuilder::new(&m, 200, "OK").build();
+        assert!(
+            std::str::from_utf8(&resp)
+                .unwrap()
+                .contains("branch=z9hG4bK%41")
+        );
+    }
+
+    #[test]
+    fn every_via_must_parse_whole() {
+        let top_garbage = "Via: garbage\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1";
+        assert!(with("Via: SIP/2.0/UDP h;branch=z9hG4bK1", top_garbage).is_err());
+        for bad in [
+            "h;;branch=z9hG4bK1",
+            "h;branch=z9hG4bK1,",
+            "h;branch=z9hG4bK1 x",
+            "h;branch=z9hG4bK1,,h2",
+        ] {
+            let line = format!("Via: SIP/2.0/UDP {bad}");
+            assert!(
+                with("Via: SIP/2.0/UDP h;branch=z9hG4bK1", &line).is_err(),
+                "{bad}"
+            );
+        }
+        // A bare magic cookie is no transaction id (RFC 4475 3.2.1).
+        assert!(with("branch=z9hG4bK1", "branch=z9hG4bK").is_err());
+    }
+
+    #[test]
+    fn single_value_headers_must_not_conflict() {
+        assert!(with("Call-ID: c1\r\n", "Call-ID: c1\r\nCall-ID: c1\r\n").is_ok());
+        let two = with("Call-ID: c1\r\n", "Call-ID: c1\r\ni: c2\r\n").unwrap_err();
+        assert_eq!(two, ParseError::Header("conflicting Call-ID values".into()));
+        assert!(
+            with(
+                "CSeq: 1 OPTIONS\r\n",
+                "CSeq: 1 OPTIONS\r\nCSeq: 2 OPTIONS\r\n"
+            )
+            .is_err()
+        );
+        assert!(with("To: <sip:ivr@h>\r\n", "To: <sip:ivr@h>\r\nt: <sip:x@h>\r\n").is_err());
+        assert!(
+            with(
+                "\r\n\r\n",
+                "\r\nMax-Forwards: 70\r\nMax-Forwards: 5\r\n\r\n"
+            )
+            .is_err()
+        );
+        assert!(with("\r\n\r\n", "\r\nl: 0\r\nContent-Length: 1\r\n\r\nx").is_err());
+        assert!(with("Call-ID: c1", "Call-ID: c1 c2").is_err());
+        assert!(with("\r\n\r\n", "\r\nContent-Length: +0\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn request_line_methods_and_uris() {
+        // Known methods only as written; ezk would read these as INVITE/OPTIONS.
+        assert!(parse(&INVITE.replacen("INVITE sip", "INVITEX sip", 1)).is_err());
+        assert!(with("OPTIONS sip", "options sip").is_err());
+        // CSeq must repeat the method exactly.
+        assert!(with("CSeq: 1 OPTIONS", "CSeq: 1 options").is_err());
+        for bad in [
+            "<sip:ivr@h>",
+            "sip:ivr@h?Route=%3Csip:x%3E",
+            "sip:",
+            "1sip:ivr@h",
+            "ivr@h",
+        ] {
+            assert!(
+                with("sip:ivr@h SIP", &format!("{bad} SIP")).is_err(),
+                "{bad}"
+            );
+        }
+        // '?' is legal in a user part; other schemes are for the core to refuse (416).
+        for good in [
+            "sip:a?b@h",
+            "tel:+4930123",
+            "urn:service:sos",
+            "soap.beep://h:3002",
+        ] {
+            let m = with("sip:ivr@h SIP", &format!("{good} SIP")).unwrap();
+            assert_eq!(m.request_uri(), Some(good));
+        }
+    }
+
+    #[test]
+    fn status_code_says_what_to_answer() {
+        let version = with("SIP/2.0\r\nVia", "SIP/3.0\r\nVia").unwrap_err();
+        assert!(matches!(version, ParseError::StartLine(_)));
+        assert_eq!(version.status_code(), 505);
+        assert_eq!(
+            with("CSeq: 1 OPTIONS", "CSeq: 1 INFO")
+                .unwrap_err()
+                .status_code(),
+            400
+        );
+        assert_eq!(ParseError::Missing("Via").status_code(), 400);
+    }
+
+    #[test]
+    fn frame_len_refuses_ambiguous_lengths() {
+        let two = "OPTIONS sip:a@b SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\nxx";
+        assert!(frame_len(two.as_bytes()).is_err());
+        let same = "OPTIONS sip:a@b SIP/2.0\r\nl: 2\r\nContent-Length: 2\r\n\r\nxx";
+        assert_eq!(frame_len(same.as_bytes()), Ok(Some(same.len())));
+        assert!(frame_len(b"OPTIONS sip:a@b SIP/2.0\r\nl: -1\r\n\r\n").is_err());
     }
 
     #[test]

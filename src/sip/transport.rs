@@ -82,7 +82,13 @@ impl Transports {
     pub fn send(&self, flow: &Flow, to: SocketAddr, data: Bytes) {
         match flow.protocol {
             Protocol::Udp => {
-                let sock = self.inner.lock().expect("transport lock").udp.get(&flow.local).cloned();
+                let sock = self
+                    .inner
+                    .lock()
+                    .expect("transport lock")
+                    .udp
+                    .get(&flow.local)
+                    .cloned();
                 let Some(sock) = sock else {
                     warn!(local = %flow.local, "no UDP socket for flow");
                     return;
@@ -101,7 +107,13 @@ impl Transports {
                 }
             }
             Protocol::Tcp => {
-                let existing = self.inner.lock().expect("transport lock").tcp.get(&(flow.local, to)).cloned();
+                let existing = self
+                    .inner
+                    .lock()
+                    .expect("transport lock")
+                    .tcp
+                    .get(&(flow.local, to))
+                    .cloned();
                 match existing {
                     Some(tx) if tx.send(data.clone()).is_ok() => {}
                     _ => {
@@ -114,7 +126,13 @@ impl Transports {
 
     /// The UDP sockets we listen on, by address (for choosing a Via/Contact).
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
-        self.inner.lock().expect("transport lock").udp.keys().copied().collect()
+        self.inner
+            .lock()
+            .expect("transport lock")
+            .udp
+            .keys()
+            .copied()
+            .collect()
     }
 }
 
@@ -131,15 +149,32 @@ pub async fn bind(
     for addr in udp {
         let sock = Arc::new(bind_udp(*addr)?);
         let local = sock.local_addr()?;
-        transports.inner.lock().expect("transport lock").udp.insert(local, sock.clone());
+        transports
+            .inner
+            .lock()
+            .expect("transport lock")
+            .udp
+            .insert(local, sock.clone());
         bound.push((Protocol::Udp, local));
-        tokio::spawn(udp_loop(sock, local, incoming.clone(), transports.clone(), shutdown.clone()));
+        tokio::spawn(udp_loop(
+            sock,
+            local,
+            incoming.clone(),
+            transports.clone(),
+            shutdown.clone(),
+        ));
     }
     for addr in tcp {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         bound.push((Protocol::Tcp, local));
-        tokio::spawn(tcp_accept_loop(listener, local, incoming.clone(), transports.clone(), shutdown.clone()));
+        tokio::spawn(tcp_accept_loop(
+            listener,
+            local,
+            incoming.clone(),
+            transports.clone(),
+            shutdown.clone(),
+        ));
     }
     for (p, a) in &bound {
         info!(protocol = p.via_name(), addr = %a, "SIP listening");
@@ -189,7 +224,12 @@ async fn udp_loop(
 }
 
 /// Parses and forwards one message, or answers 400 if it is broken but answerable.
-async fn deliver(data: Bytes, flow: Flow, incoming: &mpsc::Sender<Incoming>, transports: &Transports) {
+async fn deliver(
+    data: Bytes,
+    flow: Flow,
+    incoming: &mpsc::Sender<Incoming>,
+    transports: &Transports,
+) {
     match Message::parse(data.clone()) {
         Ok(msg) => {
             if incoming.send(Incoming { msg, flow }).await.is_err() {
@@ -226,10 +266,14 @@ fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
         ("cseq", "", "CSeq"),
     ];
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let name = name.trim();
         for (i, (long, short, canonical)) in NAMES.iter().enumerate() {
-            if name.eq_ignore_ascii_case(long) || (!short.is_empty() && name.eq_ignore_ascii_case(short)) {
+            if name.eq_ignore_ascii_case(long)
+                || (!short.is_empty() && name.eq_ignore_ascii_case(short))
+            {
                 have[i] = true;
                 out.push_str(&format!("{canonical}: {}\r\n", value.trim()));
             }
@@ -239,8 +283,15 @@ fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
         return None;
     }
     // The reason goes in a Warning-like header so admins can see why (no CR/LF inside).
-    let reason: String = err.to_string().chars().filter(|c| !c.is_control()).take(120).collect();
-    out.push_str(&format!("Reason-Phrase-Detail: {reason}\r\nContent-Length: 0\r\n\r\n"));
+    let reason: String = err
+        .to_string()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(120)
+        .collect();
+    out.push_str(&format!(
+        "Reason-Phrase-Detail: {reason}\r\nContent-Length: 0\r\n\r\n"
+    ));
     Some(Bytes::from(out))
 }
 
@@ -265,7 +316,14 @@ async fn tcp_accept_loop(
             _ = shutdown.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(tcp_connection(stream, local, peer, incoming.clone(), transports.clone(), shutdown.clone()));
+        tokio::spawn(tcp_connection(
+            stream,
+            local,
+            peer,
+            incoming.clone(),
+            transports.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 
@@ -279,7 +337,12 @@ async fn tcp_connection(
 ) {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-    transports.inner.lock().expect("transport lock").tcp.insert((local, peer), tx);
+    transports
+        .inner
+        .lock()
+        .expect("transport lock")
+        .tcp
+        .insert((local, peer), tx);
     let writer = tokio::spawn(async move {
         while let Some(data) = rx.recv().await {
             if wr.write_all(&data).await.is_err() {
@@ -328,7 +391,12 @@ async fn tcp_connection(
             }
         }
     }
-    transports.inner.lock().expect("transport lock").tcp.remove(&(local, peer));
+    transports
+        .inner
+        .lock()
+        .expect("transport lock")
+        .tcp
+        .remove(&(local, peer));
     writer.abort();
 }
 

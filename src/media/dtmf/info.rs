@@ -130,16 +130,33 @@ mod tests {
     #[test]
     fn content_type_matching_is_case_insensitive_and_ignores_params() {
         assert_eq!(key("Application/DTMF-Relay", "Signal=1"), Ok('1'));
-        assert_eq!(key(" application/dtmf-relay ; charset=utf-8", "Signal=1"), Ok('1'));
+        assert_eq!(
+            key(" application/dtmf-relay ; charset=utf-8", "Signal=1"),
+            Ok('1')
+        );
         assert_eq!(key("APPLICATION/DTMF;foo=bar", "1"), Ok('1'));
-        assert_eq!(key("text/plain", "Signal=1"), Err(InfoError::UnsupportedContentType));
-        assert_eq!(key("application/dtmf-relayx", "Signal=1"), Err(InfoError::UnsupportedContentType));
+        assert_eq!(
+            key("text/plain", "Signal=1"),
+            Err(InfoError::UnsupportedContentType)
+        );
+        assert_eq!(
+            key("application/dtmf-relayx", "Signal=1"),
+            Err(InfoError::UnsupportedContentType)
+        );
         assert_eq!(key("", "1"), Err(InfoError::UnsupportedContentType));
     }
 
     #[test]
     fn application_dtmf_bare_key() {
-        let cases = [("5", '5'), ("10", '*'), ("11", '#'), ("#", '#'), ("*", '*'), (" 7\r\n", '7'), ("b", 'B')];
+        let cases = [
+            ("5", '5'),
+            ("10", '*'),
+            ("11", '#'),
+            ("#", '#'),
+            ("*", '*'),
+            (" 7\r\n", '7'),
+            ("b", 'B'),
+        ];
         for (body, want) in cases {
             assert_eq!(key(DTMF, body), Ok(want), "{body:?}");
         }
@@ -150,7 +167,10 @@ mod tests {
 
     #[test]
     fn invalid_bodies_are_errors() {
-        assert_eq!(key(RELAY, "Duration=160\r\n"), Err(InfoError::MissingSignal));
+        assert_eq!(
+            key(RELAY, "Duration=160\r\n"),
+            Err(InfoError::MissingSignal)
+        );
         assert_eq!(key(RELAY, ""), Err(InfoError::MissingSignal));
         assert_eq!(key(RELAY, "Signal=\r\n"), Err(InfoError::InvalidSignal));
         assert_eq!(key(RELAY, "Signal=E"), Err(InfoError::InvalidSignal));

@@ -184,7 +184,14 @@ mod tests {
 
     #[test]
     fn chars_map_to_expected_events() {
-        let cases = [('0', 0), ('9', 9), ('*', 10), ('#', 11), ('A', 12), ('d', 15)];
+        let cases = [
+            ('0', 0),
+            ('9', 9),
+            ('*', 10),
+            ('#', 11),
+            ('A', 12),
+            ('d', 15),
+        ];
         for (c, code) in cases {
             assert_eq!(Digit::from_char(c).map(Digit::event), Some(code), "{c}");
         }
@@ -205,6 +212,71 @@ mod tests {
         assert_eq!(f('D'), Some((941, 1633)));
         assert_eq!(Digit::at(3, 0).map(Digit::as_char), Some('*'));
         assert_eq!(Digit::at(4, 0), None);
+    }
+
+    /// One call where the phone sends every key three ways at once:
+    /// RFC 4733 events, the tones still in the audio, and (for some keys)
+    /// SIP INFO arriving 140 ms late. Each press must come out once.
+    #[test]
+    fn keys_sent_by_several_methods_count_once() {
+        use std::time::{Duration, Instant};
+
+        let keys = "155#";
+        let with_info = [true, false, true, true];
+        let press_ms = 200; // 100 ms tone, 100 ms pause
+        let mut audio = Vec::new();
+        for c in keys.chars() {
+            let key = Digit::from_char(c).unwrap();
+            generate_tone(key, 100, dbm0_to_amplitude(-8.0), &mut audio);
+            audio.resize(audio.len() + 800, 0);
+        }
+        audio.resize(audio.len() + 1600, 0);
+
+        let t0 = Instant::now();
+        let mut rfc = Rfc4733Receiver::new();
+        let mut inband = InbandDetector::new();
+        let mut dedup = DigitDedup::default();
+        let (mut kept, mut raw) = (String::new(), 0);
+        let mut offer = |at_ms: usize, d: Digit, m: DtmfMethod, kept: &mut String| {
+            raw += 1;
+            if dedup.accept(t0 + Duration::from_millis(at_ms as u64), d, m) {
+                kept.push(d.as_char());
+            }
+        };
+        for (i, frame) in audio.chunks(160).enumerate() {
+            let now_ms = i * 20;
+            // RFC 4733: one packet per 20 ms while the key is down, the
+            // end report three times after it; timestamp = tone start.
+            let press = now_ms / press_ms;
+            let into = now_ms % press_ms;
+            if let Some(c) = keys.chars().nth(press) {
+                let key = Digit::from_char(c).unwrap();
+                let ts = (press * press_ms * 8) as u32;
+                let pkts = match into {
+                    0..100 => 1,
+                    100..120 => 3,
+                    _ => 0,
+                };
+                let end = into >= 100;
+                let dur = (into.min(100) * 8) as u16;
+                for _ in 0..pkts {
+                    if let Some(d) = rfc.handle(ts, &rfc4733_payload(key, end, 10, dur)) {
+                        offer(now_ms, d, DtmfMethod::Rfc4733, &mut kept);
+                    }
+                }
+                if into == 140 && with_info[press] {
+                    let body = format!("Signal={c}\r\nDuration=100\r\n");
+                    let d = parse_info("application/dtmf-relay", body.as_bytes()).unwrap();
+                    offer(now_ms, d, DtmfMethod::SipInfo, &mut kept);
+                }
+            }
+            if let Some(d) = inband.process(frame) {
+                offer(now_ms + 20, d, DtmfMethod::Inband, &mut kept);
+            }
+        }
+        assert_eq!(kept, keys);
+        // The scenario really did deliver every key more than once.
+        assert_eq!(raw, 4 + 4 + 3, "rfc4733 + inband + info copies");
     }
 
     #[test]

@@ -132,8 +132,14 @@ impl Rfc4733Receiver {
                 last.ended |= report.end;
                 return None;
             }
-            // A different key under the same timestamp breaks the RFC, but
-            // it is plainly a new key; taking it beats dropping it.
+            // A different key under the same timestamp breaks the RFC. Once
+            // the previous key has ended it is plainly a new key (some
+            // senders reuse timestamps); before that, it is as likely a
+            // straggler of an earlier key, and ping-ponging between the two
+            // would count both again.
+            if !last.ended {
+                return None;
+            }
             *last = Press::new(rtp_timestamp, report);
             return Some(digit);
         }
@@ -219,12 +225,23 @@ mod tests {
 
     #[test]
     fn payload_encoding_matches_rfc_layout() {
-        assert_eq!(rfc4733_payload(d('#'), true, 10, 1600), [11, 0x8A, 0x06, 0x40]);
-        assert_eq!(rfc4733_payload(d('D'), false, 0xFF, 0xFFFF), [15, 0x3F, 0xFF, 0xFF]);
+        assert_eq!(
+            rfc4733_payload(d('#'), true, 10, 1600),
+            [11, 0x8A, 0x06, 0x40]
+        );
+        assert_eq!(
+            rfc4733_payload(d('D'), false, 0xFF, 0xFFFF),
+            [15, 0x3F, 0xFF, 0xFF]
+        );
         let ev = TelephoneEvent::parse(&[5, 0x80 | 0x40 | 7, 1, 2]).unwrap();
         assert_eq!(
             ev,
-            TelephoneEvent { event: 5, end: true, volume: 7, duration: 0x0102 }
+            TelephoneEvent {
+                event: 5,
+                end: true,
+                volume: 7,
+                duration: 0x0102
+            }
         );
     }
 
@@ -328,7 +345,10 @@ mod tests {
         assert_eq!(got, vec![key]);
         // And the key pressed again afterwards is a new digit.
         let later = ts3.wrapping_add(8000 + 800);
-        assert_eq!(rx.handle(later, &rfc4733_payload(key, false, 10, 0)), Some(key));
+        assert_eq!(
+            rx.handle(later, &rfc4733_payload(key, false, 10, 0)),
+            Some(key)
+        );
     }
 
     #[test]
@@ -336,16 +356,54 @@ mod tests {
         let key = d('4');
         // Not a full segment: a new press even though it is contiguous.
         let mut rx = Rfc4733Receiver::new();
-        assert_eq!(rx.handle(0, &rfc4733_payload(key, false, 10, 800)), Some(key));
-        assert_eq!(rx.handle(800, &rfc4733_payload(key, false, 10, 0)), Some(key));
+        assert_eq!(
+            rx.handle(0, &rfc4733_payload(key, false, 10, 800)),
+            Some(key)
+        );
+        assert_eq!(
+            rx.handle(800, &rfc4733_payload(key, false, 10, 0)),
+            Some(key)
+        );
         // A full segment that ended: the next one is a new press.
         let mut rx = Rfc4733Receiver::new();
-        assert_eq!(rx.handle(0, &rfc4733_payload(key, true, 10, 0xFFFF)), Some(key));
-        assert_eq!(rx.handle(0xFFFF, &rfc4733_payload(key, false, 10, 0)), Some(key));
+        assert_eq!(
+            rx.handle(0, &rfc4733_payload(key, true, 10, 0xFFFF)),
+            Some(key)
+        );
+        assert_eq!(
+            rx.handle(0xFFFF, &rfc4733_payload(key, false, 10, 0)),
+            Some(key)
+        );
         // A full segment followed by a different key: new press.
         let mut rx = Rfc4733Receiver::new();
-        assert_eq!(rx.handle(0, &rfc4733_payload(key, false, 10, 0xFFFF)), Some(key));
-        assert_eq!(rx.handle(0xFFFF, &rfc4733_payload(d('6'), false, 10, 0)), Some(d('6')));
+        assert_eq!(
+            rx.handle(0, &rfc4733_payload(key, false, 10, 0xFFFF)),
+            Some(key)
+        );
+        assert_eq!(
+            rx.handle(0xFFFF, &rfc4733_payload(d('6'), false, 10, 0)),
+            Some(d('6'))
+        );
+    }
+
+    #[test]
+    fn reused_timestamp_with_a_new_key_counts_only_after_an_end() {
+        // Broken sender: the next key under the same timestamp.
+        let mut rx = Rfc4733Receiver::new();
+        let one = press('1', 800);
+        let two = press('2', 800);
+        let mut got = feed(&mut rx, 500, &one);
+        got.extend(feed(&mut rx, 500, &two[..2]));
+        // A straggling end report of '1' while '2' is down: ignored.
+        got.extend(feed(&mut rx, 500, &one[one.len() - 1..]));
+        got.extend(feed(&mut rx, 500, &two[2..]));
+        assert_eq!(got, vec!['1', '2']);
+        // Without an end report, a different key under the same timestamp
+        // is not trusted.
+        let mut rx = Rfc4733Receiver::new();
+        let mut got = feed(&mut rx, 900, &one[..2]);
+        got.extend(feed(&mut rx, 900, &two[..2]));
+        assert_eq!(got, vec!['1']);
     }
 
     #[test]
@@ -363,23 +421,41 @@ mod tests {
         assert_eq!(rx.handle(100, &[3, 0x80]), None);
         assert_eq!(rx.handle(100, &[3, 0x80, 0, 160]), None);
         // ...and trailing bytes after the first report are tolerated.
-        assert_eq!(rx.handle(900, &[2, 0, 0, 0, 9, 9, 9]).map(Digit::as_char), Some('2'));
+        assert_eq!(
+            rx.handle(900, &[2, 0, 0, 0, 9, 9, 9]).map(Digit::as_char),
+            Some('2')
+        );
     }
 
     #[test]
     fn timestamp_restart_far_behind_is_a_new_timeline() {
         let mut rx = Rfc4733Receiver::new();
-        assert!(rx.handle(3_000_000_000, &rfc4733_payload(d('1'), false, 10, 0)).is_some());
+        assert!(
+            rx.handle(3_000_000_000, &rfc4733_payload(d('1'), false, 10, 0))
+                .is_some()
+        );
         // Just behind: a late packet, ignored.
-        assert_eq!(rx.handle(2_999_990_000, &rfc4733_payload(d('2'), false, 10, 0)), None);
+        assert_eq!(
+            rx.handle(2_999_990_000, &rfc4733_payload(d('2'), false, 10, 0)),
+            None
+        );
         // Far behind (1e9 units): the sender restarted its clock.
         let restarted = 2_000_000_000;
-        assert_eq!(rx.handle(restarted, &rfc4733_payload(d('2'), false, 10, 0)), Some(d('2')));
+        assert_eq!(
+            rx.handle(restarted, &rfc4733_payload(d('2'), false, 10, 0)),
+            Some(d('2'))
+        );
         // Ahead is simply a newer press.
         let next = restarted + 5000;
-        assert_eq!(rx.handle(next, &rfc4733_payload(d('3'), false, 10, 0)), Some(d('3')));
+        assert_eq!(
+            rx.handle(next, &rfc4733_payload(d('3'), false, 10, 0)),
+            Some(d('3'))
+        );
         // reset() forgets the history too.
         rx.reset();
-        assert_eq!(rx.handle(1000, &rfc4733_payload(d('2'), true, 10, 0)), Some(d('2')));
+        assert_eq!(
+            rx.handle(1000, &rfc4733_payload(d('2'), true, 10, 0)),
+            Some(d('2'))
+        );
     }
 }

@@ -1,0 +1,88 @@
+//! What a dialplan needs from outside the call: customers, PINs by SMS, and nothing else.
+//!
+//! The interpreter sees only this trait (and [`crate::call::CallIo`] for the call itself), so
+//! the daemon, `ivrd simulate` and tests can each hand it their own implementation: the daemon
+//! wires it to SQLite and a real SMS provider, the simulator to SQLite and a capturing provider.
+//! Outcomes are plain enums: every one of them must map to a transition in the dialplan.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+/// A customer as a dialplan sees it (no PIN material, ever).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerRecord {
+    pub id: String,
+    pub name: String,
+    /// The mobile number on file, E.164. The PIN goes only here.
+    pub mobile: String,
+    /// The customer's preferred prompt language, if recorded.
+    pub language: Option<String>,
+    /// Every field of the record by name (id, name, mobile, language, and any extra columns),
+    /// for `${customer.<field>}` in dialplans.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// Which field a lookup matches on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupBy {
+    /// The customer identifier the caller typed.
+    Id,
+    /// The caller's own number (E.164 after normalisation).
+    Mobile,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupOutcome {
+    /// Exactly one enabled customer matched.
+    Found(CustomerRecord),
+    /// No enabled customer matched (a disabled one counts as not found: same prompts, same timing).
+    NotFound,
+    /// More than one matched: the flow must not guess.
+    Ambiguous,
+    /// The customer exists but is locked out after too many failures.
+    LockedOut,
+    /// The store failed; the flow takes its error transition.
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendPinOutcome {
+    /// The provider accepted the SMS; the PIN is valid for `minutes`.
+    Sent { minutes: u32 },
+    /// Too many SMS for this customer or caller in the window.
+    RateLimited,
+    /// The customer is locked out.
+    LockedOut,
+    /// The provider refused or could not be reached.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckPinOutcome {
+    Valid,
+    /// Wrong PIN; the caller may try again.
+    Invalid { tries_left: u32 },
+    /// Wrong PIN and no tries left for this PIN (it is now void).
+    Exhausted,
+    /// The PIN expired (or none was sent).
+    Expired,
+    /// Too many failures for this customer: locked out (persisted).
+    LockedOut,
+}
+
+/// What to send: the template is per language, with `{pin}`, `{minutes}` and `{name}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinRequest {
+    pub customer_id: String,
+    /// The caller's number (for per-caller SMS limits; never a destination).
+    pub caller: String,
+    pub language: String,
+    /// PIN length, 4..=10.
+    pub length: usize,
+}
+
+pub trait FlowServices: Send + Sync {
+    fn lookup_customer(&self, by: LookupBy, value: &str) -> impl Future<Output = LookupOutcome> + Send;
+    fn send_pin(&self, req: &PinRequest) -> impl Future<Output = SendPinOutcome> + Send;
+    fn check_pin(&self, customer_id: &str, input: &str) -> impl Future<Output = CheckPinOutcome> + Send;
+}
