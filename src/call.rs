@@ -286,6 +286,21 @@ impl Call {
         if !invite.body.is_empty() && !invite.has_sdp() {
             return Err(reject(415));
         }
+        // An INVITE whose Accept excludes SDP cannot take our answer (RFC 3261 21.4.7).
+        if let Some(accept) = invite.header(&Name::ACCEPT) {
+            let ok = accept.split(',').any(|t| {
+                let t = t
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                matches!(t.as_str(), "application/sdp" | "application/*" | "*/*")
+            });
+            if !ok && !accept.trim().is_empty() {
+                return Err(reject(406));
+            }
+        }
         let (media_tx, media_events) = mpsc::unbounded_channel();
         let initial = StreamParams {
             codec: settings.codecs[0],

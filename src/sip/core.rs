@@ -827,11 +827,11 @@ fn precheck(msg: &Message) -> Option<u16> {
     if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
         return Some(416);
     }
+    // Max-Forwards: 0 is a proxy's business (483); an endpoint processes the request anyway
+    // (RFC 4475 3.3.11), but a value that is not a number is malformed.
     if let Some(mf) = msg.header(&Name::MAX_FORWARDS) {
-        match mf.trim().parse::<u32>() {
-            Ok(0) if *msg.method() != Method::OPTIONS => return Some(483),
-            Ok(_) => {}
-            Err(_) => return Some(400),
+        if mf.trim().parse::<u32>().is_err() {
+            return Some(400);
         }
     }
     // We implement no SIP extensions a caller could require (RFC 3261 8.2.2.3).
@@ -881,9 +881,14 @@ mod tests {
             Some(420)
         );
         let inv = base.replace("OPTIONS", "INVITE");
+        // An endpoint processes Max-Forwards: 0 (RFC 4475 3.3.11); garbage is a 400.
         assert_eq!(
             precheck(&msg(&format!("{inv}Max-Forwards: 0\r\n\r\n"))),
-            Some(483)
+            None
+        );
+        assert_eq!(
+            precheck(&msg(&format!("{inv}Max-Forwards: many\r\n\r\n"))),
+            Some(400)
         );
         let unk = base.replace("OPTIONS sip:a@b", "OPTIONS http:a@b");
         assert_eq!(precheck(&msg(&format!("{unk}\r\n"))), Some(416));

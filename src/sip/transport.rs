@@ -256,7 +256,13 @@ fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
     if first.starts_with("SIP/") || first.starts_with("ACK ") {
         return None;
     }
-    let mut out = String::from("SIP/2.0 400 Bad Request\r\n");
+    let code = err.status_code();
+    let reason = if code == 505 {
+        "Version Not Supported"
+    } else {
+        "Bad Request"
+    };
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
     let mut have = [false; 5];
     const NAMES: [(&str, &str, &str); 5] = [
         ("via", "v", "Via"),

@@ -1,0 +1,553 @@
+//! One-time PINs: generation from the OS CSPRNG and a vault that never holds them in clear.
+//!
+//! A [`Pin`] exists in clear only between [`PinVault::issue`] and the rendering of the SMS text
+//! ([`Pin::expose`]); its `Debug` and `Display` print `****` so that a stray `{:?}` in a log line
+//! cannot leak it, and its memory is zeroed on drop. The vault keeps, per subject (the customer
+//! id), only `HMAC-SHA256(key, pin)` under a random key drawn once per process, so a memory dump
+//! or a debug print of the vault shows no PIN, and digests from one run are useless in the next.
+//! A PIN is single use, expires (5 minutes by default, 10 at most) and allows a few wrong tries;
+//! issuing a new PIN for a subject replaces the old one, so a re-sent SMS voids the earlier PIN.
+//!
+//! Time is a parameter (`now: Instant`) everywhere, so the simulator can drive a virtual clock.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use rand::TryRngCore;
+use rand::rngs::OsRng;
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Fewest digits a PIN may have.
+pub const MIN_LENGTH: usize = 4;
+/// Most digits a PIN may have.
+pub const MAX_LENGTH: usize = 10;
+/// How long a PIN is valid unless configured otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
+/// The longest validity we allow: a PIN that lives longer is a password, not a one-time code.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 60);
+/// Wrong tries per PIN unless configured otherwise.
+pub const DEFAULT_TRIES: u32 = 3;
+
+/// Why a PIN or a vault could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The requested length is outside 4..=10.
+    #[error("a PIN must have {MIN_LENGTH} to {MAX_LENGTH} digits, not {0}")]
+    Length(usize),
+    /// The operating system's random number generator failed (no PIN without real randomness).
+    #[error("the operating system's random number generator failed: {0}")]
+    Rng(String),
+    /// The validity is zero or longer than [`MAX_TTL`].
+    #[error("a PIN must be valid for more than 0 seconds and at most 10 minutes, not {0:?}")]
+    Ttl(Duration),
+    /// Zero tries would make every PIN useless.
+    #[error("a PIN must allow at least one try")]
+    NoTries,
+}
+
+/// A PIN in clear. Prints as `****`; zeroed on drop; deliberately neither `Clone` nor `PartialEq`
+/// (comparisons belong in the vault, in constant time).
+pub struct Pin(Zeroizing<String>);
+
+impl Pin {
+    /// Draws `length` uniformly distributed decimal digits from the OS CSPRNG.
+    pub fn generate(length: usize) -> Result<Pin, PinError> {
+        if !(MIN_LENGTH..=MAX_LENGTH).contains(&length) {
+            return Err(PinError::Length(length));
+        }
+        // Allocated once at its final size, so no reallocation leaves a copy of digits behind.
+        let mut digits = Zeroizing::new(String::with_capacity(length));
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        while digits.len() < length {
+            OsRng
+                .try_fill_bytes(bytes.as_mut())
+                .map_err(|e| PinError::Rng(e.to_string()))?;
+            for &b in bytes.iter() {
+                // Rejection sampling: 250 is the largest multiple of 10 that fits in a byte, so
+                // bytes 0..250 map onto each digit exactly 25 times; 250..=255 would bias 0..5.
+                if b < 250 && digits.len() < length {
+                    digits.push(char::from(b'0' + b % 10));
+                }
+            }
+        }
+        Ok(Pin(digits))
+    }
+
+    /// The digits, for rendering the SMS text only. Never log, store or compare with this.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Number of digits.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false for a generated PIN; here because clippy expects it beside `len`.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pin(****)")
+    }
+}
+
+impl fmt::Display for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// The result of checking an entered PIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinCheck {
+    /// Correct; the PIN is now consumed.
+    Valid,
+    /// Wrong; `tries_left` more attempts on this PIN.
+    Invalid { tries_left: u32 },
+    /// Wrong, and that was the last try: the PIN is now void.
+    Exhausted,
+    /// The PIN expired before this attempt (it is now removed).
+    Expired,
+    /// No PIN is outstanding for this subject (never issued, consumed, voided or purged).
+    NoPin,
+}
+
+/// What the vault remembers of one issued PIN: its keyed digest, never the digits.
+struct Entry {
+    digest: [u8; 32],
+    expires: Instant,
+    tries_left: u32,
+}
+
+/// Outstanding PINs by subject, as HMAC digests under a per-process key.
+pub struct PinVault {
+    key: [u8; 32],
+    ttl: Duration,
+    tries: u32,
+    entries: HashMap<String, Entry>,
+}
+
+impl fmt::Debug for PinVault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Neither the key nor the digests: only what helps debugging.
+        f.debug_struct("PinVault")
+            .field("ttl", &self.ttl)
+            .field("tries", &self.tries)
+            .field("outstanding", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PinVault {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl PinVault {
+    /// A vault whose PINs live `ttl` (at most [`MAX_TTL`]) and allow `tries` wrong attempts,
+    /// with a fresh 32-byte key from the OS CSPRNG.
+    pub fn new(ttl: Duration, tries: u32) -> Result<PinVault, PinError> {
+        if ttl.is_zero() || ttl > MAX_TTL {
+            return Err(PinError::Ttl(ttl));
+        }
+        if tries == 0 {
+            return Err(PinError::NoTries);
+        }
+        let mut key = [0u8; 32];
+        OsRng
+            .try_fill_bytes(&mut key)
+            .map_err(|e| PinError::Rng(e.to_string()))?;
+        Ok(PinVault {
+            key,
+            ttl,
+            tries,
+            entries: HashMap::new(),
+        })
+    }
+
+    /// [`DEFAULT_TTL`] and [`DEFAULT_TRIES`].
+    pub fn with_defaults() -> Result<PinVault, PinError> {
+        PinVault::new(DEFAULT_TTL, DEFAULT_TRIES)
+    }
+
+    /// How long an issued PIN stays valid.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Creates a PIN of `length` digits for `subject`, replacing any outstanding one.
+    /// The caller sends it and drops it; the vault keeps only its digest.
+    pub fn issue(&mut self, subject: &str, length: usize, now: Instant) -> Result<Pin, PinError> {
+        let pin = Pin::generate(length)?;
+        self.purge_expired(now);
+        let entry = Entry {
+            digest: self.digest(pin.expose()),
+            expires: now + self.ttl,
+            tries_left: self.tries,
+        };
+        self.entries.insert(subject.to_owned(), entry);
+        Ok(pin)
+    }
+
+    /// Checks `input` against the outstanding PIN of `subject`.
+    ///
+    /// The input's digest is compared with the stored one in constant time, whatever the input's
+    /// length or content: a wrong-length input costs a try like any other wrong input, and no
+    /// early exit tells an attacker how many leading digits were right.
+    pub fn check(&mut self, subject: &str, input: &str, now: Instant) -> PinCheck {
+        let outcome = match self.entries.get_mut(subject) {
+            None => PinCheck::NoPin,
+            Some(entry) if now >= entry.expires => PinCheck::Expired,
+            Some(entry) => {
+                let mut mac = HmacSha256::new_from_slice(&self.key)
+                    .expect("HMAC-SHA256 accepts keys of any length");
+                mac.update(input.as_bytes());
+                // verify_slice compares the two 32-byte tags in constant time (subtle::ConstantTimeEq).
+                if mac.verify_slice(&entry.digest).is_ok() {
+                    PinCheck::Valid
+                } else {
+                    entry.tries_left = entry.tries_left.saturating_sub(1);
+                    match entry.tries_left {
+                        0 => PinCheck::Exhausted,
+                        tries_left => PinCheck::Invalid { tries_left },
+                    }
+                }
+            }
+        };
+        // Single use: a valid, exhausted or expired PIN is gone after this call.
+        if matches!(
+            outcome,
+            PinCheck::Valid | PinCheck::Exhausted | PinCheck::Expired
+        ) {
+            self.entries.remove(subject);
+        }
+        self.purge_expired(now);
+        outcome
+    }
+
+    /// Voids the outstanding PIN of `subject` (e.g. the SMS could not be sent, or the customer
+    /// was locked out). Returns whether there was one.
+    pub fn revoke(&mut self, subject: &str) -> bool {
+        self.entries.remove(subject).is_some()
+    }
+
+    /// Drops every PIN that has expired by `now`; `issue` and `check` call this, so the vault
+    /// holds at most one entry per subject that asked for a PIN within the last TTL.
+    pub fn purge_expired(&mut self, now: Instant) {
+        self.entries.retain(|_, e| now < e.expires);
+    }
+
+    /// Number of outstanding (not yet purged) PINs.
+    pub fn outstanding(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn digest(&self, pin: &str) -> [u8; 32] {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.key).expect("HMAC-SHA256 accepts keys of any length");
+        mac.update(pin.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_in_range_are_all_digits_and_out_of_range_is_refused() {
+        for len in MIN_LENGTH..=MAX_LENGTH {
+            let pin = Pin::generate(len).unwrap();
+            assert_eq!(pin.len(), len);
+            assert!(pin.expose().bytes().all(|b| b.is_ascii_digit()));
+        }
+        for len in [0, 1, 3, 11, 100] {
+            assert!(matches!(Pin::generate(len), Err(PinError::Length(l)) if l == len));
+        }
+        let msg = PinError::Length(3).to_string();
+        assert_eq!(msg, "a PIN must have 4 to 10 digits, not 3");
+    }
+
+    #[test]
+    fn digits_are_uniform_chi_square() {
+        // 20 000 PINs of 10 digits = 200 000 digits. With 9 degrees of freedom the chi-square
+        // statistic exceeds 27.9 with probability 0.001 and 40 with about 1e-5: a generous bound
+        // that still catches a modulo bias (bytes % 10 without rejection gives chi2 ~ 190 here).
+        let mut counts = [0u64; 10];
+        for _ in 0..20_000 {
+            let pin = Pin::generate(10).unwrap();
+            for b in pin.expose().bytes() {
+                counts[usize::from(b - b'0')] += 1;
+            }
+        }
+        let total: u64 = counts.iter().sum();
+        assert_eq!(total, 200_000);
+        let expected = total as f64 / 10.0;
+        let chi2: f64 = counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(chi2 < 40.0, "chi-square {chi2} too large: {counts:?}");
+    }
+
+    #[test]
+    fn the_chi_square_bound_would_catch_a_modulo_bias() {
+        // Guards the test above against being toothless: the same statistic over the biased
+        // mapping (every byte % 10) must fail the bound.
+        let mut counts = [0u64; 10];
+        let mut bytes = [0u8; 1000];
+        for _ in 0..200 {
+            OsRng.try_fill_bytes(&mut bytes).unwrap();
+            for &b in &bytes {
+                counts[usize::from(b % 10)] += 1;
+            }
+        }
+        let expected = 200_000.0 / 10.0;
+        let chi2: f64 = counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(chi2 > 40.0, "biased chi-square {chi2} unexpectedly small");
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_digits() {
+        for _ in 0..50 {
+            let pin = Pin::generate(6).unwrap();
+            let clear = pin.expose().to_owned();
+            let shown = [
+                format!("{pin}"),
+                format!("{pin:?}"),
+                format!("{pin:#?}"),
+                format!("{:?}", Some(&pin)),
+            ];
+            for s in &shown {
+                assert!(!s.contains(&clear), "{s:?} leaks the PIN");
+                assert!(!s.bytes().any(|b| b.is_ascii_digit()), "{s:?} shows digits");
+            }
+            assert_eq!(format!("{pin}"), "****");
+        }
+    }
+
+    #[test]
+    fn vault_debug_shows_neither_key_nor_digest() {
+        let mut vault = PinVault::with_defaults().unwrap();
+        let now = Instant::now();
+        let pin = vault.issue("123456", 8, now).unwrap();
+        let shown = format!("{vault:?}");
+        assert!(!shown.contains(pin.expose()));
+        let key_hex: String = vault.key.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!shown.contains(&key_hex[..8]));
+        assert!(!shown.contains(&format!("{:?}", vault.key)));
+        assert!(shown.contains("outstanding: 1"));
+    }
+
+    #[test]
+    fn valid_pin_is_single_use() {
+        let mut vault = PinVault::with_defaults().unwrap();
+        let now = Instant::now();
+        let pin = vault.issue("c1", 6, now).unwrap();
+        assert_eq!(vault.check("c1", pin.expose(), now), PinCheck::Valid);
+        assert_eq!(vault.check("c1", pin.expose(), now), PinCheck::NoPin);
+        assert_eq!(vault.outstanding(), 0);
+    }
+
+    #[test]
+    fn wrong_tries_count_down_then_exhaust_and_void_the_pin() {
+        let mut vault = PinVault::new(DEFAULT_TTL, 3).unwrap();
+        let now = Instant::now();
+        let pin = vault.issue("c1", 4, now).unwrap();
+        let wrong = wrong_input(pin.expose());
+        assert_eq!(
+            vault.check("c1", &wrong, now),
+            PinCheck::Invalid { tries_left: 2 }
+        );
+        assert_eq!(
+            vault.check("c1", &wrong, now),
+            PinCheck::Invalid { tries_left: 1 }
+        );
+        assert_eq!(vault.check("c1", &wrong, now), PinCheck::Exhausted);
+        // Void: even the right PIN no longer works.
+        assert_eq!(vault.check("c1", pin.expose(), now), PinCheck::NoPin);
+    }
+
+    #[test]
+    fn right_pin_after_a_wrong_try_is_valid() {
+        let mut vault = PinVault::new(DEFAULT_TTL, 3).unwrap();
+        let now = Instant::now();
+        let pin = vault.issue("c1", 5, now).unwrap();
+        let wrong = wrong_input(pin.expose());
+        assert_eq!(
+            vault.check("c1", &wrong, now),
+            PinCheck::Invalid { tries_left: 2 }
+        );
+        assert_eq!(vault.check("c1", pin.expose(), now), PinCheck::Valid);
+    }
+
+    #[test]
+    fn wrong_length_and_garbage_input_cost_a_try() {
+        let mut vault = PinVault::new(DEFAULT_TTL, 4).unwrap();
+        let now = Instant::now();
+        let pin = vault.issue("c1", 6, now).unwrap();
+        // A prefix of the right PIN, the PIN with a trailing '#', and the empty string.
+        let prefix = &pin.expose()[..5];
+        let with_hash = format!("{}#", pin.expose());
+        assert_eq!(
+            vault.check("c1", prefix, now),
+            PinCheck::Invalid { tries_left: 3 }
+        );
+        assert_eq!(
+            vault.check("c1", &with_hash, now),
+            PinCheck::Invalid { tries_left: 2 }
+        );
+        assert_eq!(
+            vault.check("c1", "", now),
+            PinCheck::Invalid { tries_left: 1 }
+        );
+        assert_eq!(vault.check("c1", pin.expose(), now), PinCheck::Valid);
+    }
+
+    #[test]
+    fn expiry_follows_the_given_clock() {
+        let mut vault = PinVault::new(Duration::from_secs(300), 3).unwrap();
+        let t0 = Instant::now();
+        let pin = vault.issue("c1", 6, t0).unwrap();
+        // One second before the end it still works (checked on a second PIN, as Valid consumes).
+        let pin2 = vault.issue("c2", 6, t0).unwrap();
+        assert_eq!(
+            vault.check("c2", pin2.expose(), t0 + Duration::from_secs(299)),
+            PinCheck::Valid
+        );
+        // At the expiry instant it is expired, even with the right digits, and then gone.
+        assert_eq!(
+            vault.check("c1", pin.expose(), t0 + Duration::from_secs(300)),
+            PinCheck::Expired
+        );
+        assert_eq!(
+            vault.check("c1", pin.expose(), t0 + Duration::from_secs(300)),
+            PinCheck::NoPin
+        );
+    }
+
+    #[test]
+    fn expired_entries_of_other_subjects_are_purged() {
+        let mut vault = PinVault::new(Duration::from_secs(60), 3).unwrap();
+        let t0 = Instant::now();
+        let _a = vault.issue("a", 6, t0).unwrap();
+        let _b = vault.issue("b", 6, t0).unwrap();
+        let later = t0 + Duration::from_secs(61);
+        let c = vault.issue("c", 6, later).unwrap();
+        assert_eq!(vault.outstanding(), 1, "a and b expired and were purged");
+        assert_eq!(vault.check("a", "000000", later), PinCheck::NoPin);
+        assert_eq!(vault.check("c", c.expose(), later), PinCheck::Valid);
+    }
+
+    #[test]
+    fn reissue_replaces_the_old_pin_and_resets_tries() {
+        let mut vault = PinVault::new(DEFAULT_TTL, 3).unwrap();
+        let now = Instant::now();
+        let old = vault.issue("c1", 10, now).unwrap();
+        let wrong = wrong_input(old.expose());
+        vault.check("c1", &wrong, now);
+        vault.check("c1", &wrong, now);
+        let new = vault.issue("c1", 10, now).unwrap();
+        // Ten random digits: the chance that both PINs are equal is 1e-10.
+        assert_ne!(old.expose(), new.expose());
+        assert_eq!(
+            vault.check("c1", old.expose(), now),
+            PinCheck::Invalid { tries_left: 2 },
+            "the old PIN is void and the tries start afresh"
+        );
+        assert_eq!(vault.check("c1", new.expose(), now), PinCheck::Valid);
+    }
+
+    #[test]
+    fn subjects_are_independent() {
+        let mut vault = PinVault::with_defaults().unwrap();
+        let now = Instant::now();
+        let a = vault.issue("a", 8, now).unwrap();
+        let b = vault.issue("b", 8, now).unwrap();
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(
+            vault.check("a", b.expose(), now),
+            PinCheck::Invalid { tries_left: 2 }
+        );
+        assert_eq!(vault.check("b", b.expose(), now), PinCheck::Valid);
+        assert_eq!(vault.check("a", a.expose(), now), PinCheck::Valid);
+    }
+
+    #[test]
+    fn revoke_voids_the_pin() {
+        let mut vault = PinVault::with_defaults().unwrap();
+        let now = Instant::now();
+        let pin = vault.issue("c1", 6, now).unwrap();
+        assert!(vault.revoke("c1"));
+        assert!(!vault.revoke("c1"));
+        assert_eq!(vault.check("c1", pin.expose(), now), PinCheck::NoPin);
+    }
+
+    #[test]
+    fn digest_depends_on_the_vault_key() {
+        let v1 = PinVault::with_defaults().unwrap();
+        let v2 = PinVault::with_defaults().unwrap();
+        assert_ne!(v1.key, v2.key);
+        assert_ne!(v1.digest("123456"), v2.digest("123456"));
+        // Deterministic under one key, and not the plain SHA-256 of the PIN.
+        assert_eq!(v1.digest("123456"), v1.digest("123456"));
+        assert_ne!(v1.digest("123456"), v1.digest("123457"));
+        use sha2::Digest;
+        let plain: [u8; 32] = Sha256::digest(b"123456").into();
+        assert_ne!(v1.digest("123456"), plain);
+    }
+
+    #[test]
+    fn a_pin_from_one_vault_fails_in_another() {
+        let mut v1 = PinVault::with_defaults().unwrap();
+        let mut v2 = PinVault::with_defaults().unwrap();
+        let now = Instant::now();
+        let pin = v1.issue("c1", 6, now).unwrap();
+        let _other = v2.issue("c1", 6, now).unwrap();
+        // v2 holds a different PIN for c1; v1's PIN must not match v2's entry.
+        let outcome = v2.check("c1", pin.expose(), now);
+        // (1e-6 chance that the two random PINs coincide; then Valid would be right too.)
+        assert!(matches!(
+            outcome,
+            PinCheck::Invalid { tries_left: 2 } | PinCheck::Valid
+        ));
+        assert_eq!(v1.check("c1", pin.expose(), now), PinCheck::Valid);
+    }
+
+    #[test]
+    fn bad_vault_settings_are_refused() {
+        assert!(matches!(
+            PinVault::new(Duration::ZERO, 3),
+            Err(PinError::Ttl(_))
+        ));
+        assert!(matches!(
+            PinVault::new(MAX_TTL + Duration::from_secs(1), 3),
+            Err(PinError::Ttl(_))
+        ));
+        assert!(PinVault::new(MAX_TTL, 3).is_ok());
+        assert!(matches!(
+            PinVault::new(DEFAULT_TTL, 0),
+            Err(PinError::NoTries)
+        ));
+    }
+
+    /// An input of the same length as `pin` that differs in its first digit.
+    fn wrong_input(pin: &str) -> String {
+        let first = pin.as_bytes()[0];
+        let other = if first == b'9' { '0' } else { (first + 1) as char };
+        format!("{other}{}", &pin[1..])
+    }
+}
