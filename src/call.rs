@@ -454,7 +454,14 @@ impl Call {
             };
             tokio::select! {
                 ev = self.sip_events.recv() => match ev {
-                    Some(ev) => self.on_sip(ev)?,
+                    Some(ev) => {
+                        // A SIP INFO digit wakes the flow just like an RTP one.
+                        let before = self.typeahead.len();
+                        self.on_sip(ev)?;
+                        if self.typeahead.len() > before {
+                            return Ok(Wake::Digit);
+                        }
+                    }
                     None => return Err(CallEnd::CallerHangup),
                 },
                 ev = self.media_events.recv() => match ev {
