@@ -34,7 +34,29 @@ pub struct Config {
     pub media: MediaConfig,
     pub demo: DemoConfig,
     pub transfer: TransferConfig,
+    pub store: StoreConfig,
     pub log: LogConfig,
+}
+
+/// The SQLite database (customers, lock-outs, SMS sends, audit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Database file; created with its schema on first use. Under systemd the unit's
+    /// `StateDirectory=` makes `/var/lib/ivrd` writable for it.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        // systemd tells us our state directory; a checkout keeps the file beside the user.
+        let dir = std::env::var_os("STATE_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        StoreConfig {
+            path: dir.join("ivrd.db"),
+        }
+    }
 }
 
 /// Transfers (REFER) to the queue and fallback extensions.
@@ -208,6 +230,9 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         if cfg.media.prompts_dir.is_relative() {
             cfg.media.prompts_dir = base.join(&cfg.media.prompts_dir);
+        }
+        if cfg.store.path.is_relative() {
+            cfg.store.path = base.join(&cfg.store.path);
         }
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),

@@ -23,7 +23,15 @@
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
 pub mod call;
 pub mod config;
+pub mod customers_cli;
 pub mod demo;
+pub mod dialplan {
+    //! Dialplans (the interpreter lands with the dialplan module).
+    pub mod services;
+}
+
 pub mod media;
 pub mod server;
 pub mod sip;
+pub mod store;
+pub mod verify;

@@ -26,21 +26,51 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Manage the customers in the database: import, add, list, disable, enable, remove, unlock.
+    Customers {
+        /// Configuration file whose [store] path names the database.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Database file (overrides the config).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ivrd::customers_cli::CustomersCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Customers {
+            config,
+            db,
+            command,
+        } => {
+            let cfg = match load_config(config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            let path = db.unwrap_or(cfg.store.path);
+            let store = match ivrd::store::Store::open(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    return ExitCode::from(ivrd::customers_cli::CliError::EXIT_CODE);
+                }
+            };
+            match ivrd::customers_cli::run(&store, command, &mut std::io::stdout().lock()) {
+                Ok(exit) => exit.into(),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(ivrd::customers_cli::CliError::EXIT_CODE)
+                }
+            }
+        }
         Command::Run { config } => {
-            let cfg = match config {
-                Some(path) => match Config::load(&path) {
-                    Ok(cfg) => cfg,
-                    Err(e) => {
-                        eprintln!("ivrd: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::default(),
+            let cfg = match load_config(config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
             };
             init_logging(&cfg.log.level);
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -69,6 +99,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The config file if one was given, else the built-in defaults; a bad file exits with 2.
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| {
+            eprintln!("ivrd: {e}");
+            ExitCode::from(2)
+        }),
+        None => Ok(Config::default()),
     }
 }
 

@@ -61,7 +61,9 @@ pub enum SendPinOutcome {
 pub enum CheckPinOutcome {
     Valid,
     /// Wrong PIN; the caller may try again.
-    Invalid { tries_left: u32 },
+    Invalid {
+        tries_left: u32,
+    },
     /// Wrong PIN and no tries left for this PIN (it is now void).
     Exhausted,
     /// The PIN expired (or none was sent).
@@ -82,7 +84,15 @@ pub struct PinRequest {
 }
 
 pub trait FlowServices: Send + Sync {
-    fn lookup_customer(&self, by: LookupBy, value: &str) -> impl Future<Output = LookupOutcome> + Send;
+    fn lookup_customer(
+        &self,
+        by: LookupBy,
+        value: &str,
+    ) -> impl Future<Output = LookupOutcome> + Send;
     fn send_pin(&self, req: &PinRequest) -> impl Future<Output = SendPinOutcome> + Send;
-    fn check_pin(&self, customer_id: &str, input: &str) -> impl Future<Output = CheckPinOutcome> + Send;
+    fn check_pin(
+        &self,
+        customer_id: &str,
+        input: &str,
+    ) -> impl Future<Output = CheckPinOutcome> + Send;
 }

@@ -1,0 +1,601 @@
+//! `ivrd customers ...`: the admin's commands for the customer table.
+//!
+//! The output is for a person at a terminal (and `list --json` for scripts). It shows mobile
+//! numbers in full: the admin manages them; masking is for logs, which others read.
+//!
+//! Exit codes (see [`CliExit`] and [`CliError::EXIT_CODE`]): 0 success; 1 an import rejected some
+//! rows (the good rows are kept, so a script must notice the rest); 2 an error, with nothing
+//! changed (bad arguments, unknown customer, unreadable file or header, database failure).
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::store::{InvalidCustomer, NewCustomer, Store, StoreError, normalize_phone};
+
+/// The `customers` subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum CustomersCommand {
+    /// Import customers from CSV (header row: id,name,mobile[,language][,other columns...]).
+    /// Existing customers are updated (their enabled flag is kept); bad rows are reported
+    /// by line and skipped; exits 1 if any row was rejected.
+    Import {
+        /// The CSV file, or `-` for standard input.
+        file: PathBuf,
+        /// Country for numbers written without an international prefix (ISO 3166 code).
+        #[arg(long, default_value = "DE")]
+        region: String,
+    },
+    /// Add one customer (fails if the id exists).
+    Add {
+        /// The identifier callers type, e.g. 123456.
+        id: String,
+        name: String,
+        /// Mobile number, national (read in --region) or international.
+        mobile: String,
+        /// Preferred prompt language, e.g. de or en-GB.
+        #[arg(long)]
+        language: Option<String>,
+        /// Country for a number written without an international prefix (ISO 3166 code).
+        #[arg(long, default_value = "DE")]
+        region: String,
+    },
+    /// List all customers as a table.
+    List {
+        /// Print a JSON array instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a customer: kept, but treated as unknown by calls.
+    Disable { id: String },
+    /// Enable a disabled customer.
+    Enable { id: String },
+    /// Remove a customer with its failures, lock-out and SMS history (audit rows are kept).
+    Remove { id: String },
+    /// End a customer's lock-out now and reset its level.
+    Unlock { id: String },
+}
+
+/// How a command that did its job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CliExit {
+    /// Everything done: exit 0.
+    Success,
+    /// An import kept its good rows but rejected others: exit 1.
+    RowsRejected,
+}
+
+impl CliExit {
+    pub fn code(self) -> u8 {
+        match self {
+            CliExit::Success => 0,
+            CliExit::RowsRejected => 1,
+        }
+    }
+}
+
+impl From<CliExit> for ExitCode {
+    fn from(e: CliExit) -> ExitCode {
+        ExitCode::from(e.code())
+    }
+}
+
+/// Why a customers command failed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The store refused or failed (invalid record, duplicate id, bad CSV header, database error).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No customer has this id.
+    #[error("no customer with id {0:?}")]
+    NoSuchCustomer(String),
+    /// The import file could not be opened.
+    #[error("could not open {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    /// Writing the output failed (e.g. a closed pipe).
+    #[error("could not write the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+impl CliError {
+    /// The process exit code for any error.
+    pub const EXIT_CODE: u8 = 2;
+}
+
+/// Runs one command against `store`, writing the result for a person to `out`.
+pub fn run(
+    store: &Store,
+    cmd: CustomersCommand,
+    out: &mut impl Write,
+) -> Result<CliExit, CliError> {
+    match cmd {
+        CustomersCommand::Import { file, region } => {
+            let report = if file.as_os_str() == "-" {
+                store.import_csv(io::stdin().lock(), &region)?
+            } else {
+                let f = std::fs::File::open(&file).map_err(|source| CliError::Open {
+                    path: file.clone(),
+                    source,
+                })?;
+                store.import_csv(io::BufReader::new(f), &region)?
+            };
+            write!(
+                out,
+                "imported {} ({} new, {} updated)",
+                plural(report.imported(), "customer", "customers"),
+                report.created,
+                report.updated
+            )?;
+            if report.rejected.is_empty() {
+                writeln!(out)?;
+                return Ok(CliExit::Success);
+            }
+            writeln!(
+                out,
+                "; {} rejected:",
+                plural(report.rejected.len(), "row", "rows")
+            )?;
+            for row in &report.rejected {
+                writeln!(out, "line {}: {}", row.line, row.reason)?;
+            }
+            Ok(CliExit::RowsRejected)
+        }
+        CustomersCommand::Add {
+            id,
+            name,
+            mobile,
+            language,
+            region,
+        } => {
+            let e164 = normalize_phone(&mobile, &region).map_err(|reason| match reason {
+                crate::store::PhoneError::UnknownRegion(_) => StoreError::Phone(reason),
+                reason => StoreError::InvalidCustomer(InvalidCustomer::BadMobile {
+                    input: mobile.clone(),
+                    reason,
+                }),
+            })?;
+            let customer = NewCustomer {
+                id: id.trim().to_owned(),
+                name,
+                mobile: e164,
+                language,
+                extra: BTreeMap::new(),
+            };
+            store.add_customer(&customer)?;
+            // Read back to show what was stored (trimmed name, normalised language).
+            let stored = store
+                .find_customer(&customer.id)?
+                .ok_or_else(|| CliError::NoSuchCustomer(customer.id.clone()))?;
+            writeln!(
+                out,
+                "added customer {}: {}, {}{}",
+                stored.id,
+                stored.name,
+                stored.mobile,
+                stored
+                    .language
+                    .map(|l| format!(", language {l}"))
+                    .unwrap_or_default()
+            )?;
+            Ok(CliExit::Success)
+        }
+        CustomersCommand::List { json } => {
+            let customers = store.list_customers()?;
+            if json {
+                print_json(&customers, out)?;
+            } else {
+                print_table(&customers, out)?;
+            }
+            Ok(CliExit::Success)
+        }
+        CustomersCommand::Disable { id } => set_enabled(store, &id, false, out),
+        CustomersCommand::Enable { id } => set_enabled(store, &id, true, out),
+        CustomersCommand::Remove { id } => {
+            if !store.remove_customer(&id)? {
+                return Err(CliError::NoSuchCustomer(id));
+            }
+            writeln!(out, "removed customer {id}")?;
+            Ok(CliExit::Success)
+        }
+        CustomersCommand::Unlock { id } => {
+            if store.find_customer(&id)?.is_none() {
+                return Err(CliError::NoSuchCustomer(id));
+            }
+            if store.clear_lockout(&id)? {
+                store.clear_failures(&id)?;
+                writeln!(out, "unlocked customer {id}")?;
+            } else {
+                store.clear_failures(&id)?;
+                writeln!(out, "customer {id} was not locked")?;
+            }
+            Ok(CliExit::Success)
+        }
+    }
+}
+
+fn set_enabled(
+    store: &Store,
+    id: &str,
+    enabled: bool,
+    out: &mut impl Write,
+) -> Result<CliExit, CliError> {
+    if !store.set_enabled(id, enabled)? {
+        return Err(CliError::NoSuchCustomer(id.to_owned()));
+    }
+    let what = if enabled { "enabled" } else { "disabled" };
+    writeln!(out, "{what} customer {id}")?;
+    Ok(CliExit::Success)
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// An aligned table: ID, NAME, MOBILE, LANGUAGE, ENABLED, EXTRA (`key=value, ...`).
+fn print_table(customers: &[crate::store::Customer], out: &mut impl Write) -> io::Result<()> {
+    if customers.is_empty() {
+        return writeln!(out, "no customers");
+    }
+    let header = ["ID", "NAME", "MOBILE", "LANGUAGE", "ENABLED", "EXTRA"].map(String::from);
+    let rows: Vec<[String; 6]> = customers
+        .iter()
+        .map(|c| {
+            [
+                c.id.clone(),
+                c.name.clone(),
+                c.mobile.clone(),
+                c.language.clone().unwrap_or_else(|| "-".into()),
+                if c.enabled { "yes" } else { "no" }.into(),
+                c.extra
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    writeln!(out, "{}", plural(customers.len(), "customer", "customers"))
+}
+
+#[derive(serde::Serialize)]
+struct JsonCustomer<'a> {
+    id: &'a str,
+    name: &'a str,
+    mobile: &'a str,
+    language: Option<&'a str>,
+    enabled: bool,
+    /// Seconds since the Unix epoch.
+    created_at: u64,
+    updated_at: u64,
+    extra: &'a BTreeMap<String, String>,
+}
+
+fn print_json(customers: &[crate::store::Customer], out: &mut impl Write) -> io::Result<()> {
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let list: Vec<JsonCustomer<'_>> = customers
+        .iter()
+        .map(|c| JsonCustomer {
+            id: &c.id,
+            name: &c.name,
+            mobile: &c.mobile,
+            language: c.language.as_deref(),
+            enabled: c.enabled,
+            created_at: secs(c.created_at),
+            updated_at: secs(c.updated_at),
+            extra: &c.extra,
+        })
+        .collect();
+    serde_json::to_writer_pretty(&mut *out, &list)?;
+    writeln!(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::time::{Duration, SystemTime};
+
+    /// The subcommand as `ivrd customers` would mount it.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: CustomersCommand,
+    }
+
+    fn parse(args: &[&str]) -> CustomersCommand {
+        Cli::try_parse_from(std::iter::once("customers").chain(args.iter().copied()))
+            .unwrap()
+            .cmd
+    }
+
+    fn setup() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("customers.sqlite")).unwrap();
+        (dir, store)
+    }
+
+    fn exec(store: &Store, args: &[&str]) -> (Result<CliExit, CliError>, String) {
+        let mut out = Vec::new();
+        let result = run(store, parse(args), &mut out);
+        (result, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn arguments_parse_with_defaults() {
+        assert_eq!(
+            parse(&["import", "c.csv"]),
+            CustomersCommand::Import {
+                file: "c.csv".into(),
+                region: "DE".into()
+            }
+        );
+        assert_eq!(
+            parse(&[
+                "add",
+                "42",
+                "Max Muster",
+                "0170 1234567",
+                "--language",
+                "en",
+                "--region",
+                "AT"
+            ]),
+            CustomersCommand::Add {
+                id: "42".into(),
+                name: "Max Muster".into(),
+                mobile: "0170 1234567".into(),
+                language: Some("en".into()),
+                region: "AT".into()
+            }
+        );
+        assert_eq!(
+            parse(&["list", "--json"]),
+            CustomersCommand::List { json: true }
+        );
+        assert!(Cli::try_parse_from(["customers", "disable"]).is_err());
+    }
+
+    #[test]
+    fn import_reports_rejected_rows_by_line_and_exits_1() {
+        let (dir, store) = setup();
+        let csv = dir.path().join("in.csv");
+        std::fs::write(
+            &csv,
+            "id,name,mobile,language\n\
+             1,Anna,0170 1234567,de\n\
+             2,Ben,0170 1234568,\n\
+             3,Cleo,0123,\n\
+             ,Dora,0170 1234569,\n\
+             1,Anna again,0170 1234560,\n",
+        )
+        .unwrap();
+        let (result, out) = exec(&store, &["import", csv.to_str().unwrap()]);
+        assert_eq!(result.unwrap(), CliExit::RowsRejected);
+        assert_eq!(CliExit::RowsRejected.code(), 1);
+        assert_eq!(
+            out,
+            "imported 2 customers (2 new, 0 updated); 3 rows rejected:\n\
+             line 4: bad mobile number \"0123\": not a valid number for region DE\n\
+             line 5: missing id\n\
+             line 6: duplicate id \"1\" (first seen on line 2)\n"
+        );
+        assert_eq!(store.list_customers().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn clean_import_exits_0_and_reimport_counts_updates() {
+        let (dir, store) = setup();
+        let csv = dir.path().join("in.csv");
+        std::fs::write(&csv, "id,name,mobile\n1,Anna,+43 664 1234567\n").unwrap();
+        let args = ["import", csv.to_str().unwrap(), "--region", "AT"];
+        let (result, out) = exec(&store, &args);
+        assert_eq!(result.unwrap(), CliExit::Success);
+        assert_eq!(out, "imported 1 customer (1 new, 0 updated)\n");
+        let (_, out) = exec(&store, &args);
+        assert_eq!(out, "imported 1 customer (0 new, 1 updated)\n");
+    }
+
+    #[test]
+    fn import_of_a_missing_file_or_bad_header_is_an_error() {
+        let (dir, store) = setup();
+        let (result, out) = exec(&store, &["import", "/nonexistent/x.csv"]);
+        let err = result.unwrap_err();
+        assert!(matches!(err, CliError::Open { .. }));
+        assert!(
+            err.to_string()
+                .starts_with("could not open /nonexistent/x.csv")
+        );
+        assert!(out.is_empty());
+        let csv = dir.path().join("bad.csv");
+        std::fs::write(&csv, "name,mobile\nAnna,01701234567\n").unwrap();
+        let (result, _) = exec(&store, &["import", csv.to_str().unwrap()]);
+        assert!(matches!(
+            result,
+            Err(CliError::Store(StoreError::CsvHeader(_)))
+        ));
+        assert!(store.list_customers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn add_normalises_and_refuses_duplicates_and_bad_numbers() {
+        let (_dir, store) = setup();
+        let (result, out) = exec(
+            &store,
+            &[
+                "add",
+                "42",
+                "Max Muster",
+                "0170 1234567",
+                "--language",
+                "EN_gb",
+            ],
+        );
+        assert_eq!(result.unwrap(), CliExit::Success);
+        assert_eq!(
+            out,
+            "added customer 42: Max Muster, +491701234567, language en-GB\n"
+        );
+        let (result, out) = exec(&store, &["add", "42", "Other", "0170 1234568"]);
+        assert_eq!(
+            result.unwrap_err().to_string(),
+            "a customer with id \"42\" already exists"
+        );
+        assert!(out.is_empty());
+        let (result, _) = exec(&store, &["add", "43", "Bad", "0123"]);
+        assert_eq!(
+            result.unwrap_err().to_string(),
+            "invalid customer: bad mobile number \"0123\": not a valid number for region DE"
+        );
+        let (result, _) = exec(
+            &store,
+            &["add", "44", "X", "0170 1234567", "--region", "ZZ"],
+        );
+        assert!(matches!(result, Err(CliError::Store(StoreError::Phone(_)))));
+        assert_eq!(store.list_customers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn list_prints_an_aligned_table_with_full_numbers() {
+        let (dir, store) = setup();
+        let csv = dir.path().join("in.csv");
+        std::fs::write(
+            &csv,
+            "id,name,mobile,language,branch\n\
+             123456,Erika Mustermann,0170 1234567,de,Köln\n\
+             7,Jö,+44 7911 123456,,\n",
+        )
+        .unwrap();
+        exec(&store, &["import", csv.to_str().unwrap()]).0.unwrap();
+        exec(&store, &["disable", "7"]).0.unwrap();
+        let (result, out) = exec(&store, &["list"]);
+        assert_eq!(result.unwrap(), CliExit::Success);
+        assert_eq!(
+            out,
+            "ID      NAME              MOBILE         LANGUAGE  ENABLED  EXTRA\n\
+             123456  Erika Mustermann  +491701234567  de        yes      branch=Köln\n\
+             7       Jö                +447911123456  -         no       branch=\n\
+             2 customers\n"
+        );
+        let (_, out) = exec(&setup().1, &["list"]);
+        assert_eq!(out, "no customers\n");
+    }
+
+    #[test]
+    fn list_json_is_parseable() {
+        let (_dir, store) = setup();
+        exec(&store, &["add", "42", "Max", "0170 1234567"])
+            .0
+            .unwrap();
+        let before = SystemTime::now() - Duration::from_secs(5);
+        let (_, out) = exec(&store, &["list", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let arr = v.as_array().unwrap();
+        assert_eq!(arr.len(), 1);
+        assert_eq!(arr[0]["id"], "42");
+        assert_eq!(arr[0]["mobile"], "+491701234567");
+        assert_eq!(arr[0]["language"], serde_json::Value::Null);
+        assert_eq!(arr[0]["enabled"], true);
+        let created = arr[0]["created_at"].as_u64().unwrap();
+        let before = before
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(created >= before && created <= before + 60);
+    }
+
+    #[test]
+    fn disable_enable_remove_and_unknown_ids() {
+        let (_dir, store) = setup();
+        exec(&store, &["add", "42", "Max", "0170 1234567"])
+            .0
+            .unwrap();
+        let (r, out) = exec(&store, &["disable", "42"]);
+        assert_eq!(
+            (r.unwrap(), out.as_str()),
+            (CliExit::Success, "disabled customer 42\n")
+        );
+        assert!(!store.find_customer("42").unwrap().unwrap().enabled);
+        let (r, out) = exec(&store, &["enable", "42"]);
+        assert_eq!(
+            (r.unwrap(), out.as_str()),
+            (CliExit::Success, "enabled customer 42\n")
+        );
+        assert!(store.find_customer("42").unwrap().unwrap().enabled);
+        for cmd in ["disable", "enable", "remove", "unlock"] {
+            let (r, out) = exec(&store, &[cmd, "99"]);
+            assert_eq!(r.unwrap_err().to_string(), "no customer with id \"99\"");
+            assert!(out.is_empty());
+        }
+        let (r, out) = exec(&store, &["remove", "42"]);
+        assert_eq!(
+            (r.unwrap(), out.as_str()),
+            (CliExit::Success, "removed customer 42\n")
+        );
+        assert!(store.find_customer("42").unwrap().is_none());
+    }
+
+    #[test]
+    fn unlock_ends_a_lockout_and_clears_failures() {
+        let (_dir, store) = setup();
+        exec(&store, &["add", "42", "Max", "0170 1234567"])
+            .0
+            .unwrap();
+        let now = SystemTime::now();
+        store.record_failure("42", now).unwrap();
+        store
+            .lock("42", now + Duration::from_secs(3600), 2)
+            .unwrap();
+        let (r, out) = exec(&store, &["unlock", "42"]);
+        assert_eq!(
+            (r.unwrap(), out.as_str()),
+            (CliExit::Success, "unlocked customer 42\n")
+        );
+        assert_eq!(store.lockout("42").unwrap(), None);
+        assert_eq!(
+            store
+                .failures_since("42", now - Duration::from_secs(1))
+                .unwrap(),
+            0
+        );
+        let (_, out) = exec(&store, &["unlock", "42"]);
+        assert_eq!(out, "customer 42 was not locked\n");
+    }
+
+    #[test]
+    fn changes_persist_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        {
+            let store = Store::open(&path).unwrap();
+            exec(&store, &["add", "42", "Max", "0170 1234567"])
+                .0
+                .unwrap();
+            exec(&store, &["disable", "42"]).0.unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let c = store.find_customer("42").unwrap().unwrap();
+        assert!(!c.enabled);
+        assert_eq!(c.mobile, "+491701234567");
+    }
+}

@@ -1,0 +1,817 @@
+//! Everything `ivrd check` finds in a dialplan, all at once, each at its line.
+//!
+//! [`super::parse`] reports what one step alone shows (types, keys, durations, patterns);
+//! this module looks at the plan as a whole and at what it needs from outside:
+//! - transitions to steps that do not exist, and outcomes with no transition at all;
+//! - steps that can never be reached from `start`;
+//! - prompts missing in any language the plan may speak (including the digit and number
+//!   prompts `say_digits` and `say_number` compose), and languages with no prompts;
+//! - variables read but never set anywhere, and secrets sent out in transfer headers;
+//! - SMS templates missing for a language the plan speaks.
+//!
+//! [`load`] runs both and returns every problem, sorted by line, so an admin fixes a file in
+//! one pass instead of one error per reload.
+
+use super::model::{Action, Dialplan};
+use super::parse::{BUILTIN_VARS, Partial, parse_partial};
+use super::problem::{Pos, Problem, did_you_mean};
+use super::say;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+
+/// What a plan is checked against: the prompts that exist.
+pub struct CheckEnv<'a> {
+    /// Whether prompt `name` (second argument) exists in `language` (first argument).
+    pub prompt_exists: &'a dyn Fn(&str, &str) -> bool,
+    /// The languages that have prompts at all.
+    pub languages: &'a [String],
+}
+
+/// Why dialplans could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DialplanError {
+    /// A file or directory could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The plans have problems; each names its file and line.
+    #[error("{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+/// Parses and checks a plan: the plan, or every problem in it.
+pub fn load(file: &str, src: &str, env: &CheckEnv<'_>) -> Result<Dialplan, Vec<Problem>> {
+    let Partial {
+        plan,
+        broken,
+        mut problems,
+    } = parse_partial(file, src);
+    let Some(plan) = plan else {
+        return Err(problems);
+    };
+    problems.extend(check_inner(&plan, env, &broken));
+    if problems.is_empty() {
+        Ok(plan)
+    } else {
+        problems.sort_by_key(Problem::pos);
+        Err(problems)
+    }
+}
+
+/// [`load`] for a file on disk; problems name it as `path` is written.
+pub fn load_file(path: &Path, env: &CheckEnv<'_>) -> Result<Dialplan, DialplanError> {
+    let src = std::fs::read_to_string(path).map_err(|source| DialplanError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load(&path.display().to_string(), &src, env)
+        .map_err(|problems| DialplanError::Invalid { problems })
+}
+
+/// Loads every `*.toml` in `dir` (sorted by name) and checks them together: every problem
+/// in every file, plus numbers two plans both claim.
+pub fn load_dir(dir: &Path, env: &CheckEnv<'_>) -> Result<Vec<Dialplan>, DialplanError> {
+    let read_err = |source| DialplanError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read_err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut plans = Vec::new();
+    let mut problems = Vec::new();
+    for f in files {
+        match load_file(&f, env) {
+            Ok(p) => plans.push(p),
+            Err(DialplanError::Invalid { problems: p }) => problems.extend(p),
+            Err(e) => return Err(e),
+        }
+    }
+    problems.extend(check_numbers(&plans));
+    if problems.is_empty() {
+        Ok(plans)
+    } else {
+        Err(DialplanError::Invalid { problems })
+    }
+}
+
+/// Checks a parsed plan as a whole (see the module docs).
+pub fn check(plan: &Dialplan, env: &CheckEnv<'_>) -> Vec<Problem> {
+    let mut problems = check_inner(plan, env, &BTreeSet::new());
+    problems.sort_by_key(Problem::pos);
+    problems
+}
+
+/// Plans that answer the same number, or share a name: the daemon could not tell them apart.
+pub fn check_numbers(plans: &[Dialplan]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut numbers: BTreeMap<String, &Dialplan> = BTreeMap::new();
+    let mut names: BTreeMap<&str, &Dialplan> = BTreeMap::new();
+    for plan in plans {
+        if let Some(other) = names.insert(&plan.name, plan) {
+            problems.push(
+                Problem::new(
+                    &plan.file,
+                    plan.pos,
+                    format!("plan name \"{}\" is also used by {}", plan.name, other.file),
+                )
+                .with_hint(Some("give every plan its own name".into())),
+            );
+        }
+        for n in &plan.numbers {
+            if let Some(other) = numbers.insert(n.to_string(), plan) {
+                if !std::ptr::eq(other, plan) {
+                    problems.push(
+                        Problem::new(
+                            &plan.file,
+                            n.pos,
+                            format!(
+                                "numbers: \"{n}\" is also answered by plan \"{}\" ({})",
+                                other.name, other.file
+                            ),
+                        )
+                        .with_hint(Some("a number belongs to one plan".into())),
+                    );
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The prompts under a directory laid out as `ROOT/<language>/<name>.wav`.
+#[derive(Debug, Clone, Default)]
+pub struct PromptDir {
+    languages: Vec<String>,
+    names: BTreeSet<(String, String)>,
+}
+
+impl PromptDir {
+    pub fn scan(root: &Path) -> std::io::Result<PromptDir> {
+        let mut dir = PromptDir::default();
+        let mut entries: Vec<_> = std::fs::read_dir(root)?.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let lang = e.file_name().to_string_lossy().into_owned();
+            if !e.path().is_dir() || lang.starts_with('.') {
+                continue;
+            }
+            for f in std::fs::read_dir(e.path())?.filter_map(Result::ok) {
+                let p = f.path();
+                if p.extension().is_some_and(|x| x == "wav") {
+                    if let Some(stem) = p.file_stem() {
+                        dir.names
+                            .insert((lang.clone(), stem.to_string_lossy().into_owned()));
+                    }
+                }
+            }
+            dir.languages.push(lang);
+        }
+        Ok(dir)
+    }
+
+    pub fn languages(&self) -> &[String] {
+        &self.languages
+    }
+
+    pub fn exists(&self, language: &str, name: &str) -> bool {
+        self.names
+            .contains(&(language.to_string(), name.to_string()))
+    }
+}
+
+pub(crate) fn check_inner(
+    plan: &Dialplan,
+    env: &CheckEnv<'_>,
+    broken: &BTreeSet<String>,
+) -> Vec<Problem> {
+    let mut c = Checker {
+        plan,
+        problems: Vec::new(),
+    };
+    c.transitions(broken);
+    if broken.is_empty() {
+        c.reachability();
+    }
+    c.languages_and_prompts(env);
+    c.variables(broken);
+    c.sms();
+    c.problems
+}
+
+struct Checker<'p> {
+    plan: &'p Dialplan,
+    problems: Vec<Problem>,
+}
+
+/// What a missing transition means, so the message can ask the right question.
+fn outcome_meaning(key: &str) -> &'static str {
+    match key {
+        "next" => "after it",
+        "on_input" => "when the caller enters valid input",
+        "on_failure" => "when it fails",
+        "else" => "when no case matches",
+        "on_found" => "when the customer is found",
+        "on_not_found" => "when no customer (or more than one) matches",
+        "on_locked" => "when the customer is locked out",
+        "on_error" => "when the customer store fails",
+        "on_sent" => "when the SMS is sent",
+        "on_limited" => "when too many SMS were sent",
+        "on_valid" => "when the PIN is right",
+        "on_invalid" => "when the PIN is wrong and tries are left",
+        "on_exhausted" => "when the PIN is wrong and no tries are left",
+        "on_expired" => "when the PIN has expired",
+        _ => "for this outcome",
+    }
+}
+
+impl<'p> Checker<'p> {
+    fn push(&mut self, pos: Pos, message: String, hint: Option<String>) {
+        self.problems
+            .push(Problem::new(&self.plan.file, pos, message).with_hint(hint));
+    }
+
+    fn step_names(&self) -> Vec<&'p str> {
+        let plan: &'p Dialplan = self.plan;
+        plan.steps.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    fn exists(&self, name: &str, broken: &BTreeSet<String>) -> bool {
+        self.plan.step(name).is_some() || broken.contains(name)
+    }
+
+    fn transitions(&mut self, broken: &BTreeSet<String>) {
+        let names = self.step_names();
+        let start = &self.plan.start;
+        if !self.exists(&start.step, broken) {
+            let hint = did_you_mean(&start.step, names.iter().copied());
+            self.push(
+                start.pos,
+                format!("start = \"{}\", which does not exist", start.step),
+                hint,
+            );
+        }
+        let mut found = Vec::new();
+        for step in &self.plan.steps {
+            for t in step.action.transitions() {
+                match t.target {
+                    None => found.push((
+                        step.pos,
+                        format!(
+                            "step \"{}\": no {} (where does the call go {}?)",
+                            step.name,
+                            t.key,
+                            outcome_meaning(t.key)
+                        ),
+                        Some(format!("add: {} = \"step_name\"", t.key)),
+                    )),
+                    Some(target) if !self.exists(&target.step, broken) => found.push((
+                        target.pos,
+                        format!(
+                            "step \"{}\": {} goes to \"{}\", which does not exist",
+                            step.name,
+                            match t.key {
+                                "options" => format!("option \"{}\"", t.label),
+                                "goto" if t.label != "goto" => format!("the case \"{}\"", t.label),
+                                key => key.to_string(),
+                            },
+                            target.step
+                        ),
+                        did_you_mean(&target.step, names.iter().copied()),
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        for (pos, message, hint) in found {
+            self.push(pos, message, hint);
+        }
+    }
+
+    fn reachability(&mut self) {
+        let mut seen = BTreeSet::new();
+        let mut queue = VecDeque::from([self.plan.start.step.as_str()]);
+        while let Some(name) = queue.pop_front() {
+            if !seen.insert(name) {
+                continue;
+            }
+            if let Some(step) = self.plan.step(name) {
+                queue.extend(
+                    step.action
+                        .transitions()
+                        .iter()
+                        .filter_map(|t| t.target.map(|t| t.step.as_str())),
+                );
+            }
+        }
+        let unreachable: Vec<_> = self
+            .plan
+            .steps
+            .iter()
+            .filter(|s| !seen.contains(s.name.as_str()))
+            .map(|s| (s.pos, s.name.clone()))
+            .collect();
+        for (pos, name) in unreachable {
+            self.push(
+                pos,
+                format!(
+                    "step \"{name}\" is never reached from start \"{}\"",
+                    self.plan.start.step
+                ),
+                Some("remove it, or add a transition to it".into()),
+            );
+        }
+    }
+
+    fn languages_and_prompts(&mut self, env: &CheckEnv<'_>) {
+        let plan = self.plan;
+        let mut langs = Vec::new();
+        for l in &plan.languages {
+            if env.languages.contains(l) {
+                langs.push(l.as_str());
+            } else {
+                self.push(
+                    plan.languages_pos,
+                    format!("language \"{l}\" has no prompts"),
+                    Some(format!(
+                        "add prompts/{l}/ with every prompt, or drop \"{l}\" from languages"
+                    )),
+                );
+            }
+        }
+        for step in &plan.steps {
+            let mut wanted: Vec<(String, Pos)> = step
+                .action
+                .prompts()
+                .iter()
+                .map(|p| (p.name.clone(), p.pos))
+                .collect();
+            match &step.action {
+                Action::SayDigits { .. } => {
+                    wanted.extend(say::digit_prompt_names().into_iter().map(|n| (n, step.pos)))
+                }
+                Action::SayNumber { .. } => {
+                    for l in &langs {
+                        match say::number_prompt_names(l) {
+                            Some(names) => {
+                                for n in names {
+                                    if !(env.prompt_exists)(l, &n) {
+                                        self.push(
+                                            step.pos,
+                                            format!("step \"{}\": say_number needs prompt \"{n}\", missing in {l}", step.name),
+                                            Some("prompts/generate.sh makes the number prompts".into()),
+                                        );
+                                    }
+                                }
+                            }
+                            None => self.push(
+                                step.pos,
+                                format!(
+                                    "step \"{}\": say_number cannot speak numbers in {l}",
+                                    step.name
+                                ),
+                                Some(format!(
+                                    "numbers are known in {}; use say_digits",
+                                    say::NUMBER_LANGUAGES.join(", ")
+                                )),
+                            ),
+                        }
+                    }
+                }
+                Action::SetLanguage { value, .. } => {
+                    if let Some(l) = value.as_static() {
+                        if !plan.languages.contains(&l) {
+                            self.push(
+                                value.pos,
+                                format!("step \"{}\": set_language \"{l}\", which the plan does not speak", step.name),
+                                Some(format!("add \"{l}\" to languages in [dialplan] (and its prompts)")),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+            for (name, pos) in wanted {
+                let missing: Vec<&str> = langs
+                    .iter()
+                    .copied()
+                    .filter(|l| !(env.prompt_exists)(l, &name))
+                    .collect();
+                if !missing.is_empty() {
+                    self.push(
+                        pos,
+                        format!(
+                            "step \"{}\": prompt \"{name}\" is missing in {}",
+                            step.name,
+                            missing.join(", ")
+                        ),
+                        Some(format!("expected prompts/{}/{name}.wav", missing[0])),
+                    );
+                }
+            }
+        }
+    }
+
+    fn variables(&mut self, broken: &BTreeSet<String>) {
+        let plan = self.plan;
+        let mut set: BTreeSet<String> = BUILTIN_VARS.iter().map(|s| s.to_string()).collect();
+        set.insert("last.outcome".into());
+        set.extend(plan.vars.keys().cloned());
+        let mut secrets = BTreeSet::new();
+        let mut has_lookup = false;
+        for step in &plan.steps {
+            set.insert(format!("{}.outcome", step.name));
+            match &step.action {
+                Action::Collect(c) => {
+                    set.insert(c.var.clone());
+                    if c.secret {
+                        secrets.insert(c.var.clone());
+                    }
+                }
+                Action::Set { vars, .. } => set.extend(vars.iter().map(|a| a.name.clone())),
+                Action::LookupCustomer { .. } => has_lookup = true,
+                Action::SendPin { .. } => {
+                    set.insert(format!("{}.minutes", step.name));
+                }
+                Action::CheckPin { .. } => {
+                    set.insert(format!("{}.tries_left", step.name));
+                }
+                Action::Transfer { .. } => {
+                    set.insert(format!("{}.status", step.name));
+                    set.insert(format!("{}.reason", step.name));
+                }
+                _ => {}
+            }
+        }
+        // Steps that did not parse may set anything; only their outcome names are sure.
+        let lenient = !broken.is_empty();
+        set.extend(broken.iter().map(|b| format!("{b}.outcome")));
+        let mut found = Vec::new();
+        for step in &plan.steps {
+            for t in step.action.templates() {
+                for v in t.vars() {
+                    if set.contains(v) || lenient && !v.contains('.') {
+                        continue;
+                    }
+                    if let Some(field) = v.strip_prefix("customer.") {
+                        if has_lookup || lenient {
+                            continue;
+                        }
+                        found.push((
+                            t.pos,
+                            format!("step \"{}\": ${{customer.{field}}} is read, but no step looks up a customer", step.name),
+                            Some("customer.* is set by a lookup_customer step".into()),
+                        ));
+                        continue;
+                    }
+                    found.push((
+                        t.pos,
+                        format!("step \"{}\": ${{{v}}} is never set", step.name),
+                        did_you_mean(v, set.iter().map(String::as_str)).or_else(|| {
+                            Some("set it in [vars], a collect step or a set step".into())
+                        }),
+                    ));
+                }
+            }
+            if let Action::Transfer {
+                target, headers, ..
+            } = &step.action
+            {
+                let leaks = std::iter::once(("the target", target))
+                    .chain(headers.iter().map(|(n, t)| (n.as_str(), t)))
+                    .flat_map(|(what, t)| {
+                        t.vars()
+                            .filter(|v| secrets.contains(*v))
+                            .map(move |v| (what, v, t.pos))
+                    });
+                for (what, v, pos) in leaks {
+                    found.push((
+                        pos,
+                        format!(
+                            "step \"{}\": {what} carries the secret ${{{v}}} out of ivrd",
+                            step.name
+                        ),
+                        Some("secrets (PINs) must not leave the IVR".into()),
+                    ));
+                }
+            }
+        }
+        for (pos, message, hint) in found {
+            self.push(pos, message, hint);
+        }
+    }
+
+    fn sms(&mut self) {
+        let plan = self.plan;
+        let Some(first) = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.action, Action::SendPin { .. }))
+        else {
+            return;
+        };
+        for l in &plan.languages {
+            if !plan.sms.contains_key(l) {
+                let pos = plan.sms.values().next().map_or(first.pos, |t| t.pos);
+                self.push(
+                    pos,
+                    format!(
+                        "no SMS text for {l}, which the plan speaks (step \"{}\" sends a PIN)",
+                        first.name
+                    ),
+                    Some(format!("add [sms.{l}] with text = \"... {{pin}} ...\"")),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{check_with, shipped};
+    use super::*;
+
+    /// The 1-based line of the first line containing `needle`.
+    fn line_of(src: &str, needle: &str) -> usize {
+        src.lines().position(|l| l.contains(needle)).expect("needle in source") + 1
+    }
+
+    fn problems(src: &str, languages: &[&str], exists: &dyn Fn(&str, &str) -> bool) -> Vec<Problem> {
+        check_with(src, languages, exists).expect_err("the plan has problems")
+    }
+
+    /// The problem whose message contains `needle` (exactly one).
+    fn find<'p>(all: &'p [Problem], needle: &str) -> &'p Problem {
+        let hits: Vec<&Problem> = all.iter().filter(|p| p.message.contains(needle)).collect();
+        assert_eq!(hits.len(), 1, "one problem with {needle:?} in:\n{}", render(all));
+        hits[0]
+    }
+
+    fn render(all: &[Problem]) -> String {
+        all.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+    }
+
+    const GRAPH: &str = r#"[dialplan]
+name = "broken"
+start = "welcome"
+languages = ["en", "de"]
+
+[sms.en]
+text = "PIN {pin}"
+
+[steps.welcome]
+play = ["welcome", "only-in-en"]
+next = "ask"
+
+[steps.ask]
+collect = "pin"
+prompt = "enter-pin"
+secret = true
+on_input = "check"
+on_failure = "byee"
+
+[steps.check]
+check_pin = "${pn}"
+on_valid = "out"
+on_invalid = "ask"
+on_exhausted = "bye"
+on_expired = "bye"
+
+[steps.out]
+transfer = "sip:queue@pbx"
+headers = { X-Pin = "${pin}" }
+on_failure = "bye"
+
+[steps.send]
+send_pin = "${customer.id}"
+on_sent = "bye"
+on_limited = "bye"
+on_locked = "bye"
+on_failure = "bye"
+
+[steps.lang]
+set_language = "fr"
+next = "bye"
+
+[steps.bye]
+hangup = ["goodbye"]
+"#;
+
+    #[test]
+    fn whole_plan_problems_point_at_their_lines() {
+        let exists = |l: &str, n: &str| !(l == "de" && n == "only-in-en");
+        let all = problems(GRAPH, &["en", "de"], &exists);
+        let at = |needle: &str, line_needle: &str| {
+            let p = find(&all, needle);
+            assert_eq!(p.line, line_of(GRAPH, line_needle), "{p}");
+            assert_eq!(p.file, "test.toml");
+            p.clone()
+        };
+        let p = at("on_failure goes to \"byee\", which does not exist", "\"byee\"");
+        assert_eq!(p.hint.as_deref(), Some("did you mean \"bye\"?"));
+        assert_eq!(p.column, 1);
+        assert_eq!(
+            p.to_string(),
+            format!(
+                "test.toml:{}:1: step \"ask\": on_failure goes to \"byee\", which does not exist (did you mean \"bye\"?)",
+                line_of(GRAPH, "\"byee\"")
+            )
+        );
+        let p = at("step \"check\": no on_locked", "[steps.check]");
+        assert_eq!(p.hint.as_deref(), Some("add: on_locked = \"step_name\""));
+        let p = at("${pn} is never set", "${pn}");
+        assert_eq!(p.hint.as_deref(), Some("did you mean \"pin\"?"));
+        let p = at("prompt \"only-in-en\" is missing in de", "only-in-en");
+        assert_eq!(p.hint.as_deref(), Some("expected prompts/de/only-in-en.wav"));
+        // The column points at the prompt itself, not at the key.
+        assert_eq!(p.column, GRAPH.lines().nth(p.line - 1).unwrap().find("\"only").unwrap() + 1);
+        at("step \"send\" is never reached", "[steps.send]");
+        at("step \"lang\" is never reached", "[steps.lang]");
+        at("no step looks up a customer", "send_pin = ");
+        at("set_language \"fr\", which the plan does not speak", "set_language");
+        at("no SMS text for de", "text = \"PIN");
+        at("X-Pin carries the secret ${pin}", "X-Pin");
+        assert_eq!(all.len(), 10, "{}", render(&all));
+        // Sorted by line, as a compiler would list them.
+        assert!(all.windows(2).all(|w| w[0].pos() <= w[1].pos()));
+    }
+
+    const LOCAL: &str = r#"[dialplan]
+name = "bad"
+start = "ask"
+
+[vars]
+count = 5
+language = "de"
+
+[sms.en]
+text = "Your code is {code}"
+
+[steps.ask]
+collect = "digits"
+promt = ["enter-digits"]
+first_digit_timeout = "8 seconds"
+inter_digit_timeout = "20m"
+pattern = "^[0-9"
+max = 0
+on_input = "send"
+on_failure = "send"
+
+[steps.send]
+send_pin = "${customer.id}"
+length = 3
+on_sent = "cond"
+on_limited = "cond"
+on_locked = "cond"
+on_failure = "cond"
+
+[steps.nothing]
+prompt = ["x"]
+
+[steps.typo]
+colect = "x"
+
+[steps.both]
+play = ["a"]
+goto = "ask"
+
+[steps.cond]
+branch = [
+    { if = "${digits} == '1'", goto = "menu" },
+    { if = "${digits} = '2'", goto = "ask" },
+]
+else = "ask"
+
+[steps.menu]
+menu = ["language-menu", "../etc/passwd"]
+options = { "1" = "ask", "12" = "ask" }
+timeout = 5
+on_failure = "ask"
+"#;
+
+    #[test]
+    fn step_problems_are_all_reported_at_their_keys() {
+        let all = problems(LOCAL, &["en", "de"], &|_, _| true);
+        let at = |needle: &str, line_needle: &str| {
+            let p = find(&all, needle);
+            assert_eq!(p.line, line_of(LOCAL, line_needle), "{p}");
+            p.clone()
+        };
+        let p = at("[vars]: count must be a string, not integer", "count = 5");
+        assert_eq!(p.hint.as_deref(), Some("quote it: count = \"5\""));
+        at("[vars]: \"language\" is set by ivrd", "language = \"de\"");
+        at("[sms.en]: the text has no {pin}", "{code}");
+        let p = at("unknown placeholder {code}", "{code}");
+        assert!(p.hint.as_deref().unwrap().contains("{pin}, {minutes} and {name}"));
+        let p = at("unknown key promt for a collect step", "promt");
+        assert_eq!(p.hint.as_deref(), Some("did you mean \"prompt\"?"));
+        let p = at("first_digit_timeout = \"8 seconds\" is not a duration", "8 seconds");
+        assert_eq!(p.hint.as_deref(), Some("write durations like \"500ms\", \"8s\" or \"2m\""));
+        at("inter_digit_timeout = \"20m\" is out of range", "\"20m\"");
+        let p = at("bad pattern", "pattern =");
+        assert!(p.message.contains("unclosed character class"), "{p}");
+        at("max = 0 is out of range", "max = 0");
+        let p = at("length = 3 is out of range", "length = 3");
+        assert_eq!(p.hint.as_deref(), Some("use 4 to 10"));
+        let p = at("step \"nothing\" has no type", "[steps.nothing]");
+        assert!(p.hint.as_deref().unwrap().starts_with("give it one of: play, "));
+        let p = at("step \"typo\" has no type", "[steps.typo]");
+        assert_eq!(p.hint.as_deref(), Some("did you mean \"collect\"?"));
+        at("step \"both\" has two types, play and goto", "[steps.both]");
+        let p = at("condition \"${digits} = '2'\"", "${digits} = '2'");
+        assert!(p.message.contains("expected ==, !=, =~ or !~"), "{p}");
+        at("\"../etc/passwd\" is not a prompt name", "../etc/passwd");
+        at("option \"12\" is not one key", "\"12\"");
+        let p = at("timeout must be a string, not integer", "timeout = 5");
+        assert_eq!(p.hint.as_deref(), Some("for example: timeout = \"5s\""));
+        assert_eq!(all.len(), 17, "{}", render(&all));
+    }
+
+    #[test]
+    fn toml_errors_name_their_line() {
+        let src = "[dialplan]\nname = \"x\"\nstart = \"a\"\n\n[steps.a]\nplay = [\"welcome\"\nnext = \"a\"\n";
+        let all = problems(src, &["en"], &|_, _| true);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].line, 7, "{}", all[0]);
+
+        let src = "[dialplan]\nname = \"x\"\nstart = \"a\"\n\n[step.a]\nplay = \"welcome\"\n";
+        let all = problems(src, &["en"], &|_, _| true);
+        assert_eq!(all[0].line, 5, "{}", all[0]);
+        assert!(all[0].message.contains("unknown field `step`"), "{}", all[0]);
+        assert!(all[0].hint.as_deref().unwrap().contains("[steps.NAME]"));
+
+        let src = "[dialplan]\nname = \"x\"\nstart = \"a\"\n[steps.a]\ngoto = \"a\"\n[steps.a]\ngoto = \"a\"\n";
+        let all = problems(src, &["en"], &|_, _| true);
+        assert!(all[0].message.contains("duplicate"), "{}", all[0]);
+        assert_eq!(all[0].line, 6, "{}", all[0]);
+    }
+
+    #[test]
+    fn start_languages_and_numbers() {
+        let src = r#"[dialplan]
+name = "x"
+start = "welcom"
+languages = ["en", "fr"]
+
+[steps.welcome]
+say_number = "${dialed}"
+next = "bye"
+
+[steps.bye]
+hangup = []
+"#;
+        let all = problems(src, &["en", "fr"], &|_, _| true);
+        let p = find(&all, "start = \"welcom\", which does not exist");
+        assert_eq!((p.line, p.hint.as_deref()), (3, Some("did you mean \"welcome\"?")));
+        let p = find(&all, "say_number cannot speak numbers in fr");
+        assert_eq!(p.line, 6);
+        // Every step is unreachable from a start that does not exist.
+        assert!(all.iter().any(|p| p.message.contains("\"welcome\" is never reached")));
+
+        let all = problems(src, &["en", "de"], &|_, _| true);
+        let p = find(&all, "language \"fr\" has no prompts");
+        assert_eq!(p.line, 4);
+
+        // say_number needs its prompts in every language.
+        let all = problems(src, &["en", "fr"], &|l, n| !(l == "en" && n == "num-13"));
+        assert_eq!(find(&all, "needs prompt \"num-13\", missing in en").line, 6);
+    }
+
+    #[test]
+    fn two_plans_cannot_share_a_number() {
+        let a = "[dialplan]\nname = \"a\"\nstart = \"s\"\nnumbers = [\"100\", \"+49*\"]\n[steps.s]\nhangup = []\n";
+        let b = "[dialplan]\nname = \"b\"\nstart = \"s\"\nnumbers = [\"200\",\n  \"+49*\"]\n[steps.s]\nhangup = []\n";
+        let pa = check_with(a, &["en"], &|_, _| true).unwrap();
+        let mut pb = check_with(b, &["en"], &|_, _| true).unwrap();
+        pb.file = "b.toml".into();
+        let all = check_numbers(&[pa.clone(), pb]);
+        assert_eq!(all.len(), 1, "{}", render(&all));
+        assert_eq!(all[0].file, "b.toml");
+        assert_eq!(all[0].line, 5);
+        assert!(all[0].message.contains("\"+49*\" is also answered by plan \"a\""));
+        assert_eq!(check_numbers(&[pa.clone(), pa]).len(), 1, "same name twice");
+    }
+
+    #[test]
+    fn shipped_plans_check_clean() {
+        for name in ["verify", "demo"] {
+            if let Err(p) = shipped(name) {
+                panic!("dialplans/{name}.toml:\n{}", render(&p));
+            }
+        }
+        let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/dialplans"));
+        let prompts = super::super::testing::prompts();
+        let exists = |l: &str, n: &str| prompts.exists(l, n);
+        let env = CheckEnv {
+            prompt_exists: &exists,
+            languages: prompts.languages(),
+        };
+        let plans = load_dir(dir, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert!(plans.len() >= 2);
+    }
+}

@@ -1,0 +1,549 @@
+//! A dialplan as the interpreter, the checker and the graph see it: named steps, each with one
+//! action and an explicit transition for every outcome.
+//!
+//! The model is what [`super::parse`] builds from the file. Positions ([`Pos`]) ride along
+//! on everything an admin wrote, so checks that run later (dangling transitions, unknown
+//! prompts, unset variables) still point at the right line. Transitions are `Option`s: a
+//! missing one is a problem `ivrd check` reports, not a reason the graph of a half-written
+//! plan cannot be drawn.
+
+use super::problem::Pos;
+use super::services::LookupBy;
+use super::template::{Condition, Template};
+use regex::Regex;
+use std::collections::BTreeMap;
+
+/// The step types, by the key that gives a step its type.
+pub const STEP_TYPES: &[&str] = &[
+    "play",
+    "say_digits",
+    "say_number",
+    "collect",
+    "menu",
+    "set",
+    "branch",
+    "set_language",
+    "lookup_customer",
+    "send_pin",
+    "check_pin",
+    "transfer",
+    "hangup",
+    "goto",
+];
+
+/// A parsed dialplan.
+#[derive(Debug, Clone)]
+pub struct Dialplan {
+    /// The file it came from, as named when loaded (for problems and logs).
+    pub file: String,
+    pub name: String,
+    pub description: String,
+    /// The first step.
+    pub start: Target,
+    /// The language the call starts in, and the fallback when a dynamic `set_language`
+    /// names a language this plan does not declare.
+    pub language: String,
+    /// Every language the plan may speak (includes `language`). Prompts and SMS templates
+    /// must exist in all of them.
+    pub languages: Vec<String>,
+    pub languages_pos: Pos,
+    /// The dialed numbers (Request-URI user) this plan answers.
+    pub numbers: Vec<NumberPattern>,
+    /// Initial variables.
+    pub vars: BTreeMap<String, String>,
+    /// SMS text per language, with `{pin}`, `{minutes}` and `{name}`.
+    pub sms: BTreeMap<String, SmsTemplate>,
+    /// In file order.
+    pub steps: Vec<Step>,
+    /// Where `[dialplan]` is (for problems about the plan as a whole).
+    pub pos: Pos,
+}
+
+impl Dialplan {
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// The SMS template for `language`, else the plan language's, else none (the SMS sender
+    /// then uses its built-in text).
+    pub fn sms_template(&self, language: &str) -> Option<&str> {
+        self.sms
+            .get(language)
+            .or_else(|| self.sms.get(&self.language))
+            .map(|t| t.text.as_str())
+    }
+
+    /// How well this plan answers `dialed`: `None` if not at all, else a rank where an exact
+    /// number beats any prefix and a longer prefix beats a shorter one.
+    pub fn answers(&self, dialed: &str) -> Option<usize> {
+        self.numbers.iter().filter_map(|n| n.rank(dialed)).max()
+    }
+}
+
+/// The plan that answers `dialed` best (see [`Dialplan::answers`]); ties go to the first.
+pub fn select<'a>(plans: &'a [Dialplan], dialed: &str) -> Option<&'a Dialplan> {
+    let mut best: Option<(usize, &Dialplan)> = None;
+    for p in plans {
+        if let Some(rank) = p.answers(dialed) {
+            if best.is_none_or(|(r, _)| rank > r) {
+                best = Some((rank, p));
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// A dialed number a plan answers: exact (`"100"`) or a prefix (`"+4930123*"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberPattern {
+    /// Without the trailing `*`.
+    pub number: String,
+    pub prefix: bool,
+    pub pos: Pos,
+}
+
+impl NumberPattern {
+    fn rank(&self, dialed: &str) -> Option<usize> {
+        if self.prefix {
+            dialed
+                .starts_with(&self.number)
+                .then_some(self.number.len())
+        } else {
+            (dialed == self.number).then_some(usize::MAX)
+        }
+    }
+}
+
+impl std::fmt::Display for NumberPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.number, if self.prefix { "*" } else { "" })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmsTemplate {
+    pub text: String,
+    pub pos: Pos,
+}
+
+/// Fills an SMS template: `{pin}`, `{minutes}`, `{name}`; `{{` and `}}` are literal braces.
+/// The SMS sender calls this; the PIN never passes through the interpreter.
+pub fn render_sms(template: &str, pin: &str, minutes: u32, name: &str) -> String {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let (piece, skip) = if tail.starts_with("{{") {
+            ("{".to_string(), 2)
+        } else if tail.starts_with("}}") {
+            ("}".to_string(), 2)
+        } else if tail.starts_with("{pin}") {
+            (pin.to_string(), 5)
+        } else if tail.starts_with("{minutes}") {
+            (minutes.to_string(), 9)
+        } else if tail.starts_with("{name}") {
+            (name.to_string(), 6)
+        } else {
+            (tail[..1].to_string(), 1)
+        };
+        out.push_str(&piece);
+        rest = &tail[skip..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A transition: the name of the step to go to, and where the admin wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub step: String,
+    pub pos: Pos,
+}
+
+/// A prompt by name (the file stem under `prompts/<language>/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptRef {
+    pub name: String,
+    pub pos: Pos,
+}
+
+/// One named step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    /// Where its `[steps.NAME]` header (or key) is.
+    pub pos: Pos,
+    pub action: Action,
+}
+
+/// What a step does. Each variant is one step type; its transitions are named after its
+/// outcomes.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Play {
+        prompts: Vec<PromptRef>,
+        barge_in: bool,
+        next: Option<Target>,
+    },
+    SayDigits {
+        value: Template,
+        barge_in: bool,
+        next: Option<Target>,
+    },
+    SayNumber {
+        value: Template,
+        barge_in: bool,
+        next: Option<Target>,
+    },
+    Collect(Collect),
+    Menu(Menu),
+    Set {
+        vars: Vec<Assignment>,
+        next: Option<Target>,
+    },
+    Branch {
+        cases: Vec<Case>,
+        otherwise: Option<Target>,
+    },
+    SetLanguage {
+        value: Template,
+        next: Option<Target>,
+    },
+    LookupCustomer {
+        value: Template,
+        by: LookupBy,
+        on_found: Option<Target>,
+        on_not_found: Option<Target>,
+        on_locked: Option<Target>,
+        on_error: Option<Target>,
+    },
+    SendPin {
+        /// Whose mobile number on file gets the PIN.
+        customer: Template,
+        length: usize,
+        /// Played while the SMS goes out.
+        prompts: Vec<PromptRef>,
+        on_sent: Option<Target>,
+        on_limited: Option<Target>,
+        on_locked: Option<Target>,
+        on_failure: Option<Target>,
+    },
+    CheckPin {
+        /// What the caller typed.
+        value: Template,
+        customer: Template,
+        on_valid: Option<Target>,
+        on_invalid: Option<Target>,
+        on_exhausted: Option<Target>,
+        on_expired: Option<Target>,
+        on_locked: Option<Target>,
+    },
+    Transfer {
+        target: Template,
+        headers: Vec<(String, Template)>,
+        on_failure: Option<Target>,
+    },
+    Hangup {
+        prompts: Vec<PromptRef>,
+    },
+    Goto {
+        target: Option<Target>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Collect {
+    /// The variable the digits go into.
+    pub var: String,
+    pub prompts: Vec<PromptRef>,
+    pub barge_in: bool,
+    pub min: usize,
+    pub max: usize,
+    pub terminator: Option<char>,
+    pub first_digit_timeout: std::time::Duration,
+    pub inter_digit_timeout: std::time::Duration,
+    pub tries: u32,
+    pub pattern: Option<Regex>,
+    pub invalid_prompts: Vec<PromptRef>,
+    pub timeout_prompts: Vec<PromptRef>,
+    /// Never logged, masked in transcripts (PINs).
+    pub secret: bool,
+    pub on_input: Option<Target>,
+    pub on_failure: Option<Target>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Menu {
+    pub prompts: Vec<PromptRef>,
+    pub barge_in: bool,
+    /// Key -> step, in key order.
+    pub options: Vec<(char, Target)>,
+    pub tries: u32,
+    pub timeout: std::time::Duration,
+    pub invalid_prompts: Vec<PromptRef>,
+    pub timeout_prompts: Vec<PromptRef>,
+    pub on_failure: Option<Target>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub name: String,
+    pub value: Template,
+}
+
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub condition: Condition,
+    pub goto: Option<Target>,
+}
+
+/// One outgoing edge of a step, for the checker and the graph.
+#[derive(Debug, Clone, Copy)]
+pub struct Transition<'a> {
+    /// The key that holds it (`next`, `on_input`, a menu key, `if`, `else`).
+    pub key: &'a str,
+    /// What the graph writes on the edge (the key, a menu key, a branch condition).
+    pub label: &'a str,
+    pub target: Option<&'a Target>,
+}
+
+impl Action {
+    /// The step type, as the key written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Play { .. } => "play",
+            Action::SayDigits { .. } => "say_digits",
+            Action::SayNumber { .. } => "say_number",
+            Action::Collect(_) => "collect",
+            Action::Menu(_) => "menu",
+            Action::Set { .. } => "set",
+            Action::Branch { .. } => "branch",
+            Action::SetLanguage { .. } => "set_language",
+            Action::LookupCustomer { .. } => "lookup_customer",
+            Action::SendPin { .. } => "send_pin",
+            Action::CheckPin { .. } => "check_pin",
+            Action::Transfer { .. } => "transfer",
+            Action::Hangup { .. } => "hangup",
+            Action::Goto { .. } => "goto",
+        }
+    }
+
+    /// Every outcome and where it goes (`target: None` = missing), in a stable order.
+    pub fn transitions(&self) -> Vec<Transition<'_>> {
+        fn t<'a>(key: &'a str, target: &'a Option<Target>) -> Transition<'a> {
+            Transition {
+                key,
+                label: key,
+                target: target.as_ref(),
+            }
+        }
+        match self {
+            Action::Play { next, .. }
+            | Action::SayDigits { next, .. }
+            | Action::SayNumber { next, .. }
+            | Action::Set { next, .. }
+            | Action::SetLanguage { next, .. } => vec![t("next", next)],
+            Action::Collect(c) => vec![t("on_input", &c.on_input), t("on_failure", &c.on_failure)],
+            Action::Menu(m) => {
+                let mut v: Vec<Transition<'_>> = m
+                    .options
+                    .iter()
+                    .map(|(k, target)| Transition {
+                        key: "options",
+                        label: key_label(*k),
+                        target: Some(target),
+                    })
+                    .collect();
+                v.push(t("on_failure", &m.on_failure));
+                v
+            }
+            Action::Branch { cases, otherwise } => {
+                let mut v: Vec<Transition<'_>> = cases
+                    .iter()
+                    .map(|c| Transition {
+                        key: "goto",
+                        label: &c.condition.raw,
+                        target: c.goto.as_ref(),
+                    })
+                    .collect();
+                v.push(t("else", otherwise));
+                v
+            }
+            Action::LookupCustomer {
+                on_found,
+                on_not_found,
+                on_locked,
+                on_error,
+                ..
+            } => vec![
+                t("on_found", on_found),
+                t("on_not_found", on_not_found),
+                t("on_locked", on_locked),
+                t("on_error", on_error),
+            ],
+            Action::SendPin {
+                on_sent,
+                on_limited,
+                on_locked,
+                on_failure,
+                ..
+            } => vec![
+                t("on_sent", on_sent),
+                t("on_limited", on_limited),
+                t("on_locked", on_locked),
+                t("on_failure", on_failure),
+            ],
+            Action::CheckPin {
+                on_valid,
+                on_invalid,
+                on_exhausted,
+                on_expired,
+                on_locked,
+                ..
+            } => vec![
+                t("on_valid", on_valid),
+                t("on_invalid", on_invalid),
+                t("on_exhausted", on_exhausted),
+                t("on_expired", on_expired),
+                t("on_locked", on_locked),
+            ],
+            Action::Transfer { on_failure, .. } => vec![t("on_failure", on_failure)],
+            Action::Hangup { .. } => vec![],
+            Action::Goto { target } => vec![t("goto", target)],
+        }
+    }
+
+    /// Every template the step reads (for the unset-variable check).
+    pub fn templates(&self) -> Vec<&Template> {
+        match self {
+            Action::SayDigits { value, .. }
+            | Action::SayNumber { value, .. }
+            | Action::SetLanguage { value, .. } => {
+                vec![value]
+            }
+            Action::Set { vars, .. } => vars.iter().map(|a| &a.value).collect(),
+            Action::Branch { cases, .. } => {
+                let mut v = Vec::new();
+                for c in cases {
+                    v.push(&c.condition.left);
+                    if let super::template::Test::Eq(r) | super::template::Test::Ne(r) =
+                        &c.condition.test
+                    {
+                        v.push(r);
+                    }
+                }
+                v
+            }
+            Action::LookupCustomer { value, .. } => vec![value],
+            Action::SendPin { customer, .. } => vec![customer],
+            Action::CheckPin {
+                value, customer, ..
+            } => vec![value, customer],
+            Action::Transfer {
+                target, headers, ..
+            } => {
+                let mut v = vec![target];
+                v.extend(headers.iter().map(|(_, t)| t));
+                v
+            }
+            Action::Play { .. }
+            | Action::Collect(_)
+            | Action::Menu(_)
+            | Action::Hangup { .. }
+            | Action::Goto { .. } => {
+                vec![]
+            }
+        }
+    }
+
+    /// Every prompt the step names (not the digit and number prompts `say_*` compose).
+    pub fn prompts(&self) -> Vec<&PromptRef> {
+        match self {
+            Action::Play { prompts, .. }
+            | Action::Hangup { prompts }
+            | Action::SendPin { prompts, .. } => prompts.iter().collect(),
+            Action::Collect(c) => c
+                .prompts
+                .iter()
+                .chain(&c.invalid_prompts)
+                .chain(&c.timeout_prompts)
+                .collect(),
+            Action::Menu(m) => m
+                .prompts
+                .iter()
+                .chain(&m.invalid_prompts)
+                .chain(&m.timeout_prompts)
+                .collect(),
+            _ => vec![],
+        }
+    }
+}
+
+/// A menu key as an edge label (a `&'static str`, so transitions can borrow it).
+fn key_label(k: char) -> &'static str {
+    const KEYS: [&str; 16] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "#", "A", "B", "C", "D",
+    ];
+    "0123456789*#ABCD".find(k).map_or("?", |i| KEYS[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(numbers: &[(&str, bool)], name: &str) -> Dialplan {
+        Dialplan {
+            file: format!("{name}.toml"),
+            name: name.into(),
+            description: String::new(),
+            start: Target {
+                step: "a".into(),
+                pos: Pos::default(),
+            },
+            language: "en".into(),
+            languages: vec!["en".into()],
+            languages_pos: Pos::default(),
+            numbers: numbers
+                .iter()
+                .map(|(n, prefix)| NumberPattern {
+                    number: n.to_string(),
+                    prefix: *prefix,
+                    pos: Pos::default(),
+                })
+                .collect(),
+            vars: BTreeMap::new(),
+            sms: BTreeMap::new(),
+            steps: vec![],
+            pos: Pos::default(),
+        }
+    }
+
+    #[test]
+    fn selects_exact_then_longest_prefix() {
+        let plans = [
+            plan(&[("+49", true)], "country"),
+            plan(&[("+4930123", true)], "berlin"),
+            plan(&[("+4930123456", false), ("100", false)], "exact"),
+        ];
+        let pick = |d: &str| select(&plans, d).map(|p| p.name.as_str());
+        assert_eq!(pick("+4930123456"), Some("exact"));
+        assert_eq!(pick("+4930123999"), Some("berlin"));
+        assert_eq!(pick("+4940"), Some("country"));
+        assert_eq!(pick("100"), Some("exact"));
+        assert_eq!(pick("1000"), None);
+    }
+
+    #[test]
+    fn renders_sms() {
+        assert_eq!(
+            render_sms(
+                "PIN {pin}, {minutes} min, {name} {{x}} {other}",
+                "1234",
+                5,
+                "Ann"
+            ),
+            "PIN 1234, 5 min, Ann {x} {other}"
+        );
+    }
+}

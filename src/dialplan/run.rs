@@ -1,0 +1,925 @@
+//! The interpreter: runs a dialplan on a call, step by step, and says how it ended.
+//!
+//! It sees the call only through [`CallIo`] and the outside world only through
+//! [`FlowServices`], so the daemon, `ivrd simulate` and tests run the very same code.
+//!
+//! What it guarantees:
+//! - Every outcome of every step goes where the plan says; a transition that is missing
+//!   anyway (a plan that skipped `ivrd check`) stops the flow with [`Outcome::Error`]
+//!   rather than guessing.
+//! - A plan cannot loop forever: after [`STEP_BUDGET`] steps the flow stops with an error.
+//! - Secrets (collected with `secret = true`, and anything computed from them) never reach a
+//!   log line or an [`Observer`]: observers see `None` where the value would be.
+//! - The caller is never left in silence while an SMS goes out: `send_pin` runs the send
+//!   under its prompt ([`CallIo::run_with_prompt`]).
+//!
+//! The [`Outcome`] is the *verification* outcome an audit needs, not how the call ended: a
+//! caller who typed an unknown customer number and was then transferred to the fallback
+//! agent is [`Outcome::UnknownCustomer`], although the transfer succeeded. The rules:
+//! 1. An interpreter fault (budget, missing transition) is [`Outcome::Error`].
+//! 2. Otherwise the last verification event decides: a PIN accepted ([`Outcome::Verified`],
+//!    or [`Outcome::TransferFailed`] if the hand-over to the agent then failed), a customer
+//!    not found, locked out, an SMS not sent or rate limited, a wrong PIN, an expired PIN,
+//!    input that never came or never fit (a `collect` or `menu` that ran out of tries), a
+//!    store error.
+//! 3. A wrong PIN with tries left is not final: if the caller hangs up then, the outcome is
+//!    [`Outcome::CallerHangup`] (they abandoned, they did not fail).
+//! 4. With no verification event: a hang-up is [`Outcome::CallerHangup`] (or
+//!    [`Outcome::Interrupted`] if ivrd ended the call: RTP timeout, maximum duration,
+//!    shutdown), a transfer is [`Outcome::TransferredUnverified`] or
+//!    [`Outcome::TransferFailed`], and a plan that just ends is [`Outcome::Completed`].
+
+use super::model::{Action, Collect, Dialplan, Menu, PromptRef, Step, Target};
+use super::say;
+use super::services::{
+    CheckPinOutcome, CustomerRecord, FlowServices, LookupOutcome, PinRequest, SendPinOutcome,
+};
+use super::template::{Part, Template};
+use crate::call::{CallEnd, CallIo, CollectEnd, CollectSpec, PlayOutcome, TransferOutcome};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tracing::{debug, warn};
+
+/// Steps a call may take before the interpreter decides the plan loops and stops it. A
+/// real call takes a few dozen; a retry loop with three tries takes a handful more.
+pub const STEP_BUDGET: usize = 1000;
+
+/// After a collection ends by reaching its maximum, a terminator pressed this soon after is
+/// the caller finishing the same entry ("123456#" out of habit): it is swallowed, so it does
+/// not end the next collection empty or skip the next prompt. A digit in this window is
+/// surplus input and dropped too.
+pub const TERMINATOR_GRACE: Duration = Duration::from_millis(400);
+
+/// The verification outcome of a call, for the audit log (see the module docs for the rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The caller entered the right PIN (and, if the plan transferred them, they got through).
+    Verified,
+    /// The caller entered wrong PINs until none were left (or the plan gave up after one).
+    WrongPin,
+    /// The PIN had expired, or none had been sent.
+    PinExpired,
+    /// No customer matched the number entered (or several did: the flow does not guess).
+    UnknownCustomer,
+    /// The customer is locked out after too many failures.
+    LockedOut,
+    /// The SMS provider refused or could not be reached.
+    SmsFailed,
+    /// Too many SMS for this customer or caller in the window.
+    RateLimited,
+    /// The caller entered nothing, every try.
+    NoInput,
+    /// The caller entered something every try, but never anything valid.
+    InvalidInput,
+    /// The caller hung up before the verification came to an end.
+    CallerHangup,
+    /// ivrd ended the call (RTP timeout, maximum duration, shutdown) before the verification
+    /// came to an end.
+    Interrupted,
+    /// A transfer failed and the call ended without verification, or after it (a verified
+    /// caller who never reached an agent: the case an operator must look at).
+    TransferFailed,
+    /// The plan transferred the caller without verifying them (a "talk to an agent" option).
+    TransferredUnverified,
+    /// The plan ended without verifying anyone (a demo, an announcement).
+    Completed,
+    /// The plan could not go on (step budget, missing transition) or the customer store
+    /// failed; [`FlowResult::error`] says which.
+    Error,
+}
+
+impl Outcome {
+    /// Stable name for logs and the audit table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Verified => "verified",
+            Outcome::WrongPin => "wrong-pin",
+            Outcome::PinExpired => "pin-expired",
+            Outcome::UnknownCustomer => "unknown-customer",
+            Outcome::LockedOut => "locked-out",
+            Outcome::SmsFailed => "sms-failed",
+            Outcome::RateLimited => "rate-limited",
+            Outcome::NoInput => "no-input",
+            Outcome::InvalidInput => "invalid-input",
+            Outcome::CallerHangup => "caller-hangup",
+            Outcome::Interrupted => "interrupted",
+            Outcome::TransferFailed => "transfer-failed",
+            Outcome::TransferredUnverified => "transferred-unverified",
+            Outcome::Completed => "completed",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One step the call went through, and how it left it (the audit trail; no values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrailEntry {
+    pub step: String,
+    /// The outcome, as `${STEP.outcome}` has it: `next`, `input`, `failure`, `found`, a menu
+    /// key, `case-1`, `else`, ...; `transferred`, `hangup` or `call-ended` for the last step.
+    pub outcome: String,
+}
+
+/// How a flow ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowResult {
+    pub outcome: Outcome,
+    /// The customer the lookup found, if it found one.
+    pub customer_id: Option<String>,
+    /// How the call ended under the flow (the caller hung up, RTP timeout, ...); `None` if
+    /// the flow ended it itself (a hangup step, a transfer, an error): then ivrd hangs up.
+    pub end: Option<CallEnd>,
+    /// Where the caller went, if a transfer succeeded.
+    pub transferred_to: Option<String>,
+    /// What went wrong, for [`Outcome::Error`].
+    pub error: Option<String>,
+    pub trail: Vec<TrailEntry>,
+}
+
+impl FlowResult {
+    /// What a flow passed to [`crate::call::run`] returns.
+    pub fn call_result(&self) -> Result<(), CallEnd> {
+        match &self.end {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the interpreter does, as it does it (for the simulator's transcript, and any other
+/// observer). Secret values are `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowEvent {
+    Step {
+        step: String,
+        kind: &'static str,
+    },
+    /// A variable got a value.
+    Set {
+        name: String,
+        value: Option<String>,
+    },
+    /// A `collect` try ended: `verdict` is `ok`, `no-input` or `invalid`.
+    Collected {
+        step: String,
+        value: Option<String>,
+        ended_by: CollectEnd,
+        verdict: &'static str,
+    },
+    /// A call to [`FlowServices`]: what was asked and what came back.
+    Service {
+        step: String,
+        /// `lookup_customer`, `send_pin` or `check_pin`.
+        service: &'static str,
+        request: String,
+        outcome: String,
+    },
+    Transfer {
+        step: String,
+        target: String,
+        headers: Vec<(String, String)>,
+        outcome: String,
+    },
+    Language {
+        language: String,
+    },
+    Transition {
+        step: String,
+        outcome: String,
+        to: String,
+    },
+    Warning {
+        message: String,
+    },
+}
+
+/// Receives [`FlowEvent`]s; any `FnMut(FlowEvent) + Send` closure is one.
+pub trait Observer: Send {
+    fn event(&mut self, event: FlowEvent);
+}
+
+impl<F: FnMut(FlowEvent) + Send> Observer for F {
+    fn event(&mut self, event: FlowEvent) {
+        self(event)
+    }
+}
+
+/// Runs `plan` on `call` until it hangs up, transfers, fails, or the call ends.
+pub async fn run<C: CallIo + Send, S: FlowServices>(
+    plan: &Dialplan,
+    call: &mut C,
+    services: &S,
+) -> FlowResult {
+    run_observed(plan, call, services, &mut |_: FlowEvent| {}).await
+}
+
+/// [`run`], telling `observer` everything it does.
+pub async fn run_observed<C: CallIo + Send, S: FlowServices>(
+    plan: &Dialplan,
+    call: &mut C,
+    services: &S,
+    observer: &mut dyn Observer,
+) -> FlowResult {
+    let facts = call.facts().clone();
+    let mut vars: BTreeMap<String, String> = plan.vars.clone();
+    vars.insert("caller".into(), facts.caller.clone());
+    vars.insert(
+        "caller_name".into(),
+        facts.caller_name.clone().unwrap_or_default(),
+    );
+    vars.insert("dialed".into(), facts.called.clone());
+    vars.insert("call_id".into(), facts.call_id.clone());
+    call.set_language(&plan.language);
+    let mut it = Interp {
+        plan,
+        call,
+        services,
+        obs: observer,
+        vars,
+        secrets: BTreeSet::new(),
+        customer_id: None,
+        verdict: None,
+        service_error: None,
+        transferred_to: None,
+        transfer_failed: false,
+        fault: None,
+        end: None,
+        trail: Vec::new(),
+    };
+    it.run().await;
+    let outcome = it.outcome();
+    debug!(plan = %plan.name, outcome = outcome.as_str(), steps = it.trail.len(), "flow ended");
+    FlowResult {
+        outcome,
+        customer_id: it.customer_id,
+        end: it.end,
+        transferred_to: it.transferred_to,
+        error: it.fault.or(it.service_error),
+        trail: it.trail,
+    }
+}
+
+/// What a step did: go somewhere, or end the flow.
+enum Flow {
+    Go { outcome: String, to: Option<Target> },
+    Transferred,
+    Hangup,
+}
+
+fn go(outcome: &str, to: &Option<Target>) -> Flow {
+    Flow::Go {
+        outcome: outcome.to_string(),
+        to: to.clone(),
+    }
+}
+
+struct Interp<'a, C, S> {
+    plan: &'a Dialplan,
+    call: &'a mut C,
+    services: &'a S,
+    obs: &'a mut dyn Observer,
+    vars: BTreeMap<String, String>,
+    /// Variables whose values must not be shown.
+    secrets: BTreeSet<String>,
+    customer_id: Option<String>,
+    /// The last verification event, and whether it is final (see the module docs).
+    verdict: Option<(Outcome, bool)>,
+    service_error: Option<String>,
+    transferred_to: Option<String>,
+    transfer_failed: bool,
+    /// Why the interpreter stopped the flow, if it did.
+    fault: Option<String>,
+    end: Option<CallEnd>,
+    trail: Vec<TrailEntry>,
+}
+
+impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
+    async fn run(&mut self) {
+        let plan = self.plan;
+        let mut current = plan.start.step.clone();
+        for _ in 0..STEP_BUDGET {
+            let Some(step) = plan.step(&current) else {
+                return self.stop(format!("step \"{current}\" does not exist"));
+            };
+            debug!(step = %step.name, kind = step.action.kind(), "step");
+            self.obs.event(FlowEvent::Step {
+                step: step.name.clone(),
+                kind: step.action.kind(),
+            });
+            let flow = match self.step(step).await {
+                Ok(flow) => flow,
+                Err(end) => {
+                    debug!(step = %step.name, reason = end.as_str(), "call ended during step");
+                    self.trail(step, "call-ended");
+                    self.end = Some(end);
+                    return;
+                }
+            };
+            match flow {
+                Flow::Go { outcome, to } => {
+                    self.vars
+                        .insert(format!("{}.outcome", step.name), outcome.clone());
+                    self.vars.insert("last.outcome".into(), outcome.clone());
+                    self.trail(step, &outcome);
+                    let Some(to) = to else {
+                        return self.stop(format!(
+                            "step \"{}\" has no transition for \"{outcome}\"",
+                            step.name
+                        ));
+                    };
+                    self.obs.event(FlowEvent::Transition {
+                        step: step.name.clone(),
+                        outcome,
+                        to: to.step.clone(),
+                    });
+                    current = to.step;
+                }
+                Flow::Transferred => return self.trail(step, "transferred"),
+                Flow::Hangup => return self.trail(step, "hangup"),
+            }
+        }
+        self.stop(format!(
+            "the plan ran {STEP_BUDGET} steps without ending (a loop?); last step \"{current}\""
+        ));
+    }
+
+    fn trail(&mut self, step: &Step, outcome: &str) {
+        self.trail.push(TrailEntry {
+            step: step.name.clone(),
+            outcome: outcome.to_string(),
+        });
+    }
+
+    fn stop(&mut self, why: String) {
+        warn!(plan = %self.plan.name, "{why}");
+        self.obs.event(FlowEvent::Warning {
+            message: why.clone(),
+        });
+        self.fault = Some(why);
+    }
+
+    fn warn(&mut self, message: String) {
+        warn!(plan = %self.plan.name, "{message}");
+        self.obs.event(FlowEvent::Warning { message });
+    }
+
+    fn outcome(&self) -> Outcome {
+        if self.fault.is_some() {
+            return Outcome::Error;
+        }
+        let ended = self.end.as_ref().map(|e| match e {
+            CallEnd::CallerHangup | CallEnd::Cancelled => Outcome::CallerHangup,
+            _ => Outcome::Interrupted,
+        });
+        match (self.verdict, ended) {
+            (Some((Outcome::Verified, _)), _) => {
+                if self.transferred_to.is_none() && self.transfer_failed {
+                    Outcome::TransferFailed
+                } else {
+                    Outcome::Verified
+                }
+            }
+            (Some((o, true)), _) | (Some((o, false)), None) => o,
+            (_, Some(ended)) => ended,
+            (None, None) if self.transferred_to.is_some() => Outcome::TransferredUnverified,
+            (None, None) if self.transfer_failed => Outcome::TransferFailed,
+            (None, None) => Outcome::Completed,
+        }
+    }
+
+    /// A variable's value ("" and a warning if it has none), and whether it is secret.
+    fn var(&mut self, name: &str) -> (String, bool) {
+        if name == "language" {
+            return (self.call.language().to_string(), false);
+        }
+        match self.vars.get(name) {
+            Some(v) => (v.clone(), self.secrets.contains(name)),
+            None => {
+                self.warn(format!("${{{name}}} is not set; using \"\""));
+                (String::new(), false)
+            }
+        }
+    }
+
+    /// Renders a template; the flag says whether it read a secret.
+    fn render(&mut self, t: &Template) -> (String, bool) {
+        let mut out = String::new();
+        let mut secret = false;
+        for p in &t.parts {
+            match p {
+                Part::Text(s) => out.push_str(s),
+                Part::Var(v) => {
+                    let (value, s) = self.var(v);
+                    secret |= s;
+                    out.push_str(&value);
+                }
+            }
+        }
+        (out, secret)
+    }
+
+    fn set(&mut self, name: &str, value: String, secret: bool) {
+        self.obs.event(FlowEvent::Set {
+            name: name.to_string(),
+            value: (!secret).then(|| value.clone()),
+        });
+        if secret {
+            self.secrets.insert(name.to_string());
+        } else {
+            self.secrets.remove(name);
+        }
+        self.vars.insert(name.to_string(), value);
+    }
+
+    fn service(&mut self, step: &Step, request: String, outcome: String) {
+        debug!(step = %step.name, %request, %outcome, "service");
+        self.obs.event(FlowEvent::Service {
+            step: step.name.clone(),
+            service: step.action.kind(),
+            request,
+            outcome,
+        });
+    }
+
+    async fn play(
+        &mut self,
+        prompts: &[PromptRef],
+        barge_in: bool,
+    ) -> Result<PlayOutcome, CallEnd> {
+        if prompts.is_empty() {
+            return Ok(PlayOutcome { interrupted: false });
+        }
+        let names: Vec<&str> = prompts.iter().map(|p| p.name.as_str()).collect();
+        self.call.play(&names, barge_in).await
+    }
+
+    async fn play_names(&mut self, names: &[String], barge_in: bool) -> Result<(), CallEnd> {
+        if !names.is_empty() {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            self.call.play(&names, barge_in).await?;
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self, step: &Step) -> Result<Flow, CallEnd> {
+        match &step.action {
+            Action::Play {
+                prompts,
+                barge_in,
+                next,
+            } => {
+                self.play(prompts, *barge_in).await?;
+                Ok(go("next", next))
+            }
+            Action::SayDigits {
+                value,
+                barge_in,
+                next,
+            } => {
+                let (v, _) = self.render(value);
+                let names = self.digit_prompts(step, &v);
+                self.play_names(&names, *barge_in).await?;
+                Ok(go("next", next))
+            }
+            Action::SayNumber {
+                value,
+                barge_in,
+                next,
+            } => {
+                let (v, _) = self.render(value);
+                let names = self.number_prompts(step, &v);
+                self.play_names(&names, *barge_in).await?;
+                Ok(go("next", next))
+            }
+            Action::Collect(c) => self.collect(step, c).await,
+            Action::Menu(m) => self.menu(step, m).await,
+            Action::Set { vars, next } => {
+                for a in vars {
+                    let (v, secret) = self.render(&a.value);
+                    self.set(&a.name, v, secret);
+                }
+                Ok(go("next", next))
+            }
+            Action::Branch { cases, otherwise } => {
+                for (i, case) in cases.iter().enumerate() {
+                    let mut lookups = Vec::new();
+                    for v in case.condition.vars() {
+                        let value = self.var(v).0;
+                        lookups.push((v.to_string(), value));
+                    }
+                    let hit = case.condition.eval(|name| {
+                        lookups
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    });
+                    if hit {
+                        return Ok(go(&format!("case-{}", i + 1), &case.goto));
+                    }
+                }
+                Ok(go("else", otherwise))
+            }
+            Action::SetLanguage { value, next } => {
+                let (wanted, _) = self.render(value);
+                let wanted = wanted.trim().to_string();
+                let language = if self.plan.languages.contains(&wanted) {
+                    wanted
+                } else {
+                    if !wanted.is_empty() {
+                        self.warn(format!(
+                            "step \"{}\": language \"{wanted}\" is not one this plan speaks; using {}",
+                            step.name, self.plan.language
+                        ));
+                    }
+                    self.plan.language.clone()
+                };
+                self.call.set_language(&language);
+                self.obs.event(FlowEvent::Language { language });
+                Ok(go("next", next))
+            }
+            Action::LookupCustomer {
+                value,
+                by,
+                on_found,
+                on_not_found,
+                on_locked,
+                on_error,
+            } => {
+                let (v, secret) = self.render(value);
+                let request = format!("by {} {}", by_name(*by), if secret { "****" } else { &v });
+                match self.services.lookup_customer(*by, &v).await {
+                    LookupOutcome::Found(rec) => {
+                        self.service(step, request, format!("found {}", describe(&rec)));
+                        self.found(rec);
+                        Ok(go("found", on_found))
+                    }
+                    LookupOutcome::NotFound => {
+                        self.service(step, request, "not found".into());
+                        self.verdict = Some((Outcome::UnknownCustomer, true));
+                        Ok(go("not_found", on_not_found))
+                    }
+                    LookupOutcome::Ambiguous => {
+                        self.service(step, request, "ambiguous (counts as not found)".into());
+                        self.verdict = Some((Outcome::UnknownCustomer, true));
+                        Ok(go("not_found", on_not_found))
+                    }
+                    LookupOutcome::LockedOut => {
+                        self.service(step, request, "locked out".into());
+                        self.verdict = Some((Outcome::LockedOut, true));
+                        Ok(go("locked", on_locked))
+                    }
+                    LookupOutcome::Error(e) => {
+                        self.service(step, request, format!("error: {e}"));
+                        self.verdict = Some((Outcome::Error, true));
+                        self.service_error = Some(format!("customer lookup: {e}"));
+                        Ok(go("error", on_error))
+                    }
+                }
+            }
+            Action::SendPin {
+                customer,
+                length,
+                prompts,
+                on_sent,
+                on_limited,
+                on_locked,
+                on_failure,
+            } => {
+                let (customer_id, _) = self.render(customer);
+                if customer_id.is_empty() {
+                    self.warn(format!(
+                        "step \"{}\": no customer to send a PIN to",
+                        step.name
+                    ));
+                    self.verdict = Some((Outcome::SmsFailed, true));
+                    return Ok(go("failure", on_failure));
+                }
+                let req = PinRequest {
+                    customer_id,
+                    caller: self.call.facts().caller.clone(),
+                    language: self.call.language().to_string(),
+                    length: *length,
+                };
+                let request = format!(
+                    "customer {}, {}, {} digits",
+                    req.customer_id, req.language, req.length
+                );
+                let names: Vec<&str> = prompts.iter().map(|p| p.name.as_str()).collect();
+                let sent = self
+                    .call
+                    .run_with_prompt(&names, self.services.send_pin(&req))
+                    .await?;
+                match sent {
+                    SendPinOutcome::Sent { minutes } => {
+                        self.service(step, request, format!("sent, valid {minutes} min"));
+                        self.set(
+                            &format!("{}.minutes", step.name),
+                            minutes.to_string(),
+                            false,
+                        );
+                        Ok(go("sent", on_sent))
+                    }
+                    SendPinOutcome::RateLimited => {
+                        self.service(step, request, "rate limited".into());
+                        self.verdict = Some((Outcome::RateLimited, true));
+                        Ok(go("limited", on_limited))
+                    }
+                    SendPinOutcome::LockedOut => {
+                        self.service(step, request, "locked out".into());
+                        self.verdict = Some((Outcome::LockedOut, true));
+                        Ok(go("locked", on_locked))
+                    }
+                    SendPinOutcome::Failed(e) => {
+                        self.service(step, request, format!("failed: {e}"));
+                        self.verdict = Some((Outcome::SmsFailed, true));
+                        Ok(go("failure", on_failure))
+                    }
+                }
+            }
+            Action::CheckPin {
+                value,
+                customer,
+                on_valid,
+                on_invalid,
+                on_exhausted,
+                on_expired,
+                on_locked,
+            } => {
+                let (input, _) = self.render(value);
+                let (customer_id, _) = self.render(customer);
+                if customer_id.is_empty() {
+                    // No customer, so no PIN was sent: the service would say the same.
+                    self.warn(format!(
+                        "step \"{}\": no customer to check a PIN for",
+                        step.name
+                    ));
+                    self.verdict = Some((Outcome::PinExpired, true));
+                    return Ok(go("expired", on_expired));
+                }
+                let request = format!("customer {customer_id}, PIN ****");
+                match self.services.check_pin(&customer_id, &input).await {
+                    CheckPinOutcome::Valid => {
+                        self.service(step, request, "valid".into());
+                        self.verdict = Some((Outcome::Verified, true));
+                        Ok(go("valid", on_valid))
+                    }
+                    CheckPinOutcome::Invalid { tries_left } => {
+                        self.service(step, request, format!("invalid, {tries_left} tries left"));
+                        self.set(
+                            &format!("{}.tries_left", step.name),
+                            tries_left.to_string(),
+                            false,
+                        );
+                        self.verdict = Some((Outcome::WrongPin, false));
+                        Ok(go("invalid", on_invalid))
+                    }
+                    CheckPinOutcome::Exhausted => {
+                        self.service(step, request, "invalid, no tries left".into());
+                        self.verdict = Some((Outcome::WrongPin, true));
+                        Ok(go("exhausted", on_exhausted))
+                    }
+                    CheckPinOutcome::Expired => {
+                        self.service(step, request, "expired".into());
+                        self.verdict = Some((Outcome::PinExpired, true));
+                        Ok(go("expired", on_expired))
+                    }
+                    CheckPinOutcome::LockedOut => {
+                        self.service(step, request, "locked out".into());
+                        self.verdict = Some((Outcome::LockedOut, true));
+                        Ok(go("locked", on_locked))
+                    }
+                }
+            }
+            Action::Transfer {
+                target,
+                headers,
+                on_failure,
+            } => {
+                let (target, _) = self.render(target);
+                let mut hs = Vec::new();
+                for (name, t) in headers {
+                    let (v, _) = self.render(t);
+                    // An empty header says nothing and some PBXes reject it: leave it out.
+                    if !v.is_empty() {
+                        hs.push((name.clone(), v));
+                    }
+                }
+                let result = self.call.transfer(&target, &hs).await?;
+                let outcome = match &result {
+                    TransferOutcome::Transferred => "transferred".to_string(),
+                    TransferOutcome::Failed { status, reason } => match status {
+                        Some(s) => format!("failed: {s} {reason}"),
+                        None => format!("failed: {reason}"),
+                    },
+                };
+                debug!(step = %step.name, %target, %outcome, "transfer");
+                self.obs.event(FlowEvent::Transfer {
+                    step: step.name.clone(),
+                    target: target.clone(),
+                    headers: hs,
+                    outcome,
+                });
+                match result {
+                    TransferOutcome::Transferred => {
+                        self.transferred_to = Some(target);
+                        Ok(Flow::Transferred)
+                    }
+                    TransferOutcome::Failed { status, reason } => {
+                        self.transfer_failed = true;
+                        let status = status.map(|s| s.to_string()).unwrap_or_default();
+                        self.set(&format!("{}.status", step.name), status, false);
+                        self.set(&format!("{}.reason", step.name), reason, false);
+                        Ok(go("failure", on_failure))
+                    }
+                }
+            }
+            Action::Hangup { prompts } => {
+                self.play(prompts, false).await?;
+                Ok(Flow::Hangup)
+            }
+            Action::Goto { target } => Ok(go("next", target)),
+        }
+    }
+
+    fn found(&mut self, rec: CustomerRecord) {
+        // A second lookup must not leave the first customer's fields behind.
+        self.vars.retain(|k, _| !k.starts_with("customer."));
+        for (k, v) in &rec.fields {
+            self.vars.insert(format!("customer.{k}"), v.clone());
+        }
+        self.vars.insert("customer.id".into(), rec.id.clone());
+        self.vars.insert("customer.name".into(), rec.name);
+        self.vars.insert("customer.mobile".into(), rec.mobile);
+        self.vars
+            .insert("customer.language".into(), rec.language.unwrap_or_default());
+        self.customer_id = Some(rec.id);
+    }
+
+    fn digit_prompts(&mut self, step: &Step, value: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for c in value.chars() {
+            match say::digit_prompt(c) {
+                Some(n) => names.push(n),
+                None => self.warn(format!(
+                    "step \"{}\": no prompt for \"{c}\"; skipped",
+                    step.name
+                )),
+            }
+        }
+        names
+    }
+
+    fn number_prompts(&mut self, step: &Step, value: &str) -> Vec<String> {
+        let value = value.trim();
+        let language = self.call.language().to_string();
+        let n = value
+            .parse::<u32>()
+            .ok()
+            .filter(|_| value.chars().all(|c| c.is_ascii_digit()));
+        match n.and_then(|n| say::number_prompts(&language, n)) {
+            Some(names) => names,
+            None => {
+                self.warn(format!(
+                    "step \"{}\": cannot say \"{value}\" as a number in {language}; reading the digits",
+                    step.name
+                ));
+                self.digit_prompts(step, value)
+            }
+        }
+    }
+
+    async fn collect(&mut self, step: &Step, c: &Collect) -> Result<Flow, CallEnd> {
+        let spec = CollectSpec {
+            min: c.min,
+            max: c.max,
+            terminator: c.terminator,
+            first_digit_timeout: c.first_digit_timeout,
+            inter_digit_timeout: c.inter_digit_timeout,
+        };
+        let mut failure = Outcome::NoInput;
+        for _ in 0..c.tries {
+            self.play(&c.prompts, c.barge_in).await?;
+            let got = self.call.collect(&spec).await?;
+            if got.ended_by == CollectEnd::MaxDigits {
+                if let Some(t) = c.terminator {
+                    self.swallow(t).await?;
+                }
+            }
+            let verdict = if got.digits.is_empty() && got.ended_by == CollectEnd::Timeout {
+                "no-input"
+            } else if got.digits.len() < c.min
+                || c.pattern
+                    .as_ref()
+                    .is_some_and(|re| !re.is_match(&got.digits))
+            {
+                "invalid"
+            } else {
+                "ok"
+            };
+            self.obs.event(FlowEvent::Collected {
+                step: step.name.clone(),
+                value: (!c.secret).then(|| got.digits.clone()),
+                ended_by: got.ended_by,
+                verdict,
+            });
+            match verdict {
+                "ok" => {
+                    self.set(&c.var, got.digits, c.secret);
+                    return Ok(go("input", &c.on_input));
+                }
+                "no-input" => {
+                    failure = Outcome::NoInput;
+                    self.play(&c.timeout_prompts, c.barge_in).await?;
+                }
+                _ => {
+                    failure = Outcome::InvalidInput;
+                    self.play(&c.invalid_prompts, c.barge_in).await?;
+                }
+            }
+        }
+        self.verdict = Some((failure, true));
+        Ok(go("failure", &c.on_failure))
+    }
+
+    /// Takes a terminator pressed right after a full entry (see [`TERMINATOR_GRACE`]).
+    async fn swallow(&mut self, terminator: char) -> Result<(), CallEnd> {
+        let spec = CollectSpec {
+            min: 0,
+            max: 1,
+            terminator: Some(terminator),
+            first_digit_timeout: TERMINATOR_GRACE,
+            inter_digit_timeout: TERMINATOR_GRACE,
+        };
+        let extra = self.call.collect(&spec).await?;
+        if !extra.digits.is_empty() {
+            debug!("key after a full entry dropped");
+        }
+        Ok(())
+    }
+
+    async fn menu(&mut self, step: &Step, m: &Menu) -> Result<Flow, CallEnd> {
+        let spec = CollectSpec {
+            min: 1,
+            max: 1,
+            terminator: None,
+            first_digit_timeout: m.timeout,
+            inter_digit_timeout: m.timeout,
+        };
+        let mut failure = Outcome::NoInput;
+        for _ in 0..m.tries {
+            self.play(&m.prompts, m.barge_in).await?;
+            let got = self.call.collect(&spec).await?;
+            let key = got.digits.chars().next();
+            let choice = key.and_then(|k| m.options.iter().find(|(o, _)| *o == k));
+            self.obs.event(FlowEvent::Collected {
+                step: step.name.clone(),
+                value: Some(got.digits.clone()),
+                ended_by: got.ended_by,
+                verdict: match (key, choice) {
+                    (None, _) => "no-input",
+                    (Some(_), None) => "invalid",
+                    _ => "ok",
+                },
+            });
+            match (key, choice) {
+                (_, Some((k, target))) => {
+                    return Ok(Flow::Go {
+                        outcome: k.to_string(),
+                        to: Some(target.clone()),
+                    });
+                }
+                (None, _) => {
+                    failure = Outcome::NoInput;
+                    self.play(&m.timeout_prompts, m.barge_in).await?;
+                }
+                (Some(_), None) => {
+                    failure = Outcome::InvalidInput;
+                    self.play(&m.invalid_prompts, m.barge_in).await?;
+                }
+            }
+        }
+        self.verdict = Some((failure, true));
+        Ok(go("failure", &m.on_failure))
+    }
+}
+
+fn by_name(by: super::services::LookupBy) -> &'static str {
+    match by {
+        super::services::LookupBy::Id => "id",
+        super::services::LookupBy::Mobile => "mobile",
+    }
+}
+
+fn describe(rec: &CustomerRecord) -> String {
+    match &rec.language {
+        Some(l) => format!("{} ({}, {l})", rec.id, rec.name),
+        None => format!("{} ({})", rec.id, rec.name),
+    }
+}

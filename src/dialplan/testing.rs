@@ -1,0 +1,235 @@
+//! Test helpers: in-memory [`FlowServices`], the real prompt directory, a tiny executor.
+//!
+//! The fake services behave like the real ones in the ways a flow can see (a PIN per
+//! customer, three tries, the SMS rendered from the plan's template) and can be told to
+//! fail in each way the real ones can. SQLite and real SMS providers are tested elsewhere.
+
+use super::check::{CheckEnv, PromptDir, load};
+use super::model::{Dialplan, SmsTemplate, render_sms};
+use super::problem::Problem;
+use super::services::*;
+use super::sim::SentSms;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+/// Drives a future to completion on this thread (the flows under test never need a
+/// reactor: the simulated call and the fake services complete at once).
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+pub fn prompts() -> PromptDir {
+    PromptDir::scan(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/prompts"
+    )))
+    .expect("prompts/ readable")
+}
+
+/// Loads a shipped plan, checked against the real prompts.
+pub fn shipped(name: &str) -> Result<Dialplan, Vec<Problem>> {
+    let path = format!("{}/dialplans/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(&path).expect("shipped plan readable");
+    let dir = prompts();
+    let exists = |l: &str, n: &str| dir.exists(l, n);
+    let env = CheckEnv {
+        prompt_exists: &exists,
+        languages: dir.languages(),
+    };
+    load(&format!("dialplans/{name}.toml"), &src, &env)
+}
+
+/// Loads a test plan where every prompt exists in en and de.
+pub fn plan(src: &str) -> Dialplan {
+    match check_with(src, &["en", "de"], &|_, _| true) {
+        Ok(p) => p,
+        Err(problems) => panic!(
+            "test plan has problems:\n{}",
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+}
+
+/// Loads a plan against the given languages and prompts.
+pub fn check_with(
+    src: &str,
+    languages: &[&str],
+    exists: &dyn Fn(&str, &str) -> bool,
+) -> Result<Dialplan, Vec<Problem>> {
+    let languages: Vec<String> = languages.iter().map(|s| s.to_string()).collect();
+    let env = CheckEnv {
+        prompt_exists: exists,
+        languages: &languages,
+    };
+    load("test.toml", src, &env)
+}
+
+pub fn customer(id: &str, name: &str, language: Option<&str>) -> CustomerRecord {
+    let mut fields = BTreeMap::new();
+    fields.insert("id".to_string(), id.to_string());
+    fields.insert("name".to_string(), name.to_string());
+    fields.insert("mobile".to_string(), "+4915112345678".to_string());
+    fields.insert("tier".to_string(), "gold".to_string());
+    if let Some(l) = language {
+        fields.insert("language".to_string(), l.to_string());
+    }
+    CustomerRecord {
+        id: id.into(),
+        name: name.into(),
+        mobile: "+4915112345678".into(),
+        language: language.map(String::from),
+        fields,
+    }
+}
+
+#[derive(Default)]
+struct State {
+    sent: Vec<SentSms>,
+    /// The live PIN per customer and the wrong tries against it.
+    pins: BTreeMap<String, (String, u32)>,
+    requests: Vec<PinRequest>,
+    lookups: Vec<(LookupBy, String)>,
+}
+
+/// In-memory services. Override fields make a service answer one way.
+pub struct FakeServices {
+    pub customers: Vec<CustomerRecord>,
+    pub lookup: Option<LookupOutcome>,
+    pub send: Option<SendPinOutcome>,
+    pub check: Option<CheckPinOutcome>,
+    /// Wrong tries allowed per PIN.
+    pub tries: u32,
+    templates: BTreeMap<String, SmsTemplate>,
+    default_language: String,
+    state: Arc<Mutex<State>>,
+}
+
+/// The PIN the fake sends, cut to the requested length.
+pub const FAKE_PIN: &str = "4711836295";
+
+impl FakeServices {
+    /// Knows customer 123456 (Alice, no language) and 654321 (Bernd, de); SMS texts from `plan`.
+    pub fn new(plan: &Dialplan) -> FakeServices {
+        FakeServices {
+            customers: vec![
+                customer("123456", "Alice Example", None),
+                customer("654321", "Bernd Beispiel", Some("de")),
+            ],
+            lookup: None,
+            send: None,
+            check: None,
+            tries: 3,
+            templates: plan.sms.clone(),
+            default_language: plan.language.clone(),
+            state: Arc::default(),
+        }
+    }
+
+    /// For [`super::sim::SimCall::sms_capture`].
+    pub fn capture(&self) -> impl Fn() -> Vec<SentSms> + Send + Sync + 'static {
+        let state = self.state.clone();
+        move || state.lock().unwrap().sent.clone()
+    }
+
+    pub fn sent(&self) -> Vec<SentSms> {
+        self.state.lock().unwrap().sent.clone()
+    }
+
+    pub fn requests(&self) -> Vec<PinRequest> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn lookups(&self) -> Vec<(LookupBy, String)> {
+        self.state.lock().unwrap().lookups.clone()
+    }
+}
+
+impl FlowServices for FakeServices {
+    async fn lookup_customer(&self, by: LookupBy, value: &str) -> LookupOutcome {
+        self.state
+            .lock()
+            .unwrap()
+            .lookups
+            .push((by, value.to_string()));
+        if let Some(o) = &self.lookup {
+            return o.clone();
+        }
+        let found = self.customers.iter().find(|c| match by {
+            LookupBy::Id => c.id == value,
+            LookupBy::Mobile => c.mobile == value,
+        });
+        match found {
+            Some(c) => LookupOutcome::Found(c.clone()),
+            None => LookupOutcome::NotFound,
+        }
+    }
+
+    async fn send_pin(&self, req: &PinRequest) -> SendPinOutcome {
+        let mut st = self.state.lock().unwrap();
+        st.requests.push(req.clone());
+        if let Some(o) = &self.send {
+            return o.clone();
+        }
+        let pin = FAKE_PIN[..req.length].to_string();
+        let name = self
+            .customers
+            .iter()
+            .find(|c| c.id == req.customer_id)
+            .map_or("", |c| c.name.as_str());
+        let template = self
+            .templates
+            .get(&req.language)
+            .or_else(|| self.templates.get(&self.default_language))
+            .map_or("PIN {pin}", |t| t.text.as_str());
+        st.sent.push(SentSms {
+            to: "+4915112345678".into(),
+            text: render_sms(template, &pin, 5, name),
+            pin: pin.clone(),
+        });
+        st.pins.insert(req.customer_id.clone(), (pin, 0));
+        SendPinOutcome::Sent { minutes: 5 }
+    }
+
+    async fn check_pin(&self, customer_id: &str, input: &str) -> CheckPinOutcome {
+        if let Some(o) = &self.check {
+            return o.clone();
+        }
+        let mut st = self.state.lock().unwrap();
+        let Some((pin, wrong)) = st.pins.get_mut(customer_id) else {
+            return CheckPinOutcome::Expired;
+        };
+        if pin == input {
+            st.pins.remove(customer_id);
+            return CheckPinOutcome::Valid;
+        }
+        *wrong += 1;
+        if *wrong >= self.tries {
+            st.pins.remove(customer_id);
+            CheckPinOutcome::Exhausted
+        } else {
+            CheckPinOutcome::Invalid {
+                tries_left: self.tries - *wrong,
+            }
+        }
+    }
+}

@@ -1,0 +1,1853 @@
+//! The SQLite store: customers, persisted PIN failures and lock-outs, SMS sends and the audit log.
+//!
+//! SQLite is embedded (rusqlite, bundled), so ivrd needs no database server and one file holds
+//! everything that must survive a restart: a lock-out or an SMS rate limit that a restart could
+//! reset would be no limit at all. The API is synchronous; async callers use `spawn_blocking` or a
+//! dedicated thread. One connection sits behind a mutex, which makes [`Store`] `Send + Sync`;
+//! the write rate (a few rows per call) is far below what one connection serves.
+//!
+//! The schema is versioned: `schema_version` holds the version and [`MIGRATIONS`] lists the steps,
+//! each applied in its own transaction, so a crash mid-upgrade leaves the last complete version.
+//! A file written by a newer ivrd is refused rather than misread.
+//!
+//! Times are stored as milliseconds since the Unix epoch and always passed in by the caller
+//! (except customer bookkeeping timestamps), so the simulator can run on a virtual clock.
+//! Phone numbers are stored only in E.164 form ([`normalize_phone`]); the store keeps the full
+//! caller number in the audit log, and masking is the business of whoever logs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+
+/// Schema steps in order; step `i` takes the file from version `i` to `i + 1`.
+/// Append only: never edit a step that has shipped.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema. Times are INTEGER milliseconds since the Unix epoch.
+    r#"
+    CREATE TABLE customers (
+        id          TEXT PRIMARY KEY NOT NULL,
+        name        TEXT NOT NULL,
+        mobile      TEXT NOT NULL,          -- E.164
+        language    TEXT,
+        enabled     INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX customers_by_mobile ON customers (mobile);
+
+    -- Extra CSV columns, one row per field: queryable, and no JSON to parse on every lookup.
+    CREATE TABLE customer_fields (
+        customer_id TEXT NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        value       TEXT NOT NULL,
+        PRIMARY KEY (customer_id, name)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE failures (
+        customer_id TEXT NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
+        at          INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX failures_by_customer ON failures (customer_id, at);
+    CREATE INDEX failures_by_time ON failures (at);
+
+    -- One row per customer ever locked; the level survives the lock's end so waits can grow.
+    CREATE TABLE lockouts (
+        customer_id TEXT PRIMARY KEY NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
+        until       INTEGER NOT NULL,
+        level       INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE sms_sends (
+        customer_id TEXT NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
+        caller      TEXT NOT NULL,
+        at          INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX sms_by_customer ON sms_sends (customer_id, at);
+    CREATE INDEX sms_by_caller ON sms_sends (caller, at);
+    CREATE INDEX sms_by_time ON sms_sends (at);
+
+    -- No foreign key on customer_id: the audit trail must outlive a removed customer.
+    CREATE TABLE audit (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        call_id      TEXT NOT NULL,
+        caller       TEXT NOT NULL,
+        dialed       TEXT NOT NULL,
+        customer_id  TEXT,
+        outcome      TEXT NOT NULL,
+        started_at   INTEGER NOT NULL,
+        ended_at     INTEGER NOT NULL,
+        dtmf_methods TEXT NOT NULL,
+        detail       TEXT
+    ) STRICT;
+    CREATE INDEX audit_by_start ON audit (started_at);
+    CREATE INDEX audit_by_customer ON audit (customer_id, started_at);
+    "#,
+];
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// How long a statement waits for a lock held by another connection (e.g. `ivrd customers ...`
+/// run while the daemon writes) before failing with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Column names with a fixed meaning; extra fields may not take them.
+const RESERVED_FIELDS: [&str; 4] = ["id", "name", "mobile", "language"];
+
+/// Longest accepted customer id, name, field name or field value, in characters.
+const MAX_ID_LEN: usize = 64;
+const MAX_TEXT_LEN: usize = 200;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file did not exist and could not be created (missing directory, permissions).
+    #[error("could not create the database {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// SQLite could not open the database file.
+    #[error("could not open the database {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// SQLite refused write-ahead logging (e.g. a file system without shared memory support).
+    #[error("the database would not switch to write-ahead logging (journal mode is {0:?})")]
+    NoWal(String),
+    /// The file was written by a newer ivrd; reading it could misinterpret or damage it.
+    #[error(
+        "the database has schema version {found}, newer than version {known} that this ivrd knows; upgrade ivrd or use another file"
+    )]
+    SchemaTooNew { found: u32, known: u32 },
+    /// A statement failed.
+    #[error("the database failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// `add_customer` found the id taken.
+    #[error("a customer with id {0:?} already exists")]
+    DuplicateCustomer(String),
+    /// The customer record is unacceptable (bad id, number, language or field).
+    #[error("invalid customer: {0}")]
+    InvalidCustomer(#[from] InvalidCustomer),
+    /// The default region for phone numbers is not a known country code.
+    #[error("{0}")]
+    Phone(#[from] PhoneError),
+    /// The CSV header lacks a required column or is otherwise unusable; nothing was imported.
+    #[error("the CSV header is unusable: {0}")]
+    CsvHeader(String),
+    /// The CSV input could not be read (I/O error, or a header that is not UTF-8); nothing was
+    /// imported.
+    #[error("could not read the CSV input: {0}")]
+    Csv(#[from] csv::Error),
+}
+
+/// Why a phone number was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    /// Nothing but blanks.
+    #[error("the number is empty")]
+    Empty,
+    /// Longer than any phone number could be written; not worth parsing.
+    #[error("the number is longer than 40 characters")]
+    TooLong,
+    /// The default region is not an ISO 3166 two-letter code the phone library knows.
+    #[error("unknown region {0:?}: expected a two-letter country code such as DE")]
+    UnknownRegion(String),
+    /// Not parseable as a phone number, or parseable but not a valid number.
+    #[error("not a valid number for region {region}")]
+    Invalid { region: String },
+    /// A valid number, but not written in E.164 where only E.164 is accepted.
+    #[error("not in E.164 form (a + and the country code, digits only, e.g. +491701234567)")]
+    NotE164,
+}
+
+/// Why a customer record was refused (by `add_customer`, `upsert_customer` or a CSV row).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCustomer {
+    /// The id is empty.
+    #[error("missing id")]
+    MissingId,
+    /// The id has blanks or control characters, or is longer than 64 characters.
+    #[error("bad id {0:?}: expected 1 to 64 characters without blanks or control characters")]
+    BadId(String),
+    /// The name is empty.
+    #[error("missing name")]
+    MissingName,
+    /// The name is longer than 200 characters or has control characters.
+    #[error("bad name: expected at most 200 characters without control characters")]
+    BadName,
+    /// The mobile number did not normalise to a valid E.164 number.
+    #[error("bad mobile number {input:?}: {reason}")]
+    BadMobile { input: String, reason: PhoneError },
+    /// The language is not a code like `de` or `en-GB`.
+    #[error("bad language code {0:?}: expected a code such as \"de\" or \"en-GB\"")]
+    BadLanguage(String),
+    /// An extra field's name is empty, reserved, or not letters, digits, `_` and `-`.
+    #[error(
+        "bad field name {0:?}: expected letters, digits, '_' or '-', and not id, name, mobile or language"
+    )]
+    BadFieldName(String),
+    /// An extra field's value is longer than 200 characters or has control characters.
+    #[error(
+        "bad value for field {0:?}: expected at most 200 characters without control characters"
+    )]
+    BadFieldValue(String),
+}
+
+/// Parses `input` as a phone number (national numbers in `default_region`, e.g. `DE`), requires a
+/// valid number and returns it in E.164 (`+491701234567`).
+pub fn normalize_phone(input: &str, default_region: &str) -> Result<String, PhoneError> {
+    let (region, region_upper) = parse_region(default_region)?;
+    let input = input.trim();
+    if input.is_empty() {
+        return Err(PhoneError::Empty);
+    }
+    if input.chars().count() > 40 {
+        return Err(PhoneError::TooLong);
+    }
+    let invalid = || PhoneError::Invalid {
+        region: region_upper.clone(),
+    };
+    // The input may come from a SIP header, i.e. from anyone; the library has had panics on odd
+    // inputs in the past, and a bad caller number must never take a call task down with it.
+    let parsed = std::panic::catch_unwind(|| {
+        let number = phonenumber::parse(Some(region), input).ok()?;
+        phonenumber::is_valid(&number)
+            .then(|| number.format().mode(phonenumber::Mode::E164).to_string())
+    });
+    match parsed {
+        Ok(Some(e164)) => Ok(e164),
+        _ => Err(invalid()),
+    }
+}
+
+/// The phone library's id for a two-letter region code (any case), and the code in upper case.
+fn parse_region(region: &str) -> Result<(phonenumber::country::Id, String), PhoneError> {
+    let upper = region.trim().to_ascii_uppercase();
+    let id = upper
+        .parse()
+        .map_err(|_| PhoneError::UnknownRegion(region.to_owned()))?;
+    Ok((id, upper))
+}
+
+/// Normalises a language code to `ll` or `ll-RR` (`EN_gb` -> `en-GB`), or refuses it.
+pub fn normalize_language(input: &str) -> Result<String, InvalidCustomer> {
+    let bad = || InvalidCustomer::BadLanguage(input.to_owned());
+    let code = input.trim().replace('_', "-");
+    let mut parts = code.split('-');
+    let primary = parts.next().unwrap_or_default();
+    if !(2..=3).contains(&primary.len()) || !primary.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(bad());
+    }
+    let mut out = primary.to_ascii_lowercase();
+    if let Some(region) = parts.next() {
+        let letters = region.len() == 2 && region.bytes().all(|b| b.is_ascii_alphabetic());
+        let digits = region.len() == 3 && region.bytes().all(|b| b.is_ascii_digit());
+        if !(letters || digits) {
+            return Err(bad());
+        }
+        out.push('-');
+        out.push_str(&region.to_ascii_uppercase());
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// A customer as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    /// What the caller types to identify themselves, e.g. `123456`.
+    pub id: String,
+    pub name: String,
+    /// E.164.
+    pub mobile: String,
+    /// `de`, `en-GB`, ...
+    pub language: Option<String>,
+    /// A disabled customer is kept (and keeps its history) but must be treated as unknown.
+    pub enabled: bool,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    /// Extra CSV columns by name.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// A customer to add or update. New customers start enabled; an update keeps the enabled flag
+/// (disabling is an admin decision that a nightly CSV re-import must not undo).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewCustomer {
+    pub id: String,
+    pub name: String,
+    /// Must already be E.164 (use [`normalize_phone`]).
+    pub mobile: String,
+    pub language: Option<String>,
+    pub extra: BTreeMap<String, String>,
+}
+
+/// One row of the audit log: what happened on one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// The SIP Call-ID.
+    pub call_id: String,
+    /// The caller's number in full (mask it when logging, not here).
+    pub caller: String,
+    /// The number or user part that was dialled.
+    pub dialed: String,
+    /// The customer the call identified, if any.
+    pub customer_id: Option<String>,
+    /// The flow's final outcome, e.g. `verified`, `locked_out`, `hangup`.
+    pub outcome: String,
+    pub started_at: SystemTime,
+    pub ended_at: SystemTime,
+    /// DTMF methods seen on the call, e.g. `rfc4733,info`.
+    pub dtmf_methods: String,
+    pub detail: Option<String>,
+}
+
+/// One CSV row that was not imported, with the line it starts on (the header is line 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRow {
+    pub line: u64,
+    pub reason: RowError,
+}
+
+/// Why a CSV row was not imported.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RowError {
+    /// The record itself is invalid.
+    #[error(transparent)]
+    Invalid(#[from] InvalidCustomer),
+    /// An earlier row of the same file has this id; the earlier row wins.
+    #[error("duplicate id {id:?} (first seen on line {first_line})")]
+    DuplicateId { id: String, first_line: u64 },
+    /// The row has a different number of fields than the header.
+    #[error("expected {expected} fields as in the header, found {found}")]
+    FieldCount { expected: usize, found: usize },
+    /// The row is not valid UTF-8 or otherwise unreadable as CSV.
+    #[error("unreadable row: {0}")]
+    Malformed(String),
+}
+
+/// What `import_csv` did: good rows are kept even when others are rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImportReport {
+    /// Customers that did not exist before.
+    pub created: usize,
+    /// Existing customers whose record was replaced (their enabled flag is kept).
+    pub updated: usize,
+    /// Rows not imported, in file order.
+    pub rejected: Vec<RejectedRow>,
+}
+
+impl ImportReport {
+    /// Rows imported (created + updated).
+    pub fn imported(&self) -> usize {
+        self.created + self.updated
+    }
+}
+
+/// Rows removed by [`Store::purge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PurgeReport {
+    pub failures: usize,
+    pub sms_sends: usize,
+}
+
+/// The SQLite store. Cheap to share behind an `Arc`; every method takes the connection lock for
+/// the duration of one statement or transaction.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, configures it and brings the schema up
+    /// to [`SCHEMA_VERSION`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        create_private(&path).map_err(|source| StoreError::Create {
+            path: path.clone(),
+            source,
+        })?;
+        let mut conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version on disk (equal to [`SCHEMA_VERSION`] after a successful open).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(read_version(&self.conn())?)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written: an open transaction
+        // rolls back when dropped. So the connection is still sound and we keep serving.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    // ---------------------------------------------------------------- customers
+
+    /// Adds a new (enabled) customer; fails with [`StoreError::DuplicateCustomer`] if the id exists.
+    pub fn add_customer(&self, customer: &NewCustomer) -> Result<(), StoreError> {
+        let customer = validate(customer)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if customer_exists(&tx, &customer.id)? {
+            return Err(StoreError::DuplicateCustomer(customer.id));
+        }
+        write_customer(&tx, &customer, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds the customer or replaces the record of an existing one (name, mobile, language and
+    /// extra fields; the enabled flag and creation time are kept). Returns true if it was new.
+    pub fn upsert_customer(&self, customer: &NewCustomer) -> Result<bool, StoreError> {
+        let customer = validate(customer)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let created = !customer_exists(&tx, &customer.id)?;
+        write_customer(&tx, &customer, now_ms())?;
+        tx.commit()?;
+        Ok(created)
+    }
+
+    /// The customer with this id, enabled or not.
+    pub fn find_customer(&self, id: &str) -> Result<Option<Customer>, StoreError> {
+        let conn = self.conn();
+        let customer = conn
+            .query_row(
+                &format!("{SELECT_CUSTOMER} WHERE id = ?1"),
+                [id],
+                customer_from_row,
+            )
+            .optional()?;
+        match customer {
+            Some(mut c) => {
+                c.extra = load_fields(&conn, &c.id)?;
+                Ok(Some(c))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every customer (enabled or not) with this E.164 mobile number, by id.
+    pub fn find_by_mobile(&self, e164: &str) -> Result<Vec<Customer>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{SELECT_CUSTOMER} WHERE mobile = ?1 ORDER BY id"))?;
+        let mut customers = stmt
+            .query_map([e164], customer_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        for c in &mut customers {
+            c.extra = load_fields(&conn, &c.id)?;
+        }
+        Ok(customers)
+    }
+
+    /// All customers by id.
+    pub fn list_customers(&self) -> Result<Vec<Customer>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{SELECT_CUSTOMER} ORDER BY id"))?;
+        let mut customers = stmt
+            .query_map([], customer_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        // One pass over all fields rather than one query per customer.
+        let mut fields: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        let mut stmt = conn.prepare("SELECT customer_id, name, value FROM customer_fields")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })?;
+        for row in rows {
+            let (id, name, value) = row?;
+            fields.entry(id).or_default().insert(name, value);
+        }
+        for c in &mut customers {
+            c.extra = fields.remove(&c.id).unwrap_or_default();
+        }
+        Ok(customers)
+    }
+
+    /// Enables or disables a customer. Returns false if there is no such customer.
+    pub fn set_enabled(&self, id: &str, enabled: bool) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE customers SET enabled = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, enabled, now_ms()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Removes a customer with its fields, failures, lock-out and SMS history (the audit log
+    /// keeps its rows). Returns false if there was no such customer.
+    pub fn remove_customer(&self, id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM customers WHERE id = ?1", [id])?;
+        Ok(n > 0)
+    }
+
+    /// Imports customers from CSV with a header row naming at least `id`, `name` and `mobile`
+    /// (any order, any case); an optional `language` column; every other column becomes an extra
+    /// field. National numbers are read in `default_region`.
+    ///
+    /// Good rows are upserted (see [`Store::upsert_customer`]) in one transaction; bad rows are
+    /// reported with their line number and reason, and a row repeating an earlier id is rejected.
+    /// A missing header column, an unknown region or an I/O error imports nothing.
+    pub fn import_csv(
+        &self,
+        reader: impl Read,
+        default_region: &str,
+    ) -> Result<ImportReport, StoreError> {
+        // Fail on a bad region up front rather than rejecting every row for it.
+        parse_region(default_region)?;
+
+        // The csv crate reports line numbers one short after CRLF line ends (rust-csv issue 395),
+        // and spreadsheet exports use CRLF; a customer file is small, so read it whole and turn
+        // CRLF and lone CR into LF, after which the reported lines are the lines an editor shows.
+        let mut raw = Vec::new();
+        let mut reader = reader;
+        reader.read_to_end(&mut raw).map_err(csv::Error::from)?;
+        let text = unify_line_ends(&raw);
+        let mut csv = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(text.as_slice());
+        let header = csv.headers()?.clone();
+        let columns = Columns::from_header(&header)?;
+
+        let mut report = ImportReport::default();
+        let mut good: Vec<NewCustomer> = Vec::new();
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut record = csv::StringRecord::new();
+        loop {
+            // Where the next record starts, for errors that carry no position of their own.
+            let next_line = csv.position().line();
+            match csv.read_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    let line = e.position().map_or(next_line, |p| p.line());
+                    match e.kind() {
+                        csv::ErrorKind::Utf8 { .. } => {
+                            report.rejected.push(RejectedRow {
+                                line,
+                                reason: RowError::Malformed("not valid UTF-8".into()),
+                            });
+                            continue;
+                        }
+                        _ => return Err(e.into()),
+                    }
+                }
+            }
+            let line = record.position().map_or(next_line, |p| p.line());
+            if record.len() != header.len() {
+                report.rejected.push(RejectedRow {
+                    line,
+                    reason: RowError::FieldCount {
+                        expected: header.len(),
+                        found: record.len(),
+                    },
+                });
+                continue;
+            }
+            let result = columns
+                .customer(&record, default_region)
+                .map_err(RowError::from)
+                .and_then(|c| match seen.get(&c.id) {
+                    Some(&first_line) => Err(RowError::DuplicateId {
+                        id: c.id.clone(),
+                        first_line,
+                    }),
+                    None => Ok(c),
+                });
+            match result {
+                Ok(c) => {
+                    seen.insert(c.id.clone(), line);
+                    good.push(c);
+                }
+                Err(reason) => report.rejected.push(RejectedRow { line, reason }),
+            }
+        }
+
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        for c in &good {
+            if customer_exists(&tx, &c.id)? {
+                report.updated += 1;
+            } else {
+                report.created += 1;
+            }
+            write_customer(&tx, c, now)?;
+        }
+        tx.commit()?;
+        Ok(report)
+    }
+
+    // ---------------------------------------------------------------- failures and lock-outs
+
+    /// Records one wrong PIN for the customer at `at`.
+    pub fn record_failure(&self, customer_id: &str, at: SystemTime) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO failures (customer_id, at) VALUES (?1, ?2)",
+            params![customer_id, to_ms(at)],
+        )?;
+        Ok(())
+    }
+
+    /// Wrong PINs recorded for the customer at or after `since`.
+    pub fn failures_since(&self, customer_id: &str, since: SystemTime) -> Result<u32, StoreError> {
+        count(
+            &self.conn(),
+            "SELECT COUNT(*) FROM failures WHERE customer_id = ?1 AND at >= ?2",
+            customer_id,
+            since,
+        )
+    }
+
+    /// Forgets the customer's recorded wrong PINs.
+    pub fn clear_failures(&self, customer_id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM failures WHERE customer_id = ?1", [customer_id])?;
+        Ok(())
+    }
+
+    /// Locks the customer out until `until`, at `level` (1 for the first lock-out; the policy
+    /// makes waits grow with it). Replaces any earlier lock-out.
+    pub fn lock(&self, customer_id: &str, until: SystemTime, level: u32) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO lockouts (customer_id, until, level) VALUES (?1, ?2, ?3)
+             ON CONFLICT (customer_id) DO UPDATE SET until = excluded.until, level = excluded.level",
+            params![customer_id, to_ms(until), level],
+        )?;
+        Ok(())
+    }
+
+    /// The customer's last lock-out (`until`, `level`), whether or not it has ended: the level is
+    /// what makes the next wait longer.
+    pub fn lockout(&self, customer_id: &str) -> Result<Option<(SystemTime, u32)>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT until, level FROM lockouts WHERE customer_id = ?1",
+                [customer_id],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(until, level)| (from_ms(until), level)))
+    }
+
+    /// Ends the customer's lock-out and resets its level (a verified caller, or an admin's unlock).
+    /// Returns whether there was a lock-out row.
+    pub fn clear_lockout(&self, customer_id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM lockouts WHERE customer_id = ?1", [customer_id])?;
+        Ok(n > 0)
+    }
+
+    // ---------------------------------------------------------------- SMS sends
+
+    /// Records one PIN SMS for the customer, requested by `caller`, at `at`.
+    pub fn record_sms(
+        &self,
+        customer_id: &str,
+        caller: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO sms_sends (customer_id, caller, at) VALUES (?1, ?2, ?3)",
+            params![customer_id, caller, to_ms(at)],
+        )?;
+        Ok(())
+    }
+
+    /// PIN SMS sent to the customer at or after `since`.
+    pub fn sms_count_for_customer(
+        &self,
+        customer_id: &str,
+        since: SystemTime,
+    ) -> Result<u32, StoreError> {
+        count(
+            &self.conn(),
+            "SELECT COUNT(*) FROM sms_sends WHERE customer_id = ?1 AND at >= ?2",
+            customer_id,
+            since,
+        )
+    }
+
+    /// PIN SMS requested by the caller (for any customer) at or after `since`.
+    pub fn sms_count_for_caller(&self, caller: &str, since: SystemTime) -> Result<u32, StoreError> {
+        count(
+            &self.conn(),
+            "SELECT COUNT(*) FROM sms_sends WHERE caller = ?1 AND at >= ?2",
+            caller,
+            since,
+        )
+    }
+
+    /// Checks both SMS limits and records the send only if neither is reached, in one
+    /// transaction, so two concurrent calls cannot both take the last allowed send.
+    pub fn admit_sms(
+        &self,
+        customer_id: &str,
+        caller: &str,
+        at: SystemTime,
+        since: SystemTime,
+        max_per_customer: u32,
+        max_per_caller: u32,
+    ) -> Result<SmsAdmission, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let for_customer = count(
+            &tx,
+            "SELECT COUNT(*) FROM sms_sends WHERE customer_id = ?1 AND at >= ?2",
+            customer_id,
+            since,
+        )?;
+        if for_customer >= max_per_customer {
+            return Ok(SmsAdmission::CustomerLimit);
+        }
+        let for_caller = count(
+            &tx,
+            "SELECT COUNT(*) FROM sms_sends WHERE caller = ?1 AND at >= ?2",
+            caller,
+            since,
+        )?;
+        if for_caller >= max_per_caller {
+            return Ok(SmsAdmission::CallerLimit);
+        }
+        tx.execute(
+            "INSERT INTO sms_sends (customer_id, caller, at) VALUES (?1, ?2, ?3)",
+            params![customer_id, caller, to_ms(at)],
+        )?;
+        tx.commit()?;
+        Ok(SmsAdmission::Recorded)
+    }
+
+    /// Deletes failures and SMS sends older than `older_than` (they no longer count towards any
+    /// window). Lock-outs and the audit log are kept.
+    pub fn purge(&self, older_than: SystemTime) -> Result<PurgeReport, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let cutoff = to_ms(older_than);
+        let failures = tx.execute("DELETE FROM failures WHERE at < ?1", [cutoff])?;
+        let sms_sends = tx.execute("DELETE FROM sms_sends WHERE at < ?1", [cutoff])?;
+        tx.commit()?;
+        Ok(PurgeReport {
+            failures,
+            sms_sends,
+        })
+    }
+
+    // ---------------------------------------------------------------- audit
+
+    /// Appends one row to the audit log.
+    pub fn write_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
+                                ended_at, dtmf_methods, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                row.call_id,
+                row.caller,
+                row.dialed,
+                row.customer_id,
+                row.outcome,
+                to_ms(row.started_at),
+                to_ms(row.ended_at),
+                row.dtmf_methods,
+                row.detail,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The last `limit` audit rows written, newest first.
+    pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT call_id, caller, dialed, customer_id, outcome, started_at, ended_at,
+                    dtmf_methods, detail
+             FROM audit ORDER BY id DESC LIMIT ?1",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(AuditRow {
+                    call_id: r.get(0)?,
+                    caller: r.get(1)?,
+                    dialed: r.get(2)?,
+                    customer_id: r.get(3)?,
+                    outcome: r.get(4)?,
+                    started_at: from_ms(r.get(5)?),
+                    ended_at: from_ms(r.get(6)?),
+                    dtmf_methods: r.get(7)?,
+                    detail: r.get(8)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+/// The result of [`Store::admit_sms`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmsAdmission {
+    /// Under both limits; the send is recorded.
+    Recorded,
+    /// The customer has had the maximum number of PIN SMS in the window.
+    CustomerLimit,
+    /// The caller has requested the maximum number of PIN SMS in the window.
+    CallerLimit,
+}
+
+impl From<Customer> for crate::dialplan::services::CustomerRecord {
+    fn from(c: Customer) -> Self {
+        let mut fields = c.extra;
+        // Reserved names cannot be extra fields (validation refuses them), so nothing is lost.
+        fields.insert("id".into(), c.id.clone());
+        fields.insert("name".into(), c.name.clone());
+        fields.insert("mobile".into(), c.mobile.clone());
+        // Present even when unset, so `${customer.language}` renders empty instead of failing.
+        fields.insert("language".into(), c.language.clone().unwrap_or_default());
+        crate::dialplan::services::CustomerRecord {
+            id: c.id,
+            name: c.name,
+            mobile: c.mobile,
+            language: c.language,
+            fields,
+        }
+    }
+}
+
+// -------------------------------------------------------------------- helpers
+
+/// Creates the database file readable by its owner only, if it does not exist yet: it holds
+/// customers' phone numbers and the call audit. SQLite gives the `-wal` and `-shm` files the
+/// main file's permissions. An existing file's permissions are the admin's business and left alone.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Why `synchronous = FULL` rather than NORMAL: in WAL mode NORMAL can lose the last commits on
+/// a power cut (not on a crash). Our writes are a few rows per call, so an fsync per commit is
+/// cheap, and the rows at stake are lock-outs, failures and the audit trail: losing them would
+/// hand an attacker fresh tries and erase the evidence.
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NoWal(mode));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    let fk: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+    debug_assert!(fk, "foreign keys must be on: the cascades depend on them");
+    Ok(())
+}
+
+fn read_version(conn: &Connection) -> rusqlite::Result<u32> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    Ok(conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Applies the missing migrations, each in its own IMMEDIATE transaction that re-reads the
+/// version first, so two processes opening a fresh file at once cannot both apply a step.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+        let version = read_version(&tx)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if version == SCHEMA_VERSION {
+            tx.commit()?;
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[version as usize])?;
+        tx.execute("DELETE FROM schema_version", [])?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [version + 1],
+        )?;
+        tx.commit()?;
+    }
+}
+
+const SELECT_CUSTOMER: &str =
+    "SELECT id, name, mobile, language, enabled, created_at, updated_at FROM customers";
+
+fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<Customer> {
+    Ok(Customer {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        mobile: r.get(2)?,
+        language: r.get(3)?,
+        enabled: r.get(4)?,
+        created_at: from_ms(r.get(5)?),
+        updated_at: from_ms(r.get(6)?),
+        extra: BTreeMap::new(),
+    })
+}
+
+fn load_fields(conn: &Connection, id: &str) -> rusqlite::Result<BTreeMap<String, String>> {
+    let mut stmt =
+        conn.prepare("SELECT name, value FROM customer_fields WHERE customer_id = ?1")?;
+    stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+fn customer_exists(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM customers WHERE id = ?1)",
+        [id],
+        |r| r.get(0),
+    )
+}
+
+/// Inserts or updates the customer row (keeping `enabled` and `created_at` of an existing one)
+/// and replaces its extra fields.
+fn write_customer(tx: &Transaction<'_>, c: &NewCustomer, now: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO customers (id, name, mobile, language, enabled, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, mobile = excluded.mobile,
+             language = excluded.language, updated_at = excluded.updated_at",
+        params![c.id, c.name, c.mobile, c.language, now],
+    )?;
+    tx.execute(
+        "DELETE FROM customer_fields WHERE customer_id = ?1",
+        [&c.id],
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO customer_fields (customer_id, name, value) VALUES (?1, ?2, ?3)",
+    )?;
+    for (name, value) in &c.extra {
+        insert.execute(params![c.id, name, value])?;
+    }
+    Ok(())
+}
+
+/// Checks and normalises a record: trimmed id and name, an E.164 mobile, a normalised language.
+fn validate(c: &NewCustomer) -> Result<NewCustomer, InvalidCustomer> {
+    let id = validate_id(&c.id)?;
+    let name = validate_name(&c.name)?;
+    // Already E.164 by contract; parsing it again (region irrelevant for `+` numbers) catches
+    // a caller that skipped normalisation.
+    let mobile = match normalize_phone(&c.mobile, "DE") {
+        Ok(e164) if e164 == c.mobile.trim() => e164,
+        result => {
+            return Err(InvalidCustomer::BadMobile {
+                input: c.mobile.clone(),
+                reason: result.err().unwrap_or(PhoneError::NotE164),
+            });
+        }
+    };
+    let language = match c.language.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(l) => Some(normalize_language(l)?),
+    };
+    let mut extra = BTreeMap::new();
+    for (name, value) in &c.extra {
+        let name = validate_field_name(name)?;
+        let value = value.trim();
+        if value.chars().count() > MAX_TEXT_LEN || value.chars().any(char::is_control) {
+            return Err(InvalidCustomer::BadFieldValue(name));
+        }
+        extra.insert(name, value.to_owned());
+    }
+    Ok(NewCustomer {
+        id,
+        name,
+        mobile,
+        language,
+        extra,
+    })
+}
+
+fn validate_id(id: &str) -> Result<String, InvalidCustomer> {
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(InvalidCustomer::MissingId);
+    }
+    if id.chars().count() > MAX_ID_LEN || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(InvalidCustomer::BadId(id.to_owned()));
+    }
+    Ok(id.to_owned())
+}
+
+fn validate_name(name: &str) -> Result<String, InvalidCustomer> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(InvalidCustomer::MissingName);
+    }
+    if name.chars().count() > MAX_TEXT_LEN || name.chars().any(char::is_control) {
+        return Err(InvalidCustomer::BadName);
+    }
+    Ok(name.to_owned())
+}
+
+fn validate_field_name(name: &str) -> Result<String, InvalidCustomer> {
+    let trimmed = name.trim();
+    let ok = !trimmed.is_empty()
+        && trimmed.len() <= MAX_ID_LEN
+        && trimmed
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && !RESERVED_FIELDS
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(trimmed));
+    if ok {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(InvalidCustomer::BadFieldName(name.to_owned()))
+    }
+}
+
+/// Where the known columns are in a CSV header.
+struct Columns {
+    id: usize,
+    name: usize,
+    mobile: usize,
+    language: Option<usize>,
+    /// (index, field name) of every other column.
+    extra: Vec<(usize, String)>,
+}
+
+impl Columns {
+    fn from_header(header: &csv::StringRecord) -> Result<Columns, StoreError> {
+        let mut seen = HashSet::new();
+        let (mut id, mut name, mut mobile, mut language) = (None, None, None, None);
+        let mut extra = Vec::new();
+        for (i, col) in header.iter().enumerate() {
+            // A UTF-8 byte order mark from spreadsheet exports must not hide the first column.
+            let col = col.trim_start_matches('\u{feff}').trim();
+            if !seen.insert(col.to_ascii_lowercase()) {
+                return Err(StoreError::CsvHeader(format!(
+                    "column {col:?} appears twice"
+                )));
+            }
+            match col.to_ascii_lowercase().as_str() {
+                "id" => id = Some(i),
+                "name" => name = Some(i),
+                "mobile" => mobile = Some(i),
+                "language" => language = Some(i),
+                _ => {
+                    let field = validate_field_name(col)
+                        .map_err(|e| StoreError::CsvHeader(e.to_string()))?;
+                    extra.push((i, field));
+                }
+            }
+        }
+        let require = |col: Option<usize>, what: &str| {
+            col.ok_or_else(|| {
+                StoreError::CsvHeader(format!(
+                    "no {what:?} column (the first line must name the columns, with at least id,name,mobile)"
+                ))
+            })
+        };
+        Ok(Columns {
+            id: require(id, "id")?,
+            name: require(name, "name")?,
+            mobile: require(mobile, "mobile")?,
+            language,
+            extra,
+        })
+    }
+
+    fn customer(
+        &self,
+        record: &csv::StringRecord,
+        region: &str,
+    ) -> Result<NewCustomer, InvalidCustomer> {
+        let get = |i: usize| record.get(i).unwrap_or_default();
+        let id = validate_id(get(self.id))?;
+        let name = validate_name(get(self.name))?;
+        let raw_mobile = get(self.mobile);
+        let mobile =
+            normalize_phone(raw_mobile, region).map_err(|reason| InvalidCustomer::BadMobile {
+                input: raw_mobile.to_owned(),
+                reason,
+            })?;
+        let language = self.language.map(get).filter(|l| !l.is_empty());
+        let customer = NewCustomer {
+            id,
+            name,
+            mobile,
+            language: language.map(str::to_owned),
+            extra: self
+                .extra
+                .iter()
+                .map(|(i, field)| (field.clone(), get(*i).to_owned()))
+                .collect(),
+        };
+        // The same checks as add/upsert (language, field values), so a row that passes here
+        // cannot fail inside the transaction.
+        validate(&customer)
+    }
+}
+
+/// CRLF and lone CR become LF.
+fn unify_line_ends(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        if b == b'\r' {
+            bytes.next_if_eq(&b'\n');
+            out.push(b'\n');
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn count(conn: &Connection, sql: &str, key: &str, since: SystemTime) -> Result<u32, StoreError> {
+    let n: i64 = conn.query_row(sql, params![key, to_ms(since)], |r| r.get(0))?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch, negative before it, saturating far outside.
+fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH.checked_add(d).unwrap_or(UNIX_EPOCH)
+    } else {
+        UNIX_EPOCH.checked_sub(d).unwrap_or(UNIX_EPOCH)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialplan::services::CustomerRecord;
+
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("ivrd.sqlite")).unwrap();
+        (dir, store)
+    }
+
+    fn erika() -> NewCustomer {
+        NewCustomer {
+            id: "123456".into(),
+            name: "Erika Mustermann".into(),
+            mobile: "+491701234567".into(),
+            language: Some("de".into()),
+            extra: BTreeMap::from([("branch".into(), "Köln".into())]),
+        }
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn open_creates_a_wal_file_with_the_current_schema() {
+        let (dir, store) = temp_store();
+        let path = dir.path().join("ivrd.sqlite");
+        assert!(path.is_file());
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let conn = store.conn();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        // 2 = FULL
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2);
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_does_not_reapply_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        Store::open(&path).unwrap().add_customer(&erika()).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        assert!(store.find_customer("123456").unwrap().is_some());
+        let rows: i64 = store
+            .conn()
+            .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+    }
+
+    #[test]
+    fn a_newer_schema_on_disk_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(Store::open(&path).unwrap());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute("UPDATE schema_version SET version = 99", [])
+                .unwrap();
+        }
+        let err = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 99, known } if known == SCHEMA_VERSION),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer than version 1"), "{err}");
+    }
+
+    #[test]
+    fn open_fails_clearly_on_an_unwritable_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(dir.path().join("no/such/dir/db.sqlite")).unwrap_err();
+        assert!(matches!(err, StoreError::Create { .. }), "{err}");
+        assert!(err.to_string().starts_with("could not create the database"));
+        // A directory where the file should be: creating "succeeds" (it exists), SQLite refuses.
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_database_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        for name in ["ivrd.sqlite", "ivrd.sqlite-wal"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
+        }
+    }
+
+    #[test]
+    fn add_refuses_a_valid_but_non_e164_number_with_a_clear_reason() {
+        let (_dir, store) = temp_store();
+        let err = store
+            .add_customer(&NewCustomer {
+                mobile: "0049 170 1234567".into(),
+                ..erika()
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid customer: bad mobile number \"0049 170 1234567\": not in E.164 form (a + and the country code, digits only, e.g. +491701234567)"
+        );
+    }
+
+    #[test]
+    fn import_counts_physical_lines_across_multi_line_fields() {
+        let (_dir, store) = temp_store();
+        let csv = "id,name,mobile\n1,\"Two\nLines\",0170 1234567\n2,B,0123\n3,C,0170 1234567\n";
+        let report = store.import_csv(csv.as_bytes(), "DE").unwrap();
+        let got: Vec<(u64, String)> = report
+            .rejected
+            .iter()
+            .map(|r| (r.line, r.reason.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    2,
+                    "bad name: expected at most 200 characters without control characters"
+                        .to_string()
+                ),
+                (
+                    4,
+                    "bad mobile number \"0123\": not a valid number for region DE".to_string()
+                ),
+            ]
+        );
+        assert_eq!(report.imported(), 1);
+    }
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Store>();
+    }
+
+    #[test]
+    fn add_find_and_duplicate() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        let c = store.find_customer("123456").unwrap().unwrap();
+        assert_eq!(c.name, "Erika Mustermann");
+        assert_eq!(c.mobile, "+491701234567");
+        assert_eq!(c.language.as_deref(), Some("de"));
+        assert!(c.enabled);
+        assert_eq!(c.extra.get("branch").map(String::as_str), Some("Köln"));
+        assert!(store.find_customer("654321").unwrap().is_none());
+        let err = store.add_customer(&erika()).unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateCustomer(ref id) if id == "123456"));
+        assert_eq!(
+            err.to_string(),
+            "a customer with id \"123456\" already exists"
+        );
+    }
+
+    #[test]
+    fn add_refuses_a_non_e164_mobile_and_bad_fields() {
+        let (_dir, store) = temp_store();
+        let national = NewCustomer {
+            mobile: "0170 1234567".into(),
+            ..erika()
+        };
+        assert!(matches!(
+            store.add_customer(&national),
+            Err(StoreError::InvalidCustomer(
+                InvalidCustomer::BadMobile { .. }
+            ))
+        ));
+        let reserved = NewCustomer {
+            extra: BTreeMap::from([("Mobile".into(), "x".into())]),
+            ..erika()
+        };
+        assert!(matches!(
+            store.add_customer(&reserved),
+            Err(StoreError::InvalidCustomer(InvalidCustomer::BadFieldName(
+                _
+            )))
+        ));
+        let blank_id = NewCustomer {
+            id: "  ".into(),
+            ..erika()
+        };
+        assert!(matches!(
+            store.add_customer(&blank_id),
+            Err(StoreError::InvalidCustomer(InvalidCustomer::MissingId))
+        ));
+        assert!(store.list_customers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn upsert_replaces_the_record_but_keeps_enabled_and_created() {
+        let (_dir, store) = temp_store();
+        assert!(store.upsert_customer(&erika()).unwrap());
+        let before = store.find_customer("123456").unwrap().unwrap();
+        assert!(store.set_enabled("123456", false).unwrap());
+        let changed = NewCustomer {
+            name: "Erika Musterfrau".into(),
+            language: None,
+            extra: BTreeMap::from([("tier".into(), "gold".into())]),
+            ..erika()
+        };
+        assert!(!store.upsert_customer(&changed).unwrap());
+        let after = store.find_customer("123456").unwrap().unwrap();
+        assert_eq!(after.name, "Erika Musterfrau");
+        assert_eq!(after.language, None);
+        assert!(
+            !after.enabled,
+            "an upsert must not re-enable a disabled customer"
+        );
+        assert_eq!(after.created_at, before.created_at);
+        assert_eq!(
+            after.extra,
+            BTreeMap::from([("tier".to_string(), "gold".to_string())]),
+            "old extra fields are replaced, not merged"
+        );
+    }
+
+    #[test]
+    fn find_by_mobile_returns_every_match() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        store
+            .add_customer(&NewCustomer {
+                id: "777".into(),
+                name: "Max".into(),
+                ..erika()
+            })
+            .unwrap();
+        store
+            .add_customer(&NewCustomer {
+                id: "888".into(),
+                name: "Other".into(),
+                mobile: "+4915112345678".into(),
+                ..erika()
+            })
+            .unwrap();
+        let ids: Vec<_> = store
+            .find_by_mobile("+491701234567")
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, ["123456", "777"]);
+        assert!(store.find_by_mobile("+4930123456").unwrap().is_empty());
+        assert_eq!(store.find_by_mobile("+4915112345678").unwrap()[0].id, "888");
+    }
+
+    #[test]
+    fn enable_disable_remove() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        assert!(store.set_enabled("123456", false).unwrap());
+        assert!(!store.find_customer("123456").unwrap().unwrap().enabled);
+        assert!(store.set_enabled("123456", true).unwrap());
+        assert!(store.find_customer("123456").unwrap().unwrap().enabled);
+        assert!(!store.set_enabled("nope", true).unwrap());
+        store.record_failure("123456", t(0)).unwrap();
+        store.lock("123456", t(100), 1).unwrap();
+        assert!(store.remove_customer("123456").unwrap());
+        assert!(!store.remove_customer("123456").unwrap());
+        assert!(store.find_customer("123456").unwrap().is_none());
+        // Cascades (foreign_keys=ON): no orphaned failures, fields or lock-outs.
+        assert_eq!(store.failures_since("123456", t(0)).unwrap(), 0);
+        assert_eq!(store.lockout("123456").unwrap(), None);
+        let orphans: i64 = store
+            .conn()
+            .query_row("SELECT COUNT(*) FROM customer_fields", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(orphans, 0);
+    }
+
+    #[test]
+    fn list_customers_includes_extra_fields() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        store
+            .add_customer(&NewCustomer {
+                id: "0001".into(),
+                name: "A".into(),
+                extra: BTreeMap::new(),
+                language: None,
+                ..erika()
+            })
+            .unwrap();
+        let all = store.list_customers().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].id, "0001");
+        assert!(all[0].extra.is_empty());
+        assert_eq!(all[1].extra["branch"], "Köln");
+    }
+
+    #[test]
+    fn customer_record_carries_all_fields() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        let record: CustomerRecord = store.find_customer("123456").unwrap().unwrap().into();
+        assert_eq!(record.id, "123456");
+        assert_eq!(record.mobile, "+491701234567");
+        assert_eq!(record.language.as_deref(), Some("de"));
+        assert_eq!(record.fields["id"], "123456");
+        assert_eq!(record.fields["name"], "Erika Mustermann");
+        assert_eq!(record.fields["mobile"], "+491701234567");
+        assert_eq!(record.fields["language"], "de");
+        assert_eq!(record.fields["branch"], "Köln");
+        assert_eq!(record.fields.len(), 5);
+    }
+
+    #[test]
+    fn normalize_phone_accepts_national_and_international_forms() {
+        for input in [
+            "0170 1234567",
+            "+49 170 1234567",
+            "0049 170 1234567",
+            "+49 (170) 123-4567",
+        ] {
+            assert_eq!(
+                normalize_phone(input, "DE").unwrap(),
+                "+491701234567",
+                "{input}"
+            );
+        }
+        assert_eq!(
+            normalize_phone("+1 415 555 2671", "DE").unwrap(),
+            "+14155552671"
+        );
+        assert_eq!(
+            normalize_phone("(415) 555-2671", "us").unwrap(),
+            "+14155552671"
+        );
+    }
+
+    #[test]
+    fn normalize_phone_refuses_invalid_numbers_with_a_clear_reason() {
+        let err = normalize_phone("0123", "DE").unwrap_err();
+        assert_eq!(err.to_string(), "not a valid number for region DE");
+        assert_eq!(normalize_phone("  ", "DE").unwrap_err(), PhoneError::Empty);
+        assert!(matches!(
+            normalize_phone("hello", "DE"),
+            Err(PhoneError::Invalid { .. })
+        ));
+        assert!(matches!(
+            normalize_phone(&"1".repeat(41), "DE"),
+            Err(PhoneError::TooLong)
+        ));
+        assert_eq!(
+            normalize_phone("0170 1234567", "XX").unwrap_err(),
+            PhoneError::UnknownRegion("XX".into())
+        );
+        // Odd inputs from SIP headers must give an error, never a panic.
+        for odd in [
+            "  2 22#:",
+            "003-836-4618x3001",
+            "+",
+            "++49",
+            "tel:;",
+            "\u{0}",
+        ] {
+            let _ = normalize_phone(odd, "CH");
+        }
+    }
+
+    #[test]
+    fn normalize_language_codes() {
+        assert_eq!(normalize_language("de").unwrap(), "de");
+        assert_eq!(normalize_language("EN_gb").unwrap(), "en-GB");
+        assert_eq!(normalize_language("es-419").unwrap(), "es-419");
+        for bad in [
+            "", "d", "deutsch", "en-", "en-GBR", "e1", "en-GB-x", "de DE",
+        ] {
+            assert!(normalize_language(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    const CSV: &str = "\
+id,name,mobile,language,branch
+123456,Erika Mustermann,0170 1234567,de,Köln
+,No Id,0170 1234568,,
+200,Bad Mobile,0123,en,
+300,Bad Lang,0170 1234569,deutsch,
+123456,Dup,0170 1234560,,
+400,\"Smith, John\",+44 7911 123456,en-gb,London
+500,Short,0170 1234561
+";
+
+    #[test]
+    fn import_keeps_good_rows_and_reports_bad_ones_by_line() {
+        check_import_of(CSV);
+    }
+
+    #[test]
+    fn import_line_numbers_hold_with_crlf_and_cr_line_ends() {
+        check_import_of(&CSV.replace('\n', "\r\n"));
+        check_import_of(&CSV.replace('\n', "\r"));
+    }
+
+    fn check_import_of(csv: &str) {
+        let (_dir, store) = temp_store();
+        let report = store.import_csv(csv.as_bytes(), "DE").unwrap();
+        assert_eq!((report.created, report.updated), (2, 0));
+        let lines: Vec<(u64, String)> = report
+            .rejected
+            .iter()
+            .map(|r| (r.line, r.reason.to_string()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (3, "missing id".to_string()),
+                (
+                    4,
+                    "bad mobile number \"0123\": not a valid number for region DE".to_string()
+                ),
+                (
+                    5,
+                    "bad language code \"deutsch\": expected a code such as \"de\" or \"en-GB\""
+                        .to_string()
+                ),
+                (
+                    6,
+                    "duplicate id \"123456\" (first seen on line 2)".to_string()
+                ),
+                (8, "expected 5 fields as in the header, found 3".to_string()),
+            ]
+        );
+        let erika = store.find_customer("123456").unwrap().unwrap();
+        assert_eq!(
+            erika.name, "Erika Mustermann",
+            "the first row of a duplicate wins"
+        );
+        assert_eq!(erika.mobile, "+491701234567");
+        assert_eq!(erika.extra["branch"], "Köln");
+        let john = store.find_customer("400").unwrap().unwrap();
+        assert_eq!(john.name, "Smith, John");
+        assert_eq!(john.mobile, "+447911123456");
+        assert_eq!(john.language.as_deref(), Some("en-GB"));
+        assert_eq!(store.list_customers().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn reimport_updates_and_counts_them() {
+        let (_dir, store) = temp_store();
+        store
+            .import_csv("id,name,mobile\n1,A,01701234567\n".as_bytes(), "DE")
+            .unwrap();
+        let report = store
+            .import_csv(
+                "ID,Name,Mobile\n1,A2,01701234567\n2,B,01701234568\n".as_bytes(),
+                "DE",
+            )
+            .unwrap();
+        assert_eq!((report.created, report.updated), (1, 1));
+        assert!(report.rejected.is_empty());
+        assert_eq!(store.find_customer("1").unwrap().unwrap().name, "A2");
+    }
+
+    #[test]
+    fn import_header_problems_import_nothing() {
+        let (_dir, store) = temp_store();
+        let err = store
+            .import_csv("id,name\n1,A\n".as_bytes(), "DE")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::CsvHeader(_)), "{err}");
+        assert!(err.to_string().contains("\"mobile\""), "{err}");
+        let err = store
+            .import_csv("id,name,mobile,id\n".as_bytes(), "DE")
+            .unwrap_err();
+        assert!(err.to_string().contains("appears twice"), "{err}");
+        let err = store
+            .import_csv("id,name,mobile,my field\n".as_bytes(), "DE")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::CsvHeader(_)), "{err}");
+        // Headerless data: the first row is read as a header and lacks the columns.
+        let err = store
+            .import_csv("1,A,01701234567\n".as_bytes(), "DE")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::CsvHeader(_)), "{err}");
+        let err = store
+            .import_csv("id,name,mobile\n1,A,01701234567\n".as_bytes(), "XX")
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Phone(PhoneError::UnknownRegion(_))
+        ));
+        assert!(store.list_customers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn import_handles_bom_crlf_and_bad_utf8() {
+        let (_dir, store) = temp_store();
+        let mut data = b"\xef\xbb\xbfid,name,mobile\r\n1,A,01701234567\r\n2,".to_vec();
+        data.extend_from_slice(b"B\xff\xfe,01701234568\r\n3,C,01701234569\r\n");
+        let report = store.import_csv(data.as_slice(), "DE").unwrap();
+        assert_eq!(report.imported(), 2);
+        assert_eq!(report.rejected.len(), 1);
+        assert_eq!(report.rejected[0].line, 3);
+        assert!(matches!(report.rejected[0].reason, RowError::Malformed(_)));
+        assert!(store.find_customer("1").unwrap().is_some());
+        assert!(store.find_customer("3").unwrap().is_some());
+    }
+
+    #[test]
+    fn failures_count_within_the_window_and_clear() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        for s in [0, 10, 20, 30] {
+            store.record_failure("123456", t(s)).unwrap();
+        }
+        assert_eq!(store.failures_since("123456", t(0)).unwrap(), 4);
+        assert_eq!(store.failures_since("123456", t(15)).unwrap(), 2);
+        assert_eq!(store.failures_since("123456", t(31)).unwrap(), 0);
+        assert_eq!(store.failures_since("other", t(0)).unwrap(), 0);
+        store.clear_failures("123456").unwrap();
+        assert_eq!(store.failures_since("123456", t(0)).unwrap(), 0);
+    }
+
+    #[test]
+    fn failures_for_an_unknown_customer_are_refused() {
+        let (_dir, store) = temp_store();
+        assert!(matches!(
+            store.record_failure("ghost", t(0)),
+            Err(StoreError::Sqlite(_))
+        ));
+    }
+
+    #[test]
+    fn lockouts_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let until = t(900) + Duration::from_millis(123);
+        {
+            let store = Store::open(&path).unwrap();
+            store.add_customer(&erika()).unwrap();
+            assert_eq!(store.lockout("123456").unwrap(), None);
+            store.lock("123456", t(100), 1).unwrap();
+            store.lock("123456", until, 2).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.lockout("123456").unwrap(), Some((until, 2)));
+        assert!(store.clear_lockout("123456").unwrap());
+        assert_eq!(store.lockout("123456").unwrap(), None);
+        assert!(!store.clear_lockout("123456").unwrap());
+    }
+
+    #[test]
+    fn sms_counts_by_customer_and_caller() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        store
+            .add_customer(&NewCustomer {
+                id: "2".into(),
+                ..erika()
+            })
+            .unwrap();
+        store.record_sms("123456", "+4930111", t(0)).unwrap();
+        store.record_sms("123456", "+4930222", t(60)).unwrap();
+        store.record_sms("2", "+4930111", t(120)).unwrap();
+        assert_eq!(store.sms_count_for_customer("123456", t(0)).unwrap(), 2);
+        assert_eq!(store.sms_count_for_customer("123456", t(1)).unwrap(), 1);
+        assert_eq!(store.sms_count_for_customer("2", t(0)).unwrap(), 1);
+        assert_eq!(store.sms_count_for_caller("+4930111", t(0)).unwrap(), 2);
+        assert_eq!(store.sms_count_for_caller("+4930111", t(100)).unwrap(), 1);
+        assert_eq!(store.sms_count_for_caller("+4930333", t(0)).unwrap(), 0);
+    }
+
+    #[test]
+    fn admit_sms_enforces_both_limits() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        store
+            .add_customer(&NewCustomer {
+                id: "2".into(),
+                ..erika()
+            })
+            .unwrap();
+        let admit = |c: &str, caller: &str, at| store.admit_sms(c, caller, at, t(0), 2, 3).unwrap();
+        assert_eq!(admit("123456", "+4930111", t(1)), SmsAdmission::Recorded);
+        assert_eq!(admit("123456", "+4930111", t(2)), SmsAdmission::Recorded);
+        assert_eq!(
+            admit("123456", "+4930111", t(3)),
+            SmsAdmission::CustomerLimit
+        );
+        assert_eq!(admit("2", "+4930111", t(4)), SmsAdmission::Recorded);
+        assert_eq!(admit("2", "+4930111", t(5)), SmsAdmission::CallerLimit);
+        // Refusals are not recorded.
+        assert_eq!(store.sms_count_for_caller("+4930111", t(0)).unwrap(), 3);
+    }
+
+    #[test]
+    fn purge_drops_only_old_failures_and_sms() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        store.record_failure("123456", t(0)).unwrap();
+        store.record_failure("123456", t(200)).unwrap();
+        store.record_sms("123456", "+4930111", t(50)).unwrap();
+        store.record_sms("123456", "+4930111", t(300)).unwrap();
+        store.lock("123456", t(10), 1).unwrap();
+        let report = store.purge(t(100)).unwrap();
+        assert_eq!(
+            report,
+            PurgeReport {
+                failures: 1,
+                sms_sends: 1
+            }
+        );
+        assert_eq!(store.failures_since("123456", t(0)).unwrap(), 1);
+        assert_eq!(store.sms_count_for_customer("123456", t(0)).unwrap(), 1);
+        assert_eq!(store.lockout("123456").unwrap(), Some((t(10), 1)));
+    }
+
+    #[test]
+    fn audit_rows_round_trip_newest_first_and_outlive_the_customer() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        let row = |n: u64| AuditRow {
+            call_id: format!("call-{n}@host"),
+            caller: "+491709999999".into(),
+            dialed: "+4930123456".into(),
+            customer_id: (n != 1).then(|| "123456".into()),
+            outcome: if n == 2 { "verified" } else { "hangup" }.into(),
+            started_at: t(n * 100),
+            ended_at: t(n * 100 + 42) + Duration::from_millis(5),
+            dtmf_methods: "rfc4733".into(),
+            detail: (n == 3).then(|| "no input".into()),
+        };
+        for n in 1..=3 {
+            store.write_audit(&row(n)).unwrap();
+        }
+        store.remove_customer("123456").unwrap();
+        let recent = store.recent_audit(2).unwrap();
+        assert_eq!(recent, vec![row(3), row(2)]);
+        assert_eq!(store.recent_audit(10).unwrap().len(), 3);
+        assert!(store.recent_audit(0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn times_round_trip_through_milliseconds() {
+        for t in [
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            UNIX_EPOCH - Duration::from_millis(5_000),
+        ] {
+            assert_eq!(from_ms(to_ms(t)), t);
+        }
+    }
+
+    #[test]
+    fn two_stores_on_one_file_see_each_others_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let a = Store::open(&path).unwrap();
+        let b = Store::open(&path).unwrap();
+        a.add_customer(&erika()).unwrap();
+        b.lock("123456", t(60), 1).unwrap();
+        assert_eq!(a.lockout("123456").unwrap(), Some((t(60), 1)));
+    }
+}
