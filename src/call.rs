@@ -737,16 +737,14 @@ impl CallIo for Call {
         tokio::pin!(task);
         let mut result: Option<T> = None;
         loop {
-            if !playing {
-                if let Some(r) = result.take() {
-                    return Ok(r);
-                }
+            if !playing && let Some(r) = result.take() {
+                return Ok(r);
             }
             tokio::select! {
                 r = &mut task, if result.is_none() => result = Some(r),
                 w = self.wait(None) => {
-                    if let Wake::PlayDone { token: t, .. } = w? {
-                        if t == token {
+                    if let Wake::PlayDone { token: t, .. } = w?
+                        && t == token {
                             playing = false;
                             if result.is_none() && !wait_tone.is_empty() {
                                 // The task outlasts the prompt: a soft tone, not silence, so
@@ -757,7 +755,6 @@ impl CallIo for Call {
                                 playing = true;
                             }
                         }
-                    }
                 }
             }
         }

@@ -248,6 +248,7 @@ pub(crate) fn first_line(s: &str) -> String {
         .or_else(|| s.lines().next())
         .unwrap_or(s)
         .trim()
+        .trim_start_matches("error: ")
         .to_string()
 }
 

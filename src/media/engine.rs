@@ -140,10 +140,11 @@ struct PacedStream {
 
 impl PacedStream {
     fn destination(&self) -> Option<SocketAddr> {
-        if self.symmetric && self.shared.has_latched.load(Ordering::Acquire) {
-            if let Some(a) = *self.shared.latched.lock().expect("latch lock") {
-                return Some(a);
-            }
+        if self.symmetric
+            && self.shared.has_latched.load(Ordering::Acquire)
+            && let Some(a) = *self.shared.latched.lock().expect("latch lock")
+        {
+            return Some(a);
         }
         self.params.remote
     }
@@ -173,13 +174,13 @@ impl PacedStream {
                 self.pos = 0;
             }
         }
-        if self.queue.is_empty() {
-            if let Some(token) = self.token.take() {
-                let _ = self.events.send(MediaEvent::PlayDone {
-                    token,
-                    interrupted: false,
-                });
-            }
+        if self.queue.is_empty()
+            && let Some(token) = self.token.take()
+        {
+            let _ = self.events.send(MediaEvent::PlayDone {
+                token,
+                interrupted: false,
+            });
         }
     }
 
@@ -616,18 +617,17 @@ async fn recv_loop(
         } else {
             None
         };
-        if let Some((digit, method)) = digit {
-            if events
+        if let Some((digit, method)) = digit
+            && events
                 .send(MediaEvent::Digit {
                     digit,
                     method,
                     at: Instant::now(),
                 })
                 .is_err()
-            {
-                warn!("call gone; stopping RTP receiver");
-                return;
-            }
+        {
+            warn!("call gone; stopping RTP receiver");
+            return;
         }
     }
 }

@@ -439,18 +439,16 @@ impl Core {
         // The ACK for a 2xx belongs to the dialog (new branch); for a non-2xx, to the INVITE
         // transaction (same branch). Try the transaction first: it is the exact match.
         let key = TxKey::of(&msg);
-        if let Some(id) = self.server_index.get(&key).copied() {
-            if let Some(ServerTx {
+        if let Some(id) = self.server_index.get(&key).copied()
+            && let Some(ServerTx {
                 machine: ServerMachine::Invite(m),
                 ..
             }) = self.server.get_mut(&id)
-            {
-                if m.state() == State::Completed {
-                    m.handle_ack(now);
-                    self.drive_server(id);
-                    return;
-                }
-            }
+            && m.state() == State::Completed
+        {
+            m.handle_ack(now);
+            self.drive_server(id);
+            return;
         }
         let Some(dialog) = DialogId::of_request(&msg) else {
             return;
@@ -580,12 +578,12 @@ impl Core {
                     ServerMachine::Invite(m) => m.send_response(now, code, msg),
                     ServerMachine::NonInvite(m) => m.send_response(now, code, msg),
                 }
-                if code >= 300 {
-                    if let Some(d) = t.dialog.clone() {
-                        // A failed initial INVITE leaves no dialog behind.
-                        if t.invite.is_some() {
-                            self.dialogs.remove(&d);
-                        }
+                if code >= 300
+                    && let Some(d) = t.dialog.clone()
+                {
+                    // A failed initial INVITE leaves no dialog behind.
+                    if t.invite.is_some() {
+                        self.dialogs.remove(&d);
                     }
                 }
                 self.drive_server(tx);
@@ -746,10 +744,8 @@ impl Core {
             tx.scheduled = next;
             self.heap.push(Reverse((at, TimerRef::Server(id))));
         }
-        if ack_timeout {
-            if let Some(entry) = tx.dialog.as_ref().and_then(|d| self.dialogs.get(d)) {
-                let _ = entry.events.send(SipEvent::AckTimeout);
-            }
+        if ack_timeout && let Some(entry) = tx.dialog.as_ref().and_then(|d| self.dialogs.get(d)) {
+            let _ = entry.events.send(SipEvent::AckTimeout);
         }
         if terminated {
             let tx = self.server.remove(&id).expect("present");
@@ -829,10 +825,10 @@ fn precheck(msg: &Message) -> Option<u16> {
     }
     // Max-Forwards: 0 is a proxy's business (483); an endpoint processes the request anyway
     // (RFC 4475 3.3.11), but a value that is not a number is malformed.
-    if let Some(mf) = msg.header(&Name::MAX_FORWARDS) {
-        if mf.trim().parse::<u32>().is_err() {
-            return Some(400);
-        }
+    if let Some(mf) = msg.header(&Name::MAX_FORWARDS)
+        && mf.trim().parse::<u32>().is_err()
+    {
+        return Some(400);
     }
     // We implement no SIP extensions a caller could require (RFC 3261 8.2.2.3).
     if msg

@@ -666,14 +666,14 @@ fn choose_ptime(md: &MediaDescription, sdp: &SessionDescription) -> u32 {
         .and_then(parse_ms)
         .filter(|p| SUPPORTED_PTIMES_MS.contains(p))
         .unwrap_or(DEFAULT_PTIME_MS);
-    if let Some(max) = attribute(md, sdp, "maxptime").and_then(parse_ms) {
-        if ptime > max {
-            ptime = SUPPORTED_PTIMES_MS
-                .into_iter()
-                .rev()
-                .find(|&p| p <= max)
-                .unwrap_or(SUPPORTED_PTIMES_MS[0]);
-        }
+    if let Some(max) = attribute(md, sdp, "maxptime").and_then(parse_ms)
+        && ptime > max
+    {
+        ptime = SUPPORTED_PTIMES_MS
+            .into_iter()
+            .rev()
+            .find(|&p| p <= max)
+            .unwrap_or(SUPPORTED_PTIMES_MS[0]);
     }
     ptime
 }

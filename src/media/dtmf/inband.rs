@@ -268,10 +268,10 @@ impl InbandDetector {
             let (chunk, tail) = rest.split_at(take);
             self.accumulate(chunk);
             rest = tail;
-            if self.filled == BLOCK {
-                if let Some(d) = self.end_block() {
-                    self.push_pending(d);
-                }
+            if self.filled == BLOCK
+                && let Some(d) = self.end_block()
+            {
+                self.push_pending(d);
             }
         }
         self.pop_digit()
