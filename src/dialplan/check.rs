@@ -1,6 +1,6 @@
 //! Everything `ivrd check` finds in a dialplan, all at once, each at its line.
 //!
-//! [`super::parse`] reports what one step alone shows (types, keys, durations, patterns);
+//! [`parse`](mod@super::parse) reports what one step alone shows (types, keys, durations, patterns);
 //! this module looks at the plan as a whole and at what it needs from outside:
 //! - transitions to steps that do not exist, and outcomes with no transition at all;
 //! - steps that can never be reached from `start`;
@@ -124,20 +124,21 @@ pub fn check_numbers(plans: &[Dialplan]) -> Vec<Problem> {
             );
         }
         for n in &plan.numbers {
-            if let Some(other) = numbers.insert(n.to_string(), plan) {
-                if !std::ptr::eq(other, plan) {
-                    problems.push(
-                        Problem::new(
-                            &plan.file,
-                            n.pos,
-                            format!(
-                                "numbers: \"{n}\" is also answered by plan \"{}\" ({})",
-                                other.name, other.file
-                            ),
-                        )
-                        .with_hint(Some("a number belongs to one plan".into())),
-                    );
-                }
+            // A plan that lists a number twice does not collide with itself.
+            if let Some(other) = numbers.insert(n.to_string(), plan)
+                && !std::ptr::eq(other, plan)
+            {
+                problems.push(
+                    Problem::new(
+                        &plan.file,
+                        n.pos,
+                        format!(
+                            "numbers: \"{n}\" is also answered by plan \"{}\" ({})",
+                            other.name, other.file
+                        ),
+                    )
+                    .with_hint(Some("a number belongs to one plan".into())),
+                );
             }
         }
     }
@@ -163,11 +164,11 @@ impl PromptDir {
             }
             for f in std::fs::read_dir(e.path())?.filter_map(Result::ok) {
                 let p = f.path();
-                if p.extension().is_some_and(|x| x == "wav") {
-                    if let Some(stem) = p.file_stem() {
-                        dir.names
-                            .insert((lang.clone(), stem.to_string_lossy().into_owned()));
-                    }
+                if p.extension().is_some_and(|x| x == "wav")
+                    && let Some(stem) = p.file_stem()
+                {
+                    dir.names
+                        .insert((lang.clone(), stem.to_string_lossy().into_owned()));
                 }
             }
             dir.languages.push(lang);
@@ -384,14 +385,19 @@ impl<'p> Checker<'p> {
                     }
                 }
                 Action::SetLanguage { value, .. } => {
-                    if let Some(l) = value.as_static() {
-                        if !plan.languages.contains(&l) {
-                            self.push(
-                                value.pos,
-                                format!("step \"{}\": set_language \"{l}\", which the plan does not speak", step.name),
-                                Some(format!("add \"{l}\" to languages in [dialplan] (and its prompts)")),
-                            );
-                        }
+                    if let Some(l) = value.as_static()
+                        && !plan.languages.contains(&l)
+                    {
+                        self.push(
+                            value.pos,
+                            format!(
+                                "step \"{}\": set_language \"{l}\", which the plan does not speak",
+                                step.name
+                            ),
+                            Some(format!(
+                                "add \"{l}\" to languages in [dialplan] (and its prompts)"
+                            )),
+                        );
                     }
                 }
                 _ => {}
@@ -538,22 +544,37 @@ mod tests {
 
     /// The 1-based line of the first line containing `needle`.
     fn line_of(src: &str, needle: &str) -> usize {
-        src.lines().position(|l| l.contains(needle)).expect("needle in source") + 1
+        src.lines()
+            .position(|l| l.contains(needle))
+            .expect("needle in source")
+            + 1
     }
 
-    fn problems(src: &str, languages: &[&str], exists: &dyn Fn(&str, &str) -> bool) -> Vec<Problem> {
+    fn problems(
+        src: &str,
+        languages: &[&str],
+        exists: &dyn Fn(&str, &str) -> bool,
+    ) -> Vec<Problem> {
         check_with(src, languages, exists).expect_err("the plan has problems")
     }
 
     /// The problem whose message contains `needle` (exactly one).
     fn find<'p>(all: &'p [Problem], needle: &str) -> &'p Problem {
         let hits: Vec<&Problem> = all.iter().filter(|p| p.message.contains(needle)).collect();
-        assert_eq!(hits.len(), 1, "one problem with {needle:?} in:\n{}", render(all));
+        assert_eq!(
+            hits.len(),
+            1,
+            "one problem with {needle:?} in:\n{}",
+            render(all)
+        );
         hits[0]
     }
 
     fn render(all: &[Problem]) -> String {
-        all.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+        all.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     const GRAPH: &str = r#"[dialplan]
@@ -612,7 +633,10 @@ hangup = ["goodbye"]
             assert_eq!(p.file, "test.toml");
             p.clone()
         };
-        let p = at("on_failure goes to \"byee\", which does not exist", "\"byee\"");
+        let p = at(
+            "on_failure goes to \"byee\", which does not exist",
+            "\"byee\"",
+        );
         assert_eq!(p.hint.as_deref(), Some("did you mean \"bye\"?"));
         assert_eq!(p.column, 1);
         assert_eq!(
@@ -627,15 +651,33 @@ hangup = ["goodbye"]
         let p = at("${pn} is never set", "${pn}");
         assert_eq!(p.hint.as_deref(), Some("did you mean \"pin\"?"));
         let p = at("prompt \"only-in-en\" is missing in de", "only-in-en");
-        assert_eq!(p.hint.as_deref(), Some("expected prompts/de/only-in-en.wav"));
+        assert_eq!(
+            p.hint.as_deref(),
+            Some("expected prompts/de/only-in-en.wav")
+        );
         // The column points at the prompt itself, not at the key.
-        assert_eq!(p.column, GRAPH.lines().nth(p.line - 1).unwrap().find("\"only").unwrap() + 1);
+        assert_eq!(
+            p.column,
+            GRAPH
+                .lines()
+                .nth(p.line - 1)
+                .unwrap()
+                .find("\"only")
+                .unwrap()
+                + 1
+        );
         at("step \"send\" is never reached", "[steps.send]");
         at("step \"lang\" is never reached", "[steps.lang]");
-        at("step \"send\": ${customer.id} is read, but no step looks up a customer", "send_pin = ");
+        at(
+            "step \"send\": ${customer.id} is read, but no step looks up a customer",
+            "send_pin = ",
+        );
         // check_pin's default customer ("${customer.id}") needs a lookup too.
         at("step \"check\": ${customer.id} is read", "[steps.check]");
-        at("set_language \"fr\", which the plan does not speak", "set_language");
+        at(
+            "set_language \"fr\", which the plan does not speak",
+            "set_language",
+        );
         at("no SMS text for de", "text = \"PIN");
         at("X-Pin carries the secret ${pin}", "X-Pin");
         assert_eq!(all.len(), 11, "{}", render(&all));
@@ -709,11 +751,22 @@ on_failure = "ask"
         at("[vars]: \"language\" is set by ivrd", "language = \"de\"");
         at("[sms.en]: the text has no {pin}", "{code}");
         let p = at("unknown placeholder {code}", "{code}");
-        assert!(p.hint.as_deref().unwrap().contains("{pin}, {minutes} and {name}"));
+        assert!(
+            p.hint
+                .as_deref()
+                .unwrap()
+                .contains("{pin}, {minutes} and {name}")
+        );
         let p = at("unknown key promt for a collect step", "promt");
         assert_eq!(p.hint.as_deref(), Some("did you mean \"prompt\"?"));
-        let p = at("first_digit_timeout = \"8 seconds\" is not a duration", "8 seconds");
-        assert_eq!(p.hint.as_deref(), Some("write durations like \"500ms\", \"8s\" or \"2m\""));
+        let p = at(
+            "first_digit_timeout = \"8 seconds\" is not a duration",
+            "8 seconds",
+        );
+        assert_eq!(
+            p.hint.as_deref(),
+            Some("write durations like \"500ms\", \"8s\" or \"2m\"")
+        );
         at("inter_digit_timeout = \"20m\" is out of range", "\"20m\"");
         let p = at("bad pattern", "pattern =");
         assert!(p.message.contains("unclosed character class"), "{p}");
@@ -721,7 +774,12 @@ on_failure = "ask"
         let p = at("length = 3 is out of range", "length = 3");
         assert_eq!(p.hint.as_deref(), Some("use 4 to 10"));
         let p = at("step \"nothing\" has no type", "[steps.nothing]");
-        assert!(p.hint.as_deref().unwrap().starts_with("give it one of: play, "));
+        assert!(
+            p.hint
+                .as_deref()
+                .unwrap()
+                .starts_with("give it one of: play, ")
+        );
         let p = at("step \"typo\" has no type", "[steps.typo]");
         assert_eq!(p.hint.as_deref(), Some("did you mean \"collect\"?"));
         at("step \"both\" has two types, play and goto", "[steps.both]");
@@ -744,7 +802,11 @@ on_failure = "ask"
         let src = "[dialplan]\nname = \"x\"\nstart = \"a\"\n\n[step.a]\nplay = \"welcome\"\n";
         let all = problems(src, &["en"], &|_, _| true);
         assert_eq!(all[0].line, 5, "{}", all[0]);
-        assert!(all[0].message.contains("unknown field `step`"), "{}", all[0]);
+        assert!(
+            all[0].message.contains("unknown field `step`"),
+            "{}",
+            all[0]
+        );
         assert!(all[0].hint.as_deref().unwrap().contains("[steps.NAME]"));
 
         let src = "[dialplan]\nname = \"x\"\nstart = \"a\"\n[steps.a]\ngoto = \"a\"\n[steps.a]\ngoto = \"a\"\n";
@@ -769,11 +831,17 @@ hangup = []
 "#;
         let all = problems(src, &["en", "fr"], &|_, _| true);
         let p = find(&all, "start = \"welcom\", which does not exist");
-        assert_eq!((p.line, p.hint.as_deref()), (3, Some("did you mean \"welcome\"?")));
+        assert_eq!(
+            (p.line, p.hint.as_deref()),
+            (3, Some("did you mean \"welcome\"?"))
+        );
         let p = find(&all, "say_number cannot speak numbers in fr");
         assert_eq!(p.line, 6);
         // Every step is unreachable from a start that does not exist.
-        assert!(all.iter().any(|p| p.message.contains("\"welcome\" is never reached")));
+        assert!(
+            all.iter()
+                .any(|p| p.message.contains("\"welcome\" is never reached"))
+        );
 
         let all = problems(src, &["en", "de"], &|_, _| true);
         let p = find(&all, "language \"fr\" has no prompts");
@@ -795,7 +863,11 @@ hangup = []
         assert_eq!(all.len(), 1, "{}", render(&all));
         assert_eq!(all[0].file, "b.toml");
         assert_eq!(all[0].line, 5);
-        assert!(all[0].message.contains("\"+49*\" is also answered by plan \"a\""));
+        assert!(
+            all[0]
+                .message
+                .contains("\"+49*\" is also answered by plan \"a\"")
+        );
         // The same plan twice: its name and both its numbers collide.
         assert_eq!(check_numbers(&[pa.clone(), pa]).len(), 3);
     }

@@ -153,3 +153,75 @@ fn mermaid_text(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{plan, shipped};
+    use super::*;
+
+    #[test]
+    fn the_shipped_plans_are_drawn_completely() {
+        for name in ["verify", "demo"] {
+            let plan = shipped(name).unwrap();
+            let dot = to_dot(&plan);
+            let mermaid = to_mermaid(&plan);
+            assert!(dot.starts_with(&format!("digraph \"{name}\" {{")) && dot.ends_with("}\n"));
+            assert!(mermaid.starts_with("flowchart TD\n"));
+            assert!(!dot.contains("(missing)") && !mermaid.contains("missing"));
+            let id = |n: &str| format!("s{}", plan.steps.iter().position(|s| s.name == n).unwrap());
+            for step in &plan.steps {
+                assert!(dot.contains(&format!(
+                    "\"{}\" [label=\"{}\\n({})\"",
+                    step.name,
+                    step.name,
+                    step.action.kind()
+                )));
+                assert!(mermaid.contains(&format!("{}<br/>({})", step.name, step.action.kind())));
+                for t in step.action.transitions() {
+                    let to = &t.target.unwrap().step;
+                    let label = dot_id(t.label);
+                    assert!(
+                        dot.contains(&format!("\"{}\" -> \"{to}\" [label={label}];", step.name)),
+                        "{name}: {} -{}-> {to} missing from\n{dot}",
+                        step.name,
+                        t.label
+                    );
+                    let edge = format!(
+                        "  {} -->|\"{}\"| {}",
+                        id(&step.name),
+                        mermaid_text(t.label),
+                        id(to)
+                    );
+                    assert!(
+                        mermaid.contains(&edge),
+                        "{name}: {edge} missing from\n{mermaid}"
+                    );
+                }
+            }
+            assert_eq!(dot.matches(" -> ").count(), mermaid.matches(" -->").count());
+        }
+        let verify = to_dot(&shipped("verify").unwrap());
+        assert!(verify.contains("\"to_queue\" -> \"(transferred)\""));
+        assert!(verify.contains("\"ask_id\" -> \"fallback\" [label=\"on_failure\"];"));
+        let demo = to_mermaid(&shipped("demo").unwrap());
+        // Branch conditions are edge labels, with Mermaid's special characters escaped.
+        assert!(demo.contains("-->|\"${round} == '2'\"|"), "{demo}");
+    }
+
+    #[test]
+    fn missing_transitions_are_drawn_as_missing() {
+        let plan = {
+            let mut p = plan(
+                "[dialplan]\nname = \"m\"\nstart = \"a\"\n[steps.a]\ngoto = \"b\"\n[steps.b]\nhangup = []\n",
+            );
+            if let Action::Goto { target } = &mut p.steps[0].action {
+                *target = None;
+            }
+            p
+        };
+        assert!(to_dot(&plan).contains("\"a\" -> \"(missing)\" [label=\"goto\"];"));
+        assert!(to_mermaid(&plan).contains("s0 -->|\"goto\"| missing"));
+        assert_eq!(dot_id("a\"b\\c\nd"), "\"a\\\"b\\\\c\\nd\"");
+        assert_eq!(mermaid_text("x|\"#"), "x#124;#quot;#35;");
+    }
+}

@@ -70,9 +70,9 @@
 //!
 //! # Modules
 //! - [`model`]: the types; [`template`]: `${...}` and conditions; [`say`]: digits and numbers.
-//! - [`parse`]: text to model; [`check`]: the whole-plan checks, [`check::load`] for both.
+//! - [`parse`](mod@parse): text to model; [`check`](mod@check): the whole-plan checks, [`check::load`] for both.
 //! - [`problem`]: `FILE:LINE:COLUMN: message (hint)`.
-//! - [`run`]: the interpreter over [`crate::call::CallIo`] and [`services::FlowServices`].
+//! - [`run`](mod@run): the interpreter over [`crate::call::CallIo`] and [`services::FlowServices`].
 //! - [`sim`]: a scripted caller on a virtual clock, with transcripts.
 //! - [`graph`]: Graphviz and Mermaid pictures.
 pub mod check;

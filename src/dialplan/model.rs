@@ -1,7 +1,7 @@
 //! A dialplan as the interpreter, the checker and the graph see it: named steps, each with one
 //! action and an explicit transition for every outcome.
 //!
-//! The model is what [`super::parse`] builds from the file. Positions ([`Pos`]) ride along
+//! The model is what [`parse`](mod@super::parse) builds from the file. Positions ([`Pos`]) ride along
 //! on everything an admin wrote, so checks that run later (dangling transitions, unknown
 //! prompts, unset variables) still point at the right line. Transitions are `Option`s: a
 //! missing one is a problem `ivrd check` reports, not a reason the graph of a half-written
@@ -84,10 +84,10 @@ impl Dialplan {
 pub fn select<'a>(plans: &'a [Dialplan], dialed: &str) -> Option<&'a Dialplan> {
     let mut best: Option<(usize, &Dialplan)> = None;
     for p in plans {
-        if let Some(rank) = p.answers(dialed) {
-            if best.is_none_or(|(r, _)| rank > r) {
-                best = Some((rank, p));
-            }
+        if let Some(rank) = p.answers(dialed)
+            && best.is_none_or(|(r, _)| rank > r)
+        {
+            best = Some((rank, p));
         }
     }
     best.map(|(_, p)| p)

@@ -7,7 +7,7 @@
 //! patterns and `${...}` templates), each at the line of the offending key.
 //!
 //! Problems that need the whole plan (transitions to nowhere, unreachable steps, prompts,
-//! unset variables) are [`super::check`]'s; [`parse`] only needs the file.
+//! unset variables) are [`check`](mod@super::check)'s; [`parse`] only needs the file.
 
 use super::model::*;
 use super::problem::{LineIndex, Pos, Problem, did_you_mean};
@@ -112,8 +112,11 @@ struct RawFile {
     #[serde(default)]
     sms: BTreeMap<Spanned<String>, Spanned<RawSms>>,
     #[serde(default)]
-    steps: BTreeMap<Spanned<String>, Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>,
+    steps: BTreeMap<Spanned<String>, Spanned<StepTable>>,
 }
+
+/// One `[steps.NAME]` table: its keys and values, each with its place in the file.
+type StepTable = BTreeMap<Spanned<String>, Spanned<Value>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -350,7 +353,7 @@ fn is_prompt_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, scale_ms) = if let Some(n) = s.strip_suffix("ms") {
         (n, 1.0)
@@ -380,7 +383,7 @@ struct Fields<'t> {
     step: &'t str,
     kind: &'static str,
     pos: Pos,
-    map: &'t BTreeMap<Spanned<String>, Spanned<Value>>,
+    map: &'t StepTable,
 }
 
 impl Fields<'_> {
@@ -467,12 +470,7 @@ impl Parser<'_> {
     }
 
     /// Reads one step; `None` if it has no usable type (problems say why).
-    fn step(
-        &mut self,
-        name: &str,
-        pos: Pos,
-        map: &BTreeMap<Spanned<String>, Spanned<Value>>,
-    ) -> Option<Action> {
+    fn step(&mut self, name: &str, pos: Pos, map: &StepTable) -> Option<Action> {
         let types: Vec<&'static str> = STEP_TYPES
             .iter()
             .copied()
@@ -1106,5 +1104,111 @@ impl Parser<'_> {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("8s"), Some(Duration::from_secs(8)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        for bad in ["8", "s", "8 seconds", "-1s", "1h", ""] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn documented_defaults() {
+        let src = r##"
+[dialplan]
+name = "d"
+start = "ask"
+
+[steps.ask]
+collect = "x"
+on_input = "send"
+on_failure = "send"
+
+[steps.send]
+send_pin = "${customer.id}"
+on_sent = "check"
+
+[steps.check]
+check_pin = "${x}"
+
+[steps.menu]
+menu = "language-menu"
+options = { "2" = "ask", "1" = "send" }
+
+[steps.play]
+play = "welcome"
+"##;
+        let plan = parse("d.toml", src).unwrap();
+        assert_eq!(
+            (plan.language.as_str(), plan.languages.as_slice()),
+            ("en", &["en".to_string()][..])
+        );
+        assert_eq!(
+            plan.steps
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["ask", "send", "check", "menu", "play"],
+            "file order"
+        );
+        let Action::Collect(c) = &plan.step("ask").unwrap().action else {
+            panic!()
+        };
+        assert_eq!(
+            (c.min, c.max, c.terminator, c.tries, c.barge_in, c.secret),
+            (1, 20, Some('#'), 3, true, false)
+        );
+        assert_eq!(
+            (c.first_digit_timeout, c.inter_digit_timeout),
+            (Duration::from_secs(5), Duration::from_secs(3))
+        );
+        assert!(c.pattern.is_none() && c.prompts.is_empty());
+        let Action::SendPin {
+            length,
+            prompts,
+            on_limited,
+            ..
+        } = &plan.step("send").unwrap().action
+        else {
+            panic!()
+        };
+        assert_eq!(*length, 6);
+        assert_eq!(prompts[0].name, "sending-pin");
+        assert!(
+            on_limited.is_none(),
+            "missing transitions stay missing for check to report"
+        );
+        let Action::CheckPin { customer, .. } = &plan.step("check").unwrap().action else {
+            panic!()
+        };
+        assert_eq!(customer.raw, "${customer.id}");
+        let Action::Menu(m) = &plan.step("menu").unwrap().action else {
+            panic!()
+        };
+        assert_eq!(m.options.iter().map(|(k, _)| *k).collect::<String>(), "12");
+        assert_eq!(
+            (m.tries, m.timeout, m.barge_in),
+            (3, Duration::from_secs(5), true)
+        );
+        let Action::Play {
+            prompts, barge_in, ..
+        } = &plan.step("play").unwrap().action
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (prompts[0].name.as_str(), prompts[0].pos.line, *barge_in),
+            ("welcome", 23, true)
+        );
     }
 }

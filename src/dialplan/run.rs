@@ -807,10 +807,10 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
         for _ in 0..c.tries {
             self.play(&c.prompts, c.barge_in).await?;
             let got = self.call.collect(&spec).await?;
-            if got.ended_by == CollectEnd::MaxDigits {
-                if let Some(t) = c.terminator {
-                    self.swallow(t).await?;
-                }
+            if got.ended_by == CollectEnd::MaxDigits
+                && let Some(t) = c.terminator
+            {
+                self.swallow(t).await?;
             }
             let verdict = if got.digits.is_empty() && got.ended_by == CollectEnd::Timeout {
                 "no-input"
@@ -921,5 +921,405 @@ fn describe(rec: &CustomerRecord) -> String {
     match &rec.language {
         Some(l) => format!("{} ({}, {l})", rec.id, rec.name),
         None => format!("{} ({})", rec.id, rec.name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sim::{SimCall, SimEvent, Simulation, sim_facts, simulate};
+    use super::super::testing::{FakeServices, block_on, plan};
+    use super::*;
+
+    fn sim(src: &str, script: &str) -> Simulation {
+        let plan = plan(src);
+        let services = FakeServices::new(&plan);
+        let call = SimCall::new(sim_facts("+4930111", "100"), script).unwrap();
+        block_on(simulate(&plan, call, &services))
+    }
+
+    fn heard(sim: &Simulation) -> Vec<String> {
+        sim.transcript
+            .iter()
+            .filter_map(|e| match &e.event {
+                SimEvent::Play { prompts, .. } => Some(prompts.join("+")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn line_at(sim: &Simulation, needle: &str) -> String {
+        let text = sim.format();
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{text}"))
+            .to_string()
+    }
+
+    const COLLECT: &str = r##"
+[dialplan]
+name = "collect"
+start = "ask"
+
+[steps.ask]
+collect = "x"
+prompt = ["enter-digits"]
+min = 2
+max = 4
+terminator = "#"
+first_digit_timeout = "5s"
+inter_digit_timeout = "3s"
+tries = 2
+pattern = "^[0-9]+$"
+invalid_prompt = ["invalid"]
+timeout_prompt = ["no-input"]
+on_input = "read_back"
+on_failure = "failed"
+
+[steps.read_back]
+say_digits = "${x}"
+next = "bye"
+
+[steps.failed]
+hangup = ["goodbye"]
+
+[steps.bye]
+hangup = []
+"##;
+
+    #[test]
+    fn collect_ends_at_the_terminator() {
+        let s = sim(COLLECT, "W 12#");
+        assert!(
+            line_at(&s, "collected").starts_with("[00:02.000] collected \"12\" (terminator): ok")
+        );
+        assert_eq!(heard(&s), ["enter-digits", "digit-1+digit-2"]);
+        assert_eq!(s.result.outcome, Outcome::Completed);
+        assert_eq!(s.result.end, None);
+    }
+
+    #[test]
+    fn collect_ends_at_max_and_drops_a_surplus_key() {
+        let s = sim(COLLECT, "W 12345");
+        assert!(line_at(&s, "collected").contains("\"1234\" (max digits): ok"));
+        // The 5th key came with the others: it is surplus, not the start of anything.
+        assert_eq!(heard(&s)[1], "digit-1+digit-2+digit-3+digit-4");
+        assert!(!s.format().contains("script left unused"));
+    }
+
+    #[test]
+    fn collect_first_digit_timeout() {
+        let s = sim(COLLECT, "");
+        // Prompt 2 s, then 5 s for a first key.
+        assert!(
+            line_at(&s, "collected")
+                .starts_with("[00:07.000] collected nothing (timeout): no-input")
+        );
+        assert!(line_at(&s, "play no-input").starts_with("[00:07.000]"));
+        // Two tries, then on_failure.
+        assert_eq!(
+            heard(&s),
+            [
+                "enter-digits",
+                "no-input",
+                "enter-digits",
+                "no-input",
+                "goodbye"
+            ]
+        );
+        assert_eq!(s.result.outcome, Outcome::NoInput);
+        assert_eq!(s.result.trail.last().unwrap().step, "failed");
+    }
+
+    #[test]
+    fn collect_inter_digit_timeout_and_barge_in_on_the_next_prompt() {
+        // Keys at 2 s, then 4 s of silence: the 3 s inter-digit timer ends the entry at 5 s.
+        let s = sim(COLLECT, "W 12 wwww 3");
+        assert!(line_at(&s, "collected").starts_with("[00:05.000] collected \"12\" (timeout): ok"));
+        // The late '3' (at 6 s) barges into the read-back.
+        assert!(line_at(&s, "play digit-1 + digit-2").ends_with("interrupted at 00:06.000"));
+    }
+
+    #[test]
+    fn keys_typed_during_a_barge_in_prompt_stop_it_and_are_kept() {
+        let s = sim(COLLECT, "w 12#");
+        assert!(line_at(&s, "play enter-digits").ends_with("interrupted at 00:01.000"));
+        assert!(
+            line_at(&s, "collected").starts_with("[00:01.000] collected \"12\" (terminator): ok")
+        );
+    }
+
+    #[test]
+    fn keys_typed_during_a_prompt_without_barge_in_wait_for_the_collect() {
+        let src = COLLECT.replace("start = \"ask\"", "start = \"intro\"")
+            + "\n[steps.intro]\nplay = [\"welcome\"]\nbarge_in = false\nnext = \"ask\"\n";
+        let s = sim(&src, "12#");
+        assert!(line_at(&s, "play welcome").ends_with(": played"));
+        // The prompt before the collect is skipped: the caller already typed.
+        assert!(line_at(&s, "play enter-digits").ends_with("skipped (keys typed ahead)"));
+        assert!(
+            line_at(&s, "collected").starts_with("[00:02.000] collected \"12\" (terminator): ok")
+        );
+    }
+
+    #[test]
+    fn collect_pattern_mismatch_plays_the_invalid_prompt_and_retries() {
+        let s = sim(COLLECT, "W 1*2# W W 34#");
+        assert!(line_at(&s, "collected \"1*2\"").ends_with("(terminator): invalid"));
+        assert_eq!(heard(&s)[..3], ["enter-digits", "invalid", "enter-digits"]);
+        assert!(s.format().contains("set x = \"34\""));
+
+        // Too short (min 2) twice: invalid input, on_failure.
+        let s = sim(COLLECT, "W 1# W W 2#");
+        assert_eq!(s.result.outcome, Outcome::InvalidInput);
+        assert_eq!(
+            heard(&s),
+            [
+                "enter-digits",
+                "invalid",
+                "enter-digits",
+                "invalid",
+                "goodbye"
+            ]
+        );
+    }
+
+    const MENU: &str = r##"
+[dialplan]
+name = "menu"
+start = "m"
+languages = ["en", "de"]
+
+[vars]
+n = "21"
+
+[steps.m]
+menu = ["language-menu"]
+options = { "1" = "english", "2" = "german" }
+tries = 2
+timeout = "4s"
+invalid_prompt = ["invalid"]
+timeout_prompt = ["no-input"]
+on_failure = "bye"
+
+[steps.english]
+set_language = "en"
+next = "number"
+
+[steps.german]
+set_language = "de"
+next = "number"
+
+[steps.number]
+say_number = "${n}"
+next = "echo"
+
+[steps.echo]
+say_digits = "${m.outcome}"
+next = "bye"
+
+[steps.bye]
+hangup = ["goodbye"]
+"##;
+
+    #[test]
+    fn menu_invalid_key_then_choice() {
+        let s = sim(MENU, "W 9 W W 2");
+        assert_eq!(
+            heard(&s)[..3],
+            ["language-menu", "invalid", "language-menu"]
+        );
+        assert!(s.format().contains("language de"));
+        // 21 in German: ein-und-zwanzig; then the menu's outcome is the key.
+        assert_eq!(
+            heard(&s)[3..],
+            ["num-one+num-and+num-20", "digit-2", "goodbye"]
+        );
+        let trail: Vec<String> = s
+            .result
+            .trail
+            .iter()
+            .map(|t| format!("{}:{}", t.step, t.outcome))
+            .collect();
+        assert_eq!(trail[..2], ["m:2", "german:next"]);
+        assert_eq!(s.result.outcome, Outcome::Completed);
+    }
+
+    #[test]
+    fn menu_timeouts_take_on_failure() {
+        let s = sim(MENU, "");
+        assert_eq!(
+            heard(&s),
+            [
+                "language-menu",
+                "no-input",
+                "language-menu",
+                "no-input",
+                "goodbye"
+            ]
+        );
+        // 2 x (menu 2 s + 4 s timeout + no-input 2 s) + goodbye 2 s.
+        assert_eq!(s.transcript.last().unwrap().at, Duration::from_secs(18));
+        assert_eq!(s.result.outcome, Outcome::NoInput);
+    }
+
+    #[test]
+    fn english_numbers_and_language_fallback() {
+        let s = sim(MENU, "1");
+        assert_eq!(heard(&s)[1], "num-20+num-1");
+        // A dynamic language the plan does not speak falls back to the plan language.
+        let src = MENU.replace("set_language = \"de\"", "set_language = \"${n}\"");
+        let s = sim(&src, "2");
+        assert!(
+            s.format()
+                .contains("language \"21\" is not one this plan speaks; using en")
+        );
+        assert!(s.format().contains("language en"));
+    }
+
+    #[test]
+    fn set_branch_and_goto_loop_until_a_condition_holds() {
+        let s = sim(
+            r##"
+[dialplan]
+name = "loop"
+start = "more"
+
+[vars]
+count = ""
+
+[steps.more]
+set = { count = "${count}x", seen = "${caller}" }
+next = "test"
+
+[steps.test]
+branch = [
+    { if = "${count} == 'xxx'", goto = "done" },
+    { if = "${seen} !~ '^[+]49'", goto = "done" },
+]
+else = "again"
+
+[steps.again]
+goto = "more"
+
+[steps.done]
+hangup = []
+"##,
+            "",
+        );
+        let trail: Vec<String> = s
+            .result
+            .trail
+            .iter()
+            .map(|t| format!("{}:{}", t.step, t.outcome))
+            .collect();
+        assert_eq!(
+            trail,
+            [
+                "more:next",
+                "test:else",
+                "again:next",
+                "more:next",
+                "test:else",
+                "again:next",
+                "more:next",
+                "test:case-1",
+                "done:hangup"
+            ]
+        );
+        assert!(s.format().contains("set count = \"xxx\""));
+        assert!(s.format().contains("set seen = \"+4930111\""));
+    }
+
+    #[test]
+    fn an_endless_loop_hits_the_step_budget() {
+        let s = sim(
+            "[dialplan]\nname = \"spin\"\nstart = \"a\"\n[steps.a]\ngoto = \"b\"\n[steps.b]\ngoto = \"a\"\n",
+            "",
+        );
+        assert_eq!(s.result.outcome, Outcome::Error);
+        assert_eq!(s.result.trail.len(), STEP_BUDGET);
+        assert!(
+            s.result
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("ran 1000 steps without ending")
+        );
+        assert!(s.format().contains("ivrd hangs up"));
+    }
+
+    #[test]
+    fn secrets_stay_masked_through_set_and_unset_variables_warn() {
+        let s = sim(
+            r##"
+[dialplan]
+name = "secret"
+start = "ask"
+
+[steps.ask]
+collect = "code"
+max = 4
+secret = true
+on_input = "copy"
+on_failure = "other"
+
+[steps.other]
+collect = "later"
+on_input = "copy"
+on_failure = "copy"
+
+[steps.copy]
+set = { again = "code ${code}" }
+next = "say"
+
+[steps.say]
+say_digits = "${later}"
+next = "bye"
+
+[steps.bye]
+hangup = []
+"##,
+            "9876",
+        );
+        let text = s.format();
+        assert!(!text.contains("9876"), "{text}");
+        assert!(
+            text.contains("set code = ****") && text.contains("set again = ****"),
+            "{text}"
+        );
+        assert!(text.contains("collected **** (max digits): ok"), "{text}");
+        assert!(
+            text.contains("warning: ${later} is not set; using \"\""),
+            "{text}"
+        );
+        // The keys themselves were typed by the script, so they are shown.
+        assert!(text.contains("key 9"), "{text}");
+    }
+
+    #[test]
+    fn say_number_falls_back_to_digits() {
+        let s = sim(
+            "[dialplan]\nname = \"n\"\nstart = \"a\"\n[vars]\nv = \"1234567\"\n[steps.a]\nsay_number = \"${v}\"\nnext = \"b\"\n[steps.b]\nhangup = []\n",
+            "",
+        );
+        assert_eq!(
+            heard(&s),
+            ["digit-1+digit-2+digit-3+digit-4+digit-5+digit-6+digit-7"]
+        );
+        assert!(
+            s.format()
+                .contains("cannot say \"1234567\" as a number in en")
+        );
+    }
+
+    #[test]
+    fn the_flow_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let plan = plan(COLLECT);
+        let services = FakeServices::new(&plan);
+        let mut call = SimCall::new(sim_facts("1", "2"), "").unwrap();
+        let fut = run(&plan, &mut call, &services);
+        assert_send(&fut);
+        assert_eq!(block_on(fut).outcome, Outcome::NoInput);
     }
 }

@@ -55,7 +55,10 @@ fn steps(sim: &Simulation) -> Vec<String> {
         .collect()
 }
 
-fn transfers(sim: &Simulation) -> Vec<(String, Vec<(String, String)>, String)> {
+type Headers = Vec<(String, String)>;
+
+/// Every transfer: target, headers, outcome.
+fn transfers(sim: &Simulation) -> Vec<(String, Headers, String)> {
     sim.transcript
         .iter()
         .filter_map(|e| match &e.event {
@@ -70,7 +73,7 @@ fn transfers(sim: &Simulation) -> Vec<(String, Vec<(String, String)>, String)> {
         .collect()
 }
 
-fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+fn headers(pairs: &[(&str, &str)]) -> Headers {
     pairs
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -474,4 +477,31 @@ fn print_transcripts() {
         let (sim, _) = run(script, |_| {});
         println!("--- {script}\n{}", sim.format());
     }
+}
+
+#[test]
+fn the_demo_plan_reads_a_number_back_in_german() {
+    let plan = shipped("demo").unwrap_or_else(|p| panic!("demo.toml: {p:?}"));
+    let services = FakeServices::new(&plan);
+    let call = SimCall::new(sim_facts("+4930111", "200"), "2 W 2024# W W 0815#").unwrap();
+    let sim = block_on(simulate(&plan, call, &services));
+    let text = sim.format();
+    assert_eq!(
+        heard(&sim),
+        [
+            "demo-welcome",
+            "language-menu",
+            "enter-digits",
+            "you-entered",
+            "num-2+num-thousand+num-4+num-and+num-20",
+            "enter-digits",
+            "you-entered",
+            "digit-0+digit-8+digit-1+digit-5",
+            "goodbye"
+        ],
+        "{text}"
+    );
+    assert!(text.contains("language de"), "{text}");
+    assert!(text.contains("set round = \"2\""), "{text}");
+    assert_eq!(sim.result.outcome, Outcome::Completed, "{text}");
 }

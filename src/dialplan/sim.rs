@@ -678,3 +678,119 @@ pub fn format_transcript(entries: &[TranscriptEntry]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{FakeServices, block_on, plan};
+    use super::*;
+
+    #[test]
+    fn scripts_parse() {
+        assert_eq!(
+            parse_script("1 2w W{pin}#*A!").unwrap(),
+            [
+                Token::Key('1'),
+                Token::Key('2'),
+                Token::Wait(Duration::from_secs(1)),
+                Token::UntilPromptEnds,
+                Token::Pin,
+                Token::Key('#'),
+                Token::Key('*'),
+                Token::Key('A'),
+                Token::Hangup
+            ]
+        );
+        assert_eq!(parse_script("12x"), Err(ScriptError::Unknown('x', 3)));
+        assert_eq!(parse_script("1{pn}"), Err(ScriptError::BadBrace(2)));
+        assert_eq!(parse_script("   ").unwrap(), []);
+    }
+
+    const PLAN: &str = r##"
+[dialplan]
+name = "sim"
+start = "a"
+
+[steps.a]
+play = ["welcome", "goodbye"]
+next = "b"
+
+[steps.b]
+collect = "x"
+prompt = ["enter-digits"]
+max = 3
+first_digit_timeout = "5s"
+tries = 1
+on_input = "c"
+on_failure = "c"
+
+[steps.c]
+hangup = []
+"##;
+
+    fn sim_with(script: &str, durations: fn(&str, &str) -> Duration) -> Simulation {
+        let plan = plan(PLAN);
+        let services = FakeServices::new(&plan);
+        let call = SimCall::new(sim_facts("1", "2"), script)
+            .unwrap()
+            .prompt_durations(durations);
+        block_on(simulate(&plan, call, &services))
+    }
+
+    #[test]
+    fn prompt_lengths_come_from_the_duration_function() {
+        let s = sim_with("", |_, p| {
+            if p == "welcome" {
+                Duration::from_millis(3500)
+            } else {
+                Duration::from_secs(1)
+            }
+        });
+        let text = s.format();
+        assert!(
+            text.contains("[00:00.000] play welcome + goodbye (en, barge-in, 4.500s): played"),
+            "{text}"
+        );
+        // 4.5 s of prompts, 1 s prompt, 5 s timeout.
+        assert!(
+            text.contains("[00:10.500] collected nothing (timeout)"),
+            "{text}"
+        );
+        assert!(text.contains("[00:10.500] ivrd hangs up"), "{text}");
+        assert!(text.ends_with("[00:10.500] end: no-input\n"), "{text}");
+    }
+
+    #[test]
+    fn big_w_waits_for_the_prompt_playing_and_small_w_for_a_second() {
+        // W: the end of welcome+goodbye (4 s); W: the end of enter-digits (6 s); w: 7 s.
+        let s = sim_with("W W w 123", |_, _| Duration::from_secs(2));
+        assert!(s.format().contains("[00:07.000] key 1"), "{}", s.format());
+        // A W when nothing plays waits for the next prompt; at the end it waits forever.
+        let s = sim_with("12 W 3", |_, _| Duration::from_secs(2));
+        let text = s.format();
+        assert!(text.contains("collected \"12\" (timeout)"), "{text}");
+        assert!(text.contains("note: script left unused: W3"), "{text}");
+    }
+
+    #[test]
+    fn a_pin_token_waits_for_an_sms() {
+        // No SMS is ever sent here: {pin} blocks, the caller stays silent.
+        let s = sim_with("{pin}", |_, _| Duration::from_secs(2));
+        assert!(s.format().contains("note: script left unused: {pin}"));
+        assert_eq!(s.result.outcome.as_str(), "no-input");
+    }
+
+    #[test]
+    fn hanging_up_ends_every_later_operation() {
+        let s = sim_with("w!", |_, _| Duration::from_secs(2));
+        let text = s.format();
+        assert!(text.contains("caller hung up at 00:01.000"), "{text}");
+        assert_eq!(s.result.end, Some(CallEnd::CallerHangup));
+        assert!(!text.contains("step b"), "{text}");
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(stamp(Duration::from_millis(72_500)), "[01:12.500]");
+        assert_eq!(stamp(Duration::ZERO), "[00:00.000]");
+    }
+}

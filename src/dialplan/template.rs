@@ -114,19 +114,6 @@ impl Template {
         })
     }
 
-    /// A template with no variables (for values that must be known at load time).
-    pub fn literal(text: &str, pos: Pos) -> Template {
-        Template {
-            raw: text.replace('$', "$$"),
-            parts: if text.is_empty() {
-                vec![]
-            } else {
-                vec![Part::Text(text.to_string())]
-            },
-            pos,
-        }
-    }
-
     /// The variables the template reads, in order (with repeats).
     pub fn vars(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
@@ -297,7 +284,6 @@ mod tests {
                 .as_deref(),
             Some("plain")
         );
-        assert_eq!(Template::literal("a$b", Pos::default()).raw, "a$$b");
     }
 
     #[test]

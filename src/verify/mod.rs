@@ -2,3 +2,4 @@
 //! protect them, and (in `sms`) the providers that carry the PIN to the customer's phone.
 pub mod limits;
 pub mod pin;
+pub mod sms;

@@ -29,8 +29,10 @@ const MEDIA_PORT_BASE: u16 = 28000;
 const MEDIA_PORT_SLOTS: u32 = 1000;
 const MEDIA_PORT_STEP: u16 = 4;
 
-/// How long `Daemon::start` waits for the first 200 to an OPTIONS.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `Daemon::start` waits for the first 200 to an OPTIONS. Start-up resamples and
+/// encodes every prompt, which takes a debug build about 1.7 s of CPU; with several test
+/// daemons starting at once on two cores that adds up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The repository's bundled prompts, used by every test daemon.
 pub fn prompts_dir() -> PathBuf {
@@ -109,7 +111,8 @@ pub fn free_media_port() -> u16 {
         let Some(port) = MEDIA_PORT_BASE.checked_add(n as u16 * MEDIA_PORT_STEP) else {
             continue;
         };
-        let all_free = (port..port + MEDIA_PORT_STEP).all(|p| UdpSocket::bind((LOCALHOST, p)).is_ok());
+        let all_free =
+            (port..port + MEDIA_PORT_STEP).all(|p| UdpSocket::bind((LOCALHOST, p)).is_ok());
         if all_free && claim(port) {
             return port;
         }
@@ -182,8 +185,11 @@ impl Daemon {
             .expect("create temp dir");
         let config_path = dir.path().join("ivrd.toml");
         let log_path = dir.path().join("ivrd.log");
-        fs::write(&config_path, Self::config_text(sip_port, rtp_range, toml_overrides))
-            .expect("write config");
+        fs::write(
+            &config_path,
+            Self::config_text(sip_port, rtp_range, toml_overrides),
+        )
+        .expect("write config");
 
         let log = File::create(&log_path).expect("create log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ivrd"));
@@ -241,9 +247,9 @@ level = "info"
                 toml::Value::String(prompts_dir().display().to_string()),
             );
         }
-        let over: toml::Table = overrides
-            .parse()
-            .unwrap_or_else(|e| panic!("test config overrides are not valid TOML: {e}\n{overrides}"));
+        let over: toml::Table = overrides.parse().unwrap_or_else(|e| {
+            panic!("test config overrides are not valid TOML: {e}\n{overrides}")
+        });
         merge_toml(&mut table, over);
         toml::to_string(&table).expect("serialize config")
     }
@@ -257,7 +263,11 @@ level = "info"
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let mut attempt = 0u32;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "ivrd exited with {status} before answering OPTIONS\nconfig:\n{}\n--- ivrd log ---\n{}",
                     fs::read_to_string(&self.config_path).unwrap_or_default(),
@@ -386,6 +396,12 @@ level = "info"
         }
     }
 
+    /// When the first line containing `needle` was logged, in seconds since midnight (UTC),
+    /// read from the line's tracing timestamp (`2026-11-22T16:01:03.373393Z ...`).
+    pub fn log_time(&self, needle: &str) -> Option<f64> {
+        self.log_lines(needle).first().and_then(|l| line_time(l))
+    }
+
     /// The `digits`/`methods` pairs of every `collected digits=` line.
     pub fn collected(&self) -> Vec<(String, String)> {
         self.log_lines("collected digits=")
@@ -398,6 +414,18 @@ level = "info"
             })
             .collect()
     }
+}
+
+/// Seconds since midnight from a log line starting with an RFC 3339 timestamp.
+pub fn line_time(line: &str) -> Option<f64> {
+    let stamp = line.split_whitespace().next()?;
+    let time = stamp.split('T').nth(1)?.trim_end_matches('Z');
+    let time = time.split(['+', '-']).next()?;
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
 }
 
 /// The value of `key=` in a `key=value` log line; handles `key="quoted value"`.
@@ -451,7 +479,12 @@ impl Drop for Daemon {
 }
 
 /// An out-of-dialog OPTIONS from `local` to `target`.
-pub fn options_request(target: SocketAddr, local: SocketAddr, call_id: &str, transport: &str) -> String {
+pub fn options_request(
+    target: SocketAddr,
+    local: SocketAddr,
+    call_id: &str,
+    transport: &str,
+) -> String {
     format!(
         "OPTIONS sip:demo@{target} SIP/2.0\r\n\
          Via: SIP/2.0/{transport} {local};branch=z9hG4bK-{call_id};rport\r\n\
@@ -515,34 +548,57 @@ impl RawUdp {
     }
 }
 
-/// Sends one request over a fresh TCP connection and reads one response framed by
-/// Content-Length (or returns what arrived before `timeout`).
-pub fn tcp_exchange(target: SocketAddr, request: &[u8], timeout: Duration) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&target, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.write_all(request).ok()?;
-    read_tcp_message(&mut stream)
+/// A TCP connection carrying SIP, framed by Content-Length (RFC 3261 18.3). Keeps bytes that
+/// arrived beyond one message, since pipelined responses can share a segment.
+pub struct SipTcp {
+    pub stream: TcpStream,
+    pending: Vec<u8>,
 }
 
-/// Reads one SIP message (headers plus Content-Length bytes of body) from a stream.
-pub fn read_tcp_message(stream: &mut TcpStream) -> Option<String> {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = find_subslice(&data, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&data[..end]).into_owned();
-            let body_len = header_value(&head, "Content-Length", Some("l"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if data.len() >= end + 4 + body_len {
-                return Some(String::from_utf8_lossy(&data[..end + 4 + body_len]).into_owned());
-            }
+impl SipTcp {
+    pub fn connect(target: SocketAddr) -> SipTcp {
+        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connect TCP to {target}: {e}"));
+        SipTcp {
+            stream,
+            pending: Vec::new(),
         }
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                return (!data.is_empty()).then(|| String::from_utf8_lossy(&data).into_owned());
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local addr")
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.stream.write_all(data).expect("write to TCP");
+        self.stream.flush().expect("flush TCP");
+    }
+
+    /// The next complete message, or None if the peer closes or `timeout` passes first.
+    pub fn recv(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = find_subslice(&self.pending, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.pending[..end]).into_owned();
+                let body_len = header_value(&head, "Content-Length", Some("l"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let total = end + 4 + body_len;
+                if self.pending.len() >= total {
+                    let msg: Vec<u8> = self.pending.drain(..total).collect();
+                    return Some(String::from_utf8_lossy(&msg).into_owned());
+                }
             }
-            Ok(n) => data.extend_from_slice(&buf[..n]),
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).ok()?;
+            match self.stream.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+            }
         }
     }
 }
@@ -557,7 +613,8 @@ pub fn header_value(msg: &str, name: &str, compact: Option<&str>) -> Option<Stri
     head.lines().skip(1).find_map(|line| {
         let (n, v) = line.split_once(':')?;
         let n = n.trim();
-        let matches = n.eq_ignore_ascii_case(name) || compact.is_some_and(|c| n.eq_ignore_ascii_case(c));
+        let matches =
+            n.eq_ignore_ascii_case(name) || compact.is_some_and(|c| n.eq_ignore_ascii_case(c));
         matches.then(|| v.trim().to_string())
     })
 }
@@ -620,7 +677,10 @@ pub fn parse_sipp_messages(log: &str) -> Vec<TracedMessage> {
                 Some(h * 3600.0 + m * 60.0 + s)
             })
             .unwrap_or(0.0);
-        let text = body.trim_start_matches(['\r', '\n']).replace("\r\n", "\n").replace('\n', "\r\n");
+        let text = body
+            .trim_start_matches(['\r', '\n'])
+            .replace("\r\n", "\n")
+            .replace('\n', "\r\n");
         out.push(TracedMessage { at, sent, text });
     }
     out
@@ -657,7 +717,11 @@ impl Sipp {
         } else {
             sipp_dir().join(scenario)
         };
-        assert!(scenario.is_file(), "no SIPp scenario at {}", scenario.display());
+        assert!(
+            scenario.is_file(),
+            "no SIPp scenario at {}",
+            scenario.display()
+        );
         Sipp {
             scenario,
             target,
@@ -681,14 +745,16 @@ impl Sipp {
 
     /// `-key name value`: replaces `[name]` inside the scenario's messages.
     pub fn key(mut self, name: &str, value: &str) -> Sipp {
-        self.extra.extend(["-key".into(), name.into(), value.into()]);
+        self.extra
+            .extend(["-key".into(), name.into(), value.into()]);
         self
     }
 
     /// `-set name value`: sets a scenario `<Global>` variable (a string; use `<todouble>`
     /// before using it as a number, e.g. as a `<pause variable=...>`).
     pub fn set(mut self, name: &str, value: &str) -> Sipp {
-        self.extra.extend(["-set".into(), name.into(), value.into()]);
+        self.extra
+            .extend(["-set".into(), name.into(), value.into()]);
         self
     }
 
@@ -775,7 +841,8 @@ impl Sipp {
             std::thread::sleep(Duration::from_millis(50));
         };
 
-        let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
+        let read =
+            |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
         SippRun {
             status,
             messages: read(&messages_path),
