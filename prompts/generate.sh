@@ -111,6 +111,28 @@ done
 both star "star" "Stern"
 both hash "hash" "Raute"
 
+# Number words for the dialplan's say_number step (src/dialplan/say.rs composes
+# 0..=999999 from them): 0-19, the tens, hundred, thousand. German puts the unit
+# first and joins with "und" (vier-und-zwanzig), and says "ein", not "eins",
+# inside compounds (ein-und-zwanzig, ein-hundert): hence num-and and num-one.
+# Both languages get every name so the directories stay alike.
+en_nums=(zero one two three four five six seven eight nine ten eleven twelve
+    thirteen fourteen fifteen sixteen seventeen eighteen nineteen)
+de_nums=(null eins zwei drei vier fünf sechs sieben acht neun zehn elf zwölf
+    dreizehn vierzehn fünfzehn sechzehn siebzehn achtzehn neunzehn)
+for n in $(seq 0 19); do
+    both "num-$n" "${en_nums[$n]}" "${de_nums[$n]}"
+done
+en_tens=(twenty thirty forty fifty sixty seventy eighty ninety)
+de_tens=(zwanzig dreißig vierzig fünfzig sechzig siebzig achtzig neunzig)
+for t in $(seq 2 9); do
+    both "num-${t}0" "${en_tens[$((t - 2))]}" "${de_tens[$((t - 2))]}"
+done
+both num-hundred "hundred" "hundert"
+both num-thousand "thousand" "tausend"
+both num-and "and" "und"
+both num-one "one" "ein"
+
 # The language menu is played before a language is chosen, so it is one
 # bilingual file, identical in every language directory. Each half is
 # spoken by its own voice (a German voice reading English sounds wrong),

@@ -944,27 +944,49 @@ pub fn mask_number(n: &str) -> String {
         .collect()
 }
 
-/// Runs one call from INVITE to the end: answer, flow, BYE, log.
-pub async fn run<F, Fut>(new: NewCall, ctx: CallContext, flow: F)
+/// What a finished call leaves behind (for the audit row).
+#[derive(Debug)]
+pub struct CallSummary<T> {
+    pub facts: CallFacts,
+    pub end: CallEnd,
+    /// DTMF methods seen, in first-seen order.
+    pub dtmf_methods: Vec<DtmfMethod>,
+    pub ended: SystemTime,
+    /// What the flow returned, if the call got as far as running it.
+    pub flow: Option<T>,
+}
+
+/// Runs one call from INVITE to the end: answer, flow, BYE, log. The flow gets the call and
+/// gives it back with how it ended and a value of its own (a dialplan's outcome).
+pub async fn run<F, Fut, T>(new: NewCall, ctx: CallContext, flow: F) -> CallSummary<T>
 where
     F: FnOnce(Call) -> Fut,
-    Fut: Future<Output = (Call, Result<(), CallEnd>)>,
+    Fut: Future<Output = (Call, Result<(), CallEnd>, T)>,
 {
     let started = Instant::now();
+    let facts = CallFacts::from_invite(&new.invite, new.flow.remote);
     let call = match Call::answer(new, ctx).await {
         Ok(call) => call,
         Err(end) => {
             info!(reason = end.as_str(), "call ended before answer");
-            return;
+            return CallSummary {
+                facts,
+                end,
+                dtmf_methods: Vec::new(),
+                ended: SystemTime::now(),
+                flow: None,
+            };
         }
     };
-    let (call, result) = flow(call).await;
+    let facts = call.facts.clone();
+    let (call, result, value) = flow(call).await;
     let end = match result {
         Ok(()) if call.transferred => CallEnd::Transferred,
         Ok(()) => CallEnd::Completed,
         Err(e) => e,
     };
-    let methods: Vec<&str> = call.methods_seen.iter().map(|m| m.as_str()).collect();
+    let dtmf_methods = call.methods_seen.clone();
+    let methods: Vec<&str> = dtmf_methods.iter().map(|m| m.as_str()).collect();
     call.finish(&end).await;
     info!(
         reason = end.as_str(),
@@ -972,6 +994,13 @@ where
         dtmf = %methods.join(","),
         "call ended"
     );
+    CallSummary {
+        facts,
+        end,
+        dtmf_methods,
+        ended: SystemTime::now(),
+        flow: Some(value),
+    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,35 @@ pub struct Config {
     pub demo: DemoConfig,
     pub transfer: TransferConfig,
     pub store: StoreConfig,
+    pub dialplans: DialplansConfig,
+    /// The SMS provider (`provider = "log"` by default: no account needed).
+    pub sms: crate::verify::sms::SmsConfig,
+    /// PIN and SMS limits, lock-outs.
+    pub limits: crate::verify::limits::Limits,
     pub log: LogConfig,
+}
+
+/// Which dialplans answer calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialplansConfig {
+    /// Directory of `*.toml` dialplans; all are loaded and checked at start and on reload.
+    pub dir: PathBuf,
+    /// The plan (by its `name`) that answers dialed numbers no plan lists.
+    pub default: Option<String>,
+    /// Site values that override the plans' `[vars]` (e.g. the queue and fallback URIs), so
+    /// the same plan file can serve several PBXes.
+    pub vars: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for DialplansConfig {
+    fn default() -> Self {
+        DialplansConfig {
+            dir: default_dir("dialplans"),
+            default: Some("verify".into()),
+            vars: Default::default(),
+        }
+    }
 }
 
 /// The SQLite database (customers, lock-outs, SMS sends, audit).
@@ -45,6 +73,10 @@ pub struct StoreConfig {
     /// Database file; created with its schema on first use. Under systemd the unit's
     /// `StateDirectory=` makes `/var/lib/ivrd` writable for it.
     pub path: PathBuf,
+    /// Customers imported when the database is created (a demo needs someone to verify).
+    pub seed_csv: Option<PathBuf>,
+    /// Region for phone numbers written without a country code (CSV imports, caller lookups).
+    pub default_region: String,
 }
 
 impl Default for StoreConfig {
@@ -55,6 +87,8 @@ impl Default for StoreConfig {
             .unwrap_or_else(|| PathBuf::from("."));
         StoreConfig {
             path: dir.join("ivrd.db"),
+            seed_csv: None,
+            default_region: "DE".into(),
         }
     }
 }
@@ -131,6 +165,8 @@ pub struct MediaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoConfig {
+    /// Answer every call with the built-in demo instead of the dialplans.
+    pub enabled: bool,
     pub max_digits: usize,
     pub terminator: char,
     pub first_digit_timeout_ms: u64,
@@ -184,21 +220,28 @@ impl Default for MediaConfig {
 /// Where the bundled prompts are when no config says: `./prompts` (running from a checkout),
 /// the installed package's copy, or the source tree this binary was built from.
 fn default_prompts_dir() -> PathBuf {
+    default_dir("prompts")
+}
+
+/// A bundled directory (`prompts`, `dialplans`, `examples`): `./<name>`, the installed
+/// package's copy, or the source tree this binary was built from.
+pub fn default_dir(name: &str) -> PathBuf {
     let candidates = [
-        PathBuf::from("prompts"),
-        PathBuf::from("/usr/share/ivrd/prompts"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
+        PathBuf::from(name),
+        Path::new("/usr/share/ivrd").join(name),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(name),
     ];
     candidates
         .iter()
         .find(|p| p.is_dir())
         .cloned()
-        .unwrap_or_else(|| PathBuf::from("prompts"))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
+            enabled: false,
             max_digits: 10,
             terminator: '#',
             first_digit_timeout_ms: 10_000,
@@ -217,6 +260,23 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// The embedded default that `ivrd run` uses without `--config`: everything local and
+    /// self-contained for a demo. The database is seeded with the example customers when it
+    /// is created, and the `log` SMS provider writes each message (PIN included) to
+    /// `ivrd-sms.log` beside it, so whoever tries the demo can read the PIN they must type.
+    /// A config file never gets these two: production databases are not seeded and SMS
+    /// texts are not written to files unless the admin asks for it.
+    pub fn embedded() -> Config {
+        let mut cfg = Config::default();
+        let seed = default_dir("examples").join("customers.csv");
+        cfg.store.seed_csv = seed.is_file().then_some(seed);
+        let sms_log = cfg.store.path.with_file_name("ivrd-sms.log");
+        cfg.sms = crate::verify::sms::SmsConfig::Log {
+            path: Some(sms_log),
+        };
+        cfg
+    }
+
     /// Reads, parses and validates a config file; relative paths are resolved against its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -234,6 +294,15 @@ impl Config {
         if cfg.store.path.is_relative() {
             cfg.store.path = base.join(&cfg.store.path);
         }
+        if let Some(seed) = &cfg.store.seed_csv
+            && seed.is_relative()
+        {
+            cfg.store.seed_csv = Some(base.join(seed));
+        }
+        if cfg.dialplans.dir.is_relative() {
+            cfg.dialplans.dir = base.join(&cfg.dialplans.dir);
+        }
+        cfg.sms.resolve_relative_paths(base);
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
@@ -272,6 +341,9 @@ impl Config {
         if self.demo.max_digits == 0 {
             return Err("[demo] max_digits must be at least 1".into());
         }
+        self.limits
+            .validate()
+            .map_err(|e| format!("[limits] {e}"))?;
         Ok(())
     }
 

@@ -21,17 +21,16 @@
 //! - [`call`]: one call; the [`call::CallIo`] API that call flows use.
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
+pub mod admin;
 pub mod call;
 pub mod config;
 pub mod customers_cli;
 pub mod demo;
-pub mod dialplan {
-    //! Dialplans (the interpreter lands with the dialplan module).
-    pub mod services;
-}
+pub mod dialplan;
 
 pub mod media;
 pub mod server;
+pub mod services;
 pub mod sip;
 pub mod store;
 pub mod verify;

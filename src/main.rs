@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
+use ivrd::admin;
+
 #[derive(Parser)]
 #[command(
     name = "ivrd",
@@ -26,6 +28,45 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check the config, every dialplan and every prompt they name; exit 1 on any problem.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a dialplan without a phone: scripted keys, virtual clock, real SQLite, SMS captured.
+    Simulate {
+        /// The dialplan: a name from the dialplans directory, or a path to a .toml file.
+        dialplan: String,
+        /// The caller's number (From).
+        #[arg(long, default_value = "+491701234567")]
+        caller: String,
+        /// The dialed number (Request-URI user).
+        #[arg(long, default_value = "100")]
+        dialed: String,
+        /// Keys: digits, * # A-D; `w` waits 1 s; `W` waits for the prompt to end; `{pin}` types
+        /// the PIN from the captured SMS; `!` hangs up.
+        #[arg(long, default_value = "")]
+        keys: String,
+        /// Make the SMS provider fail (to try the failure branch).
+        #[arg(long)]
+        sms_fails: bool,
+        /// Make transfers to this target fail ("*" for all).
+        #[arg(long)]
+        fail_transfer: Vec<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Database file (overrides the config).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Print a dialplan as a Graphviz DOT or Mermaid flowchart.
+    Graph {
+        dialplan: String,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Manage the customers in the database: import, add, list, disable, enable, remove, unlock.
     Customers {
         /// Configuration file whose [store] path names the database.
@@ -39,9 +80,60 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Check { config } => {
+            let cfg = match load_config(config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            admin::check(&cfg)
+        }
+        Command::Simulate {
+            dialplan,
+            caller,
+            dialed,
+            keys,
+            sms_fails,
+            fail_transfer,
+            config,
+            db,
+        } => {
+            let mut cfg = match load_config(config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            if let Some(db) = db {
+                cfg.store.path = db;
+            }
+            let opts = admin::SimOptions {
+                dialplan,
+                caller,
+                dialed,
+                keys,
+                sms_fails,
+                fail_transfer,
+            };
+            admin::simulate(&cfg, opts)
+        }
+        Command::Graph {
+            dialplan,
+            format,
+            config,
+        } => {
+            let cfg = match load_config(config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            admin::graph(&cfg, &dialplan, matches!(format, GraphFormat::Mermaid))
+        }
         Command::Customers {
             config,
             db,
@@ -73,6 +165,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&cfg.log.level);
+            // A relative config path must survive the daemon changing nothing but still be
+            // found on reload: make it absolute now.
+            let config = config.map(|p| std::path::absolute(&p).unwrap_or(p));
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("ivrd")
@@ -86,8 +181,9 @@ fn main() -> ExitCode {
             };
             let result = rt.block_on(async {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(wait_for_signal(shutdown.clone()));
-                ivrd::server::run(cfg, shutdown, None).await
+                let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(wait_for_signals(shutdown.clone(), reload_tx));
+                ivrd::server::run(cfg, config, shutdown, reload_rx, None).await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -109,7 +205,7 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
             eprintln!("ivrd: {e}");
             ExitCode::from(2)
         }),
-        None => Ok(Config::default()),
+        None => Ok(Config::embedded()),
     }
 }
 
@@ -124,17 +220,26 @@ fn init_logging(level: &str) {
         .init();
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// SIGTERM/SIGINT start a graceful shutdown; SIGHUP asks for a reload.
+async fn wait_for_signals(shutdown: CancellationToken, reload: tokio::sync::mpsc::Sender<()>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                // A reload already queued covers this one too.
+                let _ = reload.try_send(());
+            }
+        }
     }
     tracing::info!("signal received; shutting down");
     shutdown.cancel();

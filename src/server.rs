@@ -1,27 +1,37 @@
-//! The daemon: loads everything, binds every socket, accepts calls and shuts down cleanly.
+//! The daemon: loads everything, binds every socket, accepts calls, reloads and shuts down.
 //!
-//! Start-up order matters to operators: prompts and config are loaded and checked first (a bad
-//! file is named before any socket is bound), then the media engine and SIP listeners start,
-//! and only then is the daemon "ready". Shutdown takes the token from the caller (the binary
-//! wires it to SIGTERM/SIGINT; tests cancel it directly): new INVITEs get 503, calls in progress
-//! may run until the drain deadline, then get BYE.
+//! Start-up order matters to operators: config, prompts and dialplans are loaded and checked
+//! first (a bad file is named before any socket is bound), then the store, media engine and
+//! SIP listeners start, and only then is the daemon "ready".
+//!
+//! What a reload may change (prompts, dialplans, SMS provider, limits, dialplan vars) lives in
+//! a [`Snapshot`]. A reload builds a whole new snapshot and swaps it in at once; a call takes
+//! the snapshot current when it starts and keeps it to the end, so calls in progress finish on
+//! the version they started with. If anything in the new files is wrong, the running snapshot
+//! stays and the log says why. Listen addresses, RTP ports and the database path need a restart.
 
-use crate::call::{self, CallContext, CallSettings};
+use crate::call::{self, CallContext, CallEnd, CallSettings, CallSummary};
 use crate::config::Config;
+use crate::dialplan::{self, CheckEnv, Dialplan, FlowResult};
 use crate::media::engine::{MediaEngine, MediaSettings};
 use crate::media::prompt::PromptLibrary;
-use crate::sip::core::{self, CoreConfig};
+use crate::services::{CallServices, SentHook, Shared};
+use crate::sip::core::{self, CoreConfig, NewCall};
+use crate::sip::message::{ResponseBuilder, uri_user};
 use crate::sip::sdp::Codec;
 use crate::sip::transaction::Timers;
 use crate::sip::transport::{self, Protocol};
+use crate::store::{AuditRow, Store};
+use crate::verify::limits::Verifier;
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 /// How long calls in progress may go on after shutdown starts, before they get BYE.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -32,30 +42,141 @@ pub struct Ready {
     pub sip: Vec<(Protocol, SocketAddr)>,
 }
 
-/// Runs the daemon until `shutdown` is cancelled. `ready` is told once every socket is bound.
-pub async fn run(
-    cfg: Config,
-    shutdown: CancellationToken,
-    ready: Option<tokio::sync::oneshot::Sender<Ready>>,
-) -> anyhow::Result<()> {
+/// Everything a reload can replace, validated as a whole.
+pub struct Snapshot {
+    pub prompts: Arc<PromptLibrary>,
+    pub plans: Vec<Arc<Dialplan>>,
+    pub default_plan: Option<Arc<Dialplan>>,
+    pub services: Arc<Shared>,
+    pub demo: Option<crate::config::DemoConfig>,
+}
+
+/// Loads and checks prompts and dialplans (no database, no network): what `ivrd check` runs.
+pub fn load_flows(cfg: &Config) -> anyhow::Result<(PromptLibrary, Vec<Dialplan>)> {
     let prompts = PromptLibrary::load(&cfg.media.prompts_dir)
         .with_context(|| format!("loading prompts from {}", cfg.media.prompts_dir.display()))?;
-    let lang = &cfg.media.default_language;
-    let missing: Vec<&str> = crate::demo::PROMPTS
-        .iter()
-        .copied()
-        .filter(|p| !prompts.contains(lang, p))
-        .collect();
-    if !missing.is_empty() {
+    if cfg.demo.enabled {
+        let lang = &cfg.media.default_language;
+        let missing: Vec<&str> = crate::demo::PROMPTS
+            .iter()
+            .copied()
+            .filter(|p| !prompts.contains(lang, p))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{}: language {lang:?} lacks the demo prompts {} (add {}/<name>.wav files)",
+                cfg.media.prompts_dir.display(),
+                missing.join(", "),
+                cfg.media.prompts_dir.join(lang).display()
+            );
+        }
+        return Ok((prompts, Vec::new()));
+    }
+    let languages: Vec<String> = prompts.languages().map(str::to_string).collect();
+    let exists = |lang: &str, name: &str| prompts.contains(lang, name);
+    let env = CheckEnv {
+        prompt_exists: &exists,
+        languages: &languages,
+    };
+    let mut plans = dialplan::load_dir(&cfg.dialplans.dir, &env)?;
+    if plans.is_empty() {
         bail!(
-            "{}: language {lang:?} lacks the prompts {} (add {}/<name>.wav files)",
-            cfg.media.prompts_dir.display(),
-            missing.join(", "),
-            cfg.media.prompts_dir.join(lang).display()
+            "{}: no dialplans (*.toml) found",
+            cfg.dialplans.dir.display()
         );
     }
-    info!(prompts = prompts.len(), languages = %prompts.languages().collect::<Vec<_>>().join(","), "prompts loaded");
-    let prompts = Arc::new(prompts);
+    for plan in &mut plans {
+        for (k, v) in &cfg.dialplans.vars {
+            plan.vars.insert(k.clone(), v.clone());
+        }
+    }
+    if let Some(name) = &cfg.dialplans.default
+        && !plans.iter().any(|p| &p.name == name)
+    {
+        let known: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            "[dialplans] default = {name:?}, but {} has no plan of that name (it has: {})",
+            cfg.dialplans.dir.display(),
+            known.join(", ")
+        );
+    }
+    Ok((prompts, plans))
+}
+
+/// Builds a snapshot over an open store.
+pub fn build_snapshot(
+    cfg: &Config,
+    store: Arc<Store>,
+    on_sent: Option<SentHook>,
+) -> anyhow::Result<Snapshot> {
+    let (prompts, plans) = load_flows(cfg)?;
+    let sms = crate::verify::sms::build(&cfg.sms).context("[sms]")?;
+    let verifier = Verifier::new(store.clone(), cfg.limits.clone()).context("[limits]")?;
+    let plans: Vec<Arc<Dialplan>> = plans.into_iter().map(Arc::new).collect();
+    let default_plan = cfg
+        .dialplans
+        .default
+        .as_ref()
+        .and_then(|name| plans.iter().find(|p| &p.name == name).cloned());
+    Ok(Snapshot {
+        prompts: Arc::new(prompts),
+        plans,
+        default_plan,
+        services: Arc::new(Shared {
+            store,
+            verifier: Arc::new(verifier),
+            sms,
+            default_region: cfg.store.default_region.clone(),
+            on_sent,
+        }),
+        demo: cfg.demo.enabled.then(|| cfg.demo.clone()),
+    })
+}
+
+/// Opens the database; a new one gets the seed customers, if configured.
+pub fn open_store(cfg: &Config) -> anyhow::Result<Arc<Store>> {
+    let fresh = !cfg.store.path.exists();
+    let store = Store::open(&cfg.store.path)
+        .with_context(|| format!("opening {}", cfg.store.path.display()))?;
+    if fresh && let Some(seed) = &cfg.store.seed_csv {
+        let file = std::fs::File::open(seed)
+            .with_context(|| format!("seed customers {}", seed.display()))?;
+        let report = store.import_csv(file, &cfg.store.default_region)?;
+        info!(created = report.created, rejected = report.rejected.len(), file = %seed.display(), "seed customers imported");
+    }
+    Ok(Arc::new(store))
+}
+
+impl Snapshot {
+    /// The plan answering `dialed`, or the default.
+    pub fn plan_for(&self, dialed: &str) -> Option<Arc<Dialplan>> {
+        self.plans
+            .iter()
+            .filter_map(|p| p.answers(dialed).map(|score| (score, p)))
+            .max_by_key(|(score, _)| *score)
+            .map(|(_, p)| p.clone())
+            .or_else(|| self.default_plan.clone())
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled. `ready` is told once every socket is bound;
+/// each message on `reload` re-reads `config_path` (or the defaults), prompts and dialplans.
+pub async fn run(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+    mut reload: mpsc::Receiver<()>,
+    ready: Option<tokio::sync::oneshot::Sender<Ready>>,
+) -> anyhow::Result<()> {
+    let store = open_store(&cfg)?;
+    let snapshot = build_snapshot(&cfg, store.clone(), None)?;
+    info!(
+        prompts = snapshot.prompts.len(),
+        languages = %snapshot.prompts.languages().collect::<Vec<_>>().join(","),
+        dialplans = %snapshot.plans.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","),
+        "loaded"
+    );
+    let current = Arc::new(RwLock::new(Arc::new(snapshot)));
 
     let (t1, t2, t4) = cfg.timers();
     let media = MediaEngine::start(MediaSettings {
@@ -105,30 +226,23 @@ pub async fn run(
         })
         .collect();
     let hangup_all = CancellationToken::new();
-    let ctx = CallContext {
-        core: core.clone(),
-        media,
-        prompts,
-        settings: Arc::new(CallSettings {
-            user_agent: cfg.sip.user_agent.clone(),
-            ring: Duration::from_millis(cfg.sip.ring_ms),
-            max_call: (cfg.media.max_call_secs > 0)
-                .then(|| Duration::from_secs(cfg.media.max_call_secs)),
-            codecs,
-            announce_ip: cfg.media.announce_ip,
-            public_host: cfg.sip.public_host.clone(),
-            default_language: cfg.media.default_language.clone(),
-            dtmf_dedup_window: crate::media::dtmf::DigitDedup::DEFAULT_WINDOW,
-            transfer_timeout: Duration::from_secs(cfg.transfer.timeout_secs),
-            auth: cfg
-                .transfer
-                .username
-                .clone()
-                .zip(cfg.transfer.password.clone()),
-        }),
-        hangup_all: hangup_all.clone(),
-    };
-    let demo = Arc::new(cfg.demo.clone());
+    let settings = Arc::new(CallSettings {
+        user_agent: cfg.sip.user_agent.clone(),
+        ring: Duration::from_millis(cfg.sip.ring_ms),
+        max_call: (cfg.media.max_call_secs > 0)
+            .then(|| Duration::from_secs(cfg.media.max_call_secs)),
+        codecs,
+        announce_ip: cfg.media.announce_ip,
+        public_host: cfg.sip.public_host.clone(),
+        default_language: cfg.media.default_language.clone(),
+        dtmf_dedup_window: crate::media::dtmf::DigitDedup::DEFAULT_WINDOW,
+        transfer_timeout: Duration::from_secs(cfg.transfer.timeout_secs),
+        auth: cfg
+            .transfer
+            .username
+            .clone()
+            .zip(cfg.transfer.password.clone()),
+    });
     let calls = TaskTracker::new();
     info!(sip = %bound.iter().map(|(p, a)| format!("{}:{a}", p.via_name().to_lowercase())).collect::<Vec<_>>().join(","), "ivrd ready");
     if let Some(ready) = ready {
@@ -138,16 +252,27 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(new) = calls_rx.recv() => {
+                let snap = current.read().expect("snapshot lock").clone();
+                let ctx = CallContext {
+                    core: core.clone(),
+                    media: media.clone(),
+                    prompts: snap.prompts.clone(),
+                    settings: settings.clone(),
+                    hangup_all: hangup_all.clone(),
+                };
                 let span = info_span!("call", call_id = %new.invite.call_id);
-                let ctx = ctx.clone();
-                let demo = demo.clone();
-                calls.spawn(
-                    call::run(new, ctx, move |mut c| async move {
-                        let r = crate::demo::run(&mut c, &demo).await;
-                        (c, r)
-                    })
-                    .instrument(span),
-                );
+                calls.spawn(handle_call(new, ctx, snap).instrument(span));
+            }
+            Some(()) = reload.recv() => {
+                let started = std::time::Instant::now();
+                match reload_snapshot(config_path.as_deref(), &cfg, store.clone()) {
+                    Ok(snap) => {
+                        let names: Vec<String> = snap.plans.iter().map(|p| p.name.clone()).collect();
+                        *current.write().expect("snapshot lock") = Arc::new(snap);
+                        info!(dialplans = %names.join(","), ms = started.elapsed().as_millis() as u64, "reloaded");
+                    }
+                    Err(e) => error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
+                }
             }
             _ = shutdown.cancelled() => break,
         }
@@ -166,10 +291,101 @@ pub async fn run(
             "drain deadline passed; hanging up remaining calls"
         );
         hangup_all.cancel();
-        // Calls send BYE and wait for its answer (at most Timer F); give them that long.
+        // Calls send BYE and wait for its answer (at most Timer F), then write their audit row.
         let _ = tokio::time::timeout(t1 * 64 + Duration::from_secs(1), calls.wait()).await;
     }
     sip_shutdown.cancel();
     info!("stopped");
     Ok(())
+}
+
+fn reload_snapshot(
+    config_path: Option<&Path>,
+    running: &Config,
+    store: Arc<Store>,
+) -> anyhow::Result<Snapshot> {
+    let cfg = match config_path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if cfg.sip.udp != running.sip.udp
+        || cfg.sip.tcp != running.sip.tcp
+        || cfg.store.path != running.store.path
+    {
+        warn!("listen addresses and the database path change only on restart");
+    }
+    build_snapshot(&cfg, store, None)
+}
+
+/// One call: pick its dialplan, run it, write its audit row.
+async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>) {
+    let dialed = new
+        .invite
+        .request_uri()
+        .and_then(uri_user)
+        .unwrap_or_default()
+        .to_string();
+    let store = snap.services.store.clone();
+    let summary: CallSummary<Option<FlowResult>> = if let Some(demo) = snap.demo.clone() {
+        call::run(new, ctx, move |mut c| async move {
+            let r = crate::demo::run(&mut c, &demo).await;
+            (c, r, None)
+        })
+        .await
+    } else {
+        let Some(plan) = snap.plan_for(&dialed) else {
+            // Nobody answers this number: say so instead of letting it ring.
+            info!(%dialed, "no dialplan for the dialed number");
+            let resp = ResponseBuilder::new(&new.invite, 404, "Not Found")
+                .received_from(new.flow.remote)
+                .to_tag(&new.local_tag)
+                .build();
+            ctx.core.respond(new.tx, 404, resp);
+            return;
+        };
+        let services = CallServices {
+            shared: snap.services.clone(),
+            plan: plan.clone(),
+        };
+        call::run(new, ctx, move |mut c| async move {
+            let r = dialplan::run(&plan, &mut c, &services).await;
+            info!(outcome = r.outcome.as_str(), plan = %plan.name, "flow finished");
+            let result = r.call_result();
+            (c, result, Some(r))
+        })
+        .await
+    };
+    let row = audit_row(&summary, &dialed);
+    let written = tokio::task::spawn_blocking(move || store.write_audit(&row)).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %e, "audit row not written"),
+        Err(e) => error!(error = %e, "audit task failed"),
+    }
+}
+
+/// The audit outcome: the flow's verification outcome when it ran, else how the call ended.
+fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str) -> AuditRow {
+    let flow = s.flow.as_ref().and_then(|f| f.as_ref());
+    let outcome = match (flow, &s.end) {
+        (Some(f), _) => f.outcome.as_str().to_string(),
+        (None, CallEnd::Cancelled | CallEnd::CallerHangup) => "caller-hangup".into(),
+        (None, end) => end.as_str().to_string(),
+    };
+    AuditRow {
+        call_id: s.facts.call_id.clone(),
+        caller: s.facts.caller.clone(),
+        dialed: dialed.to_string(),
+        customer_id: flow.and_then(|f| f.customer_id.clone()),
+        outcome,
+        started_at: s.facts.started,
+        ended_at: s.ended,
+        dtmf_methods: s
+            .dtmf_methods
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        detail: Some(format!("end={}", s.end.as_str())),
+    }
 }

@@ -235,6 +235,10 @@ rtp_ip = "127.0.0.1"
 rtp_port_min = {rtp_min}
 rtp_port_max = {rtp_max}
 
+# The call-engine tests drive the built-in demo flow; dialplan tests turn it off.
+[demo]
+enabled = true
+
 [log]
 level = "info"
 "#

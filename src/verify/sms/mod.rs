@@ -232,10 +232,10 @@ impl SmsConfig {
     /// Makes a relative `log` path relative to `dir` (the config file's directory), as for
     /// every other path in the configuration.
     pub fn resolve_relative_paths(&mut self, dir: &Path) {
-        if let SmsConfig::Log { path: Some(p) } = self {
-            if p.is_relative() {
-                *p = dir.join(&*p);
-            }
+        if let SmsConfig::Log { path: Some(p) } = self
+            && p.is_relative()
+        {
+            *p = dir.join(&*p);
         }
     }
 }

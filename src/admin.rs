@@ -1,0 +1,184 @@
+//! The admin commands behind `ivrd check`, `ivrd simulate` and `ivrd graph`: what a telephony
+//! admin runs before a reload, or instead of picking up a phone.
+
+use crate::config::Config;
+use crate::dialplan::{self, CheckEnv, Dialplan, SentSms, SimCall, sim_facts};
+use crate::media::prompt::PromptLibrary;
+use crate::server::{load_flows, open_store};
+use crate::services::{CallServices, SentHook, Shared};
+use crate::verify::limits::Verifier;
+use crate::verify::sms::{CaptureProvider, SmsError};
+use anyhow::{Context, bail};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+/// `ivrd check`: config, prompts, dialplans, SMS provider settings, limits. Prints every
+/// problem (file:line: what and what to do) and exits 1 if there was any.
+pub fn check(cfg: &Config) -> ExitCode {
+    let mut ok = true;
+    match load_flows(cfg) {
+        Ok((prompts, plans)) => {
+            let langs: Vec<&str> = prompts.languages().collect();
+            println!(
+                "prompts: {} in {} ({})",
+                prompts.len(),
+                cfg.media.prompts_dir.display(),
+                langs.join(", ")
+            );
+            for p in &plans {
+                println!(
+                    "dialplan {:?} ({}): ok, {} steps",
+                    p.name,
+                    p.file,
+                    p.steps.len()
+                );
+            }
+        }
+        Err(e) => {
+            ok = false;
+            eprintln!("{e:#}");
+        }
+    }
+    if let Err(e) = crate::verify::sms::build(&cfg.sms) {
+        ok = false;
+        eprintln!("[sms]: {e}");
+    }
+    if let Err(e) = cfg.limits.validate() {
+        ok = false;
+        eprintln!("[limits]: {e}");
+    }
+    if ok {
+        println!("all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Finds a dialplan by name in the configured directory, or loads it from a path.
+fn find_plan(cfg: &Config, prompts: &PromptLibrary, which: &str) -> anyhow::Result<Dialplan> {
+    let languages: Vec<String> = prompts.languages().map(str::to_string).collect();
+    let exists = |lang: &str, name: &str| prompts.contains(lang, name);
+    let env = CheckEnv {
+        prompt_exists: &exists,
+        languages: &languages,
+    };
+    let path = Path::new(which);
+    let mut plan = if which.ends_with(".toml") || path.is_file() {
+        dialplan::load_file(path, &env)?
+    } else {
+        let plans = dialplan::load_dir(&cfg.dialplans.dir, &env)?;
+        let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
+        match plans.into_iter().find(|p| p.name == which) {
+            Some(p) => p,
+            None => bail!(
+                "no dialplan named {which:?} in {} (it has: {})",
+                cfg.dialplans.dir.display(),
+                names.join(", ")
+            ),
+        }
+    };
+    for (k, v) in &cfg.dialplans.vars {
+        plan.vars.insert(k.clone(), v.clone());
+    }
+    Ok(plan)
+}
+
+fn prompts(cfg: &Config) -> anyhow::Result<PromptLibrary> {
+    PromptLibrary::load(&cfg.media.prompts_dir)
+        .with_context(|| format!("loading prompts from {}", cfg.media.prompts_dir.display()))
+}
+
+/// `ivrd graph`.
+pub fn graph(cfg: &Config, which: &str, mermaid: bool) -> ExitCode {
+    let result = prompts(cfg).and_then(|p| find_plan(cfg, &p, which));
+    match result {
+        Ok(plan) => {
+            let out = if mermaid {
+                dialplan::to_mermaid(&plan)
+            } else {
+                dialplan::to_dot(&plan)
+            };
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ivrd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `ivrd simulate` was asked to do.
+pub struct SimOptions {
+    pub dialplan: String,
+    pub caller: String,
+    pub dialed: String,
+    pub keys: String,
+    pub sms_fails: bool,
+    pub fail_transfer: Vec<String>,
+}
+
+/// Runs a simulated call and returns its transcript.
+pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<String> {
+    let prompts = Arc::new(prompts(cfg)?);
+    let plan = Arc::new(find_plan(cfg, &prompts, &opts.dialplan)?);
+    let store = open_store(cfg)?;
+    let capture = CaptureProvider::new();
+    if opts.sms_fails {
+        capture.fail_with(SmsError::Unavailable("simulated provider outage".into()));
+    }
+    let sent: Arc<Mutex<Vec<SentSms>>> = Arc::default();
+    let hook: SentHook = {
+        let sent = sent.clone();
+        Arc::new(move |msg, pin| {
+            sent.lock().expect("capture lock").push(SentSms {
+                to: msg.to.clone(),
+                text: msg.text.clone(),
+                pin: pin.to_string(),
+            })
+        })
+    };
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        verifier: Arc::new(Verifier::new(store, cfg.limits.clone()).context("[limits]")?),
+        sms: Arc::new(capture),
+        default_region: cfg.store.default_region.clone(),
+        on_sent: Some(hook),
+    });
+    let services = CallServices {
+        shared,
+        plan: plan.clone(),
+    };
+    let durations = prompts.clone();
+    let call = SimCall::new(sim_facts(&opts.caller, &opts.dialed), &opts.keys)
+        .map_err(|e| anyhow::anyhow!("--keys: {e}"))?
+        .sms_capture(move || sent.lock().expect("capture lock").clone())
+        .prompt_durations(move |lang, name| {
+            durations
+                .get(lang, name)
+                .map(|p| p.duration())
+                .unwrap_or(dialplan::sim::DEFAULT_PROMPT_DURATION)
+        })
+        .fail_transfers(opts.fail_transfer.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sim = rt.block_on(dialplan::simulate(&plan, call, &services));
+    Ok(sim.format())
+}
+
+/// `ivrd simulate`.
+pub fn simulate(cfg: &Config, opts: SimOptions) -> ExitCode {
+    match simulate_transcript(cfg, opts) {
+        Ok(t) => {
+            print!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ivrd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The daemon's [`FlowServices`]: customers from SQLite, PINs from the verifier, SMS through the
+//! configured provider. `ivrd simulate` uses the same type with a capturing provider, so a
+//! simulated call exercises the real store, limits and lock-outs.
+//!
+//! SQLite calls are blocking: they run on tokio's blocking pool (`spawn_blocking`) so a slow disk
+//! never stalls the tasks that pace RTP and answer SIP.
+
+use crate::call::mask_number;
+use crate::dialplan::Dialplan;
+use crate::dialplan::model::render_sms;
+use crate::dialplan::services::{
+    CheckPinOutcome, FlowServices, LookupBy, LookupOutcome, PinRequest, SendPinOutcome,
+};
+use crate::store::{Store, normalize_phone};
+use crate::verify::limits::Verifier;
+use crate::verify::sms::{SmsMessage, SmsProvider};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tracing::{info, warn};
+
+/// Called with every SMS that was sent and the PIN in it (the simulator types it back).
+pub type SentHook = Arc<dyn Fn(&SmsMessage, &str) + Send + Sync>;
+
+/// What all calls share.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub verifier: Arc<Verifier>,
+    pub sms: Arc<dyn SmsProvider>,
+    /// Region for numbers without a country code (lookup by the caller's number).
+    pub default_region: String,
+    pub on_sent: Option<SentHook>,
+}
+
+/// The services for one call: the shared parts plus the call's dialplan (for its SMS texts).
+#[derive(Clone)]
+pub struct CallServices {
+    pub shared: Arc<Shared>,
+    pub plan: Arc<Dialplan>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(error = %e, "store task failed");
+            None
+        }
+    }
+}
+
+impl FlowServices for CallServices {
+    async fn lookup_customer(&self, by: LookupBy, value: &str) -> LookupOutcome {
+        let shared = self.shared.clone();
+        let value = value.to_string();
+        let r = blocking(move || -> Result<LookupOutcome, String> {
+            let found = match by {
+                LookupBy::Id => shared
+                    .store
+                    .find_customer(&value)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                LookupBy::Mobile => match normalize_phone(&value, &shared.default_region) {
+                    Ok(e164) => shared
+                        .store
+                        .find_by_mobile(&e164)
+                        .map_err(|e| e.to_string())?,
+                    // A caller number we cannot read matches nobody.
+                    Err(_) => Vec::new(),
+                },
+            };
+            // A disabled customer is "not found": same prompts, same timing (no enumeration).
+            let mut enabled: Vec<_> = found.into_iter().filter(|c| c.enabled).collect();
+            match enabled.len() {
+                0 => Ok(LookupOutcome::NotFound),
+                1 => {
+                    let c = enabled.remove(0);
+                    if shared
+                        .verifier
+                        .is_locked(&c.id, SystemTime::now())
+                        .map_err(|e| e.to_string())?
+                    {
+                        return Ok(LookupOutcome::LockedOut);
+                    }
+                    Ok(LookupOutcome::Found(c.into()))
+                }
+                _ => Ok(LookupOutcome::Ambiguous),
+            }
+        })
+        .await;
+        match r {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => LookupOutcome::Error(e),
+            None => LookupOutcome::Error("store task failed".into()),
+        }
+    }
+
+    async fn send_pin(&self, req: &PinRequest) -> SendPinOutcome {
+        let shared = self.shared.clone();
+        let r = {
+            let req = req.clone();
+            let shared = shared.clone();
+            blocking(move || {
+                let customer = shared
+                    .store
+                    .find_customer(&req.customer_id)
+                    .map_err(|e| e.to_string())?;
+                let Some(customer) = customer else {
+                    return Err("customer vanished".to_string());
+                };
+                let pin = shared.verifier.prepare_pin(
+                    &req.customer_id,
+                    &req.caller,
+                    req.length,
+                    Instant::now(),
+                    SystemTime::now(),
+                );
+                Ok((customer, pin))
+            })
+            .await
+        };
+        let (customer, pin) = match r {
+            Some(Ok((c, Ok(pin)))) => (c, pin),
+            Some(Ok((_, Err(refusal)))) => {
+                info!(customer = %req.customer_id, refusal = ?refusal, "PIN not sent");
+                return refusal.to_outcome();
+            }
+            Some(Err(e)) => return SendPinOutcome::Failed(e),
+            None => return SendPinOutcome::Failed("store task failed".into()),
+        };
+        let minutes = shared.verifier.limits().pin_minutes();
+        let Some(template) = self.plan.sms_template(&req.language) else {
+            shared.verifier.revoke_pin(&req.customer_id);
+            return SendPinOutcome::Failed(format!("no SMS text for language {}", req.language));
+        };
+        let text = render_sms(template, pin.expose(), minutes, &customer.name);
+        let msg = SmsMessage {
+            // Only ever the number on file (never one the caller typed): SMS pumping guard.
+            to: customer.mobile.clone(),
+            text,
+            reference: uuid::Uuid::new_v4().to_string(),
+            ttl: shared.verifier.limits().pin_ttl(),
+        };
+        let started = Instant::now();
+        match shared.sms.send(&msg).await {
+            Ok(receipt) => {
+                info!(
+                    customer = %req.customer_id,
+                    to = %mask_number(&msg.to),
+                    provider = receipt.provider,
+                    ms = started.elapsed().as_millis() as u64,
+                    "PIN sent"
+                );
+                if let Some(hook) = &shared.on_sent {
+                    hook(&msg, pin.expose());
+                }
+                SendPinOutcome::Sent { minutes }
+            }
+            Err(e) => {
+                // The PIN never reached the customer: void it (the send still counts toward
+                // the limits, so an outage cannot be used to get unlimited sends).
+                shared.verifier.revoke_pin(&req.customer_id);
+                warn!(customer = %req.customer_id, error = %e, "SMS failed");
+                SendPinOutcome::Failed(e.to_string())
+            }
+        }
+    }
+
+    async fn check_pin(&self, customer_id: &str, input: &str) -> CheckPinOutcome {
+        let shared = self.shared.clone();
+        let id = customer_id.to_string();
+        let input = zeroize::Zeroizing::new(input.to_string());
+        blocking(move || {
+            shared
+                .verifier
+                .check_pin(&id, &input, Instant::now(), SystemTime::now())
+        })
+        .await
+        // A store failure must not let a caller through: fail closed.
+        .unwrap_or(CheckPinOutcome::LockedOut)
+    }
+}
