@@ -144,4 +144,11 @@ sox -R -V1 "$tmp/menu-en.wav" "$tmp/gap.wav" "$tmp/menu-de.wav" "$tmp/menu.wav"
 finish "$tmp/menu.wav" en/language-menu.wav
 cp en/language-menu.wav de/language-menu.wav
 
+# The wait tone: played (repeatedly) while ivrd waits on something slower than the
+# prompt that announced it (an SMS provider), so the caller never hears dead air.
+# A short soft 440 Hz beep followed by silence; no speech, so one file serves all.
+sox -R -V1 -n -r 16000 -c 1 -b 16 "$tmp/beep.wav" synth 0.2 sine 440 fade 0.02 0.2 0.05 vol 0.25
+sox -R -V1 "$tmp/beep.wav" en/wait-tone.wav pad 0 1.3
+cp en/wait-tone.wav de/wait-tone.wav
+
 echo "generated $(find en de -name '*.wav' | wc -l) prompts in $(pwd)"
