@@ -1,0 +1,259 @@
+//! The admin's tools, run as the admin runs them: the `ivrd` binary with real files.
+//! `check` on good and broken plans, `simulate` through the shipped flow on a real SQLite
+//! file, `graph`, `customers import`, and SIGHUP reload keeping the running version when a
+//! new file is broken.
+
+mod common;
+
+use common::Daemon;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn ivrd(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ivrd"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run ivrd")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Whether `s` contains `n` ASCII digits in a row (a PIN would).
+fn has_digit_run(s: &str, n: usize) -> bool {
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c.is_ascii_digit() { run + 1 } else { 0 };
+        if run >= n {
+            return true;
+        }
+    }
+    false
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A config in `dir` pointing at the repo's prompts and at `plans`.
+fn write_config(dir: &Path, plans: &Path) -> PathBuf {
+    let cfg = dir.join("ivrd.toml");
+    let body = format!(
+        "[media]\nprompts_dir = {:?}\n[dialplans]\ndir = {:?}\ndefault = \"verify\"\n[store]\npath = \"ivrd.db\"\nseed_csv = {:?}\n",
+        repo().join("prompts"),
+        plans,
+        repo().join("examples/customers.csv"),
+    );
+    std::fs::write(&cfg, body).unwrap();
+    cfg
+}
+
+fn copy_plans(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in ["verify.toml", "demo.toml"] {
+        std::fs::copy(repo().join("dialplans").join(name), to.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn check_passes_on_the_shipped_files_and_names_file_and_line_when_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    copy_plans(&plans);
+    let cfg = write_config(dir.path(), &plans);
+    let ok = ivrd(&["check", "--config", cfg.to_str().unwrap()], dir.path());
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(text(&ok).contains("all checks passed"));
+
+    // A dangling transition: the problem names the file, the line and the fix.
+    let verify = std::fs::read_to_string(plans.join("verify.toml")).unwrap();
+    let broken = verify.replacen("on_failure = \"fallback\"", "on_failure = \"fallbak\"", 1);
+    assert_ne!(
+        broken, verify,
+        "the shipped plan has an on_failure to fallback"
+    );
+    std::fs::write(plans.join("verify.toml"), &broken).unwrap();
+    let line = broken
+        .lines()
+        .position(|l| l.contains("\"fallbak\""))
+        .unwrap()
+        + 1;
+    let bad = ivrd(&["check", "--config", cfg.to_str().unwrap()], dir.path());
+    let out = text(&bad);
+    assert!(!bad.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("verify.toml:{line}:")),
+        "no file:line in: {out}"
+    );
+    assert!(
+        out.contains("fallbak") && out.contains("did you mean \"fallback\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn simulate_runs_the_verified_branch_on_a_real_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    copy_plans(&plans);
+    let cfg = write_config(dir.path(), &plans);
+    let c = cfg.to_str().unwrap();
+    let verified = ivrd(
+        &[
+            "simulate",
+            "verify",
+            "--config",
+            c,
+            "--keys",
+            "123456 W {pin}",
+        ],
+        dir.path(),
+    );
+    let out = text(&verified);
+    assert!(verified.status.success(), "{out}");
+    assert!(out.contains("end: verified, customer 123456"), "{out}");
+    assert!(out.contains("X-Customer-Id: 123456"), "{out}");
+    // The transcript never shows the PIN: the SMS line is masked.
+    let sms = out
+        .lines()
+        .find(|l| l.contains("sms to"))
+        .expect("an SMS line");
+    let body = sms.split_once(": ").map(|(_, b)| b).unwrap_or(sms);
+    assert!(body.contains("****") && !has_digit_run(body, 4), "{sms}");
+    assert!(
+        dir.path().join("ivrd.db").exists(),
+        "the simulation used the configured SQLite file"
+    );
+
+    // An unknown customer goes to the fallback, with no SMS.
+    let unknown = text(&ivrd(
+        &["simulate", "verify", "--config", c, "--keys", "999999"],
+        dir.path(),
+    ));
+    assert!(unknown.contains("end: unknown-customer"), "{unknown}");
+    assert!(!unknown.contains("sms to"), "{unknown}");
+
+    // The provider fails: the sms-failed branch.
+    let down = text(&ivrd(
+        &[
+            "simulate",
+            "verify",
+            "--config",
+            c,
+            "--keys",
+            "234567",
+            "--sms-fails",
+        ],
+        dir.path(),
+    ));
+    assert!(down.contains("end: sms-failed"), "{down}");
+}
+
+#[test]
+fn graph_prints_dot_and_mermaid() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    copy_plans(&plans);
+    let cfg = write_config(dir.path(), &plans);
+    let dot = text(&ivrd(
+        &["graph", "verify", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+    ));
+    assert!(dot.starts_with("digraph"), "{dot}");
+    assert!(dot.contains("check_pin") || dot.contains("check"), "{dot}");
+    let mermaid = text(&ivrd(
+        &[
+            "graph",
+            "verify",
+            "--format",
+            "mermaid",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        dir.path(),
+    ));
+    assert!(mermaid.starts_with("flowchart"), "{mermaid}");
+}
+
+#[test]
+fn customers_import_reports_bad_rows_by_line_and_keeps_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("c.csv");
+    std::fs::write(
+        &csv,
+        "id,name,mobile\n111111,Ann,+491701112233\n222222,Bob,12\n333333,Cy,+4915112345678\n",
+    )
+    .unwrap();
+    let db = dir.path().join("c.db");
+    let o = ivrd(
+        &[
+            "customers",
+            "--db",
+            db.to_str().unwrap(),
+            "import",
+            csv.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("line 3:"), "{}", text(&o));
+    let list = text(&ivrd(
+        &["customers", "--db", db.to_str().unwrap(), "list"],
+        dir.path(),
+    ));
+    assert!(
+        list.contains("111111") && list.contains("333333") && !list.contains("222222"),
+        "{list}"
+    );
+    assert!(list.contains("+491701112233"), "stored as E.164: {list}");
+}
+
+#[test]
+fn sighup_reload_keeps_the_running_plans_when_a_file_is_broken() {
+    let plans = tempfile::tempdir().unwrap();
+    copy_plans(plans.path());
+    let daemon = Daemon::start(&format!(
+        "[demo]\nenabled = false\n[dialplans]\ndir = {:?}\ndefault = \"verify\"\n",
+        plans.path()
+    ));
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &daemon.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    // Broken: a step going nowhere. The reload fails, says why, and the daemon keeps serving.
+    let verify = std::fs::read_to_string(plans.path().join("verify.toml")).unwrap();
+    std::fs::write(
+        plans.path().join("verify.toml"),
+        verify.replacen("on_failure = \"fallback\"", "on_failure = \"nowhere\"", 1),
+    )
+    .unwrap();
+    hup();
+    assert!(
+        daemon.wait_for_log("reload failed", Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("nowhere"),
+        "the failure names the problem: {}",
+        daemon.log()
+    );
+    // Fixed: the reload goes through.
+    std::fs::write(plans.path().join("verify.toml"), &verify).unwrap();
+    hup();
+    assert!(
+        daemon.wait_for_log("reloaded", Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+}
