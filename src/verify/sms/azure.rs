@@ -218,14 +218,7 @@ fn judge(status: u16, body: &[u8], msg: &SmsMessage) -> Verdict {
         };
         (status, reason)
     };
-    if status == 429 || status >= 500 {
-        Verdict::Retry(reason)
-    } else {
-        Verdict::Done(Err(SmsError::Rejected {
-            status: Some(status),
-            reason,
-        }))
-    }
+    Verdict::from_error_status(status, reason)
 }
 
 #[cfg(test)]

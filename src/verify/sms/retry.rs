@@ -91,6 +91,21 @@ pub(crate) enum Verdict {
     Retry(String),
 }
 
+impl Verdict {
+    /// The verdict on an HTTP error status, the same for every provider: 429 and 5xx may
+    /// succeed later (retry with backoff); any other status is a refusal a retry would repeat.
+    pub(crate) fn from_error_status(status: u16, reason: String) -> Verdict {
+        if status == 429 || status >= 500 {
+            Verdict::Retry(reason)
+        } else {
+            Verdict::Done(Err(SmsError::Rejected {
+                status: Some(status),
+                reason,
+            }))
+        }
+    }
+}
+
 /// An HTTP client bound to one provider and its retry policy.
 pub(crate) struct HttpSender {
     client: reqwest::Client,

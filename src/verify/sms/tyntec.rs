@@ -116,14 +116,7 @@ fn judge(status: u16, body: &[u8], msg: &SmsMessage) -> Verdict {
         ),
         _ => format!("tyntec answered HTTP {status}"),
     };
-    if status == 429 || status >= 500 {
-        Verdict::Retry(reason)
-    } else {
-        Verdict::Done(Err(SmsError::Rejected {
-            status: Some(status),
-            reason,
-        }))
-    }
+    Verdict::from_error_status(status, reason)
 }
 
 #[cfg(test)]

@@ -112,14 +112,7 @@ struct Part {
 fn judge(status: u16, body: &[u8], msg: &SmsMessage) -> Verdict {
     if status != 200 {
         let reason = format!("Vonage answered HTTP {status}");
-        return if status == 429 || status >= 500 {
-            Verdict::Retry(reason)
-        } else {
-            Verdict::Done(Err(SmsError::Rejected {
-                status: Some(status),
-                reason,
-            }))
-        };
+        return Verdict::from_error_status(status, reason);
     }
     let parts = match serde_json::from_slice::<Response>(body) {
         Ok(r) if !r.messages.is_empty() => r.messages,
