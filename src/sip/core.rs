@@ -112,6 +112,9 @@ pub struct CoreStats {
     pub retransmissions: AtomicU64,
     pub requests_in: AtomicU64,
     pub responses_in: AtomicU64,
+    /// Goes up on every turn of the core's loop (at least once a second when idle): the
+    /// watchdog's proof that SIP is being served, not just that the process exists.
+    pub loop_turns: AtomicU64,
 }
 
 impl CoreHandle {
@@ -291,7 +294,9 @@ pub fn spawn(
         draining: None,
     };
     tokio::spawn(async move {
+        let mut idle = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
+            core.stats.loop_turns.fetch_add(1, Ordering::Relaxed);
             let next = core.heap.peek().map(|Reverse((at, _))| *at);
             let sleep = async {
                 match next {
@@ -303,6 +308,7 @@ pub fn spawn(
                 Some(inc) = incoming.recv() => core.handle_incoming(inc),
                 Some(cmd) = commands.recv() => core.handle_command(cmd),
                 _ = sleep => core.fire_timers(Instant::now()),
+                _ = idle.tick() => {}
                 _ = shutdown.cancelled() => break,
             }
         }
