@@ -18,12 +18,16 @@ missing_packages() {
     if ! command -v baresip >/dev/null 2>&1; then
         pkgs+=(baresip-core)
     fi
+    # systemd-analyze checks the unit file (tests/systemd.rs).
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        pkgs+=(systemd)
+    fi
     echo "${pkgs[*]}"
 }
 
 need=$(missing_packages)
 if [ -z "$need" ]; then
-    echo "install-test-deps: sipp and baresip already installed"
+    echo "install-test-deps: sipp, baresip and systemd-analyze already installed"
     exit 0
 fi
 

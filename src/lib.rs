@@ -29,6 +29,7 @@ pub mod demo;
 pub mod dialplan;
 
 pub mod media;
+pub mod notify;
 pub mod server;
 pub mod services;
 pub mod sip;

@@ -245,12 +245,38 @@ pub async fn run(
     });
     let calls = TaskTracker::new();
     info!(sip = %bound.iter().map(|(p, a)| format!("{}:{a}", p.via_name().to_lowercase())).collect::<Vec<_>>().join(","), "ivrd ready");
+    // systemd: READY only now that every socket is bound and every file loaded; WATCHDOG only
+    // while the accept loop, the SIP core and the RTP pacer are all turning (a stalled loop
+    // must let the watchdog fire, so liveness is measured, not assumed).
+    let notifier = Arc::new(crate::notify::Notifier::from_env());
+    let hb = crate::notify::Heartbeats::new(&["accept", "sip-core", "rtp-pacer"]);
+    let status = {
+        let calls = calls.clone();
+        move || format!("{} active calls", calls.len())
+    };
+    let _watchdog = crate::notify::spawn_watchdog(notifier.clone(), hb.clone(), status);
+    notifier.ready("0 active calls");
     if let Some(ready) = ready {
         let _ = ready.send(Ready { sip: bound });
     }
+    let mut beat = tokio::time::interval(Duration::from_millis(100));
+    let (mut core_turns, mut pacer_ticks) = (0u64, 0u64);
 
     loop {
         tokio::select! {
+            _ = beat.tick() => {
+                hb.beat(0);
+                let turns = core.stats.loop_turns.load(std::sync::atomic::Ordering::Relaxed);
+                if turns != core_turns {
+                    core_turns = turns;
+                    hb.beat(1);
+                }
+                let ticks = media.stats().ticks.load(std::sync::atomic::Ordering::Relaxed);
+                if ticks != pacer_ticks {
+                    pacer_ticks = ticks;
+                    hb.beat(2);
+                }
+            }
             Some(new) = calls_rx.recv() => {
                 let snap = current.read().expect("snapshot lock").clone();
                 let ctx = CallContext {
@@ -265,6 +291,7 @@ pub async fn run(
             }
             Some(()) = reload.recv() => {
                 let started = std::time::Instant::now();
+                notifier.reloading();
                 match reload_snapshot(config_path.as_deref(), &cfg, store.clone()) {
                     Ok(snap) => {
                         let names: Vec<String> = snap.plans.iter().map(|p| p.name.clone()).collect();
@@ -273,11 +300,13 @@ pub async fn run(
                     }
                     Err(e) => error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
                 }
+                notifier.reloaded(&format!("{} active calls", calls.len()));
             }
             _ = shutdown.cancelled() => break,
         }
     }
 
+    notifier.stopping();
     // Drain: refuse new calls, let running ones finish, then hang up what is left.
     core.drain(DRAIN_DEADLINE.as_secs() as u32);
     calls.close();

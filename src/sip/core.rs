@@ -112,7 +112,7 @@ pub struct CoreStats {
     pub retransmissions: AtomicU64,
     pub requests_in: AtomicU64,
     pub responses_in: AtomicU64,
-    /// Goes up on every turn of the core's loop (at least once a second when idle): the
+    /// Goes up on every turn of the core's loop (at least four times a second when idle): the
     /// watchdog's proof that SIP is being served, not just that the process exists.
     pub loop_turns: AtomicU64,
 }
@@ -294,7 +294,7 @@ pub fn spawn(
         draining: None,
     };
     tokio::spawn(async move {
-        let mut idle = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut idle = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
             core.stats.loop_turns.fetch_add(1, Ordering::Relaxed);
             let next = core.heap.peek().map(|Reverse((at, _))| *at);
