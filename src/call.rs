@@ -256,6 +256,8 @@ pub struct Call {
 
 enum Wake {
     Digit,
+    /// A NOTIFY reported new progress of our REFER.
+    ReferProgress,
     PlayDone { token: u64, interrupted: bool },
     Timeout,
 }
@@ -456,10 +458,13 @@ impl Call {
                 ev = self.sip_events.recv() => match ev {
                     Some(ev) => {
                         // A SIP INFO digit wakes the flow just like an RTP one.
-                        let before = self.typeahead.len();
+                        let before = (self.typeahead.len(), self.refer_status);
                         self.on_sip(ev)?;
-                        if self.typeahead.len() > before {
+                        if self.typeahead.len() > before.0 {
                             return Ok(Wake::Digit);
+                        }
+                        if self.refer_status != before.1 {
+                            return Ok(Wake::ReferProgress);
                         }
                     }
                     None => return Err(CallEnd::CallerHangup),
