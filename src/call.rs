@@ -488,10 +488,11 @@ impl Call {
 
     fn on_digit(&mut self, digit: Digit, method: DtmfMethod, at: Instant) -> bool {
         if !self.dedup.accept(at, digit, method) {
-            debug!(digit = %digit.as_char(), method = method.as_str(), "duplicate digit dropped");
+            // Key values are never logged here: this layer cannot tell a PIN from a menu choice.
+            debug!(method = method.as_str(), "duplicate key press dropped");
             return false;
         }
-        debug!(digit = %digit.as_char(), method = method.as_str(), "digit");
+        debug!(method = method.as_str(), "key press");
         if !self.methods_seen.contains(&method) {
             self.methods_seen.push(method);
         }
