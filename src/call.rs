@@ -258,7 +258,10 @@ enum Wake {
     Digit,
     /// A NOTIFY reported new progress of our REFER.
     ReferProgress,
-    PlayDone { token: u64, interrupted: bool },
+    PlayDone {
+        token: u64,
+        interrupted: bool,
+    },
     Timeout,
 }
 

@@ -286,9 +286,12 @@ impl Verifier {
             }
             PinCheck::Invalid { .. } | PinCheck::Exhausted => {
                 match self.register_failure(customer_id, wall) {
+                    // This wrong PIN locked the customer: the PIN is void and the caller's
+                    // tries are over ("exhausted", so the call is audited as a wrong PIN);
+                    // the lock-out is what the next call meets (LockedOut at lookup).
                     Ok(true) => {
                         self.vault().revoke(customer_id);
-                        return CheckPinOutcome::LockedOut;
+                        return CheckPinOutcome::Exhausted;
                     }
                     Ok(false) => {}
                     Err(e) => {
@@ -569,7 +572,8 @@ mod tests {
             let v = Verifier::new(store, generous_sms()).unwrap();
             assert_eq!(fail_n(&v, 9, 0, 1), CheckPinOutcome::Exhausted);
             assert!(!v.is_locked("c1", wall(9)).unwrap());
-            assert_eq!(fail_n(&v, 1, 9, 2), CheckPinOutcome::LockedOut);
+            // The failure that locks ends this PIN's tries; the lock-out is what comes next.
+            assert_eq!(fail_n(&v, 1, 9, 2), CheckPinOutcome::Exhausted);
             assert!(v.is_locked("c1", wall(10)).unwrap());
         }
         // "Restart": a new store on the same file and a new verifier (new vault, new key).
@@ -608,6 +612,11 @@ mod tests {
         );
         assert_eq!(
             v.check_pin("c1", &wrong(&pin), t, wall(2)),
+            CheckPinOutcome::Exhausted
+        );
+        // Locked now: even the right PIN is refused as locked out.
+        assert_eq!(
+            v.check_pin("c1", pin.expose(), t, wall(3)),
             CheckPinOutcome::LockedOut
         );
         // Even after the lock-out ends, the PIN from before it is void.
@@ -633,14 +642,14 @@ mod tests {
         );
         assert!(!v.is_locked("c1", wall(4002)).unwrap());
         // The third within the window locks (level 1, 15 min).
-        assert_eq!(fail_n(&v, 1, 4002, 3), CheckPinOutcome::LockedOut);
+        assert_eq!(fail_n(&v, 1, 4002, 3), CheckPinOutcome::Exhausted);
         assert_eq!(
             v.store().lockout("c1").unwrap(),
             Some((wall(4002) + Duration::from_secs(900), 1))
         );
         // After it ends, three more failures lock at level 2 for twice as long.
         let start = 4002 + 900;
-        assert_eq!(fail_n(&v, 3, start, 4), CheckPinOutcome::LockedOut);
+        assert_eq!(fail_n(&v, 3, start, 4), CheckPinOutcome::Exhausted);
         assert_eq!(
             v.store().lockout("c1").unwrap(),
             Some((wall(start + 2) + Duration::from_secs(1800), 2))

@@ -697,6 +697,8 @@ pub struct Sipp {
     tcp: bool,
     timeout_secs: u64,
     extra: Vec<String>,
+    /// The SIP port SIPp listens on; a free one when not set.
+    local_port: Option<u16>,
 }
 
 /// What a SIPp run left behind.
@@ -732,6 +734,7 @@ impl Sipp {
             tcp: false,
             timeout_secs: 30,
             extra: Vec::new(),
+            local_port: None,
         }
     }
 
@@ -762,6 +765,13 @@ impl Sipp {
         self
     }
 
+    /// Listen on this SIP port (`-p`): a UAS scenario (a transfer target) must be reachable
+    /// at an address the test knows before SIPp starts. Take it from `free_sip_port()`.
+    pub fn local_port(mut self, port: u16) -> Sipp {
+        self.local_port = Some(port);
+        self
+    }
+
     pub fn arg(mut self, arg: &str) -> Sipp {
         self.extra.push(arg.into());
         self
@@ -777,7 +787,7 @@ impl Sipp {
         let messages_path = dir.path().join("messages.log");
         let errors_path = dir.path().join("errors.log");
         let output_path = dir.path().join("output.log");
-        let local_port = free_sip_port();
+        let local_port = self.local_port.unwrap_or_else(free_sip_port);
         let media_port = free_media_port();
         // SIPp's control socket defaults to UDP 8888 on all interfaces; parallel runs would
         // fight over it, so each run gets its own.
@@ -907,4 +917,973 @@ pub fn prompt_duration(lang: &str, name: &str) -> Duration {
     let spec = reader.spec();
     let frames = reader.duration();
     Duration::from_secs_f64(f64::from(frames) / f64::from(spec.sample_rate))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A loopback SMS gateway for the `webhook` provider.
+// ---------------------------------------------------------------------------------------------
+
+/// One POST the SMS webhook received: the path and the JSON body
+/// (`{"to","text","reference","ttl_seconds"}`).
+#[derive(Debug, Clone)]
+pub struct SmsPost {
+    pub path: String,
+    pub body: serde_json::Value,
+}
+
+impl SmsPost {
+    pub fn text(&self) -> String {
+        self.body["text"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn field(&self, name: &str) -> String {
+        match &self.body[name] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    }
+}
+
+struct SinkState {
+    status: u16,
+    posts: Vec<SmsPost>,
+}
+
+/// A real HTTP server on loopback that plays the in-house SMS gateway: it records every JSON
+/// POST and answers each with a fixed status (200 with `{"id":...}`, or e.g. 500 for an outage).
+/// HTTP/1.1 with keep-alive, Content-Length bodies (what reqwest sends). Stops on drop.
+pub struct SmsSink {
+    addr: SocketAddr,
+    state: std::sync::Arc<Mutex<SinkState>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SmsSink {
+    /// Starts the server; every request is answered with `status`.
+    pub fn start(status: u16) -> SmsSink {
+        let listener = TcpListener::bind((LOCALHOST, 0)).expect("bind SMS sink");
+        let addr = listener.local_addr().expect("local addr");
+        let state = std::sync::Arc::new(Mutex::new(SinkState {
+            status,
+            posts: Vec::new(),
+        }));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sp.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || serve_http(conn, &st));
+            }
+        });
+        SmsSink { addr, state, stop }
+    }
+
+    /// The URL to put in `[sms] url`.
+    pub fn url(&self) -> String {
+        format!("http://{}/sms", self.addr)
+    }
+
+    /// Every POST so far.
+    pub fn posts(&self) -> Vec<SmsPost> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .posts
+            .clone()
+    }
+
+    /// Waits until at least `count` POSTs arrived; panics on timeout.
+    pub fn wait_posts(&self, count: usize, timeout: Duration) -> Vec<SmsPost> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let posts = self.posts();
+            if posts.len() >= count {
+                return posts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the SMS webhook got {} POSTs within {timeout:?}, expected {count}: {posts:?}",
+                posts.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for SmsSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+fn serve_http(mut conn: TcpStream, state: &Mutex<SinkState>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // One request: head, then Content-Length bytes of body.
+        let (head, body) = loop {
+            if let Some(end) = find_subslice(&pending, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                let len = head
+                    .lines()
+                    .skip(1)
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.trim()
+                            .eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if pending.len() >= end + 4 + len {
+                    let body = pending[end + 4..end + 4 + len].to_vec();
+                    pending.drain(..end + 4 + len);
+                    break (head, body);
+                }
+            }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        };
+        let path = head
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("")
+            .to_string();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+        });
+        let status = {
+            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            st.posts.push(SmsPost { path, body: json });
+            st.status
+        };
+        let reply = if (200..300).contains(&status) {
+            format!(r#"{{"id":"sink-{}"}}"#, std::process::id())
+        } else {
+            r#"{"error":"gateway down"}"#.to_string()
+        };
+        let response = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        if conn.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal SIP UAC over UDP, for transfer tests that need to see and answer REFER themselves.
+// ---------------------------------------------------------------------------------------------
+
+static UAC_SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn uac_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}{:x}{:x}",
+        std::process::id(),
+        UAC_SEQ.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+/// The method of a SIP request (`None` for a response).
+pub fn sip_method(msg: &str) -> Option<&str> {
+    let first = msg.lines().next()?;
+    if first.starts_with("SIP/2.0") {
+        return None;
+    }
+    first.split_whitespace().next()
+}
+
+/// The body of a SIP message (after the blank line).
+pub fn sip_body(msg: &str) -> &str {
+    msg.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+/// Every value of a header (full name only), in order.
+pub fn header_values(msg: &str, name: &str) -> Vec<String> {
+    let head = msg.split("\r\n\r\n").next().unwrap_or(msg);
+    head.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// Sends 20 ms PCMU silence packets to the daemon (as any phone does, so the RTP timeout never
+/// fires) and counts the packets that come back.
+struct RtpPump {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RtpPump {
+    fn start(sock: UdpSocket, remote: SocketAddr, received: std::sync::Arc<AtomicU32>) -> RtpPump {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (st, rx) = (stop.clone(), received.clone());
+        let thread = std::thread::spawn(move || {
+            sock.set_nonblocking(true).expect("non-blocking RTP socket");
+            let ssrc: u32 = 0x1d2c_3b4a ^ std::process::id();
+            let (mut seq, mut ts) = (1000u16, 160_000u32);
+            let mut buf = [0u8; 2048];
+            let start = Instant::now();
+            let mut n: u32 = 0;
+            while !st.load(Ordering::SeqCst) {
+                let mut pkt = Vec::with_capacity(172);
+                pkt.push(0x80);
+                pkt.push(if n == 0 { 0x80 } else { 0x00 }); // marker on the first, PT 0
+                pkt.extend_from_slice(&seq.to_be_bytes());
+                pkt.extend_from_slice(&ts.to_be_bytes());
+                pkt.extend_from_slice(&ssrc.to_be_bytes());
+                pkt.extend_from_slice(&[0xFF; 160]); // PCMU silence
+                let _ = sock.send_to(&pkt, remote);
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(160);
+                n += 1;
+                while let Ok((len, _)) = sock.recv_from(&mut buf) {
+                    if len >= 12 {
+                        rx.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let next = start + Duration::from_millis(20) * n;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        RtpPump {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RtpPump {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A small, honest SIP caller over UDP: INVITE with PCMU and telephone-event/101, ACK, RTP
+/// silence, digits as SIP INFO (`application/dtmf-relay`), and the transferee's side of a
+/// REFER (answer it, report progress with NOTIFY `message/sipfrag`, take the BYE). Only what
+/// the transfer tests need: no authentication, no forking, one dialog. Every message sent and
+/// received is kept in `trace` for failure messages.
+pub struct RawUac {
+    sock: UdpSocket,
+    daemon: SocketAddr,
+    local: SocketAddr,
+    call_id: String,
+    from: String,
+    /// The To header of the 200 (with the daemon's tag).
+    to: String,
+    /// The daemon's Contact URI: the Request-URI of our in-dialog requests.
+    remote_target: String,
+    cseq: u32,
+    rtp: Option<RtpPump>,
+    /// RTP packets received from the daemon.
+    rtp_received: std::sync::Arc<AtomicU32>,
+    /// Requests from the daemon that arrived while we waited for something else.
+    inbox: std::collections::VecDeque<String>,
+    /// Responses we sent, by the request's Via branch, so a retransmission gets the same one.
+    answered: Vec<(String, String)>,
+    /// The 200 to our INVITE and the ACK we sent for it (to re-ACK a retransmitted 200).
+    invite_ok_cseq: String,
+    ack: String,
+    pub trace: Vec<String>,
+}
+
+impl RawUac {
+    /// Calls `sip:<user>@<daemon>` and returns once the call is answered and acknowledged.
+    pub fn call(daemon: SocketAddr, user: &str) -> RawUac {
+        let sock = UdpSocket::bind((LOCALHOST, 0)).expect("bind UAC socket");
+        let local = sock.local_addr().expect("local addr");
+        let rtp_sock = UdpSocket::bind((LOCALHOST, 0)).expect("bind UAC RTP socket");
+        let rtp_port = rtp_sock.local_addr().expect("rtp addr").port();
+        let call_id = format!("rawuac-{}@127.0.0.1", uac_token());
+        let from = format!("\"Raw UAC\" <sip:+4930123456@{local}>;tag={}", uac_token());
+        let mut uac = RawUac {
+            sock,
+            daemon,
+            local,
+            call_id,
+            from,
+            to: format!("<sip:{user}@{daemon}>"),
+            remote_target: format!("sip:{user}@{daemon}"),
+            cseq: 1,
+            rtp: None,
+            rtp_received: Default::default(),
+            inbox: Default::default(),
+            answered: Vec::new(),
+            invite_ok_cseq: String::new(),
+            ack: String::new(),
+            trace: Vec::new(),
+        };
+        let sdp = format!(
+            "v=0\r\no=rawuac 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n"
+        );
+        let branch = format!("z9hG4bK-{}", uac_token());
+        let invite = uac.request(
+            "INVITE",
+            &format!("sip:{user}@{daemon}"),
+            &branch,
+            1,
+            &[("Content-Type", "application/sdp")],
+            &sdp,
+        );
+        // Timer A: retransmit until a response arrives.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut interval = Duration::from_millis(500);
+        uac.send(&invite);
+        let mut next_retrans = Instant::now() + interval;
+        let mut provisional = false;
+        let ok = loop {
+            assert!(
+                Instant::now() < deadline,
+                "no 200 to our INVITE within 10 s\n{}",
+                uac.transcript()
+            );
+            let wait = if provisional {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                next_retrans.saturating_duration_since(Instant::now())
+            };
+            let Some(msg) = uac.recv_raw(wait.max(Duration::from_millis(1))) else {
+                if !provisional && Instant::now() >= next_retrans {
+                    uac.send(&invite);
+                    interval = (interval * 2).min(Duration::from_secs(4));
+                    next_retrans = Instant::now() + interval;
+                }
+                continue;
+            };
+            match status_code(&msg) {
+                Some(100..=199) => provisional = true,
+                Some(200) => break msg,
+                Some(code) => panic!("INVITE answered {code}\n{}", uac.transcript()),
+                None => uac.inbox.push_back(msg),
+            }
+        };
+        uac.to = header_value(&ok, "To", Some("t")).expect("To in the 200");
+        let contact = header_value(&ok, "Contact", Some("m")).expect("Contact in the 200");
+        uac.remote_target = contact
+            .trim()
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        uac.invite_ok_cseq = header_value(&ok, "CSeq", None).unwrap_or_default();
+        let ack_branch = format!("z9hG4bK-{}", uac_token());
+        let target = uac.remote_target.clone();
+        uac.ack = uac.request("ACK", &target, &ack_branch, 1, &[], "");
+        let ack = uac.ack.clone();
+        uac.send(&ack);
+        let body = sip_body(&ok);
+        let port: u16 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("m=audio "))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no m=audio port in the 200's SDP\n{}", uac.transcript()));
+        let ip: std::net::IpAddr = body
+            .lines()
+            .find_map(|l| l.strip_prefix("c=IN IP4 "))
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or(LOCALHOST.into());
+        uac.rtp = Some(RtpPump::start(
+            rtp_sock,
+            SocketAddr::new(ip, port),
+            uac.rtp_received.clone(),
+        ));
+        uac
+    }
+
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    /// RTP packets received from the daemon so far (prompts and silence).
+    pub fn rtp_received(&self) -> u32 {
+        self.rtp_received.load(Ordering::Relaxed)
+    }
+
+    /// Everything sent and received, for failure messages.
+    pub fn transcript(&self) -> String {
+        self.trace.join("\n")
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        uri: &str,
+        branch: &str,
+        cseq: u32,
+        extra: &[(&str, &str)],
+        body: &str,
+    ) -> String {
+        let cseq_method = method;
+        let mut m = format!(
+            "{method} {uri} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: {}\r\n\
+             To: {}\r\n\
+             Call-ID: {}\r\n\
+             CSeq: {cseq} {cseq_method}\r\n\
+             Contact: <sip:rawuac@{}>\r\n\
+             User-Agent: ivrd-tests RawUac\r\n",
+            self.local, self.from, self.to, self.call_id, self.local
+        );
+        for (n, v) in extra {
+            m.push_str(&format!("{n}: {v}\r\n"));
+        }
+        m.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        m
+    }
+
+    fn send(&mut self, msg: &str) {
+        self.trace.push(format!(">>> sent\n{}", msg.trim_end()));
+        self.sock
+            .send_to(msg.as_bytes(), self.daemon)
+            .expect("send SIP");
+    }
+
+    /// The next datagram within `timeout`, handling what needs no decision: a retransmitted
+    /// 200 to our INVITE gets the ACK again, a retransmitted request we already answered gets
+    /// the same answer again.
+    fn recv_raw(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(left)).ok()?;
+            let n = match self.sock.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(_) => return None,
+            };
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.trace.push(format!("<<< received\n{}", msg.trim_end()));
+            if status_code(&msg).is_some_and(|c| (200..300).contains(&c))
+                && !self.ack.is_empty()
+                && header_value(&msg, "CSeq", None).as_deref() == Some(&self.invite_ok_cseq)
+            {
+                let ack = self.ack.clone();
+                self.send(&ack);
+                continue;
+            }
+            if sip_method(&msg).is_some() {
+                let branch = via_branch(&msg);
+                if let Some((_, resp)) = self.answered.iter().find(|(b, _)| *b == branch) {
+                    let resp = resp.clone();
+                    self.send(&resp);
+                    continue;
+                }
+            }
+            return Some(msg);
+        }
+    }
+
+    /// Waits for a request with `method` from the daemon (taking earlier arrivals first).
+    /// Other requests that arrive meanwhile stay queued for later calls.
+    pub fn expect_request(&mut self, method: &str, timeout: Duration) -> String {
+        self.try_request(method, timeout).unwrap_or_else(|| {
+            panic!(
+                "no {method} from ivrd within {timeout:?}\n---- RawUac transcript ----\n{}",
+                self.transcript()
+            )
+        })
+    }
+
+    /// Like [`expect_request`](Self::expect_request), but None on timeout.
+    pub fn try_request(&mut self, method: &str, timeout: Duration) -> Option<String> {
+        if let Some(i) = self
+            .inbox
+            .iter()
+            .position(|m| sip_method(m) == Some(method))
+        {
+            return self.inbox.remove(i);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let msg = self.recv_raw(deadline.saturating_duration_since(Instant::now()))?;
+            if sip_method(&msg) == Some(method) {
+                return Some(msg);
+            }
+            if sip_method(&msg).is_some() {
+                self.inbox.push_back(msg);
+            }
+        }
+    }
+
+    /// Requests from the daemon that arrived and were not taken by `expect_request`.
+    pub fn unanswered(&mut self, window: Duration) -> Vec<String> {
+        while let Some(msg) = self.recv_raw(window) {
+            if sip_method(&msg).is_some() {
+                self.inbox.push_back(msg);
+            }
+        }
+        self.inbox.iter().cloned().collect()
+    }
+
+    /// Answers a request from the daemon (Via, From, To, Call-ID and CSeq copied).
+    pub fn respond(&mut self, req: &str, code: u16, reason: &str) {
+        let mut resp = format!("SIP/2.0 {code} {reason}\r\n");
+        for via in header_values(req, "Via") {
+            resp.push_str(&format!("Via: {via}\r\n"));
+        }
+        for name in ["From", "To", "Call-ID", "CSeq"] {
+            let v = header_value(req, name, None)
+                .unwrap_or_else(|| panic!("request without {name}:\n{req}"));
+            resp.push_str(&format!("{name}: {v}\r\n"));
+        }
+        resp.push_str(&format!(
+            "Contact: <sip:rawuac@{}>\r\nContent-Length: 0\r\n\r\n",
+            self.local
+        ));
+        self.answered.push((via_branch(req), resp.clone()));
+        self.send(&resp);
+    }
+
+    /// Sends an in-dialog request and waits for its final response (retransmitting on UDP).
+    fn in_dialog(&mut self, method: &str, extra: &[(&str, &str)], body: &str) -> String {
+        self.cseq += 1;
+        let cseq = self.cseq;
+        let branch = format!("z9hG4bK-{}", uac_token());
+        let target = self.remote_target.clone();
+        let msg = self.request(method, &target, &branch, cseq, extra, body);
+        let want_cseq = format!("{cseq} {method}");
+        self.send(&msg);
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut interval = Duration::from_millis(500);
+        let mut next = Instant::now() + interval;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no final response to our {method} within 8 s\n{}",
+                self.transcript()
+            );
+            let wait = next.saturating_duration_since(Instant::now());
+            match self.recv_raw(wait.max(Duration::from_millis(1))) {
+                None => {
+                    self.send(&msg);
+                    interval = (interval * 2).min(Duration::from_secs(4));
+                    next = Instant::now() + interval;
+                }
+                Some(m) if sip_method(&m).is_some() => self.inbox.push_back(m),
+                Some(m) => {
+                    let ours = header_value(&m, "CSeq", None).as_deref() == Some(&want_cseq);
+                    if ours && status_code(&m).is_some_and(|c| c >= 200) {
+                        return m;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Types `digits` as SIP INFO `application/dtmf-relay`, `gap` apart; each must get a 200.
+    pub fn info_digits(&mut self, digits: &str, gap: Duration) {
+        for (i, d) in digits.chars().enumerate() {
+            if i > 0 {
+                std::thread::sleep(gap);
+            }
+            let body = format!("Signal={d}\r\nDuration=160\r\n");
+            let resp = self.in_dialog("INFO", &[("Content-Type", "application/dtmf-relay")], &body);
+            assert_eq!(
+                status_code(&resp),
+                Some(200),
+                "INFO digit {d} not accepted:\n{resp}"
+            );
+        }
+    }
+
+    /// Reports the progress of a transfer we accepted: NOTIFY `Event: refer` with a
+    /// `message/sipfrag` body such as `SIP/2.0 200 OK`. Returns the daemon's answer's status.
+    pub fn notify_sipfrag(&mut self, sipfrag: &str, subscription_state: &str) -> u16 {
+        let body = format!("{sipfrag}\r\n");
+        let resp = self.in_dialog(
+            "NOTIFY",
+            &[
+                ("Event", "refer"),
+                ("Subscription-State", subscription_state),
+                ("Content-Type", "message/sipfrag;version=2.0"),
+            ],
+            &body,
+        );
+        status_code(&resp).unwrap_or(0)
+    }
+
+    /// Hangs up (BYE) and returns the status of the answer.
+    pub fn bye(&mut self) -> u16 {
+        let resp = self.in_dialog("BYE", &[], "");
+        self.rtp = None;
+        status_code(&resp).unwrap_or(0)
+    }
+
+    /// Stops sending RTP (after the call ended).
+    pub fn stop_media(&mut self) {
+        self.rtp = None;
+    }
+}
+
+/// The `branch` parameter of the top Via.
+pub fn via_branch(msg: &str) -> String {
+    header_value(msg, "Via", Some("v"))
+        .and_then(|v| {
+            v.split(';')
+                .find_map(|p| p.trim().strip_prefix("branch=").map(str::to_owned))
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// baresip, headless, driven over ctrl_tcp (see tests/baresip_call.rs for what we learned).
+// ---------------------------------------------------------------------------------------------
+
+const BARESIP_CONFIG_TEMPLATE: &str = include_str!("../baresip/config.in");
+
+/// Modules the config loads; a directory qualifies only if it has all of them.
+const BARESIP_MODULES: &[&str] = &[
+    "g711.so",
+    "aubridge.so",
+    "aufile.so",
+    "sndfile.so",
+    "uuid.so",
+    "account.so",
+    "menu.so",
+    "ctrl_tcp.so",
+];
+
+/// Finds baresip's module directory, which differs between distributions and builds.
+pub fn baresip_module_dir() -> PathBuf {
+    let mut candidates = vec![
+        PathBuf::from("/usr/lib/baresip/modules"),
+        PathBuf::from("/usr/local/lib/baresip/modules"),
+        PathBuf::from("/usr/lib64/baresip/modules"),
+    ];
+    if let Ok(entries) = fs::read_dir("/usr/lib") {
+        candidates.extend(entries.flatten().map(|e| e.path().join("baresip/modules")));
+    }
+    candidates
+        .into_iter()
+        .find(|dir| BARESIP_MODULES.iter().all(|m| dir.join(m).is_file()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no baresip module directory with {BARESIP_MODULES:?}: run scripts/install-test-deps.sh (package baresip-core)"
+            )
+        })
+}
+
+/// A mono 8 kHz WAV with a quiet 440 Hz tone (the caller's "voice"; far from DTMF frequencies).
+pub fn write_tone_wav(path: &Path, secs: u32) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(path, spec).expect("create source WAV");
+    for i in 0..secs * 8000 {
+        let t = f64::from(i) / 8000.0;
+        let sample = (0.05 * (2.0 * std::f64::consts::PI * 440.0 * t).sin() * 32767.0) as i16;
+        writer.write_sample(sample).expect("write sample");
+    }
+    writer.finalize().expect("finalize source WAV");
+}
+
+/// A headless baresip with its own config directory and a ctrl_tcp connection.
+pub struct Baresip {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    ctrl: Option<TcpStream>,
+    pending: Vec<u8>,
+    /// Every event received so far, as raw JSON.
+    pub events: Vec<String>,
+    token: u32,
+}
+
+impl Baresip {
+    /// Starts baresip allowing `max_calls` simultaneous calls (a transfer needs 2: the new
+    /// call to the target is made while the transferred one still exists).
+    pub fn start(max_calls: u32) -> Baresip {
+        let binary = require_tool("baresip");
+        let module_path = baresip_module_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("baresip-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let dump_dir = dir.path().join("dump");
+        fs::create_dir(&dump_dir).expect("create dump dir");
+        let source = dir.path().join("source.wav");
+        write_tone_wav(&source, 120);
+        let sip_port = free_sip_port();
+        let ctrl_port = free_sip_port();
+        let rtp_min = free_media_port();
+
+        let template = BARESIP_CONFIG_TEMPLATE.replace(
+            "call_max_calls\t\t1",
+            &format!("call_max_calls\t\t{max_calls}"),
+        );
+        assert!(
+            template.contains(&format!("call_max_calls\t\t{max_calls}")),
+            "tests/baresip/config.in no longer has `call_max_calls<TAB><TAB>1`"
+        );
+        let config = template
+            .replace("@SIP_PORT@", &sip_port.to_string())
+            .replace("@RTP_MIN@", &rtp_min.to_string())
+            .replace("@RTP_MAX@", &(rtp_min + 3).to_string())
+            .replace("@SOURCE_WAV@", &source.display().to_string())
+            .replace("@MODULE_PATH@", &module_path.display().to_string())
+            .replace("@DUMP_DIR@", &dump_dir.display().to_string())
+            .replace("@CTRL_PORT@", &ctrl_port.to_string());
+        fs::write(dir.path().join("config"), config).expect("write baresip config");
+        fs::write(
+            dir.path().join("accounts"),
+            "<sip:tester@127.0.0.1>;regint=0\n",
+        )
+        .expect("write accounts");
+
+        let log = File::create(dir.path().join("baresip.log")).expect("create log");
+        let child = Command::new(binary)
+            .arg("-f")
+            .arg(dir.path())
+            // Backstop: quit on its own even if this test process dies without dropping us.
+            .args(["-t", "180"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn baresip");
+
+        let mut phone = Baresip {
+            child: Some(child),
+            dir,
+            ctrl: None,
+            pending: Vec::new(),
+            events: Vec::new(),
+            token: 0,
+        };
+        phone.connect_ctrl(SocketAddr::from((LOCALHOST, ctrl_port)));
+        phone
+    }
+
+    fn connect_ctrl(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "baresip exited with {status} during startup\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(stream) = TcpStream::connect(addr) {
+                self.ctrl = Some(stream);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "baresip ctrl_tcp did not listen on {addr}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
+    }
+
+    /// Reads one netstring frame, or None when `deadline` passes first.
+    fn read_frame(&mut self, deadline: Instant) -> Option<String> {
+        loop {
+            if let Some(colon) = self.pending.iter().position(|&b| b == b':') {
+                let len: usize = std::str::from_utf8(&self.pending[..colon])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "bad netstring from baresip: {:?}",
+                            String::from_utf8_lossy(&self.pending)
+                        )
+                    });
+                if self.pending.len() > colon + len + 1 {
+                    let payload =
+                        String::from_utf8_lossy(&self.pending[colon + 1..colon + 1 + len])
+                            .into_owned();
+                    self.pending.drain(..colon + len + 2);
+                    return Some(payload);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let stream = self.ctrl.as_mut().expect("ctrl connection");
+            stream
+                .set_read_timeout(Some(left.min(Duration::from_millis(200))))
+                .expect("set timeout");
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("reading baresip ctrl_tcp: {e}"),
+            }
+        }
+    }
+
+    /// Runs a command and returns its response; events that arrive meanwhile are kept.
+    pub fn command(&mut self, command: &str, params: &str) -> String {
+        self.token += 1;
+        let token = self.token.to_string();
+        assert!(
+            !params.contains(['"', '\\']),
+            "unexpected characters in {params:?}"
+        );
+        let json = format!(r#"{{"command":"{command}","params":"{params}","token":"{token}"}}"#);
+        let frame = format!("{}:{json},", json.len());
+        self.ctrl
+            .as_mut()
+            .expect("ctrl connection")
+            .write_all(frame.as_bytes())
+            .expect("write ctrl command");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let token_field = format!(r#""token":"{token}""#);
+        loop {
+            let frame = self
+                .read_frame(deadline)
+                .unwrap_or_else(|| panic!("no response to {command} from baresip\n{}", self.log()));
+            if frame.contains(r#""response":true"#) && frame.contains(&token_field) {
+                assert!(
+                    frame.contains(r#""ok":true"#),
+                    "baresip refused {command} {params}: {frame}"
+                );
+                return frame;
+            }
+            if frame.contains(r#""event":true"#) {
+                self.events.push(frame);
+            }
+        }
+    }
+
+    /// Reads events for up to `window` (keeping them).
+    pub fn poll_events(&mut self, window: Duration) {
+        let deadline = Instant::now() + window;
+        while let Some(frame) = self.read_frame(deadline) {
+            if frame.contains(r#""event":true"#) {
+                self.events.push(frame);
+            }
+        }
+    }
+
+    /// How many events of `kind` were received so far.
+    pub fn count_events(&self, kind: &str) -> usize {
+        let needle = format!(r#""type":"{kind}""#);
+        self.events.iter().filter(|e| e.contains(&needle)).count()
+    }
+
+    /// Waits until `count` events of `kind` (e.g. CALL_ESTABLISHED) were received in all.
+    pub fn wait_events(&mut self, kind: &str, count: usize, timeout: Duration) -> Vec<String> {
+        let needle = format!(r#""type":"{kind}""#);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<String> = self
+                .events
+                .iter()
+                .filter(|e| e.contains(&needle))
+                .cloned()
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            match self.read_frame(deadline) {
+                Some(frame) if frame.contains(r#""event":true"#) => self.events.push(frame),
+                Some(_) => {}
+                None => panic!(
+                    "baresip sent {} {kind} events within {timeout:?}, expected {count}; events so far:\n{}\n--- baresip log ---\n{}",
+                    found.len(),
+                    self.events.join("\n"),
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// Waits for an event of `kind`, including ones already received.
+    pub fn wait_event(&mut self, kind: &str, timeout: Duration) -> String {
+        self.wait_events(kind, 1, timeout).remove(0)
+    }
+
+    /// Types `digits` as RFC 4733 events (`sndcode`), `gap` apart.
+    pub fn type_digits(&mut self, digits: &str, gap: Duration) {
+        for d in digits.chars() {
+            self.command("sndcode", &d.to_string());
+            std::thread::sleep(gap);
+        }
+    }
+
+    /// Asks baresip to quit and waits for it.
+    pub fn quit(&mut self) {
+        if let Some(stream) = self.ctrl.as_mut() {
+            let json = r#"{"command":"quit","params":"","token":"quit"}"#;
+            let _ = stream.write_all(format!("{}:{json},", json.len()).as_bytes());
+        }
+        if let Some(child) = self.child.as_mut() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- baresip events ----\n{}\n---- baresip log ----\n{}\n---- end of baresip log ----",
+                self.events.join("\n"),
+                self.log()
+            );
+        }
+    }
 }

@@ -1,0 +1,659 @@
+//! The verification dialplan (dialplans/verify.toml) end to end, against real peers: ivrd runs
+//! with the `verify` plan, the example customers in a SQLite file, and the `webhook` SMS
+//! provider pointed at a real HTTP server on loopback (`SmsSink`) that records each SMS, so
+//! the test can read the PIN and type it back.
+//!
+//! - The happy path with baresip (a real softphone, RFC 4733 digits): it follows ivrd's REFER
+//!   and calls the queue, a SIPp UAS (tests/sipp/queue_uas.xml).
+//! - Everything else with `RawUac` (tests/common), a small SIP caller that sends digits as SIP
+//!   INFO and plays the transferee itself, so the test sees the REFER exactly and chooses how
+//!   the transfer goes (202 + NOTIFY 100/200, a 603, a NOTIFY 486).
+//!
+//! Every test checks the audit row ivrd wrote into the database and that the PIN never made
+//! it into the daemon's log. Needs `sipp` and `baresip`: run scripts/install-test-deps.sh.
+
+mod common;
+
+use common::*;
+use ivrd::store::{AuditRow, Store};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Customers in examples/customers.csv.
+const ERIKA: &str = "123456"; // +491701234567, de
+const ERIKA_MOBILE: &str = "+491701234567";
+const JOHN: &str = "234567"; // +447911123456, en
+const JOHN_MOBILE: &str = "+447911123456";
+const UNKNOWN: &str = "999999";
+
+/// Between two key presses, as a person types.
+const KEY_GAP: Duration = Duration::from_millis(300);
+
+/// From the first key to the REFER: lookup, "sending-pin" (4.7 s) while the SMS goes out,
+/// "enter-pin", the check, "verified" (up to 4.5 s in German) or "fallback"; with retries and
+/// wrong-PIN prompts on top. Generous for a loaded two-core machine, still bounded.
+const FLOW_TIMEOUT: Duration = Duration::from_secs(45);
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// What the transfer targets are: `sip:<user>@127.0.0.1:<port>`.
+fn target(user: &str, port: u16) -> String {
+    format!("sip:{user}@127.0.0.1:{port}")
+}
+
+/// One test's world: the SMS gateway, the transfer targets and the database file. The
+/// database lives in its own temporary directory so a daemon restart can reopen it.
+struct Rig {
+    sms: SmsSink,
+    queue: String,
+    fallback: String,
+    state: tempfile::TempDir,
+}
+
+impl Rig {
+    /// `sms_status`: what the SMS gateway answers (200, or 500 for an outage).
+    fn new(sms_status: u16, queue_port: u16) -> Rig {
+        Rig {
+            sms: SmsSink::start(sms_status),
+            queue: target("queue", queue_port),
+            // Nobody listens there: the RawUac tests never follow the REFER themselves.
+            fallback: target("fallback", free_udp_port()),
+            state: tempfile::Builder::new()
+                .prefix("ivrd-verify-")
+                .tempdir()
+                .expect("create state dir"),
+        }
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.state.path().join("ivrd.db")
+    }
+
+    /// Starts ivrd with the verify plan; `extra` is more TOML merged on top.
+    fn daemon(&self, extra: &str) -> Daemon {
+        let overrides = format!(
+            r#"
+[demo]
+enabled = false
+
+[dialplans]
+dir = {dir}
+default = "verify"
+vars = {{ queue = {queue}, fallback = {fallback} }}
+
+[store]
+path = {db}
+seed_csv = {seed}
+
+[sms]
+provider = "webhook"
+url = {url}
+max_retries = 2
+
+[limits]
+failures_before_lockout = 3
+
+[transfer]
+timeout_secs = 10
+"#,
+            dir = toml_str(&manifest_dir().join("dialplans").display().to_string()),
+            queue = toml_str(&self.queue),
+            fallback = toml_str(&self.fallback),
+            db = toml_str(&self.db_path().display().to_string()),
+            seed = toml_str(
+                &manifest_dir()
+                    .join("examples/customers.csv")
+                    .display()
+                    .to_string()
+            ),
+            url = toml_str(&self.sms.url()),
+        );
+        let mut overrides: toml::Table = overrides.parse().expect("rig TOML");
+        let extra: toml::Table = extra.parse().expect("extra TOML");
+        for (k, v) in extra {
+            match (overrides.get_mut(&k), v) {
+                (Some(toml::Value::Table(base)), toml::Value::Table(more)) => base.extend(more),
+                (_, v) => {
+                    overrides.insert(k, v);
+                }
+            }
+        }
+        Daemon::start(&toml::to_string(&overrides).expect("serialize overrides"))
+    }
+
+    /// The audit rows, newest first.
+    fn audit(&self) -> Vec<AuditRow> {
+        let store = Store::open(self.db_path()).expect("open the daemon's database");
+        store.recent_audit(20).expect("read audit rows")
+    }
+
+    /// Waits until there are `count` audit rows (they are written once a call has ended) and
+    /// returns them newest first.
+    fn wait_audit(&self, count: usize, timeout: Duration) -> Vec<AuditRow> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rows = self.audit();
+            if rows.len() >= count {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} audit rows after {timeout:?}, expected {count}: {rows:#?}",
+                rows.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The PIN in an SMS text: the only run of exactly `len` digits.
+fn pin_in(text: &str, len: usize) -> String {
+    let re = regex::Regex::new(&format!(r"(^|[^0-9])([0-9]{{{len}}})([^0-9]|$)")).unwrap();
+    let found: Vec<String> = re.captures_iter(text).map(|c| c[2].to_string()).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {len}-digit PIN in the SMS text {text:?}"
+    );
+    found[0].clone()
+}
+
+/// A wrong PIN of the same length: every digit shifted by one.
+fn wrong_pin(pin: &str) -> String {
+    pin.chars()
+        .map(|c| char::from(b'0' + (c as u8 - b'0' + 1) % 10))
+        .collect()
+}
+
+/// The PIN must never be logged, at any level. Checks every line without its timestamp
+/// (whose fractional seconds are just digits) for the PIN as a number of its own, not inside
+/// a longer one; and, for a daemon logging at debug level, that the key presses it logged one
+/// by one after the SMS went out do not spell the PIN.
+fn assert_pin_not_logged(daemon: &Daemon, pin: &str) {
+    let log = daemon.log();
+    assert!(!log.is_empty(), "the daemon log is empty");
+    for line in log.lines() {
+        let rest = line.split_once(' ').map_or(line, |(_, r)| r);
+        let mut from = 0;
+        while let Some(pos) = rest[from..].find(pin) {
+            let i = from + pos;
+            let before = rest[..i].chars().next_back();
+            let after = rest[i + pin.len()..].chars().next();
+            assert!(
+                before.is_some_and(|c| c.is_ascii_digit())
+                    || after.is_some_and(|c| c.is_ascii_digit()),
+                "the PIN {pin} is in the daemon log:\n{line}"
+            );
+            from = i + 1;
+        }
+    }
+    let keys: String = log
+        .lines()
+        .skip_while(|l| !l.contains("PIN sent") && !l.contains("SMS failed"))
+        .filter_map(|l| field_value(l, "digit"))
+        .collect();
+    assert!(
+        !keys.contains(pin),
+        "the daemon logged the PIN {pin} key by key (`digit=` lines after the SMS: {keys}):\n{}",
+        log.lines()
+            .filter(|l| field_value(l, "digit").is_some())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Checks an SMS the webhook got and returns the PIN in it.
+fn check_sms(post: &SmsPost, to: &str, language: &str) -> String {
+    assert_eq!(post.path, "/sms", "webhook path: {post:?}");
+    assert_eq!(post.field("to"), to, "SMS recipient: {post:?}");
+    assert!(
+        !post.field("reference").is_empty(),
+        "SMS without a reference: {post:?}"
+    );
+    assert_eq!(post.field("ttl_seconds"), "300", "SMS ttl: {post:?}");
+    let text = post.text();
+    let expected = match language {
+        "de" => "Ihre Verifizierungs-PIN lautet",
+        _ => "Your verification PIN is",
+    };
+    assert!(
+        text.contains(expected),
+        "SMS text is not the plan's {language} text: {text:?}"
+    );
+    pin_in(&text, 4)
+}
+
+/// The Refer-To of a REFER, checked to be `<expected>` exactly.
+fn assert_refer_to(refer: &str, expected: &str) {
+    let refer_to = header_value(refer, "Refer-To", Some("r")).unwrap_or_default();
+    assert_eq!(
+        refer_to,
+        format!("<{expected}>"),
+        "Refer-To of the REFER:\n{refer}"
+    );
+    assert!(
+        header_value(refer, "Referred-By", Some("b")).is_some(),
+        "REFER without Referred-By:\n{refer}"
+    );
+    assert_eq!(
+        header_value(refer, "CSeq", None)
+            .and_then(|c| c.split_whitespace().nth(1).map(str::to_owned))
+            .as_deref(),
+        Some("REFER"),
+        "REFER's CSeq method:\n{refer}"
+    );
+}
+
+/// The transferee's side of a transfer that works (RFC 3515): 202, NOTIFY 100 (ivrd must not
+/// hang up on it), NOTIFY 200; then ivrd sends BYE, which we answer.
+fn complete_transfer(uac: &mut RawUac, refer: &str) {
+    uac.respond(refer, 202, "Accepted");
+    assert_eq!(
+        uac.notify_sipfrag("SIP/2.0 100 Trying", "active;expires=60"),
+        200,
+        "NOTIFY 100 not answered 200\n{}",
+        uac.transcript()
+    );
+    assert!(
+        uac.try_request("BYE", Duration::from_millis(1500))
+            .is_none(),
+        "ivrd hung up after a provisional NOTIFY (100), before the transfer succeeded\n{}",
+        uac.transcript()
+    );
+    assert_eq!(
+        uac.notify_sipfrag("SIP/2.0 200 OK", "terminated;reason=noresource"),
+        200,
+        "NOTIFY 200 not answered 200\n{}",
+        uac.transcript()
+    );
+    let bye = uac.expect_request("BYE", Duration::from_secs(5));
+    uac.respond(&bye, 200, "OK");
+    uac.stop_media();
+}
+
+/// Calls ivrd and types the customer number during the welcome prompt (it allows barge-in).
+fn call_and_enter_id(daemon: &Daemon, id: &str) -> RawUac {
+    let mut uac = RawUac::call(daemon.sip_addr(), "verify");
+    std::thread::sleep(Duration::from_millis(800));
+    uac.info_digits(id, KEY_GAP);
+    uac
+}
+
+/// Runs the verify flow for Erika with the right PIN, up to ivrd's REFER; returns the PIN
+/// and the REFER.
+fn verified_until_refer(rig: &Rig, daemon: &Daemon) -> (RawUac, String, String) {
+    let mut uac = call_and_enter_id(daemon, ERIKA);
+    let posts = rig.sms.wait_posts(1, FLOW_TIMEOUT);
+    let pin = check_sms(&posts[0], ERIKA_MOBILE, "de");
+    uac.info_digits(&pin, KEY_GAP);
+    let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+    (uac, pin, refer)
+}
+
+/// The one audit row of a test with one call.
+fn single_audit(rig: &Rig) -> AuditRow {
+    let rows = rig.wait_audit(1, Duration::from_secs(15));
+    assert_eq!(rows.len(), 1, "expected one audit row: {rows:#?}");
+    rows.into_iter().next().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// 1. The happy path with a real softphone: baresip types the customer number and the PIN
+///    from the SMS as RFC 4733 events, ivrd sends REFER, baresip calls the queue (SIPp).
+#[test]
+fn baresip_verified_caller_is_transferred_to_the_queue() {
+    require_tool("sipp");
+    require_tool("baresip");
+    let queue_port = free_sip_port();
+    let rig = Rig::new(200, queue_port);
+    let daemon = rig.daemon("");
+
+    // The queue answers the transferred call; it must listen before the call starts.
+    let queue_sipp = Sipp::new("queue_uas.xml", daemon.sip_addr())
+        .local_port(queue_port)
+        .timeout_secs(120);
+    let queue = std::thread::spawn(move || queue_sipp.run());
+    wait_udp_bound(queue_port, Duration::from_secs(10));
+
+    let mut phone = Baresip::start(2);
+    phone.command("dial", &format!("sip:verify@{}", daemon.sip_addr()));
+    phone.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+
+    std::thread::sleep(Duration::from_millis(1000));
+    phone.type_digits(ERIKA, KEY_GAP);
+
+    let posts = rig.sms.wait_posts(1, FLOW_TIMEOUT);
+    let pin = check_sms(&posts[0], ERIKA_MOBILE, "de");
+    phone.type_digits(&pin, KEY_GAP);
+
+    // baresip follows the REFER: a second call, to the queue, gets established, and ivrd
+    // leaves the first one (BYE after the final NOTIFY).
+    phone.wait_events("CALL_ESTABLISHED", 2, FLOW_TIMEOUT);
+    let reasons = daemon.wait_call_ends(1, Duration::from_secs(20));
+    assert_eq!(
+        reasons[0], "transferred",
+        "ivrd's call should end as transferred"
+    );
+
+    let row = single_audit(&rig);
+    // Hang up the queue call so the SIPp UAS completes.
+    phone.command("hangup", "");
+    let run = queue.join().expect("queue SIPp thread");
+    run.assert_ok();
+
+    let invite = run
+        .received()
+        .into_iter()
+        .find(|m| m.text.starts_with("INVITE "))
+        .unwrap_or_else(|| panic!("the queue got no INVITE\n{}", run.report()));
+    let request_line = invite.text.lines().next().unwrap_or_default().to_string();
+    let to = invite.header("To").unwrap_or_default();
+    let header = invite.header("X-Customer-Id").unwrap_or_default();
+    eprintln!(
+        "the queue's INVITE: {request_line}\n  To: {to}\n  X-Customer-Id: {header:?}, X-Verified: {:?}",
+        invite.header("X-Verified")
+    );
+    // baresip 1.0 copies Refer-To URI headers into the Request-URI and To instead of making
+    // them header fields (RFC 3261 19.1.5); a PBX would do the latter. Accept either place.
+    assert!(
+        header == ERIKA
+            || request_line.contains(&format!("X-Customer-Id={ERIKA}"))
+            || to.contains(&format!("X-Customer-Id={ERIKA}")),
+        "the queue's INVITE does not carry X-Customer-Id {ERIKA}:\n{}",
+        invite.text
+    );
+    assert!(
+        invite.header("X-Verified").as_deref() == Some("yes")
+            || request_line.contains("X-Verified=yes")
+            || to.contains("X-Verified=yes"),
+        "the queue's INVITE does not carry X-Verified yes:\n{}",
+        invite.text
+    );
+
+    assert_eq!(row.outcome, "verified", "audit row: {row:#?}");
+    assert_eq!(
+        row.customer_id.as_deref(),
+        Some(ERIKA),
+        "audit row: {row:#?}"
+    );
+    assert_eq!(row.dtmf_methods, "rfc4733", "audit row: {row:#?}");
+    assert_eq!(rig.sms.posts().len(), 1, "one SMS per verification");
+    assert_pin_not_logged(&daemon, &pin);
+    phone.quit();
+}
+
+/// Waits until something listens on UDP `port` (bind fails).
+fn wait_udp_bound(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::UdpSocket::bind(SocketAddr::from((LOCALHOST, port))).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on UDP {port} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// 2. The happy path, with the REFER seen exactly: Refer-To carries the customer id and
+///    X-Verified=yes; a NOTIFY 100 keeps ivrd on the line, the NOTIFY 200 makes it hang up.
+#[test]
+fn verified_caller_refer_carries_customer_headers() {
+    let rig = Rig::new(200, free_udp_port());
+    // Debug level: the PIN must stay out of the log even when an admin turns logging up.
+    let daemon = rig.daemon("[log]\nlevel = \"info,ivrd=debug\"\n");
+    let (mut uac, pin, refer) = verified_until_refer(&rig, &daemon);
+    assert_refer_to(
+        &refer,
+        &format!("{}?X-Customer-Id={ERIKA}&X-Verified=yes", rig.queue),
+    );
+    complete_transfer(&mut uac, &refer);
+
+    let row = single_audit(&rig);
+    assert_eq!(row.outcome, "verified", "audit row: {row:#?}");
+    assert_eq!(
+        row.customer_id.as_deref(),
+        Some(ERIKA),
+        "audit row: {row:#?}"
+    );
+    assert_eq!(row.call_id, uac.call_id(), "audit row: {row:#?}");
+    assert_eq!(
+        row.detail.as_deref(),
+        Some("end=transferred"),
+        "audit row: {row:#?}"
+    );
+    assert!(
+        uac.rtp_received() > 100,
+        "the caller got only {} RTP packets: no prompts?",
+        uac.rtp_received()
+    );
+    assert_eq!(rig.sms.posts().len(), 1, "one SMS per verification");
+    assert_pin_not_logged(&daemon, &pin);
+}
+
+/// 3 and 6. Three wrong PINs: fallback, and the customer is locked out (failures_before_lockout
+/// = 3). The next call with the same customer number goes straight to the fallback without an
+/// SMS, and so does one after a daemon restart on the same database (the lock-out persists).
+#[test]
+fn wrong_pins_go_to_fallback_and_lock_out_across_calls_and_restarts() {
+    let rig = Rig::new(200, free_udp_port());
+    let daemon = rig.daemon("");
+
+    // Call 1: three wrong PINs.
+    let mut uac = call_and_enter_id(&daemon, JOHN);
+    let posts = rig.sms.wait_posts(1, FLOW_TIMEOUT);
+    let pin = check_sms(&posts[0], JOHN_MOBILE, "en");
+    let wrong = wrong_pin(&pin);
+    // Like a person: each PIN once the previous one has been taken. Keys typed ahead would
+    // be kept, but a key within 400 ms of a full entry is dropped (TERMINATOR_GRACE), so an
+    // entry typed into the previous one's collect would be cut short. The first collect
+    // starts when "sending-pin" (which began with the SMS) ends.
+    std::thread::sleep(prompt_duration("en", "sending-pin") + Duration::from_millis(500));
+    for attempt in 0..3 {
+        if attempt > 0 {
+            // Past the 400 ms grace, into the "wrong-pin" prompt (barge-in) or the next collect.
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        uac.info_digits(&wrong, KEY_GAP);
+    }
+    let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+    assert_refer_to(
+        &refer,
+        &format!("{}?X-Customer-Id={JOHN}&X-Verified=no", rig.fallback),
+    );
+    complete_transfer(&mut uac, &refer);
+    let rows = rig.wait_audit(1, Duration::from_secs(15));
+    assert_eq!(rows[0].outcome, "wrong-pin", "audit row: {:#?}", rows[0]);
+    assert_eq!(
+        rows[0].customer_id.as_deref(),
+        Some(JOHN),
+        "audit row: {:#?}",
+        rows[0]
+    );
+    assert_eq!(rig.sms.posts().len(), 1, "one SMS for three tries");
+    assert_pin_not_logged(&daemon, &pin);
+    assert_pin_not_logged(&daemon, &wrong);
+
+    // Call 2, same daemon: locked out, no SMS.
+    let mut uac = call_and_enter_id(&daemon, JOHN);
+    let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+    assert_refer_to(
+        &refer,
+        &format!("{}?X-Customer-Id={JOHN}&X-Verified=no", rig.fallback),
+    );
+    complete_transfer(&mut uac, &refer);
+    let rows = rig.wait_audit(2, Duration::from_secs(15));
+    assert_eq!(rows[0].outcome, "locked-out", "audit row: {:#?}", rows[0]);
+    assert_eq!(rig.sms.posts().len(), 1, "a locked-out customer got an SMS");
+
+    // Call 3, after a restart on the same database file.
+    drop(daemon);
+    let daemon = rig.daemon("");
+    let mut uac = call_and_enter_id(&daemon, JOHN);
+    let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+    assert_refer_to(
+        &refer,
+        &format!("{}?X-Customer-Id={JOHN}&X-Verified=no", rig.fallback),
+    );
+    complete_transfer(&mut uac, &refer);
+    let rows = rig.wait_audit(3, Duration::from_secs(15));
+    assert_eq!(
+        rows[0].outcome, "locked-out",
+        "the lock-out did not survive a restart: {:#?}",
+        rows[0]
+    );
+    assert_eq!(
+        rig.sms.posts().len(),
+        1,
+        "a locked-out customer got an SMS after a restart"
+    );
+}
+
+/// 4. An unknown customer number: the fallback, no SMS.
+#[test]
+fn unknown_customer_goes_to_fallback_without_sms() {
+    let rig = Rig::new(200, free_udp_port());
+    let daemon = rig.daemon("");
+    let mut uac = call_and_enter_id(&daemon, UNKNOWN);
+    let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+    assert_refer_to(
+        &refer,
+        &format!("{}?X-Customer-Id={UNKNOWN}&X-Verified=no", rig.fallback),
+    );
+    complete_transfer(&mut uac, &refer);
+    let row = single_audit(&rig);
+    assert_eq!(row.outcome, "unknown-customer", "audit row: {row:#?}");
+    assert_eq!(row.customer_id, None, "audit row: {row:#?}");
+    assert!(
+        rig.sms.posts().is_empty(),
+        "an SMS went out for an unknown customer: {:?}",
+        rig.sms.posts()
+    );
+}
+
+/// 5. The SMS gateway is down (HTTP 500 every time): ivrd retries (max_retries = 2), says
+///    "sms-failed" and transfers to the fallback.
+#[test]
+fn sms_outage_goes_to_fallback() {
+    let rig = Rig::new(500, free_udp_port());
+    let daemon = rig.daemon("");
+    let mut uac = call_and_enter_id(&daemon, ERIKA);
+    rig.sms.wait_posts(3, FLOW_TIMEOUT);
+    let gave_up = Instant::now();
+    let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+    // The caller was told: "sms-failed", then "fallback" (German: Erika's language), before
+    // the REFER.
+    let told = prompt_duration("de", "sms-failed") + prompt_duration("de", "fallback");
+    assert!(
+        gave_up.elapsed() + Duration::from_millis(500) >= told,
+        "REFER {:?} after the last SMS try: too soon for the sms-failed and fallback prompts ({told:?})",
+        gave_up.elapsed()
+    );
+    assert_refer_to(
+        &refer,
+        &format!("{}?X-Customer-Id={ERIKA}&X-Verified=no", rig.fallback),
+    );
+    complete_transfer(&mut uac, &refer);
+    let row = single_audit(&rig);
+    assert_eq!(row.outcome, "sms-failed", "audit row: {row:#?}");
+    assert_eq!(
+        row.customer_id.as_deref(),
+        Some(ERIKA),
+        "audit row: {row:#?}"
+    );
+
+    // One message, tried three times under one reference (the gateway de-duplicates by it).
+    let posts = rig.sms.posts();
+    assert_eq!(posts.len(), 3, "1 try + 2 retries expected: {posts:?}");
+    let reference = posts[0].field("reference");
+    assert!(
+        posts.iter().all(|p| p.field("reference") == reference),
+        "retries changed the reference: {posts:?}"
+    );
+    let pin = check_sms(&posts[0], ERIKA_MOBILE, "de");
+    assert_pin_not_logged(&daemon, &pin);
+}
+
+/// 7a. The queue refuses the REFER (603): the plan's on_failure says goodbye and ivrd hangs up.
+#[test]
+fn refused_refer_says_goodbye_and_hangs_up() {
+    let rig = Rig::new(200, free_udp_port());
+    let daemon = rig.daemon("");
+    let (mut uac, pin, refer) = verified_until_refer(&rig, &daemon);
+    uac.respond(&refer, 603, "Decline");
+    let refused = Instant::now();
+    let bye = uac.expect_request("BYE", Duration::from_secs(6));
+    assert_goodbye_before(refused);
+    uac.respond(&bye, 200, "OK");
+    uac.stop_media();
+    assert!(
+        !uac.unanswered(Duration::from_millis(500))
+            .iter()
+            .any(|m| sip_method(m) == Some("REFER")),
+        "a second REFER after the failed one\n{}",
+        uac.transcript()
+    );
+    let row = single_audit(&rig);
+    assert_eq!(row.outcome, "transfer-failed", "audit row: {row:#?}");
+    assert_eq!(
+        row.customer_id.as_deref(),
+        Some(ERIKA),
+        "audit row: {row:#?}"
+    );
+    assert_eq!(
+        row.detail.as_deref(),
+        Some("end=completed"),
+        "audit row: {row:#?}"
+    );
+    assert_pin_not_logged(&daemon, &pin);
+}
+
+/// 7b. The REFER is accepted but the target is busy (NOTIFY sipfrag 486): goodbye and BYE.
+#[test]
+fn busy_transfer_target_says_goodbye_and_hangs_up() {
+    let rig = Rig::new(200, free_udp_port());
+    let daemon = rig.daemon("");
+    let (mut uac, pin, refer) = verified_until_refer(&rig, &daemon);
+    uac.respond(&refer, 202, "Accepted");
+    assert_eq!(
+        uac.notify_sipfrag("SIP/2.0 100 Trying", "active;expires=60"),
+        200
+    );
+    let busy = Instant::now();
+    assert_eq!(
+        uac.notify_sipfrag("SIP/2.0 486 Busy Here", "terminated;reason=noresource"),
+        200
+    );
+    // The 486 ends the transfer at once: "goodbye" (1 s) and BYE, well before the 10 s
+    // transfer timeout would.
+    let bye = uac.expect_request("BYE", Duration::from_secs(6));
+    assert_goodbye_before(busy);
+    uac.respond(&bye, 200, "OK");
+    uac.stop_media();
+    let row = single_audit(&rig);
+    assert_eq!(row.outcome, "transfer-failed", "audit row: {row:#?}");
+    assert_eq!(
+        row.customer_id.as_deref(),
+        Some(ERIKA),
+        "audit row: {row:#?}"
+    );
+    assert_pin_not_logged(&daemon, &pin);
+}
+
+/// The BYE after a failed transfer comes after the "goodbye" prompt (German for Erika), not
+/// at once.
+fn assert_goodbye_before(failed_at: Instant) {
+    let goodbye = prompt_duration("de", "goodbye");
+    assert!(
+        failed_at.elapsed() + Duration::from_millis(300) >= goodbye,
+        "BYE {:?} after the transfer failed: too soon for the goodbye prompt ({goodbye:?})",
+        failed_at.elapsed()
+    );
+}
