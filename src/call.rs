@@ -148,6 +148,51 @@ pub struct Collected {
     pub methods: Vec<DtmfMethod>,
 }
 
+/// The rules of a digit collection, without IO or clock, shared by the live call and the
+/// simulator so the two cannot drift apart: the terminator ends input (and is not part of
+/// it), `max` digits end it, and the caller's timer decides when silence ends it. After each
+/// key that does not end the collection, the caller restarts its inter-digit timer.
+pub struct DigitCollector<'a> {
+    spec: &'a CollectSpec,
+    digits: String,
+    methods: Vec<DtmfMethod>,
+}
+
+impl<'a> DigitCollector<'a> {
+    pub fn new(spec: &'a CollectSpec) -> Self {
+        DigitCollector {
+            spec,
+            digits: String::new(),
+            methods: Vec::new(),
+        }
+    }
+
+    /// Takes one key; `Some` when it completes the collection.
+    pub fn push(&mut self, key: char, method: DtmfMethod) -> Option<Collected> {
+        if !self.methods.contains(&method) {
+            self.methods.push(method);
+        }
+        if Some(key) == self.spec.terminator {
+            return Some(self.finish(CollectEnd::Terminator));
+        }
+        self.digits.push(key);
+        (self.digits.len() >= self.spec.max).then(|| self.finish(CollectEnd::MaxDigits))
+    }
+
+    /// The caller's timer ran out.
+    pub fn timed_out(mut self) -> Collected {
+        self.finish(CollectEnd::Timeout)
+    }
+
+    fn finish(&mut self, ended_by: CollectEnd) -> Collected {
+        Collected {
+            digits: std::mem::take(&mut self.digits),
+            ended_by,
+            methods: std::mem::take(&mut self.methods),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlayOutcome {
     /// The caller pressed a key and the prompt stopped (barge-in).
@@ -696,38 +741,17 @@ impl CallIo for Call {
     }
 
     async fn collect(&mut self, spec: &CollectSpec) -> Result<Collected, CallEnd> {
-        let mut digits = String::new();
-        let mut methods: Vec<DtmfMethod> = Vec::new();
+        let mut collector = DigitCollector::new(spec);
         let mut deadline = tokio::time::Instant::now() + spec.first_digit_timeout;
         loop {
             while let Some((d, m)) = self.typeahead.pop_front() {
-                let c = d.as_char();
-                if !methods.contains(&m) {
-                    methods.push(m);
-                }
-                if Some(c) == spec.terminator {
-                    return Ok(Collected {
-                        digits,
-                        ended_by: CollectEnd::Terminator,
-                        methods,
-                    });
-                }
-                digits.push(c);
-                if digits.len() >= spec.max {
-                    return Ok(Collected {
-                        digits,
-                        ended_by: CollectEnd::MaxDigits,
-                        methods,
-                    });
+                if let Some(done) = collector.push(d.as_char(), m) {
+                    return Ok(done);
                 }
                 deadline = tokio::time::Instant::now() + spec.inter_digit_timeout;
             }
             if let Wake::Timeout = self.wait(Some(deadline)).await? {
-                return Ok(Collected {
-                    digits,
-                    ended_by: CollectEnd::Timeout,
-                    methods,
-                });
+                return Ok(collector.timed_out());
             }
         }
     }
@@ -1015,6 +1039,45 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(max: usize) -> CollectSpec {
+        CollectSpec {
+            min: 1,
+            max,
+            terminator: Some('#'),
+            first_digit_timeout: Duration::from_secs(5),
+            inter_digit_timeout: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn collector_ends_on_terminator_max_or_timeout() {
+        let s = spec(4);
+        let mut c = DigitCollector::new(&s);
+        assert_eq!(c.push('1', DtmfMethod::Rfc4733), None);
+        assert_eq!(c.push('2', DtmfMethod::SipInfo), None);
+        let done = c.push('#', DtmfMethod::Rfc4733).unwrap();
+        assert_eq!(done.digits, "12");
+        assert_eq!(done.ended_by, CollectEnd::Terminator);
+        assert_eq!(done.methods, vec![DtmfMethod::Rfc4733, DtmfMethod::SipInfo]);
+
+        let s = spec(2);
+        let mut c = DigitCollector::new(&s);
+        assert_eq!(c.push('7', DtmfMethod::Inband), None);
+        let done = c.push('8', DtmfMethod::Inband).unwrap();
+        assert_eq!(
+            (done.digits.as_str(), done.ended_by),
+            ("78", CollectEnd::MaxDigits)
+        );
+
+        let mut c = DigitCollector::new(&s);
+        assert_eq!(c.push('5', DtmfMethod::Rfc4733), None);
+        let done = c.timed_out();
+        assert_eq!(
+            (done.digits.as_str(), done.ended_by),
+            ("5", CollectEnd::Timeout)
+        );
+    }
 
     #[test]
     fn refer_to_carries_escaped_headers() {

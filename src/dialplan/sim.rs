@@ -28,7 +28,8 @@ use super::model::Dialplan;
 use super::run::{FlowEvent, FlowResult, run_observed};
 use super::services::FlowServices;
 use crate::call::{
-    CallEnd, CallFacts, CallIo, CollectEnd, CollectSpec, Collected, PlayOutcome, TransferOutcome,
+    CallEnd, CallFacts, CallIo, CollectEnd, CollectSpec, Collected, DigitCollector, PlayOutcome,
+    TransferOutcome,
 };
 use crate::media::dtmf::DtmfMethod;
 use std::collections::VecDeque;
@@ -444,27 +445,14 @@ impl CallIo for SimCall {
         if self.hung_up {
             return Err(CallEnd::CallerHangup);
         }
-        // The same rules as the live call: type-ahead first, then keys as they come, the
-        // inter-digit timer restarting at each key.
-        let mut digits = String::new();
+        // The same rules as the live call (one DigitCollector): type-ahead first, then keys
+        // as they come, the inter-digit timer restarting at each key.
+        let mut collector = DigitCollector::new(spec);
         let mut deadline = self.now() + spec.first_digit_timeout;
-        let methods = vec![DtmfMethod::Rfc4733];
         loop {
             while let Some(c) = self.typeahead.pop_front() {
-                if Some(c) == spec.terminator {
-                    return Ok(Collected {
-                        digits,
-                        ended_by: CollectEnd::Terminator,
-                        methods,
-                    });
-                }
-                digits.push(c);
-                if digits.len() >= spec.max {
-                    return Ok(Collected {
-                        digits,
-                        ended_by: CollectEnd::MaxDigits,
-                        methods,
-                    });
+                if let Some(done) = collector.push(c, DtmfMethod::Rfc4733) {
+                    return Ok(done);
                 }
                 deadline = self.now() + spec.inter_digit_timeout;
             }
@@ -473,11 +461,7 @@ impl CallIo for SimCall {
                 Happened::Hangup => return Err(CallEnd::CallerHangup),
                 Happened::Quiet => {
                     self.set_now(deadline);
-                    return Ok(Collected {
-                        digits,
-                        ended_by: CollectEnd::Timeout,
-                        methods,
-                    });
+                    return Ok(collector.timed_out());
                 }
             }
         }
