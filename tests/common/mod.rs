@@ -1718,6 +1718,11 @@ impl Baresip {
         }
     }
 
+    /// Where baresip's `sndfile` module writes what the call heard (`dump-*-dec.wav`).
+    pub fn dump_dir(&self) -> PathBuf {
+        self.dir.path().join("dump")
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
     }
