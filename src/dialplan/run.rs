@@ -447,6 +447,20 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
         });
     }
 
+    /// A service answer that also decides the verification verdict (`is_final` when no later
+    /// step can change it: a wrong PIN with tries left is not final).
+    fn service_verdict(
+        &mut self,
+        step: &Step,
+        request: String,
+        outcome: String,
+        verdict: Outcome,
+        is_final: bool,
+    ) {
+        self.service(step, request, outcome);
+        self.verdict = Some((verdict, is_final));
+    }
+
     async fn play(
         &mut self,
         prompts: &[PromptRef],
@@ -561,23 +575,43 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                         Ok(go("found", on_found))
                     }
                     LookupOutcome::NotFound => {
-                        self.service(step, request, "not found".into());
-                        self.verdict = Some((Outcome::UnknownCustomer, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            "not found".into(),
+                            Outcome::UnknownCustomer,
+                            true,
+                        );
                         Ok(go("not_found", on_not_found))
                     }
                     LookupOutcome::Ambiguous => {
-                        self.service(step, request, "ambiguous (counts as not found)".into());
-                        self.verdict = Some((Outcome::UnknownCustomer, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            "ambiguous (counts as not found)".into(),
+                            Outcome::UnknownCustomer,
+                            true,
+                        );
                         Ok(go("not_found", on_not_found))
                     }
                     LookupOutcome::LockedOut => {
-                        self.service(step, request, "locked out".into());
-                        self.verdict = Some((Outcome::LockedOut, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            "locked out".into(),
+                            Outcome::LockedOut,
+                            true,
+                        );
                         Ok(go("locked", on_locked))
                     }
                     LookupOutcome::Error(e) => {
-                        self.service(step, request, format!("error: {e}"));
-                        self.verdict = Some((Outcome::Error, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            format!("error: {e}"),
+                            Outcome::Error,
+                            true,
+                        );
                         self.service_error = Some(format!("customer lookup: {e}"));
                         Ok(go("error", on_error))
                     }
@@ -627,18 +661,33 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                         Ok(go("sent", on_sent))
                     }
                     SendPinOutcome::RateLimited => {
-                        self.service(step, request, "rate limited".into());
-                        self.verdict = Some((Outcome::RateLimited, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            "rate limited".into(),
+                            Outcome::RateLimited,
+                            true,
+                        );
                         Ok(go("limited", on_limited))
                     }
                     SendPinOutcome::LockedOut => {
-                        self.service(step, request, "locked out".into());
-                        self.verdict = Some((Outcome::LockedOut, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            "locked out".into(),
+                            Outcome::LockedOut,
+                            true,
+                        );
                         Ok(go("locked", on_locked))
                     }
                     SendPinOutcome::Failed(e) => {
-                        self.service(step, request, format!("failed: {e}"));
-                        self.verdict = Some((Outcome::SmsFailed, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            format!("failed: {e}"),
+                            Outcome::SmsFailed,
+                            true,
+                        );
                         Ok(go("failure", on_failure))
                     }
                 }
@@ -666,8 +715,13 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                 let request = format!("customer {customer_id}, PIN ****");
                 match self.services.check_pin(&customer_id, &input).await {
                     CheckPinOutcome::Valid => {
-                        self.service(step, request, "valid".into());
-                        self.verdict = Some((Outcome::Verified, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            "valid".into(),
+                            Outcome::Verified,
+                            true,
+                        );
                         Ok(go("valid", on_valid))
                     }
                     CheckPinOutcome::Invalid { tries_left } => {
@@ -681,18 +735,33 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                         Ok(go("invalid", on_invalid))
                     }
                     CheckPinOutcome::Exhausted => {
-                        self.service(step, request, "invalid, no tries left".into());
-                        self.verdict = Some((Outcome::WrongPin, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            "invalid, no tries left".into(),
+                            Outcome::WrongPin,
+                            true,
+                        );
                         Ok(go("exhausted", on_exhausted))
                     }
                     CheckPinOutcome::Expired => {
-                        self.service(step, request, "expired".into());
-                        self.verdict = Some((Outcome::PinExpired, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            "expired".into(),
+                            Outcome::PinExpired,
+                            true,
+                        );
                         Ok(go("expired", on_expired))
                     }
                     CheckPinOutcome::LockedOut => {
-                        self.service(step, request, "locked out".into());
-                        self.verdict = Some((Outcome::LockedOut, true));
+                        self.service_verdict(
+                            step,
+                            request,
+                            "locked out".into(),
+                            Outcome::LockedOut,
+                            true,
+                        );
                         Ok(go("locked", on_locked))
                     }
                 }
