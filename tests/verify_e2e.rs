@@ -491,6 +491,12 @@ fn wrong_pins_go_to_fallback_and_lock_out_across_calls_and_restarts() {
     complete_transfer(&mut uac, &refer);
     let rows = rig.wait_audit(2, Duration::from_secs(15));
     assert_eq!(rows[0].outcome, "locked-out", "audit row: {:#?}", rows[0]);
+    assert_eq!(
+        rows[0].customer_id.as_deref(),
+        Some(JOHN),
+        "the audit names the locked-out customer: {:#?}",
+        rows[0]
+    );
     assert_eq!(rig.sms.posts().len(), 1, "a locked-out customer got an SMS");
 
     // Call 3, after a restart on the same database file.

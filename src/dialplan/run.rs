@@ -602,6 +602,10 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                             Outcome::LockedOut,
                             true,
                         );
+                        // The audit names who was locked out when the caller typed their id.
+                        if *by == super::services::LookupBy::Id && !v.is_empty() {
+                            self.customer_id = Some(v.clone());
+                        }
                         Ok(go("locked", on_locked))
                     }
                     LookupOutcome::Error(e) => {
@@ -986,10 +990,12 @@ fn by_name(by: super::services::LookupBy) -> &'static str {
     }
 }
 
+/// A found customer for logs and transcripts: id and language, never the name or number
+/// (personal data stays out of logs, which are kept and shipped far more widely than the db).
 fn describe(rec: &CustomerRecord) -> String {
     match &rec.language {
-        Some(l) => format!("{} ({}, {l})", rec.id, rec.name),
-        None => format!("{} ({})", rec.id, rec.name),
+        Some(l) => format!("{} ({l})", rec.id),
+        None => rec.id.clone(),
     }
 }
 
