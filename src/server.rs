@@ -150,11 +150,8 @@ pub fn open_store(cfg: &Config) -> anyhow::Result<Arc<Store>> {
 impl Snapshot {
     /// The plan answering `dialed`, or the default.
     pub fn plan_for(&self, dialed: &str) -> Option<Arc<Dialplan>> {
-        self.plans
-            .iter()
-            .filter_map(|p| p.answers(dialed).map(|score| (score, p)))
-            .max_by_key(|(score, _)| *score)
-            .map(|(_, p)| p.clone())
+        dialplan::select(&self.plans, dialed)
+            .cloned()
             .or_else(|| self.default_plan.clone())
     }
 }

@@ -81,10 +81,11 @@ impl Dialplan {
 }
 
 /// The plan that answers `dialed` best (see [`Dialplan::answers`]); ties go to the first.
-pub fn select<'a>(plans: &'a [Dialplan], dialed: &str) -> Option<&'a Dialplan> {
-    let mut best: Option<(usize, &Dialplan)> = None;
+/// Works over plain plans and over shared ones (`Arc<Dialplan>`, as the daemon holds them).
+pub fn select<'a, P: std::borrow::Borrow<Dialplan>>(plans: &'a [P], dialed: &str) -> Option<&'a P> {
+    let mut best: Option<(usize, &P)> = None;
     for p in plans {
-        if let Some(rank) = p.answers(dialed)
+        if let Some(rank) = p.borrow().answers(dialed)
             && best.is_none_or(|(r, _)| rank > r)
         {
             best = Some((rank, p));
