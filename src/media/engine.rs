@@ -119,7 +119,9 @@ enum PacerCmd {
 struct Shared {
     /// Where the caller's RTP comes from (symmetric RTP / NAT latching).
     latched: Mutex<Option<SocketAddr>>,
-    has_latched: AtomicBool,
+    /// Bumped on every (re-)latch, so the pacer re-reads `latched` only when it changed
+    /// instead of taking the lock for every packet.
+    latch_generation: AtomicU64,
 }
 
 struct PacedStream {
@@ -129,6 +131,9 @@ struct PacedStream {
     rtp: RtpSender,
     shared: Arc<Shared>,
     symmetric: bool,
+    /// The pacer's copy of `shared.latched`, as of `seen_generation`.
+    latched: Option<SocketAddr>,
+    seen_generation: u64,
     /// Ticks between packets (ptime / 10 ms) and the tick of the next packet.
     every: u64,
     next_tick: u64,
@@ -139,16 +144,19 @@ struct PacedStream {
 }
 
 impl PacedStream {
-    fn destination(&self) -> Option<SocketAddr> {
-        if self.symmetric
-            && self.shared.has_latched.load(Ordering::Acquire)
-            && let Some(a) = *self.shared.latched.lock().expect("latch lock")
-        {
-            return Some(a);
+    fn destination(&mut self) -> Option<SocketAddr> {
+        if self.symmetric {
+            let generation = self.shared.latch_generation.load(Ordering::Acquire);
+            if generation != self.seen_generation {
+                self.seen_generation = generation;
+                self.latched = *self.shared.latched.lock().expect("latch lock");
+            }
+            if self.latched.is_some() {
+                return self.latched;
+            }
         }
         self.params.remote
     }
-
     /// Fills `payload` from the prompt queue (then silence) and advances playback.
     fn fill(&mut self, payload: &mut [u8]) {
         let silence = match self.params.codec {
@@ -296,6 +304,8 @@ impl MediaEngine {
             rtp: RtpSender::new_random(),
             shared,
             symmetric: s.symmetric_rtp,
+            latched: None,
+            seen_generation: 0,
             every: u64::from(params.ptime_ms / 10).max(1),
             next_tick: 0,
             queue: VecDeque::new(),
@@ -583,7 +593,7 @@ async fn recv_loop(
                     debug!(%from, "RTP source moved; re-latching");
                 }
                 *latched = Some(from);
-                shared.has_latched.store(true, Ordering::Release);
+                shared.latch_generation.fetch_add(1, Ordering::Release);
             }
         }
         let digit = if Some(pkt.payload_type) == p.dtmf_payload_type {
