@@ -35,12 +35,46 @@ pub struct Config {
     pub demo: DemoConfig,
     pub transfer: TransferConfig,
     pub store: StoreConfig,
+    pub shutdown: ShutdownConfig,
+    pub admin: AdminConfig,
     pub dialplans: DialplansConfig,
     /// The SMS provider (`provider = "log"` by default: no account needed).
     pub sms: crate::verify::sms::SmsConfig,
     /// PIN and SMS limits, lock-outs.
     pub limits: crate::verify::limits::Limits,
     pub log: LogConfig,
+}
+
+/// Graceful shutdown (SIGTERM).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Calls in progress may run this long after SIGTERM (new INVITEs get 503 + Retry-After
+    /// meanwhile); then they get BYE. Keep systemd's TimeoutStopSec above this plus 64*T1.
+    pub drain_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_secs: 10 }
+    }
+}
+
+/// The admin listener: Prometheus metrics, health and status for operators.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// HTTP listen address (loopback by default: nothing here is for the outside world).
+    /// `GET /metrics`, `/health`, `/status`. Empty string disables the listener.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9060".into(),
+        }
+    }
 }
 
 /// Which dialplans answer calls.

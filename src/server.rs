@@ -33,9 +33,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-/// How long calls in progress may go on after shutdown starts, before they get BYE.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-
 /// What a running daemon tells whoever started it.
 #[derive(Debug, Clone)]
 pub struct Ready {
@@ -305,7 +302,8 @@ pub async fn run(
 
     notifier.stopping();
     // Drain: refuse new calls, let running ones finish, then hang up what is left.
-    core.drain(DRAIN_DEADLINE.as_secs() as u32);
+    let drain = Duration::from_secs(cfg.shutdown.drain_secs);
+    core.drain(cfg.shutdown.drain_secs.clamp(1, u64::from(u32::MAX)) as u32);
     calls.close();
     info!(active = calls.len(), "shutting down; draining calls");
     if tokio::time::timeout(DRAIN_DEADLINE, calls.wait())
