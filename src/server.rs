@@ -306,7 +306,7 @@ pub async fn run(
     core.drain(cfg.shutdown.drain_secs.clamp(1, u64::from(u32::MAX)) as u32);
     calls.close();
     info!(active = calls.len(), "shutting down; draining calls");
-    if tokio::time::timeout(DRAIN_DEADLINE, calls.wait())
+    if tokio::time::timeout(drain, calls.wait())
         .await
         .is_err()
     {
