@@ -146,6 +146,7 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
         sms: Arc::new(capture),
         default_region: cfg.store.default_region.clone(),
         on_sent: Some(hook),
+        metrics: Arc::default(),
     });
     let services = CallServices {
         shared,

@@ -255,6 +255,7 @@ pub struct CallContext {
     pub settings: Arc<CallSettings>,
     /// Cancelled when the drain deadline passes: calls still running hang up.
     pub hangup_all: CancellationToken,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, Clone)]
@@ -541,6 +542,7 @@ impl Call {
             return false;
         }
         debug!(method = method.as_str(), "key press");
+        self.ctx.metrics.digit(method);
         if !self.methods_seen.contains(&method) {
             self.methods_seen.push(method);
         }

@@ -22,6 +22,7 @@
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
 pub mod admin;
+pub mod admin_http;
 pub mod call;
 pub mod config;
 pub mod customers_cli;
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod dialplan;
 
 pub mod media;
+pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod services;

@@ -67,6 +67,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Ask the running daemon (its admin listener) how it is and which calls are up.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Manage the customers in the database: import, add, list, disable, enable, remove, unlock.
     Customers {
         /// Configuration file whose [store] path names the database.
@@ -89,6 +94,22 @@ enum GraphFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Status { config } => {
+            let cfg = match load_config(config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            match ivrd::admin_http::status_command(&cfg.admin.listen) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ivrd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => {
             let cfg = match load_config(config.as_deref()) {
                 Ok(cfg) => cfg,
@@ -212,12 +233,19 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    // Under systemd, stderr goes to the journal (JOURNAL_STREAM is set), which stamps every
+    // line itself: our own timestamps would be duplicates, and colours are noise there.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = !journal && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if journal {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
 }
 
 /// SIGTERM/SIGINT start a graceful shutdown; SIGHUP asks for a reload.

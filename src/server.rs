@@ -10,11 +10,13 @@
 //! the version they started with. If anything in the new files is wrong, the running snapshot
 //! stays and the log says why. Listen addresses, RTP ports and the database path need a restart.
 
+use crate::admin_http::AdminState;
 use crate::call::{self, CallContext, CallEnd, CallSettings, CallSummary};
 use crate::config::Config;
 use crate::dialplan::{self, CheckEnv, Dialplan, FlowResult};
 use crate::media::engine::{MediaEngine, MediaSettings};
 use crate::media::prompt::PromptLibrary;
+use crate::metrics::Metrics;
 use crate::services::{CallServices, SentHook, Shared};
 use crate::sip::core::{self, CoreConfig, NewCall};
 use crate::sip::message::{ResponseBuilder, uri_user};
@@ -27,7 +29,7 @@ use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -105,6 +107,7 @@ pub fn build_snapshot(
     cfg: &Config,
     store: Arc<Store>,
     on_sent: Option<SentHook>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<Snapshot> {
     let (prompts, plans) = load_flows(cfg)?;
     let sms = crate::verify::sms::build(&cfg.sms).context("[sms]")?;
@@ -125,6 +128,7 @@ pub fn build_snapshot(
             sms,
             default_region: cfg.store.default_region.clone(),
             on_sent,
+            metrics,
         }),
         demo: cfg.demo.enabled.then(|| cfg.demo.clone()),
     })
@@ -163,7 +167,11 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> anyhow::Result<()> {
     let store = open_store(&cfg)?;
-    let snapshot = build_snapshot(&cfg, store.clone(), None)?;
+    let metrics = Arc::new(Metrics::default());
+    let snapshot = build_snapshot(&cfg, store.clone(), None, metrics.clone())?;
+    let plan_names: Arc<RwLock<Vec<String>>> = Arc::new(RwLock::new(
+        snapshot.plans.iter().map(|p| p.name.clone()).collect(),
+    ));
     info!(
         prompts = snapshot.prompts.len(),
         languages = %snapshot.prompts.languages().collect::<Vec<_>>().join(","),
@@ -238,6 +246,24 @@ pub async fn run(
             .zip(cfg.transfer.password.clone()),
     });
     let calls = TaskTracker::new();
+    let admin_shutdown = CancellationToken::new();
+    if !cfg.admin.listen.is_empty() {
+        let state = AdminState {
+            metrics: metrics.clone(),
+            core: core.stats.clone(),
+            media: media.stats().clone(),
+            started: SystemTime::now(),
+            dialplans: plan_names.clone(),
+        };
+        crate::admin_http::serve(&cfg.admin.listen, state, admin_shutdown.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the admin listener [admin] listen = {:?}",
+                    cfg.admin.listen
+                )
+            })?;
+    }
     info!(sip = %bound.iter().map(|(p, a)| format!("{}:{a}", p.via_name().to_lowercase())).collect::<Vec<_>>().join(","), "ivrd ready");
     // systemd: READY only now that every socket is bound and every file loaded; WATCHDOG only
     // while the accept loop, the SIP core and the RTP pacer are all turning (a stalled loop
@@ -279,6 +305,7 @@ pub async fn run(
                     prompts: snap.prompts.clone(),
                     settings: settings.clone(),
                     hangup_all: hangup_all.clone(),
+                    metrics: metrics.clone(),
                 };
                 let span = info_span!("call", call_id = %new.invite.call_id);
                 calls.spawn(handle_call(new, ctx, snap).instrument(span));
@@ -286,13 +313,18 @@ pub async fn run(
             Some(()) = reload.recv() => {
                 let started = std::time::Instant::now();
                 notifier.reloading();
-                match reload_snapshot(config_path.as_deref(), &cfg, store.clone()) {
+                match reload_snapshot(config_path.as_deref(), &cfg, store.clone(), metrics.clone()) {
                     Ok(snap) => {
                         let names: Vec<String> = snap.plans.iter().map(|p| p.name.clone()).collect();
                         *current.write().expect("snapshot lock") = Arc::new(snap);
+                        *plan_names.write().expect("dialplans lock") = names.clone();
+                        metrics.reload(true);
                         info!(dialplans = %names.join(","), ms = started.elapsed().as_millis() as u64, "reloaded");
                     }
-                    Err(e) => error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
+                    Err(e) => {
+                        metrics.reload(false);
+                        error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration");
+                    }
                 }
                 notifier.reloaded(&format!("{} active calls", calls.len()));
             }
@@ -301,15 +333,15 @@ pub async fn run(
     }
 
     notifier.stopping();
+    metrics
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     // Drain: refuse new calls, let running ones finish, then hang up what is left.
     let drain = Duration::from_secs(cfg.shutdown.drain_secs);
     core.drain(cfg.shutdown.drain_secs.clamp(1, u64::from(u32::MAX)) as u32);
     calls.close();
     info!(active = calls.len(), "shutting down; draining calls");
-    if tokio::time::timeout(drain, calls.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(drain, calls.wait()).await.is_err() {
         warn!(
             active = calls.len(),
             "drain deadline passed; hanging up remaining calls"
@@ -319,6 +351,7 @@ pub async fn run(
         let _ = tokio::time::timeout(t1 * 64 + Duration::from_secs(1), calls.wait()).await;
     }
     sip_shutdown.cancel();
+    admin_shutdown.cancel();
     info!("stopped");
     Ok(())
 }
@@ -327,10 +360,13 @@ fn reload_snapshot(
     config_path: Option<&Path>,
     running: &Config,
     store: Arc<Store>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<Snapshot> {
     let cfg = match config_path {
         Some(p) => Config::load(p)?,
-        None => Config::default(),
+        // Without a file the daemon runs on the embedded default; reload that, not the
+        // bare defaults (which would drop the demo's SMS file and seed).
+        None => Config::embedded(),
     };
     if cfg.sip.udp != running.sip.udp
         || cfg.sip.tcp != running.sip.tcp
@@ -338,7 +374,7 @@ fn reload_snapshot(
     {
         warn!("listen addresses and the database path change only on restart");
     }
-    build_snapshot(&cfg, store, None)
+    build_snapshot(&cfg, store, None, metrics)
 }
 
 /// One call: pick its dialplan, run it, write its audit row.
@@ -350,6 +386,16 @@ async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>) {
         .unwrap_or_default()
         .to_string();
     let store = snap.services.store.clone();
+    let metrics = ctx.metrics.clone();
+    let caller = crate::call::CallFacts::from_invite(&new.invite, new.flow.remote).caller;
+    let plan_name = match &snap.demo {
+        Some(_) => "demo".to_string(),
+        None => snap
+            .plan_for(&dialed)
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+    };
+    let _active = metrics.call_started(&new.invite.call_id, &caller, &dialed, &plan_name);
     let summary: CallSummary<Option<FlowResult>> = if let Some(demo) = snap.demo.clone() {
         call::run(new, ctx, move |mut c| async move {
             let r = crate::demo::run(&mut c, &demo).await;
@@ -380,6 +426,7 @@ async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>) {
         .await
     };
     let row = audit_row(&summary, &dialed);
+    metrics.call_ended(&row.outcome);
     let written = tokio::task::spawn_blocking(move || store.write_audit(&row)).await;
     match written {
         Ok(Ok(())) => {}

@@ -29,6 +29,7 @@ pub struct Shared {
     /// Region for numbers without a country code (lookup by the caller's number).
     pub default_region: String,
     pub on_sent: Option<SentHook>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The services for one call: the shared parts plus the call's dialplan (for its SMS texts).
@@ -142,7 +143,9 @@ impl FlowServices for CallServices {
             ttl: shared.verifier.limits().pin_ttl(),
         };
         let started = Instant::now();
-        match shared.sms.send(&msg).await {
+        let sent = shared.sms.send(&msg).await;
+        shared.metrics.sms(sent.is_ok(), started.elapsed());
+        match sent {
             Ok(receipt) => {
                 info!(
                     customer = %req.customer_id,
@@ -170,13 +173,22 @@ impl FlowServices for CallServices {
         let shared = self.shared.clone();
         let id = customer_id.to_string();
         let input = zeroize::Zeroizing::new(input.to_string());
-        blocking(move || {
+        let metrics = self.shared.metrics.clone();
+        let outcome = blocking(move || {
             shared
                 .verifier
                 .check_pin(&id, &input, Instant::now(), SystemTime::now())
         })
         .await
         // A store failure must not let a caller through: fail closed.
-        .unwrap_or(CheckPinOutcome::LockedOut)
+        .unwrap_or(CheckPinOutcome::LockedOut);
+        metrics.pin_check(match outcome {
+            CheckPinOutcome::Valid => "valid",
+            CheckPinOutcome::Invalid { .. } => "invalid",
+            CheckPinOutcome::Exhausted => "exhausted",
+            CheckPinOutcome::Expired => "expired",
+            CheckPinOutcome::LockedOut => "locked-out",
+        });
+        outcome
     }
 }

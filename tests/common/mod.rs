@@ -239,6 +239,10 @@ rtp_port_max = {rtp_max}
 [demo]
 enabled = true
 
+# Many daemons run at once: no shared admin port (tests that scrape set their own).
+[admin]
+listen = ""
+
 [log]
 level = "info"
 "#
@@ -1889,6 +1893,47 @@ impl Drop for Baresip {
                 self.events.join("\n"),
                 self.log()
             );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals and exit, for the shutdown tests.
+// ---------------------------------------------------------------------------------------------
+
+impl Daemon {
+    /// Sends `signal` (a name such as `TERM`, `KILL`, `HUP`) to the daemon with the shell's
+    /// `kill` builtin (present even where procps is not). Panics if the daemon already exited.
+    pub fn signal(&mut self, signal: &str) {
+        assert!(
+            self.is_running(),
+            "ivrd is not running; cannot send SIG{signal}\n--- ivrd log ---\n{}",
+            self.log()
+        );
+        let pid = self.pid().to_string();
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{signal} \"$1\""), "sh", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+    }
+
+    /// Waits up to `timeout` for the daemon to exit and returns its exit status, or None if it
+    /// is still running (or was already reaped by an earlier call). Once it has exited the process is reaped and forgotten, so dropping
+    /// the `Daemon` later signals nothing (the pid may belong to someone else by then); the
+    /// log stays readable until the drop.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -1,0 +1,316 @@
+//! The admin listener: `GET /metrics` (Prometheus), `/health` and `/status` (JSON), on
+//! loopback by default. Also the client side of `ivrd status`.
+//!
+//! A few lines of HTTP/1.1 by hand instead of a web framework: three GET routes, one request
+//! per connection, `Connection: close`. Anything else gets 404/405, a slow or huge request is
+//! cut off, and nothing here can block SIP or RTP (own tasks, bounded reads).
+
+use crate::media::engine::MediaStats;
+use crate::metrics::Metrics;
+use crate::sip::core::CoreStats;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// What the admin routes read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub core: Arc<CoreStats>,
+    pub media: Arc<MediaStats>,
+    pub started: SystemTime,
+    /// Names of the dialplans loaded now (changes on reload).
+    pub dialplans: Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+/// The `/status` document.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub status: String,
+    pub uptime_seconds: u64,
+    pub dialplans: Vec<String>,
+    pub active_calls: Vec<StatusCall>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct StatusCall {
+    pub call_id: String,
+    pub caller: String,
+    pub dialed: String,
+    pub dialplan: String,
+    pub seconds: u64,
+}
+
+impl AdminState {
+    fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            status: self.health_word().into(),
+            uptime_seconds: self.started.elapsed().unwrap_or_default().as_secs(),
+            dialplans: self.dialplans.read().expect("dialplans lock").clone(),
+            active_calls: self
+                .metrics
+                .active_calls()
+                .into_iter()
+                .map(|c| StatusCall {
+                    call_id: c.call_id,
+                    caller: c.caller,
+                    dialed: c.dialed,
+                    dialplan: c.dialplan,
+                    seconds: c.seconds,
+                })
+                .collect(),
+        }
+    }
+
+    fn health_word(&self) -> &'static str {
+        if self
+            .metrics
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            "draining"
+        } else {
+            "ok"
+        }
+    }
+}
+
+/// Binds the listener (errors surface at start-up, like every other socket) and serves it.
+pub async fn serve(
+    addr: &str,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    info!(addr = %local, "admin listening (/metrics, /health, /status)");
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        debug!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut len = 0;
+                // The request head within 2 s and 4 kB, or nothing.
+                let read = tokio::time::timeout(Duration::from_secs(2), async {
+                    while len < buf.len() {
+                        let n = stream.read(&mut buf[len..]).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        len += n;
+                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+                if !matches!(read, Ok(Ok(()))) {
+                    return;
+                }
+                let response = respond(&state, &buf[..len]);
+                let _ = stream.write_all(&response).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn respond(state: &AdminState, request: &[u8]) -> Vec<u8> {
+    let head = String::from_utf8_lossy(request);
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    if method != "GET" && method != "HEAD" {
+        return http(405, "text/plain", "only GET\n".into());
+    }
+    match path {
+        "/metrics" => http(
+            200,
+            "text/plain; version=0.0.4",
+            state
+                .metrics
+                .render(&state.core, &state.media, state.started),
+        ),
+        "/health" => {
+            // 503 while draining, so a load balancer or PBX health check moves traffic away.
+            let word = state.health_word();
+            let code = if word == "ok" { 200 } else { 503 };
+            let body = format!(
+                "{{\"status\":\"{word}\",\"active_calls\":{}}}\n",
+                state.metrics.active_count()
+            );
+            http(code, "application/json", body)
+        }
+        "/status" => {
+            let body = serde_json::to_string_pretty(&state.status()).unwrap_or_default() + "\n";
+            http(200, "application/json", body)
+        }
+        _ => http(
+            404,
+            "text/plain",
+            "try /metrics, /health or /status\n".into(),
+        ),
+    }
+}
+
+fn http(code: u16, content_type: &str, body: String) -> Vec<u8> {
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// `ivrd status`: asks a running daemon's admin listener and prints what it says.
+pub fn status_command(addr: &str) -> Result<String, String> {
+    let not_running = |e: std::io::Error| {
+        format!(
+            "cannot reach ivrd's admin listener at {addr} ({e}): is ivrd running, and is [admin] listen set?"
+        )
+    };
+    let sock: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("[admin] listen = {addr:?} is not an address"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(not_running)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(not_running)?;
+    stream
+        .write_all(
+            format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .map_err(not_running)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(not_running)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    let status: Status =
+        serde_json::from_str(body).map_err(|e| format!("unexpected answer from {addr}: {e}"))?;
+    let mut out = format!(
+        "ivrd {}: {}, up {}, dialplans: {}\n{} active call{}\n",
+        status.version,
+        status.status,
+        fmt_duration(status.uptime_seconds),
+        status.dialplans.join(", "),
+        status.active_calls.len(),
+        if status.active_calls.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+    );
+    for c in &status.active_calls {
+        out.push_str(&format!(
+            "  {:>6}  {:<16} -> {:<12} {:<10} {}\n",
+            fmt_duration(c.seconds),
+            c.caller,
+            c.dialed,
+            c.dialplan,
+            c.call_id
+        ));
+    }
+    Ok(out)
+}
+
+fn fmt_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> AdminState {
+        AdminState {
+            metrics: Arc::new(Metrics::default()),
+            core: Arc::new(CoreStats::default()),
+            media: Arc::new(MediaStats::default()),
+            started: SystemTime::now(),
+            dialplans: Arc::new(std::sync::RwLock::new(vec!["verify".into()])),
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_answer_over_a_real_socket() {
+        let st = state();
+        let _guard = st
+            .metrics
+            .call_started("c9", "+491701234567", "100", "verify");
+        let addr = serve("127.0.0.1:0", st.clone(), CancellationToken::new())
+            .await
+            .unwrap();
+        let out = tokio::task::spawn_blocking(move || status_command(&addr.to_string()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.contains(": ok,"), "{out}");
+        assert!(out.contains("1 active call\n"), "{out}");
+        assert!(out.contains("+49********67") && out.contains("c9"), "{out}");
+        let get = move |path: &str| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            write!(s, "GET {path} HTTP/1.1\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            r
+        };
+        let metrics = tokio::task::spawn_blocking(move || get("/metrics"))
+            .await
+            .unwrap();
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("ivrd_calls_active 1\n"), "{metrics}");
+        st.metrics
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let health = tokio::task::spawn_blocking(move || get("/health"))
+            .await
+            .unwrap();
+        assert!(
+            health.starts_with("HTTP/1.1 503") && health.contains("draining"),
+            "{health}"
+        );
+        let missing = tokio::task::spawn_blocking(move || get("/nope"))
+            .await
+            .unwrap();
+        assert!(missing.starts_with("HTTP/1.1 404"));
+    }
+
+    #[test]
+    fn status_command_says_when_nobody_listens() {
+        let err = status_command("127.0.0.1:1").unwrap_err();
+        assert!(err.contains("is ivrd running"), "{err}");
+    }
+}

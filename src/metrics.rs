@@ -1,0 +1,384 @@
+//! Operators' numbers: counters and gauges in the Prometheus text format, and the registry of
+//! calls in progress that `/status` and `ivrd status` show.
+//!
+//! Hand-written rather than the `prometheus` crate: a dozen relaxed atomics and one small
+//! map cover what ivrd exports, the exposition format is a page of text, and nothing on a hot
+//! path (per packet, per digit) takes a lock. Counters owned by other layers (the SIP core's
+//! retransmissions, the media engine's packets and late ticks) are read from their own stats
+//! at scrape time instead of being copied.
+
+use crate::call::mask_number;
+use crate::media::dtmf::DtmfMethod;
+use crate::media::engine::MediaStats;
+use crate::sip::core::CoreStats;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Upper bounds (seconds) of the SMS latency histogram buckets.
+const SMS_BUCKETS: [f64; 7] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A call in progress, as `/status` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ActiveCall {
+    pub call_id: String,
+    /// Masked: status output ends up in tickets and chat.
+    pub caller: String,
+    pub dialed: String,
+    pub dialplan: String,
+    #[serde(skip)]
+    pub started: Instant,
+    pub seconds: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    next_call: AtomicU64,
+    active: Mutex<HashMap<u64, ActiveCall>>,
+    calls_by_outcome: Mutex<BTreeMap<String, u64>>,
+    dtmf: [AtomicU64; 3],
+    sms_sent: AtomicU64,
+    sms_failed: AtomicU64,
+    sms_buckets: [AtomicU64; SMS_BUCKETS.len()],
+    sms_latency_ms_sum: AtomicU64,
+    pin_checks: Mutex<BTreeMap<&'static str, u64>>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    pub draining: AtomicBool,
+}
+
+/// Removes the call from the active list when dropped (whatever way the call task ends).
+pub struct CallGuard<'a> {
+    metrics: &'a Metrics,
+    id: u64,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .active
+            .lock()
+            .expect("metrics lock")
+            .remove(&self.id);
+    }
+}
+
+impl Metrics {
+    pub fn call_started(
+        &self,
+        call_id: &str,
+        caller: &str,
+        dialed: &str,
+        dialplan: &str,
+    ) -> CallGuard<'_> {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        self.active.lock().expect("metrics lock").insert(
+            id,
+            ActiveCall {
+                call_id: call_id.to_string(),
+                caller: mask_number(caller),
+                dialed: dialed.to_string(),
+                dialplan: dialplan.to_string(),
+                started: Instant::now(),
+                seconds: 0,
+            },
+        );
+        CallGuard { metrics: self, id }
+    }
+
+    pub fn call_ended(&self, outcome: &str) {
+        *self
+            .calls_by_outcome
+            .lock()
+            .expect("metrics lock")
+            .entry(outcome.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn active_calls(&self) -> Vec<ActiveCall> {
+        let mut calls: Vec<ActiveCall> = self
+            .active
+            .lock()
+            .expect("metrics lock")
+            .values()
+            .cloned()
+            .map(|mut c| {
+                c.seconds = c.started.elapsed().as_secs();
+                c
+            })
+            .collect();
+        calls.sort_by_key(|c| std::cmp::Reverse(c.seconds));
+        calls
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.active.lock().expect("metrics lock").len()
+    }
+
+    pub fn digit(&self, method: DtmfMethod) {
+        let i = match method {
+            DtmfMethod::Rfc4733 => 0,
+            DtmfMethod::SipInfo => 1,
+            DtmfMethod::Inband => 2,
+        };
+        self.dtmf[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn sms(&self, ok: bool, latency: Duration) {
+        if ok {
+            self.sms_sent.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.sms_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let secs = latency.as_secs_f64();
+        for (i, le) in SMS_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.sms_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sms_latency_ms_sum
+            .fetch_add(latency.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn pin_check(&self, result: &'static str) {
+        *self
+            .pin_checks
+            .lock()
+            .expect("metrics lock")
+            .entry(result)
+            .or_default() += 1;
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let c = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, core: &CoreStats, media: &MediaStats, started: SystemTime) -> String {
+        let mut out = String::with_capacity(4096);
+        let r = Ordering::Relaxed;
+        gauge(
+            &mut out,
+            "ivrd_calls_active",
+            "Calls in progress.",
+            self.active_count() as f64,
+        );
+        header(
+            &mut out,
+            "ivrd_calls_total",
+            "counter",
+            "Finished calls by outcome.",
+        );
+        for (outcome, n) in self.calls_by_outcome.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "ivrd_calls_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "ivrd_pin_checks_total",
+            "counter",
+            "PIN checks by result.",
+        );
+        for (result, n) in self.pin_checks.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "ivrd_pin_checks_total{{result=\"{result}\"}} {n}");
+        }
+        header(&mut out, "ivrd_sms_total", "counter", "PIN SMS by result.");
+        let _ = writeln!(
+            out,
+            "ivrd_sms_total{{result=\"sent\"}} {}",
+            self.sms_sent.load(r)
+        );
+        let _ = writeln!(
+            out,
+            "ivrd_sms_total{{result=\"failed\"}} {}",
+            self.sms_failed.load(r)
+        );
+        header(
+            &mut out,
+            "ivrd_sms_latency_seconds",
+            "histogram",
+            "Time to hand a PIN SMS to the provider.",
+        );
+        let count = self.sms_sent.load(r) + self.sms_failed.load(r);
+        for (i, le) in SMS_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ivrd_sms_latency_seconds_bucket{{le=\"{le}\"}} {}",
+                self.sms_buckets[i].load(r)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "ivrd_sms_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "ivrd_sms_latency_seconds_sum {}",
+            self.sms_latency_ms_sum.load(r) as f64 / 1000.0
+        );
+        let _ = writeln!(out, "ivrd_sms_latency_seconds_count {count}");
+        header(
+            &mut out,
+            "ivrd_dtmf_digits_total",
+            "counter",
+            "Key presses by method (after de-duplication).",
+        );
+        for (i, m) in ["rfc4733", "info", "inband"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ivrd_dtmf_digits_total{{method=\"{m}\"}} {}",
+                self.dtmf[i].load(r)
+            );
+        }
+        counter(
+            &mut out,
+            "ivrd_sip_retransmissions_total",
+            "SIP retransmissions received or sent.",
+            core.retransmissions.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_sip_requests_total",
+            "SIP requests received.",
+            core.requests_in.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_sip_responses_total",
+            "SIP responses received.",
+            core.responses_in.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_rtp_packets_sent_total",
+            "RTP packets sent.",
+            media.packets_sent.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_rtp_packets_received_total",
+            "RTP packets received.",
+            media.packets_received.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_rtp_send_errors_total",
+            "RTP packets the kernel refused.",
+            media.send_errors.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_rtp_ticks_total",
+            "Pacing clock ticks (10 ms).",
+            media.ticks.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_rtp_late_ticks_total",
+            "Pacing ticks that started more than 5 ms late.",
+            media.late_ticks.load(r),
+        );
+        header(
+            &mut out,
+            "ivrd_reloads_total",
+            "counter",
+            "Reloads by result.",
+        );
+        let _ = writeln!(
+            out,
+            "ivrd_reloads_total{{result=\"ok\"}} {}",
+            self.reloads_ok.load(r)
+        );
+        let _ = writeln!(
+            out,
+            "ivrd_reloads_total{{result=\"failed\"}} {}",
+            self.reloads_failed.load(r)
+        );
+        let start = started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        gauge(
+            &mut out,
+            "ivrd_start_time_seconds",
+            "When the daemon started (Unix time).",
+            start as f64,
+        );
+        gauge(
+            &mut out,
+            "ivrd_draining",
+            "1 while shutting down (new calls refused).",
+            f64::from(u8::from(self.draining.load(r))),
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_reflects_what_happened() {
+        let m = Metrics::default();
+        let guard = m.call_started("c1", "+4915112345678", "100", "verify");
+        assert_eq!(m.active_count(), 1);
+        assert_eq!(m.active_calls()[0].caller, "+49*********78");
+        m.digit(DtmfMethod::Rfc4733);
+        m.digit(DtmfMethod::Rfc4733);
+        m.digit(DtmfMethod::SipInfo);
+        m.sms(true, Duration::from_millis(300));
+        m.sms(false, Duration::from_secs(3));
+        m.pin_check("valid");
+        drop(guard);
+        m.call_ended("verified");
+        let text = m.render(
+            &CoreStats::default(),
+            &MediaStats::default(),
+            SystemTime::now(),
+        );
+        assert!(text.contains("ivrd_calls_active 0\n"), "{text}");
+        assert!(text.contains("ivrd_calls_total{outcome=\"verified\"} 1\n"));
+        assert!(text.contains("ivrd_dtmf_digits_total{method=\"rfc4733\"} 2\n"));
+        assert!(text.contains("ivrd_dtmf_digits_total{method=\"info\"} 1\n"));
+        assert!(text.contains("ivrd_sms_total{result=\"failed\"} 1\n"));
+        // 0.3 s falls in the 0.5 bucket and above; 3 s only in 5 and 10.
+        assert!(text.contains("ivrd_sms_latency_seconds_bucket{le=\"0.25\"} 0\n"));
+        assert!(text.contains("ivrd_sms_latency_seconds_bucket{le=\"0.5\"} 1\n"));
+        assert!(text.contains("ivrd_sms_latency_seconds_bucket{le=\"5\"} 2\n"));
+        assert!(text.contains("ivrd_sms_latency_seconds_count 2\n"));
+        assert!(text.contains("ivrd_pin_checks_total{result=\"valid\"} 1\n"));
+        // Every sample line belongs to a declared metric (a scraper rejects the rest).
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let base = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "undeclared: {line}"
+            );
+        }
+    }
+}
