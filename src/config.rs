@@ -260,11 +260,13 @@ fn default_prompts_dir() -> PathBuf {
 /// A bundled directory (`prompts`, `dialplans`, `examples`): `./<name>`, the installed
 /// package's copy, or the source tree this binary was built from.
 pub fn default_dir(name: &str) -> PathBuf {
-    let candidates = [
-        PathBuf::from(name),
-        Path::new("/usr/share/ivrd").join(name),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(name),
-    ];
+    let mut candidates = vec![PathBuf::from(name), Path::new("/usr/share/ivrd").join(name)];
+    // The source tree this binary was built from, for `cargo run` and tests only: a release
+    // binary installed by hand must not read dialplans from a build path (often under /tmp,
+    // where anyone could create it).
+    if cfg!(debug_assertions) {
+        candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(name));
+    }
     candidates
         .iter()
         .find(|p| p.is_dir())
@@ -349,6 +351,18 @@ impl Config {
         if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
             return Err("[sip] needs at least one udp or tcp listen address".into());
         }
+        let wildcard = self
+            .sip
+            .udp
+            .iter()
+            .chain(&self.sip.tcp)
+            .find(|a| a.ip().is_unspecified());
+        if let (Some(addr), None) = (wildcard, &self.sip.public_host) {
+            // Our Contact would say sip:ivrd@0.0.0.0 and no peer could send us a BYE.
+            return Err(format!(
+                "[sip] listens on {addr}: set public_host to the address or name peers reach this host by"
+            ));
+        }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err("[sip] t1_ms must be > 0 and t2_ms >= t1_ms".into());
         }
@@ -357,6 +371,13 @@ impl Config {
             return Err(format!(
                 "[media] rtp_port_min..rtp_port_max ({}..{}) must hold at least two ports",
                 m.rtp_port_min, m.rtp_port_max
+            ));
+        }
+        if m.rtp_ip.is_unspecified() && m.announce_ip.is_none() {
+            // 0.0.0.0 in SDP means "on hold": callers would hear nothing.
+            return Err(format!(
+                "[media] rtp_ip = {} would be announced in SDP (meaning \"on hold\"): set this host's address, or set announce_ip",
+                m.rtp_ip
             ));
         }
         if m.codecs.is_empty() {
@@ -420,6 +441,24 @@ mod tests {
         let cfg = Config::load(&path).unwrap();
         assert_eq!(cfg.media.prompts_dir, dir.path().join("p"));
         assert_eq!(cfg.media.rtp_port_max, 30010);
+    }
+
+    #[test]
+    fn wildcard_sip_listener_needs_a_public_host() {
+        let mut cfg = Config::default();
+        cfg.sip.udp = vec!["0.0.0.0:5060".parse().unwrap()];
+        assert!(cfg.validate().unwrap_err().contains("public_host"));
+        cfg.sip.public_host = Some("pbx-ivr.example.com".into());
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn wildcard_rtp_address_needs_an_announced_one() {
+        let mut cfg = Config::default();
+        cfg.media.rtp_ip = "0.0.0.0".parse().unwrap();
+        assert!(cfg.validate().unwrap_err().contains("announce_ip"));
+        cfg.media.announce_ip = Some("192.0.2.10".parse().unwrap());
+        cfg.validate().unwrap();
     }
 
     #[test]
