@@ -1,0 +1,709 @@
+#!/usr/bin/env python3
+"""ivrd load benchmark: the orchestrator behind bench/run.sh (see bench/README.md).
+
+Loopback only: every socket here binds or sends to 127.0.0.1. ivrd is pinned to CPU 0,
+SIPp, the sink and dumpcap to CPU 1. Plain Python 3, no third-party modules.
+
+    bench.py --quick|--full --ivrd target/release/ivrd --bin DIR --out RESULTS_DIR
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+HOST = "127.0.0.1"
+SIP_PORT = 15060      # ivrd SIP (UDP+TCP)
+SIPP_PORT = 15070     # SIPp SIP
+MEDIA_PORT = 16000    # SIPp's media port: where ivrd sends RTP (and the floor's sink port)
+ADMIN_PORT = 19060    # ivrd /metrics
+RTP_MIN, RTP_MAX = 20000, 31999   # below ip_local_port_range (32768-), room for 6000 calls
+SAMPLE_STREAMS = 20   # streams captured for the timing figures: src ports 20000..20038
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+MODES = {
+    # Workload 2: concurrent calls
+    "quick": dict(ns=[100, 250, 500], steady=20, capture=10,
+                  cps_rates=[10, 20, 40, 80], cps_secs=20),
+    "full": dict(ns=[500, 1000, 2000, 4000], steady=60, capture=20,
+                 cps_rates=[10, 20, 40, 80, 160, 320], cps_secs=30),
+}
+
+
+def log(*a):
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
+
+
+# ---------------------------------------------------------------- machine facts
+
+def read_proc_stat():
+    """{'cpu': [...], 'cpu0': [...], ...} jiffies: user nice system idle iowait irq softirq steal."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu"):
+                p = line.split()
+                out[p[0]] = [int(x) for x in p[1:9]]
+    return out
+
+
+def stat_delta(a, b, cpu="cpu"):
+    d = [y - x for x, y in zip(a[cpu], b[cpu])]
+    total = sum(d) or 1
+    idle = d[3] + d[4]
+    return dict(busy_pct=100.0 * (total - idle) / total, steal_pct=100.0 * d[7] / total,
+                total_jiffies=total)
+
+
+def machine_facts():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return dict(
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        host=socket.gethostname(),
+        cpu_model=model,
+        nproc=os.cpu_count(),
+        kernel=platform.release(),
+        loadavg=open("/proc/loadavg").read().split()[:3],
+    )
+
+
+# ---------------------------------------------------------------- process sampling
+
+def proc_sample(pid):
+    """CPU jiffies (utime+stime) of the process and of each thread, VmRSS in kB."""
+    def cpu_of(path):
+        with open(path) as f:
+            s = f.read()
+        comm = s[s.index("(") + 1:s.rindex(")")]
+        p = s.rsplit(")", 1)[1].split()
+        return comm, int(p[11]) + int(p[12])
+    _, total = cpu_of(f"/proc/{pid}/stat")
+    threads = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                comm, j = cpu_of(f"/proc/{pid}/task/{tid}/stat")
+                threads[f"{comm}#{tid}"] = j
+            except OSError:
+                pass
+    except OSError:
+        pass
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    return dict(t=time.monotonic(), cpu=total, threads=threads, rss_kb=rss)
+
+
+def metrics():
+    url = f"http://{HOST}:{ADMIN_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, val = line.rpartition(" ")
+        try:
+            out[name] = float(val)
+        except ValueError:
+            pass
+    return out
+
+
+def snapshot(pid, with_metrics=True, extra_pid=None):
+    s = dict(proc=proc_sample(pid), stat=read_proc_stat(),
+             loadavg=open("/proc/loadavg").read().split()[:3])
+    if with_metrics:
+        s["metrics"] = metrics()
+    if extra_pid:
+        try:
+            s["extra"] = proc_sample(extra_pid)
+        except OSError:
+            s["extra"] = None
+    return s
+
+
+def window(a, b):
+    """Figures for the window between two snapshots."""
+    secs = b["proc"]["t"] - a["proc"]["t"]
+    cores = (b["proc"]["cpu"] - a["proc"]["cpu"]) / CLK_TCK / secs
+    cpu0 = stat_delta(a["stat"], b["stat"], "cpu0")
+    allc = stat_delta(a["stat"], b["stat"], "cpu")
+    threads = {}
+    for k, v in b["proc"]["threads"].items():
+        if k in a["proc"]["threads"]:
+            threads[k] = (v - a["proc"]["threads"][k]) / CLK_TCK / secs
+    w = dict(secs=secs, cores=cores, threads=threads,
+             cpu0_busy_pct=cpu0["busy_pct"],
+             cpu0_other_pct=max(0.0, cpu0["busy_pct"] - 100 * cores),
+             steal_pct=allc["steal_pct"], loadavg=b["loadavg"])
+    if "metrics" in a:
+        ma, mb = a["metrics"], b["metrics"]
+        d = lambda k: mb.get(k, 0) - ma.get(k, 0)
+        w.update(pkts=d("ivrd_rtp_packets_sent_total"), send_errors=d("ivrd_rtp_send_errors_total"),
+                 ticks=d("ivrd_rtp_ticks_total"), late_ticks=d("ivrd_rtp_late_ticks_total"),
+                 active_start=ma.get("ivrd_calls_active", 0), active_end=mb.get("ivrd_calls_active", 0))
+    if a.get("extra") and b.get("extra"):
+        w["peer_cores"] = (b["extra"]["cpu"] - a["extra"]["cpu"]) / CLK_TCK / secs
+    return w
+
+
+# ---------------------------------------------------------------- capture and timing
+
+def capture(secs, out):
+    """dumpcap on lo during `secs`, only the sampled streams' RTP, 64-byte snaplen, on CPU 1."""
+    filt = (f"udp dst port {MEDIA_PORT} and udp src portrange "
+            f"{RTP_MIN}-{RTP_MIN + 2 * SAMPLE_STREAMS - 1}")
+    cmd = ["taskset", "-c", "1", "dumpcap", "-q", "-i", "lo", "-f", filt, "-s", "64",
+           "-a", f"duration:{secs}", "-w", out]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=secs + 30)
+
+
+def timing(pcap):
+    """|inter-packet interval - 20 ms| per stream (src port + SSRC), percentiles in ms."""
+    cmd = ["tshark", "-r", pcap, "-d", f"udp.port=={MEDIA_PORT},rtp", "-T", "fields",
+           "-e", "udp.srcport", "-e", "rtp.ssrc", "-e", "frame.time_epoch", "-e", "rtp.seq"]
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    streams = {}
+    for line in r.stdout.splitlines():
+        p = line.split("\t")
+        if len(p) < 4 or not p[2]:
+            continue
+        streams.setdefault((p[0], p[1]), []).append((float(p[2]), int(p[3] or 0)))
+    devs, gaps = [], 0
+    for pk in streams.values():
+        pk.sort()
+        for (t0, s0), (t1, s1) in zip(pk, pk[1:]):
+            devs.append(abs((t1 - t0) * 1000.0 - 20.0))
+            if (s1 - s0) % 65536 != 1:
+                gaps += 1
+    devs.sort()
+
+    def pct(q):
+        if not devs:
+            return None
+        return devs[min(len(devs) - 1, int(q / 100.0 * len(devs)))]
+    return dict(streams=len(streams), intervals=len(devs), seq_gaps=gaps,
+                p50=pct(50), p99=pct(99), p999=pct(99.9), max=devs[-1] if devs else None)
+
+
+# ---------------------------------------------------------------- ivrd and SIPp
+
+def ivrd_config(run_dir):
+    cfg = f"""# ivrd bench config (written by bench/bench.py)
+[sip]
+udp = ["{HOST}:{SIP_PORT}"]
+tcp = ["{HOST}:{SIP_PORT}"]
+
+[media]
+rtp_ip = "{HOST}"
+rtp_port_min = {RTP_MIN}
+rtp_port_max = {RTP_MAX}
+rtp_timeout_secs = 0            # SIPp sends no RTP: never hang up silent callers
+max_call_secs = 0
+prompts_dir = "{ROOT}/prompts"
+inband_dtmf = false
+pacing_threads = 1
+
+[demo]
+enabled = true
+rounds = 1
+first_digit_timeout_ms = 3600000  # welcome, enter-digits, then silence while waiting
+inter_digit_timeout_ms = 3600000
+
+[shutdown]
+drain_secs = 1
+
+[admin]
+listen = "{HOST}:{ADMIN_PORT}"
+
+[dialplans]
+dir = "{ROOT}/dialplans"
+
+[store]
+path = "{run_dir}/ivrd.db"
+
+[log]
+level = "warn"
+"""
+    path = os.path.join(run_dir, "ivrd.toml")
+    with open(path, "w") as f:
+        f.write(cfg)
+    return path
+
+
+class Ivrd:
+    def __init__(self, binary, run_dir):
+        os.makedirs(run_dir, exist_ok=True)
+        self.run_dir = run_dir
+        cfg = ivrd_config(run_dir)
+        env = dict(os.environ)
+        env.pop("RUST_LOG", None)
+        self.logf = open(os.path.join(run_dir, "ivrd.log"), "w")
+        self.p = subprocess.Popen(["taskset", "-c", "0", binary, "run", "--config", cfg],
+                                  stdout=self.logf, stderr=subprocess.STDOUT, env=env, cwd=run_dir)
+        deadline = time.time() + 30
+        while True:
+            if self.p.poll() is not None:
+                raise SystemExit(f"ivrd exited at start-up (code {self.p.returncode}); see {run_dir}/ivrd.log")
+            try:
+                metrics()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    self.stop()
+                    raise SystemExit(f"ivrd did not serve /metrics within 30 s; see {run_dir}/ivrd.log")
+                time.sleep(0.2)
+        self.pid = self.p.pid
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                log("ivrd did not stop within 90 s after SIGTERM: killing it")
+                self.p.kill()
+                self.p.wait()
+        self.logf.close()
+        for fn in os.listdir(self.run_dir):   # the audit database is of no use here
+            if fn.startswith("ivrd.db"):
+                os.remove(os.path.join(self.run_dir, fn))
+        with open(os.path.join(self.run_dir, "ivrd.log")) as f:
+            lines = f.read().splitlines()
+        return dict(log_lines=len(lines), warn_lines=sum(" WARN " in l or "WARN" in l[:40] for l in lines),
+                    error_lines=sum(" ERROR " in l or "ERROR" in l[:40] for l in lines))
+
+
+def sipp(run_dir, n_total, limit, rate, hold_ms, rtt=False):
+    cmd = ["taskset", "-c", "1", "sipp", f"{HOST}:{SIP_PORT}",
+           "-sf", os.path.join(BENCH, "scenarios", "uac_hold.xml"),
+           "-s", "100", "-i", HOST, "-p", str(SIPP_PORT), "-mi", HOST, "-mp", str(MEDIA_PORT),
+           "-l", str(limit), "-r", str(rate), "-m", str(n_total), "-d", str(hold_ms),
+           "-nostdin", "-trace_stat", "-stf", "stat.csv", "-fd", "1",
+           "-trace_err", "-error_file", "errors.log", "-trace_screen", "-screen_file", "screen.log"]
+    if rtt:
+        cmd += ["-trace_rtt", "-rtt_freq", "1"]
+    out = open(os.path.join(run_dir, "sipp.out"), "w")
+    with open(os.path.join(run_dir, "sipp.cmd"), "w") as f:
+        f.write(" ".join(cmd) + "\n")
+    return subprocess.Popen(cmd, cwd=run_dir, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_sipp(p, timeout):
+    try:
+        return p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"SIPp still running after {timeout:.0f} s: stopping it")
+        p.send_signal(signal.SIGUSR1) if False else p.terminate()
+        try:
+            return p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            return p.wait()
+
+
+def sipp_stats(run_dir):
+    path = os.path.join(run_dir, "stat.csv")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        rows = [l.rstrip("\n").split(";") for l in f if l.strip()]
+    if len(rows) < 2:
+        return {}
+    head, last = rows[0], rows[-1]
+    d = dict(zip(head, last))
+    g = lambda k: int(float(d.get(k, "0") or 0))
+    return dict(successful=g("SuccessfulCall(C)"), failed=g("FailedCall(C)"),
+                retrans=g("Retransmissions(C)"), created=g("TotalCallCreated"),
+                outofcall=g("OutOfCallMsgs(C)"), dead=g("DeadCallMsgs(C)"))
+
+
+def sip_setup_times(pcap):
+    """INVITE -> 200 (INVITE) per Call-ID from a capture of ivrd's SIP port, in ms (µs resolution),
+    and the retransmissions seen on the wire (repeated INVITEs, repeated 200s to an INVITE)."""
+    cmd = ["tshark", "-r", pcap, "-d", f"udp.port=={SIP_PORT},sip", "-T", "fields",
+           "-e", "frame.time_epoch", "-e", "sip.Call-ID", "-e", "sip.Method", "-e", "sip.Status-Code",
+           "-e", "sip.CSeq.method", "-e", "udp.dstport"]
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    inv, ok, n_inv, n_ok = {}, {}, {}, {}
+    for line in r.stdout.splitlines():
+        p = line.split("\t")
+        if len(p) < 6 or not p[1]:
+            continue
+        t, cid, method, status, cseq = float(p[0]), p[1], p[2], p[3], p[4]
+        if method == "INVITE":
+            inv.setdefault(cid, t)
+            n_inv[cid] = n_inv.get(cid, 0) + 1
+        elif status == "200" and cseq == "INVITE":
+            ok.setdefault(cid, t)
+            n_ok[cid] = n_ok.get(cid, 0) + 1
+    vals = sorted((ok[c] - inv[c]) * 1000.0 for c in ok if c in inv)
+    res = dict(wire_invites=len(inv), wire_answered=len(vals),
+               wire_invite_retrans=sum(v - 1 for v in n_inv.values()),
+               wire_200_retrans=sum(v - 1 for v in n_ok.values()))
+    if vals:
+        pct = lambda q: vals[min(len(vals) - 1, int(q / 100.0 * len(vals)))]
+        res.update(setup_p50=pct(50), setup_p99=pct(99), setup_max=vals[-1])
+    return res
+
+
+def sipp_rtt(run_dir):
+    vals = []
+    for fn in os.listdir(run_dir):
+        if fn.endswith("_rtt.csv"):
+            with open(os.path.join(run_dir, fn)) as f:
+                for line in f:
+                    p = line.strip().split(";")
+                    try:
+                        vals.append(float(p[1]))
+                    except (ValueError, IndexError):
+                        pass
+    vals.sort()
+    if not vals:
+        return {}
+    pct = lambda q: vals[min(len(vals) - 1, int(q / 100.0 * len(vals)))]
+    return dict(rtt_n=len(vals), rtt_p50=pct(50), rtt_p99=pct(99), rtt_max=vals[-1])
+
+
+# ---------------------------------------------------------------- workloads
+
+def calls_rate(n):
+    """Call setup rate for the ramp of workload 2 (about 10 s of ramp, 25..100 cps)."""
+    return max(25, min(100, n // 10))
+
+
+def workload2_ivrd(args, mode, n, out):
+    run_dir = os.path.join(out, "raw", f"w2-ivrd-{n}")
+    os.makedirs(run_dir, exist_ok=True)
+    rate = calls_rate(n)
+    ramp = n / rate
+    settle = 3
+    hold_s = ramp * 1.5 + 5 + settle + mode["steady"] + mode["capture"] + 5
+    log(f"W2 ivrd N={n}: {rate} cps ramp (~{ramp:.0f} s), each call listens {hold_s:.0f} s")
+    iv = Ivrd(args.ivrd, run_dir)
+    idle = proc_sample(iv.pid)
+    sp = sipp(run_dir, n, n, rate, int(hold_s * 1000))
+    res = dict(n=n, rate=rate, hold_s=hold_s)
+    t0 = time.time()
+    reached = 0
+    while time.time() - t0 < ramp * 1.5 + 5:
+        reached = int(metrics().get("ivrd_calls_active", 0))
+        if reached >= n or sp.poll() is not None:
+            break
+        time.sleep(0.5)
+    res["ramp_secs"] = time.time() - t0
+    res["reached"] = reached
+    if reached < n:
+        log(f"  only {reached}/{n} calls up after {res['ramp_secs']:.0f} s; measuring anyway")
+    time.sleep(settle)
+    a = snapshot(iv.pid, extra_pid=sp.pid)
+    time.sleep(mode["steady"])
+    b = snapshot(iv.pid, extra_pid=sp.pid)
+    w = window(a, b)
+    res["window"] = w
+    res["rss_per_call_kb"] = (b["proc"]["rss_kb"] - idle["rss_kb"]) / max(1, w["active_start"])
+    res["rss_idle_kb"] = idle["rss_kb"]
+    res["rss_kb"] = b["proc"]["rss_kb"]
+    res["expected_pkts"] = w["active_start"] * 50 * w["secs"]
+    pcap = os.path.join(run_dir, "rtp.pcapng")
+    capture(mode["capture"], pcap)
+    res["active_after_capture"] = int(metrics().get("ivrd_calls_active", 0))
+    res["timing"] = timing(pcap)
+    rc = wait_sipp(sp, hold_s + 60)
+    res["sipp_rc"] = rc
+    res["sipp"] = sipp_stats(run_dir)
+    m = metrics()
+    res["ivrd_retrans"] = m.get("ivrd_sip_retransmissions_total", 0)
+    res["ivrd_log"] = iv.stop()
+    os.remove(pcap) if not args.keep_pcaps else None
+    log(f"  ivrd {w['cores']:.3f} cores, {w['pkts']:.0f}/{res['expected_pkts']:.0f} pkts, "
+        f"late {w['late_ticks']:.0f}/{w['ticks']:.0f}, p99 {res['timing']['p99']} ms, "
+        f"SIPp ok={res['sipp'].get('successful')} failed={res['sipp'].get('failed')}")
+    return res
+
+
+def workload2_floor(args, mode, n, out):
+    run_dir = os.path.join(out, "raw", f"w2-floor-{n}")
+    os.makedirs(run_dir, exist_ok=True)
+    settle = 3
+    secs = settle + mode["steady"] + mode["capture"] + 3
+    log(f"W2 floor N={n}: {secs} s")
+    sink = subprocess.Popen(["taskset", "-c", "1", os.path.join(args.bin, "sink"), str(MEDIA_PORT),
+                             str(secs + 10), args.sink_mode],
+                            stdout=open(os.path.join(run_dir, "sink.out"), "w"), stderr=subprocess.STDOUT)
+    time.sleep(0.5)
+    fl = subprocess.Popen(["taskset", "-c", "0", os.path.join(args.bin, "floor"), str(n), str(secs),
+                           str(MEDIA_PORT), str(RTP_MIN)],
+                          stdout=open(os.path.join(run_dir, "floor.out"), "w"), stderr=subprocess.STDOUT)
+    time.sleep(settle)
+    if fl.poll() is not None:
+        sink.kill()
+        raise SystemExit(f"floor exited early; see {run_dir}/floor.out")
+    a = snapshot(fl.pid, with_metrics=False)
+    time.sleep(mode["steady"])
+    b = snapshot(fl.pid, with_metrics=False)
+    w = window(a, b)
+    pcap = os.path.join(run_dir, "rtp.pcapng")
+    capture(mode["capture"], pcap)
+    res = dict(n=n, window=w, rss_kb=b["proc"]["rss_kb"], timing=timing(pcap))
+    fl.wait(timeout=60)
+    sink.terminate()
+    sink.wait(timeout=10)
+    with open(os.path.join(run_dir, "floor.out")) as f:
+        for line in f:
+            k, _, v = line.partition(" ")
+            if v.strip().isdigit():
+                res[k] = int(v)
+    res["expected_total"] = n * 50 * secs
+    os.remove(pcap) if not args.keep_pcaps else None
+    log(f"  floor {w['cores']:.3f} cores, p99 {res['timing']['p99']} ms")
+    return res
+
+
+def workload1(args, mode, rate, out):
+    run_dir = os.path.join(out, "raw", f"w1-{rate}cps")
+    os.makedirs(run_dir, exist_ok=True)
+    secs = mode["cps_secs"]
+    total = rate * secs
+    log(f"W1 {rate} cps for {secs} s ({total} calls, 2 s each)")
+    iv = Ivrd(args.ivrd, run_dir)
+    pcap = os.path.join(run_dir, "sip.pcapng")
+    cap = subprocess.Popen(["taskset", "-c", "1", "dumpcap", "-q", "-i", "lo", "-f", f"udp port {SIP_PORT}",
+                            "-s", "1500", "-a", f"duration:{secs + 90}", "-w", pcap],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    a = snapshot(iv.pid)
+    sp = sipp(run_dir, total, rate * 10, rate, 2000, rtt=True)
+    rc = wait_sipp(sp, secs + 60)
+    b = snapshot(iv.pid)
+    time.sleep(0.5)
+    cap.send_signal(signal.SIGINT)
+    cap.wait(timeout=30)
+    res = dict(rate=rate, secs=secs, total=total, sipp_rc=rc)
+    res.update(sip_setup_times(pcap))
+    os.remove(pcap) if not args.keep_pcaps else None
+    res["window"] = window(a, b)
+    res["sipp"] = sipp_stats(run_dir)
+    res.update(sipp_rtt(run_dir))
+    res["ivrd_retrans"] = b["metrics"].get("ivrd_sip_retransmissions_total", 0)
+    res["ivrd_log"] = iv.stop()
+    s = res["sipp"]
+    log(f"  ok={s.get('successful')} failed={s.get('failed')} retrans={s.get('retrans')} "
+        f"ivrd_retrans={res['ivrd_retrans']:.0f} INVITE->200 p50={fmt(res.get('setup_p50'), 3)} p99={fmt(res.get('setup_p99'), 3)} ms "
+        f"({res.get('wire_answered')}/{res.get('wire_invites')} on the wire)")
+    return res
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(x, nd=2):
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def svg_plot(w2, floor, path):
+    """Two panels: CPU (cores) vs N, and p99 |interval-20ms| (ms) vs N; ivrd and floor."""
+    W, H, M = 860, 340, 60
+    pw = (W - 3 * M) / 2
+    ph = H - 2 * M
+    ns = [r["n"] for r in w2]
+    fl = {r["n"]: r for r in floor}
+    series = [
+        ("ivrd CPU (cores)", [(r["n"], r["window"]["cores"]) for r in w2],
+         [(n, fl[n]["window"]["cores"]) for n in ns if n in fl]),
+        ("p99 |interval - 20 ms| (ms)", [(r["n"], r["timing"]["p99"] or 0) for r in w2],
+         [(n, fl[n]["timing"]["p99"] or 0) for n in ns if n in fl]),
+    ]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>']
+    xmax = max(ns) * 1.05
+    for i, (title, a, b) in enumerate(series):
+        x0 = M + i * (pw + M)
+        ymax = max([v for _, v in a + b] + [1e-9]) * 1.15
+        X = lambda n: x0 + pw * n / xmax
+        Y = lambda v: M + ph - ph * v / ymax
+        out.append(f'<text x="{x0 + pw / 2}" y="{M - 25}" text-anchor="middle" font-weight="bold">{title}</text>')
+        out.append(f'<line x1="{x0}" y1="{M + ph}" x2="{x0 + pw}" y2="{M + ph}" stroke="black"/>')
+        out.append(f'<line x1="{x0}" y1="{M}" x2="{x0}" y2="{M + ph}" stroke="black"/>')
+        for k in range(5):
+            v = ymax * k / 4
+            out.append(f'<text x="{x0 - 5}" y="{Y(v) + 4}" text-anchor="end">{v:.3g}</text>')
+            out.append(f'<line x1="{x0}" y1="{Y(v)}" x2="{x0 + pw}" y2="{Y(v)}" stroke="#ddd"/>')
+        for n in ns:
+            out.append(f'<text x="{X(n)}" y="{M + ph + 16}" text-anchor="middle">{n}</text>')
+        out.append(f'<text x="{x0 + pw / 2}" y="{M + ph + 34}" text-anchor="middle">concurrent calls N</text>')
+        for pts, colour, name in ((a, "#c0392b", "ivrd"), (b, "#2471a3", "floor (C)")):
+            if pts:
+                out.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (
+                    colour, " ".join(f"{X(n):.1f},{Y(v):.1f}" for n, v in pts)))
+                for n, v in pts:
+                    out.append(f'<circle cx="{X(n):.1f}" cy="{Y(v):.1f}" r="3" fill="{colour}"/>')
+        for j, (colour, name) in enumerate((("#c0392b", "ivrd"), ("#2471a3", "floor (C)"))):
+            out.append(f'<rect x="{x0 + 10}" y="{M + 8 + 16 * j}" width="12" height="3" fill="{colour}"/>')
+            out.append(f'<text x="{x0 + 28}" y="{M + 13 + 16 * j}">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def report(data, path):
+    mf, me = data["machine_start"], data["machine_end"]
+    L = [f"# ivrd load benchmark ({data['mode']} mode)", ""]
+    L += ["## Machine", "",
+          f"- date: {mf['date']} (end {me['date']})",
+          f"- host: {mf['host']}; kernel {mf['kernel']}",
+          f"- CPU: {mf['cpu_model']}; nproc {mf['nproc']}",
+          f"- load average at start {' '.join(mf['loadavg'])}, at end {' '.join(me['loadavg'])}",
+          f"- steal over the whole run: {data['steal_pct_run']:.2f} % of all CPU time",
+          f"- ivrd commit: {data.get('git', '?')}",
+          "- pinning: ivrd / floor on CPU 0; SIPp, sink and dumpcap on CPU 1 (`taskset`)",
+          "", "## Set-up", ""] + [f"- {s}" for s in data["setup"]] + [""]
+    w2, fl = data["w2"], {r["n"]: r for r in data["floor"]}
+    if w2:
+        L += ["## Workload 2: concurrent calls", "",
+              f"Each call: INVITE (PCMU) → 200 → ACK → SIPp listens (sends no RTP) → BYE. ivrd plays "
+              f"the demo welcome and enter-digits prompts, then silence while waiting for a digit. "
+              f"Steady window: {data['steady']} s with all calls up (CPU, RSS, packets, late ticks); "
+              f"then a {data['capture']} s capture of {SAMPLE_STREAMS} streams (timing).", "",
+              "| N | calls up | ivrd CPU (cores) | floor CPU (cores) | ivrd/floor CPU per pkt | RSS/call (KiB) | RTP sent / expected | late ticks / ticks | ivrd \\|Δt−20ms\\| p50 / p99 / p99.9 (ms) | floor p50 / p99 / p99.9 (ms) | SIPp ok / failed / retrans | CPU0 other busy % | steal % | load1 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in w2:
+            w = r["window"]
+            f = fl.get(r["n"])
+            t = r["timing"]
+            ratio = "n/a"
+            if f and w["pkts"] and f["window"]["cores"] > 0:
+                fpkts = r["n"] * 50  # floor sends N*50 pkt/s by construction (checked below)
+                ratio = f"{(w['cores'] / (w['pkts'] / w['secs'])) / (f['window']['cores'] / fpkts):.2f}"
+            ft = f["timing"] if f else {}
+            s = r["sipp"]
+            L.append(
+                f"| {r['n']} | {int(w['active_start'])}→{int(w['active_end'])} | {w['cores']:.3f} | "
+                f"{fmt(f['window']['cores'], 3) if f else 'n/a'} | {ratio} | {r['rss_per_call_kb']:.1f} | "
+                f"{w['pkts']:.0f} / {r['expected_pkts']:.0f} ({100 * w['pkts'] / max(1, r['expected_pkts']):.1f} %) | "
+                f"{w['late_ticks']:.0f} / {w['ticks']:.0f} | {fmt(t['p50'], 3)} / {fmt(t['p99'], 3)} / {fmt(t['p999'], 3)} | "
+                f"{fmt(ft.get('p50'), 3)} / {fmt(ft.get('p99'), 3)} / {fmt(ft.get('p999'), 3)} | "
+                f"{s.get('successful', '?')} / {s.get('failed', '?')} / {s.get('retrans', '?')} | "
+                f"{w['cpu0_other_pct']:.1f} | {w['steal_pct']:.2f} | {w['loadavg'][0]} |")
+        L += ["", "Details per step:", ""]
+        for r in w2:
+            w, t = r["window"], r["timing"]
+            top = sorted(w["threads"].items(), key=lambda kv: -kv[1])[:5]
+            f = fl.get(r["n"])
+            L.append(f"- N={r['n']}: ramp {r['rate']} cps took {r['ramp_secs']:.1f} s; window {w['secs']:.1f} s; "
+                     f"SIPp CPU {fmt(w.get('peer_cores'), 3)} cores; RSS idle {r['rss_idle_kb']} KiB → {r['rss_kb']} KiB; "
+                     f"send errors {w['send_errors']:.0f}; capture {t['streams']} streams, {t['intervals']} intervals, "
+                     f"max {fmt(t['max'], 3)} ms, seq gaps {t['seq_gaps']}; calls up after capture {r['active_after_capture']}; "
+                     f"ivrd log warn/error lines {r['ivrd_log']['warn_lines']}/{r['ivrd_log']['error_lines']}; "
+                     f"busiest ivrd threads (cores): " + ", ".join(f"{k.split('#')[0]} {v:.3f}" for k, v in top))
+            if f:
+                L.append(f"  - floor N={r['n']}: sent {f.get('floor_packets_sent', '?')} of {f['expected_total']} "
+                         f"(whole run), errors {f.get('floor_send_errors', '?')}, late ticks {f.get('floor_late_ticks', '?')}"
+                         f"/{f.get('floor_ticks', '?')}; CPU0 other busy {f['window']['cpu0_other_pct']:.1f} %; "
+                         f"capture {f['timing']['streams']} streams, max {fmt(f['timing']['max'], 3)} ms")
+        L += ["", "![ivrd CPU and p99 timing against N](plot.svg)", ""]
+    if data["w1"]:
+        L += ["## Workload 1: call rate", "",
+              f"Each call: INVITE → 200 → ACK → 2 s of the welcome prompt → BYE; {data['w1'][0]['secs']} s per rate, "
+              "a fresh ivrd per rate. INVITE→200 per call from a capture of ivrd's SIP port on `lo` "
+              "(first INVITE to first 200; SIPp's own `-trace_rtt` has 1 ms resolution and is in raw/ too).", "",
+              "| rate (cps) | calls | SIPp ok / failed | SIPp retrans | ivrd retrans | on the wire: INVITE / 200 repeats | INVITE→200 p50 / p99 / max (ms) | SIPp rtt p50 / p99 (ms, 1 ms res.) | ivrd CPU (cores, avg) | ivrd CPU ms per call | CPU0 other busy % | load1 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        best = None
+        for r in data["w1"]:
+            s, w = r["sipp"], r["window"]
+            ok = (s.get("failed") == 0 and s.get("retrans") == 0 and s.get("successful") == r["total"]
+                  and r["ivrd_retrans"] == 0)
+            if ok:
+                best = r["rate"]
+            cpu_ms = w["cores"] * w["secs"] * 1000 / max(1, s.get("successful", 0) or 1)
+            L.append(f"| {r['rate']} | {r['total']} | {s.get('successful', '?')} / {s.get('failed', '?')} | "
+                     f"{s.get('retrans', '?')} | {r['ivrd_retrans']:.0f} | {r.get('wire_invite_retrans', '?')} / {r.get('wire_200_retrans', '?')} | "
+                     f"{fmt(r.get('setup_p50'), 3)} / {fmt(r.get('setup_p99'), 3)} / {fmt(r.get('setup_max'), 3)} | "
+                     f"{fmt(r.get('rtt_p50'), 0)} / {fmt(r.get('rtt_p99'), 0)} | {w['cores']:.3f} | {cpu_ms:.2f} | "
+                     f"{w['cpu0_other_pct']:.1f} | {w['loadavg'][0]} |")
+        L += ["", f"Highest rate with every call successful, 0 failed and 0 retransmissions: "
+                  f"**{best if best else 'none'} cps** (of the rates tried).", ""]
+    L += ["## Not measured", "", "- Workload 3 (full verification flow with SMS and REFER): not implemented.", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(L))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--ivrd", required=True)
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--sink-mode", default="hold", choices=["hold", "read"])
+    ap.add_argument("--setup-note", action="append", default=[])
+    ap.add_argument("--only", default="w2,w1", help="comma list of workloads: w2,w1")
+    ap.add_argument("--ns", default="", help="override N steps, e.g. 100,200")
+    ap.add_argument("--rates", default="", help="override call rates, e.g. 10,20")
+    ap.add_argument("--cps-secs", type=int, default=0, help="override seconds per call rate")
+    ap.add_argument("--keep-pcaps", action="store_true")
+    args = ap.parse_args()
+    args.ivrd = os.path.abspath(args.ivrd)
+    args.bin = os.path.abspath(args.bin)
+    args.out = os.path.abspath(args.out)
+    mode_name = "quick" if args.quick else "full"
+    mode = dict(MODES[mode_name])
+    if args.ns:
+        mode["ns"] = [int(x) for x in args.ns.split(",")]
+    if args.rates:
+        mode["cps_rates"] = [int(x) for x in args.rates.split(",")]
+    if args.cps_secs:
+        mode["cps_secs"] = args.cps_secs
+    os.makedirs(args.out, exist_ok=True)
+    git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    data = dict(mode=mode_name, steady=mode["steady"], capture=mode["capture"], setup=args.setup_note,
+                machine_start=machine_facts(), git=git, w2=[], floor=[], w1=[])
+    st0 = read_proc_stat()
+    only = args.only.split(",")
+    json_path = os.path.join(args.out, "results.json")
+
+    def save():
+        data["machine_end"] = machine_facts()
+        data["steal_pct_run"] = stat_delta(st0, read_proc_stat())["steal_pct"]
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        report(data, os.path.join(args.out, "results.md"))
+        if data["w2"]:
+            svg_plot(data["w2"], data["floor"], os.path.join(args.out, "plot.svg"))
+
+    if "w2" in only:
+        for n in mode["ns"]:
+            data["w2"].append(workload2_ivrd(args, mode, n, args.out))
+            save()
+            data["floor"].append(workload2_floor(args, mode, n, args.out))
+            save()
+    if "w1" in only:
+        for rate in mode["cps_rates"]:
+            data["w1"].append(workload1(args, mode, rate, args.out))
+            save()
+    save()
+    log(f"results: {os.path.join(args.out, 'results.md')}")
+
+
+if __name__ == "__main__":
+    main()
