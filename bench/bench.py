@@ -27,15 +27,15 @@ SIPP_PORT = 15070     # SIPp SIP
 MEDIA_PORT = 16000    # SIPp's media port: where ivrd sends RTP (and the floor's sink port)
 ADMIN_PORT = 19060    # ivrd /metrics
 RTP_MIN, RTP_MAX = 20000, 31999   # below ip_local_port_range (32768-), room for 6000 calls
-SAMPLE_STREAMS = 20   # streams captured for the timing figures: src ports 20000..20038
+SAMPLE_STREAMS = 20   # streams captured for the timing figures, spread over all N (sample_ports)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 MODES = {
     # Workload 2: concurrent calls
     "quick": dict(ns=[100, 250, 500], steady=20, capture=10,
-                  cps_rates=[10, 20, 40, 80], cps_secs=20),
+                  cps_rates=[100, 200, 400, 800], cps_secs=20),
     "full": dict(ns=[500, 1000, 2000, 4000], steady=60, capture=20,
-                 cps_rates=[10, 20, 40, 80, 160, 320], cps_secs=30),
+                 cps_rates=[100, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000], cps_secs=30),
 }
 
 
@@ -158,18 +158,49 @@ def window(a, b):
         d = lambda k: mb.get(k, 0) - ma.get(k, 0)
         w.update(pkts=d("ivrd_rtp_packets_sent_total"), send_errors=d("ivrd_rtp_send_errors_total"),
                  ticks=d("ivrd_rtp_ticks_total"), late_ticks=d("ivrd_rtp_late_ticks_total"),
-                 active_start=ma.get("ivrd_calls_active", 0), active_end=mb.get("ivrd_calls_active", 0))
+                 active_start=ma.get("ivrd_calls_active", 0), active_end=mb.get("ivrd_calls_active", 0),
+                 jitter_own=own_jitter(ma, mb))
     if a.get("extra") and b.get("extra"):
         w["peer_cores"] = (b["extra"]["cpu"] - a["extra"]["cpu"]) / CLK_TCK / secs
     return w
 
 
+def own_jitter(ma, mb):
+    """ivrd's own view of send timing over the window, from its histogram
+    ivrd_rtp_send_jitter_seconds (every packet of every stream): for p50/p99/p99.9 the upper
+    bound (ms) of the bucket the quantile falls in, and the share of intervals within 2 ms."""
+    pre = 'ivrd_rtp_send_jitter_seconds_bucket{le="'
+    buckets = sorted((float(k[len(pre):-2]) if k[len(pre):-2] != "+Inf" else float("inf"),
+                      mb[k] - ma.get(k, 0)) for k in mb if k.startswith(pre))
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+
+    def q(x):
+        for le, cum in buckets:
+            if cum >= x * total:
+                return le * 1000.0
+        return float("inf")
+    within_2ms = next((cum for le, cum in buckets if abs(le - 0.002) < 1e-9), None)
+    return dict(intervals=total, p50_le=q(0.5), p99_le=q(0.99), p999_le=q(0.999),
+                within_2ms_pct=None if within_2ms is None else 100.0 * within_2ms / total)
+
+
 # ---------------------------------------------------------------- capture and timing
 
-def capture(secs, out):
+def sample_ports(n):
+    """The RTP ports of the sampled streams: spread evenly over the N streams, not the first
+    ones. ivrd's pacer and the floor both send a tick's streams in the order they were added
+    (port order here), and a stream late in a tick's burst sees more timing error than one at
+    its start, so both must be sampled across the whole burst."""
+    k = min(SAMPLE_STREAMS, n)
+    return [RTP_MIN + 2 * (i * n // k) for i in range(k)]
+
+
+def capture(secs, out, n):
     """dumpcap on lo during `secs`, only the sampled streams' RTP, 64-byte snaplen, on CPU 1."""
-    filt = (f"udp dst port {MEDIA_PORT} and udp src portrange "
-            f"{RTP_MIN}-{RTP_MIN + 2 * SAMPLE_STREAMS - 1}")
+    ports = " or ".join(f"udp src port {p}" for p in sample_ports(n))
+    filt = f"udp dst port {MEDIA_PORT} and ({ports})"
     cmd = ["taskset", "-c", "1", "dumpcap", "-q", "-i", "lo", "-f", filt, "-s", "64",
            "-a", f"duration:{secs}", "-w", out]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=secs + 30)
@@ -423,7 +454,7 @@ def workload2_ivrd(args, mode, n, out):
     res["rss_kb"] = b["proc"]["rss_kb"]
     res["expected_pkts"] = w["active_start"] * 50 * w["secs"]
     pcap = os.path.join(run_dir, "rtp.pcapng")
-    capture(mode["capture"], pcap)
+    capture(mode["capture"], pcap, n)
     res["active_after_capture"] = int(metrics().get("ivrd_calls_active", 0))
     res["timing"] = timing(pcap)
     rc = wait_sipp(sp, hold_s + 60)
@@ -461,7 +492,7 @@ def workload2_floor(args, mode, n, out):
     b = snapshot(fl.pid, with_metrics=False)
     w = window(a, b)
     pcap = os.path.join(run_dir, "rtp.pcapng")
-    capture(mode["capture"], pcap)
+    capture(mode["capture"], pcap, n)
     res = dict(n=n, window=w, rss_kb=b["proc"]["rss_kb"], timing=timing(pcap))
     fl.wait(timeout=60)
     sink.terminate()
@@ -482,7 +513,7 @@ def workload1(args, mode, rate, out):
     os.makedirs(run_dir, exist_ok=True)
     secs = mode["cps_secs"]
     total = rate * secs
-    log(f"W1 {rate} cps for {secs} s ({total} calls, 2 s each)")
+    log(f"W1 {rate} cps for {secs} s ({total} calls, 1 s of prompt each)")
     iv = Ivrd(args.ivrd, run_dir)
     pcap = os.path.join(run_dir, "sip.pcapng")
     cap = subprocess.Popen(["taskset", "-c", "1", "dumpcap", "-q", "-i", "lo", "-f", f"udp port {SIP_PORT}",
@@ -490,7 +521,7 @@ def workload1(args, mode, rate, out):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.5)
     a = snapshot(iv.pid)
-    sp = sipp(run_dir, total, rate * 10, rate, 2000, rtt=True)
+    sp = sipp(run_dir, total, rate * 10, rate, 1000, rtt=True)
     rc = wait_sipp(sp, secs + 60)
     b = snapshot(iv.pid)
     time.sleep(0.5)
@@ -512,6 +543,14 @@ def workload1(args, mode, rate, out):
 
 
 # ---------------------------------------------------------------- report
+
+def own_fmt(j):
+    if not j:
+        return "n/a"
+    le = lambda x: "> 20" if x == float("inf") else f"{x:g}"
+    return (f"{le(j['p50_le'])} / {le(j['p99_le'])} / {le(j['p999_le'])}, "
+            f"{fmt(j['within_2ms_pct'], 2)} %")
+
 
 def fmt(x, nd=2):
     if x is None:
@@ -585,8 +624,8 @@ def report(data, path):
               f"the demo welcome and enter-digits prompts, then silence while waiting for a digit. "
               f"Steady window: {data['steady']} s with all calls up (CPU, RSS, packets, late ticks); "
               f"then a {data['capture']} s capture of {SAMPLE_STREAMS} streams (timing).", "",
-              "| N | calls up | ivrd CPU (cores) | floor CPU (cores) | ivrd/floor CPU per pkt | RSS/call (KiB) | RTP sent / expected | late ticks / ticks | ivrd \\|Δt−20ms\\| p50 / p99 / p99.9 (ms) | floor p50 / p99 / p99.9 (ms) | SIPp ok / failed / retrans | CPU0 other busy % | steal % | load1 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| N | calls up | ivrd CPU (cores) | floor CPU (cores) | ivrd/floor CPU per pkt | RSS/call (KiB) | RTP sent / expected | late ticks / ticks | ivrd \\|Δt−20ms\\| p50 / p99 / p99.9 (ms) | ivrd's own histogram: p50 / p99 / p99.9 ≤ (ms), share ≤ 2 ms | floor p50 / p99 / p99.9 (ms) | SIPp ok / failed / retrans | CPU0 other busy % | steal % | load1 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in w2:
             w = r["window"]
             f = fl.get(r["n"])
@@ -602,6 +641,7 @@ def report(data, path):
                 f"{fmt(f['window']['cores'], 3) if f else 'n/a'} | {ratio} | {r['rss_per_call_kb']:.1f} | "
                 f"{w['pkts']:.0f} / {r['expected_pkts']:.0f} ({100 * w['pkts'] / max(1, r['expected_pkts']):.1f} %) | "
                 f"{w['late_ticks']:.0f} / {w['ticks']:.0f} | {fmt(t['p50'], 3)} / {fmt(t['p99'], 3)} / {fmt(t['p999'], 3)} | "
+                f"{own_fmt(w.get('jitter_own'))} | "
                 f"{fmt(ft.get('p50'), 3)} / {fmt(ft.get('p99'), 3)} / {fmt(ft.get('p999'), 3)} | "
                 f"{s.get('successful', '?')} / {s.get('failed', '?')} / {s.get('retrans', '?')} | "
                 f"{w['cpu0_other_pct']:.1f} | {w['steal_pct']:.2f} | {w['loadavg'][0]} |")
@@ -624,7 +664,7 @@ def report(data, path):
         L += ["", "![ivrd CPU and p99 timing against N](plot.svg)", ""]
     if data["w1"]:
         L += ["## Workload 1: call rate", "",
-              f"Each call: INVITE → 200 → ACK → 2 s of the welcome prompt → BYE; {data['w1'][0]['secs']} s per rate, "
+              f"Each call: INVITE → 200 → ACK → 1 s of the welcome prompt → BYE; {data['w1'][0]['secs']} s per rate, "
               "a fresh ivrd per rate. INVITE→200 per call from a capture of ivrd's SIP port on `lo` "
               "(first INVITE to first 200; SIPp's own `-trace_rtt` has 1 ms resolution and is in raw/ too).", "",
               "| rate (cps) | calls | SIPp ok / failed | SIPp retrans | ivrd retrans | on the wire: INVITE / 200 repeats | INVITE→200 p50 / p99 / max (ms) | SIPp rtt p50 / p99 (ms, 1 ms res.) | ivrd CPU (cores, avg) | ivrd CPU ms per call | CPU0 other busy % | load1 |",
@@ -644,7 +684,11 @@ def report(data, path):
                      f"{w['cpu0_other_pct']:.1f} | {w['loadavg'][0]} |")
         L += ["", f"Highest rate with every call successful, 0 failed and 0 retransmissions: "
                   f"**{best if best else 'none'} cps** (of the rates tried).", ""]
-    L += ["## Not measured", "", "- Workload 3 (full verification flow with SMS and REFER): not implemented.", ""]
+    if data.get("w3"):
+        import w3
+        L += w3.report_lines(data["w3"])
+    else:
+        L += ["## Not measured", "", "- Workload 3 (verification flow with SMS and REFER): not run (`--only w3`).", ""]
     with open(path, "w") as f:
         f.write("\n".join(L))
 
@@ -657,7 +701,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--sink-mode", default="hold", choices=["hold", "read"])
     ap.add_argument("--setup-note", action="append", default=[])
-    ap.add_argument("--only", default="w2,w1", help="comma list of workloads: w2,w1")
+    ap.add_argument("--only", default="w2,w1,w3", help="comma list of workloads: w2,w1,w3")
     ap.add_argument("--ns", default="", help="override N steps, e.g. 100,200")
     ap.add_argument("--rates", default="", help="override call rates, e.g. 10,20")
     ap.add_argument("--cps-secs", type=int, default=0, help="override seconds per call rate")
@@ -677,7 +721,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     data = dict(mode=mode_name, steady=mode["steady"], capture=mode["capture"], setup=args.setup_note,
-                machine_start=machine_facts(), git=git, w2=[], floor=[], w1=[])
+                machine_start=machine_facts(), git=git, w2=[], floor=[], w1=[], w3=[])
     st0 = read_proc_stat()
     only = args.only.split(",")
     json_path = os.path.join(args.out, "results.json")
@@ -699,8 +743,19 @@ def main():
             save()
     if "w1" in only:
         for rate in mode["cps_rates"]:
-            data["w1"].append(workload1(args, mode, rate, args.out))
+            r = workload1(args, mode, rate, args.out)
+            data["w1"].append(r)
             save()
+            # The first rate with a failed call or a retransmission ends the steps: the one
+            # before it is the answer, and higher rates only pile up failures.
+            sp = r["sipp"]
+            if sp.get("failed") or sp.get("retrans") or r.get("ivrd_retrans"):
+                log(f"  {rate} cps had failures or retransmissions: stopping the call-rate steps")
+                break
+    if "w3" in only:
+        import w3
+        w3.workload3(args.ivrd, args.out, w3.MODES[mode_name]["rates"], w3.MODES[mode_name]["secs"],
+                     on_result=lambda r: (data["w3"].append(r), save()))
     save()
     log(f"results: {os.path.join(args.out, 'results.md')}")
 

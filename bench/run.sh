@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # ivrd load benchmark. Usage: bench/run.sh [--quick] [extra bench.py options]
 #
-#   --quick   N = 100, 250, 500 for 20 s each, call rates 10..80 cps (about 8 min after the build)
-#   (none)    N = 500, 1000, 2000, 4000 for 60 s each, call rates 10..320 cps (about 30 min)
+#   --quick   N = 100, 250, 500 for 20 s each, call rates 100..800 cps, verification 5..20 cps
+#   (none)    N = 500, 1000, 2000, 4000 for 60 s each, call rates 100..2000 cps, verification
+#             5..40 cps (about 45 min)
 #
 # Loopback only. Pins ivrd to CPU 0 and SIPp to CPU 1. Results go to
 # bench/results/<date>-<host>/results.md (+ plot.svg, results.json, raw/). See bench/README.md.

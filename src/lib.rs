@@ -21,8 +21,10 @@
 //! - [`call`]: one call; the [`call::CallIo`] API that call flows use.
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
+//! - [`audit`]: one row per call, group-committed by one writer thread.
 pub mod admin;
 pub mod admin_http;
+pub mod audit;
 pub mod call;
 pub mod config;
 pub mod customers_cli;

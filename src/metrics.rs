@@ -9,7 +9,7 @@
 
 use crate::call::mask_number;
 use crate::media::dtmf::DtmfMethod;
-use crate::media::engine::MediaStats;
+use crate::media::engine::{JITTER_BUCKETS_US, MediaStats};
 use crate::sip::core::CoreStats;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -284,6 +284,30 @@ impl Metrics {
             "Pacing ticks that started more than 5 ms late.",
             media.late_ticks.load(r),
         );
+        header(
+            &mut out,
+            "ivrd_rtp_send_jitter_seconds",
+            "histogram",
+            "Per stream |interval between consecutive packets - ptime| when handed to the kernel.",
+        );
+        let (cumulative, count) = media.send_jitter.cumulative();
+        for (le_us, n) in JITTER_BUCKETS_US.iter().zip(cumulative) {
+            let _ = writeln!(
+                out,
+                "ivrd_rtp_send_jitter_seconds_bucket{{le=\"{}\"}} {n}",
+                *le_us as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            out,
+            "ivrd_rtp_send_jitter_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "ivrd_rtp_send_jitter_seconds_sum {}",
+            media.send_jitter.sum_ns.load(r) as f64 / 1e9
+        );
+        let _ = writeln!(out, "ivrd_rtp_send_jitter_seconds_count {count}");
         header(
             &mut out,
             "ivrd_reloads_total",

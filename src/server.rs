@@ -11,6 +11,7 @@
 //! stays and the log says why. Listen addresses, RTP ports and the database path need a restart.
 
 use crate::admin_http::AdminState;
+use crate::audit::AuditWriter;
 use crate::call::{self, CallContext, CallEnd, CallSettings, CallSummary};
 use crate::config::Config;
 use crate::dialplan::{self, CheckEnv, Dialplan, FlowResult};
@@ -179,6 +180,8 @@ pub async fn run(
         "loaded"
     );
     let current = Arc::new(RwLock::new(Arc::new(snapshot)));
+    // The database path changes only on restart, so one audit writer serves every snapshot.
+    let audit = AuditWriter::start(store.clone()).context("starting the audit writer")?;
 
     let (t1, t2, t4) = cfg.timers();
     let media = MediaEngine::start(MediaSettings {
@@ -308,7 +311,7 @@ pub async fn run(
                     metrics: metrics.clone(),
                 };
                 let span = info_span!("call", call_id = %new.invite.call_id);
-                calls.spawn(handle_call(new, ctx, snap).instrument(span));
+                calls.spawn(handle_call(new, ctx, snap, audit.clone()).instrument(span));
             }
             Some(()) = reload.recv() => {
                 let started = std::time::Instant::now();
@@ -378,14 +381,13 @@ fn reload_snapshot(
 }
 
 /// One call: pick its dialplan, run it, write its audit row.
-async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>) {
+async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>, audit: AuditWriter) {
     let dialed = new
         .invite
         .request_uri()
         .and_then(uri_user)
         .unwrap_or_default()
         .to_string();
-    let store = snap.services.store.clone();
     let metrics = ctx.metrics.clone();
     let caller = crate::call::CallFacts::from_invite(&new.invite, new.flow.remote).caller;
     let plan_name = match &snap.demo {
@@ -427,11 +429,8 @@ async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>) {
     };
     let row = audit_row(&summary, &dialed);
     metrics.call_ended(&row.outcome);
-    let written = tokio::task::spawn_blocking(move || store.write_audit(&row)).await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => error!(error = %e, "audit row not written"),
-        Err(e) => error!(error = %e, "audit task failed"),
+    if let Err(e) = audit.write(row).await {
+        error!(error = %e, "audit row not written");
     }
 }
 

@@ -770,22 +770,42 @@ impl Store {
 
     /// Appends one row to the audit log.
     pub fn write_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
-                                ended_at, dtmf_methods, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                row.call_id,
-                row.caller,
-                row.dialed,
-                row.customer_id,
-                row.outcome,
-                to_ms(row.started_at),
-                to_ms(row.ended_at),
-                row.dtmf_methods,
-                row.detail,
-            ],
-        )?;
+        self.write_audit_batch(std::slice::from_ref(row))
+    }
+
+    /// Writes several audit rows in one transaction: one commit (one fsync) for all of them.
+    /// All or none: a failure rolls the whole batch back.
+    pub fn write_audit_batch(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
+                                    ended_at, dtmf_methods, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for row in rows {
+                stmt.execute(params![
+                    row.call_id,
+                    row.caller,
+                    row.dialed,
+                    row.customer_id,
+                    row.outcome,
+                    to_ms(row.started_at),
+                    to_ms(row.ended_at),
+                    row.dtmf_methods,
+                    row.detail,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Raw SQL against the store, for tests that must break it on purpose.
+    #[cfg(test)]
+    pub(crate) fn execute_batch_for_tests(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn().execute_batch(sql)?;
         Ok(())
     }
 

@@ -1,11 +1,17 @@
 //! The media engine: RTP for every call, paced from a shared clock.
 //!
 //! Sending: a few pacing threads (default one) each own a share of the streams and wake on a
-//! fixed 10 ms grid. On each tick a thread writes one packet for every stream that is due
-//! (every 2 ticks for 20 ms ptime), from the stream's prompt queue or silence, into one stack
-//! buffer, and sends it with a plain `sendto` on the stream's socket. No task or timer per
-//! call, no allocation per packet, and every stream of a thread is phase-locked to one clock,
-//! so a thousand calls cost a thousand `sendto`s per tick and nothing else.
+//! fixed 10 ms grid of absolute deadlines ([`super::clock`]). On each tick a thread writes one
+//! packet for every stream that is due (every 2 ticks for 20 ms ptime), from the stream's
+//! prompt queue or silence, into one stack buffer, and sends it with a plain `sendto` on the
+//! stream's socket. No task or timer per call, no allocation per packet, every stream of a
+//! thread phase-locked to one clock, and the streams spread evenly over the phases, so a
+//! thousand 20 ms calls cost five hundred `sendto`s per tick and nothing else.
+//!
+//! Why not `sendmmsg`: it batches datagrams of one socket, and every call has its own socket
+//! (its own RTP port, which symmetric-RTP peers and NATs expect packets to come from), so there
+//! is one datagram per socket per tick. The benchmark's floor shows the `sendto` itself, with
+//! the loopback delivery it includes, is most of the cost.
 //!
 //! Receiving: one small tokio task per stream waits on its socket (epoll does the waiting),
 //! latches the caller's address for symmetric RTP, turns RFC 4733 events and in-band tones
@@ -14,6 +20,7 @@
 //! The call talks to its stream through a [`StreamHandle`]: play, stop, update after SDP
 //! changes; dropping the handle closes the stream and frees its port.
 
+use super::clock;
 use super::dtmf::{Digit, DtmfMethod, InbandDetector, Rfc4733Receiver};
 use super::g711;
 use super::prompt::Prompt;
@@ -95,6 +102,45 @@ pub struct MediaStats {
     pub late_ticks: AtomicU64,
     pub ticks: AtomicU64,
     pub active_streams: AtomicUsize,
+    /// Per stream, |interval between consecutive packets − ptime|, as the pacer saw it when it
+    /// handed each packet to the kernel: ivrd's own view of send timing (the benchmark also
+    /// measures it from outside, in a packet capture).
+    pub send_jitter: JitterHistogram,
+}
+
+/// Upper bounds (µs) of the send-timing histogram buckets; the last bucket is +Inf.
+pub const JITTER_BUCKETS_US: [u64; 9] = [50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000];
+
+/// A fixed-bucket histogram written by one pacer thread per packet (relaxed atomics, no lock).
+#[derive(Debug, Default)]
+pub struct JitterHistogram {
+    /// Non-cumulative counts; index `JITTER_BUCKETS_US.len()` is the overflow bucket.
+    pub buckets: [AtomicU64; JITTER_BUCKETS_US.len() + 1],
+    pub sum_ns: AtomicU64,
+}
+
+impl JitterHistogram {
+    pub fn record(&self, error_ns: u64) {
+        let i = JITTER_BUCKETS_US
+            .iter()
+            .position(|le| error_ns <= le * 1_000)
+            .unwrap_or(JITTER_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(error_ns, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound, then the total (Prometheus `le` semantics).
+    pub fn cumulative(&self) -> ([u64; JITTER_BUCKETS_US.len()], u64) {
+        let mut out = [0; JITTER_BUCKETS_US.len()];
+        let mut acc = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            acc += b.load(Ordering::Relaxed);
+            if i < out.len() {
+                out[i] = acc;
+            }
+        }
+        (out, acc)
+    }
 }
 
 enum PacerCmd {
@@ -136,9 +182,14 @@ struct PacedStream {
     /// The pacer's copy of `shared.latched`, as of `seen_generation`.
     latched: Option<SocketAddr>,
     seen_generation: u64,
-    /// Ticks between packets (ptime / 10 ms) and the tick of the next packet.
+    /// Ticks between packets (ptime / 10 ms), the tick of the next packet, and which of the
+    /// `every` phases (tick % every) this stream sends on.
     every: u64,
     next_tick: u64,
+    phase: u64,
+    /// When the previous packet went out (clock ns) and on which tick, for the jitter figures.
+    last_sent_ns: u64,
+    last_sent_tick: u64,
     queue: VecDeque<Arc<Prompt>>,
     pos: usize,
     token: Option<u64>,
@@ -315,8 +366,11 @@ impl MediaEngine {
             symmetric: s.symmetric_rtp,
             latched: None,
             seen_generation: 0,
-            every: u64::from(params.ptime_ms / 10).max(1),
+            every: ticks_per_packet(params.ptime_ms),
             next_tick: 0,
+            phase: 0,
+            last_sent_ns: 0,
+            last_sent_tick: 0,
             queue: VecDeque::new(),
             pos: 0,
             token: None,
@@ -453,29 +507,124 @@ impl PortPool {
     }
 }
 
+/// Ticks between packets for a ptime (10 ms grid; at least every tick).
+fn ticks_per_packet(ptime_ms: u32) -> u64 {
+    u64::from(ptime_ms / 10).clamp(1, PHASE_SLOTS as u64)
+}
+
+/// Ticks in the phase plan: a multiple of every `ticks_per_packet` we negotiate (1, 2, 3, 4).
+const PHASE_SLOTS: usize = 12;
+
+/// How many streams send on each tick of a 12-tick cycle. A new stream takes the phase whose
+/// busiest tick is the least busy, so a 20 ms stream joins whichever half of the calls is
+/// smaller: the work per tick stays even (half the calls each), instead of depending on
+/// which tick each call happened to start on. Pure bookkeeping, tested below.
+#[derive(Debug, Default)]
+struct PhasePlan {
+    load: [usize; PHASE_SLOTS],
+}
+
+impl PhasePlan {
+    fn slots(every: u64, phase: u64) -> impl Iterator<Item = usize> {
+        (phase as usize..PHASE_SLOTS).step_by(every as usize)
+    }
+
+    /// Picks and books the phase (0..every) for a stream sending every `every` ticks.
+    fn join(&mut self, every: u64) -> u64 {
+        let phase = (0..every)
+            .min_by_key(|p| Self::slots(every, *p).map(|i| self.load[i]).max())
+            .unwrap_or(0);
+        for i in Self::slots(every, phase) {
+            self.load[i] += 1;
+        }
+        phase
+    }
+
+    fn leave(&mut self, every: u64, phase: u64) {
+        for i in Self::slots(every, phase) {
+            self.load[i] = self.load[i].saturating_sub(1);
+        }
+    }
+}
+
+/// The first tick after `tick` that falls on `phase` (mod `every`).
+fn next_on_phase(tick: u64, every: u64, phase: u64) -> u64 {
+    let t = tick + 1;
+    t + (phase + every - t % every) % every
+}
+
+/// The streams of one pacing thread, in a Vec so a tick walks memory in order; the map only
+/// finds a stream for a command.
+#[derive(Default)]
+struct PacerStreams {
+    list: Vec<PacedStream>,
+    index: HashMap<u64, usize>,
+    phases: PhasePlan,
+}
+
+impl PacerStreams {
+    fn get_mut(&mut self, id: u64) -> Option<&mut PacedStream> {
+        let i = *self.index.get(&id)?;
+        self.list.get_mut(i)
+    }
+
+    fn add(&mut self, mut s: PacedStream, tick: u64) {
+        s.phase = self.phases.join(s.every);
+        s.next_tick = next_on_phase(tick, s.every, s.phase);
+        self.index.insert(s.id, self.list.len());
+        self.list.push(s);
+    }
+
+    fn set_every(&mut self, id: u64, every: u64, tick: u64) {
+        let Some(&i) = self.index.get(&id) else {
+            return;
+        };
+        let s = &mut self.list[i];
+        if s.every == every {
+            return;
+        }
+        self.phases.leave(s.every, s.phase);
+        s.every = every;
+        s.phase = self.phases.join(every);
+        s.next_tick = next_on_phase(tick, every, s.phase);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(i) = self.index.remove(&id) else {
+            return;
+        };
+        let s = self.list.swap_remove(i);
+        self.phases.leave(s.every, s.phase);
+        if let Some(moved) = self.list.get(i) {
+            self.index.insert(moved.id, i);
+        }
+    }
+}
+
 fn pacer_loop(
     commands: std_mpsc::Receiver<PacerCmd>,
     stats: Arc<MediaStats>,
     stopping: Arc<AtomicBool>,
 ) {
-    let mut streams: HashMap<u64, Box<PacedStream>> = HashMap::new();
-    let start = Instant::now();
+    clock::tighten_timer_slack();
+    let tick_ns = TICK.as_nanos() as u64;
+    let mut streams = PacerStreams::default();
+    let start = clock::now_ns();
     let mut tick: u64 = 0;
     let mut buf = [0u8; HEADER_LEN + MAX_PAYLOAD];
     loop {
         if stopping.load(Ordering::Acquire) {
             return;
         }
-        let deadline = start + TICK * (tick as u32);
-        let now = Instant::now();
-        if deadline > now {
-            std::thread::sleep(deadline - now);
-        } else if now - deadline > TICK / 2 {
+        let deadline = start + tick_ns * tick;
+        clock::sleep_until_ns(deadline);
+        let late = clock::now_ns().saturating_sub(deadline);
+        if late > tick_ns / 2 {
             stats.late_ticks.fetch_add(1, Ordering::Relaxed);
             // Far behind (suspended VM, overloaded host): skip to the present instead of
             // bursting the backlog; the RTP timestamps still advance per packet sent.
-            if now - deadline > TICK * 5 {
-                tick = ((now - start).as_nanos() / TICK.as_nanos()) as u64;
+            if late > tick_ns * 5 {
+                tick += late / tick_ns;
             }
         }
         stats.ticks.fetch_add(1, Ordering::Relaxed);
@@ -484,18 +633,18 @@ fn pacer_loop(
                 Ok(cmd) => apply(&mut streams, cmd, tick),
                 Err(std_mpsc::TryRecvError::Empty) => break,
                 Err(std_mpsc::TryRecvError::Disconnected) => {
-                    if streams.is_empty() {
+                    if streams.list.is_empty() {
                         return;
                     }
                     break;
                 }
             }
         }
-        for s in streams.values_mut() {
+        for s in streams.list.iter_mut() {
             if s.next_tick > tick {
                 continue;
             }
-            s.next_tick = tick + s.every;
+            s.next_tick = next_on_phase(tick, s.every, s.phase);
             let samples = (s.params.ptime_ms * 8) as usize;
             let Some(dest) = s.destination() else {
                 continue;
@@ -507,9 +656,20 @@ fn pacer_loop(
             s.rtp
                 .write_header(&mut buf, s.params.payload_type, samples as u32);
             s.fill(&mut buf[HEADER_LEN..len]);
+            // One clock read per packet (vDSO, tens of ns against microseconds for sendto).
+            let now = clock::now_ns();
             match s.socket.send_to(&buf[..len], dest) {
                 Ok(_) => {
                     stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+                    // Only back-to-back packets count: a gap (hold, no destination yet, a
+                    // skipped backlog) is not jitter.
+                    if s.last_sent_ns != 0 && tick - s.last_sent_tick == s.every {
+                        let interval = now - s.last_sent_ns;
+                        let ptime = s.every * tick_ns;
+                        stats.send_jitter.record(interval.abs_diff(ptime));
+                    }
+                    s.last_sent_ns = now;
+                    s.last_sent_tick = tick;
                 }
                 Err(_) => {
                     stats.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -520,14 +680,11 @@ fn pacer_loop(
     }
 }
 
-fn apply(streams: &mut HashMap<u64, Box<PacedStream>>, cmd: PacerCmd, tick: u64) {
+fn apply(streams: &mut PacerStreams, cmd: PacerCmd, tick: u64) {
     match cmd {
-        PacerCmd::Add(mut s) => {
-            s.next_tick = tick;
-            streams.insert(s.id, s);
-        }
+        PacerCmd::Add(s) => streams.add(*s, tick),
         PacerCmd::Play { id, token, prompts } => {
-            if let Some(s) = streams.get_mut(&id) {
+            if let Some(s) = streams.get_mut(id) {
                 s.stop();
                 s.queue = prompts.into();
                 s.pos = 0;
@@ -538,19 +695,17 @@ fn apply(streams: &mut HashMap<u64, Box<PacedStream>>, cmd: PacerCmd, tick: u64)
             }
         }
         PacerCmd::Stop { id } => {
-            if let Some(s) = streams.get_mut(&id) {
+            if let Some(s) = streams.get_mut(id) {
                 s.stop();
             }
         }
         PacerCmd::Update { id, params } => {
-            if let Some(s) = streams.get_mut(&id) {
-                s.every = u64::from(params.ptime_ms / 10).max(1);
+            streams.set_every(id, ticks_per_packet(params.ptime_ms), tick);
+            if let Some(s) = streams.get_mut(id) {
                 s.params = params;
             }
         }
-        PacerCmd::Remove { id } => {
-            streams.remove(&id);
-        }
+        PacerCmd::Remove { id } => streams.remove(id),
     }
 }
 
@@ -582,6 +737,7 @@ async fn recv_loop(
     let mut rfc4733 = Rfc4733Receiver::new();
     let mut inband = InbandDetector::new();
     let mut last_rx = tokio::time::Instant::now();
+    let mut ssrc: Option<u32> = None;
     loop {
         let p = *params.lock().expect("params lock");
         let deadline = match settings.rtp_timeout {
@@ -619,6 +775,13 @@ async fn recv_loop(
                 *latched = Some(from);
                 shared.latch_generation.fetch_add(1, Ordering::Release);
             }
+        }
+        // A new SSRC is a new sender clock (RFC 3550 8.2): its timestamps say nothing about
+        // the old stream's, so a press on it must not be taken for a late copy of an older one.
+        // Gateways and SIPp's play_dtmf start a fresh SSRC for every burst of keys.
+        if ssrc != Some(pkt.ssrc) {
+            ssrc = Some(pkt.ssrc);
+            rfc4733.reset();
         }
         let digit = if Some(pkt.payload_type) == p.dtmf_payload_type {
             rfc4733
@@ -834,12 +997,122 @@ mod tests {
             }
             other => panic!("expected a digit, got {other:?}"),
         }
-        // Exactly one digit, then silence from the caller ends in an RTP timeout.
+        // A second burst under a new SSRC whose clock starts behind the first one's (SIPp's
+        // play_dtmf does this) is a new press, not a late copy of the old one.
+        let mut second = RtpSender::new_random();
+        second.ssrc = sender.ssrc.wrapping_add(1);
+        for (end, dur) in [(false, 160), (true, 320), (true, 320)] {
+            let mut pkt = [0u8; HEADER_LEN + 4];
+            second.timestamp = ts.wrapping_sub(4000);
+            second.write_header(&mut pkt, 101, 0);
+            pkt[HEADER_LEN..].copy_from_slice(&rfc4733_payload(
+                Digit::from_char('5').unwrap(),
+                end,
+                10,
+                dur,
+            ));
+            peer.send_to(&pkt, stream.local_addr()).unwrap();
+        }
+        let ev = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ev, MediaEvent::Digit { digit, .. } if digit.as_char() == '5'),
+            "second burst: {ev:?}"
+        );
+        // Exactly one digit per burst, then silence from the caller ends in an RTP timeout.
         let ev = tokio::time::timeout(Duration::from_secs(2), rx.recv())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(ev, MediaEvent::RtpTimeout);
+    }
+
+    #[test]
+    fn phase_plan_splits_streams_evenly_and_keeps_their_phase() {
+        let mut plan = PhasePlan::default();
+        // 20 ms streams alternate between the two halves.
+        let phases: Vec<u64> = (0..6).map(|_| plan.join(2)).collect();
+        assert_eq!(phases, [0, 1, 0, 1, 0, 1]);
+        // Three leave phase 0: the next three all go there (ties go to the first phase).
+        for _ in 0..3 {
+            plan.leave(2, 0);
+        }
+        assert_eq!(
+            [plan.join(2), plan.join(2), plan.join(2), plan.join(2)],
+            [0, 0, 0, 0]
+        );
+        assert_eq!(plan.join(2), 1, "phase 0 now has one more");
+        // A 30 ms stream takes the phase whose busiest tick is least busy: every 3-tick phase
+        // covers two even and two odd ticks, so it lands where the odd half is and ties.
+        assert_eq!(plan.join(3), 0);
+        assert_eq!(plan.load.iter().max(), Some(&5));
+        // next_on_phase keeps the stream on its phase, also after a skipped backlog.
+        assert_eq!(next_on_phase(10, 2, 1), 11);
+        assert_eq!(next_on_phase(11, 2, 1), 13);
+        assert_eq!(next_on_phase(11, 3, 0), 12);
+        assert_eq!(next_on_phase(12, 1, 0), 13);
+    }
+
+    #[test]
+    fn pacer_streams_remove_keeps_the_index_consistent() {
+        let mut streams = PacerStreams::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        for id in 1..=4 {
+            let socket = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+            streams.add(
+                PacedStream {
+                    id,
+                    socket,
+                    params: params("127.0.0.1:9".parse().unwrap()),
+                    rtp: RtpSender::new_random(),
+                    shared: Arc::new(Shared::default()),
+                    symmetric: false,
+                    latched: None,
+                    seen_generation: 0,
+                    every: 2,
+                    next_tick: 0,
+                    phase: 0,
+                    last_sent_ns: 0,
+                    last_sent_tick: 0,
+                    queue: VecDeque::new(),
+                    pos: 0,
+                    token: None,
+                    events: tx.clone(),
+                },
+                100,
+            );
+        }
+        assert_eq!(streams.phases.load[0], 2);
+        streams.remove(1);
+        streams.remove(42);
+        assert_eq!(streams.list.len(), 3);
+        for id in 2..=4 {
+            assert_eq!(streams.get_mut(id).map(|s| s.id), Some(id));
+        }
+        assert!(streams.get_mut(1).is_none());
+        // ptime 20 -> 40 ms moves the stream to a phase of the 4-tick cycle.
+        streams.set_every(3, 4, 200);
+        let s = streams.get_mut(3).unwrap();
+        assert_eq!((s.every, s.next_tick % 4), (4, s.phase));
+        assert!(s.next_tick > 200 && s.next_tick <= 204);
+    }
+
+    #[test]
+    fn jitter_histogram_buckets_by_upper_bound() {
+        let h = JitterHistogram::default();
+        for ns in [
+            0, 50_000, 50_001, 1_999_999, 2_000_000, 2_000_001, 60_000_000,
+        ] {
+            h.record(ns);
+        }
+        let (cum, total) = h.cumulative();
+        assert_eq!(total, 7);
+        assert_eq!(cum[0], 2, "0 and exactly 50 µs are <= 50 µs");
+        assert_eq!(cum[1], 3);
+        assert_eq!(cum[5], 5, "<= 2 ms");
+        assert_eq!(cum[8], 6, "<= 20 ms; 60 ms overflows");
     }
 
     #[test]

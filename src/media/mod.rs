@@ -1,4 +1,5 @@
 //! Media: RTP streams paced from a shared clock, G.711, prompts, and DTMF from every source.
+pub mod clock;
 pub mod dtmf;
 pub mod engine;
 pub mod g711;
