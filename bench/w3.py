@@ -40,7 +40,7 @@ ID_DIGITS, PIN_DIGITS = 6, 4          # verify.toml: 6-digit customer id, 4-digi
 
 MODES = {
     "quick": dict(rates=[5, 10, 20], secs=30),
-    "full": dict(rates=[5, 10, 20, 40], secs=60),
+    "full": dict(rates=[10, 20, 40, 80], secs=60),
 }
 # Scenario pauses. The id is typed once welcome (4.05 s) and enter-customer-id (2.74 s) have
 # played; the PIN once the rest of sending-pin (4.68 s, starts as the SMS goes out) and
