@@ -158,6 +158,7 @@ def window(a, b):
         d = lambda k: mb.get(k, 0) - ma.get(k, 0)
         w.update(pkts=d("ivrd_rtp_packets_sent_total"), send_errors=d("ivrd_rtp_send_errors_total"),
                  ticks=d("ivrd_rtp_ticks_total"), late_ticks=d("ivrd_rtp_late_ticks_total"),
+                 skipped_ticks=d("ivrd_rtp_skipped_ticks_total"),
                  active_start=ma.get("ivrd_calls_active", 0), active_end=mb.get("ivrd_calls_active", 0),
                  jitter_own=own_jitter(ma, mb))
     if a.get("extra") and b.get("extra"):
@@ -640,7 +641,7 @@ def report(data, path):
                 f"| {r['n']} | {int(w['active_start'])}→{int(w['active_end'])} | {w['cores']:.3f} | "
                 f"{fmt(f['window']['cores'], 3) if f else 'n/a'} | {ratio} | {r['rss_per_call_kb']:.1f} | "
                 f"{w['pkts']:.0f} / {r['expected_pkts']:.0f} ({100 * w['pkts'] / max(1, r['expected_pkts']):.1f} %) | "
-                f"{w['late_ticks']:.0f} / {w['ticks']:.0f} | {fmt(t['p50'], 3)} / {fmt(t['p99'], 3)} / {fmt(t['p999'], 3)} | "
+                f"{w['late_ticks']:.0f} / {w['ticks']:.0f} ({w.get('skipped_ticks', 0):.0f} skipped) | {fmt(t['p50'], 3)} / {fmt(t['p99'], 3)} / {fmt(t['p999'], 3)} | "
                 f"{own_fmt(w.get('jitter_own'))} | "
                 f"{fmt(ft.get('p50'), 3)} / {fmt(ft.get('p99'), 3)} / {fmt(ft.get('p999'), 3)} | "
                 f"{s.get('successful', '?')} / {s.get('failed', '?')} / {s.get('retrans', '?')} | "

@@ -1,12 +1,13 @@
 /* floor: the cheapest possible RTP sender, to compare ivrd's media engine against.
  *
  * No SIP, no logic: N UDP sockets bound to 127.0.0.1:<base>+2i (like ivrd's port pool), one
- * thread, one absolute 10 ms clock (clock_nanosleep TIMER_ABSTIME), each stream sends one
- * 172-byte RTP packet (12-byte header + 160 bytes PCMU) every 20 ms. Streams are split over the
- * two 10 ms phases (like ivrd's pacer, where a stream sends on every second tick). Every packet
- * goes to one sink address (the same kind of receiver SIPp's media port is for ivrd).
+ * thread, one absolute clock of TICK_MS (clock_nanosleep TIMER_ABSTIME, 1 µs timer slack),
+ * each stream sends one 172-byte RTP packet (12-byte header + 160 bytes PCMU) every 20 ms.
+ * Streams are spread evenly over the 20/TICK_MS phases of that clock, as ivrd's pacer does
+ * (1 ms ticks, 20 phases). Every packet goes to one sink address (the same kind of receiver
+ * SIPp's media port is for ivrd).
  *
- * usage: floor N SECONDS SINK_PORT [BASE_PORT=20000]
+ * usage: floor N SECONDS SINK_PORT [BASE_PORT=20000] [TICK_MS=1]
  * Loopback only: binds and sends to 127.0.0.1, nothing else.
  * Prints: packets sent, send errors, late ticks (> 5 ms late, same rule as ivrd).
  */
@@ -18,11 +19,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#define TICK_NS 10000000L
+#define LATE_NS 5000000L /* a tick this late counts as late, the same rule as ivrd */
 
 static void ts_add(struct timespec *t, long ns) {
     t->tv_nsec += ns;
@@ -38,6 +40,11 @@ int main(int argc, char **argv) {
     double secs = atof(argv[2]);
     int sink_port = atoi(argv[3]);
     int base = argc > 4 ? atoi(argv[4]) : 20000;
+    int tick_ms = argc > 5 ? atoi(argv[5]) : 1;
+    if (tick_ms < 1 || 20 % tick_ms != 0) { fprintf(stderr, "TICK_MS must divide 20\n"); return 2; }
+    long tick_ns = tick_ms * 1000000L;
+    int phases = 20 / tick_ms;
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     int *fd = calloc(n, sizeof(int));
     uint16_t *seq = calloc(n, sizeof(uint16_t));
     uint32_t *ts = calloc(n, sizeof(uint32_t));
@@ -62,16 +69,16 @@ int main(int argc, char **argv) {
     struct timespec start, next, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
     next = start;
-    long ticks = (long)(secs * 100.0);
+    long ticks = (long)(secs * 1000.0 / tick_ms);
     unsigned long sent = 0, errs = 0, late = 0;
     for (long t = 0; t < ticks; t++) {
         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
         clock_gettime(CLOCK_MONOTONIC, &now);
-        if (ts_diff_ns(&now, &next) > TICK_NS / 2) late++;
-        int phase = t & 1;
-        for (int i = phase; i < n; i += 2) {
+        if (ts_diff_ns(&now, &next) > LATE_NS) late++;
+        int phase = (int)(t % phases);
+        for (int i = phase; i < n; i += phases) {
             pkt[0] = 0x80;
-            pkt[1] = (t < 2) ? 0x80 : 0x00; /* marker on the first packet, PT 0 */
+            pkt[1] = (t < phases) ? 0x80 : 0x00; /* marker on the first packet, PT 0 */
             uint16_t s = htons(seq[i]++);
             uint32_t tsn = htonl(ts[i]); ts[i] += 160;
             uint32_t ss = htonl(ssrc[i]);
@@ -79,7 +86,7 @@ int main(int argc, char **argv) {
             if (sendto(fd[i], pkt, sizeof pkt, 0, (struct sockaddr *)&dst, sizeof dst) == sizeof pkt) sent++;
             else errs++;
         }
-        ts_add(&next, TICK_NS);
+        ts_add(&next, tick_ns);
     }
     printf("floor_packets_sent %lu\nfloor_send_errors %lu\nfloor_late_ticks %lu\nfloor_ticks %ld\n", sent, errs, late, ticks);
     return 0;

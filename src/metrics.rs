@@ -275,7 +275,7 @@ impl Metrics {
         counter(
             &mut out,
             "ivrd_rtp_ticks_total",
-            "Pacing clock ticks (10 ms).",
+            "Pacing clock ticks (1 ms; every 10 ms while no stream is open).",
             media.ticks.load(r),
         );
         counter(
@@ -283,6 +283,12 @@ impl Metrics {
             "ivrd_rtp_late_ticks_total",
             "Pacing ticks that started more than 5 ms late.",
             media.late_ticks.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_rtp_skipped_ticks_total",
+            "Pacing ticks given up because the pacer was over 200 ms behind (packets not sent).",
+            media.skipped_ticks.load(r),
         );
         header(
             &mut out,

@@ -1,12 +1,12 @@
 //! The media engine: RTP for every call, paced from a shared clock.
 //!
 //! Sending: a few pacing threads (default one) each own a share of the streams and wake on a
-//! fixed 10 ms grid of absolute deadlines ([`super::clock`]). On each tick a thread writes one
-//! packet for every stream that is due (every 2 ticks for 20 ms ptime), from the stream's
-//! prompt queue or silence, into one stack buffer, and sends it with a plain `sendto` on the
-//! stream's socket. No task or timer per call, no allocation per packet, every stream of a
-//! thread phase-locked to one clock, and the streams spread evenly over the phases, so a
-//! thousand 20 ms calls cost five hundred `sendto`s per tick and nothing else.
+//! fixed 1 ms grid of absolute deadlines ([`super::clock`]). On each tick a thread writes one
+//! packet for every stream that is due (every 20 ticks for 20 ms ptime, on the stream's own
+//! phase), from the stream's prompt queue or silence, into one stack buffer, and sends it with
+//! a plain `sendto` on the stream's socket. No task or timer per call, no allocation per
+//! packet, every stream of a thread phase-locked to one clock, and the streams spread evenly
+//! over the phases, so a thousand 20 ms calls cost fifty `sendto`s per tick and nothing else.
 //!
 //! Why not `sendmmsg`: it batches datagrams of one socket, and every call has its own socket
 //! (its own RTP port, which symmetric-RTP peers and NATs expect packets to come from), so there
@@ -37,8 +37,17 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-/// The pacing grid. 10 ms serves every ptime we negotiate (10, 20, 30, 40 ms).
-const TICK: Duration = Duration::from_millis(10);
+/// The pacing grid: 1 ms. A stream sends every `ptime` ticks on a phase of its own, and the
+/// streams are spread evenly over the phases, so a wake-up sends about N/20 packets (20 ms
+/// ptime) rather than N/2 every 10 ms. A stream's moment within its burst then varies by
+/// tens of microseconds instead of milliseconds (measured: bench/README.md), and the network
+/// sees an even flow instead of a thousand packets at once.
+const TICK: Duration = Duration::from_millis(1);
+/// A tick that starts this late counts in `late_ticks`.
+const LATE: Duration = Duration::from_millis(5);
+/// How far behind the pacer still sends every missed packet: 200 ms, about the deepest
+/// jitter buffer a phone keeps; later packets would be thrown away on arrival.
+const CATCH_UP: Duration = Duration::from_millis(200);
 /// Largest payload we send: 40 ms of G.711.
 const MAX_PAYLOAD: usize = 320;
 
@@ -98,8 +107,11 @@ pub struct MediaStats {
     pub packets_sent: AtomicU64,
     pub packets_received: AtomicU64,
     pub send_errors: AtomicU64,
-    /// Ticks that started more than half a tick late.
+    /// Ticks that started more than 5 ms late.
     pub late_ticks: AtomicU64,
+    /// Ticks given up because the pacer was more than `CATCH_UP` ticks behind: packets
+    /// never sent.
+    pub skipped_ticks: AtomicU64,
     pub ticks: AtomicU64,
     pub active_streams: AtomicUsize,
     /// Per stream, |interval between consecutive packets − ptime|, as the pacer saw it when it
@@ -182,10 +194,9 @@ struct PacedStream {
     /// The pacer's copy of `shared.latched`, as of `seen_generation`.
     latched: Option<SocketAddr>,
     seen_generation: u64,
-    /// Ticks between packets (ptime / 10 ms), the tick of the next packet, and which of the
-    /// `every` phases (tick % every) this stream sends on.
+    /// Ticks between packets (the ptime in ms), and which of the `every` phases
+    /// (tick % every) this stream sends on.
     every: u64,
-    next_tick: u64,
     phase: u64,
     /// When the previous packet went out (clock ns) and on which tick, for the jitter figures.
     last_sent_ns: u64,
@@ -367,7 +378,6 @@ impl MediaEngine {
             latched: None,
             seen_generation: 0,
             every: ticks_per_packet(params.ptime_ms),
-            next_tick: 0,
             phase: 0,
             last_sent_ns: 0,
             last_sent_tick: 0,
@@ -507,21 +517,28 @@ impl PortPool {
     }
 }
 
-/// Ticks between packets for a ptime (10 ms grid; at least every tick).
+/// Ticks between packets for a ptime: 10, 20, 30 or 40 (what we negotiate; see `sdp`).
 fn ticks_per_packet(ptime_ms: u32) -> u64 {
-    u64::from(ptime_ms / 10).clamp(1, PHASE_SLOTS as u64)
+    u64::from(ptime_ms / 10 * 10).clamp(10, 40)
 }
 
-/// Ticks in the phase plan: a multiple of every `ticks_per_packet` we negotiate (1, 2, 3, 4).
-const PHASE_SLOTS: usize = 12;
+/// Ticks in the phase plan: a multiple of every `ticks_per_packet` (10, 20, 30, 40).
+const PHASE_SLOTS: usize = 120;
 
-/// How many streams send on each tick of a 12-tick cycle. A new stream takes the phase whose
-/// busiest tick is the least busy, so a 20 ms stream joins whichever half of the calls is
-/// smaller: the work per tick stays even (half the calls each), instead of depending on
-/// which tick each call happened to start on. Pure bookkeeping, tested below.
-#[derive(Debug, Default)]
+/// How many streams send on each tick of a 120-tick cycle. A new stream takes the phase whose
+/// busiest tick is the least busy, so each tick carries the same share of the calls, instead
+/// of depending on when each call happened to start. Pure bookkeeping, tested below.
+#[derive(Debug)]
 struct PhasePlan {
     load: [usize; PHASE_SLOTS],
+}
+
+impl Default for PhasePlan {
+    fn default() -> PhasePlan {
+        PhasePlan {
+            load: [0; PHASE_SLOTS],
+        }
+    }
 }
 
 impl PhasePlan {
@@ -547,57 +564,94 @@ impl PhasePlan {
     }
 }
 
-/// The first tick after `tick` that falls on `phase` (mod `every`).
-fn next_on_phase(tick: u64, every: u64, phase: u64) -> u64 {
-    let t = tick + 1;
-    t + (phase + every - t % every) % every
-}
-
-/// The streams of one pacing thread, in a Vec so a tick walks memory in order; the map only
-/// finds a stream for a command.
+/// The streams of one pacing thread. They stay put in a slab (a command finds one through
+/// `index`); for each packet interval in use, `due` lists per phase the slab slots that send
+/// on that phase, so a tick touches only the streams it sends for.
 #[derive(Default)]
 struct PacerStreams {
-    list: Vec<PacedStream>,
+    slab: Vec<Option<PacedStream>>,
+    free: Vec<usize>,
     index: HashMap<u64, usize>,
+    /// (every, slab slots per phase 0..every).
+    due: Vec<(u64, Vec<Vec<usize>>)>,
     phases: PhasePlan,
 }
 
 impl PacerStreams {
+    fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
     fn get_mut(&mut self, id: u64) -> Option<&mut PacedStream> {
-        let i = *self.index.get(&id)?;
-        self.list.get_mut(i)
+        let slot = *self.index.get(&id)?;
+        self.slab.get_mut(slot)?.as_mut()
     }
 
-    fn add(&mut self, mut s: PacedStream, tick: u64) {
-        s.phase = self.phases.join(s.every);
-        s.next_tick = next_on_phase(tick, s.every, s.phase);
-        self.index.insert(s.id, self.list.len());
-        self.list.push(s);
+    fn due_list(&mut self, every: u64, phase: u64) -> &mut Vec<usize> {
+        let g = match self.due.iter().position(|(e, _)| *e == every) {
+            Some(g) => g,
+            None => {
+                self.due.push((every, vec![Vec::new(); every as usize]));
+                self.due.len() - 1
+            }
+        };
+        &mut self.due[g].1[phase as usize]
     }
 
-    fn set_every(&mut self, id: u64, every: u64, tick: u64) {
-        let Some(&i) = self.index.get(&id) else {
+    fn schedule(&mut self, slot: usize, every: u64) -> u64 {
+        let phase = self.phases.join(every);
+        self.due_list(every, phase).push(slot);
+        phase
+    }
+
+    fn unschedule(&mut self, slot: usize, every: u64, phase: u64) {
+        self.phases.leave(every, phase);
+        let list = self.due_list(every, phase);
+        if let Some(i) = list.iter().position(|s| *s == slot) {
+            list.swap_remove(i);
+        }
+    }
+
+    fn add(&mut self, mut s: PacedStream) {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slab.push(None);
+                self.slab.len() - 1
+            }
+        };
+        s.phase = self.schedule(slot, s.every);
+        self.index.insert(s.id, slot);
+        self.slab[slot] = Some(s);
+    }
+
+    fn set_every(&mut self, id: u64, every: u64) {
+        let Some(&slot) = self.index.get(&id) else {
             return;
         };
-        let s = &mut self.list[i];
-        if s.every == every {
+        let Some((old_every, old_phase)) = self.slab[slot].as_ref().map(|s| (s.every, s.phase))
+        else {
+            return;
+        };
+        if old_every == every {
             return;
         }
-        self.phases.leave(s.every, s.phase);
-        s.every = every;
-        s.phase = self.phases.join(every);
-        s.next_tick = next_on_phase(tick, every, s.phase);
+        self.unschedule(slot, old_every, old_phase);
+        let phase = self.schedule(slot, every);
+        if let Some(s) = self.slab[slot].as_mut() {
+            s.every = every;
+            s.phase = phase;
+        }
     }
 
     fn remove(&mut self, id: u64) {
-        let Some(i) = self.index.remove(&id) else {
+        let Some(slot) = self.index.remove(&id) else {
             return;
         };
-        let s = self.list.swap_remove(i);
-        self.phases.leave(s.every, s.phase);
-        if let Some(moved) = self.list.get(i) {
-            self.index.insert(moved.id, i);
+        if let Some(s) = self.slab[slot].take() {
+            self.unschedule(slot, s.every, s.phase);
         }
+        self.free.push(slot);
     }
 }
 
@@ -608,6 +662,8 @@ fn pacer_loop(
 ) {
     clock::tighten_timer_slack();
     let tick_ns = TICK.as_nanos() as u64;
+    let late_ns = LATE.as_nanos() as u64;
+    let catch_up_ns = CATCH_UP.as_nanos() as u64;
     let mut streams = PacerStreams::default();
     let start = clock::now_ns();
     let mut tick: u64 = 0;
@@ -616,73 +672,103 @@ fn pacer_loop(
         if stopping.load(Ordering::Acquire) {
             return;
         }
+        if streams.is_empty() {
+            // Nothing to send: wait for a command instead of waking a thousand times a second
+            // on an idle host. Still counts ticks, which the watchdog heartbeat watches.
+            match commands.recv_timeout(Duration::from_millis(10)) {
+                Ok(cmd) => apply(&mut streams, cmd),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            stats.ticks.fetch_add(1, Ordering::Relaxed);
+            tick = (clock::now_ns() - start) / tick_ns + 1;
+            continue;
+        }
         let deadline = start + tick_ns * tick;
         clock::sleep_until_ns(deadline);
         let late = clock::now_ns().saturating_sub(deadline);
-        if late > tick_ns / 2 {
+        if late > late_ns {
             stats.late_ticks.fetch_add(1, Ordering::Relaxed);
-            // Far behind (suspended VM, overloaded host): skip to the present instead of
-            // bursting the backlog; the RTP timestamps still advance per packet sent.
-            if late > tick_ns * 5 {
-                tick += late / tick_ns;
+            // Behind by up to CATCH_UP (a descheduled thread, a busy host): run the missed
+            // ticks back to back. Every packet still goes out, a little late, and a jitter
+            // buffer absorbs that. Further behind (a suspended VM), late packets are useless:
+            // skip to the present and count the ticks given up, which the caller hears as a
+            // gap; the RTP timestamps still advance per packet sent.
+            if late > catch_up_ns {
+                let skipped = late / tick_ns;
+                stats.skipped_ticks.fetch_add(skipped, Ordering::Relaxed);
+                tick += skipped;
             }
         }
         stats.ticks.fetch_add(1, Ordering::Relaxed);
         loop {
             match commands.try_recv() {
-                Ok(cmd) => apply(&mut streams, cmd, tick),
+                Ok(cmd) => apply(&mut streams, cmd),
                 Err(std_mpsc::TryRecvError::Empty) => break,
                 Err(std_mpsc::TryRecvError::Disconnected) => {
-                    if streams.list.is_empty() {
+                    if streams.is_empty() {
                         return;
                     }
                     break;
                 }
             }
         }
-        for s in streams.list.iter_mut() {
-            if s.next_tick > tick {
-                continue;
-            }
-            s.next_tick = next_on_phase(tick, s.every, s.phase);
-            let samples = (s.params.ptime_ms * 8) as usize;
-            let Some(dest) = s.destination() else {
-                continue;
-            };
-            if !s.params.send {
-                continue;
-            }
-            let len = HEADER_LEN + samples.min(MAX_PAYLOAD);
-            s.rtp
-                .write_header(&mut buf, s.params.payload_type, samples as u32);
-            s.fill(&mut buf[HEADER_LEN..len]);
-            // One clock read per packet (vDSO, tens of ns against microseconds for sendto).
-            let now = clock::now_ns();
-            match s.socket.send_to(&buf[..len], dest) {
-                Ok(_) => {
-                    stats.packets_sent.fetch_add(1, Ordering::Relaxed);
-                    // Only back-to-back packets count: a gap (hold, no destination yet, a
-                    // skipped backlog) is not jitter.
-                    if s.last_sent_ns != 0 && tick - s.last_sent_tick == s.every {
-                        let interval = now - s.last_sent_ns;
-                        let ptime = s.every * tick_ns;
-                        stats.send_jitter.record(interval.abs_diff(ptime));
-                    }
-                    s.last_sent_ns = now;
-                    s.last_sent_tick = tick;
-                }
-                Err(_) => {
-                    stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                }
+        let PacerStreams { slab, due, .. } = &mut streams;
+        for (every, phases) in due.iter() {
+            for &slot in &phases[(tick % every) as usize] {
+                let Some(s) = slab[slot].as_mut() else {
+                    continue;
+                };
+                send_one(s, tick, tick_ns, &mut buf, &stats);
             }
         }
         tick += 1;
     }
 }
 
-fn apply(streams: &mut PacerStreams, cmd: PacerCmd, tick: u64) {
+/// Writes and sends one stream's packet for this tick.
+fn send_one(
+    s: &mut PacedStream,
+    tick: u64,
+    tick_ns: u64,
+    buf: &mut [u8; HEADER_LEN + MAX_PAYLOAD],
+    stats: &MediaStats,
+) {
+    let Some(dest) = s.destination() else {
+        return;
+    };
+    if !s.params.send {
+        return;
+    }
+    let samples = (s.params.ptime_ms * 8) as usize;
+    let len = HEADER_LEN + samples.min(MAX_PAYLOAD);
+    s.rtp
+        .write_header(&mut buf[..], s.params.payload_type, samples as u32);
+    s.fill(&mut buf[HEADER_LEN..len]);
+    // One clock read per packet (vDSO, tens of ns against microseconds for sendto).
+    let now = clock::now_ns();
+    match s.socket.send_to(&buf[..len], dest) {
+        Ok(_) => {
+            stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+            // Only back-to-back packets count: a gap (hold, no destination yet, a skipped
+            // backlog) is not jitter.
+            if s.last_sent_ns != 0 && tick - s.last_sent_tick == s.every {
+                let interval = now - s.last_sent_ns;
+                let ptime = s.every * tick_ns;
+                stats.send_jitter.record(interval.abs_diff(ptime));
+            }
+            s.last_sent_ns = now;
+            s.last_sent_tick = tick;
+        }
+        Err(_) => {
+            stats.send_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn apply(streams: &mut PacerStreams, cmd: PacerCmd) {
     match cmd {
-        PacerCmd::Add(s) => streams.add(*s, tick),
+        PacerCmd::Add(s) => streams.add(*s),
         PacerCmd::Play { id, token, prompts } => {
             if let Some(s) = streams.get_mut(id) {
                 s.stop();
@@ -700,7 +786,7 @@ fn apply(streams: &mut PacerStreams, cmd: PacerCmd, tick: u64) {
             }
         }
         PacerCmd::Update { id, params } => {
-            streams.set_every(id, ticks_per_packet(params.ptime_ms), tick);
+            streams.set_every(id, ticks_per_packet(params.ptime_ms));
             if let Some(s) = streams.get_mut(id) {
                 s.params = params;
             }
@@ -1030,73 +1116,94 @@ mod tests {
     }
 
     #[test]
-    fn phase_plan_splits_streams_evenly_and_keeps_their_phase() {
+    fn phase_plan_splits_streams_evenly() {
         let mut plan = PhasePlan::default();
-        // 20 ms streams alternate between the two halves.
-        let phases: Vec<u64> = (0..6).map(|_| plan.join(2)).collect();
-        assert_eq!(phases, [0, 1, 0, 1, 0, 1]);
-        // Three leave phase 0: the next three all go there (ties go to the first phase).
-        for _ in 0..3 {
-            plan.leave(2, 0);
+        // 20 ms streams fill the 20 phases one by one, then go round again.
+        let phases: Vec<u64> = (0..25).map(|_| plan.join(20)).collect();
+        assert_eq!(phases[..20], (0..20).collect::<Vec<u64>>()[..]);
+        assert_eq!(phases[20..], [0, 1, 2, 3, 4]);
+        // Three leave phase 7: the next joins go there first (ties go to the lowest phase).
+        plan.leave(20, 7);
+        assert_eq!(plan.join(20), 7);
+        // A 30 ms stream takes the phase whose busiest tick is least busy: 5 of the 120 ticks
+        // carry two 20 ms streams, so it avoids the phases that hit them.
+        let p = plan.join(30);
+        assert!(PhasePlan::slots(30, p).all(|i| plan.load[i] <= 2));
+        assert_eq!(plan.load.iter().max(), Some(&2));
+        assert_eq!(ticks_per_packet(20), 20);
+        assert_eq!(ticks_per_packet(25), 20);
+        assert_eq!(ticks_per_packet(5), 10);
+        assert_eq!(ticks_per_packet(60), 40);
+    }
+
+    fn paced(id: u64, every: u64, tx: &mpsc::UnboundedSender<MediaEvent>) -> PacedStream {
+        PacedStream {
+            id,
+            socket: StdUdpSocket::bind("127.0.0.1:0").unwrap(),
+            params: params("127.0.0.1:9".parse().unwrap()),
+            rtp: RtpSender::new_random(),
+            shared: Arc::new(Shared::default()),
+            symmetric: false,
+            latched: None,
+            seen_generation: 0,
+            every,
+            phase: 0,
+            last_sent_ns: 0,
+            last_sent_tick: 0,
+            queue: VecDeque::new(),
+            pos: 0,
+            token: None,
+            events: tx.clone(),
         }
-        assert_eq!(
-            [plan.join(2), plan.join(2), plan.join(2), plan.join(2)],
-            [0, 0, 0, 0]
-        );
-        assert_eq!(plan.join(2), 1, "phase 0 now has one more");
-        // A 30 ms stream takes the phase whose busiest tick is least busy: every 3-tick phase
-        // covers two even and two odd ticks, so it lands where the odd half is and ties.
-        assert_eq!(plan.join(3), 0);
-        assert_eq!(plan.load.iter().max(), Some(&5));
-        // next_on_phase keeps the stream on its phase, also after a skipped backlog.
-        assert_eq!(next_on_phase(10, 2, 1), 11);
-        assert_eq!(next_on_phase(11, 2, 1), 13);
-        assert_eq!(next_on_phase(11, 3, 0), 12);
-        assert_eq!(next_on_phase(12, 1, 0), 13);
+    }
+
+    /// Slab slots due on `tick`, sorted.
+    fn due_on(streams: &PacerStreams, tick: u64) -> Vec<u64> {
+        let mut ids: Vec<u64> = streams
+            .due
+            .iter()
+            .flat_map(|(every, phases)| phases[(tick % every) as usize].iter())
+            .map(|slot| streams.slab[*slot].as_ref().unwrap().id)
+            .collect();
+        ids.sort();
+        ids
     }
 
     #[test]
-    fn pacer_streams_remove_keeps_the_index_consistent() {
+    fn pacer_streams_send_each_stream_once_per_ptime_across_add_remove_update() {
         let mut streams = PacerStreams::default();
         let (tx, _rx) = mpsc::unbounded_channel();
-        for id in 1..=4 {
-            let socket = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-            streams.add(
-                PacedStream {
-                    id,
-                    socket,
-                    params: params("127.0.0.1:9".parse().unwrap()),
-                    rtp: RtpSender::new_random(),
-                    shared: Arc::new(Shared::default()),
-                    symmetric: false,
-                    latched: None,
-                    seen_generation: 0,
-                    every: 2,
-                    next_tick: 0,
-                    phase: 0,
-                    last_sent_ns: 0,
-                    last_sent_tick: 0,
-                    queue: VecDeque::new(),
-                    pos: 0,
-                    token: None,
-                    events: tx.clone(),
-                },
-                100,
-            );
+        for id in 1..=40 {
+            streams.add(paced(id, 20, &tx));
         }
-        assert_eq!(streams.phases.load[0], 2);
+        // Over any 20 consecutive ticks every stream is due exactly once, two per tick.
+        let mut seen: Vec<u64> = (100..120).flat_map(|t| due_on(&streams, t)).collect();
+        assert!((100..120).all(|t| due_on(&streams, t).len() == 2));
+        seen.sort();
+        assert_eq!(seen, (1..=40).collect::<Vec<u64>>());
+        // Removing frees the slot for the next stream and keeps the others where they were.
+        let before = streams.get_mut(2).unwrap().phase;
         streams.remove(1);
         streams.remove(42);
-        assert_eq!(streams.list.len(), 3);
-        for id in 2..=4 {
-            assert_eq!(streams.get_mut(id).map(|s| s.id), Some(id));
-        }
         assert!(streams.get_mut(1).is_none());
-        // ptime 20 -> 40 ms moves the stream to a phase of the 4-tick cycle.
-        streams.set_every(3, 4, 200);
+        assert_eq!(streams.get_mut(2).unwrap().phase, before);
+        streams.add(paced(41, 20, &tx));
+        assert_eq!(streams.slab.len(), 40, "slot reused");
+        let seen: Vec<u64> = (0..20).flat_map(|t| due_on(&streams, t)).collect();
+        assert_eq!(seen.len(), 40);
+        assert!(!seen.contains(&1) && seen.contains(&41));
+        // ptime 20 -> 40 ms: the stream is due once per 40 ticks from then on.
+        streams.set_every(3, 40);
         let s = streams.get_mut(3).unwrap();
-        assert_eq!((s.every, s.next_tick % 4), (4, s.phase));
-        assert!(s.next_tick > 200 && s.next_tick <= 204);
+        assert_eq!(s.every, 40);
+        let times = (0..120)
+            .filter(|t| due_on(&streams, *t).contains(&3))
+            .count();
+        assert_eq!(times, 3);
+        let others = (0..120)
+            .filter(|t| due_on(&streams, *t).contains(&4))
+            .count();
+        assert_eq!(others, 6);
     }
 
     #[test]
