@@ -281,26 +281,34 @@ level = "warn"
 
 
 class Ivrd:
-    def __init__(self, binary, run_dir):
+    """ivrd on CPU 0, up once it serves /metrics. `cfg`: a config file (default: the demo-flow
+    config of ivrd_config). The database is removed at stop unless `keep_db` (workload 3 reads
+    its audit rows)."""
+
+    def __init__(self, binary, run_dir, cfg=None, keep_db=False):
         os.makedirs(run_dir, exist_ok=True)
         self.run_dir = run_dir
-        cfg = ivrd_config(run_dir)
+        self.keep_db = keep_db
+        cfg = cfg or ivrd_config(run_dir)
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
+        env["NO_COLOR"] = "1"
         self.logf = open(os.path.join(run_dir, "ivrd.log"), "w")
         self.p = subprocess.Popen(["taskset", "-c", "0", binary, "run", "--config", cfg],
                                   stdout=self.logf, stderr=subprocess.STDOUT, env=env, cwd=run_dir)
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while True:
             if self.p.poll() is not None:
                 raise SystemExit(f"ivrd exited at start-up (code {self.p.returncode}); see {run_dir}/ivrd.log")
             try:
                 metrics()
-                break
+                time.sleep(0.3)
+                if self.p.poll() is None:   # /metrics is ours, not another daemon's
+                    break
             except OSError:
                 if time.time() > deadline:
                     self.stop()
-                    raise SystemExit(f"ivrd did not serve /metrics within 30 s; see {run_dir}/ivrd.log")
+                    raise SystemExit(f"ivrd did not serve /metrics within 60 s; see {run_dir}/ivrd.log")
                 time.sleep(0.2)
         self.pid = self.p.pid
 
@@ -314,13 +322,14 @@ class Ivrd:
                 self.p.kill()
                 self.p.wait()
         self.logf.close()
-        for fn in os.listdir(self.run_dir):   # the audit database is of no use here
-            if fn.startswith("ivrd.db"):
-                os.remove(os.path.join(self.run_dir, fn))
+        if not self.keep_db:
+            for fn in os.listdir(self.run_dir):
+                if fn.startswith("ivrd.db"):
+                    os.remove(os.path.join(self.run_dir, fn))
         with open(os.path.join(self.run_dir, "ivrd.log")) as f:
             lines = f.read().splitlines()
-        return dict(log_lines=len(lines), warn_lines=sum(" WARN " in l or "WARN" in l[:40] for l in lines),
-                    error_lines=sum(" ERROR " in l or "ERROR" in l[:40] for l in lines))
+        return dict(log_lines=len(lines), warn_lines=sum("WARN" in l[:40] for l in lines),
+                    error_lines=sum("ERROR" in l[:40] for l in lines))
 
 
 def sipp(run_dir, n_total, limit, rate, hold_ms, rtt=False):

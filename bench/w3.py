@@ -263,49 +263,6 @@ level = "{log_level}"
     return path
 
 
-class Ivrd:
-    """ivrd on CPU 0 with a given config; unlike bench.Ivrd it keeps the database (audit)."""
-
-    def __init__(self, binary, run_dir, cfg):
-        env = dict(os.environ)
-        env.pop("RUST_LOG", None)
-        env["NO_COLOR"] = "1"
-        self.run_dir = run_dir
-        self.logf = open(os.path.join(run_dir, "ivrd.log"), "w")
-        self.p = subprocess.Popen(["taskset", "-c", "0", binary, "run", "--config", cfg],
-                                  stdout=self.logf, stderr=subprocess.STDOUT, env=env, cwd=run_dir)
-        deadline = time.time() + 60
-        while True:
-            if self.p.poll() is not None:
-                raise SystemExit(f"ivrd exited at start-up (code {self.p.returncode}); see {run_dir}/ivrd.log")
-            try:
-                bench.metrics()
-                time.sleep(0.3)
-                if self.p.poll() is None:   # /metrics is ours, not another daemon's
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    self.stop()
-                    raise SystemExit(f"ivrd did not serve /metrics within 60 s; see {run_dir}/ivrd.log")
-                time.sleep(0.2)
-        self.pid = self.p.pid
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                log("ivrd did not stop within 90 s after SIGTERM: killing it")
-                self.p.kill()
-                self.p.wait()
-        self.logf.close()
-        with open(os.path.join(self.run_dir, "ivrd.log")) as f:
-            lines = f.read().splitlines()
-        return dict(log_lines=len(lines), warn_lines=sum("WARN" in l[:40] for l in lines),
-                    error_lines=sum("ERROR" in l[:40] for l in lines))
-
-
 def busy_ports():
     """The benchmark's ports that something else holds (another bench run or ivrd)."""
     busy = []
@@ -387,7 +344,7 @@ def step(ivrd_bin, out, rate, secs, id_wait_ms=ID_WAIT_MS, pin_wait_ms=PIN_WAIT_
     iv = None
     try:
         cfg = ivrd_config(run_dir, seed, gw.url, log_level)
-        iv = Ivrd(ivrd_bin, run_dir, cfg)
+        iv = bench.Ivrd(ivrd_bin, run_dir, cfg, keep_db=True)
         res["customers_in_db"] = customer_count(db)
         a = bench.snapshot(iv.pid)
         cmd = sipp_cmd(run_dir, inf, total, rate, id_wait_ms, pin_wait_ms)

@@ -4,9 +4,8 @@
 //! so each commit waits for an fsync. One commit per call tops out near 2,000 rows a second on
 //! the benchmark machine's disk, and each one holds the store's lock while it waits, in the way
 //! of customer lookups and PIN checks. Here one thread owns the writing: it takes every row that
-//! is waiting, writes them in one transaction and fsyncs once, then tells each call its row is
-//! durable. A lone call costs what it did before (a batch of one); a burst of calls shares one
-//! fsync.
+//! arrives within a few milliseconds of the first, writes them in one transaction and fsyncs
+//! once, then tells each call its row is durable.
 //!
 //! Nothing is lost: [`AuditWriter::write`] returns only once the row is committed (or the error
 //! that stopped it), so a call task (and graceful shutdown, which waits for the call tasks)
@@ -15,6 +14,7 @@
 use crate::store::{AuditRow, Store, StoreError};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Most rows in one transaction: bounds how long one commit holds the store's lock.
@@ -59,13 +59,21 @@ impl AuditWriter {
     }
 }
 
+/// How long the writer waits for more rows after the first of a batch. Nobody listens on the
+/// other end any more (the caller has hung up; the call task only waits to end), so a few
+/// milliseconds cost nothing, and at hundreds of calls a second they turn hundreds of commits
+/// into a hundred. Measured at 600 calls/s: one commit per row was 14 % of ivrd's CPU.
+const LINGER: Duration = Duration::from_millis(10);
+
 fn writer_loop(store: &Store, rx: &std_mpsc::Receiver<(AuditRow, Reply)>) {
-    // Blocks for the first row, then takes whatever else arrived meanwhile: rows that came in
-    // during the previous fsync form the next batch, so batches grow with the load by themselves.
+    // Blocks for the first row, then takes what arrives within LINGER; rows that come in during
+    // the commit form the next batch, so batches also grow with the load by themselves.
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        let deadline = Instant::now() + LINGER;
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }

@@ -1051,27 +1051,35 @@ mod tests {
         let engine = engine(41200, Some(Duration::from_millis(600)));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let stream = engine.open(params(peer.local_addr().unwrap()), tx).unwrap();
+        // One key press as telephone-event packets (end, duration), all on one timestamp.
+        let press = |sender: &mut RtpSender, ts: u32, packets: &[(bool, u16)]| {
+            for &(end, dur) in packets {
+                let mut pkt = [0u8; HEADER_LEN + 4];
+                sender.timestamp = ts;
+                sender.write_header(&mut pkt, 101, 0);
+                pkt[HEADER_LEN..].copy_from_slice(&rfc4733_payload(
+                    Digit::from_char('5').unwrap(),
+                    end,
+                    10,
+                    dur,
+                ));
+                peer.send_to(&pkt, stream.local_addr()).unwrap();
+            }
+        };
         let mut sender = RtpSender::new_random();
         let ts = sender.timestamp;
-        // One key press: start, continuation, end sent three times (same timestamp).
-        for (end, dur) in [
-            (false, 160),
-            (false, 320),
-            (true, 480),
-            (true, 480),
-            (true, 480),
-        ] {
-            let mut pkt = [0u8; HEADER_LEN + 4];
-            sender.timestamp = ts;
-            sender.write_header(&mut pkt, 101, 0);
-            pkt[HEADER_LEN..].copy_from_slice(&rfc4733_payload(
-                Digit::from_char('5').unwrap(),
-                end,
-                10,
-                dur,
-            ));
-            peer.send_to(&pkt, stream.local_addr()).unwrap();
-        }
+        // Start, continuation, end sent three times.
+        press(
+            &mut sender,
+            ts,
+            &[
+                (false, 160),
+                (false, 320),
+                (true, 480),
+                (true, 480),
+                (true, 480),
+            ],
+        );
         let ev = tokio::time::timeout(Duration::from_secs(1), rx.recv())
             .await
             .unwrap()
@@ -1087,18 +1095,11 @@ mod tests {
         // play_dtmf does this) is a new press, not a late copy of the old one.
         let mut second = RtpSender::new_random();
         second.ssrc = sender.ssrc.wrapping_add(1);
-        for (end, dur) in [(false, 160), (true, 320), (true, 320)] {
-            let mut pkt = [0u8; HEADER_LEN + 4];
-            second.timestamp = ts.wrapping_sub(4000);
-            second.write_header(&mut pkt, 101, 0);
-            pkt[HEADER_LEN..].copy_from_slice(&rfc4733_payload(
-                Digit::from_char('5').unwrap(),
-                end,
-                10,
-                dur,
-            ));
-            peer.send_to(&pkt, stream.local_addr()).unwrap();
-        }
+        press(
+            &mut second,
+            ts.wrapping_sub(4000),
+            &[(false, 160), (true, 320), (true, 320)],
+        );
         let ev = tokio::time::timeout(Duration::from_secs(1), rx.recv())
             .await
             .unwrap()
