@@ -237,6 +237,14 @@ def timing(pcap):
 
 # ---------------------------------------------------------------- ivrd and SIPp
 
+def write_config(run_dir, text):
+    """Writes ivrd.toml into the step's folder (kept with the results) and returns its path."""
+    path = os.path.join(run_dir, "ivrd.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def ivrd_config(run_dir):
     cfg = f"""# ivrd bench config (written by bench/bench.py)
 [sip]
@@ -274,10 +282,7 @@ path = "{run_dir}/ivrd.db"
 [log]
 level = "warn"
 """
-    path = os.path.join(run_dir, "ivrd.toml")
-    with open(path, "w") as f:
-        f.write(cfg)
-    return path
+    return write_config(run_dir, cfg)
 
 
 class Ivrd:

@@ -257,10 +257,7 @@ listen = "{HOST}:{ADMIN_PORT}"
 [log]
 level = "{log_level}"
 """
-    path = os.path.join(run_dir, "ivrd.toml")
-    with open(path, "w") as f:
-        f.write(cfg)
-    return path
+    return bench.write_config(run_dir, cfg)
 
 
 def busy_ports():
