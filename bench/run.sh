@@ -2,8 +2,9 @@
 # ivrd load benchmark. Usage: bench/run.sh [--quick] [extra bench.py options]
 #
 #   --quick   N = 100, 250, 500 for 20 s each, call rates 100..800 cps, verification 5..20 cps
+#             (about 15 min)
 #   (none)    N = 500, 1000, 2000, 4000 for 60 s each, call rates 100..2000 cps, verification
-#             5..40 cps (about 45 min)
+#             10..80 cps (about 60 min)
 #
 # Loopback only. Pins ivrd to CPU 0 and SIPp to CPU 1. Results go to
 # bench/results/<date>-<host>/results.md (+ plot.svg, results.json, raw/). See bench/README.md.
