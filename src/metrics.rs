@@ -199,30 +199,18 @@ impl Metrics {
             "ivrd_sms_total{{result=\"failed\"}} {}",
             self.sms_failed.load(r)
         );
-        header(
+        let count = self.sms_sent.load(r) + self.sms_failed.load(r);
+        histogram(
             &mut out,
             "ivrd_sms_latency_seconds",
-            "histogram",
             "Time to hand a PIN SMS to the provider.",
+            SMS_BUCKETS
+                .iter()
+                .zip(&self.sms_buckets)
+                .map(|(le, n)| (*le, n.load(r))),
+            count,
+            self.sms_latency_ms_sum.load(r) as f64 / 1000.0,
         );
-        let count = self.sms_sent.load(r) + self.sms_failed.load(r);
-        for (i, le) in SMS_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "ivrd_sms_latency_seconds_bucket{{le=\"{le}\"}} {}",
-                self.sms_buckets[i].load(r)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "ivrd_sms_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "ivrd_sms_latency_seconds_sum {}",
-            self.sms_latency_ms_sum.load(r) as f64 / 1000.0
-        );
-        let _ = writeln!(out, "ivrd_sms_latency_seconds_count {count}");
         header(
             &mut out,
             "ivrd_dtmf_digits_total",
@@ -290,30 +278,18 @@ impl Metrics {
             "Pacing ticks given up because the pacer was over 200 ms behind (packets not sent).",
             media.skipped_ticks.load(r),
         );
-        header(
+        let (cumulative, count) = media.send_jitter.cumulative();
+        histogram(
             &mut out,
             "ivrd_rtp_send_jitter_seconds",
-            "histogram",
             "Per stream |interval between consecutive packets - ptime| when handed to the kernel.",
+            JITTER_BUCKETS_US
+                .iter()
+                .zip(cumulative)
+                .map(|(le_us, n)| (*le_us as f64 / 1e6, n)),
+            count,
+            media.send_jitter.sum_ns.load(r) as f64 / 1e9,
         );
-        let (cumulative, count) = media.send_jitter.cumulative();
-        for (le_us, n) in JITTER_BUCKETS_US.iter().zip(cumulative) {
-            let _ = writeln!(
-                out,
-                "ivrd_rtp_send_jitter_seconds_bucket{{le=\"{}\"}} {n}",
-                *le_us as f64 / 1e6
-            );
-        }
-        let _ = writeln!(
-            out,
-            "ivrd_rtp_send_jitter_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "ivrd_rtp_send_jitter_seconds_sum {}",
-            media.send_jitter.sum_ns.load(r) as f64 / 1e9
-        );
-        let _ = writeln!(out, "ivrd_rtp_send_jitter_seconds_count {count}");
         header(
             &mut out,
             "ivrd_reloads_total",
@@ -357,6 +333,24 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
     header(out, name, "counter", help);
     let _ = writeln!(out, "{name} {v}");
+}
+
+/// A histogram from cumulative bucket counts: (upper bound in seconds, observations <= it).
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    buckets: impl Iterator<Item = (f64, u64)>,
+    count: u64,
+    sum_seconds: f64,
+) {
+    header(out, name, "histogram", help);
+    for (le, n) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {sum_seconds}");
+    let _ = writeln!(out, "{name}_count {count}");
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
