@@ -33,9 +33,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODES = {
     # Workload 2: concurrent calls
     "quick": dict(ns=[100, 250, 500], steady=20, capture=10,
-                  cps_rates=[100, 200, 400, 800], cps_secs=20),
+                  cps_rates=[200, 400, 800, 1000], cps_secs=20,
+                  sig_rates=[1000, 2000], sig_secs=10),
     "full": dict(ns=[500, 1000, 2000, 4000], steady=60, capture=20,
-                 cps_rates=[100, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000], cps_secs=30),
+                 cps_rates=[200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000], cps_secs=30,
+                 sig_rates=[1000, 1500, 2000, 2500, 3000, 4000], sig_secs=20),
 }
 
 
@@ -342,6 +344,9 @@ def sipp(run_dir, n_total, limit, rate, hold_ms, rtt=False):
            "-sf", os.path.join(BENCH, "scenarios", "uac_hold.xml"),
            "-s", "100", "-i", HOST, "-p", str(SIPP_PORT), "-mi", HOST, "-mp", str(MEDIA_PORT),
            "-l", str(limit), "-r", str(rate), "-m", str(n_total), "-d", str(hold_ms),
+           # SIPp's default socket buffer is 64 KiB: at thousands of calls a second it drops
+           # ivrd's answers itself, and its retransmissions would be charged to ivrd.
+           "-buff_size", str(4 << 20),
            "-nostdin", "-trace_stat", "-stf", "stat.csv", "-fd", "1",
            "-trace_err", "-error_file", "errors.log", "-trace_screen", "-screen_file", "screen.log"]
     if rtt:
@@ -352,9 +357,29 @@ def sipp(run_dir, n_total, limit, rate, hold_ms, rtt=False):
     return subprocess.Popen(cmd, cwd=run_dir, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_sipp(p, timeout):
+def udp_drops(ports):
+    """Datagrams the kernel dropped at each of these local UDP ports (receive buffer full),
+    from /proc/net/udp; a port with no socket is absent."""
+    out = {}
+    with open("/proc/net/udp") as f:
+        for line in f.readlines()[1:]:
+            p = line.split()
+            port = int(p[1].split(":")[1], 16)
+            if port in ports:
+                out[port] = out.get(port, 0) + int(p[12])
+    return out
+
+
+def wait_sipp(p, timeout, drops=None):
+    """Waits for SIPp. With `drops` (a dict), records the largest drop count seen at ivrd's
+    and SIPp's SIP sockets while SIPp runs (SIPp's socket is gone once it exits)."""
+    end = time.monotonic() + timeout
     try:
-        return p.wait(timeout=timeout)
+        while drops is not None and p.poll() is None and time.monotonic() < end:
+            for port, n in udp_drops({SIP_PORT, SIPP_PORT}).items():
+                drops[port] = max(drops.get(port, 0), n)
+            time.sleep(0.5)
+        return p.wait(timeout=max(0.0, end - time.monotonic()))
     except subprocess.TimeoutExpired:
         log(f"SIPp still running after {timeout:.0f} s: stopping it")
         p.send_signal(signal.SIGUSR1) if False else p.terminate()
@@ -523,12 +548,16 @@ def workload2_floor(args, mode, n, out):
     return res
 
 
-def workload1(args, mode, rate, out):
-    run_dir = os.path.join(out, "raw", f"w1-{rate}cps")
+def workload1(args, mode, rate, out, hold_ms=1000):
+    """One call-rate step. hold_ms=1000: the issue's workload (1 s of prompt per call);
+    hold_ms=0: signalling only (BYE right after the ACK), the figure published SIP stacks quote."""
+    tag = "w1" if hold_ms else "w1sig"
+    run_dir = os.path.join(out, "raw", f"{tag}-{rate}cps")
     os.makedirs(run_dir, exist_ok=True)
-    secs = mode["cps_secs"]
+    secs = mode["cps_secs"] if hold_ms else mode["sig_secs"]
     total = rate * secs
-    log(f"W1 {rate} cps for {secs} s ({total} calls, 1 s of prompt each)")
+    what = f"{hold_ms / 1000:g} s of prompt each" if hold_ms else "signalling only"
+    log(f"W1 {rate} cps for {secs} s ({total} calls, {what})")
     iv = Ivrd(args.ivrd, run_dir)
     pcap = os.path.join(run_dir, "sip.pcapng")
     cap = subprocess.Popen(["taskset", "-c", "1", "dumpcap", "-q", "-i", "lo", "-f", f"udp port {SIP_PORT}",
@@ -536,13 +565,15 @@ def workload1(args, mode, rate, out):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.5)
     a = snapshot(iv.pid)
-    sp = sipp(run_dir, total, rate * 10, rate, 1000, rtt=True)
-    rc = wait_sipp(sp, secs + 60)
+    sp = sipp(run_dir, total, rate * 10, rate, hold_ms, rtt=True)
+    drops = {}
+    rc = wait_sipp(sp, secs + 60, drops)
     b = snapshot(iv.pid)
     time.sleep(0.5)
     cap.send_signal(signal.SIGINT)
     cap.wait(timeout=30)
-    res = dict(rate=rate, secs=secs, total=total, sipp_rc=rc)
+    res = dict(rate=rate, secs=secs, total=total, sipp_rc=rc, hold_ms=hold_ms,
+               drops_ivrd=drops.get(SIP_PORT, 0), drops_sipp=drops.get(SIPP_PORT, 0))
     res.update(sip_setup_times(pcap))
     os.remove(pcap) if not args.keep_pcaps else None
     res["window"] = window(a, b)
@@ -550,11 +581,27 @@ def workload1(args, mode, rate, out):
     res.update(sipp_rtt(run_dir))
     res["ivrd_retrans"] = b["metrics"].get("ivrd_sip_retransmissions_total", 0)
     res["ivrd_log"] = iv.stop()
+    # Each call hears hold_ms of prompt: 50 packets a second of it (20 ms ptime). Skipped
+    # ticks are packets a caller never got (the pacer fell > 200 ms behind): a rate where
+    # prompts break up is not a rate ivrd holds, whatever SIPp says about the signalling.
+    w = res["window"]
+    res["rtp_expected"] = s_ok = res["sipp"].get("successful", 0) * hold_ms // 20
     s = res["sipp"]
+    log(f"  RTP sent {w['pkts']:.0f} / ~{s_ok} expected, late ticks {w['late_ticks']:.0f}, "
+        f"skipped {w['skipped_ticks']:.0f}")
+    log(f"  SIP datagrams dropped by the kernel: at ivrd {res['drops_ivrd']}, at SIPp {res['drops_sipp']}")
     log(f"  ok={s.get('successful')} failed={s.get('failed')} retrans={s.get('retrans')} "
         f"ivrd_retrans={res['ivrd_retrans']:.0f} INVITE->200 p50={fmt(res.get('setup_p50'), 3)} p99={fmt(res.get('setup_p99'), 3)} ms "
         f"({res.get('wire_answered')}/{res.get('wire_invites')} on the wire)")
     return res
+
+
+def w1_held(r):
+    """A rate is held when every call succeeded with no retransmission on either side and no
+    caller lost prompt audio to a skipped tick."""
+    s, w = r["sipp"], r["window"]
+    return (s.get("failed") == 0 and s.get("retrans") == 0 and s.get("successful") == r["total"]
+            and r["ivrd_retrans"] == 0 and w.get("skipped_ticks", 0) == 0)
 
 
 # ---------------------------------------------------------------- report
@@ -677,28 +724,40 @@ def report(data, path):
                          f"/{f.get('floor_ticks', '?')}; CPU0 other busy {f['window']['cpu0_other_pct']:.1f} %; "
                          f"capture {f['timing']['streams']} streams, max {fmt(f['timing']['max'], 3)} ms")
         L += ["", "![ivrd CPU and p99 timing against N](plot.svg)", ""]
-    if data["w1"]:
-        L += ["## Workload 1: call rate", "",
-              f"Each call: INVITE → 200 → ACK → 1 s of the welcome prompt → BYE; {data['w1'][0]['secs']} s per rate, "
-              "a fresh ivrd per rate. INVITE→200 per call from a capture of ivrd's SIP port on `lo` "
-              "(first INVITE to first 200; SIPp's own `-trace_rtt` has 1 ms resolution and is in raw/ too).", "",
-              "| rate (cps) | calls | SIPp ok / failed | SIPp retrans | ivrd retrans | on the wire: INVITE / 200 repeats | INVITE→200 p50 / p99 / max (ms) | SIPp rtt p50 / p99 (ms, 1 ms res.) | ivrd CPU (cores, avg) | ivrd CPU ms per call | CPU0 other busy % | load1 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, title in (("w1", "Workload 1: call rate"), ("w1sig", "Workload 1, signalling only")):
+        rows = data.get(key) or []
+        if not rows:
+            continue
+        if key == "w1":
+            what = (f"Each call: INVITE → 200 → ACK → 1 s of the welcome prompt → BYE; {rows[0]['secs']} s per rate, "
+                    "a fresh ivrd per rate.")
+        else:
+            what = (f"Each call: INVITE → 200 → ACK → BYE at once (ivrd sets up the call and its RTP socket "
+                    f"and starts the prompt, which the BYE cuts); {rows[0]['secs']} s per rate, a fresh ivrd per rate. "
+                    "This is the figure SIP stacks publish as calls per second (signalling only).")
+        L += [f"## {title}", "", what + " INVITE→200 per call from a capture of ivrd's SIP port on `lo` "
+              "(first INVITE to first 200; SIPp's own `-trace_rtt` has 1 ms resolution and is in raw/ too). "
+              "RTP: packets sent while the calls were up, against 50 per second of prompt per call; "
+              "skipped ticks are packets given up because the pacer fell more than 200 ms behind.", "",
+              "| rate (cps) | calls | SIPp ok / failed | SIPp retrans | ivrd retrans | on the wire: INVITE / 200 repeats | INVITE→200 p50 / p99 / max (ms) | SIPp rtt p50 / p99 (ms, 1 ms res.) | RTP sent / expected | late / skipped ticks | SIP drops at ivrd / SIPp | ivrd CPU (cores, avg) | ivrd CPU ms per call | steal % | load1 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         best = None
-        for r in data["w1"]:
+        for r in rows:
             s, w = r["sipp"], r["window"]
-            ok = (s.get("failed") == 0 and s.get("retrans") == 0 and s.get("successful") == r["total"]
-                  and r["ivrd_retrans"] == 0)
-            if ok:
+            if w1_held(r):
                 best = r["rate"]
             cpu_ms = w["cores"] * w["secs"] * 1000 / max(1, s.get("successful", 0) or 1)
+            exp = r.get("rtp_expected")
             L.append(f"| {r['rate']} | {r['total']} | {s.get('successful', '?')} / {s.get('failed', '?')} | "
                      f"{s.get('retrans', '?')} | {r['ivrd_retrans']:.0f} | {r.get('wire_invite_retrans', '?')} / {r.get('wire_200_retrans', '?')} | "
                      f"{fmt(r.get('setup_p50'), 3)} / {fmt(r.get('setup_p99'), 3)} / {fmt(r.get('setup_max'), 3)} | "
-                     f"{fmt(r.get('rtt_p50'), 0)} / {fmt(r.get('rtt_p99'), 0)} | {w['cores']:.3f} | {cpu_ms:.2f} | "
-                     f"{w['cpu0_other_pct']:.1f} | {w['loadavg'][0]} |")
-        L += ["", f"Highest rate with every call successful, 0 failed and 0 retransmissions: "
-                  f"**{best if best else 'none'} cps** (of the rates tried).", ""]
+                     f"{fmt(r.get('rtt_p50'), 0)} / {fmt(r.get('rtt_p99'), 0)} | "
+                     f"{w.get('pkts', 0):.0f} / {exp if exp is not None else 'n/a'} | "
+                     f"{w.get('late_ticks', 0):.0f} / {w.get('skipped_ticks', 0):.0f} | "
+                     f"{r.get('drops_ivrd', 'n/a')} / {r.get('drops_sipp', 'n/a')} | {w['cores']:.3f} | {cpu_ms:.2f} | "
+                     f"{w['steal_pct']:.2f} | {w['loadavg'][0]} |")
+        L += ["", f"Highest rate with every call successful, 0 failed, 0 retransmissions and no RTP tick "
+                  f"skipped: **{best if best else 'none'} cps** (of the rates tried).", ""]
     if data.get("w3"):
         import w3
         L += w3.report_lines(data["w3"])
@@ -716,9 +775,10 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--sink-mode", default="hold", choices=["hold", "read"])
     ap.add_argument("--setup-note", action="append", default=[])
-    ap.add_argument("--only", default="w2,w1,w3", help="comma list of workloads: w2,w1,w3")
+    ap.add_argument("--only", default="w2,w1,w1sig,w3", help="comma list of workloads: w2,w1,w1sig,w3")
     ap.add_argument("--ns", default="", help="override N steps, e.g. 100,200")
     ap.add_argument("--rates", default="", help="override call rates, e.g. 10,20")
+    ap.add_argument("--sig-rates", default="", help="override signalling-only call rates")
     ap.add_argument("--cps-secs", type=int, default=0, help="override seconds per call rate")
     ap.add_argument("--keep-pcaps", action="store_true")
     args = ap.parse_args()
@@ -731,12 +791,14 @@ def main():
         mode["ns"] = [int(x) for x in args.ns.split(",")]
     if args.rates:
         mode["cps_rates"] = [int(x) for x in args.rates.split(",")]
+    if args.sig_rates:
+        mode["sig_rates"] = [int(x) for x in args.sig_rates.split(",")]
     if args.cps_secs:
         mode["cps_secs"] = args.cps_secs
     os.makedirs(args.out, exist_ok=True)
     git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     data = dict(mode=mode_name, steady=mode["steady"], capture=mode["capture"], setup=args.setup_note,
-                machine_start=machine_facts(), git=git, w2=[], floor=[], w1=[], w3=[])
+                machine_start=machine_facts(), git=git, w2=[], floor=[], w1=[], w1sig=[], w3=[])
     st0 = read_proc_stat()
     only = args.only.split(",")
     json_path = os.path.join(args.out, "results.json")
@@ -756,16 +818,17 @@ def main():
             save()
             data["floor"].append(workload2_floor(args, mode, n, args.out))
             save()
-    if "w1" in only:
-        for rate in mode["cps_rates"]:
-            r = workload1(args, mode, rate, args.out)
-            data["w1"].append(r)
+    for key, rates, hold in (("w1", mode["cps_rates"], 1000), ("w1sig", mode["sig_rates"], 0)):
+        if key not in only:
+            continue
+        for rate in rates:
+            r = workload1(args, mode, rate, args.out, hold_ms=hold)
+            data[key].append(r)
             save()
-            # The first rate with a failed call or a retransmission ends the steps: the one
-            # before it is the answer, and higher rates only pile up failures.
-            sp = r["sipp"]
-            if sp.get("failed") or sp.get("retrans") or r.get("ivrd_retrans"):
-                log(f"  {rate} cps had failures or retransmissions: stopping the call-rate steps")
+            # The first rate not held ends the steps: the one before it is the answer, and
+            # higher rates only pile up failures.
+            if not w1_held(r):
+                log(f"  {rate} cps not held (failures, retransmissions or skipped RTP): stopping these steps")
                 break
     if "w3" in only:
         import w3
