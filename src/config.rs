@@ -193,6 +193,9 @@ pub struct MediaConfig {
     pub inband_dtmf: bool,
     /// Pacing threads for RTP; each paces a share of the calls from one 20 ms clock.
     pub pacing_threads: usize,
+    /// Nice value for the pacing threads (-20..=19; 0 leaves them at the daemon's). Below 0
+    /// needs `LimitNICE=` under systemd; without it ivrd warns and carries on.
+    pub pacer_nice: i32,
 }
 
 /// The built-in demo flow (until dialplans exist): welcome, collect digits, read them back.
@@ -247,6 +250,7 @@ impl Default for MediaConfig {
             codecs: vec!["PCMU".into(), "PCMA".into()],
             inband_dtmf: true,
             pacing_threads: 1,
+            pacer_nice: -10,
         }
     }
 }
@@ -392,6 +396,9 @@ impl Config {
         }
         if m.pacing_threads == 0 || m.pacing_threads > 64 {
             return Err("[media] pacing_threads must be 1..=64".into());
+        }
+        if !(-20..=19).contains(&m.pacer_nice) {
+            return Err("[media] pacer_nice must be -20..=19".into());
         }
         if self.demo.max_digits == 0 {
             return Err("[demo] max_digits must be at least 1".into());

@@ -193,6 +193,7 @@ pub async fn run(
             .then(|| Duration::from_secs(cfg.media.rtp_timeout_secs)),
         inband_dtmf: cfg.media.inband_dtmf,
         pacing_threads: cfg.media.pacing_threads,
+        pacer_nice: cfg.media.pacer_nice,
     })
     .context("starting the media engine")?;
 

@@ -51,6 +51,25 @@ pub fn tighten_timer_slack() {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong, 0, 0, 0) };
 }
 
+/// Sets the calling thread's nice value (Linux nice is per thread). Lowering it below 0 needs
+/// CAP_SYS_NICE or an RLIMIT_NICE that allows it (systemd: `LimitNICE=`); the error says which
+/// was missing. Why the pacer wants it: at 1,200 calls/s, sharing one core with the tokio
+/// worker at equal weight, half of its ticks started more than 5 ms late and one run gave up
+/// 200 ticks of prompt audio; at nice -10 (about nine times the CPU weight when both are
+/// runnable) late ticks fell from 5,000-7,000 to 25-177 in the same step.
+#[cfg(target_os = "linux")]
+pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: PRIO_PROCESS with a thread id changes only that thread's nice value.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 // Elsewhere (development on other Unixes): the same interface over std, relative sleep.
 #[cfg(not(target_os = "linux"))]
 fn epoch() -> std::time::Instant {
@@ -74,6 +93,11 @@ pub fn sleep_until_ns(deadline_ns: u64) {
 
 #[cfg(not(target_os = "linux"))]
 pub fn tighten_timer_slack() {}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_thread_nice(_nice: i32) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
 
 #[cfg(test)]
 mod tests {
@@ -101,5 +125,30 @@ mod tests {
         let n1 = now_ns();
         let elapsed = a.elapsed().as_nanos() as u64;
         assert!(n1 - n0 <= elapsed && elapsed - (n1 - n0) < 5_000_000);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn nice_applies_to_the_calling_thread_only() {
+        fn own_nice() -> i32 {
+            // SAFETY: as in set_thread_nice; getpriority returns the nice value (-1 is a valid
+            // one, but none of the values used here).
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+        }
+        let before = own_nice();
+        // Raising the nice value (lower priority) needs no privilege.
+        let target = (before + 3).min(19);
+        let seen = std::thread::spawn(move || {
+            set_thread_nice(target).unwrap();
+            own_nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, target);
+        assert_eq!(
+            own_nice(),
+            before,
+            "the nice value leaked to another thread"
+        );
     }
 }

@@ -84,6 +84,8 @@ pub struct MediaSettings {
     pub rtp_timeout: Option<Duration>,
     pub inband_dtmf: bool,
     pub pacing_threads: usize,
+    /// Nice value the pacing threads ask for (0 = leave it).
+    pub pacer_nice: i32,
 }
 
 /// What the negotiated SDP says about sending and receiving.
@@ -304,9 +306,13 @@ impl MediaEngine {
             let (tx, rx) = std_mpsc::channel();
             let stats = stats.clone();
             let stopping = stopping.clone();
+            let nice = settings.pacer_nice;
             std::thread::Builder::new()
                 .name(format!("ivrd-rtp-{n}"))
-                .spawn(move || pacer_loop(rx, stats, stopping))?;
+                .spawn(move || {
+                    raise_priority(n, nice);
+                    pacer_loop(rx, stats, stopping)
+                })?;
             pacers.push(Pacer {
                 commands: tx,
                 streams: AtomicUsize::new(0),
@@ -655,6 +661,28 @@ impl PacerStreams {
     }
 }
 
+/// RTP is the one part of ivrd that cannot wait: a SIP answer 5 ms late is unnoticed, a packet
+/// 5 ms late is jitter, and 200 ms late it is given up. So the pacers run at a lower nice
+/// value than the rest of the daemon, and say so when the host does not allow it.
+fn raise_priority(n: usize, nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    match clock::set_thread_nice(nice) {
+        Ok(()) => debug!(pacer = n, nice, "RTP pacer priority raised"),
+        // Once, from the first pacer: the others would say the same.
+        Err(e) if n == 0 => warn!(
+            nice,
+            error = %e,
+            "cannot raise the RTP pacer's priority: under load, prompts may break up. \
+             Allow it with LimitNICE={nice} (systemd), `ulimit -e {}`, or CAP_SYS_NICE; \
+             or set [media] pacer_nice = 0 to silence this",
+            20 - nice
+        ),
+        Err(_) => {}
+    }
+}
+
 fn pacer_loop(
     commands: std_mpsc::Receiver<PacerCmd>,
     stats: Arc<MediaStats>,
@@ -930,6 +958,7 @@ mod tests {
             rtp_timeout: timeout,
             inband_dtmf: true,
             pacing_threads: 1,
+            pacer_nice: 0,
         })
         .unwrap()
     }
