@@ -76,7 +76,7 @@ for key in net.core.rmem_max net.core.wmem_max; do
     fi
 done
 note "RTP port range 20000-31999 (6000 even ports; below ip_local_port_range $(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr '\t' '-'))"
-note "ivrd config: demo flow, rounds 1, first_digit_timeout 1 h, rtp_timeout_secs 0, max_call_secs 0, pacing_threads 1, inband_dtmf false, log warn"
+note "ivrd config: demo flow, rounds 1, first_digit_timeout 1 h, rtp_timeout_secs 0, max_call_secs 0, pacing_threads 1, pacer_nice -10 (the default; the floor runs at nice -10 too), inband_dtmf false, log warn"
 
 # --- build ---------------------------------------------------------------------------------
 say "building ivrd (cargo build --release) ..."

@@ -165,6 +165,10 @@ pub struct SipConfig {
     pub user_agent: String,
     /// Ring (180) this long before answering; 0 answers at once. Lets callers CANCEL.
     pub ring_ms: u64,
+    /// Overload control: a new INVITE that waited longer than this since the kernel received
+    /// it is answered 503 with Retry-After instead of becoming a call (0 = never). Calls in
+    /// progress are always served.
+    pub overload_reject_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +235,8 @@ impl Default for SipConfig {
             t4_ms: 5000,
             user_agent: concat!("ivrd/", env!("CARGO_PKG_VERSION")).to_string(),
             ring_ms: 0,
+            // T1: an INVITE that waited this long has already been retransmitted by the caller.
+            overload_reject_ms: 500,
         }
     }
 }

@@ -232,6 +232,12 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "ivrd_sip_overload_rejects_total",
+            "New INVITEs answered 503 because they waited longer than [sip] overload_reject_ms.",
+            core.overload_rejects.load(r),
+        );
+        counter(
+            &mut out,
             "ivrd_sip_requests_total",
             "SIP requests received.",
             core.requests_in.load(r),

@@ -212,6 +212,8 @@ pub async fn run(
         CoreConfig {
             timers: Timers { t1, t2, t4 },
             user_agent: cfg.sip.user_agent.clone(),
+            overload_after: (cfg.sip.overload_reject_ms > 0)
+                .then(|| Duration::from_millis(cfg.sip.overload_reject_ms)),
         },
         transports,
         incoming_rx,

@@ -59,6 +59,10 @@ pub struct Flow {
 pub struct Incoming {
     pub msg: Message,
     pub flow: Flow,
+    /// When the kernel received it (UDP: the socket's receive timestamp, so time spent queued
+    /// in the socket buffer counts; TCP: when its last byte was read). The core sheds new
+    /// calls when requests have waited too long (overload control).
+    pub arrived: std::time::Instant,
 }
 
 /// Sends bytes along flows; cheap to clone.
@@ -252,9 +256,10 @@ async fn udp_loop(
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; 65536];
+    enable_receive_timestamps(&sock);
     loop {
-        let (n, from) = tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
+        let (n, from, arrived) = tokio::select! {
+            r = sock.async_io(tokio::io::Interest::READABLE, || recv_stamped(&sock, &mut buf)) => match r {
                 Ok(v) => v,
                 Err(e) => {
                     // ICMP port unreachable from an earlier send shows up here on some
@@ -275,7 +280,126 @@ async fn udp_loop(
             local,
             remote: from,
         };
-        deliver(Bytes::copy_from_slice(data), flow, &incoming, &transports).await;
+        deliver(
+            Bytes::copy_from_slice(data),
+            flow,
+            arrived,
+            &incoming,
+            &transports,
+        )
+        .await;
+    }
+}
+
+/// Asks the kernel to stamp each datagram with its receive time (SO_TIMESTAMPNS). Without it
+/// (it never fails on Linux) messages count as arriving when read, and overload control sees
+/// only the time spent inside ivrd.
+fn enable_receive_timestamps(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the fd is the open socket `sock` owns; the value is a c_int that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "no receive timestamps on the SIP socket");
+    }
+}
+
+/// One datagram, its source and when the kernel received it, as an `Instant`. `recvmsg` by
+/// hand: std and tokio do not return control messages, and this is the only one we need.
+fn recv_stamped(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, std::time::Instant)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY (whole function): every pointer handed to recvmsg points into locals or `buf`
+    // that live across the call, with their true sizes; the kernel writes at most those
+    // sizes. The CMSG_* macros walk only the control buffer the kernel filled, bounded by
+    // the msg_controllen it set.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64s for the alignment a cmsghdr needs; 64 bytes hold one timespec message.
+    let mut control = [0u64; 8];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let now = std::time::Instant::now();
+    let mut arrived = now;
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        let hdr = unsafe { &*c };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_TIMESTAMPNS {
+            let ts: libc::timespec =
+                unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>()) };
+            arrived = arrival_instant(now, std::time::SystemTime::now(), &ts);
+        }
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    let from = sockaddr_to_std(&addr).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown address family")
+    })?;
+    Ok((n as usize, from, arrived))
+}
+
+/// The kernel stamps on CLOCK_REALTIME; calls measure on the monotonic clock. Maps the stamp
+/// to an `Instant` by the wait it implies, clamped to 0..=60 s so that a clock step (NTP)
+/// between the stamp and now cannot make a message look ancient or from the future.
+fn arrival_instant(
+    now: std::time::Instant,
+    wall_now: std::time::SystemTime,
+    stamp: &libc::timespec,
+) -> std::time::Instant {
+    let wall_ns = wall_now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    let stamp_ns = stamp.tv_sec as i128 * 1_000_000_000 + stamp.tv_nsec as i128;
+    let waited = (wall_ns - stamp_ns).clamp(0, 60_000_000_000) as u64;
+    now.checked_sub(std::time::Duration::from_nanos(waited))
+        .unwrap_or(now)
+}
+
+fn sockaddr_to_std(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match addr.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let a =
+                unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let a =
+                unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
     }
 }
 
@@ -283,12 +407,14 @@ async fn udp_loop(
 async fn deliver(
     data: Bytes,
     flow: Flow,
+    arrived: std::time::Instant,
     incoming: &mpsc::Sender<Incoming>,
     transports: &Transports,
 ) {
     match Message::parse(data.clone()) {
         Ok(msg) => {
-            if incoming.send(Incoming { msg, flow }).await.is_err() {
+            let inc = Incoming { msg, flow, arrived };
+            if incoming.send(inc).await.is_err() {
                 debug!("SIP core gone; dropping message");
             }
         }
@@ -437,7 +563,8 @@ async fn tcp_connection(
             match frame_len(&buf) {
                 Ok(Some(len)) => {
                     let frame = buf.split_to(len).freeze();
-                    deliver(frame, flow, &incoming, &transports).await;
+                    let arrived = std::time::Instant::now();
+                    deliver(frame, flow, arrived, &incoming, &transports).await;
                 }
                 Ok(None) if buf.len() > MAX_TCP_MESSAGE => {
                     warn!(%peer, "TCP message too large; closing connection");
@@ -477,6 +604,52 @@ mod tests {
         assert!(bad_request_response(no_callid, &ParseError::Missing("Call-ID")).is_none());
         let ack = b"ACK sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n";
         assert!(bad_request_response(ack, &ParseError::Missing("x")).is_none());
+    }
+
+    /// The wait in the socket buffer counts: a datagram read 200 ms after it arrived is
+    /// stamped 200 ms ago, which is what overload control needs to see.
+    #[tokio::test]
+    async fn receive_time_is_the_kernels_not_the_read() {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        enable_receive_timestamps(&sock);
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender
+            .send_to(b"OPTIONS", sock.local_addr().unwrap())
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut buf = [0u8; 64];
+        let (n, from, arrived) = sock
+            .async_io(tokio::io::Interest::READABLE, || {
+                recv_stamped(&sock, &mut buf)
+            })
+            .await
+            .unwrap();
+        assert_eq!(&buf[..n], b"OPTIONS");
+        assert_eq!(from, sender.local_addr().unwrap());
+        let age = arrived.elapsed();
+        assert!(
+            age >= std::time::Duration::from_millis(190) && age < std::time::Duration::from_secs(5),
+            "stamped {age:?} ago"
+        );
+    }
+
+    #[test]
+    fn a_stamp_from_a_stepped_clock_is_clamped() {
+        let now = std::time::Instant::now();
+        let wall = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let ts = |secs: i64| libc::timespec {
+            tv_sec: secs as libc::time_t,
+            tv_nsec: 0,
+        };
+        // From the future (the wall clock stepped back): it arrived now, not later.
+        assert_eq!(arrival_instant(now, wall, &ts(1_000_100)), now);
+        // A day old (stepped forward): at most 60 s of waiting is believed.
+        let old = arrival_instant(now, wall, &ts(1_000_000 - 86_400));
+        assert_eq!(now - old, std::time::Duration::from_secs(60));
+        assert_eq!(
+            now - arrival_instant(now, wall, &ts(999_999)),
+            std::time::Duration::from_secs(1)
+        );
     }
 
     #[test]
