@@ -12,12 +12,15 @@
 //! ```
 //! - [`config`]: the TOML configuration, every default documented.
 //! - [`sip::message`]: parsing (over `ezk-sip-types`) and building messages.
-//! - [`sip::transport`]: UDP and TCP sockets; the only SIP code with IO.
+//! - [`sip::transport`]: UDP and TCP sockets; the only SIP code with IO. Stamps each datagram
+//!   with the kernel's receive time, which the core's overload control reads.
 //! - [`sip::transaction`]: RFC 3261 17 transaction state machines, no IO, no clock.
 //! - [`sip::dialog`]: dialog state and in-dialog requests, no IO.
 //! - [`sip::sdp`]: RFC 3264 offer/answer.
-//! - [`sip::core`]: the task that drives transactions and routes messages to calls.
-//! - [`media::rtp`], [`media::g711`], [`media::prompt`], [`media::dtmf`], [`media::engine`].
+//! - [`sip::core`]: the task that drives transactions and routes messages to calls, and
+//!   turns new calls away (503) when requests wait too long.
+//! - [`media::rtp`], [`media::g711`], [`media::prompt`], [`media::dtmf`], [`media::engine`];
+//!   [`media::clock`]: the pacers' absolute-deadline clock, timer slack and priority.
 //! - [`call`]: one call; the [`call::CallIo`] API that call flows use.
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
