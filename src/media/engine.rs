@@ -210,6 +210,36 @@ struct PacedStream {
 }
 
 impl PacedStream {
+    /// A stream that has sent nothing yet, with no prompt queued.
+    fn new(
+        id: u64,
+        socket: StdUdpSocket,
+        params: StreamParams,
+        shared: Arc<Shared>,
+        symmetric: bool,
+        every: u64,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> PacedStream {
+        PacedStream {
+            id,
+            socket,
+            params,
+            rtp: RtpSender::new_random(),
+            shared,
+            symmetric,
+            latched: None,
+            seen_generation: 0,
+            every,
+            phase: 0,
+            last_sent_ns: 0,
+            last_sent_tick: 0,
+            queue: VecDeque::new(),
+            pos: 0,
+            token: None,
+            events,
+        }
+    }
+
     fn destination(&mut self) -> Option<SocketAddr> {
         if self.symmetric {
             let generation = self.shared.latch_generation.load(Ordering::Acquire);
@@ -374,24 +404,8 @@ impl MediaEngine {
             .min_by_key(|(_, p)| p.streams.load(Ordering::Relaxed))
             .expect("at least one pacer");
         pacer.streams.fetch_add(1, Ordering::Relaxed);
-        let stream = PacedStream {
-            id,
-            socket,
-            params,
-            rtp: RtpSender::new_random(),
-            shared,
-            symmetric: s.symmetric_rtp,
-            latched: None,
-            seen_generation: 0,
-            every: ticks_per_packet(params.ptime_ms),
-            phase: 0,
-            last_sent_ns: 0,
-            last_sent_tick: 0,
-            queue: VecDeque::new(),
-            pos: 0,
-            token: None,
-            events,
-        };
+        let every = ticks_per_packet(params.ptime_ms);
+        let stream = PacedStream::new(id, socket, params, shared, s.symmetric_rtp, every, events);
         let _ = pacer.commands.send(PacerCmd::Add(Box::new(stream)));
         self.inner
             .stats
@@ -1167,24 +1181,15 @@ mod tests {
     }
 
     fn paced(id: u64, every: u64, tx: &mpsc::UnboundedSender<MediaEvent>) -> PacedStream {
-        PacedStream {
+        PacedStream::new(
             id,
-            socket: StdUdpSocket::bind("127.0.0.1:0").unwrap(),
-            params: params("127.0.0.1:9".parse().unwrap()),
-            rtp: RtpSender::new_random(),
-            shared: Arc::new(Shared::default()),
-            symmetric: false,
-            latched: None,
-            seen_generation: 0,
+            StdUdpSocket::bind("127.0.0.1:0").unwrap(),
+            params("127.0.0.1:9".parse().unwrap()),
+            Arc::new(Shared::default()),
+            false,
             every,
-            phase: 0,
-            last_sent_ns: 0,
-            last_sent_tick: 0,
-            queue: VecDeque::new(),
-            pos: 0,
-            token: None,
-            events: tx.clone(),
-        }
+            tx.clone(),
+        )
     }
 
     /// Slab slots due on `tick`, sorted.
