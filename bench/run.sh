@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # ivrd load benchmark. Usage: bench/run.sh [--quick] [extra bench.py options]
 #
-#   --quick   N = 100, 250, 500 for 20 s each, call rates 100..800 cps, verification 5..20 cps
-#             (about 15 min)
-#   (none)    N = 500, 1000, 2000, 4000 for 60 s each, call rates 100..2000 cps, verification
-#             10..80 cps (about 60 min)
+#   --quick   N = 100, 250, 500 for 20 s each, call rates 200..1000 cps (1 s of prompt) and
+#             1000, 2000 cps (signalling only), verification 5..20 cps (about 15 min)
+#   (none)    N = 500, 1000, 2000, 4000 for 60 s each, call rates 200..2000 cps and 1000..4000 cps
+#             signalling only, verification 10..80 cps (about 40 min)
 #
 # Loopback only. Pins ivrd to CPU 0 and SIPp to CPU 1. Results go to
 # bench/results/<date>-<host>/results.md (+ plot.svg, results.json, raw/). See bench/README.md.
