@@ -733,8 +733,6 @@ impl Core {
         id
     }
 
-    /// Answers a request the core handles itself, inside a server transaction so that
-    /// retransmissions of the request get the same answer.
     /// 503 without a transaction (RFC 3261 8.2.7 allows a stateless answer), because shedding
     /// must cost less than serving: no table entry, no Timer G resending the 503 to a caller
     /// that does not ACK it. A retransmitted INVITE is judged again on its own wait, and
@@ -750,6 +748,8 @@ impl Core {
         self.transports.send(&flow, target, resp);
     }
 
+    /// Answers a request the core handles itself, inside a server transaction so that
+    /// retransmissions of the request get the same answer.
     fn respond_stateful(&mut self, msg: &Message, flow: Flow, code: u16, extra: &[(&str, String)]) {
         let id = self.new_server_tx(msg, flow, Instant::now(), None);
         let mut b = ResponseBuilder::new(msg, code, reason_phrase(code))
