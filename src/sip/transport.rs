@@ -189,6 +189,7 @@ pub async fn bind(
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let std_sock = std::net::UdpSocket::bind(addr)?;
     std_sock.set_nonblocking(true)?;
+    enable_receive_timestamps(&std_sock);
     let got = raise_receive_buffer(&std_sock, SIP_UDP_RCVBUF);
     if got < SIP_UDP_RCVBUF {
         info!(%addr, bytes = got, wanted = SIP_UDP_RCVBUF,
@@ -244,7 +245,6 @@ async fn udp_loop(
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; 65536];
-    enable_receive_timestamps(&sock);
     loop {
         let (n, from, arrived) = tokio::select! {
             r = sock.async_io(tokio::io::Interest::READABLE, || recv_stamped(&sock, &mut buf)) => match r {
@@ -282,8 +282,7 @@ async fn udp_loop(
 /// Asks the kernel to stamp each datagram with its receive time (SO_TIMESTAMPNS). Without it
 /// (it never fails on Linux) messages count as arriving when read, and overload control sees
 /// only the time spent inside ivrd.
-fn enable_receive_timestamps(sock: &UdpSocket) {
-    use std::os::fd::AsRawFd;
+fn enable_receive_timestamps(sock: &impl std::os::fd::AsRawFd) {
     if let Err(e) = set_socket_option(sock.as_raw_fd(), libc::SO_TIMESTAMPNS, 1) {
         warn!(error = %e, "no receive timestamps on the SIP socket");
     }
