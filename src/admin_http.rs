@@ -8,6 +8,7 @@
 use crate::media::engine::MediaStats;
 use crate::metrics::Metrics;
 use crate::sip::core::CoreStats;
+use crate::sip::transport::TransportStatsHandle;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tracing::{debug, info};
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub core: Arc<CoreStats>,
+    pub transport: TransportStatsHandle,
     pub media: Arc<MediaStats>,
     pub started: SystemTime,
     /// Names of the dialplans loaded now (changes on reload).
@@ -149,7 +151,7 @@ fn respond(state: &AdminState, request: &[u8]) -> Vec<u8> {
             "text/plain; version=0.0.4",
             state
                 .metrics
-                .render(&state.core, &state.media, state.started),
+                .render(&state.core, &state.transport, &state.media, state.started),
         ),
         "/health" => {
             // 503 while draining, so a load balancer or PBX health check moves traffic away.
@@ -258,6 +260,7 @@ mod tests {
         AdminState {
             metrics: Arc::new(Metrics::default()),
             core: Arc::new(CoreStats::default()),
+            transport: TransportStatsHandle::default(),
             media: Arc::new(MediaStats::default()),
             started: SystemTime::now(),
             dialplans: Arc::new(std::sync::RwLock::new(vec!["verify".into()])),

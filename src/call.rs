@@ -9,11 +9,12 @@
 //! methods (the same press by RFC 4733 and in-band counts once).
 
 use crate::media::dtmf::{Digit, DigitDedup, DtmfMethod, parse_info};
-use crate::media::engine::{MediaEngine, MediaEvent, StreamHandle, StreamParams};
+use crate::media::engine::{MediaEngine, MediaError, MediaEvent, StreamHandle, StreamParams};
 use crate::media::prompt::{Prompt, PromptLibrary};
 use crate::sip::core::{ACCEPT, ALLOW, CoreHandle, NewCall, SipEvent, TxId, new_branch};
 use crate::sip::dialog::{Dialog, fmt_host_port};
 use crate::sip::message::{Message, ResponseBuilder, extract_uri, reason_phrase, uri_user};
+use crate::sip::peers::Trust;
 use crate::sip::sdp::{Codec, Direction, LocalSession, Negotiated, SdpError};
 use crate::sip::transport::{Flow, Protocol};
 use bytes::Bytes;
@@ -42,7 +43,9 @@ pub enum CallEnd {
     RtpTimeout,
     /// The maximum call duration was reached.
     MaxDuration,
-    /// Our 2xx was never acknowledged (64*T1).
+    /// Our 2xx was never acknowledged (`[sip] ack_timeout_ms`). No BYE: the dialog was never
+    /// confirmed, and the only proof that the INVITE's sender is where its Contact says is
+    /// the ACK that never came.
     AckTimeout,
     /// The daemon is shutting down and the drain deadline passed.
     Shutdown,
@@ -73,7 +76,6 @@ impl CallEnd {
                 | CallEnd::Transferred
                 | CallEnd::RtpTimeout
                 | CallEnd::MaxDuration
-                | CallEnd::AckTimeout
                 | CallEnd::Shutdown
         )
     }
@@ -83,8 +85,13 @@ impl CallEnd {
 #[derive(Debug, Clone)]
 pub struct CallFacts {
     pub call_id: String,
-    /// The caller's number or user (From URI user part).
+    /// The caller's number or user: the P-Asserted-Identity (RFC 3325) of a trusted peer,
+    /// else the From URI's user part.
     pub caller: String,
+    /// Who the per-caller limits count against. From is whatever a caller wants it to be, so
+    /// it counts only from a trusted peer (which vouches for it, or asserts an identity);
+    /// an untrusted source is counted by its address.
+    pub limit_key: String,
     /// The caller's display name, if the From header had one.
     pub caller_name: Option<String>,
     /// The dialed number or user (Request-URI user part).
@@ -96,7 +103,7 @@ pub struct CallFacts {
 }
 
 impl CallFacts {
-    pub fn from_invite(invite: &Message, remote: SocketAddr) -> CallFacts {
+    pub fn from_invite(invite: &Message, remote: SocketAddr, trust: Trust) -> CallFacts {
         let from_raw = invite.header(&Name::FROM).unwrap_or_default();
         let from_uri = extract_uri(from_raw).to_string();
         let name = from_raw
@@ -106,9 +113,21 @@ impl CallFacts {
             .map(|n| n.trim().trim_matches('"').trim().to_string())
             .filter(|n| !n.is_empty());
         let request_uri = invite.request_uri().unwrap_or_default().to_string();
+        let from_user = uri_user(&from_uri).unwrap_or_default().to_string();
+        let asserted = trust
+            .is_trusted()
+            .then(|| asserted_identity(invite))
+            .flatten();
+        let caller = asserted.unwrap_or(from_user);
+        let limit_key = if trust.is_trusted() {
+            caller.clone()
+        } else {
+            format!("ip:{}", remote.ip().to_canonical())
+        };
         CallFacts {
             call_id: invite.call_id.to_string(),
-            caller: uri_user(&from_uri).unwrap_or_default().to_string(),
+            caller,
+            limit_key,
             caller_name: name,
             called: uri_user(&request_uri).unwrap_or_default().to_string(),
             request_uri,
@@ -117,6 +136,20 @@ impl CallFacts {
             started: SystemTime::now(),
         }
     }
+}
+
+/// The caller a trusted peer asserts (RFC 3325 P-Asserted-Identity): the user part of the
+/// first `sip:`/`sips:` or `tel:` URI among its values. Only ever read from a trusted peer.
+fn asserted_identity(invite: &Message) -> Option<String> {
+    invite
+        .headers
+        .get_raw(&Name::custom(
+            "P-Asserted-Identity",
+            &["P-Asserted-Identity"],
+        ))
+        .flat_map(|v| crate::sip::message::split_header_list(v))
+        .filter_map(|v| uri_user(extract_uri(&v)).map(str::to_string))
+        .find(|u| !u.is_empty())
 }
 
 /// How digits are collected.
@@ -321,19 +354,24 @@ impl Call {
             tx,
             local_tag,
             events: mut sip_events,
+            trust,
         } = new;
-        let facts = CallFacts::from_invite(&invite, flow.remote);
+        let facts = CallFacts::from_invite(&invite, flow.remote, trust);
         let settings = ctx.settings.clone();
-        let reject = |code: u16| {
-            let resp = ResponseBuilder::new(&invite, code, reason_phrase(code))
+        let reject_why = |code: u16, why: Option<&str>| {
+            let mut b = ResponseBuilder::new(&invite, code, reason_phrase(code))
                 .received_from(flow.remote)
                 .to_tag(&local_tag)
                 .header("Server", &settings.user_agent)
-                .header("Accept", "application/sdp")
-                .build();
-            ctx.core.respond(tx, code, resp);
+                .header("Accept", "application/sdp");
+            if let Some(why) = why {
+                // RFC 3261 20.43: 399 is the miscellaneous warning, for a person to read.
+                b = b.header("Warning", format!("399 ivrd \"{why}\""));
+            }
+            ctx.core.respond(tx, code, b.build());
             CallEnd::Rejected(code)
         };
+        let reject = |code: u16| reject_why(code, None);
         if !invite.body.is_empty() && !invite.has_sdp() {
             return Err(reject(415));
         }
@@ -365,8 +403,12 @@ impl Call {
         let stream = match ctx.media.open(initial, media_tx) {
             Ok(s) => s,
             Err(e) => {
-                warn!(error = %e, "cannot open RTP stream");
-                return Err(reject(503));
+                warn!(error = %e, "cannot open RTP stream; answering 503");
+                let why = match e {
+                    MediaError::NoPort { .. } => "no free RTP port",
+                    MediaError::Io(_) => "cannot open an RTP socket",
+                };
+                return Err(reject_why(503, Some(why)));
             }
         };
         let rtp_local = stream.local_addr();
@@ -390,7 +432,13 @@ impl Call {
             Some(n) => params_from(&n),
             None => initial,
         };
-        stream.update(params);
+        // Nothing is sent before the ACK: only a caller that received our 200 can ACK it (the
+        // ACK carries our To tag), so media cannot be aimed at a host that never asked for it
+        // by forging an INVITE from it. An IVR loses nothing by waiting those milliseconds.
+        stream.update(StreamParams {
+            send: false,
+            ..params
+        });
 
         let contact = contact_uri(&flow, settings.public_host.as_deref());
         let dialog = Dialog::new_uas(&invite, &local_tag, contact.clone(), flow.protocol);
@@ -431,9 +479,10 @@ impl Call {
             remote = %flow.remote,
             transport = flow.protocol.via_name(),
             codec = params.codec.name(),
+            trusted = trust.is_trusted(),
             "call started"
         );
-        Ok(Call {
+        let mut call = Call {
             language: settings.default_language.clone(),
             facts,
             dialog,
@@ -452,7 +501,44 @@ impl Call {
             refer_status: None,
             transferred: false,
             ctx,
-        })
+        };
+        if let Err(end) = call.await_ack().await {
+            call.ctx.core.end_dialog(call.dialog.id.clone());
+            return Err(end);
+        }
+        Ok(call)
+    }
+
+    /// Waits for the ACK of our 200, serving the dialog meanwhile, then lets media flow. A
+    /// call whose ACK never comes ends here, quietly: no prompt, no BYE.
+    async fn await_ack(&mut self) -> Result<(), CallEnd> {
+        loop {
+            let max_fut = async {
+                match self.max_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = self.sip_events.recv() => match ev {
+                    Some(SipEvent::Ack { body }) => {
+                        self.on_sip(SipEvent::Ack { body })?;
+                        self.stream.update(self.params);
+                        return Ok(());
+                    }
+                    // RFC 3261 15: no BYE before the ACK, so AckTimeout and shutdown just end.
+                    Some(ev) => self.on_sip(ev)?,
+                    None => return Err(CallEnd::CallerHangup),
+                },
+                ev = self.media_events.recv() => {
+                    if let Some(MediaEvent::Digit { digit, method, at }) = ev {
+                        self.on_digit(digit, method, at);
+                    }
+                }
+                _ = max_fut => return Err(CallEnd::MaxDuration),
+                _ = self.ctx.hangup_all.cancelled() => return Err(CallEnd::Shutdown),
+            }
+        }
     }
 
     /// Ends the call: BYE when we owe one, then releases the dialog and media.
@@ -999,7 +1085,7 @@ where
     Fut: Future<Output = (Call, Result<(), CallEnd>, T)>,
 {
     let started = Instant::now();
-    let facts = CallFacts::from_invite(&new.invite, new.flow.remote);
+    let facts = CallFacts::from_invite(&new.invite, new.flow.remote, new.trust);
     let call = match Call::answer(new, ctx).await {
         Ok(call) => call,
         Err(end) => {
@@ -1123,7 +1209,7 @@ From: \"Alice Example\" <sip:+4915112345678@pbx.example>;tag=a\r\nTo: <sip:+4930
 Call-ID: c@h\r\nCSeq: 1 INVITE\r\n\r\n",
         ))
         .unwrap();
-        let f = CallFacts::from_invite(&inv, "192.0.2.1:5060".parse().unwrap());
+        let f = CallFacts::from_invite(&inv, "192.0.2.1:5060".parse().unwrap(), Trust::Untrusted);
         assert_eq!(f.caller, "+4915112345678");
         assert_eq!(f.caller_name.as_deref(), Some("Alice Example"));
         assert_eq!(f.called, "+4930999");

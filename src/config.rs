@@ -169,6 +169,43 @@ pub struct SipConfig {
     /// it is answered 503 with Retry-After instead of becoming a call (0 = never). Calls in
     /// progress are always served.
     pub overload_reject_ms: u64,
+    /// The PBXes and SBCs allowed to reach ivrd: IP addresses and CIDR ranges, IPv4 and IPv6
+    /// (`["192.0.2.10", "10.1.0.0/16", "2001:db8::/32"]`). Requests from anywhere else are
+    /// dropped (or answered 403, see `untrusted`), and only these peers' P-Asserted-Identity
+    /// and Via maddr are believed. Empty (the default): open, anyone may call, as an
+    /// untrusted source within the per-source limits below; a warning says so at start.
+    pub trusted: Vec<String>,
+    /// What requests from sources outside a non-empty `trusted` list get: "drop" (nothing),
+    /// "reject" (403, statelessly) or "allow" (served as untrusted, within the per-source
+    /// limits, as with an empty list).
+    pub untrusted: crate::sip::peers::UntrustedAction,
+    /// New calls per second one untrusted source may place (bursts of twice that).
+    pub source_calls_per_sec: f64,
+    /// INVITEs of one untrusted source that may wait for their ACK at once (each holds an RTP
+    /// port until the ACK comes or `ack_timeout_ms` passes).
+    pub source_unconfirmed: u32,
+    /// Live SIP transactions one untrusted source may hold.
+    pub source_transactions: u32,
+    /// How long an answered INVITE waits for its ACK before the call is dropped (no BYE: the
+    /// dialog was never confirmed) and its RTP port freed. Default 16*T1 (8 s), during which
+    /// the 200 is sent five times; at most 64*T1.
+    pub ack_timeout_ms: Option<u64>,
+    /// Live server transactions in total, and the bytes of messages they hold; beyond either,
+    /// new requests get a stateless 503. The defaults hold the published 2,000 calls/s.
+    pub max_transactions: usize,
+    pub max_transaction_kib: usize,
+    /// TCP connections in total, and from one untrusted source. Trusted peers are accepted
+    /// beyond the total (their connections are few and they carry every call).
+    pub tcp_max_connections: usize,
+    pub tcp_max_per_source: usize,
+    /// A TCP connection that carries no dialog and had no traffic for this long is closed.
+    pub tcp_idle_secs: u64,
+    /// A TCP message must be complete within this long of its first byte (and a new
+    /// connection must send its first message within it), else the connection is closed:
+    /// one byte a second keeps nothing open.
+    pub tcp_message_timeout_ms: u64,
+    /// Bytes queued for a TCP peer that does not read; beyond this the connection is closed.
+    pub tcp_write_queue_kib: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +278,49 @@ impl Default for SipConfig {
             // 1.8 s; 500 ms served 10,533-19,861 with p99 8-16 s; none served 6,718-63,683
             // with p99 41-42 s.
             overload_reject_ms: 250,
+            trusted: Vec::new(),
+            untrusted: Default::default(),
+            source_calls_per_sec: 10.0,
+            source_unconfirmed: 16,
+            source_transactions: 256,
+            ack_timeout_ms: None,
+            // 2,000 calls/s over UDP keep about 85,000 transactions alive (BYE: 64*T1;
+            // INVITE: until the ACK wait ends).
+            max_transactions: 150_000,
+            max_transaction_kib: 96 * 1024,
+            tcp_max_connections: 1024,
+            tcp_max_per_source: 16,
+            tcp_idle_secs: 120,
+            tcp_message_timeout_ms: 10_000,
+            tcp_write_queue_kib: 256,
+        }
+    }
+}
+
+impl SipConfig {
+    /// How long an answered INVITE waits for its ACK.
+    pub fn ack_timeout(&self) -> Duration {
+        let sixty_four_t1 = Duration::from_millis(self.t1_ms.saturating_mul(64));
+        match self.ack_timeout_ms {
+            Some(ms) => Duration::from_millis(ms).min(sixty_four_t1),
+            None => Duration::from_millis(self.t1_ms.saturating_mul(16)),
+        }
+    }
+
+    /// The trusted-peer list, parsed.
+    pub fn peer_policy(&self) -> Result<crate::sip::peers::PeerPolicy, String> {
+        crate::sip::peers::PeerPolicy::new(&self.trusted, self.untrusted).map_err(|e| e.to_string())
+    }
+
+    /// What one untrusted source may ask of us.
+    pub fn budgets(&self) -> crate::sip::peers::Budgets {
+        crate::sip::peers::Budgets {
+            calls_per_sec: self.source_calls_per_sec,
+            unconfirmed: self.source_unconfirmed,
+            transactions: self.source_transactions,
+            // 64 Ki sources of about 100 bytes each: a flood from spoofed addresses cannot
+            // grow the table past a few MiB.
+            max_sources: 65_536,
         }
     }
 }
@@ -379,6 +459,35 @@ impl Config {
         }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err("[sip] t1_ms must be > 0 and t2_ms >= t1_ms".into());
+        }
+        self.sip.peer_policy()?;
+        let sip = &self.sip;
+        if !(sip.source_calls_per_sec > 0.0 && sip.source_calls_per_sec.is_finite()) {
+            return Err("[sip] source_calls_per_sec must be a positive number".into());
+        }
+        for (name, v) in [
+            ("source_unconfirmed", sip.source_unconfirmed as usize),
+            ("source_transactions", sip.source_transactions as usize),
+            ("max_transactions", sip.max_transactions),
+            ("max_transaction_kib", sip.max_transaction_kib),
+            ("tcp_max_connections", sip.tcp_max_connections),
+            ("tcp_max_per_source", sip.tcp_max_per_source),
+            ("tcp_idle_secs", sip.tcp_idle_secs as usize),
+            (
+                "tcp_message_timeout_ms",
+                sip.tcp_message_timeout_ms as usize,
+            ),
+            ("tcp_write_queue_kib", sip.tcp_write_queue_kib),
+        ] {
+            if v == 0 {
+                return Err(format!("[sip] {name} must be at least 1"));
+            }
+        }
+        if sip.ack_timeout_ms.is_some_and(|ms| ms < sip.t1_ms) {
+            return Err(format!(
+                "[sip] ack_timeout_ms must be at least T1 ({} ms): the 200 must have a chance to be resent",
+                sip.t1_ms
+            ));
         }
         let m = &self.media;
         if m.rtp_port_min == 0 || m.rtp_port_max < m.rtp_port_min.saturating_add(1) {

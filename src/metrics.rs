@@ -10,7 +10,8 @@
 use crate::call::mask_number;
 use crate::media::dtmf::DtmfMethod;
 use crate::media::engine::{JITTER_BUCKETS_US, MediaStats};
-use crate::sip::core::CoreStats;
+use crate::sip::core::{CoreStats, REFUSALS};
+use crate::sip::transport::TransportStats;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -161,7 +162,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(&self, core: &CoreStats, media: &MediaStats, started: SystemTime) -> String {
+    pub fn render(
+        &self,
+        core: &CoreStats,
+        transport: &TransportStats,
+        media: &MediaStats,
+        started: SystemTime,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let r = Ordering::Relaxed;
         gauge(
@@ -241,6 +248,84 @@ impl Metrics {
             "ivrd_sip_requests_total",
             "SIP requests received.",
             core.requests_in.load(r),
+        );
+        labelled(
+            &mut out,
+            "ivrd_sip_untrusted_total",
+            "Requests (TCP: connections) from sources outside [sip] trusted, by what was done.",
+            "action",
+            [
+                ("dropped", transport.untrusted_dropped.load(r)),
+                ("rejected", transport.untrusted_rejected.load(r)),
+            ],
+        );
+        labelled(
+            &mut out,
+            "ivrd_sip_refused_total",
+            "Requests answered 503 for being over a limit: an untrusted source's call rate, \
+             unconfirmed INVITEs, transactions or the source table, or the daemon's capacity.",
+            "reason",
+            REFUSALS
+                .iter()
+                .zip(&core.refused)
+                .map(|(why, n)| (why.as_str(), n.load(r))),
+        );
+        labelled(
+            &mut out,
+            "ivrd_sip_bad_messages_total",
+            "Messages that did not parse, or were over the size limits.",
+            "kind",
+            [
+                ("malformed", transport.malformed.load(r)),
+                ("too_large", transport.too_large.load(r)),
+            ],
+        );
+        gauge(
+            &mut out,
+            "ivrd_sip_transactions",
+            "Server transactions alive.",
+            core.server_transactions.load(r) as f64,
+        );
+        gauge(
+            &mut out,
+            "ivrd_sip_transaction_bytes",
+            "Bytes the server transactions hold, as [sip] max_transaction_kib counts them.",
+            core.transaction_bytes.load(r) as f64,
+        );
+        gauge(
+            &mut out,
+            "ivrd_sip_unconfirmed_calls",
+            "Answered or ringing calls whose ACK has not come yet.",
+            core.unconfirmed_calls.load(r) as f64,
+        );
+        counter(
+            &mut out,
+            "ivrd_sip_ack_timeouts_total",
+            "Calls dropped because their 200 was never ACKed.",
+            core.ack_timeouts.load(r),
+        );
+        gauge(
+            &mut out,
+            "ivrd_sip_tcp_connections",
+            "TCP connections open.",
+            transport.tcp_open.load(r) as f64,
+        );
+        counter(
+            &mut out,
+            "ivrd_sip_tcp_refused_total",
+            "TCP connections refused at accept: over tcp_max_connections or tcp_max_per_source.",
+            transport.tcp_refused.load(r),
+        );
+        labelled(
+            &mut out,
+            "ivrd_sip_tcp_closed_total",
+            "TCP connections ivrd closed: idle, too slow to send a message, or not reading.",
+            "reason",
+            [
+                ("idle", transport.tcp_closed_idle.load(r)),
+                ("slow", transport.tcp_closed_slow.load(r)),
+                ("backlog", transport.tcp_closed_backlog.load(r)),
+            ],
         );
         counter(
             &mut out,
@@ -336,6 +421,20 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A counter with one label, one line per value.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    header(out, name, "counter", help);
+    for (value, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
+}
+
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
     header(out, name, "counter", help);
     let _ = writeln!(out, "{name} {v}");
@@ -384,6 +483,7 @@ mod tests {
         m.call_ended("verified");
         let text = m.render(
             &CoreStats::default(),
+            &TransportStats::default(),
             &MediaStats::default(),
             SystemTime::now(),
         );

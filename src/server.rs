@@ -199,7 +199,27 @@ pub async fn run(
 
     let (incoming_tx, incoming_rx) = mpsc::channel(4096);
     let sip_shutdown = CancellationToken::new();
-    let (transports, bound) = transport::bind(
+    let policy = cfg.sip.peer_policy().map_err(anyhow::Error::msg)?;
+    if policy.is_open() {
+        warn!(
+            "[sip] trusted is empty: any host that reaches the SIP port can place calls and \
+             make ivrd send SMS (as an untrusted source, within the per-source limits); \
+             list your PBX in [sip] trusted"
+        );
+    }
+    check_descriptors(&cfg);
+    let transports = transport::Transports::new(
+        policy,
+        transport::TcpLimits {
+            max_connections: cfg.sip.tcp_max_connections,
+            max_per_source: cfg.sip.tcp_max_per_source,
+            idle: Duration::from_secs(cfg.sip.tcp_idle_secs),
+            message_timeout: Duration::from_millis(cfg.sip.tcp_message_timeout_ms),
+            write_queue: cfg.sip.tcp_write_queue_kib * 1024,
+        },
+    );
+    let bound = transport::bind(
+        &transports,
         &cfg.sip.udp,
         &cfg.sip.tcp,
         incoming_tx,
@@ -210,10 +230,18 @@ pub async fn run(
     let (calls_tx, mut calls_rx) = mpsc::channel(1024);
     let core = core::spawn(
         CoreConfig {
-            timers: Timers { t1, t2, t4 },
+            timers: Timers {
+                t1,
+                t2,
+                t4,
+                ack_wait: cfg.sip.ack_timeout(),
+            },
             user_agent: cfg.sip.user_agent.clone(),
             overload_after: (cfg.sip.overload_reject_ms > 0)
                 .then(|| Duration::from_millis(cfg.sip.overload_reject_ms)),
+            budgets: cfg.sip.budgets(),
+            max_transactions: cfg.sip.max_transactions,
+            max_transaction_bytes: cfg.sip.max_transaction_kib.saturating_mul(1024),
         },
         transports,
         incoming_rx,
@@ -257,6 +285,7 @@ pub async fn run(
         let state = AdminState {
             metrics: metrics.clone(),
             core: core.stats.clone(),
+            transport: core.transports.stats_handle(),
             media: media.stats().clone(),
             started: SystemTime::now(),
             dialplans: plan_names.clone(),
@@ -362,6 +391,43 @@ pub async fn run(
     Ok(())
 }
 
+/// Raises the soft descriptor limit to the hard one (the unit's `LimitNOFILE=`) and says so
+/// when even that cannot hold what the config asks for: every call holds two descriptors
+/// (its RTP socket and the receive task's copy), every TCP connection one. Running out turns
+/// into failed accepts and calls refused with "cannot open an RTP socket", which is harder to
+/// read than this line at start.
+fn check_descriptors(cfg: &Config) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the kernel to fill and read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    let ports = (u64::from(cfg.media.rtp_port_max) - u64::from(cfg.media.rtp_port_min)) / 2 + 1;
+    let need = ports * 2 + cfg.sip.tcp_max_connections as u64 + 256;
+    if lim.rlim_cur < need {
+        warn!(
+            limit = lim.rlim_cur,
+            need,
+            "the descriptor limit is below 2 per RTP port + [sip] tcp_max_connections + 256: \
+             raise LimitNOFILE= (or ulimit -n), or narrow the RTP port range"
+        );
+    }
+}
+
 fn reload_snapshot(
     config_path: Option<&Path>,
     running: &Config,
@@ -392,7 +458,8 @@ async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>, audit:
         .unwrap_or_default()
         .to_string();
     let metrics = ctx.metrics.clone();
-    let caller = crate::call::CallFacts::from_invite(&new.invite, new.flow.remote).caller;
+    let caller =
+        crate::call::CallFacts::from_invite(&new.invite, new.flow.remote, new.trust).caller;
     let plan_name = match &snap.demo {
         Some(_) => "demo".to_string(),
         None => snap

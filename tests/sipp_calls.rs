@@ -121,8 +121,9 @@ fn cancel_before_answer() {
 }
 
 #[test]
-fn missing_ack_retransmits_200_then_hangs_up() {
+fn missing_ack_retransmits_200_then_drops_the_call_quietly() {
     const T1_MS: f64 = 100.0;
+    // Default ACK wait: 16*T1 = 1.6 s.
     let daemon = Daemon::start("[sip]\nt1_ms = 100\n");
     let run = Sipp::new("uac_no_ack.xml", daemon.sip_addr()).run();
     run.assert_ok();
@@ -133,17 +134,17 @@ fn missing_ack_retransmits_200_then_hangs_up() {
         .filter(|m| m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE"))
         .map(|m| m.at)
         .collect();
-    let bye_at = received
-        .iter()
-        .find(|m| m.text.starts_with("BYE "))
-        .map(|m| m.at)
-        .expect("a BYE from ivrd");
-
-    // Sent at 0, T1, 3T1, 7T1, 15T1, 31T1, 63T1 (T2 = 4 s is never reached with T1 = 100 ms):
-    // seven copies before 64*T1. Allow for scheduling slack but insist on several copies.
     assert!(
-        (4..=9).contains(&oks.len()),
-        "expected 4..=9 copies of the 200 within 64*T1, got {}: {oks:?}",
+        !received.iter().any(|m| m.text.starts_with("BYE ")),
+        "an unconfirmed dialog got a BYE\n{}",
+        run.report()
+    );
+
+    // Sent at 0, T1, 3T1, 7T1, 15T1, then the wait ends at 16*T1: five copies. Allow for
+    // scheduling slack but insist on several, backing off.
+    assert!(
+        (4..=6).contains(&oks.len()),
+        "expected 4..=6 copies of the 200 within 16*T1, got {}: {oks:?}",
         oks.len()
     );
     let gaps: Vec<f64> = oks.windows(2).map(|w| (w[1] - w[0]) * 1000.0).collect();
@@ -157,11 +158,10 @@ fn missing_ack_retransmits_200_then_hangs_up() {
         last > 2.5 * gaps[0],
         "retransmission interval does not back off (gaps in ms: {gaps:?})"
     );
-    let bye_after_ms = (bye_at - oks[0]) * 1000.0;
+    let span_ms = (oks[oks.len() - 1] - oks[0]) * 1000.0;
     assert!(
-        (60.0 * T1_MS..=100.0 * T1_MS).contains(&bye_after_ms),
-        "BYE came {bye_after_ms:.0} ms after the first 200, expected about 64*T1 = {} ms",
-        64.0 * T1_MS
+        span_ms < 16.0 * T1_MS,
+        "200s went on for {span_ms:.0} ms, past the 16*T1 ACK wait"
     );
 
     let reasons = daemon.wait_call_ends(1, Duration::from_secs(5));

@@ -663,3 +663,65 @@ fn assert_goodbye_before(failed_at: Instant) {
         failed_at.elapsed()
     );
 }
+
+/// Per-caller SMS limits count the identity a trusted PBX asserts (RFC 3325
+/// P-Asserted-Identity), not the From a caller chose: with `sms_per_caller = 2`, a third call
+/// asserting the same caller gets no SMS though its From is new. A source that is not trusted
+/// is counted by its address, whatever identity it asserts.
+#[test]
+fn the_caller_limit_counts_the_pbxs_asserted_identity_and_others_by_address() {
+    let rig = Rig::new(200, free_udp_port());
+    let daemon = rig.daemon(
+        "[sip]\nuntrusted = \"allow\"\n[limits]\nsms_per_caller = 2\nsms_per_customer = 20\n",
+    );
+    let call = |ip: [u8; 4], from: &str, asserted: &str| -> RawUac {
+        let opts = UacOptions {
+            ip: std::net::IpAddr::from(ip),
+            from_user: from.into(),
+            headers: vec![(
+                "P-Asserted-Identity".into(),
+                format!("\"Caller\" <sip:{asserted}@pbx.example>"),
+            )],
+        };
+        let mut uac = RawUac::call_with(daemon.sip_addr(), "verify", &opts);
+        std::thread::sleep(Duration::from_millis(800));
+        uac.info_digits(ERIKA, KEY_GAP);
+        uac
+    };
+    let refused = |uac: &mut RawUac, calls: usize| {
+        let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+        assert_refer_to(
+            &refer,
+            &format!("{}?X-Customer-Id={ERIKA}&X-Verified=no", rig.fallback),
+        );
+        uac.bye();
+        let rows = rig.wait_audit(calls, Duration::from_secs(15));
+        assert_eq!(rows[0].outcome, "rate-limited", "audit row: {:#?}", rows[0]);
+    };
+    let sent = |uac: &mut RawUac, sms: usize| {
+        rig.sms.wait_posts(sms, FLOW_TIMEOUT);
+        uac.bye();
+    };
+
+    // From the trusted PBX (127.0.0.1): a new From each time, one asserted caller.
+    sent(&mut call([127, 0, 0, 1], "+491111", "+4915100000001"), 1);
+    sent(&mut call([127, 0, 0, 1], "+492222", "+4915100000001"), 2);
+    refused(&mut call([127, 0, 0, 1], "+493333", "+4915100000001"), 3);
+    assert_eq!(
+        rig.sms.posts().len(),
+        2,
+        "a third SMS for one asserted caller"
+    );
+    // Another asserted caller has a limit of its own.
+    sent(&mut call([127, 0, 0, 1], "+493333", "+4915100000002"), 3);
+
+    // From an untrusted source (127.0.0.2): its assertions are ignored, its address counts.
+    sent(&mut call([127, 0, 0, 2], "+494444", "+4915100000003"), 4);
+    sent(&mut call([127, 0, 0, 2], "+495555", "+4915100000004"), 5);
+    refused(&mut call([127, 0, 0, 2], "+496666", "+4915100000005"), 7);
+    assert_eq!(
+        rig.sms.posts().len(),
+        5,
+        "an untrusted source got a third SMS by asserting a new identity"
+    );
+}

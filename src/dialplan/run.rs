@@ -641,7 +641,7 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                 }
                 let req = PinRequest {
                     customer_id,
-                    caller: self.call.facts().caller.clone(),
+                    caller: self.call.facts().limit_key.clone(),
                     language: self.call.language().to_string(),
                     length: *length,
                 };

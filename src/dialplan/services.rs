@@ -76,7 +76,9 @@ pub enum CheckPinOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinRequest {
     pub customer_id: String,
-    /// The caller's number (for per-caller SMS limits; never a destination).
+    /// Who asks, for the per-caller SMS limit (never a destination): the identity a trusted
+    /// peer asserts or vouches for, or the source address of an untrusted one
+    /// ([`crate::call::CallFacts::limit_key`]).
     pub caller: String,
     pub language: String,
     /// PIN length, 4..=10.

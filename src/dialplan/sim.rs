@@ -204,6 +204,7 @@ pub fn sim_facts(caller: &str, dialed: &str) -> CallFacts {
     CallFacts {
         call_id: "simulated-call".into(),
         caller: caller.into(),
+        limit_key: caller.into(),
         caller_name: None,
         called: dialed.into(),
         request_uri: format!("sip:{dialed}@ivrd.invalid"),

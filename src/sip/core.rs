@@ -9,9 +9,17 @@
 //!
 //! One task for all SIP is deliberate: signalling is a few messages a second per call, and
 //! owning the tables in one place needs no locks and gives a total order to what happens.
+//!
+//! What the core answers by itself it answers statelessly (RFC 3261 8.2.7): OPTIONS, 481 for
+//! unknown dialogs, 405, 501, 4xx for bad requests, and every 503 that sheds load. A flood of
+//! those then costs no memory at all, where a transaction apiece used to keep each one for
+//! 64*T1. Transactions exist only for calls (the INVITE and what comes inside its dialog), and
+//! they are capped: in total, in the bytes they hold, and per untrusted source, alongside that
+//! source's new calls per second and INVITEs waiting for their ACK ([`super::peers`]).
 
 use super::dialog::DialogId;
-use super::message::{Message, ResponseBuilder, reason_phrase};
+use super::message::{Message, ResponseBuilder, reason_phrase, stateless_tag};
+use super::peers::{Budgets, Refusal, SourceBudgets, Trust};
 use super::transaction::{
     ClientNonInvite, Event as TxEvent, ResponseDisposition, ServerInvite, ServerNonInvite, State,
     Timers,
@@ -21,10 +29,10 @@ use bytes::Bytes;
 use ezk_sip_types::{Method, Name};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -54,7 +62,10 @@ pub enum SipEvent {
         msg: Box<Message>,
         flow: Flow,
     },
-    /// Our 2xx was never ACKed (64*T1): the call should send BYE and end (RFC 3261 13.3.1.4).
+    /// Our 2xx was never ACKed (Timer L, `[sip] ack_timeout_ms`): the dialog was never
+    /// confirmed, so the call ends without a BYE (RFC 3261 13.3.1.4 asks for one, but the ACK
+    /// that never came is also the only proof that the INVITE's sender is who its Contact
+    /// says: a BYE would be one more packet aimed wherever a spoofed INVITE pointed).
     AckTimeout,
 }
 
@@ -65,6 +76,8 @@ pub struct NewCall {
     pub tx: TxId,
     pub local_tag: String,
     pub events: mpsc::UnboundedReceiver<SipEvent>,
+    /// Whether the INVITE came from a trusted peer (its P-Asserted-Identity counts).
+    pub trust: Trust,
 }
 
 /// Why a request we sent got no final response.
@@ -114,9 +127,37 @@ pub struct CoreStats {
     pub responses_in: AtomicU64,
     /// New INVITEs answered 503 because they waited too long (overload control).
     pub overload_rejects: AtomicU64,
+    /// Requests refused (stateless 503) for being over a budget, by [`Refusal`]: an untrusted
+    /// source's call rate, unconfirmed INVITEs, transactions or the source table; or the
+    /// daemon's own transaction capacity.
+    pub refused: [AtomicU64; REFUSALS.len()],
+    /// Server transactions alive now, and the bytes of messages they hold.
+    pub server_transactions: AtomicUsize,
+    pub transaction_bytes: AtomicUsize,
+    /// Calls whose 2xx (or answer) is still waiting for its ACK.
+    pub unconfirmed_calls: AtomicUsize,
+    /// Calls dropped because their 2xx was never ACKed.
+    pub ack_timeouts: AtomicU64,
     /// Goes up on every turn of the core's loop (at least four times a second when idle): the
     /// watchdog's proof that SIP is being served, not just that the process exists.
     pub loop_turns: AtomicU64,
+}
+
+/// The refusals counted in [`CoreStats::refused`], in its order.
+pub const REFUSALS: [Refusal; 5] = [
+    Refusal::Rate,
+    Refusal::Unconfirmed,
+    Refusal::Transactions,
+    Refusal::Sources,
+    Refusal::Capacity,
+];
+
+impl CoreStats {
+    fn refuse(&self, r: Refusal) {
+        if let Some(i) = REFUSALS.iter().position(|x| *x == r) {
+            self.refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl CoreHandle {
@@ -208,6 +249,10 @@ impl TxKey {
             method,
         }
     }
+
+    fn len(&self) -> usize {
+        self.branch.len() + self.sent_by.len() + self.method.len()
+    }
 }
 
 enum ServerMachine {
@@ -220,10 +265,30 @@ struct ServerTx {
     key: TxKey,
     flow: Flow,
     target: SocketAddr,
-    /// For INVITE transactions: the request (to build a 487 on CANCEL) and our To tag.
+    /// For INVITE transactions, until the final response: the request (to build a 487 on
+    /// CANCEL) and our To tag.
     invite: Option<(Message, String)>,
     dialog: Option<DialogId>,
     scheduled: Option<Instant>,
+    /// The untrusted source this transaction counts against.
+    charged: Option<IpAddr>,
+    /// What this transaction adds to `Core::tx_bytes`.
+    bytes: usize,
+}
+
+impl ServerTx {
+    /// Memory this transaction holds, as the caps count it: the messages it keeps, its key
+    /// twice (index and entry) and a fixed share for the structures around them (measured:
+    /// an OPTIONS flood grew RSS by about 800 bytes per transaction before any message).
+    fn held_bytes(&self) -> usize {
+        const OVERHEAD: usize = 640;
+        let machine = match &self.machine {
+            ServerMachine::Invite(m) => m.held_bytes(),
+            ServerMachine::NonInvite(m) => m.held_bytes(),
+        };
+        let invite = self.invite.as_ref().map_or(0, |(m, _)| m.wire_len);
+        OVERHEAD + 2 * self.key.len() + machine + invite
+    }
 }
 
 struct ClientTx {
@@ -238,6 +303,11 @@ struct DialogEntry {
     events: mpsc::UnboundedSender<SipEvent>,
     /// The INVITE transaction that created the dialog, until its 2xx is ACKed.
     invite_tx: Option<TxId>,
+    /// The flow the dialog came on (a TCP connection stays open while the dialog lives).
+    flow: Flow,
+    /// Until the ACK: whether the call counts as unconfirmed, and for an untrusted source,
+    /// the address whose unconfirmed slot it holds.
+    unconfirmed: Option<Option<IpAddr>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -253,7 +323,27 @@ pub struct CoreConfig {
     pub user_agent: String,
     /// Overload control: a new INVITE that waited longer than this (from the kernel's receive
     /// time) gets 503 instead of a call. None: never.
-    pub overload_after: Option<std::time::Duration>,
+    pub overload_after: Option<Duration>,
+    /// What one untrusted source may ask of us.
+    pub budgets: Budgets,
+    /// Caps on all server transactions together.
+    pub max_transactions: usize,
+    pub max_transaction_bytes: usize,
+}
+
+impl CoreConfig {
+    /// Defaults for tests and tools: RFC timers, no overload control, the config defaults.
+    pub fn new(timers: Timers, user_agent: &str) -> CoreConfig {
+        let sip = crate::config::SipConfig::default();
+        CoreConfig {
+            timers,
+            user_agent: user_agent.to_string(),
+            overload_after: None,
+            budgets: sip.budgets(),
+            max_transactions: sip.max_transactions,
+            max_transaction_bytes: sip.max_transaction_kib * 1024,
+        }
+    }
 }
 
 /// Retry-After on an overload 503 (RFC 3261 21.5.4): short, because the overload is a queue
@@ -275,6 +365,12 @@ struct Core {
     /// When the last overload 503 went out: a warning starts each overload episode, not each
     /// rejected call.
     last_overload: Option<Instant>,
+    /// The same for budget refusals.
+    last_refusal: Option<Instant>,
+    budgets: SourceBudgets,
+    /// Sum of every server transaction's `bytes`.
+    tx_bytes: usize,
+    next_sweep: Instant,
 }
 
 /// Starts the core task. New INVITEs arrive on `new_calls`.
@@ -293,6 +389,7 @@ pub fn spawn(
         stats: stats.clone(),
     };
     let mut core = Core {
+        budgets: SourceBudgets::new(cfg.budgets),
         cfg,
         transports,
         stats,
@@ -305,9 +402,12 @@ pub fn spawn(
         new_calls,
         draining: None,
         last_overload: None,
+        last_refusal: None,
+        tx_bytes: 0,
+        next_sweep: Instant::now() + SourceBudgets::SWEEP_EVERY,
     };
     tokio::spawn(async move {
-        let mut idle = tokio::time::interval(std::time::Duration::from_millis(250));
+        let mut idle = tokio::time::interval(Duration::from_millis(250));
         loop {
             core.stats.loop_turns.fetch_add(1, Ordering::Relaxed);
             let next = core.heap.peek().map(|Reverse((at, _))| *at);
@@ -321,7 +421,7 @@ pub fn spawn(
                 Some(inc) = incoming.recv() => core.handle_incoming(inc),
                 Some(cmd) = commands.recv() => core.handle_command(cmd),
                 _ = sleep => core.fire_timers(Instant::now()),
-                _ = idle.tick() => {}
+                _ = idle.tick() => core.housekeeping(Instant::now()),
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -331,24 +431,39 @@ pub fn spawn(
 }
 
 impl Core {
-    fn handle_incoming(&mut self, Incoming { msg, flow, arrived }: Incoming) {
+    fn handle_incoming(
+        &mut self,
+        Incoming {
+            msg,
+            flow,
+            arrived,
+            trust,
+        }: Incoming,
+    ) {
         if msg.is_request() {
             self.stats.requests_in.fetch_add(1, Ordering::Relaxed);
-            self.handle_request(msg, flow, arrived);
+            self.handle_request(msg, flow, arrived, trust);
         } else {
             self.stats.responses_in.fetch_add(1, Ordering::Relaxed);
             self.handle_response(msg);
         }
     }
 
-    fn handle_request(&mut self, msg: Message, flow: Flow, arrived: Instant) {
+    fn housekeeping(&mut self, now: Instant) {
+        if now >= self.next_sweep {
+            self.budgets.sweep(now);
+            self.next_sweep = now + SourceBudgets::SWEEP_EVERY;
+        }
+    }
+
+    fn handle_request(&mut self, msg: Message, flow: Flow, arrived: Instant, trust: Trust) {
         let now = Instant::now();
         let method = msg.method().clone();
         if method == Method::ACK {
             return self.handle_ack(msg, now);
         }
         if method == Method::CANCEL {
-            return self.handle_cancel(msg, flow, now);
+            return self.handle_cancel(msg, flow, now, trust);
         }
         let key = TxKey::of(&msg);
         if let Some(id) = self.server_index.get(&key).copied() {
@@ -370,36 +485,51 @@ impl Core {
             };
             let extra: Vec<(&str, String)> =
                 extra.iter().map(|(n, v)| (*n, v.to_string())).collect();
-            return self.respond_stateful(&msg, flow, code, &extra);
+            return self.respond_stateless(&msg, flow, trust, code, &extra);
         }
         let in_dialog = msg.to_tag().is_some();
         match method.to_string().as_str() {
             "INVITE" if !in_dialog => {
                 if self.overloaded(now.saturating_duration_since(arrived), now) {
-                    return self.reject_overloaded(&msg, flow);
+                    return self.respond_stateless(
+                        &msg,
+                        flow,
+                        trust,
+                        503,
+                        &[("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string())],
+                    );
                 }
-                self.handle_new_invite(msg, flow, now)
+                self.handle_new_invite(msg, flow, now, trust)
             }
-            "OPTIONS" => self.handle_options(msg, flow),
-            "BYE" => match DialogId::of_request(&msg).and_then(|d| self.dialogs.remove(&d)) {
+            "OPTIONS" => self.handle_options(msg, flow, trust),
+            "BYE" => match DialogId::of_request(&msg).and_then(|d| self.remove_dialog(&d)) {
                 Some(entry) => {
-                    self.respond_stateful(&msg, flow, 200, &[]);
+                    self.respond_stateful(&msg, flow, trust, 200, &[]);
                     let _ = entry.events.send(SipEvent::Bye);
                 }
-                None => self.respond_stateful(&msg, flow, 481, &[]),
+                None => self.respond_stateless(&msg, flow, trust, 481, &[]),
             },
             m if is_known_method(m) => {
                 if !in_dialog {
                     // Known but not out of a dialog here (REGISTER, MESSAGE, SUBSCRIBE, ...).
-                    return self.respond_stateful(&msg, flow, 405, &[("Allow", ALLOW.to_string())]);
+                    return self.respond_stateless(
+                        &msg,
+                        flow,
+                        trust,
+                        405,
+                        &[("Allow", ALLOW.to_string())],
+                    );
                 }
                 let Some(dialog) = DialogId::of_request(&msg) else {
                     return;
                 };
                 if !self.dialogs.contains_key(&dialog) {
-                    return self.respond_stateful(&msg, flow, 481, &[]);
+                    return self.respond_stateless(&msg, flow, trust, 481, &[]);
                 }
-                let id = self.new_server_tx(&msg, flow, now, Some(dialog.clone()));
+                let id = match self.open_server_tx(&msg, flow, now, trust, Some(dialog.clone())) {
+                    Ok(id) => id,
+                    Err(r) => return self.refuse(&msg, flow, trust, r, now),
+                };
                 if let Some(entry) = self.dialogs.get(&dialog) {
                     let _ = entry.events.send(SipEvent::Request {
                         tx: id,
@@ -408,7 +538,7 @@ impl Core {
                     });
                 }
             }
-            _ => self.respond_stateful(&msg, flow, 501, &[("Allow", ALLOW.to_string())]),
+            _ => self.respond_stateless(&msg, flow, trust, 501, &[("Allow", ALLOW.to_string())]),
         }
     }
 
@@ -417,7 +547,7 @@ impl Core {
     /// and the queue drains. Without this, at 2,500 calls/s (beyond what one core answers)
     /// the backlog grew to seconds, every caller retransmitted, and 9,270 of 50,000 calls
     /// failed with ivrd busy on requests their callers had given up on.
-    fn overloaded(&mut self, waited: std::time::Duration, now: Instant) -> bool {
+    fn overloaded(&mut self, waited: Duration, now: Instant) -> bool {
         let Some(limit) = self.cfg.overload_after else {
             return false;
         };
@@ -427,7 +557,7 @@ impl Core {
         self.stats.overload_rejects.fetch_add(1, Ordering::Relaxed);
         if self
             .last_overload
-            .is_none_or(|t| now.duration_since(t) > std::time::Duration::from_secs(10))
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
         {
             warn!(
                 waited_ms = waited.as_millis() as u64,
@@ -440,9 +570,52 @@ impl Core {
         true
     }
 
-    fn handle_new_invite(&mut self, msg: Message, flow: Flow, now: Instant) {
+    /// Turns a request away for being over a budget: a stateless 503 (no transaction, so the
+    /// refusal itself costs no memory), counted, and one warning per episode.
+    fn refuse(&mut self, msg: &Message, flow: Flow, trust: Trust, r: Refusal, now: Instant) {
+        self.stats.refuse(r);
+        if self
+            .last_refusal
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+        {
+            warn!(
+                source = %flow.remote.ip(),
+                reason = r.as_str(),
+                "refusing requests over a limit (ivrd_sip_refused_total counts them; \
+                 [sip] source_* and max_transactions set the limits)"
+            );
+        }
+        self.last_refusal = Some(now);
+        let retry = match r {
+            Refusal::Unconfirmed => self
+                .cfg
+                .timers
+                .duration(super::transaction::Timer::L, false)
+                .unwrap_or_default()
+                .as_secs()
+                .max(1),
+            _ => 1,
+        };
+        self.respond_stateless(msg, flow, trust, 503, &[("Retry-After", retry.to_string())]);
+    }
+
+    fn handle_new_invite(&mut self, msg: Message, flow: Flow, now: Instant, trust: Trust) {
         if let Some(retry) = self.draining {
-            return self.respond_stateful(&msg, flow, 503, &[("Retry-After", retry.to_string())]);
+            return self.respond_stateless(
+                &msg,
+                flow,
+                trust,
+                503,
+                &[("Retry-After", retry.to_string())],
+            );
+        }
+        // An untrusted source pays for the call up front: a token from its call rate and one
+        // of its unconfirmed slots, which the ACK (or the call's end) gives back.
+        let source = (!trust.is_trusted()).then(|| flow.remote.ip());
+        if let Some(ip) = source
+            && let Err(r) = self.budgets.open_call(ip, now)
+        {
+            return self.refuse(&msg, flow, trust, r, now);
         }
         let local_tag = random_token(10);
         let dialog = DialogId {
@@ -450,7 +623,15 @@ impl Core {
             local_tag: local_tag.clone(),
             remote_tag: msg.from_tag().unwrap_or_default().to_string(),
         };
-        let id = self.new_server_tx(&msg, flow, now, Some(dialog.clone()));
+        let id = match self.open_server_tx(&msg, flow, now, trust, Some(dialog.clone())) {
+            Ok(id) => id,
+            Err(r) => {
+                if let Some(ip) = source {
+                    self.budgets.confirmed(ip);
+                }
+                return self.refuse(&msg, flow, trust, r, now);
+            }
+        };
         if let Some(tx) = self.server.get_mut(&id) {
             tx.invite = Some((msg.clone(), local_tag.clone()));
         }
@@ -461,11 +642,15 @@ impl Core {
             .build();
         self.send_on(id, 100, trying);
         let (events, rx) = mpsc::unbounded_channel();
+        self.transports.pin(&flow, true);
+        self.stats.unconfirmed_calls.fetch_add(1, Ordering::Relaxed);
         self.dialogs.insert(
             dialog.clone(),
             DialogEntry {
                 events,
                 invite_tx: Some(id),
+                flow,
+                unconfirmed: Some(source),
             },
         );
         let new_call = NewCall {
@@ -474,16 +659,35 @@ impl Core {
             tx: id,
             local_tag,
             events: rx,
+            trust,
         };
         if let Err(e) = self.new_calls.try_send(new_call) {
             // The server is saturated or stopping: refuse now rather than let it ring forever.
             warn!(error = %e, "cannot take a new call");
-            self.dialogs.remove(&dialog);
+            self.remove_dialog(&dialog);
             let busy = ResponseBuilder::new(&msg, 503, "Service Unavailable")
                 .received_from(flow.remote)
                 .header("Retry-After", 5)
                 .build();
             self.send_on(id, 503, busy);
+        }
+    }
+
+    /// Forgets a dialog, giving back what it held: its unconfirmed slot, its pin on a TCP
+    /// connection.
+    fn remove_dialog(&mut self, id: &DialogId) -> Option<DialogEntry> {
+        let mut entry = self.dialogs.remove(id)?;
+        self.settle_unconfirmed(&mut entry);
+        self.transports.pin(&entry.flow, false);
+        Some(entry)
+    }
+
+    fn settle_unconfirmed(&mut self, entry: &mut DialogEntry) {
+        if let Some(source) = entry.unconfirmed.take() {
+            self.stats.unconfirmed_calls.fetch_sub(1, Ordering::Relaxed);
+            if let Some(ip) = source {
+                self.budgets.confirmed(ip);
+            }
         }
     }
 
@@ -505,14 +709,19 @@ impl Core {
         let Some(dialog) = DialogId::of_request(&msg) else {
             return;
         };
-        let Some(entry) = self.dialogs.get_mut(&dialog) else {
+        let Some(mut entry) = self.dialogs.remove(&dialog) else {
             debug!(call_id = %msg.call_id, "ACK for unknown dialog dropped");
             return;
         };
         let _ = entry.events.send(SipEvent::Ack {
             body: msg.body.clone(),
         });
-        if let Some(id) = entry.invite_tx.take() {
+        let invite_tx = entry.invite_tx.take();
+        if invite_tx.is_some() {
+            self.settle_unconfirmed(&mut entry);
+        }
+        self.dialogs.insert(dialog, entry);
+        if let Some(id) = invite_tx {
             if let Some(ServerTx {
                 machine: ServerMachine::Invite(m),
                 ..
@@ -524,7 +733,7 @@ impl Core {
         }
     }
 
-    fn handle_cancel(&mut self, msg: Message, flow: Flow, now: Instant) {
+    fn handle_cancel(&mut self, msg: Message, flow: Flow, now: Instant, trust: Trust) {
         let cancel_key = TxKey::of(&msg);
         if let Some(id) = self.server_index.get(&cancel_key).copied() {
             // A retransmitted CANCEL.
@@ -540,9 +749,9 @@ impl Core {
         // RFC 3261 9.2: the CANCEL matches the INVITE transaction it cancels by branch.
         let invite_key = TxKey::with_method(&msg, "INVITE".into());
         let Some(invite_id) = self.server_index.get(&invite_key).copied() else {
-            return self.respond_stateful(&msg, flow, 481, &[]);
+            return self.respond_stateless(&msg, flow, trust, 481, &[]);
         };
-        self.respond_stateful(&msg, flow, 200, &[]);
+        self.respond_stateful(&msg, flow, trust, 200, &[]);
         let Some(tx) = self.server.get_mut(&invite_id) else {
             return;
         };
@@ -553,7 +762,7 @@ impl Core {
             // Already answered: the CANCEL has no effect beyond its 200 (RFC 3261 9.2).
             return;
         }
-        let Some((invite, tag)) = tx.invite.clone() else {
+        let Some((invite, tag)) = tx.invite.take() else {
             return;
         };
         let resp = ResponseBuilder::new(&invite, 487, "Request Terminated")
@@ -563,16 +772,16 @@ impl Core {
         m.send_response(now, 487, resp);
         let dialog = tx.dialog.clone();
         self.drive_server(invite_id);
-        if let Some(entry) = dialog.and_then(|d| self.dialogs.remove(&d)) {
+        if let Some(entry) = dialog.and_then(|d| self.remove_dialog(&d)) {
             let _ = entry.events.send(SipEvent::Cancelled);
         }
     }
 
-    fn handle_options(&mut self, msg: Message, flow: Flow) {
+    fn handle_options(&mut self, msg: Message, flow: Flow, trust: Trust) {
         if msg.to_tag().is_some() {
             let known = DialogId::of_request(&msg).is_some_and(|d| self.dialogs.contains_key(&d));
             if !known {
-                return self.respond_stateful(&msg, flow, 481, &[]);
+                return self.respond_stateless(&msg, flow, trust, 481, &[]);
             }
         }
         let mut extra = vec![
@@ -590,7 +799,9 @@ impl Core {
             }
             None => 200,
         };
-        self.respond_stateful(&msg, flow, code, &extra);
+        // Stateless: an OPTIONS ping needs no memory of itself. A retransmission gets the same
+        // answer (with the same tag) built again.
+        self.respond_stateless(&msg, flow, trust, code, &extra);
     }
 
     fn handle_response(&mut self, msg: Message) {
@@ -630,13 +841,17 @@ impl Core {
                     ServerMachine::Invite(m) => m.send_response(now, code, msg),
                     ServerMachine::NonInvite(m) => m.send_response(now, code, msg),
                 }
-                if code >= 300
-                    && let Some(d) = t.dialog.clone()
-                {
-                    // A failed initial INVITE leaves no dialog behind.
-                    if t.invite.is_some() {
-                        self.dialogs.remove(&d);
+                let mut failed_dialog = None;
+                if code >= 200 {
+                    // A CANCEL can no longer change anything: the request need not be kept.
+                    let was_invite = t.invite.take().is_some();
+                    if code >= 300 && was_invite {
+                        // A failed initial INVITE leaves no dialog behind.
+                        failed_dialog = t.dialog.clone();
                     }
+                }
+                if let Some(d) = failed_dialog {
+                    self.remove_dialog(&d);
                 }
                 self.drive_server(tx);
             }
@@ -662,7 +877,7 @@ impl Core {
                 self.drive_client(&branch);
             }
             Command::EndDialog(id) => {
-                self.dialogs.remove(&id);
+                self.remove_dialog(&id);
             }
             Command::Drain { retry_after_secs } => {
                 info!(retry_after_secs, "no longer accepting calls");
@@ -701,13 +916,27 @@ impl Core {
         }
     }
 
-    fn new_server_tx(
+    /// Opens a server transaction, or says which cap is in the way: the daemon's own (count
+    /// or bytes) or, for an untrusted source, its share.
+    fn open_server_tx(
         &mut self,
         msg: &Message,
         flow: Flow,
         now: Instant,
+        trust: Trust,
         dialog: Option<DialogId>,
-    ) -> TxId {
+    ) -> Result<TxId, Refusal> {
+        if self.server.len() >= self.cfg.max_transactions
+            || self.tx_bytes >= self.cfg.max_transaction_bytes
+        {
+            return Err(Refusal::Capacity);
+        }
+        let charged = if trust.is_trusted() {
+            None
+        } else {
+            self.budgets.open_transaction(flow.remote.ip(), now)?;
+            Some(flow.remote.ip())
+        };
         let id = TxId(self.next_id);
         self.next_id += 1;
         let reliable = flow.protocol.reliable();
@@ -718,40 +947,62 @@ impl Core {
         };
         let key = TxKey::of(msg);
         self.server_index.insert(key.clone(), id);
-        self.server.insert(
-            id,
-            ServerTx {
-                machine,
-                key,
-                flow,
-                target: msg.response_target(flow.remote, reliable),
-                invite: None,
-                dialog,
-                scheduled: None,
-            },
-        );
-        id
+        let tx = ServerTx {
+            machine,
+            key,
+            flow,
+            target: msg.response_target(flow.remote, reliable, trust.is_trusted()),
+            invite: None,
+            dialog,
+            scheduled: None,
+            charged,
+            bytes: 0,
+        };
+        self.server.insert(id, tx);
+        self.stats
+            .server_transactions
+            .store(self.server.len(), Ordering::Relaxed);
+        Ok(id)
     }
 
-    /// 503 without a transaction (RFC 3261 8.2.7 allows a stateless answer), because shedding
-    /// must cost less than serving: no table entry, no Timer G resending the 503 to a caller
-    /// that does not ACK it. A retransmitted INVITE is judged again on its own wait, and
-    /// becomes a call if the overload has passed by then.
-    fn reject_overloaded(&mut self, msg: &Message, flow: Flow) {
-        let resp = ResponseBuilder::new(msg, 503, reason_phrase(503))
+    /// Answers without a transaction (RFC 3261 8.2.7). The To tag is derived from the
+    /// request, so a retransmission gets an identical answer; the response goes where RFC 3581
+    /// says, and `maddr` counts only from a trusted peer.
+    fn respond_stateless(
+        &self,
+        msg: &Message,
+        flow: Flow,
+        trust: Trust,
+        code: u16,
+        extra: &[(&str, String)],
+    ) {
+        let tag = stateless_tag(msg);
+        let mut b = ResponseBuilder::new(msg, code, reason_phrase(code))
             .received_from(flow.remote)
-            .to_tag(&random_token(10))
-            .header("Server", &self.cfg.user_agent)
-            .header("Retry-After", OVERLOAD_RETRY_AFTER_SECS.to_string())
-            .build();
-        let target = msg.response_target(flow.remote, flow.protocol.reliable());
-        self.transports.send(&flow, target, resp);
+            .to_tag(&tag)
+            .header("Server", &self.cfg.user_agent);
+        for (name, value) in extra {
+            b = b.header(name, value);
+        }
+        let target = msg.response_target(flow.remote, flow.protocol.reliable(), trust.is_trusted());
+        self.transports.send(&flow, target, b.build());
     }
 
-    /// Answers a request the core handles itself, inside a server transaction so that
-    /// retransmissions of the request get the same answer.
-    fn respond_stateful(&mut self, msg: &Message, flow: Flow, code: u16, extra: &[(&str, String)]) {
-        let id = self.new_server_tx(msg, flow, Instant::now(), None);
+    /// Answers a request the core handles itself inside a server transaction, so that
+    /// retransmissions of the request get the same answer; for what belongs to a call (its
+    /// BYE, the CANCEL of its INVITE). Over the caps it is answered statelessly instead: the
+    /// same answer, only a retransmission would not find it.
+    fn respond_stateful(
+        &mut self,
+        msg: &Message,
+        flow: Flow,
+        trust: Trust,
+        code: u16,
+        extra: &[(&str, String)],
+    ) {
+        let Ok(id) = self.open_server_tx(msg, flow, Instant::now(), trust, None) else {
+            return self.respond_stateless(msg, flow, trust, code, extra);
+        };
         let mut b = ResponseBuilder::new(msg, code, reason_phrase(code))
             .received_from(flow.remote)
             .header("Server", &self.cfg.user_agent);
@@ -776,7 +1027,8 @@ impl Core {
         self.drive_server(id);
     }
 
-    /// Sends what a server transaction queued, acts on its events and re-arms its timer.
+    /// Sends what a server transaction queued, acts on its events, re-arms its timer and keeps
+    /// the byte account up to date.
     fn drive_server(&mut self, id: TxId) {
         let Some(tx) = self.server.get_mut(&id) else {
             return;
@@ -811,15 +1063,30 @@ impl Core {
             tx.scheduled = next;
             self.heap.push(Reverse((at, TimerRef::Server(id))));
         }
-        if ack_timeout && let Some(entry) = tx.dialog.as_ref().and_then(|d| self.dialogs.get(d)) {
-            let _ = entry.events.send(SipEvent::AckTimeout);
+        let held = if terminated { 0 } else { tx.held_bytes() };
+        self.tx_bytes = self.tx_bytes - tx.bytes + held;
+        tx.bytes = held;
+        if ack_timeout {
+            self.stats.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+            if let Some(entry) = tx.dialog.as_ref().and_then(|d| self.dialogs.get(d)) {
+                let _ = entry.events.send(SipEvent::AckTimeout);
+            }
         }
         if terminated {
             let tx = self.server.remove(&id).expect("present");
             if self.server_index.get(&tx.key) == Some(&id) {
                 self.server_index.remove(&tx.key);
             }
+            if let Some(ip) = tx.charged {
+                self.budgets.close_transaction(ip);
+            }
+            self.stats
+                .server_transactions
+                .store(self.server.len(), Ordering::Relaxed);
         }
+        self.stats
+            .transaction_bytes
+            .store(self.tx_bytes, Ordering::Relaxed);
     }
 
     fn drive_client(&mut self, branch: &str) {
@@ -943,7 +1210,8 @@ mod tests {
         let shutdown = CancellationToken::new();
         let (in_tx, in_rx) = mpsc::channel(16);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (transports, bound) = transport::bind(&[listen], &[], in_tx.clone(), shutdown.clone())
+        let transports = transport::Transports::new(Default::default(), Default::default());
+        let bound = transport::bind(&transports, &[listen], &[], in_tx.clone(), shutdown.clone())
             .await
             .unwrap();
         let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -954,9 +1222,8 @@ mod tests {
         };
         let (calls_tx, mut calls_rx) = mpsc::channel(4);
         let cfg = CoreConfig {
-            timers: Timers::default(),
-            user_agent: "test".into(),
             overload_after: Some(std::time::Duration::from_millis(500)),
+            ..CoreConfig::new(Timers::default(), "test")
         };
         let core = spawn(cfg, transports, in_rx, calls_tx, shutdown.clone());
 
@@ -965,6 +1232,7 @@ mod tests {
             msg: msg(&invite("late", flow.remote)),
             flow,
             arrived: stale,
+            trust: Trust::Trusted,
         };
         in_tx.send(inc).await.unwrap();
         let resp = next_response(&peer).await;
@@ -976,6 +1244,7 @@ mod tests {
             msg: msg(&invite("timely", flow.remote)),
             flow,
             arrived: Instant::now(),
+            trust: Trust::Trusted,
         };
         in_tx.send(fresh).await.unwrap();
         assert!(next_response(&peer).await.starts_with("SIP/2.0 100 "));

@@ -44,7 +44,23 @@ pub enum ParseError {
     /// The message is not valid UTF-8 in its head.
     #[error("message head is not UTF-8")]
     NotUtf8,
+    /// Over one of the size limits below: answered 513 when it can be (RFC 3261 21.5.11),
+    /// and on TCP the connection is closed, since the next message cannot be trusted to start
+    /// where this one ends.
+    #[error("message too large: {0}")]
+    TooLarge(String),
 }
+
+/// Largest message we take, on any transport (the most a UDP datagram can carry; real INVITEs
+/// with big SDP stay under 16 KiB).
+pub const MAX_MESSAGE: usize = 65_535;
+/// Largest head (start line and headers). Legitimate heads with long Record-Route sets are a
+/// few KiB; 70 KB header lines are attacks.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most header lines in one message.
+pub const MAX_HEADER_LINES: usize = 256;
+/// Most Via values: one per hop, and Max-Forwards starts at 70.
+pub const MAX_VIAS: usize = 70;
 
 /// Prefix of the `StartLine` error for a request in another SIP version. A distinct variant
 /// would be cleaner, but callers already match `StartLine` for every bad first line.
@@ -57,6 +73,7 @@ impl ParseError {
     pub fn status_code(&self) -> u16 {
         match self {
             ParseError::StartLine(s) if s.starts_with(UNSUPPORTED_VERSION) => 505,
+            ParseError::TooLarge(_) => 513,
             _ => 400,
         }
     }
@@ -89,6 +106,8 @@ pub struct Message {
     pub to: FromTo,
     /// All Via values in order (comma-joined values already split).
     pub vias: Vec<Via>,
+    /// Bytes on the wire, for memory accounting (the parsed parts share that buffer).
+    pub wire_len: usize,
 }
 
 /// How many bytes of `buf` the next message takes, for stream transports (RFC 3261 18.3):
@@ -101,7 +120,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     for line in parser.by_ref() {
         let line = match line {
             Ok(line) => line,
-            Err(_) => return Ok(None),
+            Err(_) => break,
         };
         if let Some(value) = header_value_if(line, &["content-length", "l"]) {
             let len = parse_digits(value)
@@ -113,14 +132,28 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
                     "conflicting Content-Length values".into(),
                 ));
             }
+            if len > MAX_MESSAGE {
+                return Err(ParseError::TooLarge(format!("Content-Length {len}")));
+            }
             content_length = Some(len);
         }
     }
     if !has_head_end(buf, parser.progress()) {
+        // Checked on the partial head too, so a peer cannot make us buffer an endless one:
+        // with no empty line yet, the head is at least as long as what we hold.
+        if buf.len() > MAX_HEAD {
+            return Err(ParseError::TooLarge(format!("head over {MAX_HEAD} bytes")));
+        }
         return Ok(None);
     }
     let head_end = parser.head_end();
+    if head_end > MAX_HEAD {
+        return Err(ParseError::TooLarge(format!("head of {head_end} bytes")));
+    }
     let total = head_end.saturating_add(content_length.unwrap_or(0));
+    if total > MAX_MESSAGE {
+        return Err(ParseError::TooLarge(format!("message of {total} bytes")));
+    }
     Ok(if buf.len() >= total {
         Some(total)
     } else {
@@ -148,10 +181,21 @@ impl Message {
     /// Parses one whole message. On datagrams the body is what follows the head, cut to
     /// Content-Length when that is shorter (RFC 3261 18.3); a longer Content-Length is an error.
     pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
+        if buf.len() > MAX_MESSAGE {
+            return Err(ParseError::TooLarge(format!("{} bytes", buf.len())));
+        }
         let mut parser = PullParser::new(&buf, 0);
         let mut lines = Vec::with_capacity(16);
         for line in parser.by_ref() {
             lines.push(line.map_err(|_| ParseError::Incomplete)?);
+            if lines.len() > MAX_HEADER_LINES + 1 {
+                return Err(ParseError::TooLarge(format!(
+                    "over {MAX_HEADER_LINES} header lines"
+                )));
+            }
+        }
+        if parser.progress() > MAX_HEAD {
+            return Err(ParseError::TooLarge(format!("head over {MAX_HEAD} bytes")));
         }
         if !has_head_end(&buf, parser.progress()) {
             return Err(ParseError::Incomplete);
@@ -250,6 +294,7 @@ impl Message {
             from,
             to,
             vias,
+            wire_len: buf.len(),
         })
     }
 
@@ -314,8 +359,16 @@ impl Message {
     }
 
     /// Where responses to this request go (RFC 3261 18.2.2 with RFC 3581 rport): the source
-    /// address for anything that came over a stream or asked for rport, else the Via sent-by.
-    pub fn response_target(&self, source: SocketAddr, reliable: bool) -> SocketAddr {
+    /// address for anything that came over a stream or asked for rport, else the source IP
+    /// with the Via sent-by port. `maddr` is honoured only from a trusted peer
+    /// (`honour_maddr`): from anyone else it would let a spoofed request aim our responses
+    /// at a third host.
+    pub fn response_target(
+        &self,
+        source: SocketAddr,
+        reliable: bool,
+        honour_maddr: bool,
+    ) -> SocketAddr {
         let via = &self.vias[0];
         if reliable || via.params.get("rport").is_some() {
             return source;
@@ -323,6 +376,7 @@ impl Message {
         if let Some(maddr) = via
             .params
             .get_val("maddr")
+            .filter(|_| honour_maddr)
             .and_then(|m| m.parse::<IpAddr>().ok())
         {
             return SocketAddr::new(maddr, via.sent_by.port.unwrap_or(5060));
@@ -345,6 +399,18 @@ impl Message {
             .flat_map(|v| split_header_list(v))
             .collect()
     }
+}
+
+/// The To tag of a response sent without a transaction: the same for every copy of the same
+/// request (RFC 3261 8.2.6.2 wants one tag per request, and a stateless server has no memory
+/// to keep it in), unguessable for anyone else (keyed with a random per-process key).
+pub fn stateless_tag(req: &Message) -> String {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let key = KEY.get_or_init(std::collections::hash_map::RandomState::new);
+    let h = key.hash_one((req.call_id.as_str(), req.from_tag(), req.cseq, req.branch()));
+    format!("s{h:016x}")
 }
 
 /// The RFC 3261 magic cookie that starts every RFC 3261 branch (8.1.1.7).
@@ -523,6 +589,9 @@ fn decode_vias(headers: &Headers) -> Result<Vec<Via>, ParseError> {
                 keep_raw_values(&mut via.params, &element[semi..]);
             }
             vias.push(via);
+            if vias.len() > MAX_VIAS {
+                return Err(ParseError::TooLarge(format!("over {MAX_VIAS} Via values")));
+            }
         }
     }
     if vias.is_empty() {
@@ -945,7 +1014,7 @@ l: 0\n\n";
         let back = Message::parse(resp).unwrap();
         assert_eq!(back.status(), Some(200));
         assert_eq!(back.to_tag(), Some("srv1"));
-        assert_eq!(m.response_target(src, false), src);
+        assert_eq!(m.response_target(src, false, false), src);
     }
 
     /// A minimal request around one replaced line, for the checks below.
@@ -1089,6 +1158,71 @@ From: <sip:a@h>;tag=1\r\nTo: <sip:ivr@h>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n\r
             400
         );
         assert_eq!(ParseError::Missing("Via").status_code(), 400);
+    }
+
+    /// maddr would aim our responses at a host of the sender's choosing: only a trusted peer
+    /// gets that (RFC 3581 and the source address otherwise).
+    #[test]
+    fn maddr_is_honoured_only_when_trusted() {
+        let m = with(
+            "Via: SIP/2.0/UDP h;branch=z9hG4bK1",
+            "Via: SIP/2.0/UDP 192.0.2.1:5070;maddr=127.0.0.2;branch=z9hG4bK1",
+        )
+        .unwrap();
+        let src: SocketAddr = "192.0.2.1:5070".parse().unwrap();
+        assert_eq!(m.response_target(src, false, false), src);
+        assert_eq!(
+            m.response_target(src, false, true),
+            "127.0.0.2:5070".parse().unwrap()
+        );
+        // Over a stream the connection is the way back, whatever the Via says.
+        assert_eq!(m.response_target(src, true, true), src);
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_with_513() {
+        // A 20 KB header line, 300 header lines, 100 Vias: each over a limit.
+        let long = with(
+            "To: <sip:ivr@h>",
+            &format!("To: <sip:ivr@h>\r\nX-Long: {}", "a".repeat(20_000)),
+        )
+        .unwrap_err();
+        assert!(matches!(long, ParseError::TooLarge(_)), "{long:?}");
+        assert_eq!(long.status_code(), 513);
+        let many: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let e = with("To: <sip:ivr@h>\r\n", &format!("To: <sip:ivr@h>\r\n{many}")).unwrap_err();
+        assert!(matches!(e, ParseError::TooLarge(_)), "{e:?}");
+        let vias: String = (0..100)
+            .map(|i| {
+                format!(
+                    "Via: SIP/2.0/UDP 10.0.0.{}:5060;branch=z9hG4bKv{i}\r\n",
+                    i % 250
+                )
+            })
+            .collect();
+        let e = with("From:", &format!("{vias}From:")).unwrap_err();
+        assert!(matches!(e, ParseError::TooLarge(_)), "{e:?}");
+        // The same on a stream: framing refuses a long head, complete or not, and a
+        // Content-Length beyond any message we take.
+        let head = format!("OPTIONS sip:a@b SIP/2.0\r\nX-Long: {}", "a".repeat(20_000));
+        assert!(matches!(
+            frame_len(head.as_bytes()),
+            Err(ParseError::TooLarge(_))
+        ));
+        let complete = format!("{head}\r\n\r\n");
+        assert!(matches!(
+            frame_len(complete.as_bytes()),
+            Err(ParseError::TooLarge(_))
+        ));
+        assert!(matches!(
+            frame_len(b"OPTIONS sip:a@b SIP/2.0\r\nl: 70000\r\n\r\n"),
+            Err(ParseError::TooLarge(_))
+        ));
+        // 70 Vias (one per hop Max-Forwards allows) still parse.
+        let vias: String = (0..69)
+            .map(|i| format!("Via: SIP/2.0/UDP 10.0.0.{i}:5060;branch=z9hG4bKv{i}\r\n"))
+            .collect();
+        with("From:", &format!("{vias}From:")).unwrap();
     }
 
     #[test]

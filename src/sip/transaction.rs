@@ -44,6 +44,12 @@ pub struct Timers {
     pub t2: Duration,
     /// Maximum time a message stays in the network.
     pub t4: Duration,
+    /// How long an answered INVITE waits for the ACK of its 2xx (Timer L, capped at 64*T1).
+    /// RFC 6026 gives 64*T1 = 32 s; ivrd uses less (`[sip] ack_timeout_ms`, 16*T1 by
+    /// default) because an unconfirmed INVITE holds an RTP port, and anyone can send INVITEs
+    /// they never ACK: the 2xx is sent five times by then, and a caller that received none of
+    /// them has no working path to us anyway.
+    pub ack_wait: Duration,
 }
 
 impl Default for Timers {
@@ -53,6 +59,7 @@ impl Default for Timers {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
+            ack_wait: Duration::from_secs(32),
         }
     }
 }
@@ -103,7 +110,8 @@ impl Timers {
         let sixty_four_t1 = self.t1.checked_mul(64).unwrap_or(Duration::MAX);
         match timer {
             Timer::A | Timer::E | Timer::G => (!reliable).then_some(self.t1),
-            Timer::B | Timer::F | Timer::H | Timer::L | Timer::M => Some(sixty_four_t1),
+            Timer::B | Timer::F | Timer::H | Timer::M => Some(sixty_four_t1),
+            Timer::L => Some(self.ack_wait.min(sixty_four_t1)),
             // "> 32 s for UDP": at least 32 s, and never shorter than the
             // 64*T1 the other side may keep retransmitting for.
             Timer::D => Some(if reliable {
@@ -304,6 +312,11 @@ impl ServerInvite {
         self.state
     }
 
+    /// Bytes of message this transaction keeps for retransmission (memory accounting).
+    pub fn held_bytes(&self) -> usize {
+        self.last_response.as_ref().map_or(0, Bytes::len)
+    }
+
     /// The TU sends a response.
     ///
     /// * 1xx in Proceeding: transmitted, stays Proceeding.
@@ -381,6 +394,9 @@ impl ServerInvite {
         if self.state == State::Accepted {
             self.state = State::Confirmed;
             self.retransmit = None;
+            // Confirmed absorbs retransmissions without answering: the 2xx is not needed
+            // again, and at thousands of calls a second its bytes add up.
+            self.last_response = None;
             if let Some(d) = &mut self.deadline {
                 // Timer I's semantics ("terminate, nothing to report") for L's remaining time.
                 d.timer = Timer::I;
@@ -493,6 +509,11 @@ impl ServerNonInvite {
     /// Current state.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Bytes of message this transaction keeps for retransmission (memory accounting).
+    pub fn held_bytes(&self) -> usize {
+        self.last_response.as_ref().map_or(0, Bytes::len)
     }
 
     /// The TU sends a response. A 1xx in Trying or Proceeding is sent and
@@ -846,6 +867,7 @@ mod tests {
             t1: Duration::MAX,
             t2: Duration::MAX,
             t4: Duration::MAX,
+            ack_wait: Duration::MAX,
         };
         assert_eq!(t.duration(Timer::F, false), Some(Duration::MAX));
         assert_eq!(t.backoff(Duration::MAX), Duration::MAX);
@@ -1126,6 +1148,7 @@ mod tests {
             t1: ms(100),
             t2: ms(400),
             t4: ms(1000),
+            ack_wait: Duration::MAX,
         };
         // G: 0.1, 0.3, 0.7, then every T2 = 0.4 s; H at 64*T1 = 6.4 s.
         let mut expected = ms_list(&[100, 300]);
@@ -1155,6 +1178,33 @@ mod tests {
         s.send_response(base, 486, b(BUSY));
         s.handle_ack(base);
         assert_eq!(s.poll_timeout(), Some(base + ms(1000)));
+    }
+
+    /// A shorter ACK wait ends an unconfirmed 2xx early (the RTP port it holds comes back),
+    /// after the retransmissions that fit; it never exceeds 64*T1.
+    #[test]
+    fn ack_wait_shortens_timer_l() {
+        let base = Instant::now();
+        let timers = Timers {
+            t1: ms(100),
+            ack_wait: ms(1600),
+            ..Timers::default()
+        };
+        let mut s = ServerInvite::new(base, timers, false);
+        s.send_response(base, 200, b(OK));
+        transmits(&mut s);
+        let trace = run(&mut s, base, Duration::from_secs(100));
+        assert_eq!(trace.transmit_times(), ms_list(&[100, 300, 700, 1500]));
+        assert_eq!(
+            trace.events,
+            vec![(ms(1600), Event::AckTimeout), (ms(1600), Event::Terminated)]
+        );
+        let long = Timers {
+            t1: ms(100),
+            ack_wait: Duration::from_secs(3600),
+            ..Timers::default()
+        };
+        assert_eq!(long.duration(Timer::L, false), Some(ms(6400)));
     }
 
     // ---- Server non-INVITE ----

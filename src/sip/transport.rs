@@ -7,22 +7,28 @@
 //! (RFC 3261 18.2.2), which we keep open while the peer does.
 //!
 //! Malformed input never stops a listener: a datagram that does not parse is answered with
-//! 400 when it has enough headers to route a response, otherwise dropped with a debug log.
+//! 400 (513 when over a size limit) when it has enough headers to route a response, otherwise
+//! dropped with a debug log.
+//!
+//! The edge is held here, before anything is parsed: sources outside `[sip] trusted` are
+//! dropped (or answered 403), and every TCP connection has bounds: a capped number per source
+//! and in total, a write queue that closes the connection when the peer stops reading, an idle
+//! timeout for connections that carry no dialog, and a deadline for each message to be
+//! complete, so that neither silence nor one byte a second holds a descriptor for long.
 
-use super::message::{Message, ParseError, frame_len};
+use super::message::{Message, ParseError, ResponseBuilder, frame_len, stateless_tag};
+use super::peers::{PeerPolicy, Trust, UntrustedAction};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-
-/// Largest SIP message we accept on TCP before calling the peer broken (a torture-test long
-/// request is ~5 kB; real INVITEs with big SDP stay well under 16 kB).
-const MAX_TCP_MESSAGE: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -62,27 +68,134 @@ pub struct Incoming {
     /// When the kernel received it (UDP: the socket's receive timestamp, so time spent queued
     /// in the socket buffer counts; TCP: when its last byte was read). The core sheds new
     /// calls when requests have waited too long (overload control).
-    pub arrived: std::time::Instant,
+    pub arrived: Instant,
+    /// How far the source is trusted (`[sip] trusted`); never `Denied` here, since those
+    /// requests stop in the transport.
+    pub trust: Trust,
+}
+
+/// The limits that keep a TCP peer from holding more than its share (`[sip] tcp_*`).
+#[derive(Clone, Copy, Debug)]
+pub struct TcpLimits {
+    /// Connections in total; untrusted peers are refused beyond it, trusted ones are not.
+    pub max_connections: usize,
+    /// Connections from one untrusted address.
+    pub max_per_source: usize,
+    /// A connection that carries no dialog is closed after this long without traffic.
+    pub idle: Duration,
+    /// A message must be complete this long after its first byte, and a new connection must
+    /// deliver its first message within it.
+    pub message_timeout: Duration,
+    /// Bytes waiting to be written to one peer; beyond this the connection is closed.
+    pub write_queue: usize,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            max_connections: 1024,
+            max_per_source: 16,
+            idle: Duration::from_secs(120),
+            message_timeout: Duration::from_secs(10),
+            write_queue: 256 * 1024,
+        }
+    }
+}
+
+/// What the transports counted, for metrics (relaxed atomics).
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Requests from sources outside `[sip] trusted`, dropped unanswered (TCP: connections).
+    pub untrusted_dropped: AtomicU64,
+    /// ... answered 403 (`untrusted = "reject"`).
+    pub untrusted_rejected: AtomicU64,
+    /// Messages over the size limits (`message::MAX_*`).
+    pub too_large: AtomicU64,
+    /// Messages that did not parse.
+    pub malformed: AtomicU64,
+    /// TCP connections open now.
+    pub tcp_open: AtomicUsize,
+    /// TCP connections refused at accept because of the caps.
+    pub tcp_refused: AtomicU64,
+    /// TCP connections closed: idle, too slow to deliver a message, peer not reading.
+    pub tcp_closed_idle: AtomicU64,
+    pub tcp_closed_slow: AtomicU64,
+    pub tcp_closed_backlog: AtomicU64,
 }
 
 /// Sends bytes along flows; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Transports {
     inner: Arc<Mutex<TransportTable>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    policy: PeerPolicy,
+    tcp: TcpLimits,
+    stats: TransportStats,
+    /// Start of the clock the TCP activity stamps count from.
+    epoch: Instant,
 }
 
 #[derive(Default)]
 struct TransportTable {
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     /// Open TCP connections by (local listener, peer).
-    tcp: HashMap<(SocketAddr, SocketAddr), mpsc::UnboundedSender<Bytes>>,
+    tcp: HashMap<(SocketAddr, SocketAddr), TcpConn>,
+    /// Open TCP connections per untrusted address.
+    tcp_per_source: HashMap<IpAddr, usize>,
+}
+
+struct TcpConn {
+    tx: mpsc::UnboundedSender<Bytes>,
+    state: Arc<ConnState>,
+    /// Dialogs that use this connection: while any does, it is never closed as idle (our BYE
+    /// or REFER will need it, RFC 5923-style reuse).
+    pins: usize,
+}
+
+/// What a connection's reader, writer and senders share.
+#[derive(Default)]
+struct ConnState {
+    /// Bytes handed to the writer and not yet written.
+    queued: AtomicUsize,
+    /// Milliseconds since `Shared::epoch` of the last byte written.
+    last_write_ms: AtomicU64,
+    /// Cancelled to close the connection (its write queue overflowed).
+    close: CancellationToken,
 }
 
 impl Transports {
+    pub fn new(policy: PeerPolicy, tcp: TcpLimits) -> Transports {
+        Transports {
+            inner: Arc::default(),
+            shared: Arc::new(Shared {
+                policy,
+                tcp,
+                stats: TransportStats::default(),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> &TransportStats {
+        &self.shared.stats
+    }
+
+    /// A handle to the counters that outlives this handle (for the metrics page).
+    pub fn stats_handle(&self) -> TransportStatsHandle {
+        TransportStatsHandle(self.shared.clone())
+    }
+
+    pub fn policy(&self) -> &PeerPolicy {
+        &self.shared.policy
+    }
+
     /// Sends `data` to `to` over the flow's protocol and local address. For TCP the message
-    /// goes on the connection with that peer; if it is gone we open a new one (the peer's
-    /// listening port is usually the same for requests it sent us over a connection it
-    /// initiated only when it reuses connections, so this is best effort by design).
+    /// goes on the connection with that peer (RFC 3261 18.2.2); if it is gone, the message is
+    /// dropped: ivrd opens no connections of its own, and the transaction layer reports the
+    /// missing answer as a timeout.
     pub fn send(&self, flow: &Flow, to: SocketAddr, data: Bytes) {
         match flow.protocol {
             Protocol::Udp => {
@@ -111,20 +224,53 @@ impl Transports {
                 }
             }
             Protocol::Tcp => {
-                let existing = self
+                let conn = self
                     .inner
                     .lock()
                     .expect("transport lock")
                     .tcp
                     .get(&(flow.local, to))
-                    .cloned();
-                match existing {
-                    Some(tx) if tx.send(data.clone()).is_ok() => {}
-                    _ => {
-                        debug!(%to, "no TCP connection to peer; dropping message");
+                    .map(|c| (c.tx.clone(), c.state.clone()));
+                let Some((tx, state)) = conn else {
+                    debug!(%to, "no TCP connection to peer; dropping message");
+                    return;
+                };
+                let queued = state.queued.fetch_add(data.len(), Ordering::Relaxed) + data.len();
+                if queued > self.shared.tcp.write_queue {
+                    // A peer that does not read would otherwise grow this queue without end.
+                    if !state.close.is_cancelled() {
+                        self.shared
+                            .stats
+                            .tcp_closed_backlog
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = %to, queued, "TCP peer is not reading; closing the connection");
+                        state.close.cancel();
                     }
+                    return;
                 }
+                let _ = tx.send(data);
             }
+        }
+    }
+
+    /// A dialog starts (`true`) or stops (`false`) using `flow`: a TCP connection that carries
+    /// a dialog is not closed for being idle. UDP flows need nothing.
+    pub fn pin(&self, flow: &Flow, on: bool) {
+        if flow.protocol != Protocol::Tcp {
+            return;
+        }
+        if let Some(c) = self
+            .inner
+            .lock()
+            .expect("transport lock")
+            .tcp
+            .get_mut(&(flow.local, flow.remote))
+        {
+            c.pins = if on {
+                c.pins + 1
+            } else {
+                c.pins.saturating_sub(1)
+            };
         }
     }
 
@@ -138,17 +284,38 @@ impl Transports {
             .copied()
             .collect()
     }
+
+    fn ms_since_epoch(&self) -> u64 {
+        self.shared.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// The transport counters, kept alive for the metrics page.
+#[derive(Clone)]
+pub struct TransportStatsHandle(Arc<Shared>);
+
+impl std::ops::Deref for TransportStatsHandle {
+    type Target = TransportStats;
+    fn deref(&self) -> &TransportStats {
+        &self.0.stats
+    }
+}
+
+impl Default for TransportStatsHandle {
+    fn default() -> Self {
+        Transports::new(PeerPolicy::default(), TcpLimits::default()).stats_handle()
+    }
 }
 
 /// Binds every listener; returns the transports handle and the actually bound addresses
 /// (useful when a config says port 0).
 pub async fn bind(
+    transports: &Transports,
     udp: &[SocketAddr],
     tcp: &[SocketAddr],
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
-) -> std::io::Result<(Transports, Vec<(Protocol, SocketAddr)>)> {
-    let transports = Transports::default();
+) -> std::io::Result<Vec<(Protocol, SocketAddr)>> {
     let mut bound = Vec::new();
     for addr in udp {
         let sock = Arc::new(bind_udp(*addr)?);
@@ -183,7 +350,7 @@ pub async fn bind(
     for (p, a) in &bound {
         info!(protocol = p.via_name(), addr = %a, "SIP listening");
     }
-    Ok((transports, bound))
+    Ok(bound)
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -268,10 +435,16 @@ async fn udp_loop(
             local,
             remote: from,
         };
+        let trust = transports.policy().classify(from.ip());
+        if trust == Trust::Denied {
+            refuse_untrusted(data, &flow, &transports);
+            continue;
+        }
         deliver(
             Bytes::copy_from_slice(data),
             flow,
             arrived,
+            trust,
             &incoming,
             &transports,
         )
@@ -403,22 +576,58 @@ fn sockaddr_to_std(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// A datagram from a source outside `[sip] trusted`: dropped unparsed, or with
+/// `untrusted = "reject"` a request (not an ACK) gets a stateless 403.
+fn refuse_untrusted(data: &[u8], flow: &Flow, transports: &Transports) {
+    let stats = transports.stats();
+    if transports.policy().untrusted == UntrustedAction::Drop {
+        stats.untrusted_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    stats.untrusted_rejected.fetch_add(1, Ordering::Relaxed);
+    let Ok(msg) = Message::parse(Bytes::copy_from_slice(data)) else {
+        return;
+    };
+    if !msg.is_request() || msg.method() == &ezk_sip_types::Method::ACK {
+        return;
+    }
+    let tag = stateless_tag(&msg);
+    let resp = ResponseBuilder::new(&msg, 403, "Forbidden")
+        .received_from(flow.remote)
+        .to_tag(&tag)
+        .build();
+    // Straight back to the source: an untrusted Via decides nothing.
+    transports.send(flow, flow.remote, resp);
+}
+
 /// Parses and forwards one message, or answers 400 if it is broken but answerable.
 async fn deliver(
     data: Bytes,
     flow: Flow,
-    arrived: std::time::Instant,
+    arrived: Instant,
+    trust: Trust,
     incoming: &mpsc::Sender<Incoming>,
     transports: &Transports,
 ) {
     match Message::parse(data.clone()) {
         Ok(msg) => {
-            let inc = Incoming { msg, flow, arrived };
+            let inc = Incoming {
+                msg,
+                flow,
+                arrived,
+                trust,
+            };
             if incoming.send(inc).await.is_err() {
                 debug!("SIP core gone; dropping message");
             }
         }
         Err(err) => {
+            let stats = transports.stats();
+            if matches!(err, ParseError::TooLarge(_)) {
+                stats.too_large.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+            }
             debug!(from = %flow.remote, error = %err, "malformed SIP message");
             if let Some(resp) = bad_request_response(&data, &err) {
                 transports.send(&flow, flow.remote, resp);
@@ -429,7 +638,9 @@ async fn deliver(
 
 /// Builds a 400 for a request that failed full parsing but still carries the headers a
 /// response needs (RFC 3261 8.2: answer what you can, so the peer stops retransmitting).
-/// Responses, ACKs and anything without Via/From/To/Call-ID/CSeq get no answer.
+/// Responses, ACKs and anything without Via/From/To/Call-ID/CSeq get no answer. A message
+/// over a size limit gets 513 with only the top Via (the hop that sent it): echoing every one
+/// of 1,000 Vias would hand the sender back what it flooded us with.
 fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
     let text = std::str::from_utf8(data).ok()?;
     let head = text.split("\r\n\r\n").next()?.split("\n\n").next()?;
@@ -439,11 +650,12 @@ fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
         return None;
     }
     let code = err.status_code();
-    let reason = if code == 505 {
-        "Version Not Supported"
-    } else {
-        "Bad Request"
+    let reason = match code {
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        _ => "Bad Request",
     };
+    let top_via_only = code == 513;
     let mut out = format!("SIP/2.0 {code} {reason}\r\n");
     let mut have = [false; 5];
     const NAMES: [(&str, &str, &str); 5] = [
@@ -462,8 +674,20 @@ fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
             if name.eq_ignore_ascii_case(long)
                 || (!short.is_empty() && name.eq_ignore_ascii_case(short))
             {
+                let mut value = value.trim();
+                if top_via_only {
+                    if have[i] {
+                        continue;
+                    }
+                    if i == 0 {
+                        value = value.split(',').next().unwrap_or(value).trim();
+                    }
+                    if value.len() > 1024 {
+                        return None;
+                    }
+                }
                 have[i] = true;
-                out.push_str(&format!("{canonical}: {}\r\n", value.trim()));
+                out.push_str(&format!("{canonical}: {value}\r\n"));
             }
         }
     }
@@ -490,24 +714,43 @@ async fn tcp_accept_loop(
     transports: Transports,
     shutdown: CancellationToken,
 ) {
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(v) => v,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
+                    // EMFILE and friends: back off instead of spinning. The caps below keep
+                    // ivrd under its descriptor limit, so this means something else holds them.
                     warn!(error = %e, "TCP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = shutdown.cancelled() => return,
         };
+        let trust = transports.policy().classify(peer.ip());
+        let stats = transports.stats();
+        if trust == Trust::Denied {
+            // Accepted and closed at once, so the backlog never fills for trusted peers.
+            stats.untrusted_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let Some(slot) = ConnSlot::take(&transports, peer.ip(), trust) else {
+            stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                warn!(%peer, "TCP connection refused: over [sip] tcp_max_connections or tcp_max_per_source");
+                last_refusal_log = Some(Instant::now());
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(tcp_connection(
             stream,
+            slot,
             local,
             peer,
+            trust,
             incoming.clone(),
             transports.clone(),
             shutdown.clone(),
@@ -515,70 +758,216 @@ async fn tcp_accept_loop(
     }
 }
 
+/// A connection's place under the caps, given back when dropped (however the connection ends).
+struct ConnSlot {
+    transports: Transports,
+    /// The untrusted source it is counted against.
+    source: Option<IpAddr>,
+}
+
+impl ConnSlot {
+    /// Takes a slot: untrusted peers within both caps, trusted peers always (a PBX must get
+    /// in even while a flood holds every untrusted slot).
+    fn take(transports: &Transports, ip: IpAddr, trust: Trust) -> Option<ConnSlot> {
+        let limits = transports.shared.tcp;
+        let open = &transports.stats().tcp_open;
+        let source = if trust.is_trusted() {
+            None
+        } else {
+            let mut table = transports.inner.lock().expect("transport lock");
+            let mine = table.tcp_per_source.entry(ip).or_insert(0);
+            if *mine >= limits.max_per_source
+                || open.load(Ordering::Relaxed) >= limits.max_connections
+            {
+                if *mine == 0 {
+                    table.tcp_per_source.remove(&ip);
+                }
+                return None;
+            }
+            *mine += 1;
+            Some(ip)
+        };
+        open.fetch_add(1, Ordering::Relaxed);
+        Some(ConnSlot {
+            transports: transports.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.transports
+            .stats()
+            .tcp_open
+            .fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.source {
+            let mut table = self.transports.inner.lock().expect("transport lock");
+            if let Some(n) = table.tcp_per_source.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    table.tcp_per_source.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Why a TCP connection was closed by us.
+#[derive(Debug, PartialEq, Eq)]
+enum Close {
+    /// A message (or the first one) did not complete in time.
+    Slow,
+    /// No traffic for the idle time and no dialog on it.
+    Idle,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn tcp_connection(
     stream: TcpStream,
+    _slot: ConnSlot,
     local: SocketAddr,
     peer: SocketAddr,
+    trust: Trust,
     incoming: mpsc::Sender<Incoming>,
     transports: Transports,
     shutdown: CancellationToken,
 ) {
+    let limits = transports.shared.tcp;
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-    transports
-        .inner
-        .lock()
-        .expect("transport lock")
-        .tcp
-        .insert((local, peer), tx);
-    let writer = tokio::spawn(async move {
-        while let Some(data) = rx.recv().await {
-            if wr.write_all(&data).await.is_err() {
-                break;
+    let state = Arc::new(ConnState::default());
+    state
+        .last_write_ms
+        .store(transports.ms_since_epoch(), Ordering::Relaxed);
+    transports.inner.lock().expect("transport lock").tcp.insert(
+        (local, peer),
+        TcpConn {
+            tx,
+            state: state.clone(),
+            pins: 0,
+        },
+    );
+    let writer = {
+        let state = state.clone();
+        let transports = transports.clone();
+        tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                // A peer that stops reading stalls this write; the queue behind it is what
+                // `send` bounds, and the stall itself ends with the connection.
+                let ok = wr.write_all(&data).await.is_ok();
+                state.queued.fetch_sub(data.len(), Ordering::Relaxed);
+                state
+                    .last_write_ms
+                    .store(transports.ms_since_epoch(), Ordering::Relaxed);
+                if !ok {
+                    state.close.cancel();
+                    break;
+                }
             }
-        }
-    });
+        })
+    };
     let flow = Flow {
         protocol: Protocol::Tcp,
         local,
         remote: peer,
     };
+    let accepted = Instant::now();
+    let mut last_read = accepted;
+    let mut delivered_any = false;
+    // When the message now in `buf` began: it must be complete within the message timeout.
+    let mut partial_since: Option<Instant> = None;
     let mut buf = BytesMut::with_capacity(8192);
-    'conn: loop {
+    let closed: Option<Close> = 'conn: loop {
+        let message_deadline = match (delivered_any, partial_since) {
+            (_, Some(since)) => Some(since + limits.message_timeout),
+            (false, None) => Some(accepted + limits.message_timeout),
+            (true, None) => None,
+        };
+        let last_write = transports.shared.epoch
+            + Duration::from_millis(state.last_write_ms.load(Ordering::Relaxed));
+        let idle_deadline = last_read.max(last_write) + limits.idle;
+        let wake = message_deadline.map_or(idle_deadline, |m| m.min(idle_deadline));
         let n = tokio::select! {
-            r = rd.read_buf(&mut buf) => match r { Ok(n) => n, Err(_) => break },
-            _ = shutdown.cancelled() => break,
+            r = rd.read_buf(&mut buf) => match r { Ok(n) => n, Err(_) => break None },
+            _ = shutdown.cancelled() => break None,
+            _ = state.close.cancelled() => break None,
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                if message_deadline.is_some_and(|m| m <= now) {
+                    break Some(Close::Slow);
+                }
+                if idle_deadline <= now {
+                    let pinned = transports
+                        .inner
+                        .lock()
+                        .expect("transport lock")
+                        .tcp
+                        .get(&(local, peer))
+                        .is_some_and(|c| c.pins > 0);
+                    if !pinned {
+                        break Some(Close::Idle);
+                    }
+                    // A call is on it: the connection stays as long as the call does.
+                    last_read = now;
+                }
+                continue;
+            }
         };
         if n == 0 {
-            break;
+            break None;
         }
+        last_read = Instant::now();
         loop {
             // Skip keep-alive CRLFs between messages (RFC 5626 4.4.1).
             while buf.first().is_some_and(|b| matches!(b, b'\r' | b'\n')) {
                 let _ = buf.split_to(1);
             }
             if buf.is_empty() {
+                partial_since = None;
                 break;
             }
             match frame_len(&buf) {
                 Ok(Some(len)) => {
                     let frame = buf.split_to(len).freeze();
-                    let arrived = std::time::Instant::now();
-                    deliver(frame, flow, arrived, &incoming, &transports).await;
+                    deliver(frame, flow, last_read, trust, &incoming, &transports).await;
+                    delivered_any = true;
+                    partial_since = None;
                 }
-                Ok(None) if buf.len() > MAX_TCP_MESSAGE => {
-                    warn!(%peer, "TCP message too large; closing connection");
-                    break 'conn;
+                Ok(None) => {
+                    partial_since.get_or_insert(last_read);
+                    break;
                 }
-                Ok(None) => break,
                 Err(e) => {
-                    // Without a valid Content-Length we cannot find the next message: the
-                    // stream is unusable (RFC 3261 18.3), so close it.
+                    if matches!(e, ParseError::TooLarge(_)) {
+                        transports.stats().too_large.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Without a valid Content-Length we cannot find the next message, and a
+                    // message over the limits is not buffered: the stream is unusable (RFC
+                    // 3261 18.3), so close it.
                     warn!(%peer, error = %e, "unframeable TCP data; closing connection");
-                    break 'conn;
+                    break 'conn None;
                 }
             }
         }
+    };
+    match closed {
+        Some(Close::Slow) => {
+            transports
+                .stats()
+                .tcp_closed_slow
+                .fetch_add(1, Ordering::Relaxed);
+            info!(%peer, timeout_ms = limits.message_timeout.as_millis() as u64,
+                "closing TCP connection: no complete SIP message in time");
+        }
+        Some(Close::Idle) => {
+            transports
+                .stats()
+                .tcp_closed_idle
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "closing idle TCP connection");
+        }
+        None => {}
     }
     transports
         .inner
@@ -612,6 +1001,10 @@ mod tests {
     async fn receive_time_is_the_kernels_not_the_read() {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         enable_receive_timestamps(&sock);
+        // The kernel switches its receive stamping on through a deferred static key: a
+        // datagram right after the first SO_TIMESTAMPNS of the host (or of a test run whose
+        // other sockets just closed) may arrive unstamped and read as "now". Give it a moment.
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sender
             .send_to(b"OPTIONS", sock.local_addr().unwrap())

@@ -177,8 +177,15 @@ impl Daemon {
     /// Starts the daemon with the harness's base config deep-merged with `toml_overrides`
     /// (a TOML document such as `"[demo]\nrounds = 1"`), and waits until it answers OPTIONS.
     pub fn start(toml_overrides: &str) -> Daemon {
+        Self::start_with_rtp_ports(RTP_RANGE_WIDTH, toml_overrides)
+    }
+
+    /// [`Daemon::start`] with only `ports` RTP ports (`ports / 2` calls: one even port each),
+    /// for tests that run the range out.
+    pub fn start_with_rtp_ports(ports: u16, toml_overrides: &str) -> Daemon {
         let sip_port = free_sip_port();
-        let rtp_range = next_rtp_range();
+        let (rtp_min, _) = next_rtp_range();
+        let rtp_range = (rtp_min, rtp_min + ports.clamp(2, RTP_RANGE_WIDTH) - 1);
         let dir = tempfile::Builder::new()
             .prefix("ivrd-test-")
             .tempdir()
@@ -229,6 +236,9 @@ impl Daemon {
 [sip]
 udp = ["127.0.0.1:{sip_port}"]
 tcp = ["127.0.0.1:{sip_port}"]
+# The test peers (SIPp, baresip, the raw clients) play the PBX from 127.0.0.1, as a production
+# config names its PBX; the edge tests attack from other loopback addresses (127.0.0.2, ...).
+trusted = ["127.0.0.1"]
 
 [media]
 rtp_ip = "127.0.0.1"
@@ -1217,15 +1227,45 @@ pub struct RawUac {
     pub trace: Vec<String>,
 }
 
+/// Who a [`RawUac`] calls as.
+#[derive(Clone, Debug)]
+pub struct UacOptions {
+    /// The loopback address it sends SIP and RTP from (127.0.0.1 is the harness's trusted PBX).
+    pub ip: std::net::IpAddr,
+    /// The user part of its From URI.
+    pub from_user: String,
+    /// Extra INVITE headers (e.g. P-Asserted-Identity).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Default for UacOptions {
+    fn default() -> Self {
+        UacOptions {
+            ip: LOCALHOST.into(),
+            from_user: "+4930123456".into(),
+            headers: Vec::new(),
+        }
+    }
+}
+
 impl RawUac {
     /// Calls `sip:<user>@<daemon>` and returns once the call is answered and acknowledged.
     pub fn call(daemon: SocketAddr, user: &str) -> RawUac {
-        let sock = UdpSocket::bind((LOCALHOST, 0)).expect("bind UAC socket");
+        Self::call_with(daemon, user, &UacOptions::default())
+    }
+
+    /// [`RawUac::call`] from another address, as another caller, with more headers.
+    pub fn call_with(daemon: SocketAddr, user: &str, opts: &UacOptions) -> RawUac {
+        let sock = UdpSocket::bind((opts.ip, 0)).expect("bind UAC socket");
         let local = sock.local_addr().expect("local addr");
-        let rtp_sock = UdpSocket::bind((LOCALHOST, 0)).expect("bind UAC RTP socket");
+        let rtp_sock = UdpSocket::bind((opts.ip, 0)).expect("bind UAC RTP socket");
         let rtp_port = rtp_sock.local_addr().expect("rtp addr").port();
-        let call_id = format!("rawuac-{}@127.0.0.1", uac_token());
-        let from = format!("\"Raw UAC\" <sip:+4930123456@{local}>;tag={}", uac_token());
+        let call_id = format!("rawuac-{}@{}", uac_token(), opts.ip);
+        let from = format!(
+            "\"Raw UAC\" <sip:{}@{local}>;tag={}",
+            opts.from_user,
+            uac_token()
+        );
         let mut uac = RawUac {
             sock,
             daemon,
@@ -1243,18 +1283,21 @@ impl RawUac {
             ack: String::new(),
             trace: Vec::new(),
         };
+        let ip = opts.ip;
         let sdp = format!(
-            "v=0\r\no=rawuac 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+            "v=0\r\no=rawuac 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
              m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
              a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n"
         );
         let branch = format!("z9hG4bK-{}", uac_token());
+        let mut extra: Vec<(&str, &str)> = vec![("Content-Type", "application/sdp")];
+        extra.extend(opts.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         let invite = uac.request(
             "INVITE",
             &format!("sip:{user}@{daemon}"),
             &branch,
             1,
-            &[("Content-Type", "application/sdp")],
+            &extra,
             &sdp,
         );
         // Timer A: retransmit until a response arrives.
