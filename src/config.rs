@@ -220,6 +220,16 @@ pub struct MediaConfig {
     pub rtp_port_max: u16,
     /// Send RTP to where the caller's RTP comes from (NAT latching) instead of the SDP address.
     pub symmetric_rtp: bool,
+    /// Strict RTP: learn once where the caller's RTP comes from (at once from the SDP's
+    /// address, else after `rtp_probation` packets in sequence from one address) and drop RTP
+    /// from every other address until a re-INVITE moves the media. `false` latches to any
+    /// source at any time, as ivrd did before: UNSAFE, since anyone who can reach the RTP port
+    /// can then take over the call's audio and type digits (customer numbers, PINs) into it.
+    pub strict_rtp: bool,
+    /// Packets in sequence (one SSRC, sequence numbers +1) from one address before strict RTP
+    /// learns it as the caller's, when it is not the SDP's address (NAT). 1..=32; 4 is
+    /// Asterisk's default, 80 ms of audio.
+    pub rtp_probation: u32,
     /// Hang up when no RTP arrived for this long (0 disables). Paused while the caller holds.
     pub rtp_timeout_secs: u64,
     /// Hang up any call after this long (0 disables).
@@ -333,6 +343,8 @@ impl Default for MediaConfig {
             rtp_port_min: 20000,
             rtp_port_max: 29999,
             symmetric_rtp: true,
+            strict_rtp: true,
+            rtp_probation: 4,
             rtp_timeout_secs: 30,
             max_call_secs: 3600,
             prompts_dir: default_prompts_dir(),
@@ -513,6 +525,9 @@ impl Config {
                 ));
             }
         }
+        if !(1..=32).contains(&m.rtp_probation) {
+            return Err("[media] rtp_probation must be 1..=32".into());
+        }
         if m.pacing_threads == 0 || m.pacing_threads > 64 {
             return Err("[media] pacing_threads must be 1..=64".into());
         }
@@ -592,5 +607,12 @@ mod tests {
         let mut cfg = Config::default();
         cfg.media.rtp_port_max = cfg.media.rtp_port_min;
         assert!(cfg.validate().unwrap_err().contains("rtp_port_min"));
+        let mut cfg = Config::default();
+        cfg.media.rtp_probation = 0;
+        assert!(cfg.validate().unwrap_err().contains("rtp_probation"));
+        cfg.media.rtp_probation = 33;
+        assert!(cfg.validate().unwrap_err().contains("rtp_probation"));
+        cfg.media.rtp_probation = 32;
+        cfg.validate().unwrap();
     }
 }

@@ -342,8 +342,14 @@ impl Metrics {
         counter(
             &mut out,
             "ivrd_rtp_packets_received_total",
-            "RTP packets received.",
+            "RTP packets received from the caller's learned source.",
             media.packets_received.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_rtp_foreign_packets_total",
+            "RTP packets dropped by strict RTP: from another address than the caller's learned source.",
+            media.foreign_packets.load(r),
         );
         counter(
             &mut out,
@@ -481,10 +487,12 @@ mod tests {
         m.pin_check("valid");
         drop(guard);
         m.call_ended("verified");
+        let media = MediaStats::default();
+        media.foreign_packets.store(7, Ordering::Relaxed);
         let text = m.render(
             &CoreStats::default(),
             &TransportStats::default(),
-            &MediaStats::default(),
+            &media,
             SystemTime::now(),
         );
         assert!(text.contains("ivrd_calls_active 0\n"), "{text}");
@@ -498,6 +506,9 @@ mod tests {
         assert!(text.contains("ivrd_sms_latency_seconds_bucket{le=\"5\"} 2\n"));
         assert!(text.contains("ivrd_sms_latency_seconds_count 2\n"));
         assert!(text.contains("ivrd_pin_checks_total{result=\"valid\"} 1\n"));
+        assert!(text.contains("# TYPE ivrd_rtp_foreign_packets_total counter\n"));
+        assert!(text.contains("# HELP ivrd_rtp_foreign_packets_total RTP packets dropped"));
+        assert!(text.contains("ivrd_rtp_foreign_packets_total 7\n"));
         // Every sample line belongs to a declared metric (a scraper rejects the rest).
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

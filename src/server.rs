@@ -189,6 +189,8 @@ pub async fn run(
         port_min: cfg.media.rtp_port_min,
         port_max: cfg.media.rtp_port_max,
         symmetric_rtp: cfg.media.symmetric_rtp,
+        strict_rtp: cfg.media.strict_rtp,
+        rtp_probation: cfg.media.rtp_probation,
         rtp_timeout: (cfg.media.rtp_timeout_secs > 0)
             .then(|| Duration::from_secs(cfg.media.rtp_timeout_secs)),
         inband_dtmf: cfg.media.inband_dtmf,

@@ -14,8 +14,9 @@
 //! the loopback delivery it includes, is most of the cost.
 //!
 //! Receiving: one small tokio task per stream waits on its socket (epoll does the waiting),
-//! latches the caller's address for symmetric RTP, turns RFC 4733 events and in-band tones
-//! into digits, and watches for RTP silence (the RTP timeout). Events go to the call task.
+//! learns where the caller's RTP comes from and drops RTP from anywhere else (strict RTP,
+//! [`SourceFilter`]), latches that address for symmetric RTP, turns RFC 4733 events and in-band
+//! tones into digits, and watches for RTP silence (the RTP timeout). Events go to the call task.
 //!
 //! The call talks to its stream through a [`StreamHandle`]: play, stop, update after SDP
 //! changes; dropping the handle closes the stream and frees its port.
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{Span, debug, info, warn};
 
 /// The pacing grid: 1 ms. A stream sends every `ptime` ticks on a phase of its own, and the
 /// streams are spread evenly over the phases, so a wake-up sends about N/20 packets (20 ms
@@ -81,6 +82,11 @@ pub struct MediaSettings {
     pub port_min: u16,
     pub port_max: u16,
     pub symmetric_rtp: bool,
+    /// Learn the caller's RTP source once and drop RTP from other addresses
+    /// ([`SourceFilter`]); false latches to any source at any time (unsafe).
+    pub strict_rtp: bool,
+    /// Packets in sequence from one address and SSRC before strict RTP learns it.
+    pub rtp_probation: u32,
     pub rtp_timeout: Option<Duration>,
     pub inband_dtmf: bool,
     pub pacing_threads: usize,
@@ -107,7 +113,11 @@ pub struct StreamParams {
 #[derive(Debug, Default)]
 pub struct MediaStats {
     pub packets_sent: AtomicU64,
+    /// RTP packets acted on: from the caller's learned source.
     pub packets_received: AtomicU64,
+    /// RTP packets dropped by strict RTP because they came from another address than the
+    /// caller's learned source.
+    pub foreign_packets: AtomicU64,
     pub send_errors: AtomicU64,
     /// Ticks that started more than 5 ms late.
     pub late_ticks: AtomicU64,
@@ -176,14 +186,193 @@ enum PacerCmd {
     },
 }
 
-/// State shared between the receive task (writer) and the pacer (reader).
-#[derive(Debug, Default)]
+/// State shared between the call's handle, the receive task and the pacer.
+#[derive(Debug)]
 struct Shared {
-    /// Where the caller's RTP comes from (symmetric RTP / NAT latching).
+    /// What the SDP says, as the call's handle last set it.
+    sdp: Mutex<Sdp>,
+    /// Bumped on every `update`, so the receive task re-reads `sdp` only when it changed
+    /// instead of taking the lock for every packet.
+    sdp_generation: AtomicU64,
+    /// Where the caller's RTP comes from (symmetric RTP / NAT latching); written by the
+    /// receive task when it learns a source, cleared when the SDP moves the media.
     latched: Mutex<Option<SocketAddr>>,
     /// Bumped on every (re-)latch, so the pacer re-reads `latched` only when it changed
     /// instead of taking the lock for every packet.
     latch_generation: AtomicU64,
+}
+
+impl Shared {
+    fn new(params: StreamParams) -> Shared {
+        Shared {
+            sdp: Mutex::new(Sdp::new(params)),
+            sdp_generation: AtomicU64::new(0),
+            latched: Mutex::new(None),
+            latch_generation: AtomicU64::new(0),
+        }
+    }
+
+    fn set_latched(&self, to: Option<SocketAddr>) {
+        let mut latched = self.latched.lock().expect("latch lock");
+        if *latched != to {
+            *latched = to;
+            self.latch_generation.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// The call's latest SDP facts, and how often they moved the media to a new address.
+#[derive(Debug, Clone, Copy)]
+struct Sdp {
+    params: StreamParams,
+    /// The last address an SDP named. Kept while `params.remote` is `None` (a 0.0.0.0
+    /// hold), so that resuming at the same address is not a move.
+    address: Option<SocketAddr>,
+    /// Bumped whenever `address` changes; the receive task then learns the source again.
+    moves: u64,
+}
+
+impl Sdp {
+    fn new(params: StreamParams) -> Sdp {
+        Sdp {
+            params,
+            address: params.remote,
+            moves: 0,
+        }
+    }
+
+    /// Takes new facts; true when they move the media to a new address (a re-INVITE from
+    /// elsewhere), which must not stay tied to the source learned for the old one.
+    fn set(&mut self, params: StreamParams) -> bool {
+        self.params = params;
+        match params.remote {
+            Some(to) if self.address.is_none_or(|a| !same_addr(a, to)) => {
+                self.address = Some(to);
+                self.moves += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Same IP and port. Ignores what `SocketAddr`'s `==` also compares for IPv6 (flow label,
+/// scope) and sees an IPv4-mapped IPv6 source (a dual-stack socket) as the IPv4 address an
+/// SDP names.
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
+/// What to do with a received RTP packet, by where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// From the caller's learned source: act on it.
+    Accept,
+    /// This packet made its address the caller's source: act on it, and send there
+    /// (symmetric RTP).
+    Learned,
+    /// Still learning the source: counted towards probation, otherwise ignored.
+    Probation,
+    /// From another address than the learned source: dropped.
+    Foreign,
+}
+
+/// A sequence-checked candidate source during probation.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    from: SocketAddr,
+    ssrc: u32,
+    seq: u16,
+    count: u32,
+}
+
+/// Strict RTP (Asterisk's `strictrtp`, FreeSWITCH's auto-adjust): learns once where the
+/// caller's RTP comes from and keeps to that address, so that nobody else who can reach the
+/// port can take over the call's audio or type digits into it. Pure state, no IO, a few
+/// comparisons per packet.
+///
+/// - A packet from the address the SDP named is learned at once: forging that source is no
+///   easier than forging one that passed probation.
+/// - Otherwise (NAT: the SDP names a private address) an address is learned after
+///   `probation` packets from it with one SSRC and consecutive sequence numbers, which a
+///   stray or blind sender does not produce; any break restarts the count from that packet.
+/// - Once learned, packets from that address are accepted whatever their SSRC (gateways
+///   start a new one per DTMF burst), and everything from other addresses is foreign.
+/// - [`restart`](Self::restart) forgets the source when the SDP moves the media.
+///
+/// Not strict (`[media] strict_rtp = false`), it follows whichever address sent last.
+#[derive(Debug, Clone)]
+pub struct SourceFilter {
+    strict: bool,
+    probation: u32,
+    sdp: Option<SocketAddr>,
+    learned: Option<SocketAddr>,
+    candidate: Option<Candidate>,
+}
+
+impl SourceFilter {
+    /// A filter in probation; `sdp` is the address the SDP named, if any.
+    pub fn new(strict: bool, probation: u32, sdp: Option<SocketAddr>) -> SourceFilter {
+        SourceFilter {
+            strict,
+            probation: probation.max(1),
+            sdp,
+            learned: None,
+            candidate: None,
+        }
+    }
+
+    /// Forgets the learned source and starts probation again for a new SDP address.
+    pub fn restart(&mut self, sdp: Option<SocketAddr>) {
+        self.sdp = sdp;
+        self.learned = None;
+        self.candidate = None;
+    }
+
+    /// The caller's source, once learned.
+    pub fn learned(&self) -> Option<SocketAddr> {
+        self.learned
+    }
+
+    /// Judges one RTP packet by its source address, SSRC and sequence number.
+    pub fn accept(&mut self, from: SocketAddr, ssrc: u32, seq: u16) -> Verdict {
+        if let Some(learned) = self.learned {
+            if same_addr(learned, from) {
+                return Verdict::Accept;
+            }
+            if self.strict {
+                return Verdict::Foreign;
+            }
+            self.learned = Some(from);
+            return Verdict::Learned;
+        }
+        if !self.strict || self.sdp.is_some_and(|sdp| same_addr(sdp, from)) {
+            self.learned = Some(from);
+            self.candidate = None;
+            return Verdict::Learned;
+        }
+        let count = match self.candidate {
+            Some(c)
+                if same_addr(c.from, from) && c.ssrc == ssrc && seq == c.seq.wrapping_add(1) =>
+            {
+                c.count + 1
+            }
+            _ => 1,
+        };
+        if count >= self.probation {
+            self.learned = Some(from);
+            self.candidate = None;
+            Verdict::Learned
+        } else {
+            self.candidate = Some(Candidate {
+                from,
+                ssrc,
+                seq,
+                count,
+            });
+            Verdict::Probation
+        }
+    }
 }
 
 struct PacedStream {
@@ -385,15 +574,17 @@ impl MediaEngine {
             unsafe { AsyncFd::register_with_interest(recv_socket, Interest::READABLE) }
                 .map_err(std::io::Error::from)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(Shared::default());
-        let recv_params = Arc::new(Mutex::new(params));
+        let shared = Arc::new(Shared::new(params));
+        // The call's span (call_id), for the receive task's few log lines. Not entered for
+        // every poll: that would cost per packet what a log line costs once.
+        let span = Span::current();
         let recv = tokio::spawn(recv_loop(
             recv_socket,
             shared.clone(),
-            recv_params.clone(),
             events.clone(),
             self.inner.settings.clone(),
             self.inner.stats.clone(),
+            span,
         ));
         // Least-loaded pacer: keeps threads balanced as calls come and go.
         let (pacer_idx, pacer) = self
@@ -405,7 +596,15 @@ impl MediaEngine {
             .expect("at least one pacer");
         pacer.streams.fetch_add(1, Ordering::Relaxed);
         let every = ticks_per_packet(params.ptime_ms);
-        let stream = PacedStream::new(id, socket, params, shared, s.symmetric_rtp, every, events);
+        let stream = PacedStream::new(
+            id,
+            socket,
+            params,
+            shared.clone(),
+            s.symmetric_rtp,
+            every,
+            events,
+        );
         let _ = pacer.commands.send(PacerCmd::Add(Box::new(stream)));
         self.inner
             .stats
@@ -416,7 +615,7 @@ impl MediaEngine {
             pacer: pacer_idx,
             local: SocketAddr::new(s.rtp_ip, port),
             port,
-            recv_params,
+            shared,
             recv,
             engine: self.inner.clone(),
         })
@@ -429,7 +628,7 @@ pub struct StreamHandle {
     pacer: usize,
     local: SocketAddr,
     port: u16,
-    recv_params: Arc<Mutex<StreamParams>>,
+    shared: Arc<Shared>,
     recv: tokio::task::JoinHandle<()>,
     engine: Arc<EngineInner>,
 }
@@ -458,9 +657,16 @@ impl StreamHandle {
         self.send(PacerCmd::Stop { id: self.id });
     }
 
-    /// New SDP facts (answer, re-INVITE, hold).
+    /// New SDP facts (answer, re-INVITE, hold). A new address starts strict RTP's learning
+    /// again; the same address (hold, resume, a session refresh) keeps the learned source.
     pub fn update(&self, params: StreamParams) {
-        *self.recv_params.lock().expect("params lock") = params;
+        let moved = self.shared.sdp.lock().expect("sdp lock").set(params);
+        self.shared.sdp_generation.fetch_add(1, Ordering::Release);
+        if moved {
+            // Stop sending to the old source now rather than when the receive task next
+            // wakes, which could be never if the new address sends nothing.
+            self.shared.set_latched(None);
+        }
         self.send(PacerCmd::Update {
             id: self.id,
             params,
@@ -852,13 +1058,43 @@ async fn recv_from(
     }
 }
 
+/// The receive task's copy of the SDP facts, refreshed only after an `update`.
+struct SdpView {
+    params: StreamParams,
+    generation: u64,
+    moves: u64,
+}
+
+impl SdpView {
+    /// Re-reads the SDP facts if the call updated them (an atomic load per packet, the lock
+    /// only after an update); restarts learning the source when they moved the media.
+    fn refresh(&mut self, shared: &Shared, filter: &mut SourceFilter, symmetric: bool) {
+        let generation = shared.sdp_generation.load(Ordering::Acquire);
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let sdp = *shared.sdp.lock().expect("sdp lock");
+        self.params = sdp.params;
+        if sdp.moves != self.moves {
+            self.moves = sdp.moves;
+            filter.restart(sdp.address);
+            if symmetric {
+                // `update` cleared it already; this covers a source learned from a packet
+                // judged just before that update was seen.
+                shared.set_latched(None);
+            }
+        }
+    }
+}
+
 async fn recv_loop(
     socket: AsyncFd<StdUdpSocket>,
     shared: Arc<Shared>,
-    params: Arc<Mutex<StreamParams>>,
     events: mpsc::UnboundedSender<MediaEvent>,
     settings: MediaSettings,
     stats: Arc<MediaStats>,
+    span: Span,
 ) {
     let mut buf = [0u8; 2048];
     let mut pcm = [0i16; 2048];
@@ -866,8 +1102,24 @@ async fn recv_loop(
     let mut inband = InbandDetector::new();
     let mut last_rx = tokio::time::Instant::now();
     let mut ssrc: Option<u32> = None;
+    let (mut sdp, mut filter) = {
+        // The generation before the facts: an update in between is then read again, not lost.
+        let generation = shared.sdp_generation.load(Ordering::Acquire);
+        let initial = *shared.sdp.lock().expect("sdp lock");
+        let view = SdpView {
+            params: initial.params,
+            generation,
+            moves: initial.moves,
+        };
+        let filter =
+            SourceFilter::new(settings.strict_rtp, settings.rtp_probation, initial.address);
+        (view, filter)
+    };
+    // Whether a foreign packet was logged: once per stream, as every one of a flood would be.
+    let mut foreign_logged = false;
     loop {
-        let p = *params.lock().expect("params lock");
+        sdp.refresh(&shared, &mut filter, settings.symmetric_rtp);
+        let p = sdp.params;
         let deadline = match settings.rtp_timeout {
             Some(t) if p.expect_rtp => last_rx + t,
             // Far future: the RTP timeout is off or paused (hold).
@@ -892,18 +1144,36 @@ async fn recv_loop(
         let Received::Rtp(pkt) = rtp::parse(&buf[..n]) else {
             continue;
         };
-        last_rx = tokio::time::Instant::now();
-        stats.packets_received.fetch_add(1, Ordering::Relaxed);
-        if settings.symmetric_rtp {
-            let mut latched = shared.latched.lock().expect("latch lock");
-            if *latched != Some(from) {
-                if latched.is_some() {
-                    debug!(%from, "RTP source moved; re-latching");
+        // An update may have come in while we waited: judge the packet by the current SDP.
+        sdp.refresh(&shared, &mut filter, settings.symmetric_rtp);
+        let p = sdp.params;
+        match filter.accept(from, pkt.ssrc, pkt.seq) {
+            Verdict::Accept => {}
+            Verdict::Learned => {
+                debug!(parent: &span, %from, "RTP source learned");
+                if settings.symmetric_rtp {
+                    shared.set_latched(Some(from));
                 }
-                *latched = Some(from);
-                shared.latch_generation.fetch_add(1, Ordering::Release);
+            }
+            // Not acted on at all: no digits, no RTP-timeout refresh, not latched.
+            Verdict::Probation => continue,
+            Verdict::Foreign => {
+                stats.foreign_packets.fetch_add(1, Ordering::Relaxed);
+                if !foreign_logged && let Some(source) = filter.learned() {
+                    foreign_logged = true;
+                    info!(
+                        parent: &span,
+                        %from,
+                        %source,
+                        "RTP from an address other than the caller's dropped (strict RTP); \
+                         further ones are only counted"
+                    );
+                }
+                continue;
             }
         }
+        last_rx = tokio::time::Instant::now();
+        stats.packets_received.fetch_add(1, Ordering::Relaxed);
         // A new SSRC is a new sender clock (RFC 3550 8.2): its timestamps say nothing about
         // the old stream's, so a press on it must not be taken for a late copy of an older one.
         // Gateways and SIPp's play_dtmf start a fresh SSRC for every burst of keys.
@@ -964,17 +1234,22 @@ mod tests {
     use crate::media::rtp::RtpPacket;
 
     fn engine(port_min: u16, timeout: Option<Duration>) -> MediaEngine {
-        MediaEngine::start(MediaSettings {
+        MediaEngine::start(settings(port_min, timeout)).unwrap()
+    }
+
+    fn settings(port_min: u16, timeout: Option<Duration>) -> MediaSettings {
+        MediaSettings {
             rtp_ip: "127.0.0.1".parse().unwrap(),
             port_min,
             port_max: port_min + 20,
             symmetric_rtp: true,
+            strict_rtp: true,
+            rtp_probation: 4,
             rtp_timeout: timeout,
             inband_dtmf: true,
             pacing_threads: 1,
             pacer_nice: 0,
-        })
-        .unwrap()
+        }
     }
 
     fn params(remote: SocketAddr) -> StreamParams {
@@ -1080,12 +1355,352 @@ mod tests {
                 interrupted: true
             })
         );
-        // The caller's RTP comes from another address than its SDP said (NAT): we follow it.
-        let mut pkt = [0u8; HEADER_LEN + 160];
-        RtpSender::new_random().write_header(&mut pkt, 0, 160);
-        real_peer.send_to(&pkt, stream.local_addr()).unwrap();
+        // The caller's RTP comes from another address than its SDP said (NAT): we follow it,
+        // once it has passed probation (4 packets in sequence), and not before.
+        let mut caller = RtpSender::new_random();
+        send_audio(&real_peer, &mut caller, stream.local_addr(), 1);
+        real_peer
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        assert!(
+            real_peer.recv(&mut buf).is_err(),
+            "latched to a source still in probation"
+        );
+        real_peer
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        send_audio(&real_peer, &mut caller, stream.local_addr(), 3);
         let got = recv(&real_peer);
         assert!(matches!(rtp::parse(&got), Received::Rtp(_)));
+    }
+
+    /// `count` 20 ms PCMU packets of silence, in sequence.
+    fn send_audio(sock: &StdUdpSocket, sender: &mut RtpSender, to: SocketAddr, count: usize) {
+        for _ in 0..count {
+            let mut pkt = [g711::ULAW_SILENCE; HEADER_LEN + 160];
+            sender.write_header(&mut pkt, 0, 160);
+            sock.send_to(&pkt, to).unwrap();
+        }
+    }
+
+    /// One key press as RFC 4733 packets on `sender`'s stream: start, then the end three
+    /// times, all on the press's timestamp, sequence numbers running on.
+    fn send_press(sock: &StdUdpSocket, sender: &mut RtpSender, to: SocketAddr, key: char) {
+        let digit = Digit::from_char(key).unwrap();
+        let ts = sender.timestamp;
+        for (end, dur) in [(false, 160), (true, 480), (true, 480), (true, 480)] {
+            let mut pkt = [0u8; HEADER_LEN + 4];
+            sender.timestamp = ts;
+            sender.write_header(&mut pkt, 101, 0);
+            pkt[HEADER_LEN..].copy_from_slice(&rfc4733_payload(digit, end, 10, dur));
+            sock.send_to(&pkt, to).unwrap();
+        }
+        sender.timestamp = ts.wrapping_add(800);
+    }
+
+    async fn next_event(rx: &mut mpsc::UnboundedReceiver<MediaEvent>) -> MediaEvent {
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("a media event within 2 s")
+            .expect("the stream is open")
+    }
+
+    fn digit_of(ev: &MediaEvent) -> Option<char> {
+        match ev {
+            MediaEvent::Digit { digit, .. } => Some(digit.as_char()),
+            _ => None,
+        }
+    }
+
+    /// Packets the pacer sent to `sock` within `window` (0 if it sends elsewhere).
+    fn count_received(sock: &StdUdpSocket, window: Duration) -> usize {
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let deadline = Instant::now() + window;
+        let mut buf = [0u8; 1500];
+        let mut n = 0;
+        while Instant::now() < deadline {
+            if sock.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Discards whatever is queued on `sock`.
+    fn drain(sock: &StdUdpSocket) {
+        sock.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1500];
+        while sock.recv(&mut buf).is_ok() {}
+        sock.set_nonblocking(false).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn strict_rtp_ignores_a_second_source() {
+        let caller = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        // Another port on another loopback host: nothing about it matches the caller.
+        let intruder = StdUdpSocket::bind("127.0.0.2:0").unwrap();
+        let engine = engine(41400, Some(Duration::from_millis(800)));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stream = engine
+            .open(params(caller.local_addr().unwrap()), tx)
+            .unwrap();
+        let to = stream.local_addr();
+        // The caller's first packet, from its SDP address, is learned at once.
+        let mut real = RtpSender::new_random();
+        send_audio(&caller, &mut real, to, 1);
+        // The intruder sends a stream good enough to pass probation many times over, a key
+        // press, and a lone end packet and garbage with the telephone-event payload type.
+        let mut fake = RtpSender::new_random();
+        send_audio(&intruder, &mut fake, to, 10);
+        send_press(&intruder, &mut fake, to, '9');
+        let mut lone_end = [0u8; HEADER_LEN + 4];
+        RtpSender::new_random().write_header(&mut lone_end, 101, 0);
+        lone_end[HEADER_LEN..].copy_from_slice(&rfc4733_payload(
+            Digit::from_char('8').unwrap(),
+            true,
+            10,
+            800,
+        ));
+        intruder.send_to(&lone_end, to).unwrap();
+        let mut garbage = [0x5a; HEADER_LEN + 4];
+        garbage[..2].copy_from_slice(&[0x80, 101]);
+        intruder.send_to(&garbage, to).unwrap();
+        // Then the caller presses 5: the first digit the call hears.
+        send_press(&caller, &mut real, to, '5');
+        let ev = next_event(&mut rx).await;
+        assert_eq!(digit_of(&ev), Some('5'), "{ev:?}");
+        // Prompts keep going to the caller; the intruder gets nothing.
+        assert!(count_received(&caller, Duration::from_millis(200)) >= 5);
+        assert_eq!(count_received(&intruder, Duration::from_millis(100)), 0);
+        let stats = engine.stats();
+        assert_eq!(stats.foreign_packets.load(Ordering::Relaxed), 16);
+        assert_eq!(stats.packets_received.load(Ordering::Relaxed), 5);
+        // The intruder's packets do not keep the call alive either: the caller went quiet,
+        // so the RTP timeout fires while the intruder still sends.
+        let flood = std::thread::spawn(move || {
+            for _ in 0..60 {
+                send_audio(&intruder, &mut fake, to, 1);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        assert_eq!(next_event(&mut rx).await, MediaEvent::RtpTimeout);
+        flood.join().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_sdp_address_starts_learning_again_and_the_same_one_does_not() {
+        let sdp_a = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let natted = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let moved = StdUdpSocket::bind("127.0.0.2:0").unwrap();
+        let engine = engine(41500, None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut p = params(sdp_a.local_addr().unwrap());
+        let stream = engine.open(p, tx).unwrap();
+        let to = stream.local_addr();
+        // The caller's RTP comes from behind NAT, not from its SDP address: learned after
+        // probation; the pacer follows it.
+        let mut nat = RtpSender::new_random();
+        send_audio(&natted, &mut nat, to, 4);
+        assert!(count_received(&natted, Duration::from_millis(200)) >= 5);
+        // Hold and resume at the same address keep the learned source: a lone press under a
+        // new SSRC (no probation possible) still types.
+        p.send = false;
+        p.expect_rtp = false;
+        stream.update(p);
+        p.send = true;
+        p.expect_rtp = true;
+        stream.update(p);
+        let mut burst = RtpSender::new_random();
+        send_press(&natted, &mut burst, to, '1');
+        assert_eq!(digit_of(&next_event(&mut rx).await), Some('1'));
+        // A re-INVITE moves the media: the old source is forgotten at once (the pacer
+        // sends to the new SDP address even before it sends anything), and the new address
+        // is learned from its first packet.
+        p.remote = Some(moved.local_addr().unwrap());
+        stream.update(p);
+        // What the pacer sent the old source before the update may still be queued there.
+        std::thread::sleep(Duration::from_millis(5));
+        drain(&natted);
+        assert!(count_received(&moved, Duration::from_millis(200)) >= 5);
+        assert_eq!(count_received(&natted, Duration::from_millis(60)), 0);
+        let mut new_stream = RtpSender::new_random();
+        send_press(&moved, &mut new_stream, to, '2');
+        assert_eq!(digit_of(&next_event(&mut rx).await), Some('2'));
+        // The old source is foreign now.
+        send_press(&natted, &mut nat, to, '3');
+        send_press(&moved, &mut new_stream, to, '4');
+        assert_eq!(digit_of(&next_event(&mut rx).await), Some('4'));
+        assert_eq!(engine.stats().foreign_packets.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_strict_rtp_any_source_takes_over() {
+        let caller = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = StdUdpSocket::bind("127.0.0.2:0").unwrap();
+        let engine = MediaEngine::start(MediaSettings {
+            strict_rtp: false,
+            ..settings(41600, None)
+        })
+        .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stream = engine
+            .open(params(caller.local_addr().unwrap()), tx)
+            .unwrap();
+        let to = stream.local_addr();
+        send_audio(&caller, &mut RtpSender::new_random(), to, 1);
+        send_press(&other, &mut RtpSender::new_random(), to, '9');
+        assert_eq!(digit_of(&next_event(&mut rx).await), Some('9'));
+        assert!(count_received(&other, Duration::from_millis(200)) >= 5);
+        assert_eq!(engine.stats().foreign_packets.load(Ordering::Relaxed), 0);
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn source_filter_learns_the_sdp_address_at_once() {
+        let sdp = addr("192.0.2.1:4000");
+        let mut f = SourceFilter::new(true, 4, Some(sdp));
+        assert_eq!(f.accept(sdp, 1, 100), Verdict::Learned);
+        assert_eq!(f.learned(), Some(sdp));
+        // Any SSRC and sequence from the learned address (a new SSRC per DTMF burst).
+        assert_eq!(f.accept(sdp, 2, 7), Verdict::Accept);
+        assert_eq!(f.accept(sdp, 1, 101), Verdict::Accept);
+        // Anything else is foreign, however well-formed its stream.
+        let other = addr("192.0.2.1:4002");
+        for seq in 0..10 {
+            assert_eq!(f.accept(other, 9, seq), Verdict::Foreign);
+        }
+        assert_eq!(
+            f.accept(addr("198.51.100.7:4000"), 1, 102),
+            Verdict::Foreign
+        );
+        // An IPv4-mapped source (dual-stack socket) is the IPv4 address the SDP named.
+        let mut f = SourceFilter::new(true, 4, Some(sdp));
+        assert_eq!(
+            f.accept(addr("[::ffff:192.0.2.1]:4000"), 1, 1),
+            Verdict::Learned
+        );
+    }
+
+    #[test]
+    fn source_filter_learns_another_address_after_probation() {
+        let sdp = addr("10.0.0.5:4000");
+        let nat = addr("203.0.113.9:31000");
+        let mut f = SourceFilter::new(true, 4, Some(sdp));
+        // Sequence numbers wrap like any others.
+        assert_eq!(f.accept(nat, 7, 65534), Verdict::Probation);
+        assert_eq!(f.accept(nat, 7, 65535), Verdict::Probation);
+        assert_eq!(f.accept(nat, 7, 0), Verdict::Probation);
+        assert_eq!(f.learned(), None);
+        assert_eq!(f.accept(nat, 7, 1), Verdict::Learned);
+        assert_eq!(f.learned(), Some(nat));
+        assert_eq!(f.accept(nat, 8, 500), Verdict::Accept);
+        // Once learned, even the SDP address is someone else.
+        assert_eq!(f.accept(sdp, 7, 2), Verdict::Foreign);
+        // Probation of 1: the first packet from anywhere.
+        let mut f = SourceFilter::new(true, 1, Some(sdp));
+        assert_eq!(f.accept(nat, 7, 9), Verdict::Learned);
+        // No SDP address yet (late offer): probation for everyone.
+        let mut f = SourceFilter::new(true, 2, None);
+        assert_eq!(f.accept(sdp, 7, 9), Verdict::Probation);
+        assert_eq!(f.accept(sdp, 7, 10), Verdict::Learned);
+    }
+
+    #[test]
+    fn source_filter_probation_restarts_on_any_break() {
+        let sdp = addr("10.0.0.5:4000");
+        let a = addr("203.0.113.9:31000");
+        let b = addr("203.0.113.9:31002");
+        let mut f = SourceFilter::new(true, 4, Some(sdp));
+        let run = |f: &mut SourceFilter, pkts: &[(SocketAddr, u32, u16)]| {
+            pkts.iter()
+                .map(|&(from, ssrc, seq)| f.accept(from, ssrc, seq))
+                .collect::<Vec<_>>()
+        };
+        use Verdict::{Learned, Probation};
+        // A gap, a duplicate, another SSRC, another address: each starts the count again
+        // with that packet as the new candidate.
+        assert_eq!(
+            run(&mut f, &[(a, 1, 10), (a, 1, 11), (a, 1, 12), (a, 1, 14)]),
+            [Probation; 4]
+        );
+        assert_eq!(
+            run(&mut f, &[(a, 1, 15), (a, 1, 16), (a, 1, 16)]),
+            [Probation; 3]
+        );
+        assert_eq!(
+            run(&mut f, &[(a, 1, 17), (a, 1, 18), (a, 2, 19)]),
+            [Probation; 3]
+        );
+        assert_eq!(
+            run(&mut f, &[(a, 2, 20), (a, 2, 21), (b, 2, 22), (a, 2, 22)]),
+            [Probation; 4]
+        );
+        assert_eq!(f.learned(), None);
+        // Two senders interleaving never get through.
+        for seq in 100..140u16 {
+            let from = if seq % 2 == 0 { a } else { b };
+            assert_eq!(f.accept(from, 3, seq), Probation);
+        }
+        // The candidate is the last packet that broke the run.
+        assert_eq!(
+            run(&mut f, &[(b, 3, 140), (b, 3, 141), (b, 3, 142)]),
+            [Probation, Probation, Learned]
+        );
+        assert_eq!(f.learned(), Some(b));
+    }
+
+    #[test]
+    fn source_filter_restart_forgets_the_source() {
+        let a = addr("192.0.2.1:4000");
+        let b = addr("192.0.2.99:5000");
+        let mut f = SourceFilter::new(true, 4, Some(a));
+        assert_eq!(f.accept(a, 1, 1), Verdict::Learned);
+        f.restart(Some(b));
+        assert_eq!(f.learned(), None);
+        // The old address is a stranger again: probation, as for anyone.
+        assert_eq!(f.accept(a, 1, 2), Verdict::Probation);
+        assert_eq!(f.accept(b, 5, 9), Verdict::Learned);
+        assert_eq!(f.accept(a, 1, 3), Verdict::Foreign);
+    }
+
+    #[test]
+    fn without_strict_rtp_the_filter_follows_every_source() {
+        let a = addr("192.0.2.1:4000");
+        let b = addr("192.0.2.2:4000");
+        let mut f = SourceFilter::new(false, 4, Some(a));
+        assert_eq!(f.accept(b, 1, 1), Verdict::Learned);
+        assert_eq!(f.accept(b, 1, 9), Verdict::Accept);
+        assert_eq!(f.accept(a, 2, 1), Verdict::Learned);
+        assert_eq!(f.learned(), Some(a));
+    }
+
+    #[test]
+    fn only_a_new_sdp_address_is_a_move() {
+        let a = addr("192.0.2.1:4000");
+        let mut p = params(a);
+        p.remote = None;
+        let mut sdp = Sdp::new(p);
+        // The answer names the first address.
+        p.remote = Some(a);
+        assert!(sdp.set(p));
+        // Direction changes (hold, resume) and 0.0.0.0 hold keep it.
+        p.send = false;
+        assert!(!sdp.set(p));
+        p.remote = None;
+        assert!(!sdp.set(p));
+        assert_eq!(sdp.params.remote, None);
+        p.remote = Some(a);
+        p.send = true;
+        assert!(!sdp.set(p));
+        // Another port is another address.
+        p.remote = Some(addr("192.0.2.1:4002"));
+        assert!(sdp.set(p));
+        assert_eq!((sdp.moves, sdp.address), (2, p.remote));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1185,7 +1800,7 @@ mod tests {
             id,
             StdUdpSocket::bind("127.0.0.1:0").unwrap(),
             params("127.0.0.1:9".parse().unwrap()),
-            Arc::new(Shared::default()),
+            Arc::new(Shared::new(params("127.0.0.1:9".parse().unwrap()))),
             false,
             every,
             tx.clone(),

@@ -1144,16 +1144,30 @@ pub fn header_values(msg: &str, name: &str) -> Vec<String> {
 }
 
 /// Sends 20 ms PCMU silence packets to the daemon (as any phone does, so the RTP timeout never
-/// fires) and counts the packets that come back.
+/// fires) and counts the packets that come back. Key presses queued in `keys` go out as
+/// RFC 4733 telephone-events (payload type 101, as RawUac offers) in place of audio, on the
+/// same SSRC and sequence, as a phone sends them.
 struct RtpPump {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    keys: std::sync::Arc<Mutex<std::collections::VecDeque<char>>>,
+    /// Presses queued or being sent.
+    keys_pending: std::sync::Arc<AtomicU32>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// Packets of one RFC 4733 press: updates while the key is down (100 ms), then the end
+/// report three times. Then this many 20 ms packets of audio before the next press.
+const PRESS_UPDATES: u32 = 5;
+const PRESS_ENDS: u32 = 3;
+const PRESS_GAP: u32 = 10;
 
 impl RtpPump {
     fn start(sock: UdpSocket, remote: SocketAddr, received: std::sync::Arc<AtomicU32>) -> RtpPump {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let keys = std::sync::Arc::new(Mutex::new(std::collections::VecDeque::<char>::new()));
+        let keys_pending = std::sync::Arc::new(AtomicU32::new(0));
         let (st, rx) = (stop.clone(), received.clone());
+        let (queue, pending) = (keys.clone(), keys_pending.clone());
         let thread = std::thread::spawn(move || {
             sock.set_nonblocking(true).expect("non-blocking RTP socket");
             let ssrc: u32 = 0x1d2c_3b4a ^ std::process::id();
@@ -1161,14 +1175,48 @@ impl RtpPump {
             let mut buf = [0u8; 2048];
             let start = Instant::now();
             let mut n: u32 = 0;
+            // The press being sent: its digit, its timestamp (its start), packets sent so far.
+            let mut press: Option<(ivrd::media::dtmf::Digit, u32, u32)> = None;
+            let mut gap = 0u32;
             while !st.load(Ordering::SeqCst) {
+                if press.is_none() && gap == 0 {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    if let Some(c) = next {
+                        let digit = ivrd::media::dtmf::Digit::from_char(c)
+                            .unwrap_or_else(|| panic!("{c:?} is not a DTMF key"));
+                        press = Some((digit, ts, 0));
+                    }
+                }
                 let mut pkt = Vec::with_capacity(172);
                 pkt.push(0x80);
-                pkt.push(if n == 0 { 0x80 } else { 0x00 }); // marker on the first, PT 0
-                pkt.extend_from_slice(&seq.to_be_bytes());
-                pkt.extend_from_slice(&ts.to_be_bytes());
-                pkt.extend_from_slice(&ssrc.to_be_bytes());
-                pkt.extend_from_slice(&[0xFF; 160]); // PCMU silence
+                match press.as_mut() {
+                    Some((digit, start_ts, sent)) => {
+                        // Marker on the first packet of the event (RFC 4733 2.5.1.1).
+                        pkt.push(if *sent == 0 { 0x80 | 101 } else { 101 });
+                        pkt.extend_from_slice(&seq.to_be_bytes());
+                        pkt.extend_from_slice(&start_ts.to_be_bytes());
+                        pkt.extend_from_slice(&ssrc.to_be_bytes());
+                        let end = *sent >= PRESS_UPDATES;
+                        let duration = (160 * (*sent + 1).min(PRESS_UPDATES)) as u16;
+                        pkt.extend_from_slice(&ivrd::media::dtmf::rfc4733_payload(
+                            *digit, end, 10, duration,
+                        ));
+                        *sent += 1;
+                        if *sent == PRESS_UPDATES + PRESS_ENDS {
+                            press = None;
+                            gap = PRESS_GAP;
+                            pending.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    None => {
+                        pkt.push(if n == 0 { 0x80 } else { 0x00 }); // marker on the first, PT 0
+                        pkt.extend_from_slice(&seq.to_be_bytes());
+                        pkt.extend_from_slice(&ts.to_be_bytes());
+                        pkt.extend_from_slice(&ssrc.to_be_bytes());
+                        pkt.extend_from_slice(&[0xFF; 160]); // PCMU silence
+                        gap = gap.saturating_sub(1);
+                    }
+                }
                 let _ = sock.send_to(&pkt, remote);
                 seq = seq.wrapping_add(1);
                 ts = ts.wrapping_add(160);
@@ -1184,7 +1232,28 @@ impl RtpPump {
         });
         RtpPump {
             stop,
+            keys,
+            keys_pending,
             thread: Some(thread),
+        }
+    }
+
+    /// Queues key presses and waits until their last packet is sent.
+    fn press_keys(&self, keys: &str) {
+        let count = keys.chars().count() as u32;
+        self.keys_pending.fetch_add(count, Ordering::SeqCst);
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(keys.chars());
+        // A press with its gap lasts 360 ms; generous for a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(2) * count.max(1);
+        while self.keys_pending.load(Ordering::SeqCst) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the RTP pump did not send {keys:?} in time"
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -1215,6 +1284,9 @@ pub struct RawUac {
     remote_target: String,
     cseq: u32,
     rtp: Option<RtpPump>,
+    /// Our RTP address (the one in our SDP) and the daemon's (from its answer).
+    rtp_local: SocketAddr,
+    rtp_remote: SocketAddr,
     /// RTP packets received from the daemon.
     rtp_received: std::sync::Arc<AtomicU32>,
     /// Requests from the daemon that arrived while we waited for something else.
@@ -1259,7 +1331,8 @@ impl RawUac {
         let sock = UdpSocket::bind((opts.ip, 0)).expect("bind UAC socket");
         let local = sock.local_addr().expect("local addr");
         let rtp_sock = UdpSocket::bind((opts.ip, 0)).expect("bind UAC RTP socket");
-        let rtp_port = rtp_sock.local_addr().expect("rtp addr").port();
+        let rtp_local = rtp_sock.local_addr().expect("rtp addr");
+        let rtp_port = rtp_local.port();
         let call_id = format!("rawuac-{}@{}", uac_token(), opts.ip);
         let from = format!(
             "\"Raw UAC\" <sip:{}@{local}>;tag={}",
@@ -1276,6 +1349,8 @@ impl RawUac {
             remote_target: format!("sip:{user}@{daemon}"),
             cseq: 1,
             rtp: None,
+            rtp_local,
+            rtp_remote: rtp_local,
             rtp_received: Default::default(),
             inbox: Default::default(),
             answered: Vec::new(),
@@ -1359,12 +1434,32 @@ impl RawUac {
             .find_map(|l| l.strip_prefix("c=IN IP4 "))
             .and_then(|a| a.trim().parse().ok())
             .unwrap_or(LOCALHOST.into());
+        uac.rtp_remote = SocketAddr::new(ip, port);
         uac.rtp = Some(RtpPump::start(
             rtp_sock,
-            SocketAddr::new(ip, port),
+            uac.rtp_remote,
             uac.rtp_received.clone(),
         ));
         uac
+    }
+
+    /// The RTP address in our SDP, which our RTP comes from.
+    pub fn rtp_local_addr(&self) -> SocketAddr {
+        self.rtp_local
+    }
+
+    /// The daemon's RTP address, from its SDP answer.
+    pub fn daemon_rtp_addr(&self) -> SocketAddr {
+        self.rtp_remote
+    }
+
+    /// Types `keys` as RFC 4733 telephone-events in our RTP stream (a press every 360 ms) and
+    /// returns when the last one is sent.
+    pub fn rtp_digits(&self, keys: &str) {
+        self.rtp
+            .as_ref()
+            .expect("RTP is running (the call is up)")
+            .press_keys(keys);
     }
 
     pub fn call_id(&self) -> &str {
