@@ -682,7 +682,7 @@ impl<I: Iterator<Item = Result<f32, PromptError>>> Mixer<'_, I> {
                         path: self.path.to_path_buf(),
                         reason: format!(
                             "sample {index} is {s:e}; float samples must be finite and within \
-                             ±{MAX_FLOAT_MAGNITUDE} (full scale is ±1.0)"
+                             ±{MAX_FLOAT_MAGNITUDE:.1} (full scale is ±1.0)"
                         ),
                     });
                 }
