@@ -1512,7 +1512,16 @@ impl RawUac {
 
     /// Answers a request from the daemon (Via, From, To, Call-ID and CSeq copied).
     pub fn respond(&mut self, req: &str, code: u16, reason: &str) {
+        self.respond_with(req, code, reason, &[]);
+    }
+
+    /// Like [`respond`](Self::respond), with extra headers (e.g. a `Proxy-Authenticate`
+    /// challenge).
+    pub fn respond_with(&mut self, req: &str, code: u16, reason: &str, headers: &[(&str, &str)]) {
         let mut resp = format!("SIP/2.0 {code} {reason}\r\n");
+        for (name, value) in headers {
+            resp.push_str(&format!("{name}: {value}\r\n"));
+        }
         for via in header_values(req, "Via") {
             resp.push_str(&format!("Via: {via}\r\n"));
         }
