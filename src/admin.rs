@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 /// problem (file:line: what and what to do) and exits 1 if there was any.
 pub fn check(cfg: &Config) -> ExitCode {
     let mut ok = true;
+    for warning in &cfg.warnings {
+        eprintln!("warning: {warning}");
+    }
     match load_flows(cfg) {
         Ok((prompts, plans)) => {
             let langs: Vec<&str> = prompts.languages().collect();

@@ -43,6 +43,10 @@ pub struct Config {
     /// PIN and SMS limits, lock-outs.
     pub limits: crate::verify::limits::Limits,
     pub log: LogConfig,
+    /// What loading found questionable but usable (a secret file its group may read), for
+    /// the caller to log or print. Not a setting.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// Graceful shutdown (SIGTERM).
@@ -128,7 +132,7 @@ impl Default for StoreConfig {
 }
 
 /// Transfers (REFER) to the queue and fallback extensions.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransferConfig {
     /// How long to wait for the transfer's final NOTIFY before it counts as failed.
@@ -136,6 +140,8 @@ pub struct TransferConfig {
     /// Digest credentials for a PBX that challenges the REFER (401/407).
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The password read from a file instead (see [`crate::secrets`]).
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for TransferConfig {
@@ -144,7 +150,20 @@ impl Default for TransferConfig {
             timeout_secs: 30,
             username: None,
             password: None,
+            password_file: None,
         }
+    }
+}
+
+/// The password prints as `***`, so a config can be logged.
+impl std::fmt::Debug for TransferConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferConfig")
+            .field("timeout_secs", &self.timeout_secs)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
+            .finish()
     }
 }
 
@@ -419,8 +438,24 @@ impl Config {
         cfg
     }
 
-    /// Reads, parses and validates a config file; relative paths are resolved against its folder.
+    /// Reads, parses and validates a config file, and reads every secret it names
+    /// ([`Config::resolve_secrets`], with `$CREDENTIALS_DIRECTORY` from the environment);
+    /// relative paths are resolved against its folder. What the daemon and `ivrd check` use.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg = Self::load_without_secrets(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_secrets(&crate::secrets::SecretFiles::from_env(base))
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    /// [`Config::load`] without reading secret files: for the commands that use no secret
+    /// (`customers`, `status`, `simulate`, `graph`), so they work for an admin who may not
+    /// read the credentials.
+    pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -450,6 +485,29 @@ impl Config {
             message,
         })?;
         Ok(cfg)
+    }
+
+    /// Reads every `*_file` secret into its key (SMS provider tokens, webhook headers, the
+    /// transfer password); see [`crate::secrets`]. Warnings go to [`Config::warnings`].
+    pub fn resolve_secrets(&mut self, files: &crate::secrets::SecretFiles) -> Result<(), String> {
+        self.sms.resolve_secrets(files, &mut self.warnings)?;
+        let t = &mut self.transfer;
+        files.resolve_option(
+            "[transfer]",
+            "password",
+            &mut t.password,
+            t.password_file.as_deref(),
+            &mut self.warnings,
+        )?;
+        if t.username.is_some() != t.password.is_some() {
+            // Either alone would silently answer no challenge at all.
+            return Err(
+                "[transfer] username and password (or password_file) go together: set both \
+                 or neither"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// Range and consistency checks that TOML types alone cannot express.
@@ -600,6 +658,174 @@ mod tests {
         assert!(cfg.validate().unwrap_err().contains("announce_ip"));
         cfg.media.announce_ip = Some("192.0.2.10".parse().unwrap());
         cfg.validate().unwrap();
+    }
+
+    /// A config with `body` in `dir`, loaded without secrets, then resolved against `dir`
+    /// and the credentials directory `creds`.
+    fn with_secrets(dir: &Path, creds: Option<&Path>, body: &str) -> Result<Config, String> {
+        let path = dir.join("ivrd.toml");
+        std::fs::write(&path, body).unwrap();
+        let mut cfg = Config::load_without_secrets(&path).map_err(|e| e.to_string())?;
+        let files = crate::secrets::SecretFiles::new(dir, creds.map(Path::to_path_buf));
+        cfg.resolve_secrets(&files)?;
+        Ok(cfg)
+    }
+
+    fn secret_file(path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    const TWILIO: &str = "[sms]\nprovider = \"twilio\"\n\
+        account_sid = \"ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\nfrom = \"+15005550006\"\n";
+
+    #[test]
+    fn every_secret_can_come_from_a_file_and_never_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (name, value) in [
+            ("twilio", "tw-secret-1"),
+            ("tyntec", "ty-secret-2"),
+            ("azure", "aXZyZC1zZWNyZXQ="),
+            ("vonage", "vo-secret-3"),
+            ("auth", "Bearer wh-secret-4"),
+            ("pbx", "pbx-secret-5"),
+        ] {
+            secret_file(&d.join("credentials").join(name), &format!("{value}\n"));
+        }
+        let cases = [
+            (
+                format!("{TWILIO}auth_token_file = \"credentials/twilio\"\n"),
+                "tw-secret-1",
+            ),
+            (
+                "[sms]\nprovider = \"tyntec\"\nfrom = \"ivrd\"\n\
+                 api_key_file = \"credentials/tyntec\"\n"
+                    .into(),
+                "ty-secret-2",
+            ),
+            (
+                "[sms]\nprovider = \"azure\"\nendpoint = \"https://x.communication.azure.com\"\n\
+                 from = \"+18005550100\"\naccess_key_file = \"credentials/azure\"\n"
+                    .into(),
+                "aXZyZC1zZWNyZXQ=",
+            ),
+            (
+                "[sms]\nprovider = \"vonage\"\napi_key = \"k\"\nfrom = \"ivrd\"\n\
+                 api_secret_file = \"credentials/vonage\"\n"
+                    .into(),
+                "vo-secret-3",
+            ),
+            (
+                "[sms]\nprovider = \"webhook\"\nurl = \"https://gw.example/sms\"\n\
+                 headers = { X-Tenant = \"acme\" }\n\
+                 headers_file = { Authorization = \"credentials/auth\" }\n"
+                    .into(),
+                "Bearer wh-secret-4",
+            ),
+        ];
+        for (body, secret) in cases {
+            let body = format!(
+                "{body}[transfer]\nusername = \"ivrd\"\npassword_file = \"credentials/pbx\"\n"
+            );
+            let cfg = with_secrets(d, None, &body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+            // The provider gets the secret from the file...
+            crate::verify::sms::build(&cfg.sms).unwrap_or_else(|e| panic!("{e}\n{body}"));
+            let shown = format!("{:?}", cfg.sms);
+            assert!(!shown.contains(secret), "{shown}");
+            assert_eq!(cfg.transfer.password.as_deref(), Some("pbx-secret-5"));
+            // ...and no Debug output carries it.
+            let all = format!("{cfg:?}");
+            for leak in [secret, "pbx-secret-5"] {
+                assert!(!all.contains(leak), "{leak} in {all}");
+            }
+            assert!(all.contains("password: Some(\"***\")"), "{all}");
+            assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        }
+        let cfg = with_secrets(
+            d,
+            None,
+            "[sms]\nprovider = \"webhook\"\nurl = \"https://gw.example/sms\"\n\
+             headers_file = { Authorization = \"credentials/auth\" }\n",
+        )
+        .unwrap();
+        let crate::verify::sms::SmsConfig::Webhook { headers, .. } = &cfg.sms else {
+            panic!("not webhook");
+        };
+        assert_eq!(headers["Authorization"], "Bearer wh-secret-4");
+    }
+
+    #[test]
+    fn secret_files_come_from_the_credentials_directory_under_systemd() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = tempfile::tempdir().unwrap();
+        // What LoadCredential=credentials:/etc/ivrd/credentials makes of credentials/twilio.
+        secret_file(&creds.path().join("credentials_twilio"), "from-systemd");
+        secret_file(&dir.path().join("credentials/twilio"), "from-etc");
+        let body = format!("{TWILIO}auth_token_file = \"credentials/twilio\"\n");
+        let cfg = with_secrets(dir.path(), Some(creds.path()), &body).unwrap();
+        let crate::verify::sms::SmsConfig::Twilio { auth_token, .. } = &cfg.sms else {
+            panic!("not twilio");
+        };
+        assert_eq!(auth_token, "from-systemd");
+        let cfg = with_secrets(dir.path(), None, &body).unwrap();
+        let crate::verify::sms::SmsConfig::Twilio { auth_token, .. } = &cfg.sms else {
+            panic!("not twilio");
+        };
+        assert_eq!(auth_token, "from-etc");
+    }
+
+    #[test]
+    fn secret_settings_that_cannot_work_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        secret_file(&d.join("tok"), "t");
+        let cases = [
+            (
+                format!("{TWILIO}auth_token = \"inline\"\nauth_token_file = \"tok\"\n"),
+                "[sms] auth_token and auth_token_file are both set",
+            ),
+            (TWILIO.to_string(), "[sms] twilio needs auth_token_file"),
+            (
+                format!("{TWILIO}auth_token_file = \"missing\"\n"),
+                "[sms] auth_token_file = \"missing\": ",
+            ),
+            (
+                "[sms]\nprovider = \"webhook\"\nurl = \"https://gw.example/sms\"\n\
+                 headers = { authorization = \"Bearer inline\" }\n\
+                 headers_file = { Authorization = \"tok\" }\n"
+                    .into(),
+                "headers.Authorization and headers_file.Authorization are both set",
+            ),
+            (
+                "[transfer]\nusername = \"u\"\npassword = \"p\"\npassword_file = \"tok\"\n".into(),
+                "[transfer] password and password_file are both set",
+            ),
+            (
+                "[transfer]\nusername = \"u\"\n".into(),
+                "[transfer] username and password (or password_file) go together",
+            ),
+            (
+                "[transfer]\npassword_file = \"tok\"\n".into(),
+                "go together",
+            ),
+        ];
+        for (body, needle) in cases {
+            let e = with_secrets(d, None, &body).unwrap_err();
+            assert!(e.contains(needle), "{needle:?} not in {e}\n{body}");
+        }
+        // Through Config::load the error names the config file too.
+        let path = d.join("ivrd.toml");
+        std::fs::write(&path, format!("{TWILIO}auth_token_file = \"missing\"\n")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: [sms] auth_token_file", path.display())),
+            "{e}"
+        );
+        // Commands that use no secret still load it.
+        Config::load_without_secrets(&path).unwrap();
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
 //! - [`audit`]: one row per call, group-committed by one writer thread.
+//! - [`secrets`]: `*_file` keys, read from systemd credentials or files beside the config.
 pub mod admin;
 pub mod admin_http;
 pub mod audit;
@@ -37,6 +38,7 @@ pub mod dialplan;
 pub mod media;
 pub mod metrics;
 pub mod notify;
+pub mod secrets;
 pub mod server;
 pub mod services;
 pub mod sip;

@@ -95,7 +95,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Status { config } => {
-            let cfg = match load_config(config.as_deref()) {
+            let cfg = match load_config(config.as_deref(), Secrets::Skip) {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => {
-            let cfg = match load_config(config.as_deref()) {
+            let cfg = match load_config(config.as_deref(), Secrets::Read) {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
             config,
             db,
         } => {
-            let mut cfg = match load_config(config.as_deref()) {
+            let mut cfg = match load_config(config.as_deref(), Secrets::Skip) {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
@@ -149,7 +149,7 @@ fn main() -> ExitCode {
             format,
             config,
         } => {
-            let cfg = match load_config(config.as_deref()) {
+            let cfg = match load_config(config.as_deref(), Secrets::Skip) {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
@@ -160,7 +160,7 @@ fn main() -> ExitCode {
             db,
             command,
         } => {
-            let cfg = match load_config(config.as_deref()) {
+            let cfg = match load_config(config.as_deref(), Secrets::Skip) {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
@@ -181,11 +181,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let cfg = match load_config(config.as_deref()) {
+            let cfg = match load_config(config.as_deref(), Secrets::Read) {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
             init_logging(&cfg.log.level);
+            for warning in &cfg.warnings {
+                tracing::warn!("{warning}");
+            }
             // A relative config path must survive the daemon changing nothing but still be
             // found on reload: make it absolute now.
             let config = config.map(|p| std::path::absolute(&p).unwrap_or(p));
@@ -226,10 +229,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether a command reads the secret files the config names (`*_file`).
+#[derive(Clone, Copy)]
+enum Secrets {
+    /// `run` and `check`: they use the secrets, or check that they can be read.
+    Read,
+    /// Commands that send no SMS and answer no challenge, so that an admin who may not read
+    /// the credentials can still run them.
+    Skip,
+}
+
 /// The config file if one was given, else the built-in defaults; a bad file exits with 2.
-fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+fn load_config(path: Option<&std::path::Path>, secrets: Secrets) -> Result<Config, ExitCode> {
+    let load = match secrets {
+        Secrets::Read => Config::load,
+        Secrets::Skip => Config::load_without_secrets,
+    };
     match path {
-        Some(path) => Config::load(path).map_err(|e| {
+        Some(path) => load(path).map_err(|e| {
             eprintln!("ivrd: {e}");
             ExitCode::from(2)
         }),

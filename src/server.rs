@@ -49,6 +49,9 @@ pub struct Snapshot {
     pub default_plan: Option<Arc<Dialplan>>,
     pub services: Arc<Shared>,
     pub demo: Option<crate::config::DemoConfig>,
+    /// Digest credentials for a challenged REFER: a secret, so a reload re-reads it (a
+    /// rotated `password_file` takes effect without a restart).
+    pub transfer_auth: Option<(String, String)>,
 }
 
 /// Loads and checks prompts and dialplans (no database, no network): what `ivrd check` runs.
@@ -132,6 +135,11 @@ pub fn build_snapshot(
             metrics,
         }),
         demo: cfg.demo.enabled.then(|| cfg.demo.clone()),
+        transfer_auth: cfg
+            .transfer
+            .username
+            .clone()
+            .zip(cfg.transfer.password.clone()),
     })
 }
 
@@ -264,7 +272,7 @@ pub async fn run(
         })
         .collect();
     let hangup_all = CancellationToken::new();
-    let settings = Arc::new(CallSettings {
+    let mut settings = Arc::new(CallSettings {
         user_agent: cfg.sip.user_agent.clone(),
         ring: Duration::from_millis(cfg.sip.ring_ms),
         max_call: (cfg.media.max_call_secs > 0)
@@ -275,11 +283,7 @@ pub async fn run(
         default_language: cfg.media.default_language.clone(),
         dtmf_dedup_window: crate::media::dtmf::DigitDedup::DEFAULT_WINDOW,
         transfer_timeout: Duration::from_secs(cfg.transfer.timeout_secs),
-        auth: cfg
-            .transfer
-            .username
-            .clone()
-            .zip(cfg.transfer.password.clone()),
+        auth: current.read().expect("snapshot lock").transfer_auth.clone(),
     });
     let calls = TaskTracker::new();
     let admin_shutdown = CancellationToken::new();
@@ -352,6 +356,13 @@ pub async fn run(
                 notifier.reloading();
                 match reload_snapshot(config_path.as_deref(), &cfg, store.clone(), metrics.clone()) {
                     Ok(snap) => {
+                        if snap.transfer_auth != settings.auth {
+                            // Calls in progress keep the settings they started with.
+                            settings = Arc::new(CallSettings {
+                                auth: snap.transfer_auth.clone(),
+                                ..(*settings).clone()
+                            });
+                        }
                         let names: Vec<String> = snap.plans.iter().map(|p| p.name.clone()).collect();
                         *current.write().expect("snapshot lock") = Arc::new(snap);
                         *plan_names.write().expect("dialplans lock") = names.clone();
@@ -436,6 +447,7 @@ fn reload_snapshot(
     store: Arc<Store>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Snapshot> {
+    // Secrets are read again too: a rotated token in a `*_file` takes effect on reload.
     let cfg = match config_path {
         Some(p) => Config::load(p)?,
         // Without a file the daemon runs on the embedded default; reload that, not the
@@ -447,6 +459,9 @@ fn reload_snapshot(
         || cfg.store.path != running.store.path
     {
         warn!("listen addresses and the database path change only on restart");
+    }
+    for warning in &cfg.warnings {
+        warn!("{warning}");
     }
     build_snapshot(&cfg, store, None, metrics)
 }

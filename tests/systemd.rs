@@ -3,6 +3,9 @@
 //! and the daemon speaks the sd_notify protocol (READY, WATCHDOG, RELOADING, STOPPING) to a
 //! notify socket the test owns, as systemd would see it.
 //!
+//! The unit also hands ivrd its secrets as credentials and lets it read a 0640 config through
+//! a static group; the packaging files must agree with it (tested below).
+//!
 //! `systemd-analyze` is a hard requirement (Debian package `systemd`): a missing tool fails the
 //! test with the install command, it never skips.
 
@@ -116,6 +119,109 @@ fn unit_verifies() {
         "systemd-analyze verify {UNIT} failed ({}):\n{}",
         out.status,
         text(&out)
+    );
+    // verify exits 0 on a line it ignores (e.g. `SetCredential=id:` with an empty value
+    // in systemd 252): a setting silently dropped is a failure here.
+    let report = text(&out);
+    assert!(
+        report.trim().is_empty(),
+        "systemd-analyze verify {UNIT} printed warnings:\n{report}"
+    );
+}
+
+/// The settings of the unit, without comments.
+fn unit_settings() -> Vec<String> {
+    fs::read_to_string(manifest_dir().join(UNIT))
+        .expect("read unit")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Secrets come in as systemd credentials: the whole /etc/ivrd/credentials directory, under
+/// the ID `credentials`, so that ivrd finds `credentials/<file>` as `credentials_<file>`
+/// (src/secrets.rs), with a default so that a site without the directory still starts.
+#[test]
+fn unit_loads_the_credentials_directory() {
+    let settings = unit_settings();
+    assert!(
+        settings.contains(&"LoadCredential=credentials:/etc/ivrd/credentials".to_string()),
+        "{UNIT} does not load /etc/ivrd/credentials as credentials: {settings:#?}"
+    );
+    let default = settings
+        .iter()
+        .find_map(|l| l.strip_prefix("SetCredential=credentials:"))
+        .unwrap_or_else(|| panic!("{UNIT}: no SetCredential=credentials:... default"));
+    assert!(
+        !default.is_empty(),
+        "systemd 252 ignores an empty SetCredential= value"
+    );
+    assert!(
+        !settings
+            .iter()
+            .any(|l| l.starts_with("Environment=") && l.contains("CREDENTIALS")),
+        "systemd sets $CREDENTIALS_DIRECTORY itself"
+    );
+}
+
+/// The config may be 0640: the unit's supplementary group is the one sysusers.d creates and
+/// the one the package gives the config file.
+#[test]
+fn unit_packaging_and_config_agree_on_the_group_and_the_secrets() {
+    let settings = unit_settings();
+    let group = settings
+        .iter()
+        .find_map(|l| l.strip_prefix("SupplementaryGroups="))
+        .unwrap_or_else(|| panic!("{UNIT}: no SupplementaryGroups="))
+        .to_string();
+    assert_ne!(
+        group, "ivrd",
+        "a static group named like the unit replaces DynamicUser's group"
+    );
+    let sysusers = fs::read_to_string(manifest_dir().join("packaging/sysusers.d/ivrd.conf"))
+        .expect("read packaging/sysusers.d/ivrd.conf");
+    assert!(
+        sysusers
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["g", group.as_str()])),
+        "packaging/sysusers.d/ivrd.conf does not create the group {group}:\n{sysusers}"
+    );
+    let postinst = fs::read_to_string(manifest_dir().join("packaging/debian/postinst"))
+        .expect("read packaging/debian/postinst");
+    assert!(
+        postinst.contains(&format!("root {group} 0640 /etc/ivrd/ivrd.toml")),
+        "postinst does not install the config root:{group} 0640:\n{postinst}"
+    );
+    let cargo = fs::read_to_string(manifest_dir().join("Cargo.toml")).expect("read Cargo.toml");
+    assert!(
+        cargo.contains("\"packaging/sysusers.d/ivrd.conf\", \"usr/lib/sysusers.d/\""),
+        "the package does not ship the sysusers.d file"
+    );
+
+    // The shipped config names its secrets by *_file only, all under credentials/.
+    let config = fs::read_to_string(manifest_dir().join("packaging/ivrd.toml"))
+        .expect("read packaging/ivrd.toml");
+    let mut file_keys = 0;
+    for line in config.lines() {
+        let line = line.trim_start_matches(['#', ' ']);
+        let Some((key, value)) = line.split_once(" = ") else {
+            continue;
+        };
+        let key = key.trim();
+        assert!(
+            !["auth_token", "api_secret", "access_key", "password"].contains(&key),
+            "packaging/ivrd.toml shows a secret inline: {line}"
+        );
+        if key.ends_with("_file") || key == "headers_file" {
+            file_keys += 1;
+            assert!(value.contains("\"credentials/"), "{line}");
+        }
+    }
+    assert!(
+        file_keys >= 2,
+        "packaging/ivrd.toml shows no *_file example"
     );
 }
 

@@ -19,6 +19,17 @@
 //! time. Files already at 8 kHz skip the resampler entirely and are
 //! bit-exact for 16-bit input.
 //!
+//! Nothing in a file is trusted: an admin drops files in, and a reload
+//! must never take the daemon down. Files over [`MAX_FILE_BYTES`] are not
+//! read, a data chunk that claims more bytes than the file has is an error
+//! (never an allocation), prompts over [`MAX_PROMPT_SECS`] are refused
+//! before any output is allocated, the input is decoded, mixed and resampled
+//! in chunks (no buffer grows with it), and float samples that are not
+//! finite or beyond ±[`MAX_FLOAT_MAGNITUDE`] are refused before they reach
+//! the resampler (whose FFT unwraps an error that infinities cause). A
+//! panic that slips through anyway is caught per file and reported as
+//! [`PromptError::Internal`]. [`decode_wav`] is the entry point for bytes.
+//!
 //! Errors name the offending file, say what is wrong and what to do about
 //! it, because the person reading them is an operator who just dropped a
 //! new recording into the directory. [`PromptLibrary::load`] checks every
@@ -27,7 +38,7 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::fmt;
-use std::io::{self, Cursor};
+use std::io::{self, Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,13 +58,36 @@ const MIN_INPUT_RATE: u32 = 1000;
 /// may plan for a pathological (co-prime) rate taken from a file header.
 const MAX_INPUT_RATE: u32 = 384_000;
 
+/// Longest prompt accepted, in seconds of audio (10 minutes). Bounds the
+/// memory a prompt takes (at 8 kHz, 10 minutes are 4.8 M samples, 19 MB
+/// with both encodings) and catches headers that claim absurd lengths.
+/// Welcome messages and menus last seconds; even hold music loops.
+pub const MAX_PROMPT_SECS: u32 = 600;
+
+/// Largest prompt file read, in bytes (256 MiB): ten minutes of 48 kHz
+/// stereo 32-bit float (230 MB) fit. The file is read whole, so this is
+/// also the most memory one file can take while it loads.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Largest magnitude accepted for a float sample (full scale is 1.0).
+/// Hot masters go a little beyond full scale and are clipped; a value
+/// beyond +12 dBFS is not audio but a corrupt file or raw data with a float
+/// header, and is reported rather than played as full-scale noise.
+pub const MAX_FLOAT_MAGNITUDE: f32 = 4.0;
+
+/// Largest numerator accepted for the reduced ratio `rate : 8000`. The
+/// resampler works on whole periods of that many input frames, so its FFT
+/// size grows with it: a co-prime rate such as 352,801 Hz takes seconds to
+/// plan and a minute for a long prompt. Every standard rate reduces to at
+/// most 3,528 (44.1 kHz is 441:80, 352.8 kHz is 3528:80).
+const MAX_RATE_PERIOD: u32 = 50_000;
+
 /// Requested resampler chunk in input frames. rubato rounds it up to a
 /// whole number of rational periods; ~1k gives a long, steep
 /// anti-aliasing filter while keeping the FFTs small.
 const RESAMPLER_CHUNK: usize = 1024;
 
 /// Placeholder "path" for errors from [`convert`], which works on memory.
-/// [`load_wav`] replaces it with the real file name.
 const IN_MEMORY: &str = "<in-memory audio>";
 
 /// Everything that can go wrong while loading prompts. Every variant that
@@ -98,12 +132,60 @@ pub enum PromptError {
     },
 
     /// The file ends before the header or the audio data it declares.
-    #[error("{}: truncated WAV file ({detail}): the file was cut short; copy or export it again", path.display())]
+    #[error(
+        "{}: truncated WAV file ({detail}): the file was cut short or its header is corrupt; \
+         copy or export it again",
+        path.display()
+    )]
     Truncated {
         /// The offending file.
         path: PathBuf,
         /// Which part is missing.
-        detail: &'static str,
+        detail: String,
+    },
+
+    /// The file or the audio it declares is larger than a prompt may be
+    /// ([`MAX_FILE_BYTES`], [`MAX_PROMPT_SECS`]).
+    #[error(
+        "{}: too large for a prompt ({detail}): prompts may last at most {} minutes; \
+         shorten it or split it into several prompts",
+        path.display(),
+        MAX_PROMPT_SECS / 60
+    )]
+    TooLarge {
+        /// The offending file.
+        path: PathBuf,
+        /// What is too large, with the numbers.
+        detail: String,
+    },
+
+    /// Float samples that are not audio: NaN, infinities, or magnitudes far
+    /// beyond full scale (see [`MAX_FLOAT_MAGNITUDE`]).
+    #[error(
+        "{}: samples out of range / not finite ({reason}): the audio data is corrupt; \
+         re-export it as 16-bit PCM",
+        path.display()
+    )]
+    BadSamples {
+        /// The offending file.
+        path: PathBuf,
+        /// Which sample and what it holds.
+        reason: String,
+    },
+
+    /// Decoding the file panicked. Not expected: every known way a file can
+    /// be wrong has its own variant. Caught so that one file can never take
+    /// the daemon down (a reload keeps the running prompts instead).
+    #[error(
+        "{}: ivrd could not decode this file (internal error: {message}): re-export it as \
+         16-bit PCM, and please report this with the file attached",
+        path.display()
+    )]
+    Internal {
+        /// The offending file.
+        path: PathBuf,
+        /// The panic message.
+        message: String,
     },
 
     /// The WAV header is inconsistent in a way that is not a truncation.
@@ -217,6 +299,9 @@ impl PromptError {
             | Self::NotWav { path, .. }
             | Self::UnsupportedFormat { path, .. }
             | Self::Truncated { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::BadSamples { path, .. }
+            | Self::Internal { path, .. }
             | Self::Malformed { path, .. }
             | Self::Empty { path }
             | Self::InvalidAudio { path, .. }
@@ -229,18 +314,6 @@ impl PromptError {
             | Self::Duplicate { path, .. } => Some(path),
             Self::Many { .. } => None,
         }
-    }
-
-    /// Replaces the in-memory placeholder path of a [`convert`] error with
-    /// the file it came from.
-    fn at(mut self, file: &Path) -> Self {
-        match &mut self {
-            Self::Empty { path }
-            | Self::InvalidAudio { path, .. }
-            | Self::Resample { path, .. } => *path = file.to_path_buf(),
-            _ => {}
-        }
-        self
     }
 }
 
@@ -277,6 +350,19 @@ impl Prompt {
         }
     }
 
+    /// Decodes a WAV file held in memory (see [`decode_wav`]); errors name
+    /// it `<language>/<name>.wav`.
+    pub fn from_wav_bytes(
+        name: impl Into<String>,
+        language: impl Into<String>,
+        bytes: &[u8],
+    ) -> Result<Self, PromptError> {
+        let (name, language) = (name.into(), language.into());
+        let origin = Path::new(&language).join(format!("{name}.wav"));
+        let pcm = decode_wav(bytes, &origin)?;
+        Ok(Prompt::from_pcm(name, language, pcm))
+    }
+
     /// Playing time at 8 kHz.
     pub fn duration(&self) -> Duration {
         // 125 us per sample at 8 kHz; exact in integer nanoseconds.
@@ -301,162 +387,328 @@ impl fmt::Debug for Prompt {
 }
 
 /// Reads a WAV file and returns it as 8 kHz mono 16-bit samples.
+///
+/// Never trusts a size it reads from the file: the file is read only if it
+/// is at most [`MAX_FILE_BYTES`] long (by the file system's account, and
+/// the read itself stops there too), and [`decode_wav`] bounds everything
+/// else by the bytes actually present.
 pub fn load_wav(path: &Path) -> Result<Vec<i16>, PromptError> {
-    // Reading the whole file first is faster than buffered small reads and
-    // lets us sniff the header for a precise error message.
-    let bytes = std::fs::read(path).map_err(|source| PromptError::Io {
+    let io_err = |source| PromptError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    if let Err(reason) = check_riff_wave(&bytes) {
+    };
+    let too_large = |len: u64| PromptError::TooLarge {
+        path: path.to_path_buf(),
+        detail: format!(
+            "the file has {len} bytes, more than the {MAX_FILE_BYTES} read for a prompt"
+        ),
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(too_large(len));
+    }
+    // Reading the whole file first is faster than buffered small reads and
+    // lets us sniff the header for a precise error message. `take` keeps
+    // the read bounded even if the file grows after the size check.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    decode_wav(&bytes, path)
+}
+
+/// Decodes a whole WAV file held in memory to 8 kHz mono 16-bit samples.
+/// Errors name `origin` (the file the bytes came from, or any label).
+///
+/// This is the loader's one entry point for untrusted bytes (the fuzz
+/// target calls it directly): it must return an error, never panic, and
+/// never allocate by a length read from the header. The only allocations
+/// are the output (at most [`MAX_PROMPT_SECS`] of 8 kHz audio) and the
+/// resampler's fixed work buffers; the input is decoded, mixed and
+/// resampled in chunks, so no buffer grows with the input's size.
+pub fn decode_wav(bytes: &[u8], origin: &Path) -> Result<Vec<i16>, PromptError> {
+    let path = origin;
+    if let Err(reason) = check_riff_wave(bytes) {
         return Err(PromptError::NotWav {
             path: path.to_path_buf(),
             reason,
         });
     }
 
+    // hound parses and validates the header; the samples are decoded here,
+    // straight from the data chunk's bytes: hound's generic per-sample
+    // reader costs ~15 ns a sample, about as much as resampling, and
+    // decoding a slice cannot run past what the file really holds.
     let reader =
-        hound::WavReader::new(Cursor::new(&bytes[..])).map_err(|e| hound_error(path, &bytes, e))?;
+        hound::WavReader::new(Cursor::new(bytes)).map_err(|e| hound_error(path, bytes, e))?;
     let spec = reader.spec();
-    let sample_count = reader.len() as usize;
-    let interleaved = match (spec.sample_format, spec.bits_per_sample) {
-        (hound::SampleFormat::Int, 16) => {
-            // Fast path for the common format: hound's generic per-sample
-            // reader costs ~15 ns a sample, about as much as resampling;
-            // decoding the data chunk slice directly is several times
-            // cheaper. hound only accepts 16-bit samples in
-            // 2-byte containers, and the header parse above left the cursor
-            // at the first data byte.
-            let start = usize::try_from(reader.into_inner().position()).unwrap_or(usize::MAX);
-            let data = start
-                .checked_add(sample_count.saturating_mul(2))
-                .and_then(|end| bytes.get(start..end))
-                .ok_or_else(|| PromptError::Truncated {
-                    path: path.to_path_buf(),
-                    detail: "the file ends before the audio data its header declares",
-                })?;
-            data.chunks_exact(2)
-                .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) * (1.0 / 32768.0))
-                .collect()
-        }
-        (hound::SampleFormat::Int, bits @ (8 | 24 | 32)) => {
-            // Full scale of an n-bit integer is 2^(n-1), so that the most
-            // negative value maps to exactly -1.0.
-            let scale = 1.0 / (1u64 << (bits - 1)) as f32;
-            read_samples(reader, sample_count, path, &bytes, |s: i32| {
-                s as f32 * scale
-            })?
-        }
-        (hound::SampleFormat::Float, 32) => {
-            read_samples(reader, sample_count, path, &bytes, |s: f32| s)?
-        }
-        (format, bits) => {
-            let kind = match format {
-                hound::SampleFormat::Int => "integer",
-                hound::SampleFormat::Float => "float",
-            };
-            return Err(PromptError::UnsupportedFormat {
-                path: path.to_path_buf(),
-                detail: format!("{bits}-bit {kind}"),
-            });
-        }
-    };
-    if interleaved.is_empty() {
+    let num_samples = reader.len() as usize;
+    // hound leaves the cursor at the first data byte, right after the data
+    // chunk's 8-byte header, whose last 4 bytes are the chunk's length.
+    let start = usize::try_from(reader.into_inner().position()).unwrap_or(usize::MAX);
+    let data_len = start
+        .checked_sub(4)
+        .and_then(|at| bytes.get(at..start))
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| PromptError::Malformed {
+            path: path.to_path_buf(),
+            reason: "no data chunk header before the audio data".into(),
+        })?;
+    let available = bytes.len().saturating_sub(start);
+    if data_len > available {
+        return Err(PromptError::Truncated {
+            path: path.to_path_buf(),
+            detail: format!(
+                "data chunk claims {data_len} bytes but the file has {available} after its header"
+            ),
+        });
+    }
+    if num_samples == 0 {
         return Err(PromptError::Empty {
             path: path.to_path_buf(),
         });
     }
-    convert(&interleaved, spec.sample_rate, spec.channels).map_err(|e| e.at(path))
-}
-
-/// Reads every sample of `reader` as `S` and maps it to f32.
-fn read_samples<S: hound::Sample>(
-    mut reader: hound::WavReader<Cursor<&[u8]>>,
-    len_hint: usize,
-    path: &Path,
-    bytes: &[u8],
-    to_f32: impl Fn(S) -> f32,
-) -> Result<Vec<f32>, PromptError> {
-    let mut out = Vec::with_capacity(len_hint);
-    for sample in reader.samples::<S>() {
-        out.push(to_f32(sample.map_err(|e| hound_error(path, bytes, e))?));
+    // hound checked that the data length is a whole number of samples and
+    // of frames, so this is the container size (block_align / channels).
+    let container = data_len / num_samples;
+    let frames = num_samples / usize::from(spec.channels.max(1));
+    let data = &bytes[start..start + data_len];
+    let (rate, channels) = (spec.sample_rate, spec.channels);
+    // Full scale of an n-bit integer is 2^(n-1), so that the most negative
+    // value maps to exactly -1.0.
+    let int = |bits: u32| 1.0 / (1u64 << (bits - 1)) as f32;
+    match (spec.sample_format, spec.bits_per_sample, container) {
+        (hound::SampleFormat::Int, 16, 2) => {
+            let s = data.chunks_exact(2);
+            let scale = int(16);
+            let s = s.map(|b| Ok(f32::from(i16::from_le_bytes([b[0], b[1]])) * scale));
+            to_telephone(s, frames, rate, channels, path)
+        }
+        (hound::SampleFormat::Int, 8, 1) => {
+            // 8-bit WAV is unsigned, centred on 128.
+            let s = data.iter().map(|&b| Ok((f32::from(b) - 128.0) * int(8)));
+            to_telephone(s, frames, rate, channels, path)
+        }
+        (hound::SampleFormat::Int, 24, 3 | 4) => {
+            // In a 4-byte container the sample is in the low three bytes,
+            // as hound writes and reads it; the top byte is ignored.
+            let scale = int(24);
+            let s = data.chunks_exact(container).map(|b| {
+                let v = i32::from_le_bytes([0, b[0], b[1], b[2]]) >> 8;
+                Ok(v as f32 * scale)
+            });
+            to_telephone(s, frames, rate, channels, path)
+        }
+        (hound::SampleFormat::Int, 32, 4) => {
+            let scale = int(32);
+            let s = data
+                .chunks_exact(4)
+                .map(|b| Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 * scale));
+            to_telephone(s, frames, rate, channels, path)
+        }
+        (hound::SampleFormat::Float, 32, 4) => {
+            let s = data
+                .chunks_exact(4)
+                .map(|b| Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            to_telephone(s, frames, rate, channels, path)
+        }
+        (format, bits, _) => {
+            let kind = match format {
+                hound::SampleFormat::Int => "integer",
+                hound::SampleFormat::Float => "float",
+            };
+            Err(PromptError::UnsupportedFormat {
+                path: path.to_path_buf(),
+                detail: format!("{bits}-bit {kind} in {container}-byte containers"),
+            })
+        }
     }
-    Ok(out)
 }
 
 /// Converts interleaved float samples (full scale = ±1.0) at any rate and
 /// channel count to 8 kHz mono 16-bit: channels are averaged, the result is
 /// resampled (unless already 8 kHz), then rounded and clipped to i16.
-/// Non-finite samples (NaN, ±inf) are treated as silence.
+///
+/// Samples must be finite and within ±[`MAX_FLOAT_MAGNITUDE`]; anything
+/// else is an error rather than silence, because it means the data is not
+/// audio (a corrupt file, or raw data with a float header). Hot samples
+/// within that bound are clipped to ±1.0 before mixing.
 pub fn convert(
     samples_interleaved_f32: &[f32],
     rate: u32,
     channels: u16,
 ) -> Result<Vec<i16>, PromptError> {
-    let invalid = |reason: String| PromptError::InvalidAudio {
-        path: PathBuf::from(IN_MEMORY),
-        reason,
-    };
+    let path = Path::new(IN_MEMORY);
     if channels == 0 {
-        return Err(invalid("zero channels".into()));
+        return Err(invalid_audio(path, "zero channels".into()));
+    }
+    let width = usize::from(channels);
+    if !samples_interleaved_f32.len().is_multiple_of(width) {
+        return Err(invalid_audio(
+            path,
+            format!(
+                "{} samples is not a whole number of {channels}-channel frames",
+                samples_interleaved_f32.len()
+            ),
+        ));
+    }
+    let frames = samples_interleaved_f32.len() / width;
+    to_telephone(
+        samples_interleaved_f32.iter().map(|&s| Ok(s)),
+        frames,
+        rate,
+        channels,
+        path,
+    )
+}
+
+fn invalid_audio(path: &Path, reason: String) -> PromptError {
+    PromptError::InvalidAudio {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// The common back end of [`decode_wav`] and [`convert`]: checks the
+/// parameters, then mixes `samples` (interleaved, `frames` frames of
+/// `channels` samples) to mono and resamples them to 8 kHz in chunks.
+fn to_telephone(
+    samples: impl Iterator<Item = Result<f32, PromptError>>,
+    frames: usize,
+    rate: u32,
+    channels: u16,
+    path: &Path,
+) -> Result<Vec<i16>, PromptError> {
+    if channels == 0 {
+        return Err(invalid_audio(path, "zero channels".into()));
     }
     if !(MIN_INPUT_RATE..=MAX_INPUT_RATE).contains(&rate) {
-        return Err(invalid(format!(
-            "sample rate {rate} Hz is outside {MIN_INPUT_RATE}..={MAX_INPUT_RATE} Hz"
-        )));
+        return Err(invalid_audio(
+            path,
+            format!("sample rate {rate} Hz is outside {MIN_INPUT_RATE}..={MAX_INPUT_RATE} Hz"),
+        ));
     }
-    let channels = usize::from(channels);
-    if !samples_interleaved_f32
-        .chunks_exact(channels)
-        .remainder()
-        .is_empty()
-    {
-        return Err(invalid(format!(
-            "{} samples is not a whole number of {channels}-channel frames",
-            samples_interleaved_f32.len()
-        )));
+    let period = rate / gcd(rate as usize, SAMPLE_RATE as usize) as u32;
+    if period > MAX_RATE_PERIOD {
+        return Err(invalid_audio(
+            path,
+            format!(
+                "sample rate {rate} Hz has no simple ratio to 8000 Hz (it reduces to \
+                 {period}:{}); use a standard rate such as 8000, 16000, 44100 or 48000 Hz",
+                SAMPLE_RATE / (rate / period)
+            ),
+        ));
     }
-    if samples_interleaved_f32.is_empty() {
+    if frames == 0 {
         return Err(PromptError::Empty {
-            path: PathBuf::from(IN_MEMORY),
+            path: path.to_path_buf(),
         });
     }
-
-    let inv_channels = 1.0 / channels as f32;
-    let mono: Vec<f32> = samples_interleaved_f32
-        .chunks_exact(channels)
-        .map(|frame| {
-            let sum: f32 = frame
-                .iter()
-                .map(|&s| if s.is_finite() { s } else { 0.0 })
-                .sum();
-            sum * inv_channels
-        })
-        .collect();
-
+    // The output is allocated from this, so it is checked before any work.
+    if frames as u64 > u64::from(rate) * u64::from(MAX_PROMPT_SECS) {
+        return Err(PromptError::TooLarge {
+            path: path.to_path_buf(),
+            detail: format!(
+                "{:.1} minutes of audio, more than the {} minutes a prompt may last",
+                frames as f64 / f64::from(rate) / 60.0,
+                MAX_PROMPT_SECS / 60
+            ),
+        });
+    }
+    let mut mixer = Mixer {
+        samples,
+        channels: usize::from(channels),
+        frames_left: frames,
+        next_index: 0,
+        path,
+    };
     let mono = if rate == SAMPLE_RATE {
+        let mut mono = vec![0.0f32; frames];
+        let got = mixer.fill(&mut mono)?;
+        mono.truncate(got);
         mono
     } else {
-        resample_to_8k(&mono, rate).map_err(|reason| PromptError::Resample {
-            path: PathBuf::from(IN_MEMORY),
-            reason,
-        })?
+        resample_to_8k(&mut mixer, frames, rate, path)?
     };
     if mono.is_empty() {
         // A handful of input frames can round down to zero output samples.
         return Err(PromptError::Empty {
-            path: PathBuf::from(IN_MEMORY),
+            path: path.to_path_buf(),
         });
     }
-    // `as` saturates, so out-of-range (hot float masters) clip cleanly.
+    // `as` saturates (and maps NaN to 0, which cannot occur here), so the
+    // resampler's small overshoot near full scale clips cleanly.
     Ok(mono.iter().map(|&s| (s * 32768.0).round() as i16).collect())
 }
 
-/// Resamples mono audio to 8 kHz, returning exactly
-/// `round(len * 8000 / rate)` samples aligned with the input.
-fn resample_to_8k(mono: &[f32], rate: u32) -> Result<Vec<f32>, String> {
+/// Mixes interleaved samples down to mono frames on demand, checking each
+/// sample on the way: the resampler must only ever see finite values in
+/// [-1, 1] (rubato unwraps an FFT error that infinities and NaNs cause).
+struct Mixer<'p, I> {
+    samples: I,
+    channels: usize,
+    frames_left: usize,
+    /// Index of the next interleaved sample, for error messages.
+    next_index: u64,
+    path: &'p Path,
+}
+
+impl<I: Iterator<Item = Result<f32, PromptError>>> Mixer<'_, I> {
+    /// Fills `out` with mono frames; returns how many were written (fewer
+    /// than `out.len()` only once all frames are used up).
+    fn fill(&mut self, out: &mut [f32]) -> Result<usize, PromptError> {
+        let n = out.len().min(self.frames_left);
+        let inv_channels = 1.0 / self.channels as f32;
+        for slot in &mut out[..n] {
+            let mut sum = 0.0f32;
+            for _ in 0..self.channels {
+                let index = self.next_index;
+                self.next_index += 1;
+                let s = match self.samples.next() {
+                    Some(s) => s?,
+                    None => {
+                        return Err(PromptError::Truncated {
+                            path: self.path.to_path_buf(),
+                            detail: format!("the audio data ends at sample {index}"),
+                        });
+                    }
+                };
+                if !s.is_finite() || s.abs() > MAX_FLOAT_MAGNITUDE {
+                    return Err(PromptError::BadSamples {
+                        path: self.path.to_path_buf(),
+                        reason: format!(
+                            "sample {index} is {s:e}; float samples must be finite and within \
+                             ±{MAX_FLOAT_MAGNITUDE:.1} (full scale is ±1.0)"
+                        ),
+                    });
+                }
+                sum += s.clamp(-1.0, 1.0);
+            }
+            *slot = sum * inv_channels;
+        }
+        self.frames_left -= n;
+        Ok(n)
+    }
+}
+
+/// Resamples `frames` mono frames from `mixer` to 8 kHz, returning exactly
+/// `round(frames * 8000 / rate)` samples aligned with the input.
+fn resample_to_8k<I: Iterator<Item = Result<f32, PromptError>>>(
+    mixer: &mut Mixer<'_, I>,
+    frames: usize,
+    rate: u32,
+    path: &Path,
+) -> Result<Vec<f32>, PromptError> {
+    let failed = |reason: String| PromptError::Resample {
+        path: path.to_path_buf(),
+        reason,
+    };
     let rate64 = u64::from(rate);
-    let expected = ((mono.len() as u64 * u64::from(SAMPLE_RATE) + rate64 / 2) / rate64) as usize;
+    let expected = ((frames as u64 * u64::from(SAMPLE_RATE) + rate64 / 2) / rate64) as usize;
     // rubato processes whole rational periods of `rate / gcd` input frames.
     // Use an even number of periods: the output block is then even and the
     // reported delay (half a block, rounded down) is exact rather than off
@@ -465,7 +717,7 @@ fn resample_to_8k(mono: &[f32], rate: u32) -> Result<Vec<f32>, String> {
     let periods = RESAMPLER_CHUNK.div_ceil(period).next_multiple_of(2);
     let mut resampler =
         FftFixedIn::<f32>::new(rate as usize, SAMPLE_RATE as usize, periods * period, 1, 1)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string()))?;
     let chunk = resampler.input_frames_max();
     // The FFT resampler's filter delays the output; feed zeros past the end
     // until the delayed tail has come out, then cut the delay off the front.
@@ -473,22 +725,14 @@ fn resample_to_8k(mono: &[f32], rate: u32) -> Result<Vec<f32>, String> {
     let wanted = expected + delay;
     let mut out = Vec::with_capacity(wanted + resampler.output_frames_max());
     let mut out_chunk = vec![0.0f32; resampler.output_frames_max()];
-    let mut padded = vec![0.0f32; chunk];
-    let mut pos = 0usize;
+    let mut input = vec![0.0f32; chunk];
     while out.len() < wanted {
-        let rest = mono.get(pos..).unwrap_or(&[]);
-        let input: &[f32] = if rest.len() >= chunk {
-            &rest[..chunk]
-        } else {
-            padded.fill(0.0);
-            padded[..rest.len()].copy_from_slice(rest);
-            &padded
-        };
+        let got = mixer.fill(&mut input)?;
+        input[got..].fill(0.0);
         let (_, produced) = resampler
-            .process_into_buffer(&[input], &mut [&mut out_chunk[..]], None)
-            .map_err(|e| e.to_string())?;
+            .process_into_buffer(&[&input[..]], &mut [&mut out_chunk[..]], None)
+            .map_err(|e| failed(e.to_string()))?;
         out.extend_from_slice(&out_chunk[..produced]);
-        pos += chunk;
     }
     out.drain(..delay);
     out.truncate(expected);
@@ -543,7 +787,7 @@ fn hound_error(path: &Path, bytes: &[u8], err: hound::Error) -> PromptError {
         // `UnexpectedEof`).
         hound::Error::IoError(_) => PromptError::Truncated {
             path,
-            detail: "the file ends before the header or audio data it declares",
+            detail: "the file ends before the header or audio data it declares".into(),
         },
         hound::Error::FormatError(msg) if msg.contains("RIFF") || msg.contains("WAVE") => {
             PromptError::NotWav {
@@ -807,6 +1051,34 @@ fn utf8_name(
     }
 }
 
+/// [`load_wav`], with any panic turned into [`PromptError::Internal`] for
+/// that file. Defence in depth: the decoder is written not to panic on any
+/// input, but a bug there (or in hound or rubato) must cost one prompt and
+/// an error message, not the daemon, which may be reloading under live
+/// calls. Allocation failures abort and cannot be caught, which is why the
+/// decoder never allocates by a size it was told.
+fn load_guarded(path: &Path) -> Result<Vec<i16>, PromptError> {
+    guarded(path, || load_wav(path))
+}
+
+/// Runs `decode`, turning a panic into [`PromptError::Internal`] for `path`.
+fn guarded(
+    path: &Path,
+    decode: impl FnOnce() -> Result<Vec<i16>, PromptError> + std::panic::UnwindSafe,
+) -> Result<Vec<i16>, PromptError> {
+    std::panic::catch_unwind(decode).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        Err(PromptError::Internal {
+            path: path.to_path_buf(),
+            message,
+        })
+    })
+}
+
 /// Loads all files, spreading them over the available cores: start-up time
 /// is dominated by resampling, which parallelises perfectly. Results come
 /// back in job order.
@@ -816,7 +1088,7 @@ fn load_all(jobs: &[(String, String, PathBuf)]) -> Vec<Result<Vec<i16>, PromptEr
         .min(jobs.len())
         .max(1);
     if workers == 1 {
-        return jobs.iter().map(|(_, _, path)| load_wav(path)).collect();
+        return jobs.iter().map(|(_, _, path)| load_guarded(path)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<Option<Result<Vec<i16>, PromptError>>> =
@@ -831,13 +1103,14 @@ fn load_all(jobs: &[(String, String, PathBuf)]) -> Vec<Result<Vec<i16>, PromptEr
                         let Some((_, _, path)) = jobs.get(i) else {
                             break done;
                         };
-                        done.push((i, load_wav(path)));
+                        done.push((i, load_guarded(path)));
                     }
                 })
             })
             .collect();
         for handle in handles {
-            // A worker only panics on a bug; surface it unchanged.
+            // Decoding cannot panic (load_guarded); anything else here is
+            // a bug in this function: surface it unchanged.
             let done = handle
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -1127,11 +1400,20 @@ mod tests {
             convert(&[0.5], 48000, 1),
             Err(PromptError::Empty { .. })
         ));
-        // Non-finite input is silenced, hot input is clipped, not wrapped.
+        // Hot input is clipped, not wrapped.
         assert_eq!(
-            convert(&[f32::NAN, f32::INFINITY, 2.0, -2.0, 0.25], 8000, 1).unwrap(),
-            vec![0, 0, 32767, -32768, 8192]
+            convert(&[2.0, -2.0, 0.25, 4.0], 8000, 1).unwrap(),
+            vec![32767, -32768, 8192, 32767]
         );
+        // Non-finite input, or far beyond full scale, is not audio.
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 4.01, -1.7e38] {
+            let e = convert(&[0.0, bad], 8000, 1).unwrap_err();
+            assert!(matches!(e, PromptError::BadSamples { .. }), "{bad}: {e:?}");
+            assert!(e.to_string().contains("sample 1 is"), "{e}");
+        }
+        // Rates with no simple ratio to 8 kHz would need huge FFTs.
+        let e = convert(&[0.0; 4], 352_801, 1).unwrap_err();
+        assert!(e.to_string().contains("no simple ratio"), "{e}");
     }
 
     #[test]
@@ -1263,6 +1545,392 @@ mod tests {
         let pcm = dir.path().join("pcm.wav");
         fs::write(&pcm, raw_wav(1, 16, &[0; 160])).unwrap();
         assert_eq!(load_wav(&pcm).unwrap(), vec![0i16; 80]);
+    }
+
+    /// Reproducer: a 44-byte 8-bit mono WAV whose data chunk claims
+    /// 4,294,967,295 bytes. The old loader reserved 4 bytes of f32 per
+    /// claimed sample (17 GB) and aborted the daemon when that failed.
+    pub(super) const HUGE_DATA_CLAIM: [u8; 44] = [
+        b'R', b'I', b'F', b'F', 0xFF, 0xFF, 0xFF, 0xFF, b'W', b'A', b'V', b'E', //
+        b'f', b'm', b't', b' ', 16, 0, 0, 0, //
+        1, 0, // PCM
+        1, 0, // mono
+        0x40, 0x1F, 0, 0, // 8000 Hz
+        0x40, 0x1F, 0, 0, // 8000 bytes/s
+        1, 0, // block align
+        8, 0, // bits per sample
+        b'd', b'a', b't', b'a', 0xFF, 0xFF, 0xFF, 0xFF, // data: 4294967295 bytes
+    ];
+
+    /// Reproducer: a 108-byte 32-bit float stereo 16 kHz WAV whose 16
+    /// samples are all -1.7e38 (0xFEFFC99E). The old loader averaged them
+    /// into the resampler, whose FFT overflowed to infinity and NaN and hit
+    /// a rubato `unwrap`: a panic that took the daemon down on SIGHUP.
+    pub(super) fn hot_float_stereo() -> Vec<u8> {
+        let mut v = vec![
+            b'R', b'I', b'F', b'F', 100, 0, 0, 0, b'W', b'A', b'V', b'E', //
+            b'f', b'm', b't', b' ', 16, 0, 0, 0, //
+            3, 0, // IEEE float
+            2, 0, // stereo
+            0x80, 0x3E, 0, 0, // 16000 Hz
+            0x00, 0xF4, 0x01, 0, // 128000 bytes/s
+            8, 0, // block align
+            32, 0, // bits per sample
+            b'd', b'a', b't', b'a', 64, 0, 0, 0, // data: 64 bytes
+        ];
+        for _ in 0..16 {
+            v.extend_from_slice(&[0x9E, 0xC9, 0xFF, 0xFE]);
+        }
+        assert_eq!(v.len(), 108);
+        v
+    }
+
+    /// A WAV header with every field given, so tests can write what no
+    /// encoder would: `fmt_body` is the whole `fmt ` chunk body, and the
+    /// data chunk claims `data_claim` bytes whatever `data` holds.
+    fn wav_with(fmt_body: &[u8], data_claim: u32, data: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(b"RIFF");
+        let riff_len = (4 + 8 + fmt_body.len() as u32 + 8).wrapping_add(data_claim);
+        v.extend_from_slice(&riff_len.to_le_bytes());
+        v.extend_from_slice(b"WAVE");
+        v.extend_from_slice(b"fmt ");
+        v.extend_from_slice(&(fmt_body.len() as u32).to_le_bytes());
+        v.extend_from_slice(fmt_body);
+        v.extend_from_slice(b"data");
+        v.extend_from_slice(&data_claim.to_le_bytes());
+        v.extend_from_slice(data);
+        v
+    }
+
+    /// A 16-byte `fmt ` body (WAVEFORMAT + bits), byte rate made consistent.
+    fn fmt16(tag: u16, channels: u16, rate: u32, block_align: u16, bits: u16) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&channels.to_le_bytes());
+        v.extend_from_slice(&rate.to_le_bytes());
+        v.extend_from_slice(&rate.wrapping_mul(u32::from(block_align)).to_le_bytes());
+        v.extend_from_slice(&block_align.to_le_bytes());
+        v.extend_from_slice(&bits.to_le_bytes());
+        v
+    }
+
+    /// A 40-byte WAVE_FORMAT_EXTENSIBLE `fmt ` body.
+    fn fmt_extensible(
+        channels: u16,
+        block_align: u16,
+        bits: u16,
+        valid: u16,
+        float: bool,
+    ) -> Vec<u8> {
+        let mut v = fmt16(0xFFFE, channels, 8000, block_align, bits);
+        v.extend_from_slice(&22u16.to_le_bytes());
+        v.extend_from_slice(&valid.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes()); // channel mask
+        // KSDATAFORMAT_SUBTYPE_PCM / _IEEE_FLOAT: {0000000X-0000-0010-8000-00aa00389b71}
+        v.extend_from_slice(&[if float { 3 } else { 1 }, 0, 0, 0, 0, 0, 0x10, 0]);
+        v.extend_from_slice(&[0x80, 0, 0, 0xaa, 0, 0x38, 0x9b, 0x71]);
+        v
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
+        decode_wav(bytes, Path::new("prompts/en/welcome.wav"))
+    }
+
+    #[test]
+    fn huge_data_claim_is_an_error_not_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("welcome.wav");
+        fs::write(&path, HUGE_DATA_CLAIM).unwrap();
+        let e = load_wav(&path).unwrap_err();
+        assert!(matches!(e, PromptError::Truncated { .. }), "{e:?}");
+        assert_names(
+            &e,
+            &path,
+            "data chunk claims 4294967295 bytes but the file has 0 after its header",
+        );
+
+        // The same with 8 bytes of audio and float samples (hound's
+        // generic reader path in the old loader).
+        let fmt = fmt16(3, 1, 8000, 4, 32);
+        let e = decode(&wav_with(&fmt, 0xFFFF_FFFC, &[0; 8])).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "prompts/en/welcome.wav: truncated WAV file (data chunk claims 4294967292 \
+                 bytes but the file has 8"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn non_finite_and_absurd_float_samples_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("welcome.wav");
+        fs::write(&path, hot_float_stereo()).unwrap();
+        let e = load_wav(&path).unwrap_err();
+        assert!(matches!(e, PromptError::BadSamples { .. }), "{e:?}");
+        assert_names(
+            &e,
+            &path,
+            "samples out of range / not finite (sample 0 is -1.7e38",
+        );
+
+        // NaN and infinities anywhere, at 8 kHz (no resampler) or not.
+        let fmt8k = fmt16(3, 1, 8000, 4, 32);
+        let fmt16k = fmt16(3, 1, 16000, 4, 32);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 5.0] {
+            for fmt in [&fmt8k, &fmt16k] {
+                let mut data = Vec::new();
+                for s in [0.1f32, -0.2, bad, 0.3] {
+                    data.extend_from_slice(&s.to_le_bytes());
+                }
+                let e = decode(&wav_with(fmt, 16, &data)).unwrap_err();
+                assert!(matches!(e, PromptError::BadSamples { .. }), "{bad}: {e:?}");
+                assert!(e.to_string().contains("sample 2 is"), "{e}");
+            }
+        }
+
+        // Hot but plausible masters (up to +12 dBFS) still load, clipped.
+        let mut data = Vec::new();
+        for s in [1.5f32, -3.9, 0.5, 0.0] {
+            data.extend_from_slice(&s.to_le_bytes());
+        }
+        assert_eq!(
+            decode(&wav_with(&fmt8k, 16, &data)).unwrap(),
+            vec![32767, -32768, 16384, 0]
+        );
+    }
+
+    #[test]
+    fn header_edge_cases_are_errors_naming_the_file() {
+        let name = "prompts/en/welcome.wav";
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "zero channels",
+                wav_with(&fmt16(1, 0, 8000, 2, 16), 4, &[0; 4]),
+                "zero channels",
+            ),
+            (
+                "zero sample rate",
+                wav_with(&fmt16(1, 1, 0, 2, 16), 4, &[0; 4]),
+                "sample rate 0 Hz is outside",
+            ),
+            (
+                "absurd sample rate",
+                wav_with(&fmt16(1, 1, 4_000_000, 2, 16), 4, &[0; 4]),
+                "sample rate 4000000 Hz is outside",
+            ),
+            (
+                "sample rate that overflows the byte rate",
+                wav_with(&fmt16(1, 1, u32::MAX, 2, 16), 4, &[0; 4]),
+                "malformed WAV file",
+            ),
+            (
+                "co-prime sample rate",
+                wav_with(&fmt16(1, 1, 352_801, 2, 16), 4, &[0; 4]),
+                "no simple ratio",
+            ),
+            (
+                "no audio data",
+                wav_with(&fmt16(1, 1, 8000, 2, 16), 0, &[]),
+                "empty audio",
+            ),
+            (
+                "12 bits per sample",
+                wav_with(&fmt16(1, 1, 8000, 2, 12), 4, &[0; 4]),
+                "unsupported sample format",
+            ),
+            (
+                "zero bits per sample",
+                wav_with(&fmt16(1, 1, 8000, 2, 0), 4, &[0; 4]),
+                "bits per sample is 0",
+            ),
+            (
+                "block align smaller than a sample",
+                wav_with(&fmt16(1, 2, 8000, 1, 8), 4, &[0; 4]),
+                "sample bits exceeds size of sample",
+            ),
+            (
+                "data not a whole number of frames",
+                wav_with(&fmt16(1, 2, 8000, 4, 16), 6, &[0; 6]),
+                "malformed WAV file",
+            ),
+            (
+                "extensible, 16 valid bits in 4-byte containers",
+                wav_with(&fmt_extensible(1, 4, 32, 16, false), 8, &[0; 8]),
+                "16-bit integer in 4-byte containers",
+            ),
+            (
+                "extensible, 7 valid bits",
+                wav_with(&fmt_extensible(1, 1, 8, 7, false), 4, &[0; 4]),
+                "7-bit integer",
+            ),
+            (
+                "extensible, 64 valid bits in a 4-byte container",
+                wav_with(&fmt_extensible(1, 4, 32, 64, true), 8, &[0; 8]),
+                "64-bit float",
+            ),
+            (
+                "extensible with an unknown sub-format",
+                {
+                    let mut fmt = fmt_extensible(1, 2, 16, 16, false);
+                    fmt[24] = 0x55;
+                    wav_with(&fmt, 4, &[0; 4])
+                },
+                "unsupported sample format",
+            ),
+            (
+                "unknown chunk claiming 4 GiB before the data",
+                {
+                    let mut v = wav_with(&fmt16(1, 1, 8000, 2, 16), 4, &[0; 4]);
+                    v.splice(12..12, *b"junk\xFF\xFF\xFF\xFF");
+                    v
+                },
+                "truncated WAV file",
+            ),
+            (
+                "fmt chunk claiming 4 GiB",
+                {
+                    let mut v = wav_with(&fmt16(1, 1, 8000, 2, 16), 4, &[0; 4]);
+                    v[16..20].copy_from_slice(&[0xFF; 4]);
+                    v
+                },
+                "malformed WAV file",
+            ),
+        ];
+        for (what, bytes, needle) in cases {
+            let e = match decode(&bytes) {
+                Err(e) => e,
+                Ok(pcm) => panic!("{what}: loaded as {pcm:?}"),
+            };
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(name),
+                "{what}: does not name the file: {msg}"
+            );
+            assert!(msg.contains(needle), "{what}: lacks {needle:?}: {msg}");
+        }
+
+        // The extensible forms that are valid do load.
+        let mut data = Vec::new();
+        for s in [0.5f32, -0.5] {
+            data.extend_from_slice(&s.to_le_bytes());
+        }
+        assert_eq!(
+            decode(&wav_with(&fmt_extensible(1, 4, 32, 32, true), 8, &data)).unwrap(),
+            vec![16384, -16384]
+        );
+        assert_eq!(
+            decode(&wav_with(
+                &fmt_extensible(1, 2, 16, 16, false),
+                4,
+                &[0, 0x40, 0, 0xC0]
+            ))
+            .unwrap(),
+            vec![16384, -16384]
+        );
+        // 24 bits in 4-byte containers (hound's layout: the low three bytes).
+        assert_eq!(
+            decode(&wav_with(
+                &fmt_extensible(1, 4, 32, 24, false),
+                8,
+                &[0, 0, 0x40, 0, 0, 0, 0xC0, 0xFF]
+            ))
+            .unwrap(),
+            vec![16384, -16384]
+        );
+    }
+
+    #[test]
+    fn prompts_longer_than_the_cap_are_refused_before_decoding() {
+        // 1000 Hz 8-bit mono: 600,001 bytes are one frame over ten minutes.
+        let frames = MAX_PROMPT_SECS as usize * 1000 + 1;
+        let e = decode(&wav_with(
+            &fmt16(1, 1, 1000, 1, 8),
+            frames as u32,
+            &vec![128; frames],
+        ))
+        .unwrap_err();
+        assert!(matches!(e, PromptError::TooLarge { .. }), "{e:?}");
+        assert!(e.to_string().contains("10.0 minutes of audio"), "{e}");
+        // Exactly ten minutes is fine.
+        let frames = frames - 1;
+        let pcm = decode(&wav_with(
+            &fmt16(1, 1, 1000, 1, 8),
+            frames as u32,
+            &vec![128; frames],
+        ))
+        .unwrap();
+        assert_eq!(pcm.len(), MAX_PROMPT_SECS as usize * 8000);
+
+        // A file over MAX_FILE_BYTES is not read at all (a sparse file
+        // here, so the test writes nothing).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.wav");
+        let f = fs::File::create(&path).unwrap();
+        f.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let e = load_wav(&path).unwrap_err();
+        assert!(matches!(e, PromptError::TooLarge { .. }), "{e:?}");
+        assert_names(&e, &path, "too large for a prompt");
+    }
+
+    /// Every one-byte change and every truncation of small valid files, in
+    /// every supported format, decodes or fails with an error; none panics.
+    /// A cheap, deterministic stand-in for the fuzz target in CI.
+    #[test]
+    fn corrupted_files_never_panic() {
+        let mut seeds = Vec::new();
+        for (tag, bits, align) in [
+            (1u16, 8u16, 1u16),
+            (1, 16, 2),
+            (1, 24, 3),
+            (1, 32, 4),
+            (3, 32, 4),
+        ] {
+            let data: Vec<u8> = (0..4 * align).map(|i| (i * 37) as u8).collect();
+            seeds.push(wav_with(
+                &fmt16(tag, 1, 16000, align, bits),
+                data.len() as u32,
+                &data,
+            ));
+        }
+        seeds.push(hot_float_stereo());
+        seeds.push(HUGE_DATA_CLAIM.to_vec());
+        for seed in &seeds {
+            for cut in 0..seed.len() {
+                let _ = decode(&seed[..cut]);
+            }
+            for at in 0..seed.len() {
+                for value in [0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF] {
+                    let mut bytes = seed.clone();
+                    bytes[at] = value;
+                    let _ = decode(&bytes);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_panicking_decoder_costs_one_file_not_the_process() {
+        let path = Path::new("prompts/en/boom.wav");
+        let e = guarded(path, || panic!("decoder bug")).unwrap_err();
+        assert!(matches!(e, PromptError::Internal { .. }), "{e:?}");
+        assert_names(&e, path, "internal error: decoder bug");
+    }
+
+    #[test]
+    fn from_wav_bytes_names_the_prompt() {
+        let e = Prompt::from_wav_bytes("welcome", "en", &HUGE_DATA_CLAIM).unwrap_err();
+        assert!(
+            e.to_string().starts_with("en/welcome.wav: truncated"),
+            "{e}"
+        );
+        let p = Prompt::from_wav_bytes("hi", "de", &raw_wav(1, 16, &[0; 160])).unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.language.as_str(), p.samples()),
+            ("hi", "de", 80)
+        );
     }
 
     #[test]

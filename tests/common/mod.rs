@@ -177,12 +177,22 @@ impl Daemon {
     /// Starts the daemon with the harness's base config deep-merged with `toml_overrides`
     /// (a TOML document such as `"[demo]\nrounds = 1"`), and waits until it answers OPTIONS.
     pub fn start(toml_overrides: &str) -> Daemon {
-        Self::start_with_rtp_ports(RTP_RANGE_WIDTH, toml_overrides)
+        Self::start_full(RTP_RANGE_WIDTH, toml_overrides, &[])
     }
 
     /// [`Daemon::start`] with only `ports` RTP ports (`ports / 2` calls: one even port each),
     /// for tests that run the range out.
     pub fn start_with_rtp_ports(ports: u16, toml_overrides: &str) -> Daemon {
+        Self::start_full(ports, toml_overrides, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables for the daemon (e.g.
+    /// `CREDENTIALS_DIRECTORY`, as systemd sets it).
+    pub fn start_with_env(toml_overrides: &str, env: &[(&str, &Path)]) -> Daemon {
+        Self::start_full(RTP_RANGE_WIDTH, toml_overrides, env)
+    }
+
+    fn start_full(ports: u16, toml_overrides: &str, env: &[(&str, &Path)]) -> Daemon {
         let sip_port = free_sip_port();
         let (rtp_min, _) = next_rtp_range();
         let rtp_range = (rtp_min, rtp_min + ports.clamp(2, RTP_RANGE_WIDTH) - 1);
@@ -216,6 +226,9 @@ impl Daemon {
             Ok(filter) => cmd.env("RUST_LOG", filter),
             Err(_) => cmd.env_remove("RUST_LOG"),
         };
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
         let child = cmd.spawn().expect("spawn ivrd");
 
         let mut daemon = Daemon {
@@ -943,9 +956,19 @@ pub fn prompt_duration(lang: &str, name: &str) -> Duration {
 pub struct SmsPost {
     pub path: String,
     pub body: serde_json::Value,
+    /// The request's headers, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl SmsPost {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn text(&self) -> String {
         self.body["text"].as_str().unwrap_or_default().to_string()
     }
@@ -1073,12 +1096,24 @@ fn serve_http(mut conn: TcpStream, state: &Mutex<SinkState>) {
             .and_then(|l| l.split_whitespace().nth(1))
             .unwrap_or("")
             .to_string();
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                Some((n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            })
+            .collect();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
         });
         let status = {
             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-            st.posts.push(SmsPost { path, body: json });
+            st.posts.push(SmsPost {
+                path,
+                body: json,
+                headers,
+            });
             st.status
         };
         let reply = if (200..300).contains(&status) {
@@ -1160,9 +1195,16 @@ struct RtpPump {
 const PRESS_UPDATES: u32 = 5;
 const PRESS_ENDS: u32 = 3;
 const PRESS_GAP: u32 = 10;
+/// How much received RTP payload a `RawUac` keeps (8 s of G.711), for comparing with prompts.
+const RTP_PAYLOAD_KEEP: usize = 8 * 8000;
 
 impl RtpPump {
-    fn start(sock: UdpSocket, remote: SocketAddr, received: std::sync::Arc<AtomicU32>) -> RtpPump {
+    fn start(
+        sock: UdpSocket,
+        remote: SocketAddr,
+        received: std::sync::Arc<AtomicU32>,
+        payload: std::sync::Arc<Mutex<Vec<u8>>>,
+    ) -> RtpPump {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let keys = std::sync::Arc::new(Mutex::new(std::collections::VecDeque::<char>::new()));
         let keys_pending = std::sync::Arc::new(AtomicU32::new(0));
@@ -1224,6 +1266,10 @@ impl RtpPump {
                 while let Ok((len, _)) = sock.recv_from(&mut buf) {
                     if len >= 12 {
                         rx.fetch_add(1, Ordering::Relaxed);
+                        // The daemon sends plain 12-byte headers (no CSRC, no extension).
+                        let mut kept = payload.lock().unwrap_or_else(|e| e.into_inner());
+                        let room = RTP_PAYLOAD_KEEP.saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[12..len][..room.min(len - 12)]);
                     }
                 }
                 let next = start + Duration::from_millis(20) * n;
@@ -1289,6 +1335,8 @@ pub struct RawUac {
     rtp_remote: SocketAddr,
     /// RTP packets received from the daemon.
     rtp_received: std::sync::Arc<AtomicU32>,
+    /// Their payloads, concatenated in arrival order (the first `RTP_PAYLOAD_KEEP` bytes).
+    rtp_payload: std::sync::Arc<Mutex<Vec<u8>>>,
     /// Requests from the daemon that arrived while we waited for something else.
     inbox: std::collections::VecDeque<String>,
     /// Responses we sent, by the request's Via branch, so a retransmission gets the same one.
@@ -1352,6 +1400,7 @@ impl RawUac {
             rtp_local,
             rtp_remote: rtp_local,
             rtp_received: Default::default(),
+            rtp_payload: Default::default(),
             inbox: Default::default(),
             answered: Vec::new(),
             invite_ok_cseq: String::new(),
@@ -1439,6 +1488,7 @@ impl RawUac {
             rtp_sock,
             uac.rtp_remote,
             uac.rtp_received.clone(),
+            uac.rtp_payload.clone(),
         ));
         uac
     }
@@ -1469,6 +1519,15 @@ impl RawUac {
     /// RTP packets received from the daemon so far (prompts and silence).
     pub fn rtp_received(&self) -> u32 {
         self.rtp_received.load(Ordering::Relaxed)
+    }
+
+    /// The payloads of the RTP packets received so far (G.711 bytes, the first 8 s), in
+    /// arrival order: what the caller heard.
+    pub fn rtp_payload(&self) -> Vec<u8> {
+        self.rtp_payload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Everything sent and received, for failure messages.
@@ -1594,7 +1653,16 @@ impl RawUac {
 
     /// Answers a request from the daemon (Via, From, To, Call-ID and CSeq copied).
     pub fn respond(&mut self, req: &str, code: u16, reason: &str) {
+        self.respond_with(req, code, reason, &[]);
+    }
+
+    /// Like [`respond`](Self::respond), with extra headers (e.g. a `Proxy-Authenticate`
+    /// challenge).
+    pub fn respond_with(&mut self, req: &str, code: u16, reason: &str, headers: &[(&str, &str)]) {
         let mut resp = format!("SIP/2.0 {code} {reason}\r\n");
+        for (name, value) in headers {
+            resp.push_str(&format!("{name}: {value}\r\n"));
+        }
         for via in header_values(req, "Via") {
             resp.push_str(&format!("Via: {via}\r\n"));
         }

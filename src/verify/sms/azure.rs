@@ -237,6 +237,7 @@ mod tests {
         SmsConfig::Azure {
             endpoint: endpoint.to_string(),
             access_key: KEY_B64.into(),
+            access_key_file: None,
             from: "+18005550100".into(),
             timeout_ms,
             max_retries: 2,

@@ -132,6 +132,12 @@ pub trait SmsProvider: Send + Sync {
 /// the line will wait. Base URLs are configurable so tests can point at a loopback server;
 /// they must be `https://` unless the host is the loopback interface, because the request
 /// carries the PIN and the account credentials.
+///
+/// Every secret (`auth_token`, tyntec's `api_key`, `access_key`, `api_secret`, a webhook
+/// header's value) can instead be read from a file: `auth_token_file = "..."`, and for
+/// webhook headers `headers_file = { Authorization = "..." }`. See [`crate::secrets`] for
+/// where the files are looked up (systemd credentials); [`SmsConfig::resolve_secrets`] reads
+/// them. Setting a secret and its file is an error.
 #[derive(Clone, Deserialize)]
 #[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SmsConfig {
@@ -147,6 +153,9 @@ pub enum SmsConfig {
         url: String,
         #[serde(default)]
         headers: BTreeMap<String, String>,
+        /// Header values read from files, by header name (values are usually credentials).
+        #[serde(default)]
+        headers_file: BTreeMap<String, PathBuf>,
         #[serde(default = "default_timeout_ms")]
         timeout_ms: u64,
         #[serde(default = "default_max_retries")]
@@ -158,7 +167,9 @@ pub enum SmsConfig {
         #[serde(default = "twilio_base_url")]
         base_url: String,
         account_sid: String,
+        #[serde(default)]
         auth_token: String,
+        auth_token_file: Option<PathBuf>,
         from: Option<String>,
         messaging_service_sid: Option<String>,
         #[serde(default = "default_timeout_ms")]
@@ -170,7 +181,9 @@ pub enum SmsConfig {
     Tyntec {
         #[serde(default = "tyntec_base_url")]
         base_url: String,
+        #[serde(default)]
         api_key: String,
+        api_key_file: Option<PathBuf>,
         /// A number in international format or an alphanumeric id of at most 11 characters.
         from: String,
         #[serde(default = "default_timeout_ms")]
@@ -183,7 +196,9 @@ pub enum SmsConfig {
         /// The resource endpoint, e.g. `https://contoso.communication.azure.com`.
         endpoint: String,
         /// The resource's access key, base64 as shown in the portal.
+        #[serde(default)]
         access_key: String,
+        access_key_file: Option<PathBuf>,
         /// The ACS number to send from, E.164.
         from: String,
         #[serde(default = "default_timeout_ms")]
@@ -195,8 +210,11 @@ pub enum SmsConfig {
     Vonage {
         #[serde(default = "vonage_base_url")]
         base_url: String,
+        /// The account's key: an identifier, shown in logs (the secret is `api_secret`).
         api_key: String,
+        #[serde(default)]
         api_secret: String,
+        api_secret_file: Option<PathBuf>,
         from: String,
         #[serde(default = "default_timeout_ms")]
         timeout_ms: u64,
@@ -238,6 +256,68 @@ impl SmsConfig {
             *p = dir.join(&*p);
         }
     }
+
+    /// Reads every `*_file` secret into its key (see [`crate::secrets`]); a secret given
+    /// both ways, or neither when the provider needs it, is an error. Warnings (a secret
+    /// file its group may read) are appended to `warnings`.
+    pub fn resolve_secrets(
+        &mut self,
+        files: &crate::secrets::SecretFiles,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), String> {
+        const SMS: &str = "[sms]";
+        let (provider, key, value, file) = match self {
+            SmsConfig::Log { .. } => return Ok(()),
+            SmsConfig::Webhook {
+                headers,
+                headers_file,
+                ..
+            } => {
+                for (name, file) in headers_file.iter() {
+                    // Header names are case-insensitive: `authorization` in one table and
+                    // `Authorization` in the other would be the same header twice.
+                    if headers.keys().any(|h| h.eq_ignore_ascii_case(name)) {
+                        return Err(format!(
+                            "{SMS} headers.{name} and headers_file.{name} are both set: keep \
+                             headers_file.{name} and remove headers.{name}, so the secret is \
+                             not in the config file"
+                        ));
+                    }
+                    let value =
+                        files.read(&format!("{SMS} headers_file.{name}"), file, warnings)?;
+                    headers.insert(name.clone(), value);
+                }
+                return Ok(());
+            }
+            SmsConfig::Twilio {
+                auth_token,
+                auth_token_file,
+                ..
+            } => ("twilio", "auth_token", auth_token, auth_token_file),
+            SmsConfig::Tyntec {
+                api_key,
+                api_key_file,
+                ..
+            } => ("tyntec", "api_key", api_key, api_key_file),
+            SmsConfig::Azure {
+                access_key,
+                access_key_file,
+                ..
+            } => ("azure", "access_key", access_key, access_key_file),
+            SmsConfig::Vonage {
+                api_secret,
+                api_secret_file,
+                ..
+            } => ("vonage", "api_secret", api_secret, api_secret_file),
+        };
+        files.resolve(SMS, key, value, file.as_deref(), warnings)?;
+        if value.is_empty() {
+            return Err(format!(
+                "{SMS} {provider} needs {key}_file (the file holding the secret) or {key}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Secrets (tokens, keys, header values) are shown as `***` so a config can be logged.
@@ -249,6 +329,7 @@ impl fmt::Debug for SmsConfig {
             SmsConfig::Webhook {
                 url,
                 headers,
+                headers_file,
                 timeout_ms,
                 max_retries,
             } => {
@@ -258,6 +339,7 @@ impl fmt::Debug for SmsConfig {
                 f.debug_struct("Webhook")
                     .field("url", &shown)
                     .field("headers", &names)
+                    .field("headers_file", headers_file)
                     .field("timeout_ms", timeout_ms)
                     .field("max_retries", max_retries)
                     .finish()
@@ -266,6 +348,7 @@ impl fmt::Debug for SmsConfig {
                 base_url,
                 account_sid,
                 auth_token: _,
+                auth_token_file,
                 from,
                 messaging_service_sid,
                 timeout_ms,
@@ -275,6 +358,7 @@ impl fmt::Debug for SmsConfig {
                 .field("base_url", base_url)
                 .field("account_sid", account_sid)
                 .field("auth_token", &HIDDEN)
+                .field("auth_token_file", auth_token_file)
                 .field("from", from)
                 .field("messaging_service_sid", messaging_service_sid)
                 .field("timeout_ms", timeout_ms)
@@ -283,6 +367,7 @@ impl fmt::Debug for SmsConfig {
             SmsConfig::Tyntec {
                 base_url,
                 api_key: _,
+                api_key_file,
                 from,
                 timeout_ms,
                 max_retries,
@@ -290,6 +375,7 @@ impl fmt::Debug for SmsConfig {
                 .debug_struct("Tyntec")
                 .field("base_url", base_url)
                 .field("api_key", &HIDDEN)
+                .field("api_key_file", api_key_file)
                 .field("from", from)
                 .field("timeout_ms", timeout_ms)
                 .field("max_retries", max_retries)
@@ -297,6 +383,7 @@ impl fmt::Debug for SmsConfig {
             SmsConfig::Azure {
                 endpoint,
                 access_key: _,
+                access_key_file,
                 from,
                 timeout_ms,
                 max_retries,
@@ -304,6 +391,7 @@ impl fmt::Debug for SmsConfig {
                 .debug_struct("Azure")
                 .field("endpoint", endpoint)
                 .field("access_key", &HIDDEN)
+                .field("access_key_file", access_key_file)
                 .field("from", from)
                 .field("timeout_ms", timeout_ms)
                 .field("max_retries", max_retries)
@@ -312,6 +400,7 @@ impl fmt::Debug for SmsConfig {
                 base_url,
                 api_key,
                 api_secret: _,
+                api_secret_file,
                 from,
                 timeout_ms,
                 max_retries,
@@ -320,6 +409,7 @@ impl fmt::Debug for SmsConfig {
                 .field("base_url", base_url)
                 .field("api_key", api_key)
                 .field("api_secret", &HIDDEN)
+                .field("api_secret_file", api_secret_file)
                 .field("from", from)
                 .field("timeout_ms", timeout_ms)
                 .field("max_retries", max_retries)
@@ -345,6 +435,7 @@ pub fn build_with_backoff(
             headers,
             timeout_ms,
             max_retries,
+            ..
         } => {
             let policy = retry::Policy::new(*timeout_ms, *max_retries, backoff)?;
             Arc::new(webhook::WebhookProvider::new(url, headers, policy)?)
@@ -357,6 +448,7 @@ pub fn build_with_backoff(
             messaging_service_sid,
             timeout_ms,
             max_retries,
+            ..
         } => {
             let policy = retry::Policy::new(*timeout_ms, *max_retries, backoff)?;
             Arc::new(twilio::TwilioProvider::new(
@@ -374,6 +466,7 @@ pub fn build_with_backoff(
             from,
             timeout_ms,
             max_retries,
+            ..
         } => {
             let policy = retry::Policy::new(*timeout_ms, *max_retries, backoff)?;
             Arc::new(tyntec::TyntecProvider::new(
@@ -386,6 +479,7 @@ pub fn build_with_backoff(
             from,
             timeout_ms,
             max_retries,
+            ..
         } => {
             let policy = retry::Policy::new(*timeout_ms, *max_retries, backoff)?;
             Arc::new(azure::AzureProvider::new(
@@ -399,6 +493,7 @@ pub fn build_with_backoff(
             from,
             timeout_ms,
             max_retries,
+            ..
         } => {
             let policy = retry::Policy::new(*timeout_ms, *max_retries, backoff)?;
             Arc::new(vonage::VonageProvider::new(

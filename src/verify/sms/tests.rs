@@ -212,10 +212,16 @@ fn unknown_fields_and_providers_are_errors() {
     assert!(err.contains("unknown variant"), "{err}");
     let err = parse("path = \"x\"\n").unwrap_err().to_string();
     assert!(err.contains("provider"), "{err}");
-    let err = parse("provider = \"vonage\"\napi_key = \"k\"\nfrom = \"x\"\n")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("api_secret"), "{err}");
+    // A missing secret parses (it may come from `api_secret_file`), but resolving the
+    // secrets says which keys could provide it, and the provider refuses to build.
+    let mut cfg = parse("provider = \"vonage\"\napi_key = \"k\"\nfrom = \"x\"\n").unwrap();
+    let files = crate::secrets::SecretFiles::new("/nonexistent", None);
+    let err = cfg.resolve_secrets(&files, &mut Vec::new()).unwrap_err();
+    assert!(
+        err.contains("vonage needs api_secret_file") && err.contains("or api_secret"),
+        "{err}"
+    );
+    assert!(matches!(build(&cfg), Err(SmsError::Config(_))));
 }
 
 #[test]
@@ -289,6 +295,7 @@ fn cases() -> Vec<Case> {
             config: |base, timeout_ms| SmsConfig::Webhook {
                 url: format!("{base}/send"),
                 headers: BTreeMap::new(),
+                headers_file: Default::default(),
                 timeout_ms,
                 max_retries: 2,
             },
@@ -301,6 +308,7 @@ fn cases() -> Vec<Case> {
                 base_url: base.into(),
                 account_sid: "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
                 auth_token: "t".into(),
+                auth_token_file: None,
                 from: Some("+15005550006".into()),
                 messaging_service_sid: None,
                 timeout_ms,
@@ -314,6 +322,7 @@ fn cases() -> Vec<Case> {
             config: |base, timeout_ms| SmsConfig::Tyntec {
                 base_url: base.into(),
                 api_key: "k".into(),
+                api_key_file: None,
                 from: "ivrd".into(),
                 timeout_ms,
                 max_retries: 2,
@@ -326,6 +335,7 @@ fn cases() -> Vec<Case> {
             config: |base, timeout_ms| SmsConfig::Azure {
                 endpoint: base.into(),
                 access_key: "aXZyZA==".into(),
+                access_key_file: None,
                 from: "+18005550100".into(),
                 timeout_ms,
                 max_retries: 2,
@@ -343,6 +353,7 @@ fn cases() -> Vec<Case> {
                 base_url: base.into(),
                 api_key: "k".into(),
                 api_secret: "s".into(),
+                api_secret_file: None,
                 from: "ivrd".into(),
                 timeout_ms,
                 max_retries: 2,

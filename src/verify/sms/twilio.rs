@@ -181,6 +181,7 @@ mod tests {
             base_url: base.to_string(),
             account_sid: SID.into(),
             auth_token: "tok3n".into(),
+            auth_token_file: None,
             from: from.map(Into::into),
             messaging_service_sid: service.map(Into::into),
             timeout_ms: 2000,

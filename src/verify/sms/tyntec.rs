@@ -131,6 +131,7 @@ mod tests {
         SmsConfig::Tyntec {
             base_url: base.to_string(),
             api_key: "k3y".into(),
+            api_key_file: None,
             from: "ivrd".into(),
             timeout_ms: 2000,
             max_retries: 2,

@@ -165,6 +165,7 @@ mod tests {
             base_url: base.to_string(),
             api_key: "abc123".into(),
             api_secret: "s3cr3t".into(),
+            api_secret_file: None,
             from: "ivrd".into(),
             timeout_ms: 2000,
             max_retries: 2,

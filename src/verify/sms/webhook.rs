@@ -116,6 +116,7 @@ mod tests {
                 ("Authorization".to_string(), "Bearer s3cret".to_string()),
                 ("X-Tenant".to_string(), "acme".to_string()),
             ]),
+            headers_file: BTreeMap::new(),
             timeout_ms: 2000,
             max_retries: 2,
         }
