@@ -305,7 +305,24 @@ pub struct CallSettings {
     /// How long a transfer may take to report a final status (NOTIFY) before it counts as failed.
     pub transfer_timeout: Duration,
     /// Digest credentials for a PBX that challenges our REFER.
-    pub auth: Option<(String, String)>,
+    pub auth: Option<Credentials>,
+}
+
+/// Digest credentials (RFC 8760). The password never reaches a log line: `Debug` prints it as
+/// `***`, so `?settings` in a trace is safe.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
 }
 
 /// A live, answered call.
@@ -932,7 +949,13 @@ impl CallIo for Call {
                 let challenge = resp
                     .header(&challenge_name)
                     .and_then(crate::sip::auth::parse_challenge);
-                if let (Some(ch), Some((user, pass))) = (challenge, self.ctx.settings.auth.clone())
+                if let (
+                    Some(ch),
+                    Some(Credentials {
+                        username: user,
+                        password: pass,
+                    }),
+                ) = (challenge, self.ctx.settings.auth.clone())
                 {
                     let uri = self.dialog.remote_target.clone();
                     let value = crate::sip::auth::authorization(
@@ -1192,6 +1215,16 @@ mod tests {
             Some(486)
         );
         assert_eq!(sipfrag_status(b"garbage"), None);
+    }
+
+    #[test]
+    fn credentials_never_print_their_password() {
+        let c = Credentials {
+            username: "ivrd".into(),
+            password: "s3cret-Pa55".into(),
+        };
+        let text = format!("{c:?} {:?}", Some(c.clone()));
+        assert!(text.contains("ivrd") && !text.contains("s3cret"), "{text}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub struct Snapshot {
     pub demo: Option<crate::config::DemoConfig>,
     /// Digest credentials for a challenged REFER: a secret, so a reload re-reads it (a
     /// rotated `password_file` takes effect without a restart).
-    pub transfer_auth: Option<(String, String)>,
+    pub transfer_auth: Option<crate::call::Credentials>,
 }
 
 /// Loads and checks prompts and dialplans (no database, no network): what `ivrd check` runs.
@@ -139,7 +139,8 @@ pub fn build_snapshot(
             .transfer
             .username
             .clone()
-            .zip(cfg.transfer.password.clone()),
+            .zip(cfg.transfer.password.clone())
+            .map(|(username, password)| crate::call::Credentials { username, password }),
     })
 }
 

@@ -693,14 +693,20 @@ impl Drop for StreamHandle {
     }
 }
 
-/// RTP ports: even ports in the range, handed out round-robin so a port freed by one call is
-/// not reused at once (late packets of the old call would land in the new one).
+/// RTP ports: even ports in the range, picked at random, so the port of the next call cannot
+/// be guessed (strict RTP learns whoever sends first: a guessable port would let an attacker
+/// try to be first). A port freed a moment ago is taken only when no other is free, so late
+/// packets of an old call do not land in a new one.
 struct PortPool {
     min: u16,
     max: u16,
-    cursor: u16,
     in_use: HashSet<u16>,
+    /// The most recently released ports, oldest first.
+    cooling: VecDeque<u16>,
 }
+
+/// How many released ports wait before they are reused (when there are others).
+const COOLING: usize = 64;
 
 impl PortPool {
     fn new(min: u16, max: u16) -> PortPool {
@@ -708,28 +714,32 @@ impl PortPool {
         PortPool {
             min,
             max,
-            cursor: min,
             in_use: HashSet::new(),
+            cooling: VecDeque::with_capacity(COOLING),
         }
     }
 
+    /// A socket on a free port. Only "in use" (another process holds it) moves on to the
+    /// next port; any other failure (no descriptors left, an address not on this host) is
+    /// that failure, not "no free port", so the log names the real cause.
     fn bind(&mut self, ip: IpAddr) -> Result<(StdUdpSocket, u16), MediaError> {
-        let slots = (u32::from(self.max - self.min) / 2 + 1) as usize;
-        for _ in 0..slots {
-            let port = self.cursor;
-            self.cursor = if u32::from(self.cursor) + 2 > u32::from(self.max) {
-                self.min
-            } else {
-                self.cursor + 2
-            };
-            if self.in_use.contains(&port) {
-                continue;
-            }
-            // Another process may hold the port: skip it and try the next.
-            if let Ok(sock) = StdUdpSocket::bind(SocketAddr::new(ip, port)) {
-                sock.set_nonblocking(true)?;
-                self.in_use.insert(port);
-                return Ok((sock, port));
+        let slots = u32::from(self.max.saturating_sub(self.min)) / 2 + 1;
+        let start = rand::random_range(0..slots);
+        for pass in 0..2 {
+            for i in 0..slots {
+                let port = self.min + 2 * ((start + i) % slots) as u16;
+                if self.in_use.contains(&port) || (pass == 0 && self.cooling.contains(&port)) {
+                    continue;
+                }
+                match StdUdpSocket::bind(SocketAddr::new(ip, port)) {
+                    Ok(sock) => {
+                        sock.set_nonblocking(true)?;
+                        self.in_use.insert(port);
+                        return Ok((sock, port));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                    Err(e) => return Err(MediaError::Io(e)),
+                }
             }
         }
         Err(MediaError::NoPort {
@@ -740,6 +750,10 @@ impl PortPool {
 
     fn release(&mut self, port: u16) {
         self.in_use.remove(&port);
+        if self.cooling.len() == COOLING {
+            self.cooling.pop_front();
+        }
+        self.cooling.push_back(port);
     }
 }
 
@@ -1870,6 +1884,38 @@ mod tests {
         assert_eq!(cum[1], 3);
         assert_eq!(cum[5], 5, "<= 2 ms");
         assert_eq!(cum[8], 6, "<= 20 ms; 60 ms overflows");
+    }
+
+    #[test]
+    fn port_pool_picks_unguessable_ports_and_rests_freed_ones() {
+        let mut pool = PortPool::new(41400, 41599);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let firsts: HashSet<u16> = (0..8)
+            .map(|_| {
+                let (_s, p) = pool.bind(ip).unwrap();
+                pool.release(p);
+                p
+            })
+            .collect();
+        assert!(firsts.len() > 1, "the same port every time: {firsts:?}");
+        // A freed port is not handed out again while 99 others are free.
+        let (sock, p) = pool.bind(ip).unwrap();
+        drop(sock);
+        pool.release(p);
+        for _ in 0..40 {
+            let (s, q) = pool.bind(ip).unwrap();
+            assert_ne!(q, p, "a just-freed port was reused");
+            drop(s);
+            pool.release(q);
+        }
+    }
+
+    #[test]
+    fn port_pool_names_a_socket_failure_for_what_it_is() {
+        // 192.0.2.1 is on no host: that is an address problem, not "no free RTP port".
+        let mut pool = PortPool::new(41600, 41610);
+        let err = pool.bind("192.0.2.1".parse().unwrap()).unwrap_err();
+        assert!(matches!(err, MediaError::Io(_)), "{err}");
     }
 
     #[test]
