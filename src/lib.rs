@@ -13,12 +13,14 @@
 //! - [`config`]: the TOML configuration, every default documented.
 //! - [`sip::message`]: parsing (over `ezk-sip-types`) and building messages.
 //! - [`sip::transport`]: UDP and TCP sockets; the only SIP code with IO. Stamps each datagram
-//!   with the kernel's receive time, which the core's overload control reads.
+//!   with the kernel's receive time, which the core's overload control reads; drops sources
+//!   that are not trusted before parsing; bounds every TCP connection.
 //! - [`sip::transaction`]: RFC 3261 17 transaction state machines, no IO, no clock.
 //! - [`sip::dialog`]: dialog state and in-dialog requests, no IO.
 //! - [`sip::sdp`]: RFC 3264 offer/answer.
 //! - [`sip::core`]: the task that drives transactions and routes messages to calls, and
-//!   turns new calls away (503) when requests wait too long.
+//!   turns new calls away (503) when requests wait too long or a source is over its share.
+//! - [`sip::peers`]: the trusted-peer list and the per-source budgets of untrusted sources.
 //! - [`media::rtp`], [`media::g711`], [`media::prompt`], [`media::dtmf`], [`media::engine`];
 //!   [`media::clock`]: the pacers' absolute-deadline clock, timer slack and priority.
 //! - [`call`]: one call; the [`call::CallIo`] API that call flows use.
