@@ -341,12 +341,15 @@ impl SipConfig {
         crate::sip::peers::PeerPolicy::new(&self.trusted, self.untrusted).map_err(|e| e.to_string())
     }
 
-    /// What one untrusted source may ask of us.
-    pub fn budgets(&self) -> crate::sip::peers::Budgets {
+    /// What one untrusted source may ask of us, for a daemon with `rtp_slots` RTP ports.
+    pub fn budgets(&self, rtp_slots: u32) -> crate::sip::peers::Budgets {
         crate::sip::peers::Budgets {
             calls_per_sec: self.source_calls_per_sec,
             unconfirmed: self.source_unconfirmed,
             transactions: self.source_transactions,
+            // Half the RTP ports: whatever many untrusted sources do, the other half is there
+            // for trusted callers.
+            unconfirmed_total: (rtp_slots / 2).max(1),
             // 64 Ki sources of about 100 bytes each: a flood from spoofed addresses cannot
             // grow the table past a few MiB.
             max_sources: 65_536,
@@ -599,6 +602,16 @@ impl Config {
             .validate()
             .map_err(|e| format!("[limits] {e}"))?;
         Ok(())
+    }
+
+    /// RTP ports (calls) the range holds: one even port each.
+    pub fn rtp_slots(&self) -> u32 {
+        u32::from(
+            self.media
+                .rtp_port_max
+                .saturating_sub(self.media.rtp_port_min),
+        ) / 2
+            + 1
     }
 
     pub fn timers(&self) -> (Duration, Duration, Duration) {

@@ -250,7 +250,7 @@ pub async fn run(
             user_agent: cfg.sip.user_agent.clone(),
             overload_after: (cfg.sip.overload_reject_ms > 0)
                 .then(|| Duration::from_millis(cfg.sip.overload_reject_ms)),
-            budgets: cfg.sip.budgets(),
+            budgets: cfg.sip.budgets(cfg.rtp_slots()),
             max_transactions: cfg.sip.max_transactions,
             max_transaction_bytes: cfg.sip.max_transaction_kib.saturating_mul(1024),
         },
@@ -430,8 +430,7 @@ fn check_descriptors(cfg: &Config) {
             }
         }
     }
-    let ports = (u64::from(cfg.media.rtp_port_max) - u64::from(cfg.media.rtp_port_min)) / 2 + 1;
-    let need = ports * 2 + cfg.sip.tcp_max_connections as u64 + 256;
+    let need = u64::from(cfg.rtp_slots()) * 2 + cfg.sip.tcp_max_connections as u64 + 256;
     if lim.rlim_cur < need {
         warn!(
             limit = lim.rlim_cur,

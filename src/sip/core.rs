@@ -339,12 +339,15 @@ impl CoreConfig {
             timers,
             user_agent: user_agent.to_string(),
             overload_after: None,
-            budgets: sip.budgets(),
+            budgets: sip.budgets(5_000),
             max_transactions: sip.max_transactions,
             max_transaction_bytes: sip.max_transaction_kib * 1024,
         }
     }
 }
+
+/// Untrusted sources together get one `UNTRUSTED_SHARE`-th of the transaction caps.
+const UNTRUSTED_SHARE: usize = 4;
 
 /// Retry-After on an overload 503 (RFC 3261 21.5.4): short, because the overload is a queue
 /// that drains in well under a second once new calls stop joining it.
@@ -370,6 +373,11 @@ struct Core {
     budgets: SourceBudgets,
     /// Sum of every server transaction's `bytes`.
     tx_bytes: usize,
+    /// Transactions charged to untrusted sources, and their bytes: together they may use a
+    /// quarter of the caps, so sources that are not trusted, however many, cannot crowd out
+    /// the PBX, and memory under their floods stays under a known bound.
+    untrusted_txs: usize,
+    untrusted_bytes: usize,
     next_sweep: Instant,
 }
 
@@ -404,6 +412,8 @@ pub fn spawn(
         last_overload: None,
         last_refusal: None,
         tx_bytes: 0,
+        untrusted_txs: 0,
+        untrusted_bytes: 0,
         next_sweep: Instant::now() + SourceBudgets::SWEEP_EVERY,
     };
     tokio::spawn(async move {
@@ -934,7 +944,13 @@ impl Core {
         let charged = if trust.is_trusted() {
             None
         } else {
+            if self.untrusted_txs >= self.cfg.max_transactions / UNTRUSTED_SHARE
+                || self.untrusted_bytes >= self.cfg.max_transaction_bytes / UNTRUSTED_SHARE
+            {
+                return Err(Refusal::Capacity);
+            }
             self.budgets.open_transaction(flow.remote.ip(), now)?;
+            self.untrusted_txs += 1;
             Some(flow.remote.ip())
         };
         let id = TxId(self.next_id);
@@ -1065,6 +1081,9 @@ impl Core {
         }
         let held = if terminated { 0 } else { tx.held_bytes() };
         self.tx_bytes = self.tx_bytes - tx.bytes + held;
+        if tx.charged.is_some() {
+            self.untrusted_bytes = self.untrusted_bytes - tx.bytes + held;
+        }
         tx.bytes = held;
         if ack_timeout {
             self.stats.ack_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -1079,6 +1098,7 @@ impl Core {
             }
             if let Some(ip) = tx.charged {
                 self.budgets.close_transaction(ip);
+                self.untrusted_txs -= 1;
             }
             self.stats
                 .server_transactions
@@ -1255,6 +1275,157 @@ mod tests {
         // The shed INVITE made no call: the first one through is the timely one.
         assert_eq!(call.invite.call_id.to_string(), "timely");
         assert_eq!(core.stats.overload_rejects.load(Ordering::Relaxed), 1);
+        shutdown.cancel();
+    }
+
+    /// A core on a real UDP socket, with `cfg`, and a peer socket that receives on every
+    /// loopback address (so flows can pretend to come from 127.0.0.2, .3, ...).
+    async fn core_with(
+        cfg: CoreConfig,
+    ) -> (
+        CoreHandle,
+        mpsc::Sender<Incoming>,
+        mpsc::Receiver<NewCall>,
+        tokio::net::UdpSocket,
+        SocketAddr,
+        CancellationToken,
+    ) {
+        use super::super::transport;
+        let shutdown = CancellationToken::new();
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let transports = transport::Transports::new(Default::default(), Default::default());
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bound = transport::bind(&transports, &[listen], &[], in_tx.clone(), shutdown.clone())
+            .await
+            .unwrap();
+        let peer = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+        let (calls_tx, calls_rx) = mpsc::channel(64);
+        let core = spawn(cfg, transports, in_rx, calls_tx, shutdown.clone());
+        (core, in_tx, calls_rx, peer, bound[0].1, shutdown)
+    }
+
+    fn from_host(
+        text: &str,
+        host: [u8; 4],
+        peer: &tokio::net::UdpSocket,
+        local: SocketAddr,
+        trust: Trust,
+    ) -> Incoming {
+        let remote = SocketAddr::from((host, peer.local_addr().unwrap().port()));
+        Incoming {
+            msg: msg(text),
+            flow: Flow {
+                protocol: super::super::transport::Protocol::Udp,
+                local,
+                remote,
+            },
+            arrived: Instant::now(),
+            trust,
+        }
+    }
+
+    async fn responses(peer: &tokio::net::UdpSocket, window: std::time::Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(Ok((n, _))) = tokio::time::timeout(window, peer.recv_from(&mut buf)).await {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    /// OPTIONS leave nothing behind; an INVITE opens a transaction.
+    #[tokio::test]
+    async fn options_are_answered_without_a_transaction() {
+        let (core, in_tx, _calls, peer, local, shutdown) =
+            core_with(CoreConfig::new(Timers::default(), "test")).await;
+        let port = peer.local_addr().unwrap().port();
+        for i in 0..20 {
+            let text = format!(
+                "OPTIONS sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKo{i}\r\n\
+                 From: <sip:a@h>;tag=1\r\nTo: <sip:ivr@h>\r\nCall-ID: o{i}\r\nCSeq: 1 OPTIONS\r\n\r\n"
+            );
+            in_tx
+                .send(from_host(
+                    &text,
+                    [127, 0, 0, 1],
+                    &peer,
+                    local,
+                    Trust::Trusted,
+                ))
+                .await
+                .unwrap();
+        }
+        let got = responses(&peer, std::time::Duration::from_millis(300)).await;
+        assert_eq!(got.len(), 20);
+        assert!(got.iter().all(|r| r.starts_with("SIP/2.0 200 ")));
+        assert_eq!(core.stats.server_transactions.load(Ordering::Relaxed), 0);
+        let inv = invite("one", SocketAddr::from(([127, 0, 0, 1], port)));
+        in_tx
+            .send(from_host(
+                &inv,
+                [127, 0, 0, 1],
+                &peer,
+                local,
+                Trust::Trusted,
+            ))
+            .await
+            .unwrap();
+        responses(&peer, std::time::Duration::from_millis(200)).await;
+        assert_eq!(core.stats.server_transactions.load(Ordering::Relaxed), 1);
+        shutdown.cancel();
+    }
+
+    /// Untrusted sources, one INVITE each, can take only a quarter of the transaction cap
+    /// between them; the rest get a stateless 503, and a trusted peer still gets in.
+    #[tokio::test]
+    async fn untrusted_sources_share_a_quarter_of_the_transaction_cap() {
+        let cfg = CoreConfig {
+            max_transactions: 8,
+            ..CoreConfig::new(Timers::default(), "test")
+        };
+        let (core, in_tx, mut calls, peer, local, shutdown) = core_with(cfg).await;
+        let port = peer.local_addr().unwrap().port();
+        for k in 2..8u8 {
+            let inv = invite(&format!("u{k}"), SocketAddr::from(([127, 0, 0, k], port)));
+            in_tx
+                .send(from_host(
+                    &inv,
+                    [127, 0, 0, k],
+                    &peer,
+                    local,
+                    Trust::Untrusted,
+                ))
+                .await
+                .unwrap();
+        }
+        let got = responses(&peer, std::time::Duration::from_millis(300)).await;
+        let trying = got.iter().filter(|r| r.starts_with("SIP/2.0 100 ")).count();
+        let refused = got.iter().filter(|r| r.starts_with("SIP/2.0 503 ")).count();
+        assert_eq!((trying, refused), (2, 4), "{got:#?}");
+        let capacity = REFUSALS
+            .iter()
+            .position(|r| *r == Refusal::Capacity)
+            .unwrap();
+        assert_eq!(core.stats.refused[capacity].load(Ordering::Relaxed), 4);
+        let inv = invite("pbx", SocketAddr::from(([127, 0, 0, 1], port)));
+        in_tx
+            .send(from_host(
+                &inv,
+                [127, 0, 0, 1],
+                &peer,
+                local,
+                Trust::Trusted,
+            ))
+            .await
+            .unwrap();
+        let got = responses(&peer, std::time::Duration::from_millis(300)).await;
+        assert!(got[0].starts_with("SIP/2.0 100 "), "{got:#?}");
+        let mut ids = Vec::new();
+        while let Ok(c) = calls.try_recv() {
+            ids.push((c.invite.call_id.to_string(), c.trust));
+        }
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert_eq!(ids[2], ("pbx".to_string(), Trust::Trusted));
         shutdown.cancel();
     }
 

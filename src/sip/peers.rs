@@ -115,6 +115,9 @@ pub struct Budgets {
     pub unconfirmed: u32,
     /// Live server transactions of one source.
     pub transactions: u32,
+    /// Unconfirmed INVITEs of all untrusted sources together: many sources with a share each
+    /// must not take every RTP port either (the daemon sets it to half its ports).
+    pub unconfirmed_total: u32,
     /// Sources tracked at once; a flood from more (spoofed) addresses than this is refused
     /// rather than grown into.
     pub max_sources: usize,
@@ -163,6 +166,8 @@ struct Source {
 pub struct SourceBudgets {
     limits: Budgets,
     sources: HashMap<IpAddr, Source>,
+    /// Sum of every source's `unconfirmed`.
+    unconfirmed: u32,
 }
 
 impl SourceBudgets {
@@ -170,6 +175,7 @@ impl SourceBudgets {
         SourceBudgets {
             limits,
             sources: HashMap::new(),
+            unconfirmed: 0,
         }
     }
 
@@ -199,8 +205,9 @@ impl SourceBudgets {
     /// or says why not. On `Ok` the caller owes one [`SourceBudgets::confirmed`].
     pub fn open_call(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
         let limit = self.limits.unconfirmed;
+        let all_full = self.unconfirmed >= self.limits.unconfirmed_total;
         let s = self.entry(ip, now)?;
-        if s.unconfirmed >= limit {
+        if s.unconfirmed >= limit || all_full {
             return Err(Refusal::Unconfirmed);
         }
         if s.tokens < 1.0 {
@@ -208,13 +215,17 @@ impl SourceBudgets {
         }
         s.tokens -= 1.0;
         s.unconfirmed += 1;
+        self.unconfirmed += 1;
         Ok(())
     }
 
     /// The call opened by [`SourceBudgets::open_call`] was ACKed, refused or ended.
     pub fn confirmed(&mut self, ip: IpAddr) {
-        if let Some(s) = self.sources.get_mut(&ip) {
-            s.unconfirmed = s.unconfirmed.saturating_sub(1);
+        if let Some(s) = self.sources.get_mut(&ip)
+            && s.unconfirmed > 0
+        {
+            s.unconfirmed -= 1;
+            self.unconfirmed -= 1;
         }
     }
 
@@ -319,6 +330,7 @@ mod tests {
             calls_per_sec: 2.0,
             unconfirmed: 3,
             transactions: 5,
+            unconfirmed_total: 4,
             max_sources: 2,
         })
     }
@@ -355,6 +367,15 @@ mod tests {
         assert_eq!(b.open_call(a, t), Err(Refusal::Unconfirmed));
         b.confirmed(a);
         b.open_call(a, t).unwrap();
+        // All untrusted sources together hold at most 4: the second source gets one.
+        let c = ip("192.0.2.2");
+        b.confirmed(a);
+        b.open_call(c, t).unwrap();
+        b.open_call(c, t).unwrap();
+        assert_eq!(b.open_call(c, t), Err(Refusal::Unconfirmed));
+        // A stray confirmation (nothing open) gives nothing back.
+        b.confirmed(ip("192.0.2.9"));
+        assert_eq!(b.open_call(c, t), Err(Refusal::Unconfirmed));
     }
 
     #[test]
