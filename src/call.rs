@@ -519,16 +519,26 @@ impl Call {
             transferred: false,
             ctx,
         };
-        if let Err(end) = call.await_ack().await {
-            call.ctx.core.end_dialog(call.dialog.id.clone());
-            return Err(end);
+        match call.await_ack().await {
+            Ok(()) => Ok(call),
+            // The ACK came but its answer was unusable: the dialog is confirmed, so it ends
+            // with the BYE we owe.
+            Err((end, true)) => {
+                call.finish(&end).await;
+                Err(end)
+            }
+            Err((end, false)) => {
+                call.ctx.core.end_dialog(call.dialog.id.clone());
+                Err(end)
+            }
         }
-        Ok(call)
     }
 
     /// Waits for the ACK of our 200, serving the dialog meanwhile, then lets media flow. A
-    /// call whose ACK never comes ends here, quietly: no prompt, no BYE.
-    async fn await_ack(&mut self) -> Result<(), CallEnd> {
+    /// call whose ACK never comes ends here, quietly: no prompt, no BYE (RFC 3261 15 forbids
+    /// one before the ACK). An error says whether the ACK had come.
+    async fn await_ack(&mut self) -> Result<(), (CallEnd, bool)> {
+        let unconfirmed = |e| (e, false);
         loop {
             let max_fut = async {
                 match self.max_deadline {
@@ -539,21 +549,20 @@ impl Call {
             tokio::select! {
                 ev = self.sip_events.recv() => match ev {
                     Some(SipEvent::Ack { body }) => {
-                        self.on_sip(SipEvent::Ack { body })?;
+                        let applied = self.on_sip(SipEvent::Ack { body });
                         self.stream.update(self.params);
-                        return Ok(());
+                        return applied.map_err(|e| (e, true));
                     }
-                    // RFC 3261 15: no BYE before the ACK, so AckTimeout and shutdown just end.
-                    Some(ev) => self.on_sip(ev)?,
-                    None => return Err(CallEnd::CallerHangup),
+                    Some(ev) => self.on_sip(ev).map_err(unconfirmed)?,
+                    None => return Err(unconfirmed(CallEnd::CallerHangup)),
                 },
                 ev = self.media_events.recv() => {
                     if let Some(MediaEvent::Digit { digit, method, at }) = ev {
                         self.on_digit(digit, method, at);
                     }
                 }
-                _ = max_fut => return Err(CallEnd::MaxDuration),
-                _ = self.ctx.hangup_all.cancelled() => return Err(CallEnd::Shutdown),
+                _ = max_fut => return Err(unconfirmed(CallEnd::MaxDuration)),
+                _ = self.ctx.hangup_all.cancelled() => return Err(unconfirmed(CallEnd::Shutdown)),
             }
         }
     }

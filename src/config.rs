@@ -290,7 +290,11 @@ pub struct LogConfig {
 }
 
 impl Default for SipConfig {
+    /// The edge's limits default to what the SIP layer itself starts from.
     fn default() -> Self {
+        use crate::sip::core::CoreConfig;
+        let budgets = crate::sip::peers::Budgets::default();
+        let tcp = crate::sip::transport::TcpLimits::default();
         let addr: SocketAddr = "127.0.0.1:5060".parse().expect("static address");
         SipConfig {
             udp: vec![addr],
@@ -309,19 +313,17 @@ impl Default for SipConfig {
             overload_reject_ms: 250,
             trusted: Vec::new(),
             untrusted: Default::default(),
-            source_calls_per_sec: 10.0,
-            source_unconfirmed: 16,
-            source_transactions: 256,
+            source_calls_per_sec: budgets.calls_per_sec,
+            source_unconfirmed: budgets.unconfirmed,
+            source_transactions: budgets.transactions,
             ack_timeout_ms: None,
-            // 2,000 calls/s over UDP keep about 85,000 transactions alive (BYE: 64*T1;
-            // INVITE: until the ACK wait ends).
-            max_transactions: 150_000,
-            max_transaction_kib: 96 * 1024,
-            tcp_max_connections: 1024,
-            tcp_max_per_source: 16,
-            tcp_idle_secs: 120,
-            tcp_message_timeout_ms: 10_000,
-            tcp_write_queue_kib: 256,
+            max_transactions: CoreConfig::MAX_TRANSACTIONS,
+            max_transaction_kib: CoreConfig::MAX_TRANSACTION_BYTES / 1024,
+            tcp_max_connections: tcp.max_connections,
+            tcp_max_per_source: tcp.max_per_source,
+            tcp_idle_secs: tcp.idle.as_secs(),
+            tcp_message_timeout_ms: tcp.message_timeout.as_millis() as u64,
+            tcp_write_queue_kib: tcp.write_queue / 1024,
         }
     }
 }
@@ -350,9 +352,7 @@ impl SipConfig {
             // Half the RTP ports: whatever many untrusted sources do, the other half is there
             // for trusted callers.
             unconfirmed_total: (rtp_slots / 2).max(1),
-            // 64 Ki sources of about 100 bytes each: a flood from spoofed addresses cannot
-            // grow the table past a few MiB.
-            max_sources: 65_536,
+            ..crate::sip::peers::Budgets::default()
         }
     }
 }

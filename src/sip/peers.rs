@@ -123,6 +123,21 @@ pub struct Budgets {
     pub max_sources: usize,
 }
 
+impl Default for Budgets {
+    /// The shares `[sip] source_*` default to (a daemon with 5,000 RTP ports).
+    fn default() -> Self {
+        Budgets {
+            calls_per_sec: 10.0,
+            unconfirmed: 16,
+            transactions: 256,
+            unconfirmed_total: 2_500,
+            // 64 Ki sources of about 100 bytes each: a flood from spoofed addresses cannot
+            // grow the table past a few MiB.
+            max_sources: 65_536,
+        }
+    }
+}
+
 /// Why a request from an untrusted source was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
