@@ -47,6 +47,8 @@ pub enum CallEnd {
     /// confirmed, and the only proof that the INVITE's sender is where its Contact says is
     /// the ACK that never came.
     AckTimeout,
+    /// The 2xx to a re-INVITE was never acknowledged (64*T1): the session ends with a BYE.
+    ReinviteAckTimeout,
     /// The daemon is shutting down and the drain deadline passed.
     Shutdown,
     /// The call could not be set up (SDP, media ports); the INVITE got an error response.
@@ -63,6 +65,7 @@ impl CallEnd {
             CallEnd::RtpTimeout => "rtp-timeout",
             CallEnd::MaxDuration => "max-duration",
             CallEnd::AckTimeout => "ack-timeout",
+            CallEnd::ReinviteAckTimeout => "reinvite-ack-timeout",
             CallEnd::Shutdown => "shutdown",
             CallEnd::Rejected(_) => "rejected",
         }
@@ -76,6 +79,7 @@ impl CallEnd {
                 | CallEnd::Transferred
                 | CallEnd::RtpTimeout
                 | CallEnd::MaxDuration
+                | CallEnd::ReinviteAckTimeout
                 | CallEnd::Shutdown
         )
     }
@@ -348,6 +352,8 @@ pub struct Call {
     refer_status: Option<u16>,
     /// A transfer succeeded: the call ends as "transferred".
     transferred: bool,
+    /// Until the ACK of our 200: the dialog is not confirmed yet.
+    awaiting_first_ack: bool,
 }
 
 enum Wake {
@@ -517,6 +523,7 @@ impl Call {
             awaiting_answer: !invite.has_sdp(),
             refer_status: None,
             transferred: false,
+            awaiting_first_ack: true,
             ctx,
         };
         match call.await_ack().await {
@@ -549,6 +556,7 @@ impl Call {
             tokio::select! {
                 ev = self.sip_events.recv() => match ev {
                     Some(SipEvent::Ack { body }) => {
+                        self.awaiting_first_ack = false;
                         let applied = self.on_sip(SipEvent::Ack { body });
                         self.stream.update(self.params);
                         return applied.map_err(|e| (e, true));
@@ -666,6 +674,9 @@ impl Call {
         match ev {
             SipEvent::Bye => Err(CallEnd::CallerHangup),
             SipEvent::Cancelled => Err(CallEnd::Cancelled),
+            // Past `await_ack`, only a re-INVITE's 2xx can go unACKed: the dialog is
+            // confirmed, and ends with a BYE (RFC 3261 13.3.1.4).
+            SipEvent::AckTimeout if !self.awaiting_first_ack => Err(CallEnd::ReinviteAckTimeout),
             SipEvent::AckTimeout => Err(CallEnd::AckTimeout),
             SipEvent::Ack { body } => {
                 if self.awaiting_answer {

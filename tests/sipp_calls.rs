@@ -194,8 +194,35 @@ fn options_in_dialog() {
 fn reinvite_hold_and_resume() {
     let daemon = Daemon::start("");
     Sipp::new("reinvite_hold.xml", daemon.sip_addr())
+        .set("hold_ms", "500")
         .run()
         .assert_ok();
+    let reasons = daemon.wait_call_ends(1, Duration::from_secs(5));
+    assert!(is_caller_bye(&reasons[0]), "reason {:?}", reasons[0]);
+}
+
+/// The ACK of a re-INVITE's 200 completes its transaction: the 200 is not sent again, and a
+/// hold longer than 64*T1 (6.4 s with T1 = 100 ms) and than a new call's ACK wait (16*T1)
+/// does not end the call (it once did, with BYE "ack-timeout", after 32 s).
+#[test]
+fn a_long_hold_survives_its_reinvite() {
+    let daemon = Daemon::start("[sip]\nt1_ms = 100\n[demo]\nfirst_digit_timeout_ms = 30000\n");
+    let run = Sipp::new("reinvite_hold.xml", daemon.sip_addr())
+        .set("hold_ms", "8000")
+        .timeout_secs(40)
+        .run();
+    run.assert_ok();
+    let hold_oks = run
+        .received()
+        .iter()
+        .filter(|m| m.status() == Some(200) && m.header("CSeq").as_deref() == Some("2 INVITE"))
+        .count();
+    assert_eq!(
+        hold_oks,
+        1,
+        "the hold re-INVITE's 200 was sent {hold_oks} times: its ACK was not matched\n{}",
+        run.report()
+    );
     let reasons = daemon.wait_call_ends(1, Duration::from_secs(5));
     assert!(is_caller_bye(&reasons[0]), "reason {:?}", reasons[0]);
 }

@@ -62,10 +62,12 @@ pub enum SipEvent {
         msg: Box<Message>,
         flow: Flow,
     },
-    /// Our 2xx was never ACKed (Timer L, `[sip] ack_timeout_ms`): the dialog was never
-    /// confirmed, so the call ends without a BYE (RFC 3261 13.3.1.4 asks for one, but the ACK
-    /// that never came is also the only proof that the INVITE's sender is who its Contact
-    /// says: a BYE would be one more packet aimed wherever a spoofed INVITE pointed).
+    /// Our 2xx was never ACKed (Timer L). For the INVITE that made the call
+    /// (`[sip] ack_timeout_ms`) the dialog was never confirmed, so the call ends without a BYE
+    /// (RFC 3261 13.3.1.4 asks for one, but the ACK that never came is also the only proof
+    /// that the INVITE's sender is who its Contact says: a BYE would be one more packet aimed
+    /// wherever a spoofed INVITE pointed). For a re-INVITE (after 64*T1) the dialog is
+    /// confirmed and the call ends with a BYE.
     AckTimeout,
 }
 
@@ -308,6 +310,9 @@ struct DialogEntry {
     /// Until the ACK: whether the call counts as unconfirmed, and for an untrusted source,
     /// the address whose unconfirmed slot it holds.
     unconfirmed: Option<Option<IpAddr>>,
+    /// The latest re-INVITE's transaction and CSeq, until its 2xx is ACKed: the ACK comes on a
+    /// new branch, so only the dialog can hand it to the transaction (RFC 3261 17.2.1).
+    reinvite: Option<(TxId, u32)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -545,7 +550,10 @@ impl Core {
                     Ok(id) => id,
                     Err(r) => return self.refuse(&msg, flow, trust, r, now),
                 };
-                if let Some(entry) = self.dialogs.get(&dialog) {
+                if let Some(entry) = self.dialogs.get_mut(&dialog) {
+                    if method == Method::INVITE {
+                        entry.reinvite = Some((id, msg.cseq));
+                    }
                     let _ = entry.events.send(SipEvent::Request {
                         tx: id,
                         msg: Box::new(msg),
@@ -666,6 +674,7 @@ impl Core {
                 invite_tx: Some(id),
                 flow,
                 unconfirmed: Some(source),
+                reinvite: None,
             },
         );
         let new_call = NewCall {
@@ -731,9 +740,14 @@ impl Core {
         let _ = entry.events.send(SipEvent::Ack {
             body: msg.body.clone(),
         });
-        let invite_tx = entry.invite_tx.take();
+        let mut invite_tx = entry.invite_tx.take();
         if invite_tx.is_some() {
             self.settle_unconfirmed(&mut entry);
+        } else if let Some((id, cseq)) = entry.reinvite
+            && cseq == msg.cseq
+        {
+            entry.reinvite = None;
+            invite_tx = Some(id);
         }
         self.dialogs.insert(dialog, entry);
         if let Some(id) = invite_tx {
@@ -962,7 +976,17 @@ impl Core {
         self.next_id += 1;
         let reliable = flow.protocol.reliable();
         let machine = if *msg.method() == Method::INVITE {
-            ServerMachine::Invite(ServerInvite::new(now, self.cfg.timers, reliable))
+            let timers = if msg.to_tag().is_some() {
+                // A re-INVITE's dialog is confirmed and its port long held: its 2xx waits the
+                // full 64*T1 (RFC 6026) for the ACK, not the short wait of a new call.
+                Timers {
+                    ack_wait: Duration::MAX,
+                    ..self.cfg.timers
+                }
+            } else {
+                self.cfg.timers
+            };
+            ServerMachine::Invite(ServerInvite::new(now, timers, reliable))
         } else {
             ServerMachine::NonInvite(ServerNonInvite::new(now, self.cfg.timers, reliable))
         };
