@@ -28,6 +28,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// Keys kept while no collect is waiting for them (type-ahead).
+const MAX_TYPEAHEAD: usize = 32;
+
 /// Why a call ended (also the outcome recorded for it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEnd {
@@ -659,6 +662,15 @@ impl Call {
         if !self.dedup.accept(at, digit, method) {
             // Key values are never logged here: this layer cannot tell a PIN from a menu choice.
             debug!(method = method.as_str(), "duplicate key press dropped");
+            return false;
+        }
+        if self.typeahead.len() >= MAX_TYPEAHEAD {
+            // Nobody types 32 keys ahead of a prompt: this is a flood of INFO or RFC 4733
+            // events, and what it would queue is bounded here.
+            debug!(
+                method = method.as_str(),
+                "type-ahead full; key press dropped"
+            );
             return false;
         }
         debug!(method = method.as_str(), "key press");

@@ -205,6 +205,8 @@ pub struct SipConfig {
     pub source_unconfirmed: u32,
     /// Live SIP transactions one untrusted source may hold.
     pub source_transactions: u32,
+    /// Calls one untrusted source may have up at once (each holds an RTP port).
+    pub source_calls: u32,
     /// How long an answered INVITE waits for its ACK before the call is dropped (no BYE: the
     /// dialog was never confirmed) and its RTP port freed. Default 16*T1 (8 s), during which
     /// the 200 is sent five times; at most 64*T1.
@@ -316,6 +318,7 @@ impl Default for SipConfig {
             source_calls_per_sec: budgets.calls_per_sec,
             source_unconfirmed: budgets.unconfirmed,
             source_transactions: budgets.transactions,
+            source_calls: budgets.calls,
             ack_timeout_ms: None,
             max_transactions: CoreConfig::MAX_TRANSACTIONS,
             max_transaction_kib: CoreConfig::MAX_TRANSACTION_BYTES / 1024,
@@ -349,6 +352,7 @@ impl SipConfig {
             calls_per_sec: self.source_calls_per_sec,
             unconfirmed: self.source_unconfirmed,
             transactions: self.source_transactions,
+            calls: self.source_calls,
             // Half the RTP ports: whatever many untrusted sources do, the other half is there
             // for trusted callers.
             unconfirmed_total: (rtp_slots / 2).max(1),
@@ -541,6 +545,7 @@ impl Config {
         for (name, v) in [
             ("source_unconfirmed", sip.source_unconfirmed as usize),
             ("source_transactions", sip.source_transactions as usize),
+            ("source_calls", sip.source_calls as usize),
             ("max_transactions", sip.max_transactions),
             ("max_transaction_kib", sip.max_transaction_kib),
             ("tcp_max_connections", sip.tcp_max_connections),

@@ -146,9 +146,10 @@ pub struct CoreStats {
 }
 
 /// The refusals counted in [`CoreStats::refused`], in its order.
-pub const REFUSALS: [Refusal; 5] = [
+pub const REFUSALS: [Refusal; 6] = [
     Refusal::Rate,
     Refusal::Unconfirmed,
+    Refusal::Calls,
     Refusal::Transactions,
     Refusal::Sources,
     Refusal::Capacity,
@@ -310,6 +311,8 @@ struct DialogEntry {
     /// Until the ACK: whether the call counts as unconfirmed, and for an untrusted source,
     /// the address whose unconfirmed slot it holds.
     unconfirmed: Option<Option<IpAddr>>,
+    /// The untrusted source whose call slot this dialog holds, until it ends.
+    charged_call: Option<IpAddr>,
     /// The latest re-INVITE's transaction and CSeq, until its 2xx is ACKed: the ACK comes on a
     /// new branch, so only the dialog can hand it to the transaction (RFC 3261 17.2.1).
     reinvite: Option<(TxId, u32)>,
@@ -651,6 +654,7 @@ impl Core {
             Err(r) => {
                 if let Some(ip) = source {
                     self.budgets.confirmed(ip);
+                    self.budgets.call_ended(ip);
                 }
                 return self.refuse(&msg, flow, trust, r, now);
             }
@@ -674,6 +678,7 @@ impl Core {
                 invite_tx: Some(id),
                 flow,
                 unconfirmed: Some(source),
+                charged_call: source,
                 reinvite: None,
             },
         );
@@ -702,6 +707,9 @@ impl Core {
     fn remove_dialog(&mut self, id: &DialogId) -> Option<DialogEntry> {
         let mut entry = self.dialogs.remove(id)?;
         self.settle_unconfirmed(&mut entry);
+        if let Some(ip) = entry.charged_call.take() {
+            self.budgets.call_ended(ip);
+        }
         self.transports.pin(&entry.flow, false);
         Some(entry)
     }

@@ -115,6 +115,9 @@ pub struct Budgets {
     pub unconfirmed: u32,
     /// Live server transactions of one source.
     pub transactions: u32,
+    /// Calls of one source at once, confirmed or not: each holds an RTP port for as long as
+    /// it lasts, and a source that can ACK could otherwise take them all at its call rate.
+    pub calls: u32,
     /// Unconfirmed INVITEs of all untrusted sources together: many sources with a share each
     /// must not take every RTP port either (the daemon sets it to half its ports).
     pub unconfirmed_total: u32,
@@ -130,6 +133,7 @@ impl Default for Budgets {
             calls_per_sec: 10.0,
             unconfirmed: 16,
             transactions: 256,
+            calls: 32,
             unconfirmed_total: 2_500,
             // 64 Ki sources of about 100 bytes each: a flood from spoofed addresses cannot
             // grow the table past a few MiB.
@@ -145,6 +149,8 @@ pub enum Refusal {
     Rate,
     /// Too many of its INVITEs wait for their ACK.
     Unconfirmed,
+    /// Too many of its calls are up.
+    Calls,
     /// Too many of its transactions are alive.
     Transactions,
     /// Too many sources are tracked already.
@@ -158,6 +164,7 @@ impl Refusal {
         match self {
             Refusal::Rate => "call-rate",
             Refusal::Unconfirmed => "unconfirmed",
+            Refusal::Calls => "calls",
             Refusal::Transactions => "transactions",
             Refusal::Sources => "sources",
             Refusal::Capacity => "capacity",
@@ -171,6 +178,7 @@ struct Source {
     tokens: f64,
     refilled: Instant,
     unconfirmed: u32,
+    calls: u32,
     transactions: u32,
 }
 
@@ -208,6 +216,7 @@ impl SourceBudgets {
             tokens: burst,
             refilled: now,
             unconfirmed: 0,
+            calls: 0,
             transactions: 0,
         });
         let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
@@ -216,22 +225,38 @@ impl SourceBudgets {
         Ok(s)
     }
 
-    /// A new call (INVITE outside a dialog) from `ip`: takes a token and an unconfirmed slot,
-    /// or says why not. On `Ok` the caller owes one [`SourceBudgets::confirmed`].
+    /// A new call (INVITE outside a dialog) from `ip`: takes a token, a call slot and an
+    /// unconfirmed slot, or says why not. On `Ok` the caller owes one
+    /// [`SourceBudgets::confirmed`] and one [`SourceBudgets::call_ended`].
     pub fn open_call(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
-        let limit = self.limits.unconfirmed;
+        let Budgets {
+            unconfirmed: limit,
+            calls,
+            ..
+        } = self.limits;
         let all_full = self.unconfirmed >= self.limits.unconfirmed_total;
         let s = self.entry(ip, now)?;
         if s.unconfirmed >= limit || all_full {
             return Err(Refusal::Unconfirmed);
+        }
+        if s.calls >= calls {
+            return Err(Refusal::Calls);
         }
         if s.tokens < 1.0 {
             return Err(Refusal::Rate);
         }
         s.tokens -= 1.0;
         s.unconfirmed += 1;
+        s.calls += 1;
         self.unconfirmed += 1;
         Ok(())
+    }
+
+    /// The call opened by [`SourceBudgets::open_call`] is over (or was refused).
+    pub fn call_ended(&mut self, ip: IpAddr) {
+        if let Some(s) = self.sources.get_mut(&ip) {
+            s.calls = s.calls.saturating_sub(1);
+        }
     }
 
     /// The call opened by [`SourceBudgets::open_call`] was ACKed, refused or ended.
@@ -267,7 +292,7 @@ impl SourceBudgets {
         let (rate, burst) = (self.limits.calls_per_sec, self.burst());
         self.sources.retain(|_, s| {
             let tokens = s.tokens + now.saturating_duration_since(s.refilled).as_secs_f64() * rate;
-            s.unconfirmed > 0 || s.transactions > 0 || tokens < burst
+            s.unconfirmed > 0 || s.calls > 0 || s.transactions > 0 || tokens < burst
         });
     }
 
@@ -345,6 +370,7 @@ mod tests {
             calls_per_sec: 2.0,
             unconfirmed: 3,
             transactions: 5,
+            calls: 5,
             unconfirmed_total: 4,
             max_sources: 2,
         })
@@ -359,6 +385,7 @@ mod tests {
         for _ in 0..4 {
             b.open_call(a, t0).unwrap();
             b.confirmed(a);
+            b.call_ended(a);
         }
         assert_eq!(b.open_call(a, t0), Err(Refusal::Rate));
         // Half a second brings one token back.
@@ -394,6 +421,24 @@ mod tests {
     }
 
     #[test]
+    fn calls_are_capped_per_source_until_they_end() {
+        let mut b = budgets();
+        let t = Instant::now();
+        let a = ip("192.0.2.1");
+        for i in 0..5 {
+            b.open_call(a, t + Duration::from_secs(i)).unwrap();
+            b.confirmed(a);
+        }
+        // Five calls up (all ACKed): a sixth is refused until one ends.
+        let later = t + Duration::from_secs(10);
+        assert_eq!(b.open_call(a, later), Err(Refusal::Calls));
+        b.call_ended(a);
+        b.open_call(a, later).unwrap();
+        b.sweep(later + Duration::from_secs(60));
+        assert_eq!(b.len(), 1, "a source with calls up is kept");
+    }
+
+    #[test]
     fn transactions_are_capped_per_source_and_sources_in_total() {
         let mut b = budgets();
         let t = Instant::now();
@@ -419,6 +464,7 @@ mod tests {
         let a = ip("192.0.2.1");
         b.open_call(a, t).unwrap();
         b.confirmed(a);
+        b.call_ended(a);
         b.sweep(t);
         assert_eq!(b.len(), 1, "bucket not full yet");
         b.sweep(t + Duration::from_secs(1));
