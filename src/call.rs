@@ -550,12 +550,7 @@ impl Call {
     async fn await_ack(&mut self) -> Result<(), (CallEnd, bool)> {
         let unconfirmed = |e| (e, false);
         loop {
-            let max_fut = async {
-                match self.max_deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let max_fut = sleep_until_some(self.max_deadline);
             tokio::select! {
                 ev = self.sip_events.recv() => match ev {
                     Some(SipEvent::Ack { body }) => {
@@ -614,18 +609,8 @@ impl Call {
     /// Waits for the next thing the flow cares about, serving the dialog meanwhile.
     async fn wait(&mut self, deadline: Option<tokio::time::Instant>) -> Result<Wake, CallEnd> {
         loop {
-            let deadline_fut = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let max_fut = async {
-                match self.max_deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let deadline_fut = sleep_until_some(deadline);
+            let max_fut = sleep_until_some(self.max_deadline);
             tokio::select! {
                 ev = self.sip_events.recv() => match ev {
                     Some(ev) => {
@@ -1034,6 +1019,14 @@ impl CallIo for Call {
                 });
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one (a `select!` arm that never fires).
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

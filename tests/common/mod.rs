@@ -2143,3 +2143,24 @@ impl Daemon {
         }
     }
 }
+
+/// `GET path` from the admin listener at `addr`; the whole HTTP response.
+pub fn admin_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("admin listener reachable");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    r
+}
+
+/// The value of a sample line of a metrics page, such as `ivrd_sip_transactions 0` or
+/// `ivrd_dtmf_digits_total{method="rfc4733"} 3`.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
