@@ -27,9 +27,12 @@ use ezk_sip_types::Name;
 use std::net::SocketAddr;
 use std::path::Path;
 
+/// A target's body: arbitrary bytes in, no panic out.
+pub type Target = fn(&[u8]);
+
 /// Every target by name: the names of the files in `fuzz/fuzz_targets/` and of the
 /// directories in `fuzz/corpus/` and `fuzz/regressions/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("sip_message", sip_message),
     ("sdp", sdp),
     ("rtp", rtp),
@@ -41,7 +44,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// The function for a target name.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Target> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
@@ -239,7 +242,7 @@ pub fn dialplan(data: &[u8]) {
 /// The bytes as a prompt file: [`prompt::decode_wav`], which is [`prompt::load_wav`] without
 /// the file read.
 pub fn wav(data: &[u8]) {
-    let _ = prompt::decode_wav(Path::new("fuzz.wav"), data);
+    let _ = prompt::decode_wav(Path::new("fuzz.wav"), data.to_vec());
 }
 
 /// The bytes as a customer CSV: [`store::parse_customers_csv`], the reading and checking of

@@ -308,11 +308,11 @@ pub fn load_wav(path: &Path) -> Result<Vec<i16>, PromptError> {
         path: path.to_path_buf(),
         source,
     })?;
-    decode_wav(path, &bytes)
+    decode_wav(path, bytes)
 }
 
 /// [`load_wav`] on the bytes of a file already read; `path` only names it in errors.
-pub fn decode_wav(path: &Path, bytes: &[u8]) -> Result<Vec<i16>, PromptError> {
+pub fn decode_wav(path: &Path, bytes: Vec<u8>) -> Result<Vec<i16>, PromptError> {
     if let Err(reason) = check_riff_wave(&bytes) {
         return Err(PromptError::NotWav {
             path: path.to_path_buf(),
