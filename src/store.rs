@@ -1703,6 +1703,17 @@ id,name,mobile,language,branch
     }
 
     #[test]
+    fn parse_customers_csv_reads_and_checks_without_a_database() {
+        let csv = "id,name,mobile\n1,A,0170 1234567\n1,B,0170 1234567\n2,,0170 1234567\n";
+        let parsed = parse_customers_csv(csv.as_bytes(), "DE").unwrap();
+        assert_eq!(parsed.customers.len(), 1);
+        assert_eq!(parsed.customers[0].mobile, "+491701234567");
+        let lines: Vec<u64> = parsed.rejected.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![3, 4]);
+        assert!(parse_customers_csv("id,name\n".as_bytes(), "DE").is_err());
+    }
+
+    #[test]
     fn import_header_problems_import_nothing() {
         let (_dir, store) = temp_store();
         let err = store
