@@ -28,6 +28,8 @@
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
 //! - [`audit`]: one row per call, group-committed by one writer thread.
 //! - [`secrets`]: `*_file` keys, read from systemd credentials or files beside the config.
+//! - `fuzzing` (hidden): the body of every fuzz target in `fuzz/`, one function each, shared
+//!   with `tests/fuzz_regressions.rs`, which replays the seeds and crash inputs.
 pub mod admin;
 pub mod admin_http;
 pub mod audit;
@@ -36,7 +38,8 @@ pub mod config;
 pub mod customers_cli;
 pub mod demo;
 pub mod dialplan;
-
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod media;
 pub mod metrics;
 pub mod notify;

@@ -517,84 +517,21 @@ impl Store {
     ///
     /// Good rows are upserted (see [`Store::upsert_customer`]) in one transaction; bad rows are
     /// reported with their line number and reason, and a row repeating an earlier id is rejected.
-    /// A missing header column, an unknown region or an I/O error imports nothing.
+    /// A missing header column, an unknown region or an I/O error imports nothing. The reading
+    /// and checking is [`parse_customers_csv`]; this adds the writing.
     pub fn import_csv(
         &self,
         reader: impl Read,
         default_region: &str,
     ) -> Result<ImportReport, StoreError> {
-        // Fail on a bad region up front rather than rejecting every row for it.
-        parse_region(default_region)?;
-
-        // The csv crate reports line numbers one short after CRLF line ends (rust-csv issue 395),
-        // and spreadsheet exports use CRLF; a customer file is small, so read it whole and turn
-        // CRLF and lone CR into LF, after which the reported lines are the lines an editor shows.
-        let mut raw = Vec::new();
-        let mut reader = reader;
-        reader.read_to_end(&mut raw).map_err(csv::Error::from)?;
-        let text = unify_line_ends(&raw);
-        let mut csv = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .flexible(true)
-            .trim(csv::Trim::All)
-            .from_reader(text.as_slice());
-        let header = csv.headers()?.clone();
-        let columns = Columns::from_header(&header)?;
-
-        let mut report = ImportReport::default();
-        let mut good: Vec<NewCustomer> = Vec::new();
-        let mut seen: HashMap<String, u64> = HashMap::new();
-        let mut record = csv::StringRecord::new();
-        loop {
-            // Where the next record starts, for errors that carry no position of their own.
-            let next_line = csv.position().line();
-            match csv.read_record(&mut record) {
-                Ok(false) => break,
-                Ok(true) => {}
-                Err(e) => {
-                    let line = e.position().map_or(next_line, |p| p.line());
-                    match e.kind() {
-                        csv::ErrorKind::Utf8 { .. } => {
-                            report.rejected.push(RejectedRow {
-                                line,
-                                reason: RowError::Malformed("not valid UTF-8".into()),
-                            });
-                            continue;
-                        }
-                        _ => return Err(e.into()),
-                    }
-                }
-            }
-            let line = record.position().map_or(next_line, |p| p.line());
-            if record.len() != header.len() {
-                report.rejected.push(RejectedRow {
-                    line,
-                    reason: RowError::FieldCount {
-                        expected: header.len(),
-                        found: record.len(),
-                    },
-                });
-                continue;
-            }
-            let result = columns
-                .customer(&record, default_region)
-                .map_err(RowError::from)
-                .and_then(|c| match seen.get(&c.id) {
-                    Some(&first_line) => Err(RowError::DuplicateId {
-                        id: c.id.clone(),
-                        first_line,
-                    }),
-                    None => Ok(c),
-                });
-            match result {
-                Ok(c) => {
-                    seen.insert(c.id.clone(), line);
-                    good.push(c);
-                }
-                Err(reason) => report.rejected.push(RejectedRow { line, reason }),
-            }
-        }
-
+        let CsvCustomers {
+            customers: good,
+            rejected,
+        } = parse_customers_csv(reader, default_region)?;
+        let mut report = ImportReport {
+            rejected,
+            ..ImportReport::default()
+        };
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
@@ -1071,6 +1008,101 @@ fn validate_field_name(name: &str) -> Result<String, InvalidCustomer> {
     } else {
         Err(InvalidCustomer::BadFieldName(name.to_owned()))
     }
+}
+
+/// The rows of a customer CSV that [`Store::import_csv`] would write, and the ones it would
+/// reject (with line and reason), without touching a database.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CsvCustomers {
+    /// Valid rows in file order, ids unique.
+    pub customers: Vec<NewCustomer>,
+    /// Rows not to import, in file order.
+    pub rejected: Vec<RejectedRow>,
+}
+
+/// Reads and checks a customer CSV (the format is [`Store::import_csv`]'s): every row either
+/// becomes a valid [`NewCustomer`] or a [`RejectedRow`]. Errors are what imports nothing: an
+/// unknown region, an unusable header, an I/O or CSV error.
+pub fn parse_customers_csv(
+    reader: impl Read,
+    default_region: &str,
+) -> Result<CsvCustomers, StoreError> {
+    // Fail on a bad region up front rather than rejecting every row for it.
+    parse_region(default_region)?;
+
+    // The csv crate reports line numbers one short after CRLF line ends (rust-csv issue 395),
+    // and spreadsheet exports use CRLF; a customer file is small, so read it whole and turn
+    // CRLF and lone CR into LF, after which the reported lines are the lines an editor shows.
+    let mut raw = Vec::new();
+    let mut reader = reader;
+    reader.read_to_end(&mut raw).map_err(csv::Error::from)?;
+    let text = unify_line_ends(&raw);
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_slice());
+    let header = csv.headers()?.clone();
+    let columns = Columns::from_header(&header)?;
+
+    let mut rejected = Vec::new();
+    let mut good: Vec<NewCustomer> = Vec::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut record = csv::StringRecord::new();
+    loop {
+        // Where the next record starts, for errors that carry no position of their own.
+        let next_line = csv.position().line();
+        match csv.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                let line = e.position().map_or(next_line, |p| p.line());
+                match e.kind() {
+                    csv::ErrorKind::Utf8 { .. } => {
+                        rejected.push(RejectedRow {
+                            line,
+                            reason: RowError::Malformed("not valid UTF-8".into()),
+                        });
+                        continue;
+                    }
+                    _ => return Err(e.into()),
+                }
+            }
+        }
+        let line = record.position().map_or(next_line, |p| p.line());
+        if record.len() != header.len() {
+            rejected.push(RejectedRow {
+                line,
+                reason: RowError::FieldCount {
+                    expected: header.len(),
+                    found: record.len(),
+                },
+            });
+            continue;
+        }
+        let result = columns
+            .customer(&record, default_region)
+            .map_err(RowError::from)
+            .and_then(|c| match seen.get(&c.id) {
+                Some(&first_line) => Err(RowError::DuplicateId {
+                    id: c.id.clone(),
+                    first_line,
+                }),
+                None => Ok(c),
+            });
+        match result {
+            Ok(c) => {
+                seen.insert(c.id.clone(), line);
+                good.push(c);
+            }
+            Err(reason) => rejected.push(RejectedRow { line, reason }),
+        }
+    }
+
+    Ok(CsvCustomers {
+        customers: good,
+        rejected,
+    })
 }
 
 /// Where the known columns are in a CSV header.
@@ -1668,6 +1700,17 @@ id,name,mobile,language,branch
         assert_eq!((report.created, report.updated), (1, 1));
         assert!(report.rejected.is_empty());
         assert_eq!(store.find_customer("1").unwrap().unwrap().name, "A2");
+    }
+
+    #[test]
+    fn parse_customers_csv_reads_and_checks_without_a_database() {
+        let csv = "id,name,mobile\n1,A,0170 1234567\n1,B,0170 1234567\n2,,0170 1234567\n";
+        let parsed = parse_customers_csv(csv.as_bytes(), "DE").unwrap();
+        assert_eq!(parsed.customers.len(), 1);
+        assert_eq!(parsed.customers[0].mobile, "+491701234567");
+        let lines: Vec<u64> = parsed.rejected.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![3, 4]);
+        assert!(parse_customers_csv("id,name\n".as_bytes(), "DE").is_err());
     }
 
     #[test]

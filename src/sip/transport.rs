@@ -641,7 +641,7 @@ async fn deliver(
 /// Responses, ACKs and anything without Via/From/To/Call-ID/CSeq get no answer. A message
 /// over a size limit gets 513 with only the top Via (the hop that sent it): echoing every one
 /// of 1,000 Vias would hand the sender back what it flooded us with.
-fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
+pub(crate) fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
     let text = std::str::from_utf8(data).ok()?;
     let head = text.split("\r\n\r\n").next()?.split("\n\n").next()?;
     let mut lines = head.lines();
@@ -658,6 +658,7 @@ fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
     let top_via_only = code == 513;
     let mut out = format!("SIP/2.0 {code} {reason}\r\n");
     let mut have = [false; 5];
+    let mut vias = 0;
     const NAMES: [(&str, &str, &str); 5] = [
         ("via", "v", "Via"),
         ("from", "f", "From"),
@@ -675,16 +676,21 @@ fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
                 || (!short.is_empty() && name.eq_ignore_ascii_case(short))
             {
                 let mut value = value.trim();
-                if top_via_only {
-                    if have[i] {
+                // Each header once, except Via (one per hop, up to the hops a message may
+                // have): the answer stays the size of what came in, whatever came in.
+                if i == 0 {
+                    vias += 1;
+                    if vias > super::message::MAX_VIAS || (top_via_only && have[0]) {
                         continue;
                     }
-                    if i == 0 {
+                    if top_via_only {
                         value = value.split(',').next().unwrap_or(value).trim();
                     }
-                    if value.len() > 1024 {
-                        return None;
-                    }
+                } else if have[i] {
+                    continue;
+                }
+                if value.len() > 1024 {
+                    return None;
                 }
                 have[i] = true;
                 out.push_str(&format!("{canonical}: {value}\r\n"));
