@@ -123,6 +123,9 @@ pub struct TransportStats {
     pub tcp_closed_backlog: AtomicU64,
 }
 
+/// The most bytes that may wait for an untrusted peer (a few of our answers are under 4 KiB).
+const UNTRUSTED_WRITE_QUEUE: usize = 32 * 1024;
+
 /// Sends bytes along flows; cheap to clone.
 #[derive(Clone)]
 pub struct Transports {
@@ -158,6 +161,10 @@ struct TcpConn {
 /// What a connection's reader, writer and senders share.
 #[derive(Default)]
 struct ConnState {
+    /// Bytes that may wait for this peer: `tcp_write_queue` for a trusted peer, at most
+    /// [`UNTRUSTED_WRITE_QUEUE`] for others, so that a thousand connections that never read
+    /// hold tens of MiB between them, not hundreds.
+    write_limit: usize,
     /// Bytes handed to the writer and not yet written.
     queued: AtomicUsize,
     /// Milliseconds since `Shared::epoch` of the last byte written.
@@ -236,7 +243,7 @@ impl Transports {
                     return;
                 };
                 let queued = state.queued.fetch_add(data.len(), Ordering::Relaxed) + data.len();
-                if queued > self.shared.tcp.write_queue {
+                if queued > state.write_limit {
                     // A peer that does not read would otherwise grow this queue without end.
                     if !state.close.is_cancelled() {
                         self.shared
@@ -842,7 +849,14 @@ async fn tcp_connection(
     let limits = transports.shared.tcp;
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-    let state = Arc::new(ConnState::default());
+    let state = Arc::new(ConnState {
+        write_limit: if trust.is_trusted() {
+            limits.write_queue
+        } else {
+            limits.write_queue.min(UNTRUSTED_WRITE_QUEUE)
+        },
+        ..ConnState::default()
+    });
     state
         .last_write_ms
         .store(transports.ms_since_epoch(), Ordering::Relaxed);
