@@ -16,6 +16,7 @@ use crate::sip::dialog::{Dialog, fmt_host_port};
 use crate::sip::message::{Message, ResponseBuilder, extract_uri, reason_phrase, uri_user};
 use crate::sip::peers::Trust;
 use crate::sip::sdp::{Codec, Direction, LocalSession, Negotiated, SdpError};
+use crate::sip::session_timer::{self, Due, SessionTimer};
 use crate::sip::transport::{Flow, Protocol};
 use bytes::Bytes;
 use ezk_sip_types::{Method, Name};
@@ -52,6 +53,9 @@ pub enum CallEnd {
     AckTimeout,
     /// The 2xx to a re-INVITE was never acknowledged (64*T1): the session ends with a BYE.
     ReinviteAckTimeout,
+    /// The session timer ran out (RFC 4028): the refresh the caller owed did not come, or
+    /// ours failed.
+    SessionExpired,
     /// The daemon is shutting down and the drain deadline passed.
     Shutdown,
     /// The call could not be set up (SDP, media ports); the INVITE got an error response.
@@ -69,6 +73,7 @@ impl CallEnd {
             CallEnd::MaxDuration => "max-duration",
             CallEnd::AckTimeout => "ack-timeout",
             CallEnd::ReinviteAckTimeout => "reinvite-ack-timeout",
+            CallEnd::SessionExpired => "session-expired",
             CallEnd::Shutdown => "shutdown",
             CallEnd::Rejected(_) => "rejected",
         }
@@ -83,6 +88,7 @@ impl CallEnd {
                 | CallEnd::RtpTimeout
                 | CallEnd::MaxDuration
                 | CallEnd::ReinviteAckTimeout
+                | CallEnd::SessionExpired
                 | CallEnd::Shutdown
         )
     }
@@ -313,6 +319,8 @@ pub struct CallSettings {
     pub transfer_timeout: Duration,
     /// Digest credentials for a PBX that challenges our REFER.
     pub auth: Option<Credentials>,
+    /// The shortest session timer interval we accept (RFC 4028 Min-SE), seconds.
+    pub session_min_se: u32,
 }
 
 /// Digest credentials (RFC 8760). The password never reaches a log line: `Debug` prints it as
@@ -357,6 +365,11 @@ pub struct Call {
     transferred: bool,
     /// Until the ACK of our 200: the dialog is not confirmed yet.
     awaiting_first_ack: bool,
+    /// The session timer (RFC 4028), and the outcome of our own refresh while one is out.
+    timer: SessionTimer,
+    refresh_pending: bool,
+    refresh_results: mpsc::UnboundedReceiver<bool>,
+    refresh_tx: mpsc::UnboundedSender<bool>,
 }
 
 enum Wake {
@@ -384,20 +397,27 @@ impl Call {
         } = new;
         let facts = CallFacts::from_invite(&invite, flow.remote, trust);
         let settings = ctx.settings.clone();
-        let reject_why = |code: u16, why: Option<&str>| {
+        let reject_with = |code: u16, extra: &[(&str, String)]| {
             let mut b = ResponseBuilder::new(&invite, code, reason_phrase(code))
                 .received_from(flow.remote)
                 .to_tag(&local_tag)
                 .header("Server", &settings.user_agent)
                 .header("Accept", "application/sdp");
-            if let Some(why) = why {
-                // RFC 3261 20.43: 399 is the miscellaneous warning, for a person to read.
-                b = b.header("Warning", format!("399 ivrd \"{why}\""));
+            for (name, value) in extra {
+                b = b.header(name, value);
             }
             ctx.core.respond(tx, code, b.build());
             CallEnd::Rejected(code)
         };
-        let reject = |code: u16| reject_why(code, None);
+        let reject = |code: u16| reject_with(code, &[]);
+        // RFC 3261 20.43: 399 is the miscellaneous warning, for a person to read.
+        let reject_why =
+            |code: u16, why: &str| reject_with(code, &[("Warning", format!("399 ivrd \"{why}\""))]);
+        let mut timer = SessionTimer::new(settings.session_min_se);
+        let timer_answer = timer.decide(&invite);
+        if let session_timer::Answer::TooSmall { min_se } = timer_answer {
+            return Err(reject_with(422, &[("Min-SE", min_se.to_string())]));
+        }
         if !invite.body.is_empty() && !invite.has_sdp() {
             return Err(reject(415));
         }
@@ -434,7 +454,7 @@ impl Call {
                     MediaError::NoPort { .. } => "no free RTP port",
                     MediaError::Io(_) => "cannot open an RTP socket",
                 };
-                return Err(reject_why(503, Some(why)));
+                return Err(reject_why(503, why));
             }
         };
         let rtp_local = stream.local_addr();
@@ -469,6 +489,7 @@ impl Call {
         let contact = contact_uri(&flow, settings.public_host.as_deref());
         let dialog = Dialog::new_uas(&invite, &local_tag, contact.clone(), flow.protocol);
         let max_deadline = settings.max_call.map(|d| tokio::time::Instant::now() + d);
+        let (refresh_tx, refresh_results) = mpsc::unbounded_channel();
         if !settings.ring.is_zero() {
             let ringing = ResponseBuilder::new(&invite, 180, "Ringing")
                 .received_from(flow.remote)
@@ -488,17 +509,23 @@ impl Call {
                 }
             }
         }
-        let ok = ResponseBuilder::new(&invite, 200, "OK")
+        let mut ok = ResponseBuilder::new(&invite, 200, "OK")
             .received_from(flow.remote)
             .to_tag(&local_tag)
             .header("Contact", format!("<{contact}>"))
             .header("Allow", ALLOW)
             .header("Accept", ACCEPT)
-            .header("Supported", "")
-            .header("Server", &settings.user_agent)
-            .body("application/sdp", Bytes::from(sdp))
-            .build();
-        ctx.core.respond(tx, 200, ok);
+            .header("Supported", session_timer::SUPPORTED)
+            .header("Server", &settings.user_agent);
+        for (name, value) in timer_answer.headers() {
+            ok = ok.header(name, value);
+        }
+        ctx.core.respond(
+            tx,
+            200,
+            ok.body("application/sdp", Bytes::from(sdp)).build(),
+        );
+        timer.commit(&timer_answer, Instant::now());
         info!(
             caller = %mask_number(&facts.caller),
             called = %facts.called,
@@ -527,6 +554,10 @@ impl Call {
             refer_status: None,
             transferred: false,
             awaiting_first_ack: true,
+            timer,
+            refresh_pending: false,
+            refresh_results,
+            refresh_tx,
             ctx,
         };
         match call.await_ack().await {
@@ -611,6 +642,10 @@ impl Call {
         loop {
             let deadline_fut = sleep_until_some(deadline);
             let max_fut = sleep_until_some(self.max_deadline);
+            // While our refresh is out, its answer decides; the deadline does not fire again.
+            let timer_due = self.timer.deadline().filter(|_| !self.refresh_pending);
+            let timer_fut =
+                sleep_until_some(timer_due.map(|(at, _)| tokio::time::Instant::from_std(at)));
             tokio::select! {
                 ev = self.sip_events.recv() => match ev {
                     Some(ev) => {
@@ -638,6 +673,21 @@ impl Call {
                 },
                 _ = deadline_fut => return Ok(Wake::Timeout),
                 _ = max_fut => return Err(CallEnd::MaxDuration),
+                _ = timer_fut => match timer_due.map(|(_, due)| due) {
+                    Some(Due::Refresh) => self.send_refresh(),
+                    _ => {
+                        info!("session timer expired: no refresh from the caller");
+                        return Err(CallEnd::SessionExpired);
+                    }
+                },
+                Some(ok) = self.refresh_results.recv() => {
+                    self.refresh_pending = false;
+                    if !ok {
+                        info!("session refresh failed");
+                        return Err(CallEnd::SessionExpired);
+                    }
+                    self.timer.refreshed(Instant::now());
+                }
                 _ = self.ctx.hangup_all.cancelled() => return Err(CallEnd::Shutdown),
             }
         }
@@ -702,34 +752,8 @@ impl Call {
             return self.respond(tx, &msg, flow, 500, &[], None);
         }
         let method = msg.method().clone();
-        if method == Method::INVITE {
-            self.dialog.refresh_target(&msg);
-            let sdp = if msg.has_sdp() {
-                match self.session.answer(&msg.body) {
-                    Ok((sdp, n)) => {
-                        self.apply(&n);
-                        info!(direction = n.direction.as_str(), "re-INVITE answered");
-                        sdp
-                    }
-                    Err(e) => {
-                        info!(error = %e, "re-INVITE offer refused");
-                        // The old session stays as it was (RFC 3264 8).
-                        return self.respond(tx, &msg, flow, sdp_error_code(&e), &[], None);
-                    }
-                }
-            } else {
-                self.awaiting_answer = true;
-                self.session.offer()
-            };
-            let contact = format!("<{}>", self.dialog.local_contact);
-            return self.respond(
-                tx,
-                &msg,
-                flow,
-                200,
-                &[("Contact", contact), ("Allow", ALLOW.into())],
-                Some(sdp),
-            );
+        if method == Method::INVITE || method == Method::UPDATE {
+            return self.on_session_request(tx, msg, flow, method == Method::UPDATE);
         }
         if method == Method::INFO {
             let ct = msg.content_type().unwrap_or_default();
@@ -775,6 +799,92 @@ impl Call {
             return self.respond(tx, &msg, flow, 603, &[], None);
         }
         self.respond(tx, &msg, flow, 405, &[("Allow", ALLOW.into())], None)
+    }
+
+    /// A re-INVITE or an UPDATE: a new offer (answered), a refresh of the session timer, or
+    /// both. An UPDATE may come without SDP (a pure refresh); a re-INVITE without SDP gets our
+    /// offer, answered in its ACK.
+    fn on_session_request(&mut self, tx: TxId, msg: Message, flow: Flow, update: bool) {
+        let what = if update { "UPDATE" } else { "re-INVITE" };
+        // Our offer (in the 200 to an offerless re-INVITE) is still out: a second offer now
+        // is glare (RFC 3261 14.2, RFC 3311 5.2).
+        if self.awaiting_answer && (msg.has_sdp() || !update) {
+            info!(request = what, "offer while ours is out: 491");
+            return self.respond(tx, &msg, flow, 491, &[], None);
+        }
+        let timer = self.timer.decide(&msg);
+        if let session_timer::Answer::TooSmall { min_se } = timer {
+            return self.respond(tx, &msg, flow, 422, &[("Min-SE", min_se.to_string())], None);
+        }
+        if !update {
+            self.dialog.refresh_target(&msg);
+        }
+        let sdp = if msg.has_sdp() {
+            match self.session.answer(&msg.body) {
+                Ok((sdp, n)) => {
+                    self.apply(&n);
+                    info!(
+                        request = what,
+                        direction = n.direction.as_str(),
+                        "offer answered"
+                    );
+                    Some(sdp)
+                }
+                Err(e) => {
+                    info!(request = what, error = %e, "offer refused");
+                    // The old session stays as it was (RFC 3264 8), and so does the timer.
+                    return self.respond(tx, &msg, flow, sdp_error_code(&e), &[], None);
+                }
+            }
+        } else if update {
+            None
+        } else {
+            self.awaiting_answer = true;
+            Some(self.session.offer())
+        };
+        self.timer.commit(&timer, Instant::now());
+        let mut extra = vec![
+            ("Contact", format!("<{}>", self.dialog.local_contact)),
+            ("Allow", ALLOW.into()),
+            ("Supported", session_timer::SUPPORTED.into()),
+        ];
+        extra.extend(timer.headers());
+        self.respond(tx, &msg, flow, 200, &extra, sdp);
+    }
+
+    /// Refreshes the session ourselves (we are the refresher): an UPDATE without SDP, sent
+    /// from a task of its own, whose outcome comes back on `refresh_results`.
+    fn send_refresh(&mut self) {
+        let Some(interval) = self.timer.interval_secs() else {
+            return;
+        };
+        let branch = new_branch();
+        let update = self.dialog.request(
+            "UPDATE",
+            self.flow.local,
+            &branch,
+            &[
+                ("Session-Expires", format!("{interval};refresher=uas")),
+                ("Supported", session_timer::SUPPORTED.into()),
+                ("User-Agent", self.ctx.settings.user_agent.clone()),
+            ],
+            None,
+        );
+        let (core, flow, to, results) = (
+            self.ctx.core.clone(),
+            self.flow,
+            self.request_target(),
+            self.refresh_tx.clone(),
+        );
+        self.refresh_pending = true;
+        debug!("refreshing the session with UPDATE");
+        tokio::spawn(async move {
+            let ok = matches!(
+                core.request(flow, to, branch, update).await,
+                Ok(resp) if resp.status().is_some_and(|s| (200..300).contains(&s))
+            );
+            let _ = results.send(ok);
+        });
     }
 
     fn respond(

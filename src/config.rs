@@ -207,6 +207,9 @@ pub struct SipConfig {
     pub source_transactions: u32,
     /// Calls one untrusted source may have up at once (each holds an RTP port).
     pub source_calls: u32,
+    /// The shortest session timer interval accepted (RFC 4028 `Min-SE`): a request asking for
+    /// less gets 422. RFC 4028 says at least 90; lower values are for tests.
+    pub session_min_se_secs: u32,
     /// How long an answered INVITE waits for its ACK before the call is dropped (no BYE: the
     /// dialog was never confirmed) and its RTP port freed. Default 16*T1 (8 s), during which
     /// the 200 is sent five times; at most 64*T1.
@@ -320,6 +323,7 @@ impl Default for SipConfig {
             source_transactions: budgets.transactions,
             source_calls: budgets.calls,
             ack_timeout_ms: None,
+            session_min_se_secs: 90,
             max_transactions: CoreConfig::MAX_TRANSACTIONS,
             max_transaction_kib: CoreConfig::MAX_TRANSACTION_BYTES / 1024,
             tcp_max_connections: tcp.max_connections,
@@ -560,6 +564,9 @@ impl Config {
             if v == 0 {
                 return Err(format!("[sip] {name} must be at least 1"));
             }
+        }
+        if sip.session_min_se_secs == 0 {
+            return Err("[sip] session_min_se_secs must be at least 1 (RFC 4028 says 90)".into());
         }
         if sip.ack_timeout_ms.is_some_and(|ms| ms < sip.t1_ms) {
             return Err(format!(

@@ -285,6 +285,7 @@ pub async fn run(
         dtmf_dedup_window: crate::media::dtmf::DigitDedup::DEFAULT_WINDOW,
         transfer_timeout: Duration::from_secs(cfg.transfer.timeout_secs),
         auth: current.read().expect("snapshot lock").transfer_auth.clone(),
+        session_min_se: cfg.sip.session_min_se_secs,
     });
     let calls = TaskTracker::new();
     let admin_shutdown = CancellationToken::new();

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// Methods we accept, for Allow headers (RFC 3261 20.5).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, REFER";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, REFER, UPDATE";
 /// Bodies we understand, for Accept headers.
 pub const ACCEPT: &str =
     "application/sdp, application/dtmf-relay, application/dtmf, message/sipfrag";
@@ -313,9 +313,10 @@ struct DialogEntry {
     unconfirmed: Option<Option<IpAddr>>,
     /// The untrusted source whose call slot this dialog holds, until it ends.
     charged_call: Option<IpAddr>,
-    /// The latest re-INVITE's transaction and CSeq, until its 2xx is ACKed: the ACK comes on a
-    /// new branch, so only the dialog can hand it to the transaction (RFC 3261 17.2.1).
-    reinvite: Option<(TxId, u32)>,
+    /// Re-INVITE transactions and their CSeq, until their 2xx is ACKed: the ACK comes on a
+    /// new branch, so only the dialog can hand it to its transaction (RFC 3261 17.2.1). A few
+    /// at most (one refused with 491 while another waits for its ACK); the oldest goes first.
+    reinvites: Vec<(TxId, u32)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -358,6 +359,9 @@ impl CoreConfig {
         }
     }
 }
+
+/// Re-INVITEs of one dialog remembered for their ACK.
+const MAX_PENDING_REINVITES: usize = 4;
 
 /// Untrusted sources together get one `UNTRUSTED_SHARE`-th of the transaction caps.
 const UNTRUSTED_SHARE: usize = 4;
@@ -502,12 +506,13 @@ impl Core {
             return;
         }
         if let Some(code) = precheck(&msg) {
-            let extra: &[(&str, &str)] = match code {
-                420 => &[("Unsupported", msg.header(&Name::REQUIRE).unwrap_or(""))],
-                _ => &[],
+            let extra: Vec<(&str, String)> = match code {
+                420 => vec![(
+                    "Unsupported",
+                    unsupported_required(&msg).unwrap_or_default(),
+                )],
+                _ => Vec::new(),
             };
-            let extra: Vec<(&str, String)> =
-                extra.iter().map(|(n, v)| (*n, v.to_string())).collect();
             return self.respond_stateless(&msg, flow, trust, code, &extra);
         }
         let in_dialog = msg.to_tag().is_some();
@@ -555,7 +560,10 @@ impl Core {
                 };
                 if let Some(entry) = self.dialogs.get_mut(&dialog) {
                     if method == Method::INVITE {
-                        entry.reinvite = Some((id, msg.cseq));
+                        if entry.reinvites.len() == MAX_PENDING_REINVITES {
+                            entry.reinvites.remove(0);
+                        }
+                        entry.reinvites.push((id, msg.cseq));
                     }
                     let _ = entry.events.send(SipEvent::Request {
                         tx: id,
@@ -679,7 +687,7 @@ impl Core {
                 flow,
                 unconfirmed: Some(source),
                 charged_call: source,
-                reinvite: None,
+                reinvites: Vec::new(),
             },
         );
         let new_call = NewCall {
@@ -751,11 +759,8 @@ impl Core {
         let mut invite_tx = entry.invite_tx.take();
         if invite_tx.is_some() {
             self.settle_unconfirmed(&mut entry);
-        } else if let Some((id, cseq)) = entry.reinvite
-            && cseq == msg.cseq
-        {
-            entry.reinvite = None;
-            invite_tx = Some(id);
+        } else if let Some(i) = entry.reinvites.iter().position(|(_, c)| *c == msg.cseq) {
+            invite_tx = Some(entry.reinvites.remove(i).0);
         }
         self.dialogs.insert(dialog, entry);
         if let Some(id) = invite_tx {
@@ -825,7 +830,7 @@ impl Core {
             ("Allow", ALLOW.to_string()),
             ("Accept", ACCEPT.to_string()),
             ("Accept-Encoding", "identity".to_string()),
-            ("Supported", String::new()),
+            ("Supported", super::session_timer::SUPPORTED.to_string()),
         ];
         let code = match self.draining {
             // A draining server says so to OPTIONS pings too, so load balancers and PBX
@@ -1207,6 +1212,18 @@ fn is_known_method(m: &str) -> bool {
     )
 }
 
+/// The option tags of `Require` we do not implement, comma-joined (for `Unsupported`).
+fn unsupported_required(msg: &Message) -> Option<String> {
+    let tags: Vec<&str> = msg
+        .headers
+        .get_raw(&Name::REQUIRE)
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !super::session_timer::is_supported(t))
+        .collect();
+    (!tags.is_empty()).then(|| tags.join(", "))
+}
+
 /// Checks a new request must pass before anything acts on it; `Some(code)` is the refusal.
 fn precheck(msg: &Message) -> Option<u16> {
     let uri = msg.request_uri()?;
@@ -1221,12 +1238,9 @@ fn precheck(msg: &Message) -> Option<u16> {
     {
         return Some(400);
     }
-    // We implement no SIP extensions a caller could require (RFC 3261 8.2.2.3).
-    if msg
-        .headers
-        .get_raw(&Name::REQUIRE)
-        .any(|v| !v.trim().is_empty())
-    {
+    // Of the SIP extensions a caller could require, we implement session timers (RFC 4028);
+    // anything else gets 420 (RFC 3261 8.2.2.3).
+    if unsupported_required(msg).is_some() {
         return Some(420);
     }
     None
@@ -1493,6 +1507,14 @@ mod tests {
             precheck(&msg(&format!("{base}Require: foo\r\n\r\n"))),
             Some(420)
         );
+        // Session timers are the one extension we implement.
+        assert_eq!(
+            precheck(&msg(&format!("{base}Require: timer\r\n\r\n"))),
+            None
+        );
+        let both = msg(&format!("{base}Require: timer, 100rel\r\n\r\n"));
+        assert_eq!(precheck(&both), Some(420));
+        assert_eq!(unsupported_required(&both).as_deref(), Some("100rel"));
         let inv = base.replace("OPTIONS", "INVITE");
         // An endpoint processes Max-Forwards: 0 (RFC 4475 3.3.11); garbage is a 400.
         assert_eq!(

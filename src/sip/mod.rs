@@ -9,5 +9,6 @@ pub mod dialog;
 pub mod message;
 pub mod peers;
 pub mod sdp;
+pub mod session_timer;
 pub mod transaction;
 pub mod transport;
