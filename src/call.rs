@@ -310,7 +310,8 @@ pub struct CallSettings {
     pub ring: Duration,
     pub max_call: Option<Duration>,
     pub codecs: Vec<Codec>,
-    pub announce_ip: Option<IpAddr>,
+    /// Our media addresses, at most one per family: an offer's family picks one.
+    pub media_addrs: Vec<MediaAddr>,
     pub public_host: Option<String>,
     pub default_language: String,
     /// Window in which the same digit by another method is a duplicate.
@@ -321,6 +322,25 @@ pub struct CallSettings {
     pub auth: Option<Credentials>,
     /// The shortest session timer interval we accept (RFC 4028 Min-SE), seconds.
     pub session_min_se: u32,
+}
+
+/// A local media address: where RTP sockets bind, and what SDP announces (1:1 NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaAddr {
+    pub bind: IpAddr,
+    pub announce: IpAddr,
+}
+
+impl CallSettings {
+    /// The media address for a peer at `ip` (its SDP address, or where its signalling came
+    /// from): the one of the same family.
+    pub fn media_addr_for(&self, ip: IpAddr) -> Option<MediaAddr> {
+        let v4 = ip.to_canonical().is_ipv4();
+        self.media_addrs
+            .iter()
+            .find(|m| m.bind.to_canonical().is_ipv4() == v4)
+            .copied()
+    }
 }
 
 /// Digest credentials (RFC 8760). The password never reaches a log line: `Debug` prints it as
@@ -446,7 +466,35 @@ impl Call {
             send: false,
             expect_rtp: true,
         };
-        let stream = match ctx.media.open(initial, media_tx) {
+        // The media address of the offer's family (IPv6 callers get IPv6 media); for a late
+        // offer or a hold address, the family the call's signalling came in on.
+        let offered = if invite.has_sdp() {
+            let probe = LocalSession::new(0, flow.local, settings.codecs.clone());
+            match probe.offered_address(&invite.body) {
+                Ok(ip) => ip,
+                Err(e) => {
+                    info!(error = %e, "SDP offer refused");
+                    return Err(reject(sdp_error_code(&e)));
+                }
+            }
+        } else {
+            None
+        };
+        let media_addr =
+            offered
+                .and_then(|ip| settings.media_addr_for(ip))
+                .or_else(|| match offered {
+                    Some(_) => None,
+                    None => settings
+                        .media_addr_for(flow.local.ip())
+                        .or(settings.media_addrs.first().copied()),
+                });
+        let Some(media_addr) = media_addr else {
+            let family = crate::sip::sdp::family_name(offered.unwrap_or(flow.local.ip()));
+            info!(family, "SDP offer refused: no media address of its family");
+            return Err(reject_why(488, &format!("no media address for {family}")));
+        };
+        let stream = match ctx.media.open_at(media_addr.bind, initial, media_tx) {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "cannot open RTP stream; answering 503");
@@ -458,10 +506,7 @@ impl Call {
             }
         };
         let rtp_local = stream.local_addr();
-        let announce = SocketAddr::new(
-            settings.announce_ip.unwrap_or(rtp_local.ip()),
-            rtp_local.port(),
-        );
+        let announce = SocketAddr::new(media_addr.announce, rtp_local.port());
         let mut session = LocalSession::new(rand::random(), announce, settings.codecs.clone());
         let (sdp, negotiated) = if invite.has_sdp() {
             match session.answer(&invite.body) {

@@ -239,6 +239,11 @@ pub struct MediaConfig {
     pub rtp_ip: IpAddr,
     /// Address announced in SDP when it differs from `rtp_ip` (e.g. behind 1:1 NAT).
     pub announce_ip: Option<IpAddr>,
+    /// A media address of the other family (IPv6 when `rtp_ip` is IPv4), for callers whose SDP
+    /// offers that family; without it such an offer gets 488.
+    pub rtp_ip6: Option<IpAddr>,
+    /// Announced instead of `rtp_ip6`, as `announce_ip` is for `rtp_ip`.
+    pub announce_ip6: Option<IpAddr>,
     /// RTP port range (even ports are used for RTP; RTCP would be port+1, which we do not open).
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
@@ -370,6 +375,8 @@ impl Default for MediaConfig {
         MediaConfig {
             rtp_ip: IpAddr::from([127, 0, 0, 1]),
             announce_ip: None,
+            rtp_ip6: None,
+            announce_ip6: None,
             rtp_port_min: 20000,
             rtp_port_max: 29999,
             symmetric_rtp: true,
@@ -587,6 +594,20 @@ impl Config {
                 "[media] rtp_ip = {} would be announced in SDP (meaning \"on hold\"): set this host's address, or set announce_ip",
                 m.rtp_ip
             ));
+        }
+        if let Some(ip6) = m.rtp_ip6 {
+            if ip6.is_ipv4() == m.rtp_ip.is_ipv4() {
+                return Err(format!(
+                    "[media] rtp_ip6 = {ip6} is of the same family as rtp_ip = {}: it is the \
+                     media address for the other family",
+                    m.rtp_ip
+                ));
+            }
+            if ip6.is_unspecified() && m.announce_ip6.is_none() {
+                return Err(format!(
+                    "[media] rtp_ip6 = {ip6} would be announced in SDP: set this host's address, or set announce_ip6"
+                ));
+            }
         }
         if m.codecs.is_empty() {
             return Err("[media] codecs must name at least one of PCMU, PCMA".into());

@@ -279,7 +279,7 @@ pub async fn run(
         max_call: (cfg.media.max_call_secs > 0)
             .then(|| Duration::from_secs(cfg.media.max_call_secs)),
         codecs,
-        announce_ip: cfg.media.announce_ip,
+        media_addrs: media_addrs(&cfg.media),
         public_host: cfg.sip.public_host.clone(),
         default_language: cfg.media.default_language.clone(),
         dtmf_dedup_window: crate::media::dtmf::DigitDedup::DEFAULT_WINDOW,
@@ -404,6 +404,21 @@ pub async fn run(
     admin_shutdown.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// The media addresses of `[media]`: `rtp_ip` and, for the other family, `rtp_ip6`.
+fn media_addrs(m: &crate::config::MediaConfig) -> Vec<crate::call::MediaAddr> {
+    let mut out = vec![crate::call::MediaAddr {
+        bind: m.rtp_ip,
+        announce: m.announce_ip.unwrap_or(m.rtp_ip),
+    }];
+    if let Some(ip6) = m.rtp_ip6 {
+        out.push(crate::call::MediaAddr {
+            bind: ip6,
+            announce: m.announce_ip6.unwrap_or(ip6),
+        });
+    }
+    out
 }
 
 /// Raises the soft descriptor limit to the hard one (the unit's `LimitNOFILE=`) and says so

@@ -554,15 +554,26 @@ impl MediaEngine {
         &self.inner.stats
     }
 
-    /// Opens a stream on a free port. Sending starts once `update` gives it a destination;
-    /// until then the pacer only keeps its clock.
+    /// Opens a stream on a free port of `rtp_ip`. Sending starts once `update` gives it a
+    /// destination; until then the pacer only keeps its clock.
     pub fn open(
         &self,
         params: StreamParams,
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> Result<StreamHandle, MediaError> {
+        self.open_at(self.inner.settings.rtp_ip, params, events)
+    }
+
+    /// [`MediaEngine::open`] on a given local address (one of each family, for dual-stack
+    /// media: an IPv6 caller gets an IPv6 socket). Both families share the port numbering.
+    pub fn open_at(
+        &self,
+        ip: IpAddr,
+        params: StreamParams,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> Result<StreamHandle, MediaError> {
         let s = &self.inner.settings;
-        let (socket, port) = self.inner.ports.lock().expect("port lock").bind(s.rtp_ip)?;
+        let (socket, port) = self.inner.ports.lock().expect("port lock").bind(ip)?;
         let recv_socket = socket.try_clone()?;
         recv_socket.set_nonblocking(true)?;
         // Read interest only: the pacer sends on this socket's twin from its own thread, and a
@@ -613,7 +624,7 @@ impl MediaEngine {
         Ok(StreamHandle {
             id,
             pacer: pacer_idx,
-            local: SocketAddr::new(s.rtp_ip, port),
+            local: SocketAddr::new(ip, port),
             port,
             shared,
             recv,

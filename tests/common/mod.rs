@@ -175,7 +175,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts the daemon with the harness's base config deep-merged with `toml_overrides`
-    /// (a TOML document such as `"[demo]\nrounds = 1"`), and waits until it answers OPTIONS.
+    /// (a TOML document such as `"[demo]\nrounds = 1"`, where `{sip_port}` stands for the
+    /// daemon's SIP port), and waits until it answers OPTIONS.
     pub fn start(toml_overrides: &str) -> Daemon {
         Self::start_full(RTP_RANGE_WIDTH, toml_overrides, &[])
     }
@@ -278,6 +279,8 @@ level = "info"
                 toml::Value::String(prompts_dir().display().to_string()),
             );
         }
+        // `{sip_port}` in the overrides is the daemon's SIP port (for extra listen addresses).
+        let overrides = overrides.replace("{sip_port}", &sip_port.to_string());
         let over: toml::Table = overrides.parse().unwrap_or_else(|e| {
             panic!("test config overrides are not valid TOML: {e}\n{overrides}")
         });
