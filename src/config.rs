@@ -637,6 +637,17 @@ impl Config {
         Ok(())
     }
 
+    /// `[admin] listen` of the config file at `path`, read without checking the rest (for
+    /// `ivrd reload`, which must reach the daemon even with a config it will refuse); the
+    /// default when the file cannot be read.
+    pub fn admin_listen_in(path: &Path) -> String {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|t| t.get("admin")?.get("listen")?.as_str().map(str::to_string))
+            .unwrap_or_else(|| AdminConfig::default().listen)
+    }
+
     /// RTP ports (calls) the range holds: one even port each.
     pub fn rtp_slots(&self) -> u32 {
         u32::from(

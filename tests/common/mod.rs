@@ -345,6 +345,23 @@ level = "info"
     }
 
     /// The daemon's temporary directory (config, log); removed on drop.
+    /// The config file the daemon runs on (tests edit it, then reload).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Edits the daemon's config file: `edit` changes the parsed TOML, which is written back.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut toml::Table)) {
+        let text = fs::read_to_string(&self.config_path).expect("read config");
+        let mut table: toml::Table = text.parse().expect("config is TOML");
+        edit(&mut table);
+        fs::write(
+            &self.config_path,
+            toml::to_string(&table).expect("serialize config"),
+        )
+        .expect("write config");
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
