@@ -283,6 +283,18 @@ pub trait CallIo {
     ) -> impl Future<Output = Result<TransferOutcome, CallEnd>> + Send;
 }
 
+/// What became of the call's last transfer, for the audit row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferReport {
+    /// The transfer target (the Refer-To URI without its headers).
+    pub target: String,
+    /// The transferee's last reported status (sipfrag), or the REFER's own final response
+    /// when it was refused; `None` when nothing came.
+    pub status: Option<u16>,
+    /// From sending the REFER to the outcome, in milliseconds.
+    pub ms: u64,
+}
+
 /// How a transfer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferOutcome {
@@ -385,6 +397,8 @@ pub struct Call {
     transferred: bool,
     /// Until the ACK of our 200: the dialog is not confirmed yet.
     awaiting_first_ack: bool,
+    /// The last transfer this call tried.
+    last_transfer: Option<TransferReport>,
     /// The session timer (RFC 4028), and the outcome of our own refresh while one is out.
     timer: SessionTimer,
     refresh_pending: bool,
@@ -599,6 +613,7 @@ impl Call {
             refer_status: None,
             transferred: false,
             awaiting_first_ack: true,
+            last_transfer: None,
             timer,
             refresh_pending: false,
             refresh_results,
@@ -1075,6 +1090,33 @@ impl CallIo for Call {
         target: &str,
         headers: &[(String, String)],
     ) -> Result<TransferOutcome, CallEnd> {
+        let started = Instant::now();
+        let result = self.transfer_inner(target, headers).await;
+        let ms = started.elapsed().as_millis() as u64;
+        // The REFER's fate, for the log and the audit row: the last final status the transferee
+        // reported (sipfrag), or the REFER's own refusal.
+        let (status, outcome) = match &result {
+            Ok(TransferOutcome::Transferred) => (self.refer_status, "transferred".to_string()),
+            Ok(TransferOutcome::Failed { status, reason }) => (*status, reason.clone()),
+            Err(end) => (self.refer_status, format!("call ended: {}", end.as_str())),
+        };
+        info!(%target, status = status.unwrap_or(0), ms, outcome = %outcome, "transfer finished");
+        self.last_transfer = Some(TransferReport {
+            target: target.to_string(),
+            status,
+            ms,
+        });
+        result
+    }
+}
+
+impl Call {
+    /// The REFER, its challenge if any, and the wait for the transferee's final NOTIFY.
+    async fn transfer_inner(
+        &mut self,
+        target: &str,
+        headers: &[(String, String)],
+    ) -> Result<TransferOutcome, CallEnd> {
         self.stream.stop();
         let refer_to = refer_to_uri(target, headers);
         let mut auth_header: Option<(&'static str, String)> = None;
@@ -1278,6 +1320,8 @@ pub struct CallSummary<T> {
     pub ended: SystemTime,
     /// What the flow returned, if the call got as far as running it.
     pub flow: Option<T>,
+    /// The last transfer the call tried.
+    pub transfer: Option<TransferReport>,
 }
 
 /// Runs one call from INVITE to the end: answer, flow, BYE, log. The flow gets the call and
@@ -1299,6 +1343,7 @@ where
                 dtmf_methods: Vec::new(),
                 ended: SystemTime::now(),
                 flow: None,
+                transfer: None,
             };
         }
     };
@@ -1311,6 +1356,7 @@ where
     };
     let dtmf_methods = call.methods_seen.clone();
     let methods: Vec<&str> = dtmf_methods.iter().map(|m| m.as_str()).collect();
+    let transfer = call.last_transfer.clone();
     call.finish(&end).await;
     info!(
         reason = end.as_str(),
@@ -1324,6 +1370,7 @@ where
         dtmf_methods,
         ended: SystemTime::now(),
         flow: Some(value),
+        transfer,
     }
 }
 

@@ -681,5 +681,10 @@ fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str) -> AuditRow {
             .collect::<Vec<_>>()
             .join(","),
         detail: Some(format!("end={}", s.end.as_str())),
+        transfer: s.transfer.as_ref().map(|t| crate::store::AuditTransfer {
+            target: t.target.clone(),
+            status: t.status,
+            ms: t.ms,
+        }),
     }
 }

@@ -86,6 +86,13 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_start ON audit (started_at);
     CREATE INDEX audit_by_customer ON audit (customer_id, started_at);
     "#,
+    // 2: what became of the call's transfer (REFER): its target, the transferee's final status
+    // (sipfrag) or the REFER's refusal, and how long it took.
+    r#"
+    ALTER TABLE audit ADD COLUMN transfer_target TEXT;
+    ALTER TABLE audit ADD COLUMN transfer_status INTEGER;
+    ALTER TABLE audit ADD COLUMN transfer_ms INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -308,6 +315,19 @@ pub struct AuditRow {
     /// DTMF methods seen on the call, e.g. `rfc4733,info`.
     pub dtmf_methods: String,
     pub detail: Option<String>,
+    /// The call's last transfer, if it tried one.
+    pub transfer: Option<AuditTransfer>,
+}
+
+/// A call's transfer as the audit records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditTransfer {
+    /// The Refer-To target.
+    pub target: String,
+    /// The transferee's final status (sipfrag), or the REFER's refusal; `None` if none came.
+    pub status: Option<u16>,
+    /// How long the transfer took, in milliseconds.
+    pub ms: u64,
 }
 
 /// One CSV row that was not imported, with the line it starts on (the header is line 1).
@@ -718,8 +738,9 @@ impl Store {
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
-                                    ended_at, dtmf_methods, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                    ended_at, dtmf_methods, detail, transfer_target,
+                                    transfer_status, transfer_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for row in rows {
                 stmt.execute(params![
@@ -732,6 +753,11 @@ impl Store {
                     to_ms(row.ended_at),
                     row.dtmf_methods,
                     row.detail,
+                    row.transfer.as_ref().map(|t| t.target.as_str()),
+                    row.transfer.as_ref().and_then(|t| t.status),
+                    row.transfer
+                        .as_ref()
+                        .map(|t| i64::try_from(t.ms).unwrap_or(i64::MAX)),
                 ])?;
             }
         }
@@ -751,7 +777,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT call_id, caller, dialed, customer_id, outcome, started_at, ended_at,
-                    dtmf_methods, detail
+                    dtmf_methods, detail, transfer_target, transfer_status, transfer_ms
              FROM audit ORDER BY id DESC LIMIT ?1",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -767,6 +793,16 @@ impl Store {
                     ended_at: from_ms(r.get(6)?),
                     dtmf_methods: r.get(7)?,
                     detail: r.get(8)?,
+                    transfer: r.get::<_, Option<String>>(9)?.map(|target| AuditTransfer {
+                        target,
+                        status: r.get::<_, Option<u16>>(10).ok().flatten(),
+                        ms: r
+                            .get::<_, Option<i64>>(11)
+                            .ok()
+                            .flatten()
+                            .and_then(|ms| u64::try_from(ms).ok())
+                            .unwrap_or(0),
+                    }),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -1881,6 +1917,11 @@ id,name,mobile,language,branch
             ended_at: t(n * 100 + 42) + Duration::from_millis(5),
             dtmf_methods: "rfc4733".into(),
             detail: (n == 3).then(|| "no input".into()),
+            transfer: (n == 2).then(|| AuditTransfer {
+                target: "sip:queue@pbx".into(),
+                status: Some(200),
+                ms: 1234,
+            }),
         };
         for n in 1..=3 {
             store.write_audit(&row(n)).unwrap();

@@ -429,6 +429,18 @@ fn verified_caller_refer_carries_customer_headers() {
         Some("end=transferred"),
         "audit row: {row:#?}"
     );
+    let transfer = row
+        .transfer
+        .as_ref()
+        .expect("the transfer in the audit row");
+    assert_eq!(transfer.target, rig.queue, "audit row: {row:#?}");
+    assert_eq!(transfer.status, Some(200), "audit row: {row:#?}");
+    assert!(transfer.ms < 10_000, "audit row: {row:#?}");
+    assert_eq!(
+        daemon.log_lines("transfer finished").len(),
+        1,
+        "the REFER's fate is logged at info"
+    );
     assert!(
         uac.rtp_received() > 100,
         "the caller got only {} RTP packets: no prompts?",
@@ -650,7 +662,57 @@ fn busy_transfer_target_says_goodbye_and_hangs_up() {
         Some(ERIKA),
         "audit row: {row:#?}"
     );
+    let transfer = row
+        .transfer
+        .as_ref()
+        .expect("the transfer in the audit row");
+    assert_eq!(
+        (transfer.target.as_str(), transfer.status),
+        (rig.queue.as_str(), Some(486)),
+        "audit row: {row:#?}"
+    );
     assert_pin_not_logged(&daemon, &pin);
+}
+
+/// A transfer accepted (202, NOTIFY 100) whose final NOTIFY never comes fails after
+/// `[transfer] timeout_secs` and follows the plan's failure branch ("goodbye", BYE), as a
+/// refused one does; the audit row says where the transfer went and how long it waited.
+#[test]
+fn a_transfer_without_a_final_notify_fails_after_the_timeout() {
+    let rig = Rig::new(200, free_udp_port());
+    let daemon = rig.daemon("[transfer]\ntimeout_secs = 2\n");
+    let (mut uac, _pin, refer) = verified_until_refer(&rig, &daemon);
+    uac.respond(&refer, 202, "Accepted");
+    assert_eq!(
+        uac.notify_sipfrag("SIP/2.0 100 Trying", "active;expires=60"),
+        200
+    );
+    let accepted = Instant::now();
+    let bye = uac.expect_request("BYE", Duration::from_secs(15));
+    assert!(
+        accepted.elapsed() >= Duration::from_secs(2),
+        "BYE {:?} after the transfer was accepted, before its 2 s timeout",
+        accepted.elapsed()
+    );
+    uac.respond(&bye, 200, "OK");
+    uac.stop_media();
+    let row = single_audit(&rig);
+    assert_eq!(row.outcome, "transfer-failed", "audit row: {row:#?}");
+    let transfer = row
+        .transfer
+        .as_ref()
+        .expect("the transfer in the audit row");
+    assert_eq!(transfer.target, rig.queue, "audit row: {row:#?}");
+    assert_eq!(
+        transfer.status,
+        Some(100),
+        "the last status reported: {row:#?}"
+    );
+    assert!(
+        (1_900..6_000).contains(&transfer.ms),
+        "the transfer took {} ms, expected about the 2 s timeout",
+        transfer.ms
+    );
 }
 
 /// The BYE after a failed transfer comes after the "goodbye" prompt (German for Erika), not
