@@ -1342,7 +1342,36 @@ mod tests {
             matches!(err, StoreError::SchemaTooNew { found: 99, known } if known == SCHEMA_VERSION),
             "{err}"
         );
-        assert!(err.to_string().contains("newer than version 1"), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("newer than version {SCHEMA_VERSION}")),
+            "{err}"
+        );
+    }
+
+    /// A database of the first schema (before the audit recorded transfers) upgrades in place
+    /// and keeps its rows.
+    #[test]
+    fn a_version_1_database_is_upgraded_with_its_audit_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1);
+                 INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
+                                    ended_at, dtmf_methods, detail)
+                 VALUES ('old@h', '+4930', '100', NULL, 'verified', 1000, 2000, 'info', NULL);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let rows = store.recent_audit(5).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].call_id, "old@h");
+        assert_eq!(rows[0].transfer, None);
     }
 
     #[test]
