@@ -11,6 +11,7 @@
 use crate::media::dtmf::{Digit, DigitDedup, DtmfMethod, parse_info};
 use crate::media::engine::{MediaEngine, MediaError, MediaEvent, StreamHandle, StreamParams};
 use crate::media::prompt::{Prompt, PromptLibrary};
+use crate::redact::mask_number;
 use crate::sip::core::{ACCEPT, ALLOW, CoreHandle, NewCall, SipEvent, TxId, new_branch};
 use crate::sip::dialog::{Dialog, fmt_host_port};
 use crate::sip::message::{Message, ResponseBuilder, extract_uri, reason_phrase, uri_user};
@@ -1290,26 +1291,6 @@ fn contact_uri(flow: &Flow, public_host: Option<&str>) -> String {
     }
 }
 
-/// Masks a phone number for logs: keeps a short prefix and the last two digits.
-pub fn mask_number(n: &str) -> String {
-    let chars: Vec<char> = n.chars().collect();
-    if chars.len() <= 4 {
-        return "*".repeat(chars.len());
-    }
-    let keep_start = if chars[0] == '+' { 3 } else { 2 };
-    chars
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            if i < keep_start || i >= chars.len() - 2 {
-                *c
-            } else {
-                '*'
-            }
-        })
-        .collect()
-}
-
 /// What a finished call leaves behind (for the audit row).
 #[derive(Debug)]
 pub struct CallSummary<T> {
@@ -1452,13 +1433,6 @@ mod tests {
         };
         let text = format!("{c:?} {:?}", Some(c.clone()));
         assert!(text.contains("ivrd") && !text.contains("s3cret"), "{text}");
-    }
-
-    #[test]
-    fn masks_numbers() {
-        assert_eq!(mask_number("+4915112345678"), "+49*********78");
-        assert_eq!(mask_number("0301234"), "03***34");
-        assert_eq!(mask_number("123"), "***");
     }
 
     #[test]

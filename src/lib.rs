@@ -27,6 +27,7 @@
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
 //! - [`audit`]: one row per call, group-committed by one writer thread.
+//! - [`redact`]: phone numbers masked for logs and status output.
 //! - [`secrets`]: `*_file` keys, read from systemd credentials or files beside the config.
 //! - `fuzzing` (hidden): the body of every fuzz target in `fuzz/`, one function each, shared
 //!   with `tests/fuzz_regressions.rs`, which replays the seeds and crash inputs.
@@ -43,6 +44,7 @@ pub mod fuzzing;
 pub mod media;
 pub mod metrics;
 pub mod notify;
+pub mod redact;
 pub mod secrets;
 pub mod server;
 pub mod services;

@@ -7,9 +7,9 @@
 //! retransmissions, the media engine's packets and late ticks) are read from their own stats
 //! at scrape time instead of being copied.
 
-use crate::call::mask_number;
 use crate::media::dtmf::DtmfMethod;
 use crate::media::engine::{JITTER_BUCKETS_US, MediaStats};
+use crate::redact::mask_number;
 use crate::sip::core::{CoreStats, REFUSALS};
 use crate::sip::transport::TransportStats;
 use std::collections::{BTreeMap, HashMap};

@@ -5,13 +5,14 @@
 //! SQLite calls are blocking: they run on tokio's blocking pool (`spawn_blocking`) so a slow disk
 //! never stalls the tasks that pace RTP and answer SIP.
 
-use crate::call::mask_number;
 use crate::dialplan::Dialplan;
 use crate::dialplan::model::render_sms;
 use crate::dialplan::services::{
-    CheckPinOutcome, FlowServices, LookupBy, LookupOutcome, PinRequest, SendPinOutcome,
+    CheckPinOutcome, CustomerRecord, FlowServices, LookupBy, LookupOutcome, PinRequest,
+    SendPinOutcome,
 };
-use crate::store::{Store, normalize_phone};
+use crate::redact::mask_number;
+use crate::store::{Customer, Store, normalize_phone};
 use crate::verify::limits::Verifier;
 use crate::verify::sms::{SmsMessage, SmsProvider};
 use std::sync::Arc;
@@ -83,7 +84,7 @@ impl FlowServices for CallServices {
                     {
                         return Ok(LookupOutcome::LockedOut);
                     }
-                    Ok(LookupOutcome::Found(c.into()))
+                    Ok(LookupOutcome::Found(customer_record(c)))
                 }
                 _ => Ok(LookupOutcome::Ambiguous),
             }
@@ -190,5 +191,56 @@ impl FlowServices for CallServices {
             CheckPinOutcome::LockedOut => "locked-out",
         });
         outcome
+    }
+}
+
+/// A stored customer as a dialplan sees it: its fields by name for `${customer.<field>}`,
+/// the reserved ones (id, name, mobile, language) included. The store keeps its own type and
+/// knows nothing of dialplans; this module is where the two meet.
+pub fn customer_record(c: Customer) -> CustomerRecord {
+    let mut fields = c.extra;
+    // Reserved names cannot be extra fields (validation refuses them), so nothing is lost.
+    fields.insert("id".into(), c.id.clone());
+    fields.insert("name".into(), c.name.clone());
+    fields.insert("mobile".into(), c.mobile.clone());
+    // Present even when unset, so `${customer.language}` renders empty instead of failing.
+    fields.insert("language".into(), c.language.clone().unwrap_or_default());
+    CustomerRecord {
+        id: c.id,
+        name: c.name,
+        mobile: c.mobile,
+        language: c.language,
+        fields,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewCustomer;
+
+    #[test]
+    fn customer_record_carries_all_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("ivrd.sqlite")).unwrap();
+        store
+            .add_customer(&NewCustomer {
+                id: "123456".into(),
+                name: "Erika Mustermann".into(),
+                mobile: "+491701234567".into(),
+                language: Some("de".into()),
+                extra: [("branch".to_string(), "Köln".to_string())].into(),
+            })
+            .unwrap();
+        let record = customer_record(store.find_customer("123456").unwrap().unwrap());
+        assert_eq!(record.id, "123456");
+        assert_eq!(record.mobile, "+491701234567");
+        assert_eq!(record.language.as_deref(), Some("de"));
+        assert_eq!(record.fields["id"], "123456");
+        assert_eq!(record.fields["name"], "Erika Mustermann");
+        assert_eq!(record.fields["mobile"], "+491701234567");
+        assert_eq!(record.fields["language"], "de");
+        assert_eq!(record.fields["branch"], "Köln");
+        assert_eq!(record.fields.len(), 5);
     }
 }

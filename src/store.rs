@@ -821,25 +821,6 @@ pub enum SmsAdmission {
     CallerLimit,
 }
 
-impl From<Customer> for crate::dialplan::services::CustomerRecord {
-    fn from(c: Customer) -> Self {
-        let mut fields = c.extra;
-        // Reserved names cannot be extra fields (validation refuses them), so nothing is lost.
-        fields.insert("id".into(), c.id.clone());
-        fields.insert("name".into(), c.name.clone());
-        fields.insert("mobile".into(), c.mobile.clone());
-        // Present even when unset, so `${customer.language}` renders empty instead of failing.
-        fields.insert("language".into(), c.language.clone().unwrap_or_default());
-        crate::dialplan::services::CustomerRecord {
-            id: c.id,
-            name: c.name,
-            mobile: c.mobile,
-            language: c.language,
-            fields,
-        }
-    }
-}
-
 // -------------------------------------------------------------------- helpers
 
 /// Creates the database file readable by its owner only, if it does not exist yet: it holds
@@ -1268,7 +1249,6 @@ fn from_ms(ms: i64) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dialplan::services::CustomerRecord;
 
     fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -1601,22 +1581,6 @@ mod tests {
         assert_eq!(all[0].id, "0001");
         assert!(all[0].extra.is_empty());
         assert_eq!(all[1].extra["branch"], "Köln");
-    }
-
-    #[test]
-    fn customer_record_carries_all_fields() {
-        let (_dir, store) = temp_store();
-        store.add_customer(&erika()).unwrap();
-        let record: CustomerRecord = store.find_customer("123456").unwrap().unwrap().into();
-        assert_eq!(record.id, "123456");
-        assert_eq!(record.mobile, "+491701234567");
-        assert_eq!(record.language.as_deref(), Some("de"));
-        assert_eq!(record.fields["id"], "123456");
-        assert_eq!(record.fields["name"], "Erika Mustermann");
-        assert_eq!(record.fields["mobile"], "+491701234567");
-        assert_eq!(record.fields["language"], "de");
-        assert_eq!(record.fields["branch"], "Köln");
-        assert_eq!(record.fields.len(), 5);
     }
 
     #[test]
