@@ -546,7 +546,10 @@ impl Call {
             ..params
         });
 
-        let contact = contact_uri(&flow, settings.public_host.as_deref());
+        let sips = invite
+            .request_uri()
+            .is_some_and(|u| u.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")));
+        let contact = contact_uri(&flow, settings.public_host.as_deref(), sips);
         let dialog = Dialog::new_uas(&invite, &local_tag, contact.clone(), flow.protocol);
         let max_deadline = settings.max_call.map(|d| tokio::time::Instant::now() + d);
         let (refresh_tx, refresh_results) = mpsc::unbounded_channel();
@@ -693,7 +696,7 @@ impl Call {
         match self.flow.protocol {
             // On TCP the caller's connection is the way back (RFC 5923-style reuse, which
             // every softphone and PBX expects from a server that has no listener to dial).
-            Protocol::Tcp => self.flow.remote,
+            Protocol::Tcp | Protocol::Tls => self.flow.remote,
             Protocol::Udp => self.dialog.next_hop().unwrap_or(self.flow.remote),
         }
     }
@@ -1280,7 +1283,9 @@ fn sdp_error_code(e: &SdpError) -> u16 {
     if e.is_not_acceptable() { 488 } else { 400 }
 }
 
-fn contact_uri(flow: &Flow, public_host: Option<&str>) -> String {
+/// Our Contact for a dialog on `flow`. Over TLS it is `sips:` when the caller asked for
+/// `sips:` (TLS on every hop, RFC 5630 4), else `sip:...;transport=tls` (this hop only).
+fn contact_uri(flow: &Flow, public_host: Option<&str>, sips: bool) -> String {
     let hostport = match public_host {
         Some(h) => format!("{h}:{}", flow.local.port()),
         None => fmt_host_port(flow.local),
@@ -1288,6 +1293,8 @@ fn contact_uri(flow: &Flow, public_host: Option<&str>) -> String {
     match flow.protocol {
         Protocol::Udp => format!("sip:ivrd@{hostport}"),
         Protocol::Tcp => format!("sip:ivrd@{hostport};transport=tcp"),
+        Protocol::Tls if sips => format!("sips:ivrd@{hostport}"),
+        Protocol::Tls => format!("sip:ivrd@{hostport};transport=tls"),
     }
 }
 

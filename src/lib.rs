@@ -21,6 +21,8 @@
 //! - [`sip::core`]: the task that drives transactions and routes messages to calls, and
 //!   turns new calls away (503) when requests wait too long or a source is over its share.
 //! - [`sip::peers`]: the trusted-peer list and the per-source budgets of untrusted sources.
+//! - [`sip::session_timer`]: RFC 4028 session timers, as the UAS, without IO.
+//! - [`sip::tls`]: the TLS certificate, key and client check, as a rustls configuration.
 //! - [`media::rtp`], [`media::g711`], [`media::prompt`], [`media::dtmf`], [`media::engine`];
 //!   [`media::clock`]: the pacers' absolute-deadline clock, timer slack and priority.
 //! - [`call`]: one call; the [`call::CallIo`] API that call flows use.

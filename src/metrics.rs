@@ -29,6 +29,8 @@ pub struct ActiveCall {
     pub caller: String,
     pub dialed: String,
     pub dialplan: String,
+    /// The SIP transport the call came on: UDP, TCP or TLS.
+    pub transport: &'static str,
     #[serde(skip)]
     pub started: Instant,
     pub seconds: u64,
@@ -73,6 +75,7 @@ impl Metrics {
         caller: &str,
         dialed: &str,
         dialplan: &str,
+        transport: &'static str,
     ) -> CallGuard<'_> {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         self.active.lock().expect("metrics lock").insert(
@@ -82,6 +85,7 @@ impl Metrics {
                 caller: mask_number(caller),
                 dialed: dialed.to_string(),
                 dialplan: dialplan.to_string(),
+                transport,
                 started: Instant::now(),
                 seconds: 0,
             },
@@ -312,6 +316,12 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "ivrd_sip_tls_handshake_failures_total",
+            "TLS handshakes that failed (bad or missing client certificate, protocol) or stalled.",
+            transport.tls_handshake_failures.load(r),
+        );
+        counter(
+            &mut out,
             "ivrd_sip_tcp_refused_total",
             "TCP connections refused at accept: over tcp_max_connections or tcp_max_per_source.",
             transport.tcp_refused.load(r),
@@ -476,7 +486,7 @@ mod tests {
     #[test]
     fn exposition_reflects_what_happened() {
         let m = Metrics::default();
-        let guard = m.call_started("c1", "+4915112345678", "100", "verify");
+        let guard = m.call_started("c1", "+4915112345678", "100", "verify", "UDP");
         assert_eq!(m.active_count(), 1);
         assert_eq!(m.active_calls()[0].caller, "+49*********78");
         m.digit(DtmfMethod::Rfc4733);

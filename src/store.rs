@@ -93,6 +93,11 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit ADD COLUMN transfer_status INTEGER;
     ALTER TABLE audit ADD COLUMN transfer_ms INTEGER;
     "#,
+    // 3: the SIP transport the call came on (UDP, TCP, TLS): a reviewer can tell which calls
+    // crossed the network in clear.
+    r#"
+    ALTER TABLE audit ADD COLUMN transport TEXT;
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -317,6 +322,8 @@ pub struct AuditRow {
     pub detail: Option<String>,
     /// The call's last transfer, if it tried one.
     pub transfer: Option<AuditTransfer>,
+    /// The SIP transport: `UDP`, `TCP` or `TLS` (none in rows written before it was recorded).
+    pub transport: Option<String>,
 }
 
 /// A call's transfer as the audit records it.
@@ -739,8 +746,8 @@ impl Store {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
                                     ended_at, dtmf_methods, detail, transfer_target,
-                                    transfer_status, transfer_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                    transfer_status, transfer_ms, transport)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for row in rows {
                 stmt.execute(params![
@@ -758,6 +765,7 @@ impl Store {
                     row.transfer
                         .as_ref()
                         .map(|t| i64::try_from(t.ms).unwrap_or(i64::MAX)),
+                    row.transport,
                 ])?;
             }
         }
@@ -777,7 +785,8 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT call_id, caller, dialed, customer_id, outcome, started_at, ended_at,
-                    dtmf_methods, detail, transfer_target, transfer_status, transfer_ms
+                    dtmf_methods, detail, transfer_target, transfer_status, transfer_ms,
+                    transport
              FROM audit ORDER BY id DESC LIMIT ?1",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -803,6 +812,7 @@ impl Store {
                             .and_then(|ms| u64::try_from(ms).ok())
                             .unwrap_or(0),
                     }),
+                    transport: r.get(12)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -1352,6 +1362,7 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].call_id, "old@h");
         assert_eq!(rows[0].transfer, None);
+        assert_eq!(rows[0].transport, None);
     }
 
     #[test]
@@ -1915,6 +1926,7 @@ id,name,mobile,language,branch
                 status: Some(200),
                 ms: 1234,
             }),
+            transport: (n != 1).then(|| "TLS".into()),
         };
         for n in 1..=3 {
             store.write_audit(&row(n)).unwrap();

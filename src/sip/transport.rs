@@ -34,6 +34,8 @@ use tracing::{debug, info, warn};
 pub enum Protocol {
     Udp,
     Tcp,
+    /// TCP with TLS (RFC 3261 26.2): the same framing and connection handling as TCP.
+    Tls,
 }
 
 impl Protocol {
@@ -41,12 +43,23 @@ impl Protocol {
         match self {
             Protocol::Udp => "UDP",
             Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
         }
     }
 
     /// Reliable transports need no retransmissions (RFC 3261 17).
     pub fn reliable(self) -> bool {
-        matches!(self, Protocol::Tcp)
+        matches!(self, Protocol::Tcp | Protocol::Tls)
+    }
+
+    /// Connection-oriented: answers and in-dialog requests go on the connection.
+    pub fn stream(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Tls)
+    }
+
+    /// Whether what travels on it is encrypted (SDES keys in SDP may only travel this way).
+    pub fn secure(self) -> bool {
+        self == Protocol::Tls
     }
 }
 
@@ -121,6 +134,8 @@ pub struct TransportStats {
     pub tcp_closed_idle: AtomicU64,
     pub tcp_closed_slow: AtomicU64,
     pub tcp_closed_backlog: AtomicU64,
+    /// TLS handshakes that failed or took too long.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// The most bytes that may wait for an untrusted peer (a few of our answers are under 4 KiB).
@@ -136,6 +151,9 @@ pub struct Transports {
 struct Shared {
     policy: PeerPolicy,
     tcp: TcpLimits,
+    /// The TLS server configuration for new connections (certificate, key, client check);
+    /// a reload swaps it, connections already up keep theirs.
+    tls: std::sync::RwLock<Option<Arc<rustls::ServerConfig>>>,
     stats: TransportStats,
     /// Start of the clock the TCP activity stamps count from.
     epoch: Instant,
@@ -180,6 +198,7 @@ impl Transports {
             shared: Arc::new(Shared {
                 policy,
                 tcp,
+                tls: std::sync::RwLock::new(None),
                 stats: TransportStats::default(),
                 epoch: Instant::now(),
             }),
@@ -188,6 +207,15 @@ impl Transports {
 
     pub fn stats(&self) -> &TransportStats {
         &self.shared.stats
+    }
+
+    /// The TLS configuration new connections get (at start, and again on every reload).
+    pub fn set_tls(&self, config: Option<Arc<rustls::ServerConfig>>) {
+        *self.shared.tls.write().expect("tls lock") = config;
+    }
+
+    fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.shared.tls.read().expect("tls lock").clone()
     }
 
     /// A handle to the counters that outlives this handle (for the metrics page).
@@ -230,7 +258,7 @@ impl Transports {
                     }
                 }
             }
-            Protocol::Tcp => {
+            Protocol::Tcp | Protocol::Tls => {
                 let conn = self
                     .inner
                     .lock()
@@ -263,7 +291,7 @@ impl Transports {
     /// A dialog starts (`true`) or stops (`false`) using `flow`: a TCP connection that carries
     /// a dialog is not closed for being idle. UDP flows need nothing.
     pub fn pin(&self, flow: &Flow, on: bool) {
-        if flow.protocol != Protocol::Tcp {
+        if !flow.protocol.stream() {
             return;
         }
         if let Some(c) = self
@@ -320,6 +348,7 @@ pub async fn bind(
     transports: &Transports,
     udp: &[SocketAddr],
     tcp: &[SocketAddr],
+    tls: &[SocketAddr],
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
 ) -> std::io::Result<Vec<(Protocol, SocketAddr)>> {
@@ -342,13 +371,18 @@ pub async fn bind(
             shutdown.clone(),
         ));
     }
-    for addr in tcp {
+    let streams = tcp
+        .iter()
+        .map(|a| (Protocol::Tcp, a))
+        .chain(tls.iter().map(|a| (Protocol::Tls, a)));
+    for (protocol, addr) in streams {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        bound.push((Protocol::Tcp, local));
+        bound.push((protocol, local));
         tokio::spawn(tcp_accept_loop(
             listener,
             local,
+            protocol,
             incoming.clone(),
             transports.clone(),
             shutdown.clone(),
@@ -723,6 +757,7 @@ pub(crate) fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Byte
 async fn tcp_accept_loop(
     listener: TcpListener,
     local: SocketAddr,
+    protocol: Protocol,
     incoming: mpsc::Sender<Incoming>,
     transports: Transports,
     shutdown: CancellationToken,
@@ -758,16 +793,58 @@ async fn tcp_accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(tcp_connection(
-            stream,
+        let conn = Conn {
             slot,
             local,
             peer,
             trust,
-            incoming.clone(),
-            transports.clone(),
-            shutdown.clone(),
-        ));
+            incoming: incoming.clone(),
+            transports: transports.clone(),
+            shutdown: shutdown.clone(),
+        };
+        if protocol == Protocol::Tls {
+            tokio::spawn(tls_handshake(stream, conn));
+        } else {
+            tokio::spawn(stream_connection(stream, Protocol::Tcp, conn));
+        }
+    }
+}
+
+/// What a connection's task needs besides its stream.
+struct Conn {
+    slot: ConnSlot,
+    local: SocketAddr,
+    peer: SocketAddr,
+    trust: Trust,
+    incoming: mpsc::Sender<Incoming>,
+    transports: Transports,
+    shutdown: CancellationToken,
+}
+
+/// The TLS handshake, within the message timeout (a peer that opens a connection and stalls
+/// the handshake holds a slot no longer than one that sends nothing), then SIP as on TCP.
+async fn tls_handshake(stream: TcpStream, conn: Conn) {
+    let Some(config) = conn.transports.tls_config() else {
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let limit = conn.transports.shared.tcp.message_timeout;
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => stream_connection(tls, Protocol::Tls, conn).await,
+        Ok(Err(e)) => {
+            conn.transports
+                .stats()
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            info!(peer = %conn.peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            conn.transports
+                .stats()
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            info!(peer = %conn.peer, "TLS handshake not completed in time; closing");
+        }
     }
 }
 
@@ -835,19 +912,23 @@ enum Close {
     Idle,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn tcp_connection(
-    stream: TcpStream,
-    _slot: ConnSlot,
-    local: SocketAddr,
-    peer: SocketAddr,
-    trust: Trust,
-    incoming: mpsc::Sender<Incoming>,
-    transports: Transports,
-    shutdown: CancellationToken,
-) {
+/// One TCP or TLS connection: framing by Content-Length, the connection's bounds, and its
+/// writer.
+async fn stream_connection<S>(stream: S, protocol: Protocol, conn: Conn)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn {
+        slot: _slot,
+        local,
+        peer,
+        trust,
+        incoming,
+        transports,
+        shutdown,
+    } = conn;
     let limits = transports.shared.tcp;
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let state = Arc::new(ConnState {
         write_limit: if trust.is_trusted() {
@@ -888,7 +969,7 @@ async fn tcp_connection(
         })
     };
     let flow = Flow {
-        protocol: Protocol::Tcp,
+        protocol,
         local,
         remote: peer,
     };

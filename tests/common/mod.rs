@@ -2184,3 +2184,162 @@ pub fn metric(metrics: &str, series: &str) -> f64 {
         .parse()
         .expect("a number")
 }
+
+/// Test certificates, made at test time (never committed): a CA, and leaves it signs.
+pub struct TestPki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ivrd test CA");
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        TestPki {
+            ca: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) signed by the CA: (cert, key) PEM.
+    pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("leaf params");
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes a server certificate for 127.0.0.1 into `dir` as cert.pem/key.pem (and the CA
+    /// as ca.pem); returns the three paths.
+    pub fn write_server(&self, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let (cert, key) = self.leaf(&["127.0.0.1", "ivrd.test"]);
+        let paths = (
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            dir.join("ca.pem"),
+        );
+        fs::write(&paths.0, cert).unwrap();
+        fs::write(&paths.1, key).unwrap();
+        fs::write(&paths.2, self.ca_pem()).unwrap();
+        (paths.0, paths.1, paths.2)
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// SIP over TLS from a small rustls client (Debian's SIPp has no TLS): framing by
+/// Content-Length as `SipTcp` does.
+pub struct SipTls {
+    pub stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    pending: Vec<u8>,
+}
+
+impl SipTls {
+    /// Connects to `target`, trusting `ca_pem`, presenting `client` (cert, key PEM) if given.
+    pub fn connect(
+        target: SocketAddr,
+        ca_pem: &str,
+        client: Option<(&str, &str)>,
+    ) -> std::io::Result<SipTls> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("add CA");
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match client {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![
+                        rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap(),
+                    ],
+                    rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .expect("client cert"),
+            None => builder.with_no_client_auth(),
+        };
+        let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(std::io::Error::other)?;
+        let sock = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut stream = rustls::StreamOwned::new(conn, sock);
+        // Drive the handshake now, so a refused one fails here.
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(SipTls {
+            stream,
+            pending: Vec::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.sock.local_addr().expect("local addr")
+    }
+
+    /// The server's certificate (DER), to tell one certificate from another.
+    pub fn server_cert(&self) -> Vec<u8> {
+        self.stream
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.stream.write_all(data).expect("write TLS");
+        self.stream.flush().expect("flush TLS");
+    }
+
+    /// The next complete message, or None if the peer closes or `timeout` passes first.
+    pub fn recv(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = find_subslice(&self.pending, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.pending[..end]).into_owned();
+                let body_len = header_value(&head, "Content-Length", Some("l"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let total = end + 4 + body_len;
+                if self.pending.len() >= total {
+                    let msg: Vec<u8> = self.pending.drain(..total).collect();
+                    return Some(String::from_utf8_lossy(&msg).into_owned());
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.sock.set_read_timeout(Some(left)).ok()?;
+            match self.stream.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// The next response with a final status (skipping 1xx), or None.
+    pub fn final_response(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let msg = self.recv(deadline.saturating_duration_since(Instant::now()))?;
+            if status_code(&msg).is_some_and(|c| c >= 200) {
+                return Some(msg);
+            }
+        }
+    }
+}
