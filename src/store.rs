@@ -715,6 +715,23 @@ impl Store {
         Ok(SmsAdmission::Recorded)
     }
 
+    /// Takes back one send that [`Store::admit_sms`] recorded for `customer_id` and `caller`
+    /// at `at`, because nothing went out: it no longer counts against either limit.
+    pub fn refund_sms(
+        &self,
+        customer_id: &str,
+        caller: &str,
+        at: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM sms_sends WHERE rowid =
+                (SELECT rowid FROM sms_sends WHERE customer_id = ?1 AND caller = ?2 AND at = ?3
+                 LIMIT 1)",
+            params![customer_id, caller, to_ms(at)],
+        )?;
+        Ok(n == 1)
+    }
+
     /// Deletes failures and SMS sends older than `older_than` (they no longer count towards any
     /// window). Lock-outs and the audit log are kept.
     pub fn purge(&self, older_than: SystemTime) -> Result<PurgeReport, StoreError> {

@@ -787,3 +787,34 @@ fn the_caller_limit_counts_the_pbxs_asserted_identity_and_others_by_address() {
         "an untrusted source got a third SMS by asserting a new identity"
     );
 }
+
+/// Sends the gateway refused or never took (an outage: HTTP 500 every time) do not count
+/// against the customer's quota: after more failed calls than `sms_per_customer`, the first
+/// call once the gateway is back gets its PIN. (They used to count: the customer was locked out
+/// of SMS for the window by an outage they had nothing to do with.)
+#[test]
+fn sends_that_never_went_out_do_not_use_up_the_quota() {
+    let rig = Rig::new(500, free_udp_port());
+    let daemon =
+        rig.daemon("[sms]\nmax_retries = 0\n[limits]\nsms_per_customer = 2\nsms_per_caller = 2\n");
+    for call in 1..=3 {
+        let mut uac = call_and_enter_id(&daemon, ERIKA);
+        rig.sms.wait_posts(call, FLOW_TIMEOUT);
+        let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+        complete_transfer(&mut uac, &refer);
+        let rows = rig.wait_audit(call, Duration::from_secs(15));
+        assert_eq!(rows[0].outcome, "sms-failed", "call {call}: {:#?}", rows[0]);
+    }
+    rig.sms.set_status(200);
+    let mut uac = call_and_enter_id(&daemon, ERIKA);
+    let posts = rig.sms.wait_posts(4, FLOW_TIMEOUT);
+    let pin = check_sms(&posts[3], ERIKA_MOBILE, "de");
+    uac.info_digits(&pin, KEY_GAP);
+    let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+    assert_refer_to(
+        &refer,
+        &format!("{}?X-Customer-Id={ERIKA}&X-Verified=yes", rig.queue),
+    );
+    complete_transfer(&mut uac, &refer);
+    assert_eq!(daemon.log_lines("nothing was sent").len(), 3);
+}

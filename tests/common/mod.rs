@@ -1040,6 +1040,11 @@ impl SmsSink {
         SmsSink { addr, state, stop }
     }
 
+    /// From now on, every request is answered with `status` (an outage ends, or begins).
+    pub fn set_status(&self, status: u16) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).status = status;
+    }
+
     /// The URL to put in `[sms] url`.
     pub fn url(&self) -> String {
         format!("http://{}/sms", self.addr)
