@@ -5,11 +5,13 @@
 //! the test with the install command instead of skipping it, so a green run always means the
 //! calls were made.
 //!
-//! Submodules: [`verify`] (the verification flow's world: SMS webhook, customers, audit rows).
+//! Submodules: [`verify`] (the verification flow's world: SMS webhook, customers, audit rows)
+//! and [`linphone`] (a headless linphonec driven over stdin).
 
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod linphone;
 pub mod verify;
 
 use std::fs::{self, File};
