@@ -5,12 +5,14 @@
 //! the test with the install command instead of skipping it, so a green run always means the
 //! calls were made.
 //!
-//! Submodules: [`verify`] (the verification flow's world: SMS webhook, customers, audit rows)
-//! and [`linphone`] (a headless linphonec driven over stdin).
+//! Submodules: [`verify`] (the verification flow's world: SMS webhook, customers, audit rows),
+//! [`linphone`] (a headless linphonec driven over stdin) and [`kamailio`] (a throw-away
+//! Kamailio proxy in front of ivrd).
 
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod kamailio;
 pub mod linphone;
 pub mod verify;
 
