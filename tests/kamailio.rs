@@ -170,13 +170,20 @@ fn over_udp_a_verified_caller_is_transferred_through_kamailio_which_challenges_t
         "the queue's BYE did not come through Kamailio:\n{}",
         bye.text
     );
-    // baresip 1.0 puts the Refer-To URI's headers into the Request-URI and To.
+    // baresip 1.0 puts the Refer-To URI's headers into the Request-URI and To, and Kamailio
+    // reads the customer id from there.
     let request_line = invite.text.lines().next().unwrap_or_default();
     assert!(
-        request_line.contains(&format!("X-Customer-Id={ERIKA}"))
-            || invite.header("X-Customer-Id").as_deref() == Some(ERIKA),
-        "the queue cannot read the customer id:\n{}",
+        request_line.contains(&format!("X-Customer-Id={ERIKA}")),
+        "the queue's Request-URI has no customer id:\n{}",
         invite.text
+    );
+    assert_eq!(
+        kamailio.count(&format!(
+            "queue call for customer [{ERIKA}] from the Request-URI"
+        )),
+        1,
+        "Kamailio did not read the customer id:\n{trace}"
     );
 
     assert_pin_not_logged(&daemon, &pin);
