@@ -22,8 +22,8 @@
 //!   for call N (audio).`, `Call N with <uri> is now paused.`, `Call N with <uri> ended
 //!   (<reason>).`
 //! - There is no `dtmf` command: a line of digits is sent as DTMF, one key a second (the
-//!   command loop sleeps 1 s after each key), by default as RFC 2833 telephone-events
-//!   (`[sip] use_rfc2833` 1, `use_info` 0).
+//!   command loop sleeps 1 s after each key), by default as RFC 2833 telephone-events (not
+//!   SIP INFO, not in-band).
 
 use super::*;
 use std::io::BufRead;
@@ -134,10 +134,15 @@ impl Linphonec {
             {
                 panic!("linphonec exited with {status} during start-up");
             }
-            assert!(
-                Instant::now() < deadline,
-                "linphonec's core is not up after {LINPHONEC_STARTUP:?} (`states global` never said LinphoneGlobalOn)"
-            );
+            if Instant::now() >= deadline {
+                let log = self.debug_log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "linphonec's core is not up after {LINPHONEC_STARTUP:?} (`states global` never said LinphoneGlobalOn)\n--- output ---\n{}\n--- debug log (last lines) ---\n{}",
+                    self.output(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             self.command("states global");
             std::thread::sleep(Duration::from_millis(300));
             if self.output().contains("LinphoneGlobalOn") {
@@ -309,10 +314,9 @@ impl Drop for Linphonec {
         }
         if std::thread::panicking() {
             eprintln!(
-                "---- linphonec output ----\n{}\n---- linphonec SIP messages ----\n{}\n---- end of linphonec logs (debug log: {}) ----",
+                "---- linphonec output ----\n{}\n---- linphonec SIP messages ----\n{}\n---- end of linphonec logs ----",
                 self.output(),
                 self.sip_messages().join("\n\n"),
-                self.dir.path().join("debug.log").display()
             );
         }
     }
