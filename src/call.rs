@@ -1275,7 +1275,10 @@ fn params_from(n: &Negotiated) -> StreamParams {
         remote: n.remote,
         send: matches!(n.direction, Direction::SendRecv | Direction::SendOnly)
             && n.remote.is_some(),
-        expect_rtp: matches!(n.direction, Direction::SendRecv | Direction::RecvOnly),
+        // Only a call both ways expects the caller's RTP. A caller's `a=sendonly` is a hold
+        // (RFC 3264 8.4) like `inactive`, and a held phone may send nothing at all (linphonec
+        // does): its silence must not end the call.
+        expect_rtp: n.direction == Direction::SendRecv,
     }
 }
 
@@ -1365,6 +1368,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The RTP timeout runs only while the call goes both ways: a caller's hold, whether it
+    /// offers sendonly (ours recvonly), inactive or recvonly, pauses it.
+    #[test]
+    fn only_a_call_both_ways_expects_the_callers_rtp() {
+        let negotiated = |direction| Negotiated {
+            remote: Some("127.0.0.1:4000".parse().unwrap()),
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            dtmf_payload_type: Some(101),
+            ptime_ms: 20,
+            direction,
+        };
+        let expects = |d| params_from(&negotiated(d)).expect_rtp;
+        assert!(expects(Direction::SendRecv));
+        assert!(!expects(Direction::RecvOnly), "the caller's sendonly hold");
+        assert!(!expects(Direction::Inactive));
+        assert!(!expects(Direction::SendOnly));
+    }
 
     fn spec(max: usize) -> CollectSpec {
         CollectSpec {

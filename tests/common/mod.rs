@@ -1,11 +1,20 @@
 //! Harness shared by the integration tests: starts `ivrd` on free loopback ports with a
 //! generated config, runs SIPp scenarios against it, and sends raw SIP over UDP/TCP.
 //!
-//! Every peer (SIPp, baresip) is a hard requirement: a missing tool fails the test with the
-//! install command instead of skipping it, so a green run always means the calls were made.
+//! Every peer (SIPp, baresip, linphonec, Kamailio) is a hard requirement: a missing tool fails
+//! the test with the install command instead of skipping it, so a green run always means the
+//! calls were made.
+//!
+//! Submodules: [`verify`] (the verification flow's world: SMS webhook, customers, audit rows),
+//! [`linphone`] (a headless linphonec driven over stdin) and [`kamailio`] (a throw-away
+//! Kamailio proxy in front of ivrd).
 
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
+
+pub mod kamailio;
+pub mod linphone;
+pub mod verify;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -44,16 +53,32 @@ pub fn sipp_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
 }
 
-/// Finds `name` on PATH or panics with the command that installs it.
+/// The Debian package that provides each peer the tests run.
+const PEER_PACKAGES: &[(&str, &str)] = &[
+    ("sipp", "sip-tester"),
+    ("baresip", "baresip-core"),
+    ("linphonec", "linphone-cli"),
+    ("kamailio", "kamailio"),
+];
+
+/// Finds `name` on PATH (or in the sbin directories, where Debian puts `kamailio` and a
+/// normal user's PATH does not look) or panics with the command that installs it.
 pub fn require_tool(name: &str) -> PathBuf {
     find_in_path(name).unwrap_or_else(|| {
-        panic!("{name} not found: run scripts/install-test-deps.sh (installs sip-tester and baresip-core)")
+        let package = PEER_PACKAGES
+            .iter()
+            .find(|(tool, _)| *tool == name)
+            .map_or(String::new(), |(_, p)| format!(" (Debian package {p})"));
+        panic!(
+            "{name} not found{package}: run scripts/install-test-deps.sh, which installs sip-tester, baresip-core, linphone-cli and kamailio"
+        )
     })
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|candidate| {
             fs::metadata(candidate)
@@ -85,6 +110,20 @@ pub fn free_sip_port() -> u16 {
         }
     }
     panic!("no loopback port free for both UDP and TCP after 200 tries");
+}
+
+/// A port free for both UDP and TCP on the IPv6 loopback `[::1]`, for a peer that listens
+/// there (baresip over IPv6).
+pub fn free_sip_port_v6() -> u16 {
+    let v6 = std::net::Ipv6Addr::LOCALHOST;
+    for _ in 0..200 {
+        let udp = UdpSocket::bind((v6, 0)).expect("bind an ephemeral UDP port on [::1]");
+        let port = udp.local_addr().expect("local addr").port();
+        if TcpListener::bind((v6, port)).is_ok() && claim(port) {
+            return port;
+        }
+    }
+    panic!("no [::1] port free for both UDP and TCP after 200 tries");
 }
 
 /// A free loopback UDP port.
@@ -1861,10 +1900,26 @@ pub struct Baresip {
     token: u32,
 }
 
+/// The address family a [`Baresip`] listens, announces and sends media in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// SIP on 127.0.0.1, media announced as `c=IN IP4 127.0.0.1`.
+    V4,
+    /// SIP on `[::1]`, media announced as `c=IN IP6 ::1`.
+    V6,
+}
+
 impl Baresip {
     /// Starts baresip allowing `max_calls` simultaneous calls (a transfer needs 2: the new
     /// call to the target is made while the transferred one still exists).
     pub fn start(max_calls: u32) -> Baresip {
+        Self::start_on(max_calls, Family::V4)
+    }
+
+    /// [`Baresip::start`] in one address family: over IPv6 it listens on `[::1]`, announces
+    /// `::1` in its SDP and its account is `sip:tester@[::1]` (`net_interface ::1`, an address
+    /// rather than `lo`, as for IPv4). Its control socket stays on 127.0.0.1.
+    pub fn start_on(max_calls: u32, family: Family) -> Baresip {
         let binary = require_tool("baresip");
         let module_path = baresip_module_dir();
         let dir = tempfile::Builder::new()
@@ -1875,8 +1930,22 @@ impl Baresip {
         fs::create_dir(&dump_dir).expect("create dump dir");
         let source = dir.path().join("source.wav");
         write_tone_wav(&source, 120);
-        let sip_port = free_sip_port();
-        let ctrl_port = free_sip_port();
+        let (sip_port, host) = match family {
+            Family::V4 => (free_sip_port(), "127.0.0.1"),
+            Family::V6 => (free_sip_port_v6(), "::1"),
+        };
+        let sip_listen = match family {
+            Family::V4 => format!("{host}:{sip_port}"),
+            Family::V6 => format!("[{host}]:{sip_port}"),
+        };
+        // baresip also listens for SIP over TLS on the next port up (sip_listen + 1), so the
+        // control socket must not be there.
+        let ctrl_port = loop {
+            let port = free_sip_port();
+            if port != sip_port + 1 {
+                break port;
+            }
+        };
         let rtp_min = free_media_port();
 
         let template = BARESIP_CONFIG_TEMPLATE.replace(
@@ -1888,7 +1957,8 @@ impl Baresip {
             "tests/baresip/config.in no longer has `call_max_calls<TAB><TAB>1`"
         );
         let config = template
-            .replace("@SIP_PORT@", &sip_port.to_string())
+            .replace("@SIP_LISTEN@", &sip_listen)
+            .replace("@NET_INTERFACE@", host)
             .replace("@RTP_MIN@", &rtp_min.to_string())
             .replace("@RTP_MAX@", &(rtp_min + 3).to_string())
             .replace("@SOURCE_WAV@", &source.display().to_string())
@@ -1896,9 +1966,13 @@ impl Baresip {
             .replace("@DUMP_DIR@", &dump_dir.display().to_string())
             .replace("@CTRL_PORT@", &ctrl_port.to_string());
         fs::write(dir.path().join("config"), config).expect("write baresip config");
+        let aor_host = match family {
+            Family::V4 => host.to_string(),
+            Family::V6 => format!("[{host}]"),
+        };
         fs::write(
             dir.path().join("accounts"),
-            "<sip:tester@127.0.0.1>;regint=0\n",
+            format!("<sip:tester@{aor_host}>;regint=0\n"),
         )
         .expect("write accounts");
 
