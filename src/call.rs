@@ -18,7 +18,7 @@ use crate::sip::message::{Message, ResponseBuilder, extract_uri, reason_phrase, 
 use crate::sip::peers::Trust;
 use crate::sip::sdp::{Codec, Direction, LocalSession, Negotiated, SdpError};
 use crate::sip::session_timer::{self, Due, SessionTimer};
-use crate::sip::transport::{Flow, Protocol};
+use crate::sip::transport::{Flow, Protocol, RequestTarget};
 use bytes::Bytes;
 use ezk_sip_types::{Method, Name};
 use std::collections::VecDeque;
@@ -692,12 +692,21 @@ impl Call {
 
     /// Where in-dialog requests go: the route set or Contact when it is an IP literal we can
     /// reach, else back to where the INVITE came from (the usual case behind NAT and proxies).
-    fn request_target(&self) -> SocketAddr {
+    fn request_target(&self) -> RequestTarget {
         match self.flow.protocol {
             // On TCP the caller's connection is the way back (RFC 5923-style reuse, which
-            // every softphone and PBX expects from a server that has no listener to dial).
-            Protocol::Tcp | Protocol::Tls => self.flow.remote,
-            Protocol::Udp => self.dialog.next_hop().unwrap_or(self.flow.remote),
+            // every softphone and PBX expects); when the peer has closed it, the transport
+            // opens one to the route set or Contact (RFC 3261 18.1.1), over the same
+            // protocol: a dialog that came over TLS never continues in clear.
+            Protocol::Tcp | Protocol::Tls => RequestTarget {
+                addr: self.flow.remote,
+                reconnect: self.dialog.next_hop(self.flow.protocol),
+            },
+            Protocol::Udp => self
+                .dialog
+                .next_hop(self.flow.protocol)
+                .unwrap_or(self.flow.remote)
+                .into(),
         }
     }
 

@@ -66,6 +66,9 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: refuse clients without a valid certificate (mutual TLS with the PBX).
     pub require_client_cert: bool,
+    /// CA certificates (PEM) that servers ivrd connects to must chain to (a dialog's request
+    /// when the PBX's connection is gone); without it, the system's roots.
+    pub server_ca: Option<PathBuf>,
 }
 
 impl TlsConfig {
@@ -76,6 +79,7 @@ impl TlsConfig {
             key: self.key.clone()?,
             client_ca: self.client_ca.clone(),
             require_client_cert: self.require_client_cert,
+            server_ca: self.server_ca.clone(),
         })
     }
 }
@@ -521,9 +525,14 @@ impl Config {
         if cfg.media.prompts_dir.is_relative() {
             cfg.media.prompts_dir = base.join(&cfg.media.prompts_dir);
         }
-        for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.tls.client_ca]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+            &mut cfg.tls.client_ca,
+            &mut cfg.tls.server_ca,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -322,6 +322,18 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "ivrd_sip_connects_total",
+            "TCP/TLS connections ivrd opened for a dialog's request because the peer's was gone.",
+            transport.connects.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_sip_connect_failures_total",
+            "Connections ivrd tried to open and could not (refused, timed out, server certificate not trusted).",
+            transport.connect_failures.load(r),
+        );
+        counter(
+            &mut out,
             "ivrd_sip_tcp_refused_total",
             "TCP connections refused at accept: over tcp_max_connections or tcp_max_per_source.",
             transport.tcp_refused.load(r),

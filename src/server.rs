@@ -477,8 +477,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The TLS server configuration `[tls]` names, when TLS listeners are configured.
-pub fn tls_config(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+/// The TLS configurations `[tls]` names, when TLS listeners are configured.
+pub fn tls_config(cfg: &Config) -> anyhow::Result<Option<crate::sip::tls::TlsConfigs>> {
     if cfg.sip.tls.is_empty() {
         return Ok(None);
     }
@@ -486,9 +486,7 @@ pub fn tls_config(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::ServerConfi
         .tls
         .files()
         .context("[sip] tls listens, but [tls] cert and key are not both set")?;
-    Ok(Some(
-        crate::sip::tls::server_config(&files).context("[tls]")?,
-    ))
+    Ok(Some(crate::sip::tls::configs(&files).context("[tls]")?))
 }
 
 /// The media addresses of `[media]`: `rtp_ip` and, for the other family, `rtp_ip6`.

@@ -307,3 +307,119 @@ fn a_renewed_certificate_is_loaded_without_dropping_the_call() {
         .expect("BYE answered");
     assert_eq!(status_code(&bye_ok), Some(200), "{bye_ok}");
 }
+
+/// An INVITE whose Contact names the caller's own TLS listener (`port`), sent on `c`.
+fn invite_with_contact(
+    c: &mut SipTls,
+    tls: SocketAddr,
+    media: &UdpSocket,
+    port: u16,
+    call_id: &str,
+) -> String {
+    let local = c.local_addr();
+    let text = invite(tls, local, media.local_addr().unwrap(), "sip")
+        .replace(
+            &format!("Contact: <sip:caller@{local};transport=tls>"),
+            &format!("Contact: <sip:caller@127.0.0.1:{port};transport=tls>"),
+        )
+        .replace("Call-ID: tls-call", &format!("Call-ID: {call_id}"));
+    c.send(text.as_bytes());
+    let ok = c
+        .final_response(Duration::from_secs(5))
+        .expect("INVITE answered");
+    assert_eq!(status_code(&ok), Some(200), "{ok}");
+    c.send(
+        in_dialog("ACK", 1, &ok, local, "", "")
+            .replace("Call-ID: tls-call", &format!("Call-ID: {call_id}"))
+            .as_bytes(),
+    );
+    ok
+}
+
+/// The PBX closed its connection while the call was up (Kamailio does after
+/// `tcp_connection_lifetime`): ivrd's BYE opens a TLS connection of its own to the Contact,
+/// checks the server's certificate against `[tls] server_ca`, presents its own certificate,
+/// and the BYE arrives. A server whose certificate does not chain to `server_ca` gets nothing:
+/// the handshake fails, and the log and the metrics say so.
+#[test]
+fn a_request_reopens_tls_to_the_contact_when_the_connection_is_gone() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_sip_port());
+    let (daemon, tls) = tls_daemon(
+        &pki,
+        dir.path(),
+        &format!(
+            "server_ca = {}\n[media]\nmax_call_secs = 2\nrtp_timeout_secs = 0\n[admin]\nlisten = \"{admin}\"\n",
+            toml_path(&dir.path().join("ca.pem"))
+        ),
+    );
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_leaf = pki.leaf(&["127.0.0.1"]);
+
+    // The PBX's TLS listener, then a call whose connection the PBX drops at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut c = SipTls::connect(tls, &pki.ca_pem(), None).expect("TLS handshake");
+    invite_with_contact(&mut c, tls, &media, port, "reopen-1");
+    drop(c);
+    let mut back = SipTls::accept(
+        &listener,
+        (&peer_leaf.0, &peer_leaf.1),
+        Some(&pki.ca_pem()),
+        Duration::from_secs(8),
+    )
+    .expect("ivrd connects back over TLS, with a certificate from our CA");
+    assert!(
+        back.client_cert().is_some(),
+        "ivrd presented no certificate"
+    );
+    let bye = back
+        .recv(Duration::from_secs(5))
+        .expect("a request from ivrd");
+    assert!(bye.starts_with("BYE sip:caller@127.0.0.1:"), "{bye}");
+    assert!(
+        header_value(&bye, "Via", Some("v"))
+            .unwrap()
+            .starts_with("SIP/2.0/TLS"),
+        "{bye}"
+    );
+    let answer = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+        header_value(&bye, "Via", Some("v")).unwrap(),
+        header_value(&bye, "From", Some("f")).unwrap(),
+        header_value(&bye, "To", Some("t")).unwrap(),
+        header_value(&bye, "Call-ID", Some("i")).unwrap(),
+        header_value(&bye, "CSeq", None).unwrap(),
+    );
+    back.send(answer.as_bytes());
+    // The call ends once its BYE is answered; an unanswered one would log so first.
+    daemon.expect_log("reason=\"max-duration\"", Duration::from_secs(5));
+    assert!(daemon.log_lines("BYE got no answer").is_empty());
+
+    // A server from another CA: ivrd refuses it and the BYE is not sent in its hands.
+    let stranger = TestPki::new().leaf(&["127.0.0.1"]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut c = SipTls::connect(tls, &pki.ca_pem(), None).expect("TLS handshake");
+    invite_with_contact(&mut c, tls, &media, port, "reopen-2");
+    drop(c);
+    let refused = SipTls::accept(
+        &listener,
+        (&stranger.0, &stranger.1),
+        None,
+        Duration::from_secs(8),
+    )
+    .and_then(|mut s| {
+        s.recv(Duration::from_secs(2))
+            .ok_or_else(|| std::io::Error::other("nothing"))
+    });
+    assert!(refused.is_err(), "ivrd sent its BYE to an untrusted server");
+    daemon.expect_log(
+        "could not open a connection for a dialog's request",
+        Duration::from_secs(5),
+    );
+    let metrics = admin_get(&admin, "/metrics");
+    assert_eq!(metric(&metrics, "ivrd_sip_connects_total"), 2.0);
+    assert_eq!(metric(&metrics, "ivrd_sip_connect_failures_total"), 1.0);
+}

@@ -24,7 +24,7 @@ use super::transaction::{
     ClientNonInvite, Event as TxEvent, ResponseDisposition, ServerInvite, ServerNonInvite, State,
     Timers,
 };
-use super::transport::{Flow, Incoming, Transports};
+use super::transport::{Flow, Incoming, RequestTarget, Transports};
 use bytes::Bytes;
 use ezk_sip_types::{Method, Name};
 use std::cmp::Reverse;
@@ -101,7 +101,7 @@ enum Command {
     },
     Request {
         flow: Flow,
-        to: SocketAddr,
+        to: RequestTarget,
         branch: String,
         msg: Bytes,
         reply: oneshot::Sender<Result<Message, RequestError>>,
@@ -173,7 +173,7 @@ impl CoreHandle {
     pub async fn request(
         &self,
         flow: Flow,
-        to: SocketAddr,
+        to: RequestTarget,
         branch: String,
         msg: Bytes,
     ) -> Result<Message, RequestError> {
@@ -904,6 +904,8 @@ impl Core {
                 msg,
                 reply,
             } => {
+                // On TCP/TLS, a connection of our own if the peer's is gone.
+                let target = self.transports.connect_for(&flow, to);
                 let machine =
                     ClientNonInvite::new(now, self.cfg.timers, flow.protocol.reliable(), msg);
                 self.client.insert(
@@ -911,7 +913,7 @@ impl Core {
                     ClientTx {
                         machine,
                         flow,
-                        target: to,
+                        target,
                         reply: Some(reply),
                         scheduled: None,
                     },

@@ -6,12 +6,16 @@
 //!
 //! rustls with its default provider (aws-lc-rs, already in the tree through the HTTP client),
 //! TLS 1.2 and 1.3 only, no OpenSSL.
+//!
+//! The same files serve the connections ivrd opens itself (a dialog's request when the peer's
+//! connection is gone): the server is checked against `server_ca`, or the system's roots
+//! (rustls-native-certs) without it, and our certificate is presented for mutual TLS.
 
-use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ServerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,6 +32,17 @@ pub struct TlsFiles {
     /// With `client_ca`: a client without a valid certificate is refused (mutual TLS).
     /// Otherwise a client may present none, but one it presents must be valid.
     pub require_client_cert: bool,
+    /// PEM: CA certificates the servers we connect to must chain to. Without it, the
+    /// system's roots.
+    pub server_ca: Option<PathBuf>,
+}
+
+/// The two sides of TLS, built from the same files: accepting (our certificate, the client
+/// check) and connecting (the server check, our certificate as the client's).
+#[derive(Clone, Debug)]
+pub struct TlsConfigs {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
 }
 
 /// Why the TLS material cannot be used; every message names the file.
@@ -69,9 +84,63 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+fn read_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots.add(cert).map_err(|e| TlsError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Both configurations `files` describe.
+pub fn configs(files: &TlsFiles) -> Result<TlsConfigs, TlsError> {
+    let certified = certified_key(files)?;
+    Ok(TlsConfigs {
+        server: server_config_with(files, certified.clone())?,
+        client: client_config_with(files, certified)?,
+    })
+}
+
 /// The server configuration for SIP over TLS: our certificate, TLS 1.2 and 1.3, and the
 /// client check `files` asks for.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(files, certified_key(files)?)
+}
+
+/// The client configuration for connections we open: the server must chain to `server_ca`
+/// (else a system root) and name the address we connect to; we present our certificate.
+fn client_config_with(
+    files: &TlsFiles,
+    certified: Arc<CertifiedKey>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = match &files.server_ca {
+        Some(ca) => read_roots(ca)?,
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            // Unreadable system certificates are skipped (rustls-native-certs reports them);
+            // a server that needs one of them fails its handshake with a clear log line.
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            roots
+        }
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Invalid {
+            path: files.cert.clone(),
+            message: e.to_string(),
+        })?
+        .with_root_certificates(roots);
+    Ok(Arc::new(builder.with_client_cert_resolver(Arc::new(
+        rustls::sign::SingleCertAndKey::from(certified),
+    ))))
+}
+
+/// Our certificate and key, checked to belong together.
+fn certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
     let provider = provider();
     let certs = read_certs(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| match e {
@@ -95,6 +164,14 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         cert: files.cert.clone(),
         key: files.key.clone(),
     })?;
+    Ok(Arc::new(certified))
+}
+
+fn server_config_with(
+    files: &TlsFiles,
+    certified: Arc<CertifiedKey>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Invalid {
@@ -103,13 +180,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         })?;
     let builder = match &files.client_ca {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs(ca)? {
-                roots.add(cert).map_err(|e| TlsError::Invalid {
-                    path: ca.clone(),
-                    message: e.to_string(),
-                })?;
-            }
+            let roots = read_roots(ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if files.require_client_cert {
                 verifier
@@ -154,6 +225,7 @@ mod tests {
             key: write(dir.path(), "key.pem", &key),
             client_ca: None,
             require_client_cert: false,
+            server_ca: None,
         };
         server_config(&files).unwrap();
         // Mutual TLS against a CA file.
@@ -176,6 +248,7 @@ mod tests {
             key: write(dir.path(), "k.pem", k),
             client_ca: None,
             require_client_cert: false,
+            server_ca: None,
         };
         let err = server_config(&files(&cert, &other_key)).unwrap_err();
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");

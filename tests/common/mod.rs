@@ -2317,11 +2317,83 @@ impl Default for TestPki {
     }
 }
 
-/// SIP over TLS from a small rustls client (Debian's SIPp has no TLS): framing by
-/// Content-Length as `SipTcp` does.
-pub struct SipTls {
-    pub stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+/// SIP over TLS from a small rustls client (Debian's SIPp has no TLS), or a server side that
+/// takes the connection ivrd opens: framing by Content-Length as `SipTcp` does.
+pub struct SipTls<C = rustls::ClientConnection> {
+    pub stream: rustls::StreamOwned<C, TcpStream>,
     pending: Vec<u8>,
+}
+
+impl SipTls<rustls::ServerConnection> {
+    /// Accepts one connection on `listener` within `timeout` and completes the handshake with
+    /// `cert`/`key` (PEM). With `client_ca`, the client must present a certificate from it.
+    pub fn accept(
+        listener: &TcpListener,
+        (cert, key): (&str, &str),
+        client_ca: Option<&str>,
+        timeout: Duration,
+    ) -> std::io::Result<SipTls<rustls::ServerConnection>> {
+        use rustls::pki_types::pem::PemObject;
+        let builder = rustls::ServerConfig::builder();
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots.add(c.expect("CA PEM")).expect("add CA");
+                }
+                builder.with_client_cert_verifier(
+                    rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+                        .build()
+                        .expect("client verifier"),
+                )
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .expect("server cert");
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + timeout;
+        let sock = loop {
+            match listener.accept() {
+                Ok((sock, _)) => break sock,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "nobody connected",
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        sock.set_nonblocking(false)?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let conn = rustls::ServerConnection::new(std::sync::Arc::new(config))
+            .map_err(std::io::Error::other)?;
+        let mut stream = rustls::StreamOwned::new(conn, sock);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(SipTls {
+            stream,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The client's certificate (DER), if it presented one.
+    pub fn client_cert(&self) -> Option<Vec<u8>> {
+        self.stream
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+    }
 }
 
 impl SipTls {
@@ -2364,10 +2436,6 @@ impl SipTls {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.stream.sock.local_addr().expect("local addr")
-    }
-
     /// The server's certificate (DER), to tell one certificate from another.
     pub fn server_cert(&self) -> Vec<u8> {
         self.stream
@@ -2376,6 +2444,16 @@ impl SipTls {
             .and_then(|c| c.first())
             .map(|c| c.to_vec())
             .unwrap_or_default()
+    }
+}
+
+impl<C, S> SipTls<C>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.sock.local_addr().expect("local addr")
     }
 
     pub fn send(&mut self, data: &[u8]) {
