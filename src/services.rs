@@ -134,7 +134,7 @@ impl FlowServices for CallServices {
         };
         let minutes = shared.verifier.limits().pin_minutes();
         let Some(template) = self.plan.sms_template(&req.language) else {
-            shared.verifier.revoke_pin(&req.customer_id);
+            shared.verifier.send_failed(&req.customer_id, &pin);
             return SendPinOutcome::Failed(format!("no SMS text for language {}", req.language));
         };
         let text = render_sms(template, pin.expose(), minutes, &customer.name);
@@ -153,6 +153,7 @@ impl FlowServices for CallServices {
                 info!(
                     customer = %req.customer_id,
                     to = %mask_number(&msg.to),
+                    resend = pin.issue() == crate::verify::pin::Issue::Resend,
                     provider = receipt.provider,
                     ms = started.elapsed().as_millis() as u64,
                     "PIN sent"
@@ -168,15 +169,15 @@ impl FlowServices for CallServices {
                 // none of their quota.
                 let (id, caller) = (req.customer_id.clone(), req.caller.clone());
                 let refunded =
-                    blocking(move || shared.verifier.refund_send(&id, &caller, wall)).await;
+                    blocking(move || shared.verifier.refund_send(&id, &caller, &pin, wall)).await;
                 warn!(customer = %req.customer_id, error = %e,
                     counted = !matches!(refunded, Some(Ok(true))), "SMS failed; nothing was sent");
                 SendPinOutcome::Failed(e.to_string())
             }
             Err(e) => {
-                // It may have gone out: void the PIN (the caller cannot be told it), but the
+                // It may have gone out: void a new PIN (the caller cannot be told it), but the
                 // send counts, so a provider that times out is no way around the limits.
-                shared.verifier.revoke_pin(&req.customer_id);
+                shared.verifier.send_failed(&req.customer_id, &pin);
                 warn!(customer = %req.customer_id, error = %e, "SMS may or may not have been sent; counted");
                 SendPinOutcome::Failed(e.to_string())
             }

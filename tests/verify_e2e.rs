@@ -595,3 +595,34 @@ fn sends_that_never_went_out_do_not_use_up_the_quota() {
     complete_transfer(&mut uac, &refer);
     assert_eq!(daemon.log_lines("nothing was sent").len(), 3);
 }
+
+/// A second call for the same customer while the first PIN is valid sends that PIN again
+/// (NIST SP 800-63B: one secret at a time; Twilio Verify does the same): the customer does
+/// not end up with two codes, and someone typing their id cannot void the code they wait for.
+#[test]
+fn a_second_call_within_the_pins_validity_resends_the_same_pin() {
+    let rig = Rig::new(200, free_udp_port());
+    let daemon = rig.daemon("");
+
+    let mut first = call_and_enter_id(&daemon, ERIKA);
+    let posts = rig.sms.wait_posts(1, FLOW_TIMEOUT);
+    let pin = check_sms(&posts[0], ERIKA_MOBILE, "de");
+    assert_eq!(first.bye(), 200, "BYE of the first call");
+
+    let mut second = call_and_enter_id(&daemon, ERIKA);
+    let posts = rig.sms.wait_posts(2, FLOW_TIMEOUT);
+    let again = check_sms(&posts[1], ERIKA_MOBILE, "de");
+    assert_eq!(again, pin, "the resend carried another PIN");
+    second.info_digits(&pin, KEY_GAP);
+    let refer = second.expect_request("REFER", FLOW_TIMEOUT);
+    assert_refer_to(
+        &refer,
+        &format!("{}?X-Customer-Id={ERIKA}&X-Verified=yes", rig.queue),
+    );
+    complete_transfer(&mut second, &refer);
+    assert!(
+        daemon.log().contains("resend=true"),
+        "the log does not say the PIN was sent again"
+    );
+    assert_pin_not_logged(&daemon, &pin);
+}

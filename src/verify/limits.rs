@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::dialplan::services::{CheckPinOutcome, SendPinOutcome};
 use crate::store::{SmsAdmission, Store, StoreError};
-use crate::verify::pin::{MAX_TTL, Pin, PinCheck, PinError, PinVault};
+use crate::verify::pin::{Issue, MAX_TTL, Pin, PinCheck, PinError, PinVault};
 
 /// Limits on PIN tries, failures, lock-outs and SMS, as configured (e.g. a `[limits]` table).
 /// Every field is optional in the file; unknown fields are an error so a typo cannot silently
@@ -208,9 +208,10 @@ impl Verifier {
     }
 
     /// Checks the lock-out and both SMS limits, records the send and issues a PIN of `length`
-    /// digits (replacing any outstanding one). `customer_id` must exist in the store (the send is
+    /// digits: the outstanding one again while it is valid (a resend counts as a send), else a
+    /// new one. `customer_id` must exist in the store (the send is
     /// recorded against it). The caller sends the PIN; if sending fails, call
-    /// [`Verifier::revoke_pin`]. The send stays counted either way: a failing provider must not
+    /// [`Verifier::send_failed`] (or [`Verifier::refund_send`]). The send stays counted either way: a failing provider must not
     /// become a way around the rate limit.
     pub fn prepare_pin(
         &self,
@@ -240,12 +241,20 @@ impl Verifier {
             SmsAdmission::CustomerLimit => return Err(SendRefusal::CustomerRateLimited),
             SmsAdmission::CallerLimit => return Err(SendRefusal::CallerRateLimited),
         }
-        Ok(self.vault().issue(customer_id, length, now)?)
+        Ok(self.vault().issue_or_resend(customer_id, length, now)?)
     }
 
     /// Voids the customer's outstanding PIN (e.g. the SMS could not be sent).
     pub fn revoke_pin(&self, customer_id: &str) -> bool {
         self.vault().revoke(customer_id)
+    }
+
+    /// The SMS carrying `pin` failed: a new PIN is void (nobody can know it); a resent one
+    /// stays, since the first SMS delivered it and a caller may be typing it now.
+    pub fn send_failed(&self, customer_id: &str, pin: &Pin) {
+        if pin.issue() == Issue::New {
+            self.vault().revoke(customer_id);
+        }
     }
 
     /// The send [`Verifier::prepare_pin`] recorded at `wall` did not go out at all (the
@@ -256,9 +265,10 @@ impl Verifier {
         &self,
         customer_id: &str,
         caller: &str,
+        pin: &Pin,
         wall: SystemTime,
     ) -> Result<bool, StoreError> {
-        self.vault().revoke(customer_id);
+        self.send_failed(customer_id, pin);
         self.store.refund_sms(customer_id, caller, wall)
     }
 
@@ -367,6 +377,8 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     const CALLER: &str = "+4930111111";
+
+    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
     fn open(path: &Path) -> Arc<Store> {
         Arc::new(Store::open(path).unwrap())
@@ -542,7 +554,9 @@ mod tests {
     /// Drives `n` wrong PINs for c1 (re-sending as each PIN is exhausted), starting at `start`
     /// seconds, one per second; returns the outcome of the last check.
     fn fail_n(v: &Verifier, n: u32, start: u64, caller_seed: u64) -> CheckPinOutcome {
-        let t = Instant::now();
+        // The monotonic clock follows the wall clock, so a PIN from an earlier batch has
+        // expired (rather than being sent again) when the batches are minutes apart.
+        let t = *EPOCH + Duration::from_secs(start);
         let mut pin: Option<Pin> = None;
         let mut outcome = CheckPinOutcome::Expired;
         for i in 0..u64::from(n) {
@@ -698,9 +712,9 @@ mod tests {
         let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for attempt in 0..5 {
             let at = wall + Duration::from_secs(attempt);
-            v.prepare_pin("c1", CALLER, 4, Instant::now(), at).unwrap();
+            let pin = v.prepare_pin("c1", CALLER, 4, Instant::now(), at).unwrap();
             assert!(
-                v.refund_send("c1", CALLER, at).unwrap(),
+                v.refund_send("c1", CALLER, &pin, at).unwrap(),
                 "attempt {attempt}"
             );
         }
@@ -710,6 +724,37 @@ mod tests {
         assert!(matches!(
             v.prepare_pin("c1", CALLER, 4, Instant::now(), at + Duration::from_secs(1)),
             Err(SendRefusal::CustomerRateLimited)
+        ));
+    }
+
+    /// A second send while the PIN is valid carries the same PIN; when that resend fails the
+    /// PIN stays (the first SMS delivered it), while a failed first send voids it.
+    #[test]
+    fn a_resend_carries_the_same_pin_and_its_failure_keeps_it() {
+        let (_dir, v) = setup(Limits::default());
+        let t = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let first = v.prepare_pin("c1", CALLER, 6, t, wall).unwrap();
+        assert_eq!(first.issue(), Issue::New);
+        let again = v
+            .prepare_pin("c1", "+4930999", 6, t + Duration::from_secs(30), wall)
+            .unwrap();
+        assert_eq!(again.issue(), Issue::Resend);
+        assert_eq!(first.expose(), again.expose());
+        v.send_failed("c1", &again);
+        assert!(matches!(
+            v.check_pin("c1", first.expose(), t + Duration::from_secs(40), wall),
+            CheckPinOutcome::Valid
+        ));
+        // Used: the next send is a new PIN, and when it fails nothing is left to type.
+        let third = v
+            .prepare_pin("c1", CALLER, 6, t + Duration::from_secs(50), wall)
+            .unwrap();
+        assert_eq!(third.issue(), Issue::New);
+        v.send_failed("c1", &third);
+        assert!(matches!(
+            v.check_pin("c1", third.expose(), t + Duration::from_secs(60), wall),
+            CheckPinOutcome::Expired
         ));
     }
 

@@ -5,8 +5,16 @@
 //! cannot leak it, and its memory is zeroed on drop. The vault keeps, per subject (the customer
 //! id), only `HMAC-SHA256(key, pin)` under a random key drawn once per process, so a memory dump
 //! or a debug print of the vault shows no PIN, and digests from one run are useless in the next.
-//! A PIN is single use, expires (5 minutes by default, 10 at most) and allows a few wrong tries;
-//! issuing a new PIN for a subject replaces the old one, so a re-sent SMS voids the earlier PIN.
+//! A PIN is single use, expires (5 minutes by default, 10 at most) and allows a few wrong tries.
+//!
+//! A second send for a subject while its PIN is valid sends the same PIN again
+//! ([`PinVault::issue_or_resend`]), as Twilio Verify and tyntec do: a second call for the same
+//! customer (an impatient customer, or someone typing their id) must neither void the code the
+//! real caller is about to type nor leave the customer with two different codes. For that the
+//! vault also keeps the PIN sealed with AES-256-GCM under a second per-process key that lives
+//! only in memory: nothing on disk, in logs or in a database ever holds it, and a restart makes
+//! every sealed PIN unreadable (the next send is a fresh PIN). The resend neither extends the
+//! PIN's validity nor restores its tries.
 //!
 //! Time is a parameter (`now: Instant`) everywhere, so the simulator can drive a virtual clock.
 
@@ -14,6 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use hmac::{Hmac, Mac};
 use rand::TryRngCore;
 use rand::rngs::OsRng;
@@ -52,7 +61,16 @@ pub enum PinError {
 
 /// A PIN in clear. Prints as `****`; zeroed on drop; deliberately neither `Clone` nor `PartialEq`
 /// (comparisons belong in the vault, in constant time).
-pub struct Pin(Zeroizing<String>);
+pub struct Pin(Zeroizing<String>, Issue);
+
+/// Whether a PIN handed out by the vault is new or the outstanding one sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issue {
+    New,
+    /// The subject's PIN was still valid and is sent again: if this send fails, the PIN must
+    /// stay (the first SMS delivered it).
+    Resend,
+}
 
 impl Pin {
     /// Draws `length` uniformly distributed decimal digits from the OS CSPRNG.
@@ -75,7 +93,12 @@ impl Pin {
                 }
             }
         }
-        Ok(Pin(digits))
+        Ok(Pin(digits, Issue::New))
+    }
+
+    /// New, or the outstanding PIN sent again.
+    pub fn issue(&self) -> Issue {
+        self.1
     }
 
     /// The digits, for rendering the SMS text only. Never log, store or compare with this.
@@ -121,9 +144,13 @@ pub enum PinCheck {
     NoPin,
 }
 
-/// What the vault remembers of one issued PIN: its keyed digest, never the digits.
+/// What the vault remembers of one issued PIN: its keyed digest for checking, and the digits
+/// sealed under the in-memory sealing key for a resend; never the digits in clear.
 struct Entry {
     digest: [u8; 32],
+    /// Nonce, then the AES-256-GCM ciphertext and tag of the digits.
+    sealed: Vec<u8>,
+    length: usize,
     expires: Instant,
     tries_left: u32,
 }
@@ -131,6 +158,8 @@ struct Entry {
 /// Outstanding PINs by subject, as HMAC digests under a per-process key.
 pub struct PinVault {
     key: [u8; 32],
+    /// Seals the digits for a resend; drawn once per process, never stored.
+    seal: LessSafeKey,
     ttl: Duration,
     tries: u32,
     entries: HashMap<String, Entry>,
@@ -167,8 +196,16 @@ impl PinVault {
         OsRng
             .try_fill_bytes(&mut key)
             .map_err(|e| PinError::Rng(e.to_string()))?;
+        let mut seal_key = Zeroizing::new([0u8; 32]);
+        OsRng
+            .try_fill_bytes(seal_key.as_mut())
+            .map_err(|e| PinError::Rng(e.to_string()))?;
+        let seal = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, seal_key.as_ref()).expect("a 32-byte AES-256 key"),
+        );
         Ok(PinVault {
             key,
+            seal,
             ttl,
             tries,
             entries: HashMap::new(),
@@ -192,11 +229,70 @@ impl PinVault {
         self.purge_expired(now);
         let entry = Entry {
             digest: self.digest(pin.expose()),
+            sealed: self.seal(pin.expose())?,
+            length,
             expires: now + self.ttl,
             tries_left: self.tries,
         };
         self.entries.insert(subject.to_owned(), entry);
         Ok(pin)
+    }
+
+    /// The subject's outstanding PIN again if it is still valid, has tries left and has
+    /// `length` digits (same validity, same tries: a resend restores nothing); otherwise a new
+    /// one, as [`PinVault::issue`].
+    pub fn issue_or_resend(
+        &mut self,
+        subject: &str,
+        length: usize,
+        now: Instant,
+    ) -> Result<Pin, PinError> {
+        self.purge_expired(now);
+        if let Some(entry) = self.entries.get(subject)
+            && entry.length == length
+            && entry.tries_left > 0
+            && let Some(digits) = self.unseal(&entry.sealed)
+        {
+            return Ok(Pin(digits, Issue::Resend));
+        }
+        self.issue(subject, length, now)
+    }
+
+    fn seal(&self, digits: &str) -> Result<Vec<u8>, PinError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        // A random 96-bit nonce per seal: a key seals at most a few PINs a second for the
+        // process's life, far below the 2^32 seals a random nonce allows.
+        OsRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|e| PinError::Rng(e.to_string()))?;
+        let mut out = Vec::with_capacity(NONCE_LEN + digits.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(digits.as_bytes());
+        let tag = self
+            .seal
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut out[NONCE_LEN..],
+            )
+            .map_err(|_| PinError::Rng("AES-GCM seal failed".into()))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    fn unseal(&self, sealed: &[u8]) -> Option<Zeroizing<String>> {
+        let (nonce, body) = sealed.split_at_checked(NONCE_LEN)?;
+        let mut buf = Zeroizing::new(body.to_vec());
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let clear = self
+            .seal
+            .open_in_place(nonce, Aad::empty(), buf.as_mut())
+            .ok()?;
+        let mut digits = Zeroizing::new(String::with_capacity(clear.len()));
+        for &b in clear.iter() {
+            digits.push(char::from(b));
+        }
+        Some(digits)
     }
 
     /// Checks `input` against the outstanding PIN of `subject`.
@@ -469,6 +565,75 @@ mod tests {
             "the old PIN is void and the tries start afresh"
         );
         assert_eq!(vault.check("c1", new.expose(), now), PinCheck::Valid);
+    }
+
+    #[test]
+    fn a_resend_is_the_same_pin_with_the_same_expiry_and_tries() {
+        let mut vault = PinVault::new(Duration::from_secs(300), 3).unwrap();
+        let now = Instant::now();
+        let first = vault.issue_or_resend("c1", 6, now).unwrap();
+        assert_eq!(first.issue(), Issue::New);
+        let wrong = wrong_input(first.expose());
+        vault.check("c1", &wrong, now);
+        let later = now + Duration::from_secs(200);
+        let again = vault.issue_or_resend("c1", 6, later).unwrap();
+        assert_eq!(again.issue(), Issue::Resend);
+        assert_eq!(again.expose(), first.expose());
+        // The resend restored no try and did not extend the validity.
+        assert_eq!(
+            vault.check("c1", &wrong, later),
+            PinCheck::Invalid { tries_left: 1 }
+        );
+        assert_eq!(
+            vault.check("c1", first.expose(), now + Duration::from_secs(301)),
+            PinCheck::Expired,
+            "expired at the first issue's deadline"
+        );
+    }
+
+    #[test]
+    fn no_resend_after_expiry_use_or_for_another_length() {
+        let mut vault = PinVault::new(Duration::from_secs(300), 3).unwrap();
+        let now = Instant::now();
+        // Ten digits, so that two independent PINs are equal with probability 1e-10.
+        let a = vault.issue_or_resend("c1", 10, now).unwrap();
+        let after = now + Duration::from_secs(301);
+        let b = vault.issue_or_resend("c1", 10, after).unwrap();
+        assert_eq!(b.issue(), Issue::New, "expired");
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(vault.check("c1", b.expose(), after), PinCheck::Valid);
+        let c = vault.issue_or_resend("c1", 10, after).unwrap();
+        assert_eq!(c.issue(), Issue::New, "used");
+        assert_ne!(b.expose(), c.expose());
+        let d = vault.issue_or_resend("c1", 8, after).unwrap();
+        assert_eq!(d.issue(), Issue::New, "another length");
+        assert_eq!(d.expose().len(), 8);
+        assert_eq!(
+            vault.check("c1", c.expose(), after),
+            PinCheck::Invalid { tries_left: 2 }
+        );
+        // A PIN whose tries ran out is not sent again.
+        let e = vault.issue_or_resend("c2", 10, now).unwrap();
+        for _ in 0..3 {
+            vault.check("c2", &wrong_input(e.expose()), now);
+        }
+        let f = vault.issue_or_resend("c2", 10, now).unwrap();
+        assert_eq!(f.issue(), Issue::New);
+        assert_ne!(e.expose(), f.expose());
+    }
+
+    #[test]
+    fn the_sealed_pin_opens_only_under_its_own_vaults_key() {
+        let v1 = PinVault::with_defaults().unwrap();
+        let v2 = PinVault::with_defaults().unwrap();
+        let sealed = v1.seal("482913").unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"482913"));
+        assert_eq!(v1.unseal(&sealed).unwrap().as_str(), "482913");
+        assert!(v2.unseal(&sealed).is_none(), "another process's key");
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(v1.unseal(&tampered).is_none());
+        assert!(v1.unseal(&sealed[..5]).is_none());
     }
 
     #[test]
