@@ -36,6 +36,9 @@ pub fn check(cfg: &Config) -> ExitCode {
                     p.file,
                     p.steps.len()
                 );
+                for advice in dialplan::advisories(p) {
+                    eprintln!("warning: {advice}");
+                }
             }
         }
         Err(e) => {
@@ -158,6 +161,7 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
         default_region: cfg.store.default_region.clone(),
         on_sent: Some(hook),
         metrics: Arc::default(),
+        send_times: Default::default(),
     });
     let services = CallServices {
         shared,

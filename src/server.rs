@@ -133,6 +133,7 @@ pub fn build_snapshot(
             default_region: cfg.store.default_region.clone(),
             on_sent,
             metrics,
+            send_times: Default::default(),
         }),
         demo: cfg.demo.enabled.then(|| cfg.demo.clone()),
         settings: Arc::new(call_settings(cfg)),

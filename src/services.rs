@@ -16,7 +16,7 @@ use crate::store::{Customer, Store, normalize_phone};
 use crate::verify::limits::Verifier;
 use crate::verify::sms::{SmsMessage, SmsProvider};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 
 /// Called with every SMS that was sent and the PIN in it (the simulator types it back).
@@ -31,6 +31,37 @@ pub struct Shared {
     pub default_region: String,
     pub on_sent: Option<SentHook>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// How long recent real sends took, for decoys to take as long.
+    pub send_times: SendTimes,
+}
+
+/// The durations of the last few real SMS sends. A decoy send waits one of them, drawn at
+/// random, so that even a caller who could time the end of a send (a plan with no prompt
+/// during it) learns nothing.
+#[derive(Default)]
+pub struct SendTimes(std::sync::Mutex<std::collections::VecDeque<Duration>>);
+
+impl SendTimes {
+    const KEEP: usize = 32;
+    /// Before any real send: a typical provider round trip.
+    const DEFAULT: Duration = Duration::from_millis(400);
+
+    pub fn record(&self, took: Duration) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == Self::KEEP {
+            q.pop_front();
+        }
+        q.push_back(took);
+    }
+
+    pub fn sample(&self) -> Duration {
+        use rand::Rng;
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.is_empty() {
+            return Self::DEFAULT;
+        }
+        q[rand::rng().random_range(0..q.len())]
+    }
 }
 
 /// The services for one call: the shared parts plus the call's dialplan (for its SMS texts).
@@ -101,6 +132,9 @@ impl FlowServices for CallServices {
         let shared = self.shared.clone();
         // The send is recorded at this instant, and refunded by it if nothing goes out.
         let wall = SystemTime::now();
+        if req.decoy {
+            return self.send_decoy(req, wall).await;
+        }
         let r = {
             let req = req.clone();
             let shared = shared.clone();
@@ -148,6 +182,9 @@ impl FlowServices for CallServices {
         let started = Instant::now();
         let sent = shared.sms.send(&msg).await;
         shared.metrics.sms(sent.is_ok(), started.elapsed());
+        if sent.is_ok() {
+            shared.send_times.record(started.elapsed());
+        }
         match sent {
             Ok(receipt) => {
                 info!(
@@ -184,12 +221,17 @@ impl FlowServices for CallServices {
         }
     }
 
-    async fn check_pin(&self, customer_id: &str, input: &str) -> CheckPinOutcome {
+    async fn check_pin(&self, customer_id: &str, input: &str, decoy: bool) -> CheckPinOutcome {
         let shared = self.shared.clone();
         let id = customer_id.to_string();
         let input = zeroize::Zeroizing::new(input.to_string());
         let metrics = self.shared.metrics.clone();
         let outcome = blocking(move || {
+            if decoy {
+                // Counted like any check: a metric that moved only for real customers would
+                // be an oracle for whoever can read it (it is not the audit).
+                return shared.verifier.check_decoy(&id, &input, Instant::now());
+            }
             shared
                 .verifier
                 .check_pin(&id, &input, Instant::now(), SystemTime::now())
@@ -205,6 +247,36 @@ impl FlowServices for CallServices {
             CheckPinOutcome::LockedOut => "locked-out",
         });
         outcome
+    }
+}
+
+impl CallServices {
+    /// A send for a decoy customer: admitted against the limits like a real one, then as long
+    /// a wait as a real send took; nothing goes out. The log says so at debug only, as it
+    /// says nothing at info for an unknown id either (the audit row has the truth).
+    async fn send_decoy(&self, req: &PinRequest, wall: SystemTime) -> SendPinOutcome {
+        let shared = self.shared.clone();
+        let (subject, caller, length) = (req.customer_id.clone(), req.caller.clone(), req.length);
+        let admitted = blocking(move || {
+            shared
+                .verifier
+                .prepare_decoy(&subject, &caller, length, Instant::now(), wall)
+        })
+        .await;
+        match admitted {
+            Some(Ok(())) => {
+                tokio::time::sleep(self.shared.send_times.sample()).await;
+                tracing::debug!(customer = %req.customer_id, "decoy: no SMS sent");
+                SendPinOutcome::Sent {
+                    minutes: self.shared.verifier.limits().pin_minutes(),
+                }
+            }
+            Some(Err(refusal)) => {
+                info!(refusal = ?refusal, "PIN not sent (decoy)");
+                refusal.to_outcome()
+            }
+            None => SendPinOutcome::Failed("store task failed".into()),
+        }
     }
 }
 

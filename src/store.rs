@@ -98,6 +98,20 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE audit ADD COLUMN transport TEXT;
     "#,
+    // 4: sends for decoy customers (ids that are not a usable customer, see `decoy` on
+    // `lookup_customer`): nothing goes out, but they count against the same limits as real
+    // sends, so a limit reached sooner or later cannot tell a registered id from another.
+    // No foreign key: the subject is whatever id the caller typed.
+    r#"
+    CREATE TABLE decoy_sends (
+        subject TEXT NOT NULL,
+        caller  TEXT NOT NULL,
+        at      INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX decoy_by_subject ON decoy_sends (subject, at);
+    CREATE INDEX decoy_by_caller ON decoy_sends (caller, at);
+    CREATE INDEX decoy_by_time ON decoy_sends (at);
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -687,30 +701,78 @@ impl Store {
         max_per_customer: u32,
         max_per_caller: u32,
     ) -> Result<SmsAdmission, StoreError> {
+        self.admit_send(
+            false,
+            customer_id,
+            caller,
+            at,
+            since,
+            max_per_customer,
+            max_per_caller,
+        )
+    }
+
+    /// [`Store::admit_sms`] for a decoy `subject` (an id that is no usable customer): the
+    /// same limits, counted in a table of their own; the caller's limit counts real and
+    /// decoy sends together.
+    pub fn admit_decoy_sms(
+        &self,
+        subject: &str,
+        caller: &str,
+        at: SystemTime,
+        since: SystemTime,
+        max_per_subject: u32,
+        max_per_caller: u32,
+    ) -> Result<SmsAdmission, StoreError> {
+        self.admit_send(
+            true,
+            subject,
+            caller,
+            at,
+            since,
+            max_per_subject,
+            max_per_caller,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn admit_send(
+        &self,
+        decoy: bool,
+        subject: &str,
+        caller: &str,
+        at: SystemTime,
+        since: SystemTime,
+        max_per_subject: u32,
+        max_per_caller: u32,
+    ) -> Result<SmsAdmission, StoreError> {
+        let (count_subject, insert) = if decoy {
+            (
+                "SELECT COUNT(*) FROM decoy_sends WHERE subject = ?1 AND at >= ?2",
+                "INSERT INTO decoy_sends (subject, caller, at) VALUES (?1, ?2, ?3)",
+            )
+        } else {
+            (
+                "SELECT COUNT(*) FROM sms_sends WHERE customer_id = ?1 AND at >= ?2",
+                "INSERT INTO sms_sends (customer_id, caller, at) VALUES (?1, ?2, ?3)",
+            )
+        };
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let for_customer = count(
-            &tx,
-            "SELECT COUNT(*) FROM sms_sends WHERE customer_id = ?1 AND at >= ?2",
-            customer_id,
-            since,
-        )?;
-        if for_customer >= max_per_customer {
+        if count(&tx, count_subject, subject, since)? >= max_per_subject {
             return Ok(SmsAdmission::CustomerLimit);
         }
         let for_caller = count(
             &tx,
-            "SELECT COUNT(*) FROM sms_sends WHERE caller = ?1 AND at >= ?2",
+            "SELECT (SELECT COUNT(*) FROM sms_sends WHERE caller = ?1 AND at >= ?2)
+                  + (SELECT COUNT(*) FROM decoy_sends WHERE caller = ?1 AND at >= ?2)",
             caller,
             since,
         )?;
         if for_caller >= max_per_caller {
             return Ok(SmsAdmission::CallerLimit);
         }
-        tx.execute(
-            "INSERT INTO sms_sends (customer_id, caller, at) VALUES (?1, ?2, ?3)",
-            params![customer_id, caller, to_ms(at)],
-        )?;
+        tx.execute(insert, params![subject, caller, to_ms(at)])?;
         tx.commit()?;
         Ok(SmsAdmission::Recorded)
     }
@@ -739,7 +801,8 @@ impl Store {
         let tx = conn.transaction()?;
         let cutoff = to_ms(older_than);
         let failures = tx.execute("DELETE FROM failures WHERE at < ?1", [cutoff])?;
-        let sms_sends = tx.execute("DELETE FROM sms_sends WHERE at < ?1", [cutoff])?;
+        let sms_sends = tx.execute("DELETE FROM sms_sends WHERE at < ?1", [cutoff])?
+            + tx.execute("DELETE FROM decoy_sends WHERE at < ?1", [cutoff])?;
         tx.commit()?;
         Ok(PurgeReport {
             failures,

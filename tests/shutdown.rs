@@ -394,6 +394,15 @@ fn unknown_customer_call(daemon: SocketAddr) -> String {
     wait_media(&uac, 10);
     std::thread::sleep(Duration::from_millis(500));
     uac.info_digits(UNKNOWN, Duration::from_millis(300));
+    // The shipped plan treats an unknown number as a decoy: "sending-pin", then the PIN
+    // prompt; three wrong PINs end it.
+    std::thread::sleep(prompt_duration("en", "sending-pin") + Duration::from_millis(500));
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        uac.info_digits("0000", Duration::from_millis(300));
+    }
     let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
     uac.respond(&refer, 202, "Accepted");
     assert_eq!(

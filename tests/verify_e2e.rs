@@ -86,6 +86,20 @@ fn verified_until_refer(rig: &Rig, daemon: &Daemon) -> (RawUac, String, String) 
     (uac, pin, refer)
 }
 
+/// Types `wrong` three times like a person: the first once "sending-pin" has ended, each
+/// next one past the 400 ms grace after the previous entry. Keys typed ahead would be kept,
+/// but a key within 400 ms of a full entry is dropped (TERMINATOR_GRACE), so an entry typed
+/// into the previous one's collect would be cut short.
+fn type_three_wrong_pins(uac: &mut RawUac, language: &str, wrong: &str) {
+    std::thread::sleep(prompt_duration(language, "sending-pin") + Duration::from_millis(500));
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        uac.info_digits(wrong, KEY_GAP);
+    }
+}
+
 /// The one audit row of a test with one call.
 fn single_audit(rig: &Rig) -> AuditRow {
     let rows = rig.wait_audit(1, Duration::from_secs(15));
@@ -240,18 +254,7 @@ fn wrong_pins_go_to_fallback_and_lock_out_across_calls_and_restarts() {
     let posts = rig.sms.wait_posts(1, FLOW_TIMEOUT);
     let pin = check_sms(&posts[0], JOHN_MOBILE, "en");
     let wrong = wrong_pin(&pin);
-    // Like a person: each PIN once the previous one has been taken. Keys typed ahead would
-    // be kept, but a key within 400 ms of a full entry is dropped (TERMINATOR_GRACE), so an
-    // entry typed into the previous one's collect would be cut short. The first collect
-    // starts when "sending-pin" (which began with the SMS) ends.
-    std::thread::sleep(prompt_duration("en", "sending-pin") + Duration::from_millis(500));
-    for attempt in 0..3 {
-        if attempt > 0 {
-            // Past the 400 ms grace, into the "wrong-pin" prompt (barge-in) or the next collect.
-            std::thread::sleep(Duration::from_millis(1500));
-        }
-        uac.info_digits(&wrong, KEY_GAP);
-    }
+    type_three_wrong_pins(&mut uac, "en", &wrong);
     let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
     assert_refer_to(
         &refer,
@@ -270,8 +273,10 @@ fn wrong_pins_go_to_fallback_and_lock_out_across_calls_and_restarts() {
     assert_pin_not_logged(&daemon, &pin);
     assert_pin_not_logged(&daemon, &wrong);
 
-    // Call 2, same daemon: locked out, no SMS.
+    // Call 2, same daemon: locked out, no SMS; a decoy, so the caller hears the same as
+    // before and the PIN check fails.
     let mut uac = call_and_enter_id(&daemon, JOHN);
+    type_three_wrong_pins(&mut uac, "en", &pin);
     let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
     assert_refer_to(
         &refer,
@@ -292,6 +297,7 @@ fn wrong_pins_go_to_fallback_and_lock_out_across_calls_and_restarts() {
     drop(daemon);
     let daemon = rig.daemon("");
     let mut uac = call_and_enter_id(&daemon, JOHN);
+    type_three_wrong_pins(&mut uac, "en", &pin);
     let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
     assert_refer_to(
         &refer,
@@ -311,23 +317,84 @@ fn wrong_pins_go_to_fallback_and_lock_out_across_calls_and_restarts() {
     );
 }
 
-/// 4. An unknown customer number: the fallback, no SMS.
+/// 4. No oracle: an unknown customer number hears exactly what a registered one hears, at
+///    the same moment, up to the PIN check (the shipped plan's lookup has `decoy = true`);
+///    its PIN check fails, it goes to the fallback, no SMS goes out, and only the audit row
+///    says the number was unknown.
 #[test]
-fn unknown_customer_goes_to_fallback_without_sms() {
+fn an_unknown_number_sounds_like_a_known_one_until_the_pin_check_fails() {
     let rig = Rig::new(200, free_udp_port());
     let daemon = rig.daemon("");
-    let mut uac = call_and_enter_id(&daemon, UNKNOWN);
-    let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
-    assert_refer_to(
-        &refer,
-        &format!("{}?X-Customer-Id={UNKNOWN}&X-Verified=no", rig.fallback),
-    );
-    complete_transfer(&mut uac, &refer);
-    let row = single_audit(&rig);
-    assert_eq!(row.outcome, "unknown-customer", "audit row: {row:#?}");
-    assert_eq!(row.customer_id, None, "audit row: {row:#?}");
+    // PCMU silence (both signs of zero).
+    let silent = |b: &u8| *b == 0xFF || *b == 0x7F;
+    let heard = prompt_duration("en", "sending-pin") + prompt_duration("en", "enter-pin");
+    let mut calls = Vec::new();
+    for id in [JOHN, UNKNOWN] {
+        let mut uac = call_and_enter_id(&daemon, id);
+        let typed = Instant::now();
+        let mark = uac.rtp_payload().len();
+        // When the first sound after the id reaches the caller.
+        let first_sound = loop {
+            if uac.rtp_payload()[mark..].iter().any(|b| !silent(b)) {
+                break typed.elapsed();
+            }
+            assert!(
+                typed.elapsed() < Duration::from_secs(5),
+                "silence after the id {id}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let wrong = if id == JOHN {
+            let posts = rig.sms.wait_posts(1, FLOW_TIMEOUT);
+            wrong_pin(&check_sms(&posts[0], JOHN_MOBILE, "en"))
+        } else {
+            "0000".to_string()
+        };
+        type_three_wrong_pins(&mut uac, "en", &wrong);
+        let payload = uac.rtp_payload();
+        let sound: Vec<u8> = payload[mark..]
+            .iter()
+            .copied()
+            .skip_while(|b| silent(b))
+            .collect();
+        // "sending-pin" then "enter-pin", less 100 ms for where the first sound begins.
+        let n = (heard.as_secs_f64() * 8000.0) as usize - 800;
+        assert!(
+            sound.len() >= n,
+            "only {} bytes after the id {id}",
+            sound.len()
+        );
+        let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+        assert_refer_to(
+            &refer,
+            &format!("{}?X-Customer-Id={id}&X-Verified=no", rig.fallback),
+        );
+        complete_transfer(&mut uac, &refer);
+        calls.push((first_sound, sound[..n].to_vec()));
+    }
+    let (known, unknown) = (&calls[0], &calls[1]);
     assert!(
-        rig.sms.posts().is_empty(),
+        known.1 == unknown.1,
+        "the caller heard something else after an unknown id"
+    );
+    let gap = known.0.abs_diff(unknown.0);
+    assert!(
+        gap < Duration::from_millis(300),
+        "the first sound came {:?} after a known id, {:?} after an unknown one",
+        known.0,
+        unknown.0
+    );
+    let rows = rig.wait_audit(2, Duration::from_secs(15));
+    assert_eq!(
+        rows[0].outcome, "unknown-customer",
+        "audit row: {:#?}",
+        rows[0]
+    );
+    assert_eq!(rows[0].customer_id, None, "audit row: {:#?}", rows[0]);
+    assert_eq!(rows[1].outcome, "wrong-pin", "audit row: {:#?}", rows[1]);
+    assert_eq!(
+        rig.sms.posts().len(),
+        1,
         "an SMS went out for an unknown customer: {:?}",
         rig.sms.posts()
     );

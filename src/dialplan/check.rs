@@ -12,10 +12,11 @@
 //! [`load`] runs both and returns every problem, sorted by line, so an admin fixes a file in
 //! one pass instead of one error per reload.
 
-use super::model::{Action, Dialplan};
+use super::model::{Action, Dialplan, Target};
 use super::parse::{BUILTIN_VARS, Partial, parse_partial};
 use super::problem::{Pos, Problem, did_you_mean};
 use super::say;
+use super::template::Part;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
@@ -184,6 +185,112 @@ impl PromptDir {
         self.names
             .contains(&(language.to_string(), name.to_string()))
     }
+}
+
+/// Advice that does not stop a plan from loading: ways a plan lets a caller learn something
+/// before any secret is checked. Today: a lookup whose outcomes go different ways (an
+/// enumeration oracle: "unknown number" is audible), and a language switched to the
+/// customer's own before the PIN check (a German customer's id is audible by its prompts).
+pub fn advisories(plan: &Dialplan) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let checks_a_pin = plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.action, Action::CheckPin { .. }));
+    if !checks_a_pin {
+        return out;
+    }
+    for step in &plan.steps {
+        let Action::LookupCustomer {
+            decoy,
+            on_found,
+            on_not_found,
+            on_locked,
+            ..
+        } = &step.action
+        else {
+            continue;
+        };
+        fn goes(t: &Option<Target>) -> Option<&str> {
+            t.as_ref().map(|t| t.step.as_str())
+        }
+        if *decoy {
+            for (key, t) in [("on_not_found", on_not_found), ("on_locked", on_locked)] {
+                if let Some(t) = t {
+                    out.push(
+                        Problem::new(
+                            &plan.file,
+                            t.pos,
+                            format!(
+                                "step \"{}\": {key} is never taken with decoy = true",
+                                step.name
+                            ),
+                        )
+                        .with_hint(Some(format!("remove {key}"))),
+                    );
+                }
+            }
+        } else if goes(on_not_found) != goes(on_found) || goes(on_locked) != goes(on_found) {
+            out.push(
+                Problem::new(
+                    &plan.file,
+                    step.pos,
+                    format!(
+                        "step \"{}\": a registered id and an unknown or locked-out one go different \
+                         ways before any PIN is checked, so a caller can tell by ear which ids exist",
+                        step.name
+                    ),
+                )
+                .with_hint(Some(
+                    "add: decoy = true (they go on as found and fail the PIN check)".into(),
+                )),
+            );
+        }
+        // What the caller hears between the lookup and a PIN check must not depend on the
+        // customer: walk from the lookup, stopping at PIN checks.
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<&str> = goes(on_found).into_iter().collect();
+        while let Some(name) = todo.pop() {
+            if !seen.insert(name) {
+                continue;
+            }
+            let Some(s) = plan.step(name) else { continue };
+            match &s.action {
+                Action::CheckPin { .. } => continue,
+                Action::SetLanguage { value, .. }
+                    if value
+                        .parts
+                        .iter()
+                        .any(|p| matches!(p, Part::Var(v) if v.starts_with("customer."))) =>
+                {
+                    out.push(
+                        Problem::new(
+                            &plan.file,
+                            s.pos,
+                            format!(
+                                "step \"{}\": switches to the customer's language before the PIN \
+                                 is checked, so a caller hears whether an id belongs to a customer \
+                                 (and which language they speak)",
+                                s.name
+                            ),
+                        )
+                        .with_hint(Some(
+                            "switch language after the check_pin step's on_valid; the SMS is \
+                             sent in the customer's language anyway"
+                                .into(),
+                        )),
+                    );
+                }
+                _ => {}
+            }
+            for t in s.action.transitions() {
+                if let Some(target) = t.target {
+                    todo.push(target.step.as_str());
+                }
+            }
+        }
+    }
+    out
 }
 
 pub(crate) fn check_inner(
@@ -575,6 +682,49 @@ mod tests {
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The shipped plan gives nothing away; the plan it replaced (lookup branching to the
+    /// fallback, language switched right after the lookup) gets both warnings, and a decoy
+    /// lookup that still names on_not_found is told it is never taken.
+    #[test]
+    fn advisories_name_an_audible_lookup_and_an_early_language_switch() {
+        let plan = shipped("verify").unwrap();
+        assert!(
+            advisories(&plan).is_empty(),
+            "{}",
+            render(&advisories(&plan))
+        );
+
+        let src = std::fs::read_to_string(format!(
+            "{}/dialplans/verify.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let old = src.replace(
+            "decoy = true\non_found = \"send_pin\"",
+            "on_found = \"early_language\"\non_not_found = \"fallback\"\non_locked = \"fallback\"",
+        ) + "\n[steps.early_language]\nset_language = \"${customer.language}\"\nnext = \"send_pin\"\n";
+        let plan = check_with(&old, &["en", "de"], &|_, _| true).unwrap();
+        let advice = advisories(&plan);
+        assert_eq!(advice.len(), 2, "{}", render(&advice));
+        let lookup = find(&advice, "can tell by ear");
+        assert_eq!(lookup.line, line_of(&old, "[steps.lookup]"));
+        assert_eq!(
+            lookup.hint.as_deref(),
+            Some("add: decoy = true (they go on as found and fail the PIN check)")
+        );
+        let lang = find(&advice, "customer's language before the PIN");
+        assert_eq!(lang.line, line_of(&old, "[steps.early_language]"));
+
+        let decoy_with_branch = src.replace(
+            "decoy = true\n",
+            "decoy = true\non_not_found = \"fallback\"\n",
+        );
+        let plan = check_with(&decoy_with_branch, &["en", "de"], &|_, _| true).unwrap();
+        let advice = advisories(&plan);
+        assert_eq!(advice.len(), 1, "{}", render(&advice));
+        find(&advice, "on_not_found is never taken with decoy = true");
     }
 
     const GRAPH: &str = r#"[dialplan]

@@ -46,7 +46,7 @@
 //! | `set = { name = "value ${x}" }` | | `next` |
 //! | `branch = [{ if = "${x} == 'y'", goto = "step" }, ...]` | | the cases, `else` |
 //! | `set_language = "de"` or `"${customer.language}"` | | `next` |
-//! | `lookup_customer = "${customer_id}"` | `by` ("id" or "mobile") | `on_found`, `on_not_found` (also: several match), `on_locked`, `on_error` |
+//! | `lookup_customer = "${customer_id}"` | `by` ("id" or "mobile"), `decoy` (false: unknown, several, disabled and locked-out ids go on as found with a decoy customer whose PIN is never sent and never valid; the audit keeps the truth) | `on_found`, `on_not_found` (also: several match), `on_locked` (both unused with `decoy`), `on_error` |
 //! | `send_pin = "${customer.id}"` | `length` (6; 4..=10), `prompt` (["sending-pin"], heard while sending) | `on_sent`, `on_limited`, `on_locked`, `on_failure` |
 //! | `check_pin = "${pin}"` | `customer` ("${customer.id}") | `on_valid`, `on_invalid` (tries left), `on_exhausted`, `on_expired`, `on_locked` |
 //! | `transfer = "${queue}"` | `headers = { X-Name = "${v}" }` (empty values left out) | `on_failure` (success ends the flow) |
@@ -92,7 +92,7 @@ mod testing;
 #[cfg(test)]
 mod scenarios;
 
-pub use check::{CheckEnv, DialplanError, PromptDir, check, load, load_dir, load_file};
+pub use check::{CheckEnv, DialplanError, PromptDir, advisories, check, load, load_dir, load_file};
 pub use graph::{to_dot, to_mermaid};
 pub use model::{Dialplan, render_sms, select};
 pub use parse::parse;

@@ -214,6 +214,11 @@ pub enum Action {
     LookupCustomer {
         value: Template,
         by: LookupBy,
+        /// Unknown, disabled, ambiguous and locked-out ids go on as found, with a decoy
+        /// customer whose PIN is never sent and never valid, so that nothing the caller hears
+        /// before the PIN check tells a registered id from any other (the audit keeps the
+        /// truth). `on_not_found` and `on_locked` are then never taken.
+        decoy: bool,
         on_found: Option<Target>,
         on_not_found: Option<Target>,
         on_locked: Option<Target>,
@@ -369,6 +374,24 @@ impl Action {
                     })
                     .collect();
                 v.push(t("else", otherwise));
+                v
+            }
+            // Under decoy, "not found" and "locked" go on as found: only what is set counts.
+            Action::LookupCustomer {
+                decoy: true,
+                on_found,
+                on_not_found,
+                on_locked,
+                on_error,
+                ..
+            } => {
+                let mut v = vec![t("on_found", on_found), t("on_error", on_error)];
+                if on_not_found.is_some() {
+                    v.push(t("on_not_found", on_not_found));
+                }
+                if on_locked.is_some() {
+                    v.push(t("on_locked", on_locked));
+                }
                 v
             }
             Action::LookupCustomer {

@@ -74,7 +74,14 @@ const KEYS: &[(&str, &[&str])] = &[
     ("set_language", &["next"]),
     (
         "lookup_customer",
-        &["by", "on_found", "on_not_found", "on_locked", "on_error"],
+        &[
+            "by",
+            "decoy",
+            "on_found",
+            "on_not_found",
+            "on_locked",
+            "on_error",
+        ],
     ),
     (
         "send_pin",
@@ -569,6 +576,7 @@ impl Parser<'_> {
             "lookup_customer" => Action::LookupCustomer {
                 value: self.template(&f, "lookup_customer", None)?,
                 by: self.lookup_by(&f),
+                decoy: self.boolean(&f, "decoy", false),
                 on_found: self.target(&f, "on_found"),
                 on_not_found: self.target(&f, "on_not_found"),
                 on_locked: self.target(&f, "on_locked"),

@@ -244,6 +244,7 @@ pub async fn run_observed<C: CallIo + Send, S: FlowServices>(
         vars,
         secrets: BTreeSet::new(),
         customer_id: None,
+        decoy: false,
         verdict: None,
         service_error: None,
         transferred_to: None,
@@ -288,6 +289,9 @@ struct Interp<'a, C, S> {
     /// Variables whose values must not be shown.
     secrets: BTreeSet<String>,
     customer_id: Option<String>,
+    /// The customer is a decoy (see `decoy` on `lookup_customer`): the verdict is already
+    /// final and no later step may change it.
+    decoy: bool,
     /// The last verification event, and whether it is final (see the module docs).
     verdict: Option<(Outcome, bool)>,
     service_error: Option<String>,
@@ -312,7 +316,14 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                 step: step.name.clone(),
                 kind: step.action.kind(),
             });
-            let flow = match self.step(step).await {
+            // A decoy's verdict (unknown or locked out) was final at the lookup: what the
+            // caller does afterwards changes nothing in the audit.
+            let (was_decoy, verdict) = (self.decoy, self.verdict);
+            let stepped = self.step(step).await;
+            if was_decoy && self.decoy {
+                self.verdict = verdict;
+            }
+            let flow = match stepped {
                 Ok(flow) => flow,
                 Err(end) => {
                     debug!(step = %step.name, reason = end.as_str(), "call ended during step");
@@ -561,6 +572,7 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
             Action::LookupCustomer {
                 value,
                 by,
+                decoy,
                 on_found,
                 on_not_found,
                 on_locked,
@@ -568,10 +580,37 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
             } => {
                 let (v, secret) = self.render(value);
                 let request = format!("by {} {}", by_name(*by), if secret { "****" } else { &v });
-                match self.services.lookup_customer(*by, &v).await {
+                let outcome = self.services.lookup_customer(*by, &v).await;
+                // Under `decoy`, every id that is not a usable customer goes on as found.
+                let truth = match &outcome {
+                    LookupOutcome::NotFound => Some((Outcome::UnknownCustomer, "not found")),
+                    LookupOutcome::Ambiguous => {
+                        Some((Outcome::UnknownCustomer, "ambiguous (counts as not found)"))
+                    }
+                    LookupOutcome::LockedOut => Some((Outcome::LockedOut, "locked out")),
+                    LookupOutcome::Found(_) | LookupOutcome::Error(_) => None,
+                };
+                if *decoy && let Some((verdict, what)) = truth {
+                    self.service_verdict(step, request, format!("{what}: decoy"), verdict, true);
+                    self.found(CustomerRecord {
+                        id: v.clone(),
+                        name: String::new(),
+                        mobile: String::new(),
+                        language: None,
+                        fields: BTreeMap::new(),
+                    });
+                    self.decoy = true;
+                    // The audit names an id only if it belongs to a customer.
+                    if verdict != Outcome::LockedOut || *by != super::services::LookupBy::Id {
+                        self.customer_id = None;
+                    }
+                    return Ok(go("found", on_found));
+                }
+                match outcome {
                     LookupOutcome::Found(rec) => {
                         self.service(step, request, format!("found {}", describe(&rec)));
                         self.found(rec);
+                        self.decoy = false;
                         Ok(go("found", on_found))
                     }
                     LookupOutcome::NotFound => {
@@ -642,8 +681,9 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                 let req = PinRequest {
                     customer_id,
                     caller: self.call.facts().limit_key.clone(),
-                    language: self.call.language().to_string(),
+                    language: self.sms_language(),
                     length: *length,
+                    decoy: self.decoy,
                 };
                 let request = format!(
                     "customer {}, {}, {} digits",
@@ -717,7 +757,11 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                     return Ok(go("expired", on_expired));
                 }
                 let request = format!("customer {customer_id}, PIN ****");
-                match self.services.check_pin(&customer_id, &input).await {
+                match self
+                    .services
+                    .check_pin(&customer_id, &input, self.decoy)
+                    .await
+                {
                     CheckPinOutcome::Valid => {
                         self.service_verdict(
                             step,
@@ -819,6 +863,21 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
             }
             Action::Goto { target } => Ok(go("next", target)),
         }
+    }
+
+    /// The SMS's language: the one the call speaks if a step chose it, else the customer's
+    /// own if the plan has an SMS text in it. A plan that keeps the caller in its default
+    /// language until the PIN is checked (so that a customer's language is no oracle) still
+    /// texts each customer in theirs.
+    fn sms_language(&self) -> String {
+        let speaking = self.call.language();
+        if speaking == self.plan.language
+            && let Some(own) = self.vars.get("customer.language")
+            && self.plan.sms.contains_key(own.as_str())
+        {
+            return own.clone();
+        }
+        speaking.to_string()
     }
 
     fn found(&mut self, rec: CustomerRecord) {

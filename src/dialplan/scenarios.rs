@@ -111,10 +111,10 @@ fn verified_caller_reaches_the_queue_with_headers() {
             "welcome:next",
             "ask_id:input",
             "lookup:found",
-            "customer_language:next",
             "send_pin:sent",
             "ask_pin:input",
             "check:valid",
+            "customer_language:next",
             "verified:next",
             "to_queue:transferred"
         ]
@@ -209,29 +209,58 @@ fn german_customer_hears_german_after_lookup() {
     );
 }
 
+/// What the caller hears, with when: (virtual time, prompt, language).
+fn heard_when(sim: &Simulation) -> Vec<(Duration, String, String)> {
+    sim.transcript
+        .iter()
+        .filter_map(|e| match &e.event {
+            SimEvent::Play {
+                prompts, language, ..
+            } => Some((e.at, prompts.join("+"), language.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Three wrong PINs, each typed once the previous prompt ended.
+const THREE_WRONG: &str = "W W W W 0000 W W 0000 W W 0000";
+
+/// No oracle: an unknown number hears what a registered one hears, at the same moments, up
+/// to and through the failed PIN check; nothing is sent, and only the audit knows.
 #[test]
-fn unknown_customer_goes_to_fallback_and_stays_unknown() {
-    let (sim, _) = run("999999", |_| {});
-    assert_eq!(sim.result.outcome, Outcome::UnknownCustomer);
-    assert_eq!(sim.result.transferred_to.as_deref(), Some(FALLBACK));
-    assert_eq!(sim.result.customer_id, None);
-    assert_eq!(heard(&sim), ["welcome", "enter-customer-id", "fallback"]);
+fn unknown_customer_hears_what_a_known_one_hears_and_fails_the_pin_check() {
+    let (known, known_services) = run(&format!("123456 {THREE_WRONG}"), |_| {});
+    let (unknown, services) = run(&format!("999999 {THREE_WRONG}"), |_| {});
     assert_eq!(
-        transfers(&sim),
+        known.result.outcome,
+        Outcome::WrongPin,
+        "{}",
+        known.format()
+    );
+    assert_eq!(
+        unknown.result.outcome,
+        Outcome::UnknownCustomer,
+        "{}",
+        unknown.format()
+    );
+    assert_eq!(unknown.result.customer_id, None);
+    assert_eq!(heard_when(&unknown), heard_when(&known));
+    assert_eq!(steps(&unknown), steps(&known));
+    assert!(heard(&unknown).ends_with(&["wrong-pin".into(), "fallback".into()]));
+    assert_eq!(known_services.sent().len(), 1);
+    assert!(services.sent().is_empty(), "a decoy sent an SMS");
+    let reqs = services.requests();
+    assert_eq!(reqs.len(), 1);
+    assert!(reqs[0].decoy);
+    assert!(unknown.format().contains("not found: decoy"));
+    assert_eq!(
+        transfers(&unknown),
         vec![(
             FALLBACK.to_string(),
             headers(&[("X-Customer-Id", "999999"), ("X-Verified", "no")]),
             "transferred".to_string()
         )]
     );
-}
-
-#[test]
-fn ambiguous_customer_counts_as_unknown() {
-    let (sim, _) = run("123456", |s| s.lookup = Some(LookupOutcome::Ambiguous));
-    assert_eq!(sim.result.outcome, Outcome::UnknownCustomer);
-    assert!(sim.format().contains("ambiguous (counts as not found)"));
-    assert_eq!(steps(&sim)[2], "lookup:not_found");
 }
 
 #[test]
@@ -362,13 +391,18 @@ fn rate_limited_goes_to_fallback() {
 
 #[test]
 fn locked_out_goes_to_fallback_at_every_stage() {
-    let (sim, _) = run("123456", |s| s.lookup = Some(LookupOutcome::LockedOut));
+    // Locked out at the lookup: a decoy, like an unknown number; the audit names the customer.
+    let (sim, _) = run(&format!("123456 {THREE_WRONG}"), |s| {
+        s.lookup = Some(LookupOutcome::LockedOut)
+    });
+    let (known, _) = run(&format!("123456 {THREE_WRONG}"), |_| {});
     assert_eq!(sim.result.outcome, Outcome::LockedOut);
-    assert_eq!(heard(&sim), ["welcome", "enter-customer-id", "fallback"]);
+    assert_eq!(sim.result.customer_id.as_deref(), Some("123456"));
+    assert_eq!(heard_when(&sim), heard_when(&known));
 
     let (sim, _) = run("123456", |s| s.send = Some(SendPinOutcome::LockedOut));
     assert_eq!(sim.result.outcome, Outcome::LockedOut);
-    assert_eq!(steps(&sim)[4], "send_pin:locked");
+    assert_eq!(steps(&sim)[3], "send_pin:locked");
 
     let (sim, _) = run("123456 {pin}", |s| {
         s.check = Some(CheckPinOutcome::LockedOut)

@@ -83,6 +83,9 @@ pub struct PinRequest {
     pub language: String,
     /// PIN length, 4..=10.
     pub length: usize,
+    /// For a decoy customer (`decoy` on `lookup_customer`): send nothing, but take as long
+    /// and count against the same limits as a real send.
+    pub decoy: bool,
 }
 
 pub trait FlowServices: Send + Sync {
@@ -92,9 +95,12 @@ pub trait FlowServices: Send + Sync {
         value: &str,
     ) -> impl Future<Output = LookupOutcome> + Send;
     fn send_pin(&self, req: &PinRequest) -> impl Future<Output = SendPinOutcome> + Send;
+    /// `decoy`: the customer is a decoy; the answer is never `Valid`, and otherwise follows
+    /// the same tries and expiry as a real PIN.
     fn check_pin(
         &self,
         customer_id: &str,
         input: &str,
+        decoy: bool,
     ) -> impl Future<Output = CheckPinOutcome> + Send;
 }

@@ -164,6 +164,10 @@ impl FakeServices {
     }
 }
 
+fn decoy_key(customer_id: &str) -> String {
+    format!("\u{0}decoy\u{0}{customer_id}")
+}
+
 impl FlowServices for FakeServices {
     async fn lookup_customer(&self, by: LookupBy, value: &str) -> LookupOutcome {
         self.state
@@ -190,6 +194,12 @@ impl FlowServices for FakeServices {
         if let Some(o) = &self.send {
             return o.clone();
         }
+        if req.decoy {
+            // Nothing is sent, and no input can match.
+            st.pins
+                .insert(decoy_key(&req.customer_id), ("\u{0}".into(), 0));
+            return SendPinOutcome::Sent { minutes: 5 };
+        }
         let pin = FAKE_PIN[..req.length].to_string();
         let name = self
             .customers
@@ -210,10 +220,16 @@ impl FlowServices for FakeServices {
         SendPinOutcome::Sent { minutes: 5 }
     }
 
-    async fn check_pin(&self, customer_id: &str, input: &str) -> CheckPinOutcome {
+    async fn check_pin(&self, customer_id: &str, input: &str, decoy: bool) -> CheckPinOutcome {
         if let Some(o) = &self.check {
             return o.clone();
         }
+        let key = if decoy {
+            decoy_key(customer_id)
+        } else {
+            customer_id.to_string()
+        };
+        let customer_id = key.as_str();
         let mut st = self.state.lock().unwrap();
         let Some((pin, wrong)) = st.pins.get_mut(customer_id) else {
             return CheckPinOutcome::Expired;

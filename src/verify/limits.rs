@@ -23,6 +23,11 @@ use crate::dialplan::services::{CheckPinOutcome, SendPinOutcome};
 use crate::store::{SmsAdmission, Store, StoreError};
 use crate::verify::pin::{Issue, MAX_TTL, Pin, PinCheck, PinError, PinVault};
 
+/// The vault subject of a decoy: a NUL cannot be part of a customer id, so it never names one.
+fn decoy_subject(subject: &str) -> String {
+    format!("\u{0}decoy\u{0}{subject}")
+}
+
 /// Limits on PIN tries, failures, lock-outs and SMS, as configured (e.g. a `[limits]` table).
 /// Every field is optional in the file; unknown fields are an error so a typo cannot silently
 /// leave a default in force.
@@ -242,6 +247,51 @@ impl Verifier {
             SmsAdmission::CallerLimit => return Err(SendRefusal::CallerRateLimited),
         }
         Ok(self.vault().issue_or_resend(customer_id, length, now)?)
+    }
+
+    /// A send for a decoy (an id that is no usable customer, see `decoy` on
+    /// `lookup_customer`): nothing goes out, but it is admitted against the same limits as a
+    /// real send (the caller's limit counts both kinds) and a PIN nobody knows is kept under
+    /// the decoy's subject, so that tries, expiry and resends run as for a customer.
+    pub fn prepare_decoy(
+        &self,
+        subject: &str,
+        caller: &str,
+        length: usize,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<(), SendRefusal> {
+        if !(crate::verify::pin::MIN_LENGTH..=crate::verify::pin::MAX_LENGTH).contains(&length) {
+            return Err(PinError::Length(length).into());
+        }
+        let since = wall.checked_sub(self.limits.sms_window()).unwrap_or(wall);
+        match self.store.admit_decoy_sms(
+            subject,
+            caller,
+            wall,
+            since,
+            self.limits.sms_per_customer,
+            self.limits.sms_per_caller,
+        )? {
+            SmsAdmission::Recorded => {}
+            SmsAdmission::CustomerLimit => return Err(SendRefusal::CustomerRateLimited),
+            SmsAdmission::CallerLimit => return Err(SendRefusal::CallerRateLimited),
+        }
+        self.vault()
+            .issue_or_resend(&decoy_subject(subject), length, now)?;
+        Ok(())
+    }
+
+    /// A PIN check for a decoy: never valid; wrong tries and expiry as for a real PIN. No
+    /// failure is recorded (there is no customer to lock).
+    pub fn check_decoy(&self, subject: &str, input: &str, now: Instant) -> CheckPinOutcome {
+        match self.vault().check(&decoy_subject(subject), input, now) {
+            PinCheck::Invalid { tries_left } => CheckPinOutcome::Invalid { tries_left },
+            // Nobody was told the decoy's PIN; a lucky guess is one more wrong one, and the
+            // vault has already voided it.
+            PinCheck::Valid | PinCheck::Exhausted => CheckPinOutcome::Exhausted,
+            PinCheck::Expired | PinCheck::NoPin => CheckPinOutcome::Expired,
+        }
     }
 
     /// Voids the customer's outstanding PIN (e.g. the SMS could not be sent).
@@ -756,6 +806,57 @@ mod tests {
             v.check_pin("c1", third.expose(), t + Duration::from_secs(60), wall),
             CheckPinOutcome::Expired
         ));
+    }
+
+    /// Decoy sends count against the caller's limit together with real ones, and against a
+    /// per-number limit like a customer's; a decoy's PIN check is never valid.
+    #[test]
+    fn decoys_count_like_real_sends_and_never_verify() {
+        let (_dir, v) = setup(Limits::default());
+        let t = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        // 3 per number: the 4th decoy send for the same number is refused as a customer's.
+        for i in 0..3 {
+            v.prepare_decoy("999999", &format!("+4930{i}"), 4, t, wall)
+                .unwrap();
+        }
+        assert!(matches!(
+            v.prepare_decoy("999999", "+49309", 4, t, wall),
+            Err(SendRefusal::CustomerRateLimited)
+        ));
+        // 5 per caller, real and decoy together.
+        v.prepare_pin("c1", CALLER, 4, t, wall).unwrap();
+        for n in ["900001", "900002", "900003"] {
+            v.prepare_decoy(n, CALLER, 4, t, wall).unwrap();
+        }
+        v.prepare_pin("c2", CALLER, 4, t, wall).unwrap();
+        assert!(matches!(
+            v.prepare_decoy("900004", CALLER, 4, t, wall),
+            Err(SendRefusal::CallerRateLimited)
+        ));
+        assert!(matches!(
+            v.prepare_pin("c1", CALLER, 4, t, wall),
+            Err(SendRefusal::CallerRateLimited)
+        ));
+        // Every guess is wrong; the tries run out as for a real PIN.
+        let mut outcomes = Vec::new();
+        for guess in ["0000", "1234", "9999"] {
+            outcomes.push(v.check_decoy("900001", guess, t));
+        }
+        assert_eq!(
+            outcomes,
+            [
+                CheckPinOutcome::Invalid { tries_left: 2 },
+                CheckPinOutcome::Invalid { tries_left: 1 },
+                CheckPinOutcome::Exhausted
+            ]
+        );
+        assert_eq!(v.check_decoy("900001", "0000", t), CheckPinOutcome::Expired);
+        // A decoy is not a customer: its subject cannot be checked as one.
+        assert_eq!(
+            v.check_pin("900002", "0000", t, wall),
+            CheckPinOutcome::Expired
+        );
     }
 
     #[test]

@@ -1259,8 +1259,8 @@ struct RtpPump {
 const PRESS_UPDATES: u32 = 5;
 const PRESS_ENDS: u32 = 3;
 const PRESS_GAP: u32 = 10;
-/// How much received RTP payload a `RawUac` keeps (8 s of G.711), for comparing with prompts.
-const RTP_PAYLOAD_KEEP: usize = 8 * 8000;
+/// How much received RTP payload a `RawUac` keeps (30 s of G.711), for comparing with prompts.
+const RTP_PAYLOAD_KEEP: usize = 30 * 8000;
 
 impl RtpPump {
     fn start(
@@ -1585,7 +1585,7 @@ impl RawUac {
         self.rtp_received.load(Ordering::Relaxed)
     }
 
-    /// The payloads of the RTP packets received so far (G.711 bytes, the first 8 s), in
+    /// The payloads of the RTP packets received so far (G.711 bytes, the first 30 s), in
     /// arrival order: what the caller heard.
     pub fn rtp_payload(&self) -> Vec<u8> {
         self.rtp_payload
