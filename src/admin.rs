@@ -156,7 +156,11 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
     };
     let shared = Arc::new(Shared {
         store: store.clone(),
-        verifier: Arc::new(Verifier::new(store, cfg.limits.clone()).context("[limits]")?),
+        verifier: Arc::new(
+            Verifier::new(store, cfg.limits.clone())
+                .context("[limits]")?
+                .with_guard(cfg.guard.clone()),
+        ),
         sms: Arc::new(capture),
         default_region: cfg.store.default_region.clone(),
         on_sent: Some(hook),

@@ -45,6 +45,9 @@ pub struct Config {
     pub sms: crate::verify::sms::SmsConfig,
     /// PIN and SMS limits, lock-outs.
     pub limits: crate::verify::limits::Limits,
+    /// The fraud guard: global and per-country SMS budgets, destination regions, the
+    /// per-prefix breaker, the cap on wrong PINs in a row.
+    pub guard: crate::verify::guard::GuardConfig,
     pub log: LogConfig,
     /// What loading found questionable but usable (a secret file its group may read), for
     /// the caller to log or print. Not a setting.
@@ -699,6 +702,7 @@ impl Config {
         self.limits
             .validate()
             .map_err(|e| format!("[limits] {e}"))?;
+        self.guard.validate().map_err(|e| format!("[guard] {e}"))?;
         Ok(())
     }
 

@@ -202,6 +202,8 @@ pub fn run(
             if store.find_customer(&id)?.is_none() {
                 return Err(CliError::NoSuchCustomer(id));
             }
+            // Also the count of wrong PINs in a row (the fraud guard's cap).
+            store.reset_failures_in_a_row(&id)?;
             if store.clear_lockout(&id)? {
                 store.clear_failures(&id)?;
                 writeln!(out, "unlocked customer {id}")?;

@@ -47,6 +47,7 @@ pub struct Metrics {
     sms_buckets: [AtomicU64; SMS_BUCKETS.len()],
     sms_latency_ms_sum: AtomicU64,
     pin_checks: Mutex<BTreeMap<&'static str, u64>>,
+    guard_refusals: Mutex<BTreeMap<&'static str, u64>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     pub draining: AtomicBool,
@@ -156,6 +157,16 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// A send the fraud guard refused, by guard (`hour-budget`, `country`, `breaker`, ...).
+    pub fn guard_refusal(&self, guard: &'static str) {
+        *self
+            .guard_refusals
+            .lock()
+            .expect("metrics lock")
+            .entry(guard)
+            .or_default() += 1;
+    }
+
     pub fn reload(&self, ok: bool) {
         let c = if ok {
             &self.reloads_ok
@@ -198,6 +209,15 @@ impl Metrics {
         );
         for (result, n) in self.pin_checks.lock().expect("metrics lock").iter() {
             let _ = writeln!(out, "ivrd_pin_checks_total{{result=\"{result}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "ivrd_guard_refusals_total",
+            "counter",
+            "PIN SMS the fraud guard refused, by guard.",
+        );
+        for (guard, n) in self.guard_refusals.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "ivrd_guard_refusals_total{{guard=\"{guard}\"}} {n}");
         }
         header(&mut out, "ivrd_sms_total", "counter", "PIN SMS by result.");
         let _ = writeln!(

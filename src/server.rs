@@ -115,7 +115,9 @@ pub fn build_snapshot(
 ) -> anyhow::Result<Snapshot> {
     let (prompts, plans) = load_flows(cfg)?;
     let sms = crate::verify::sms::build(&cfg.sms).context("[sms]")?;
-    let verifier = Verifier::new(store.clone(), cfg.limits.clone()).context("[limits]")?;
+    let verifier = Verifier::new(store.clone(), cfg.limits.clone())
+        .context("[limits]")?
+        .with_guard(cfg.guard.clone());
     let plans: Vec<Arc<Dialplan>> = plans.into_iter().map(Arc::new).collect();
     let default_plan = cfg
         .dialplans

@@ -13,7 +13,7 @@ use crate::dialplan::services::{
 };
 use crate::redact::mask_number;
 use crate::store::{Customer, Store, normalize_phone};
-use crate::verify::limits::Verifier;
+use crate::verify::limits::{SendRefusal, Verifier};
 use crate::verify::sms::{SmsMessage, SmsProvider};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -161,6 +161,9 @@ impl FlowServices for CallServices {
             Some(Ok((c, Ok(pin)))) => (c, pin),
             Some(Ok((_, Err(refusal)))) => {
                 info!(customer = %req.customer_id, refusal = ?refusal, "PIN not sent");
+                if let SendRefusal::Guard(g) = &refusal {
+                    shared.metrics.guard_refusal(g.as_str());
+                }
                 return refusal.to_outcome();
             }
             Some(Err(e)) => return SendPinOutcome::Failed(e),
@@ -273,6 +276,9 @@ impl CallServices {
             }
             Some(Err(refusal)) => {
                 info!(refusal = ?refusal, "PIN not sent (decoy)");
+                if let SendRefusal::Guard(g) = &refusal {
+                    self.shared.metrics.guard_refusal(g.as_str());
+                }
                 refusal.to_outcome()
             }
             None => SendPinOutcome::Failed("store task failed".into()),

@@ -112,6 +112,30 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX decoy_by_caller ON decoy_sends (caller, at);
     CREATE INDEX decoy_by_time ON decoy_sends (at);
     "#,
+    // 5: the fraud guard (`verify::guard`): every PIN SMS by destination prefix and calling
+    // code (global, per-country and per-prefix budgets), verified PINs per prefix (the
+    // breaker's ratio), open breakers, and wrong PINs in a row per customer (NIST's cap,
+    // kept across lock-outs).
+    r#"
+    CREATE TABLE guard_sends (
+        prefix TEXT NOT NULL,
+        code   TEXT NOT NULL,
+        at     INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX guard_sends_by_time ON guard_sends (at);
+    CREATE INDEX guard_sends_by_prefix ON guard_sends (prefix, at);
+    CREATE INDEX guard_sends_by_code ON guard_sends (code, at);
+    CREATE TABLE guard_verified (
+        prefix TEXT NOT NULL,
+        at     INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX guard_verified_by_prefix ON guard_verified (prefix, at);
+    CREATE TABLE breakers (
+        prefix TEXT PRIMARY KEY NOT NULL,
+        until  INTEGER NOT NULL
+    ) STRICT;
+    ALTER TABLE customers ADD COLUMN failures_in_a_row INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -709,12 +733,39 @@ impl Store {
             since,
             max_per_customer,
             max_per_caller,
+            None,
+        )
+    }
+
+    /// [`Store::admit_sms`] under the fraud guard's budgets and breaker too, all in one
+    /// transaction (so two nodes cannot both take the last message of a budget).
+    #[allow(clippy::too_many_arguments)]
+    pub fn admit_sms_guarded(
+        &self,
+        customer_id: &str,
+        caller: &str,
+        at: SystemTime,
+        since: SystemTime,
+        max_per_customer: u32,
+        max_per_caller: u32,
+        guard: &GuardQuery<'_>,
+    ) -> Result<SmsAdmission, StoreError> {
+        self.admit_send(
+            false,
+            customer_id,
+            caller,
+            at,
+            since,
+            max_per_customer,
+            max_per_caller,
+            Some(guard),
         )
     }
 
     /// [`Store::admit_sms`] for a decoy `subject` (an id that is no usable customer): the
     /// same limits, counted in a table of their own; the caller's limit counts real and
     /// decoy sends together.
+    #[allow(clippy::too_many_arguments)]
     pub fn admit_decoy_sms(
         &self,
         subject: &str,
@@ -723,6 +774,7 @@ impl Store {
         since: SystemTime,
         max_per_subject: u32,
         max_per_caller: u32,
+        guard: Option<&GuardQuery<'_>>,
     ) -> Result<SmsAdmission, StoreError> {
         self.admit_send(
             true,
@@ -732,6 +784,7 @@ impl Store {
             since,
             max_per_subject,
             max_per_caller,
+            guard,
         )
     }
 
@@ -745,6 +798,7 @@ impl Store {
         since: SystemTime,
         max_per_subject: u32,
         max_per_caller: u32,
+        guard: Option<&GuardQuery<'_>>,
     ) -> Result<SmsAdmission, StoreError> {
         let (count_subject, insert) = if decoy {
             (
@@ -759,6 +813,13 @@ impl Store {
         };
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(g) = guard
+            && let Some(stop) = guard_stop(&tx, g, at)?
+        {
+            // A breaker that just tripped is recorded: keep that, though nothing is sent.
+            tx.commit()?;
+            return Ok(SmsAdmission::Guard(stop));
+        }
         if count(&tx, count_subject, subject, since)? >= max_per_subject {
             return Ok(SmsAdmission::CustomerLimit);
         }
@@ -773,8 +834,84 @@ impl Store {
             return Ok(SmsAdmission::CallerLimit);
         }
         tx.execute(insert, params![subject, caller, to_ms(at)])?;
+        // A decoy sends nothing: it spends no budget (but is refused when one is spent).
+        if let Some(g) = guard
+            && !decoy
+        {
+            tx.execute(
+                "INSERT INTO guard_sends (prefix, code, at) VALUES (?1, ?2, ?3)",
+                params![g.prefix, g.code, to_ms(at)],
+            )?;
+        }
         tx.commit()?;
         Ok(SmsAdmission::Recorded)
+    }
+
+    /// A PIN sent to `prefix` was verified at `at` (the breaker's ratio).
+    pub fn record_verified(&self, prefix: &str, at: SystemTime) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO guard_verified (prefix, at) VALUES (?1, ?2)",
+            params![prefix, to_ms(at)],
+        )?;
+        Ok(())
+    }
+
+    /// Open breakers at `at`: prefix and until when.
+    pub fn open_breakers(&self, at: SystemTime) -> Result<Vec<(String, SystemTime)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT prefix, until FROM breakers WHERE until > ?1 ORDER BY prefix LIMIT 1000",
+        )?;
+        let rows = stmt.query_map([to_ms(at)], |r| {
+            Ok((r.get::<_, String>(0)?, from_ms(r.get::<_, i64>(1)?)))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// PIN SMS counted by the guard since `since`, all destinations.
+    pub fn guard_sends_since(&self, since: SystemTime) -> Result<u32, StoreError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM guard_sends WHERE at >= ?1",
+            [to_ms(since)],
+            |r| r.get(0),
+        )?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// One more wrong PIN in a row for the customer; returns the new count.
+    pub fn bump_failures_in_a_row(&self, customer_id: &str) -> Result<u32, StoreError> {
+        let n: Option<i64> = self
+            .conn()
+            .query_row(
+                "UPDATE customers SET failures_in_a_row = failures_in_a_row + 1 WHERE id = ?1
+                 RETURNING failures_in_a_row",
+                [customer_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(n.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    /// The customer's wrong PINs in a row.
+    pub fn failures_in_a_row(&self, customer_id: &str) -> Result<u32, StoreError> {
+        let n: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT failures_in_a_row FROM customers WHERE id = ?1",
+                [customer_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(n.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    /// A right PIN, or an admin's unlock: the count starts again.
+    pub fn reset_failures_in_a_row(&self, customer_id: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE customers SET failures_in_a_row = 0 WHERE id = ?1",
+            [customer_id],
+        )?;
+        Ok(())
     }
 
     /// Takes back one send that [`Store::admit_sms`] recorded for `customer_id` and `caller`
@@ -791,6 +928,13 @@ impl Store {
                  LIMIT 1)",
             params![customer_id, caller, to_ms(at)],
         )?;
+        if n == 1 {
+            self.conn().execute(
+                "DELETE FROM guard_sends WHERE rowid =
+                    (SELECT rowid FROM guard_sends WHERE at = ?1 LIMIT 1)",
+                [to_ms(at)],
+            )?;
+        }
         Ok(n == 1)
     }
 
@@ -900,6 +1044,108 @@ impl Store {
     }
 }
 
+/// What the fraud guard asks of an admission ([`Store::admit_sms_guarded`]): the send's
+/// destination, the budgets, and the breaker's rule. The store counts; the rule is the
+/// caller's (`verify::guard`).
+pub struct GuardQuery<'a> {
+    /// The destination's prefix (the breaker's key) and calling code.
+    pub prefix: &'a str,
+    pub code: &'a str,
+    /// Sends per hour and per day, all destinations (0: no limit).
+    pub per_hour: u32,
+    pub per_day: u32,
+    /// Sends per hour to this calling code, if it has a budget.
+    pub code_per_hour: Option<u32>,
+    /// The breaker's window and pause (a zero window: no breaker).
+    pub breaker_window: Duration,
+    pub breaker_pause: Duration,
+    /// Sends younger than this are not judged yet: their PIN may still be typed (the PIN's
+    /// validity), or a burst of honest sends would trip the breaker before anyone could
+    /// verify.
+    pub breaker_grace: Duration,
+    /// Given the sends to the prefix and the verified PINs since it was last judged: trip?
+    pub trips: &'a dyn Fn(u32, u32) -> bool,
+}
+
+/// Which of the guard's limits stopped a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardStop {
+    HourBudget,
+    DayBudget,
+    CodeBudget,
+    /// The prefix's breaker is open (or has just tripped).
+    Breaker,
+}
+
+/// The guard's verdict inside an admission's transaction; a breaker that trips is recorded.
+fn guard_stop(
+    tx: &Connection,
+    g: &GuardQuery<'_>,
+    at: SystemTime,
+) -> Result<Option<GuardStop>, StoreError> {
+    let now = to_ms(at);
+    let ago = |d: Duration| to_ms(at.checked_sub(d).unwrap_or(UNIX_EPOCH));
+    let until: Option<i64> = tx
+        .query_row(
+            "SELECT until FROM breakers WHERE prefix = ?1",
+            [g.prefix],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if until.is_some_and(|u| u > now) {
+        return Ok(Some(GuardStop::Breaker));
+    }
+    let hour = ago(Duration::from_secs(3600));
+    let total = |since: i64| -> Result<u32, StoreError> {
+        let n: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM guard_sends WHERE at >= ?1",
+            [since],
+            |r| r.get(0),
+        )?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    if g.per_hour > 0 && total(hour)? >= g.per_hour {
+        return Ok(Some(GuardStop::HourBudget));
+    }
+    if g.per_day > 0 && total(ago(Duration::from_secs(86_400)))? >= g.per_day {
+        return Ok(Some(GuardStop::DayBudget));
+    }
+    if let Some(max) = g.code_per_hour {
+        let n: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM guard_sends WHERE code = ?1 AND at >= ?2",
+            params![g.code, hour],
+            |r| r.get(0),
+        )?;
+        if n >= i64::from(max) {
+            return Ok(Some(GuardStop::CodeBudget));
+        }
+    }
+    if !g.breaker_window.is_zero() && !g.prefix.is_empty() {
+        // Half-open after a pause: only what came after it is judged.
+        let since = ago(g.breaker_window).max(until.unwrap_or(i64::MIN));
+        let sends: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM guard_sends WHERE prefix = ?1 AND at >= ?2 AND at < ?3",
+            params![g.prefix, since, ago(g.breaker_grace)],
+            |r| r.get(0),
+        )?;
+        let verified: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM guard_verified WHERE prefix = ?1 AND at >= ?2",
+            params![g.prefix, since],
+            |r| r.get(0),
+        )?;
+        let c = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        if (g.trips)(c(sends), c(verified)) {
+            tx.execute(
+                "INSERT INTO breakers (prefix, until) VALUES (?1, ?2)
+                 ON CONFLICT (prefix) DO UPDATE SET until = excluded.until",
+                params![g.prefix, to_ms(at + g.breaker_pause)],
+            )?;
+            return Ok(Some(GuardStop::Breaker));
+        }
+    }
+    Ok(None)
+}
+
 /// The result of [`Store::admit_sms`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmsAdmission {
@@ -909,6 +1155,8 @@ pub enum SmsAdmission {
     CustomerLimit,
     /// The caller has requested the maximum number of PIN SMS in the window.
     CallerLimit,
+    /// The fraud guard refused it.
+    Guard(GuardStop),
 }
 
 // -------------------------------------------------------------------- helpers

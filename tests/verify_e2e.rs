@@ -693,3 +693,73 @@ fn a_second_call_within_the_pins_validity_resends_the_same_pin() {
     );
     assert_pin_not_logged(&daemon, &pin);
 }
+
+/// The fraud guard, end to end: each guard refuses with its audit outcome and its metric,
+/// and the caller goes down the plan's `on_limited` branch (the fallback), never into
+/// silence. The hourly budget (1: Erika's SMS spends it, John is refused), the region
+/// allow-list (John's number is in Guernsey, only DE is allowed), and the breaker of a
+/// prefix whose sends never led to a verified PIN.
+#[test]
+fn the_fraud_guard_refuses_with_its_own_outcome_and_metric() {
+    for (guard, config, series) in [
+        (
+            "guard-budget",
+            "sms_per_hour = 1",
+            "ivrd_guard_refusals_total{guard=\"hour-budget\"}",
+        ),
+        (
+            "guard-country",
+            "countries = [\"DE\"]",
+            "ivrd_guard_refusals_total{guard=\"country\"}",
+        ),
+        (
+            "guard-breaker",
+            "breaker_min_sends = 1\nbreaker_min_ratio = 1.0\nbreaker_prefix_digits = 2\nbreaker_grace_secs = 0",
+            "ivrd_guard_refusals_total{guard=\"breaker\"}",
+        ),
+    ] {
+        let rig = Rig::new(200, free_udp_port());
+        let admin = format!("127.0.0.1:{}", free_sip_port());
+        let daemon = rig.daemon(&format!(
+            "[admin]\nlisten = \"{admin}\"\n\n[guard]\n{config}\n"
+        ));
+        let mut calls = 0;
+        if guard != "guard-country" {
+            // Erika's SMS goes out (it spends the budget, or it is the prefix's unverified
+            // send); she hangs up without typing it.
+            let mut uac = call_and_enter_id(&daemon, ERIKA);
+            rig.sms.wait_posts(1, FLOW_TIMEOUT);
+            assert_eq!(uac.bye(), 200);
+            calls += 1;
+        }
+        // The breaker's prefix is the calling code (2 digits): John is +44, Erika +49; for
+        // the breaker, Erika calls again.
+        let who = if guard == "guard-breaker" {
+            ERIKA
+        } else {
+            JOHN
+        };
+        let mut uac = call_and_enter_id(&daemon, who);
+        let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+        assert_refer_to(
+            &refer,
+            &format!("{}?X-Customer-Id={who}&X-Verified=no", rig.fallback),
+        );
+        complete_transfer(&mut uac, &refer);
+        calls += 1;
+        let rows = rig.wait_audit(calls, Duration::from_secs(15));
+        assert_eq!(rows[0].outcome, guard, "audit row: {:#?}", rows[0]);
+        assert_eq!(rows[0].customer_id.as_deref(), Some(who));
+        let metrics = admin_get(&admin, "/metrics");
+        assert_eq!(metric(&metrics, series), 1.0, "{guard}");
+        assert_eq!(
+            rig.sms.posts().len(),
+            calls - 1,
+            "{guard}: the refused call sent an SMS"
+        );
+        assert!(
+            daemon.log().contains("fraud guard refused a PIN SMS"),
+            "{guard}: not logged"
+        );
+    }
+}

@@ -32,7 +32,8 @@
 use super::model::{Action, Collect, Dialplan, Menu, PromptRef, Step, Target};
 use super::say;
 use super::services::{
-    CheckPinOutcome, CustomerRecord, FlowServices, LookupOutcome, PinRequest, SendPinOutcome,
+    CheckPinOutcome, CustomerRecord, FlowServices, GuardKind, LookupOutcome, PinRequest,
+    SendPinOutcome,
 };
 use super::template::{Part, Template};
 use crate::call::{CallEnd, CallIo, CollectEnd, CollectSpec, PlayOutcome, TransferOutcome};
@@ -67,6 +68,12 @@ pub enum Outcome {
     SmsFailed,
     /// Too many SMS for this customer or caller in the window.
     RateLimited,
+    /// The fraud guard's global or per-country SMS budget is spent.
+    GuardBudget,
+    /// The fraud guard does not text the destination's region.
+    GuardCountry,
+    /// The fraud guard's breaker for the destination's prefix is open.
+    GuardBreaker,
     /// The caller entered nothing, every try.
     NoInput,
     /// The caller entered something every try, but never anything valid.
@@ -99,6 +106,9 @@ impl Outcome {
             Outcome::LockedOut => "locked-out",
             Outcome::SmsFailed => "sms-failed",
             Outcome::RateLimited => "rate-limited",
+            Outcome::GuardBudget => "guard-budget",
+            Outcome::GuardCountry => "guard-country",
+            Outcome::GuardBreaker => "guard-breaker",
             Outcome::NoInput => "no-input",
             Outcome::InvalidInput => "invalid-input",
             Outcome::CallerHangup => "caller-hangup",
@@ -723,6 +733,23 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                             true,
                         );
                         Ok(go("locked", on_locked))
+                    }
+                    SendPinOutcome::Guarded(kind) => {
+                        let (what, verdict) = match kind {
+                            GuardKind::Budget => ("SMS budget spent", Outcome::GuardBudget),
+                            GuardKind::Country => {
+                                ("destination not allowed", Outcome::GuardCountry)
+                            }
+                            GuardKind::Breaker => ("prefix paused", Outcome::GuardBreaker),
+                        };
+                        self.service_verdict(
+                            step,
+                            request,
+                            format!("refused by the fraud guard: {what}"),
+                            verdict,
+                            true,
+                        );
+                        Ok(go("limited", on_limited))
                     }
                     SendPinOutcome::Failed(e) => {
                         self.service_verdict(

@@ -53,8 +53,21 @@ pub enum SendPinOutcome {
     RateLimited,
     /// The customer is locked out.
     LockedOut,
+    /// The fraud guard refused the send (the plan takes `on_limited`).
+    Guarded(GuardKind),
     /// The provider refused or could not be reached.
     Failed(String),
+}
+
+/// Which kind of fraud guard refused a send, as the audit names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardKind {
+    /// A global or per-country budget is spent.
+    Budget,
+    /// The destination's region is not allowed.
+    Country,
+    /// Sends to the destination's prefix are paused (they did not lead to verifications).
+    Breaker,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,13 +15,23 @@
 //! Store failures fail closed: a lock-out that cannot be read counts as a lock-out.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::dialplan::services::{CheckPinOutcome, SendPinOutcome};
-use crate::store::{SmsAdmission, Store, StoreError};
+use crate::dialplan::services::{CheckPinOutcome, GuardKind, SendPinOutcome};
+use crate::store::{GuardQuery, GuardStop, SmsAdmission, Store, StoreError};
+use crate::verify::guard::{Destination, GuardConfig, GuardRefusal, breaker_trips};
 use crate::verify::pin::{Issue, MAX_TTL, Pin, PinCheck, PinError, PinVault};
+
+/// The end of a lock-out that only an admin ends (NIST SP 800-63B's cap on failures in a
+/// row): the end of the year 9999.
+pub fn admin_lock_until() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(253_402_300_799)
+}
+
+/// The level of such a lock-out, which no lock-out schedule reaches.
+pub const ADMIN_LOCK_LEVEL: u32 = u32::MAX;
 
 /// The vault subject of a decoy: a NUL cannot be part of a customer id, so it never names one.
 fn decoy_subject(subject: &str) -> String {
@@ -161,6 +171,9 @@ pub enum SendRefusal {
     /// The PIN could not be generated (bad length or no randomness).
     #[error("could not create a PIN: {0}")]
     Pin(#[from] PinError),
+    /// The fraud guard refused the send.
+    #[error("refused by the fraud guard ({})", .0.as_str())]
+    Guard(GuardRefusal),
 }
 
 impl SendRefusal {
@@ -171,6 +184,13 @@ impl SendRefusal {
             SendRefusal::CustomerRateLimited | SendRefusal::CallerRateLimited => {
                 SendPinOutcome::RateLimited
             }
+            SendRefusal::Guard(g) => SendPinOutcome::Guarded(match g {
+                GuardRefusal::HourBudget
+                | GuardRefusal::DayBudget
+                | GuardRefusal::CountryBudget => GuardKind::Budget,
+                GuardRefusal::Country => GuardKind::Country,
+                GuardRefusal::Breaker => GuardKind::Breaker,
+            }),
             SendRefusal::Store(_) | SendRefusal::Pin(_) => SendPinOutcome::Failed(self.to_string()),
         }
     }
@@ -181,6 +201,7 @@ impl SendRefusal {
 pub struct Verifier {
     store: Arc<Store>,
     limits: Limits,
+    guard: GuardConfig,
     vault: Mutex<PinVault>,
 }
 
@@ -192,8 +213,45 @@ impl Verifier {
         Ok(Verifier {
             store,
             limits,
+            guard: GuardConfig::default(),
             vault: Mutex::new(vault),
         })
+    }
+
+    /// The fraud guard's settings (the defaults otherwise).
+    pub fn with_guard(mut self, guard: GuardConfig) -> Verifier {
+        self.guard = guard;
+        self
+    }
+
+    pub fn guard(&self) -> &GuardConfig {
+        &self.guard
+    }
+
+    /// The guard's question for a send to `dest` (or, for a decoy, to nowhere: budgets only).
+    fn guard_query<'a>(
+        &'a self,
+        dest: Option<&'a Destination>,
+        trips: &'a dyn Fn(u32, u32) -> bool,
+    ) -> GuardQuery<'a> {
+        let g = &self.guard;
+        GuardQuery {
+            prefix: dest.map_or("", |d| d.prefix.as_str()),
+            code: dest.map_or("", |d| d.calling_code.as_str()),
+            per_hour: g.sms_per_hour,
+            per_day: g.sms_per_day,
+            code_per_hour: dest.and_then(|d| g.country_budget(d)),
+            breaker_window: if g.breaker_min_sends > 0 {
+                g.breaker_window()
+            } else {
+                Duration::ZERO
+            },
+            breaker_pause: g.breaker_pause(),
+            breaker_grace: g
+                .breaker_grace_secs
+                .map_or(self.limits.pin_ttl(), Duration::from_secs),
+            trips,
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -233,20 +291,62 @@ impl Verifier {
         if self.is_locked(customer_id, wall)? {
             return Err(SendRefusal::LockedOut);
         }
+        // The guard judges where the SMS would go: the number on file.
+        let mobile = self
+            .store
+            .find_customer(customer_id)?
+            .map(|c| c.mobile)
+            .unwrap_or_default();
+        let dest = Destination::of(&mobile, self.guard.breaker_prefix_digits);
+        let Some(dest) = dest.filter(|d| self.guard.allows(d)) else {
+            tracing::warn!(
+                guard = GuardRefusal::Country.as_str(),
+                region = Destination::of(&mobile, 0)
+                    .and_then(|d| d.region)
+                    .unwrap_or_default(),
+                "fraud guard refused a PIN SMS"
+            );
+            return Err(SendRefusal::Guard(GuardRefusal::Country));
+        };
+        let trips = |sends, verified| breaker_trips(&self.guard, sends, verified);
         let since = wall.checked_sub(self.limits.sms_window()).unwrap_or(wall);
-        match self.store.admit_sms(
+        let admission = self.store.admit_sms_guarded(
             customer_id,
             caller,
             wall,
             since,
             self.limits.sms_per_customer,
             self.limits.sms_per_caller,
-        )? {
-            SmsAdmission::Recorded => {}
+            &self.guard_query(Some(&dest), &trips),
+        )?;
+        self.admitted(admission, Some(&dest))?;
+        Ok(self.vault().issue_or_resend(customer_id, length, now)?)
+    }
+
+    /// An admission's verdict as a refusal (logged when the guard refused).
+    fn admitted(
+        &self,
+        admission: SmsAdmission,
+        dest: Option<&Destination>,
+    ) -> Result<(), SendRefusal> {
+        let stop = match admission {
+            SmsAdmission::Recorded => return Ok(()),
             SmsAdmission::CustomerLimit => return Err(SendRefusal::CustomerRateLimited),
             SmsAdmission::CallerLimit => return Err(SendRefusal::CallerRateLimited),
-        }
-        Ok(self.vault().issue_or_resend(customer_id, length, now)?)
+            SmsAdmission::Guard(stop) => stop,
+        };
+        let refusal = match stop {
+            GuardStop::HourBudget => GuardRefusal::HourBudget,
+            GuardStop::DayBudget => GuardRefusal::DayBudget,
+            GuardStop::CodeBudget => GuardRefusal::CountryBudget,
+            GuardStop::Breaker => GuardRefusal::Breaker,
+        };
+        tracing::warn!(
+            guard = refusal.as_str(),
+            prefix = dest.map_or("", |d| d.prefix.as_str()),
+            "fraud guard refused a PIN SMS"
+        );
+        Err(SendRefusal::Guard(refusal))
     }
 
     /// A send for a decoy (an id that is no usable customer, see `decoy` on
@@ -265,18 +365,18 @@ impl Verifier {
             return Err(PinError::Length(length).into());
         }
         let since = wall.checked_sub(self.limits.sms_window()).unwrap_or(wall);
-        match self.store.admit_decoy_sms(
+        // When a budget is spent, decoys are refused too (or the refusal would tell real ids).
+        let never = |_, _| false;
+        let admission = self.store.admit_decoy_sms(
             subject,
             caller,
             wall,
             since,
             self.limits.sms_per_customer,
             self.limits.sms_per_caller,
-        )? {
-            SmsAdmission::Recorded => {}
-            SmsAdmission::CustomerLimit => return Err(SendRefusal::CustomerRateLimited),
-            SmsAdmission::CallerLimit => return Err(SendRefusal::CallerRateLimited),
-        }
+            Some(&self.guard_query(None, &never)),
+        )?;
+        self.admitted(admission, None)?;
         self.vault()
             .issue_or_resend(&decoy_subject(subject), length, now)?;
         Ok(())
@@ -351,6 +451,8 @@ impl Verifier {
                     .store
                     .clear_failures(customer_id)
                     .and_then(|()| self.store.clear_lockout(customer_id).map(drop))
+                    .and_then(|()| self.store.reset_failures_in_a_row(customer_id))
+                    .and_then(|()| self.record_verified(customer_id, wall))
                 {
                     // The PIN was right; the caller is verified. Stale failures only make a
                     // later lock-out come sooner, so log and carry on.
@@ -385,7 +487,38 @@ impl Verifier {
 
     /// Records a failure and locks the customer if that reaches the threshold in the window.
     /// Returns whether the customer is now locked.
+    /// A verified PIN for the breaker of the prefix it was sent to.
+    fn record_verified(&self, customer_id: &str, wall: SystemTime) -> Result<(), StoreError> {
+        if let Some(c) = self.store.find_customer(customer_id)?
+            && let Some(dest) = Destination::of(&c.mobile, self.guard.breaker_prefix_digits)
+        {
+            self.store.record_verified(&dest.prefix, wall)?;
+        }
+        Ok(())
+    }
+
+    /// The customer's wrong PINs in a row reached the cap: locked until an admin unlocks
+    /// (`ivrd customers unlock`), whatever the lock-out levels say.
+    fn over_the_cap(&self, customer_id: &str) -> Result<bool, StoreError> {
+        let cap = self.guard.max_consecutive_failures;
+        let in_a_row = self.store.bump_failures_in_a_row(customer_id)?;
+        if cap == 0 || in_a_row < cap {
+            return Ok(false);
+        }
+        self.store
+            .lock(customer_id, admin_lock_until(), ADMIN_LOCK_LEVEL)?;
+        tracing::warn!(
+            customer = customer_id,
+            in_a_row,
+            "customer locked until an admin unlocks them: {in_a_row} wrong PINs in a row"
+        );
+        Ok(true)
+    }
+
     fn register_failure(&self, customer_id: &str, wall: SystemTime) -> Result<bool, StoreError> {
+        if self.over_the_cap(customer_id)? {
+            return Ok(true);
+        }
         self.store.record_failure(customer_id, wall)?;
         let since = wall
             .checked_sub(self.limits.failure_window())
@@ -857,6 +990,218 @@ mod tests {
             v.check_pin("900002", "0000", t, wall),
             CheckPinOutcome::Expired
         );
+    }
+
+    fn guarded(guard: GuardConfig) -> (tempfile::TempDir, Verifier) {
+        let (dir, v) = setup(Limits {
+            failures_before_lockout: 1000,
+            ..generous_sms()
+        });
+        for (id, mobile) in [("gb1", "+447400123456"), ("gb2", "+447400654321")] {
+            v.store()
+                .add_customer(&NewCustomer {
+                    id: id.into(),
+                    name: "T".into(),
+                    mobile: mobile.into(),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        (dir, v.with_guard(guard))
+    }
+
+    fn send(v: &Verifier, id: &str, secs: u64) -> Result<Pin, SendRefusal> {
+        // Monotonic time apart too, so every send is a new PIN.
+        let t = *EPOCH + Duration::from_secs(secs * 1000);
+        v.prepare_pin(id, &format!("+4930{secs:08}"), 4, t, wall(secs))
+    }
+
+    fn refused_by(r: Result<Pin, SendRefusal>) -> Option<GuardRefusal> {
+        match r {
+            Err(SendRefusal::Guard(g)) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The global budgets count every destination; a refunded send gives its message back.
+    #[test]
+    fn the_hourly_budget_stops_sends_to_anyone_and_refunds_give_back() {
+        let (_dir, v) = guarded(GuardConfig {
+            sms_per_hour: 2,
+            ..GuardConfig::default()
+        });
+        send(&v, "c1", 0).unwrap();
+        let pin = send(&v, "gb1", 1).unwrap();
+        assert_eq!(
+            refused_by(send(&v, "c2", 2)),
+            Some(GuardRefusal::HourBudget)
+        );
+        assert_eq!(
+            refused_by(
+                v.prepare_decoy("999999", "+4930777", 4, Instant::now(), wall(2))
+                    .map(|_| pin_stub())
+            ),
+            Some(GuardRefusal::HourBudget),
+            "a decoy is refused when the budget is spent, like a customer"
+        );
+        assert!(
+            v.refund_send("gb1", "+493000000001", &pin, wall(1))
+                .unwrap()
+        );
+        send(&v, "c2", 3).unwrap();
+        // An hour after the first, it no longer counts.
+        send(&v, "gb2", 3601).unwrap();
+        assert_eq!(
+            refused_by(send(&v, "gb1", 3602)),
+            Some(GuardRefusal::HourBudget)
+        );
+        assert_eq!(
+            SendRefusal::Guard(GuardRefusal::HourBudget).to_outcome(),
+            SendPinOutcome::Guarded(GuardKind::Budget)
+        );
+    }
+
+    fn pin_stub() -> Pin {
+        Pin::generate(4).unwrap()
+    }
+
+    #[test]
+    fn regions_outside_the_allow_list_and_spent_country_budgets_are_refused() {
+        let (_dir, v) = guarded(GuardConfig {
+            countries: vec!["DE".into()],
+            ..GuardConfig::default()
+        });
+        send(&v, "c1", 0).unwrap();
+        assert_eq!(refused_by(send(&v, "gb1", 1)), Some(GuardRefusal::Country));
+        assert_eq!(
+            SendRefusal::Guard(GuardRefusal::Country).to_outcome(),
+            SendPinOutcome::Guarded(GuardKind::Country)
+        );
+
+        let (_dir, v) = guarded(GuardConfig {
+            country_per_hour: [("44".to_string(), 1)].into(),
+            ..GuardConfig::default()
+        });
+        send(&v, "gb1", 0).unwrap();
+        assert_eq!(
+            refused_by(send(&v, "gb2", 1)),
+            Some(GuardRefusal::CountryBudget)
+        );
+        send(&v, "c1", 2).expect("another calling code has no budget");
+    }
+
+    /// Sends to a prefix that never turn into verifications trip its breaker; other prefixes
+    /// go on; after the pause it half-opens: only later sends are judged.
+    #[test]
+    fn the_breaker_pauses_a_prefix_without_verifications_and_resumes() {
+        let (_dir, v) = guarded(GuardConfig {
+            breaker_prefix_digits: 6,
+            breaker_min_sends: 3,
+            breaker_min_ratio: 0.5,
+            breaker_window_mins: 60,
+            breaker_pause_mins: 10,
+            ..GuardConfig::default()
+        });
+        for i in 0..3 {
+            send(&v, if i % 2 == 0 { "gb1" } else { "gb2" }, i).unwrap();
+        }
+        // Sends younger than a PIN's validity (300 s) are not judged: their PINs may come.
+        send(&v, "gb1", 200).unwrap();
+        assert_eq!(
+            refused_by(send(&v, "gb1", 400)),
+            Some(GuardRefusal::Breaker)
+        );
+        assert_eq!(
+            refused_by(send(&v, "gb2", 410)),
+            Some(GuardRefusal::Breaker),
+            "still open"
+        );
+        send(&v, "c1", 420).expect("another prefix");
+        let open = v.store().open_breakers(wall(420)).unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].0, "447400");
+        // After the 10 minutes: half-open, the sends before the pause no longer count.
+        let check = |id: &str, pin: &Pin, secs: u64| {
+            let t = *EPOCH + Duration::from_secs(secs * 1000);
+            v.check_pin(id, pin.expose(), t, wall(secs))
+        };
+        let pin = send(&v, "gb1", 1001).unwrap();
+        assert_eq!(check("gb1", &pin, 1001), CheckPinOutcome::Valid);
+        let pin = send(&v, "gb2", 1002).unwrap();
+        assert_eq!(check("gb2", &pin, 1002), CheckPinOutcome::Valid);
+        send(&v, "gb1", 1003).unwrap();
+        // 2 of 3 judged sends verified: above half, it stays closed.
+        for secs in [1400, 1401, 1402, 1403] {
+            send(&v, "gb2", secs).expect("2 of 3 verified");
+        }
+        // 2 of 7: open again.
+        assert_eq!(
+            refused_by(send(&v, "gb1", 1800)),
+            Some(GuardRefusal::Breaker)
+        );
+    }
+
+    /// NIST SP 800-63B: after the cap of wrong PINs in a row the customer stays locked until
+    /// an admin unlocks them, across lock-outs and a restart; a right PIN starts the count
+    /// again.
+    #[test]
+    fn wrong_pins_in_a_row_lock_until_an_admin_unlocks_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ivrd.sqlite");
+        let guard = GuardConfig {
+            max_consecutive_failures: 5,
+            ..GuardConfig::default()
+        };
+        let limits = Limits {
+            failures_before_lockout: 1000,
+            ..generous_sms()
+        };
+        {
+            let store = open(&path);
+            store
+                .add_customer(&NewCustomer {
+                    id: "c1".into(),
+                    name: "T".into(),
+                    mobile: "+491701234567".into(),
+                    ..Default::default()
+                })
+                .unwrap();
+            let v = Verifier::new(store, limits.clone())
+                .unwrap()
+                .with_guard(guard.clone());
+            // Two wrong, then right: the count starts again.
+            let t = *EPOCH;
+            let pin = v.prepare_pin("c1", CALLER, 6, t, wall(0)).unwrap();
+            v.check_pin("c1", &wrong(&pin), t, wall(1));
+            v.check_pin("c1", &wrong(&pin), t, wall(2));
+            assert_eq!(
+                v.check_pin("c1", pin.expose(), t, wall(3)),
+                CheckPinOutcome::Valid
+            );
+            assert_eq!(v.store().failures_in_a_row("c1").unwrap(), 0);
+            let mut last = CheckPinOutcome::Valid;
+            for i in 0..5u64 {
+                let t = *EPOCH + Duration::from_secs(1000 * (i + 1));
+                let pin = v.prepare_pin("c1", CALLER, 6, t, wall(10 + i)).unwrap();
+                last = v.check_pin("c1", &wrong(&pin), t, wall(10 + i));
+            }
+            assert_eq!(last, CheckPinOutcome::Exhausted, "the 5th in a row locks");
+            assert!(v.is_locked("c1", wall(20)).unwrap());
+        }
+        // A restart, years later: still locked.
+        let store = open(&path);
+        let v = Verifier::new(store.clone(), limits)
+            .unwrap()
+            .with_guard(guard);
+        assert!(v.is_locked("c1", wall(10 * 365 * 86_400)).unwrap());
+        assert!(matches!(
+            v.prepare_pin("c1", CALLER, 6, Instant::now(), wall(100)),
+            Err(SendRefusal::LockedOut)
+        ));
+        // The admin's unlock (what `ivrd customers unlock` does).
+        store.reset_failures_in_a_row("c1").unwrap();
+        assert!(store.clear_lockout("c1").unwrap());
+        assert!(!v.is_locked("c1", wall(101)).unwrap());
     }
 
     #[test]
