@@ -39,6 +39,7 @@ pub fn check(cfg: &Config) -> ExitCode {
                 for advice in dialplan::advisories(p) {
                     eprintln!("warning: {advice}");
                 }
+                pin_strength(cfg, p);
             }
         }
         Err(e) => {
@@ -67,6 +68,57 @@ pub fn check(cfg: &Config) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// What the configured limits give an attacker against one customer, for each PIN length a
+/// plan sends: guesses a day (and in all, under the guard's cap) and the chance that one
+/// hits. A warning above 1 in 10,000 a day.
+fn pin_strength(cfg: &Config, plan: &Dialplan) {
+    use crate::dialplan::model::Action;
+    use crate::verify::limits::guess_success;
+    let mut lengths: Vec<usize> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s.action {
+            Action::SendPin { length, .. } => Some(length),
+            _ => None,
+        })
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let cap = cfg.guard.max_consecutive_failures;
+    let per_day = cfg.limits.guesses_per_day(cap);
+    for length in lengths {
+        let p = guess_success(per_day, length);
+        let line = format!(
+            "dialplan {:?}: {length}-digit PINs: an attacker gets at most {per_day} guesses a \
+             day per customer under [limits]{}; one day's success chance {}",
+            plan.name,
+            if cap > 0 {
+                format!(
+                    " ({cap} in all before an admin must unlock: {})",
+                    one_in(guess_success(cap, length))
+                )
+            } else {
+                String::new()
+            },
+            one_in(p)
+        );
+        if p > 1e-4 {
+            eprintln!("warning: {line}, above 1 in 10,000: use longer PINs or tighter [limits]");
+        } else {
+            println!("{line}");
+        }
+    }
+}
+
+/// A probability as "1 in N".
+fn one_in(p: f64) -> String {
+    if p <= 0.0 {
+        "none".into()
+    } else {
+        format!("1 in {:.0}", 1.0 / p)
     }
 }
 

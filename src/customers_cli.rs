@@ -55,6 +55,12 @@ pub enum CustomersCommand {
     Remove { id: String },
     /// End a customer's lock-out now and reset its level.
     Unlock { id: String },
+    /// Show a customer with its limits: lock-out, failures, wrong PINs in a row, SMS sent in
+    /// the last 10 minutes, the last call and the last verification.
+    Show { id: String },
+    /// Reset a customer's limits: the lock-out, its level, the failures, the wrong PINs in a
+    /// row and the SMS count (e.g. after a support call confirmed who they are).
+    ResetLimits { id: String },
 }
 
 /// How a command that did its job ended.
@@ -196,6 +202,79 @@ pub fn run(
                 return Err(CliError::NoSuchCustomer(id));
             }
             writeln!(out, "removed customer {id}")?;
+            Ok(CliExit::Success)
+        }
+        CustomersCommand::Show { id } => {
+            let Some(c) = store.find_customer(&id)? else {
+                return Err(CliError::NoSuchCustomer(id));
+            };
+            let now = std::time::SystemTime::now();
+            let ago = |d: u64| now - std::time::Duration::from_secs(d);
+            let when = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+            writeln!(out, "id:              {}", c.id)?;
+            writeln!(out, "name:            {}", c.name)?;
+            writeln!(out, "mobile:          {}", c.mobile)?;
+            writeln!(
+                out,
+                "language:        {}",
+                c.language.as_deref().unwrap_or("-")
+            )?;
+            writeln!(
+                out,
+                "enabled:         {}",
+                if c.enabled { "yes" } else { "no" }
+            )?;
+            let lock = match store.lockout(&id)? {
+                Some((_, crate::verify::limits::ADMIN_LOCK_LEVEL)) => {
+                    "locked until an admin unlocks (too many wrong PINs in a row)".to_string()
+                }
+                Some((until, level)) if until > now => {
+                    format!("locked until {} (level {level})", when(until))
+                }
+                Some((_, level)) => format!("not locked (last lock-out level {level})"),
+                None => "not locked".to_string(),
+            };
+            writeln!(out, "lock-out:        {lock}")?;
+            writeln!(
+                out,
+                "failures:        {} in the last 24 h, {} wrong PINs in a row",
+                store.failures_since(&id, ago(86_400))?,
+                store.failures_in_a_row(&id)?
+            )?;
+            writeln!(
+                out,
+                "SMS sent:        {} in the last 10 min",
+                store.sms_count_for_customer(&id, ago(600))?
+            )?;
+            let (last, verified) = store.last_calls(&id)?;
+            match last {
+                Some((outcome, at)) => writeln!(out, "last call:       {} ({outcome})", when(at))?,
+                None => writeln!(out, "last call:       -")?,
+            }
+            writeln!(
+                out,
+                "last verified:   {}",
+                verified.map_or("-".to_string(), when)
+            )?;
+            Ok(CliExit::Success)
+        }
+        CustomersCommand::ResetLimits { id } => {
+            if store.find_customer(&id)?.is_none() {
+                return Err(CliError::NoSuchCustomer(id));
+            }
+            let locked = store.clear_lockout(&id)?;
+            store.clear_failures(&id)?;
+            store.reset_failures_in_a_row(&id)?;
+            let sends = store.clear_sms_sends(&id)?;
+            writeln!(
+                out,
+                "reset the limits of customer {id}: {}, failures cleared, {sends} SMS forgotten",
+                if locked {
+                    "lock-out ended"
+                } else {
+                    "was not locked"
+                }
+            )?;
             Ok(CliExit::Success)
         }
         CustomersCommand::Unlock { id } => {
@@ -544,7 +623,14 @@ mod tests {
             (CliExit::Success, "enabled customer 42\n")
         );
         assert!(store.find_customer("42").unwrap().unwrap().enabled);
-        for cmd in ["disable", "enable", "remove", "unlock"] {
+        for cmd in [
+            "disable",
+            "enable",
+            "remove",
+            "unlock",
+            "show",
+            "reset-limits",
+        ] {
             let (r, out) = exec(&store, &[cmd, "99"]);
             assert_eq!(r.unwrap_err().to_string(), "no customer with id \"99\"");
             assert!(out.is_empty());
@@ -555,6 +641,59 @@ mod tests {
             (CliExit::Success, "removed customer 42\n")
         );
         assert!(store.find_customer("42").unwrap().is_none());
+    }
+
+    #[test]
+    fn show_prints_the_limits_and_reset_limits_clears_them() {
+        let (_dir, store) = setup();
+        exec(&store, &["add", "42", "Max", "0170 1234567"])
+            .0
+            .unwrap();
+        let now = SystemTime::now();
+        store.record_failure("42", now).unwrap();
+        store.bump_failures_in_a_row("42").unwrap();
+        store.bump_failures_in_a_row("42").unwrap();
+        store.record_sms("42", "+4930123", now).unwrap();
+        store
+            .lock(
+                "42",
+                crate::verify::limits::admin_lock_until(),
+                crate::verify::limits::ADMIN_LOCK_LEVEL,
+            )
+            .unwrap();
+        let (r, out) = exec(&store, &["show", "42"]);
+        r.unwrap();
+        assert!(out.contains("mobile:          +491701234567\n"), "{out}");
+        assert!(
+            out.contains("lock-out:        locked until an admin unlocks"),
+            "{out}"
+        );
+        assert!(
+            out.contains("failures:        1 in the last 24 h, 2 wrong PINs in a row"),
+            "{out}"
+        );
+        assert!(
+            out.contains("SMS sent:        1 in the last 10 min"),
+            "{out}"
+        );
+        assert!(out.contains("last verified:   -"), "{out}");
+
+        let (r, out) = exec(&store, &["reset-limits", "42"]);
+        r.unwrap();
+        assert_eq!(
+            out,
+            "reset the limits of customer 42: lock-out ended, failures cleared, 1 SMS forgotten\n"
+        );
+        let (_, out) = exec(&store, &["show", "42"]);
+        assert!(out.contains("lock-out:        not locked\n"), "{out}");
+        assert!(
+            out.contains("failures:        0 in the last 24 h, 0 wrong PINs in a row"),
+            "{out}"
+        );
+        assert!(
+            out.contains("SMS sent:        0 in the last 10 min"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -90,6 +90,23 @@ enum Command {
         #[command(subcommand)]
         command: ivrd::customers_cli::CustomersCommand,
     },
+    /// The fraud guard: `ivrd guard status` shows the SMS budgets used and the open breakers.
+    Guard {
+        /// Configuration file ([guard] and the [store] path).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Database file (overrides the config).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[command(subcommand)]
+        command: GuardCommand,
+    },
+}
+
+#[derive(Clone, Copy, clap::Subcommand)]
+enum GuardCommand {
+    /// Budgets used and left, regions allowed, open breakers.
+    Status,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -191,6 +208,30 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             admin::graph(&cfg, &dialplan, matches!(format, GraphFormat::Mermaid))
+        }
+        Command::Guard {
+            config,
+            db,
+            command: GuardCommand::Status,
+        } => {
+            let cfg = match load_config(config.as_deref(), Secrets::Skip) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            let path = db.unwrap_or(cfg.store.path);
+            let status = ivrd::store::Store::open(&path).and_then(|store| {
+                ivrd::verify::guard::status(&cfg.guard, &store, std::time::SystemTime::now())
+            });
+            match status {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Customers {
             config,

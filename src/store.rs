@@ -878,6 +878,20 @@ impl Store {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
+    /// PIN SMS counted by the guard to calling code `code` since `since`.
+    pub fn guard_sends_to_code_since(
+        &self,
+        code: &str,
+        since: SystemTime,
+    ) -> Result<u32, StoreError> {
+        count(
+            &self.conn(),
+            "SELECT COUNT(*) FROM guard_sends WHERE code = ?1 AND at >= ?2",
+            code,
+            since,
+        )
+    }
+
     /// One more wrong PIN in a row for the customer; returns the new count.
     pub fn bump_failures_in_a_row(&self, customer_id: &str) -> Result<u32, StoreError> {
         let n: Option<i64> = self
@@ -1005,6 +1019,40 @@ impl Store {
     }
 
     /// The last `limit` audit rows written, newest first.
+    /// The outcome and end of the customer's last audited call, and the end of their last
+    /// verified one (for `ivrd customers show`).
+    pub fn last_calls(
+        &self,
+        customer_id: &str,
+    ) -> Result<(Option<(String, SystemTime)>, Option<SystemTime>), StoreError> {
+        let conn = self.conn();
+        let last = conn
+            .query_row(
+                "SELECT outcome, ended_at FROM audit WHERE customer_id = ?1
+                 ORDER BY started_at DESC, id DESC LIMIT 1",
+                [customer_id],
+                |r| Ok((r.get::<_, String>(0)?, from_ms(r.get(1)?))),
+            )
+            .optional()?;
+        let verified = conn
+            .query_row(
+                "SELECT ended_at FROM audit WHERE customer_id = ?1 AND outcome = 'verified'
+                 ORDER BY started_at DESC, id DESC LIMIT 1",
+                [customer_id],
+                |r| Ok(from_ms(r.get(0)?)),
+            )
+            .optional()?;
+        Ok((last, verified))
+    }
+
+    /// Forgets the customer's SMS sends (they no longer count against the limit).
+    pub fn clear_sms_sends(&self, customer_id: &str) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM sms_sends WHERE customer_id = ?1",
+            [customer_id],
+        )?)
+    }
+
     pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(

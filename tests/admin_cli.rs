@@ -71,6 +71,16 @@ fn check_passes_on_the_shipped_files_and_names_file_and_line_when_broken() {
     let ok = ivrd(&["check", "--config", cfg.to_str().unwrap()], dir.path());
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(text(&ok).contains("all checks passed"));
+    // The shipped 4-digit PIN of the use case: the limits give ~70 guesses a day, so the
+    // check says what that means and warns (it does not fail).
+    let strength = String::from_utf8_lossy(&ok.stderr).to_string();
+    assert!(
+        strength.contains("warning: dialplan \"verify\": 4-digit PINs: an attacker gets at most"),
+        "{strength}"
+    );
+    assert!(strength.contains("above 1 in 10,000"), "{strength}");
+    // And no advice on the shipped plan's shape: it has no oracle.
+    assert!(!strength.contains("tell by ear"), "{strength}");
 
     // A dangling transition: the problem names the file, the line and the fix.
     let verify = std::fs::read_to_string(plans.join("verify.toml")).unwrap();
@@ -256,4 +266,65 @@ fn sighup_reload_keeps_the_running_plans_when_a_file_is_broken() {
         "{}",
         daemon.log()
     );
+}
+
+/// `ivrd guard status` and `ivrd customers show` on a live database: the sends the guard
+/// counted, a breaker that tripped, and a customer's limits, as an operator sees them.
+#[test]
+fn guard_status_and_customers_show_read_a_live_database() {
+    use ivrd::store::{NewCustomer, Store};
+    use ivrd::verify::guard::GuardConfig;
+    use ivrd::verify::limits::{Limits, SendRefusal, Verifier};
+    use std::sync::Arc;
+    use std::time::{Instant, SystemTime};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("live.db");
+    let store = Arc::new(Store::open(&db).unwrap());
+    store
+        .add_customer(&NewCustomer {
+            id: "424242".into(),
+            name: "Max".into(),
+            mobile: "+447400123456".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let v = Verifier::new(store.clone(), Limits::default())
+        .unwrap()
+        .with_guard(GuardConfig {
+            breaker_min_sends: 1,
+            breaker_min_ratio: 1.0,
+            breaker_grace_secs: Some(0),
+            ..GuardConfig::default()
+        });
+    let now = SystemTime::now();
+    v.prepare_pin(
+        "424242",
+        "+4930111",
+        4,
+        Instant::now(),
+        now - Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(matches!(
+        v.prepare_pin("424242", "+4930111", 4, Instant::now(), now),
+        Err(SendRefusal::Guard(_))
+    ));
+    let db_arg = db.to_str().unwrap();
+
+    let out = ivrd(&["guard", "--db", db_arg, "status"], dir.path());
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("PIN SMS, last hour: 1 of 2000"), "{shown}");
+    assert!(shown.contains("breakers open:      1"), "{shown}");
+    assert!(shown.contains("  +447400... paused until "), "{shown}");
+
+    let out = ivrd(&["customers", "--db", db_arg, "show", "424242"], dir.path());
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("SMS sent:        1 in the last 10 min"),
+        "{shown}"
+    );
+    assert!(shown.contains("lock-out:        not locked"), "{shown}");
 }

@@ -193,6 +193,62 @@ impl GuardRefusal {
     }
 }
 
+/// `ivrd guard status`: what the budgets have left and which prefixes are paused, from the
+/// database all nodes share.
+pub fn status(
+    cfg: &GuardConfig,
+    store: &crate::store::Store,
+    now: std::time::SystemTime,
+) -> Result<String, crate::store::StoreError> {
+    use std::fmt::Write;
+    let ago = |secs: u64| now - Duration::from_secs(secs);
+    let budget = |used: u32, max: u32| {
+        if max == 0 {
+            format!("{used} (no budget)")
+        } else {
+            format!("{used} of {max}")
+        }
+    };
+    let mut out = String::new();
+    let hour = store.guard_sends_since(ago(3600))?;
+    let day = store.guard_sends_since(ago(86_400))?;
+    let _ = writeln!(
+        out,
+        "PIN SMS, last hour: {}",
+        budget(hour, cfg.sms_per_hour)
+    );
+    let _ = writeln!(out, "PIN SMS, last 24 h: {}", budget(day, cfg.sms_per_day));
+    let _ = writeln!(
+        out,
+        "regions allowed:    {}",
+        if cfg.countries.is_empty() {
+            "all".to_string()
+        } else {
+            cfg.countries.join(", ")
+        }
+    );
+    for (code, max) in &cfg.country_per_hour {
+        let used = store.guard_sends_to_code_since(code, ago(3600))?;
+        let _ = writeln!(out, "+{code}, last hour:    {}", budget(used, *max));
+    }
+    let open = store.open_breakers(now)?;
+    if cfg.breaker_min_sends == 0 {
+        let _ = writeln!(out, "breakers:           off");
+    } else if open.is_empty() {
+        let _ = writeln!(out, "breakers:           none open");
+    } else {
+        let _ = writeln!(out, "breakers open:      {}", open.len());
+        for (prefix, until) in open {
+            let _ = writeln!(
+                out,
+                "  +{prefix}... paused until {}",
+                humantime::format_rfc3339_seconds(until)
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// Whether a breaker with `sends` to its prefix and `verified` of them verified since it was
 /// last judged must trip.
 pub fn breaker_trips(cfg: &GuardConfig, sends: u32, verified: u32) -> bool {

@@ -151,6 +151,44 @@ impl Limits {
         let secs = self.lockout_base_secs.saturating_mul(1u64 << doublings);
         Duration::from_secs(secs.min(self.lockout_max_secs))
     }
+
+    /// The most wrong PINs an attacker can try against one customer in a day under these
+    /// limits, from any number of calling numbers, and in all (`cap`: the guard's wrong PINs
+    /// in a row before an admin must unlock; 0 for none). The attacker is as fast as the
+    /// limits allow: `wrong_tries_per_pin` tries on each of `sms_per_customer` PINs per SMS
+    /// window, until `failures_before_lockout` lock the customer, then waits the lock-out
+    /// out, and again, each lock-out longer.
+    pub fn guesses_per_day(&self, cap: u32) -> u32 {
+        const DAY: f64 = 86_400.0;
+        let per_window = f64::from(self.wrong_tries_per_pin) * f64::from(self.sms_per_customer);
+        if per_window == 0.0 {
+            return 0;
+        }
+        let per_sec = per_window / self.sms_window_secs.max(1) as f64;
+        let cap = if cap == 0 { u32::MAX } else { cap };
+        let burst = self.failures_before_lockout.max(1);
+        let (mut t, mut guesses, mut level) = (0.0f64, 0u32, 0u32);
+        while t < DAY && guesses < cap {
+            // One burst of failures up to the lock-out, at the SMS limit's pace.
+            let n = burst.min(cap - guesses);
+            let time = f64::from(n) / per_sec;
+            if t + time > DAY {
+                guesses += ((DAY - t) * per_sec) as u32;
+                break;
+            }
+            t += time;
+            guesses += n;
+            level += 1;
+            t += self.lockout_for(level).as_secs_f64();
+        }
+        guesses.min(cap)
+    }
+}
+
+/// The chance that one of `guesses` random tries hits a uniform PIN of `length` digits.
+pub fn guess_success(guesses: u32, length: usize) -> f64 {
+    let p = 10f64.powi(-(length as i32));
+    1.0 - (1.0 - p).powf(f64::from(guesses))
 }
 
 /// Why no PIN was issued.
@@ -1202,6 +1240,27 @@ mod tests {
         store.reset_failures_in_a_row("c1").unwrap();
         assert!(store.clear_lockout("c1").unwrap());
         assert!(!v.is_locked("c1", wall(101)).unwrap());
+    }
+
+    /// The shipped limits: 9 tries per 10 minutes, locked after 10 for 15 min, 30 min, 1 h,
+    /// ...: about 70 guesses a day; a 4-digit PIN falls with a chance of 0.7 % a day, a
+    /// 6-digit one with 0.007 %. The 100-in-a-row cap bounds it for good.
+    #[test]
+    fn guesses_per_day_follow_the_limits() {
+        let l = Limits::default();
+        let day = l.guesses_per_day(0);
+        assert!((60..=80).contains(&day), "{day}");
+        assert_eq!(l.guesses_per_day(50), 50);
+        let p4 = guess_success(day, 4);
+        assert!(p4 > 1e-4 && p4 < 0.01, "{p4}");
+        assert!(guess_success(day, 6) < 1e-4);
+        // Without lock-outs only the SMS pace limits: 9 per 10 min, 1,296 a day.
+        let loose = Limits {
+            failures_before_lockout: 1_000_000,
+            ..Limits::default()
+        };
+        assert_eq!(loose.guesses_per_day(0), 1296);
+        assert!((guess_success(1, 4) - 1e-4).abs() < 1e-12);
     }
 
     #[test]
