@@ -246,7 +246,7 @@ pub fn run(
                 "SMS sent:        {} in the last 10 min",
                 store.sms_count_for_customer(&id, ago(600))?
             )?;
-            let (last, verified) = store.last_calls(&id)?;
+            let crate::store::LastCalls { last, verified } = store.last_calls(&id)?;
             match last {
                 Some((outcome, at)) => writeln!(out, "last call:       {} ({outcome})", when(at))?,
                 None => writeln!(out, "last call:       -")?,

@@ -1021,10 +1021,7 @@ impl Store {
     /// The last `limit` audit rows written, newest first.
     /// The outcome and end of the customer's last audited call, and the end of their last
     /// verified one (for `ivrd customers show`).
-    pub fn last_calls(
-        &self,
-        customer_id: &str,
-    ) -> Result<(Option<(String, SystemTime)>, Option<SystemTime>), StoreError> {
+    pub fn last_calls(&self, customer_id: &str) -> Result<LastCalls, StoreError> {
         let conn = self.conn();
         let last = conn
             .query_row(
@@ -1042,7 +1039,7 @@ impl Store {
                 |r| Ok(from_ms(r.get(0)?)),
             )
             .optional()?;
-        Ok((last, verified))
+        Ok(LastCalls { last, verified })
     }
 
     /// Forgets the customer's SMS sends (they no longer count against the limit).
@@ -1090,6 +1087,13 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+/// A customer's last call (its outcome and end) and last verified call (its end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastCalls {
+    pub last: Option<(String, SystemTime)>,
+    pub verified: Option<SystemTime>,
 }
 
 /// What the fraud guard asks of an admission ([`Store::admit_sms_guarded`]): the send's
