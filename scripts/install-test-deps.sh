@@ -6,7 +6,8 @@
 #   linphonec - Debian package linphone-cli (tests/linphone.rs);
 #   kamailio - Debian package kamailio (tests/kamailio.rs: a proxy in front of ivrd). The tests
 #             run their own Kamailio; the packaged service, which would listen on port 5060
-#             of every address, is stopped and disabled when this script installs it.
+#             of every address, is stopped and disabled when this script installs it;
+#   kamailio tls.so - Debian package kamailio-tls-modules (the Kamailio tests over TLS).
 # Idempotent: does nothing when everything is already there. Exits non-zero if the tools are
 # still missing afterwards, so a test run never starts without its peers.
 set -euo pipefail
@@ -29,6 +30,11 @@ missing_packages() {
     if ! command -v kamailio >/dev/null 2>&1 && [ ! -x /usr/sbin/kamailio ]; then
         pkgs+=(kamailio)
     fi
+    # The base package has no tls module; it lives in /usr/lib/<multiarch>/kamailio/modules.
+    if ! compgen -G "/usr/lib/*/kamailio/modules/tls.so" >/dev/null &&
+        [ ! -f /usr/lib/kamailio/modules/tls.so ]; then
+        pkgs+=(kamailio-tls-modules)
+    fi
     # systemd-analyze checks the unit file (tests/systemd.rs).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
@@ -38,12 +44,12 @@ missing_packages() {
 
 need=$(missing_packages)
 if [ -z "$need" ]; then
-    echo "install-test-deps: sipp, baresip, linphonec, kamailio and systemd-analyze already installed"
+    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so) and systemd-analyze already installed"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5)" >&2
+    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module)" >&2
     exit 1
 fi
 

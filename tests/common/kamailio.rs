@@ -7,11 +7,17 @@
 //! pid file and runtime directory in the temporary directory (`-P`, `-Y`), and runs in a
 //! process group of its own, so stopping it reaches its worker processes too. A 10-minute
 //! `timeout` wraps it in case the test process dies without dropping it.
+//!
+//! [`Kamailio::start_tls`] runs the same config with `WITH_TLS` defined (`-A WITH_TLS`): the
+//! tls module (Debian `kamailio-tls-modules`) listens on a TLS port of its own and every call
+//! goes to ivrd's TLS listener. Its certificate, key and CA (from the test's [`TestPki`]) and
+//! tests/kamailio/tls.cfg.in are written into the temporary directory, removed with it.
 
 use super::*;
 use std::os::unix::process::CommandExt;
 
 const CONFIG_TEMPLATE: &str = include_str!("../kamailio/kamailio.cfg.in");
+const TLS_CONFIG_TEMPLATE: &str = include_str!("../kamailio/tls.cfg.in");
 
 /// The realm and user of the REFER challenge.
 pub const KAMAILIO_REALM: &str = "pbx.test";
@@ -27,6 +33,20 @@ pub struct Kamailio {
     ivrd_port: u16,
     queue_port: u16,
     password: String,
+    tls: Option<TlsLeg>,
+}
+
+/// Kamailio's TLS side (with `WITH_TLS`).
+struct TlsLeg {
+    /// Kamailio's own TLS listener on 127.0.0.1.
+    port: u16,
+    ivrd_port: u16,
+    /// Close the connection to ivrd after relaying the caller's ACK (`WITH_CLOSE_AFTER_ACK`).
+    close_after_ack: bool,
+    ca_pem: String,
+    /// A client certificate from the test CA for the readiness probe: Kamailio's TLS server
+    /// requires one.
+    probe: (String, String),
 }
 
 impl Kamailio {
@@ -47,9 +67,62 @@ impl Kamailio {
             ivrd_port,
             queue_port,
             password: password.to_string(),
+            tls: None,
         };
         kamailio.spawn();
         kamailio
+    }
+
+    /// Like [`Kamailio::start`], but every call goes to ivrd's TLS listener on
+    /// `ivrd_tls_port` (the caller may still come over UDP or TCP), and Kamailio listens for
+    /// TLS on a port of its own ([`Kamailio::tls_addr`]). Its certificate (for 127.0.0.1) is
+    /// signed by `pki`'s CA, it checks ivrd's against that CA and presents its own. With
+    /// `close_after_ack` it closes its connection to ivrd once it has relayed the caller's ACK,
+    /// as a PBX does with an idle connection, so ivrd must open one for its next request.
+    pub fn start_tls(
+        port: u16,
+        ivrd_tls_port: u16,
+        queue_port: u16,
+        password: &str,
+        pki: &TestPki,
+        close_after_ack: bool,
+    ) -> Kamailio {
+        require_tool("kamailio");
+        require_tls_module();
+        let dir = tempfile::Builder::new()
+            .prefix("kamailio-test-")
+            .tempdir()
+            .expect("create temp dir");
+        fs::create_dir(dir.path().join("run")).expect("create runtime dir");
+        let (cert, key) = pki.leaf(&["127.0.0.1", "kamailio.test"]);
+        fs::write(dir.path().join("kamailio-cert.pem"), cert).expect("write certificate");
+        fs::write(dir.path().join("kamailio-key.pem"), key).expect("write key");
+        fs::write(dir.path().join("ca.pem"), pki.ca_pem()).expect("write CA");
+        let tls_config = TLS_CONFIG_TEMPLATE.replace("@DIR@", &dir.path().display().to_string());
+        fs::write(dir.path().join("tls.cfg"), tls_config).expect("write tls.cfg");
+        let mut kamailio = Kamailio {
+            child: None,
+            dir,
+            port,
+            ivrd_port: 0,
+            queue_port,
+            password: password.to_string(),
+            tls: Some(TlsLeg {
+                port: free_sip_port(),
+                ivrd_port: ivrd_tls_port,
+                close_after_ack,
+                ca_pem: pki.ca_pem(),
+                probe: pki.leaf(&["127.0.0.1"]),
+            }),
+        };
+        kamailio.spawn();
+        kamailio
+    }
+
+    /// Where Kamailio listens for TLS (only after [`Kamailio::start_tls`]).
+    pub fn tls_addr(&self) -> SocketAddr {
+        let tls = self.tls.as_ref().expect("Kamailio started without TLS");
+        SocketAddr::from((LOCALHOST, tls.port))
     }
 
     /// Where Kamailio listens (UDP and TCP).
@@ -59,6 +132,11 @@ impl Kamailio {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Where Kamailio sends calls for the user "queue" (UDP).
+    pub fn queue_port(&self) -> u16 {
+        self.queue_port
     }
 
     fn config_path(&self) -> PathBuf {
@@ -76,13 +154,21 @@ impl Kamailio {
 
     fn spawn(&mut self) {
         let binary = require_tool("kamailio");
+        // Without TLS the WITH_TLS blocks are left out and these values are never read.
+        let (tls_port, ivrd_tls_port) = self.tls.as_ref().map_or((0, 0), |t| (t.port, t.ivrd_port));
         let config = CONFIG_TEMPLATE
             .replace("@PORT@", &self.port.to_string())
             .replace("@IVRD_PORT@", &self.ivrd_port.to_string())
             .replace("@QUEUE_PORT@", &self.queue_port.to_string())
             .replace("@REALM@", KAMAILIO_REALM)
             .replace("@USER@", KAMAILIO_USER)
-            .replace("@PASSWORD@", &self.password);
+            .replace("@PASSWORD@", &self.password)
+            .replace("@TLS_PORT@", &tls_port.to_string())
+            .replace("@IVRD_TLS_PORT@", &ivrd_tls_port.to_string())
+            .replace(
+                "@TLS_CONFIG@",
+                &self.dir.path().join("tls.cfg").display().to_string(),
+            );
         let left = regex::Regex::new("@[A-Z_]+@").expect("regex");
         assert!(
             !left.is_match(&config),
@@ -96,11 +182,19 @@ impl Kamailio {
             .append(true)
             .open(self.log_path())
             .expect("open kamailio log");
-        let child = Command::new("timeout")
+        let mut command = Command::new("timeout");
+        command
             .args(["--kill-after=5", "600"])
             .arg(&binary)
             .arg("-f")
-            .arg(self.config_path())
+            .arg(self.config_path());
+        if let Some(tls) = &self.tls {
+            command.args(["-A", "WITH_TLS"]);
+            if tls.close_after_ack {
+                command.args(["-A", "WITH_CLOSE_AFTER_ACK"]);
+            }
+        }
+        let child = command
             .args(["-DD", "-E", "-m", "32", "-M", "8", "-P"])
             .arg(self.dir.path().join("kamailio.pid"))
             .arg("-Y")
@@ -160,6 +254,32 @@ impl Kamailio {
                 self.addr()
             )
         });
+        if let Some(tls) = &self.tls {
+            self.probe_tls(tls);
+        }
+    }
+
+    /// An OPTIONS over TLS to Kamailio's TLS listener, from a client with a certificate of the
+    /// test CA, must get 200: the tls module loaded its certificates and serves the port.
+    fn probe_tls(&self, tls: &TlsLeg) {
+        let addr = SocketAddr::from((LOCALHOST, tls.port));
+        let probe = (tls.probe.0.as_str(), tls.probe.1.as_str());
+        let mut conn = SipTls::connect(addr, &tls.ca_pem, Some(probe)).unwrap_or_else(|e| {
+            panic!(
+                "kamailio answers on UDP but its TLS listener {addr} refused a handshake: {e}\n--- kamailio log ---\n{}",
+                self.log()
+            )
+        });
+        let call_id = format!("kamailio-ready-tls-{}", tls.port);
+        conn.send(options_request(addr, conn.local_addr(), &call_id, "TLS").as_bytes());
+        let answer = conn.final_response(Duration::from_secs(5));
+        assert!(
+            answer
+                .as_deref()
+                .is_some_and(|a| status_code(a) == Some(200)),
+            "kamailio did not answer OPTIONS over TLS on {addr}: {answer:?}\n--- kamailio log ---\n{}",
+            self.log()
+        );
     }
 
     /// Stops Kamailio (SIGTERM to its process group, SIGKILL after 5 s) and waits for it.
@@ -222,6 +342,25 @@ impl Kamailio {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Fails the test, naming the package, when Kamailio's tls module is not installed: Debian's
+/// `kamailio-tls-modules` puts it in /usr/lib/<multiarch>/kamailio/modules (the base package
+/// has none).
+fn require_tls_module() {
+    let multiarch = fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let found = std::iter::once(PathBuf::from("/usr/lib"))
+        .chain(multiarch)
+        .any(|dir| dir.join("kamailio/modules/tls.so").is_file());
+    assert!(
+        found,
+        "Kamailio's tls module (kamailio/modules/tls.so) is not installed: run \
+         scripts/install-test-deps.sh (Debian package kamailio-tls-modules)"
+    );
 }
 
 impl Drop for Kamailio {
