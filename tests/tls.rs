@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn toml_path(p: &Path) -> String {
     toml::Value::String(p.display().to_string()).to_string()
@@ -419,6 +419,15 @@ fn a_request_reopens_tls_to_the_contact_when_the_connection_is_gone() {
         "could not open a connection for a dialog's request",
         Duration::from_secs(5),
     );
+    // The BYE fails with the connect (RFC 3261 17.1.4: a transport error goes to the
+    // transaction user at once), not 32 s later at Timer F.
+    let failed = Instant::now();
+    daemon.expect_log(
+        "BYE got no answer error=transport error",
+        Duration::from_secs(3),
+    );
+    assert!(failed.elapsed() < Duration::from_secs(3));
+    assert!(daemon.log_lines("no final response (Timer F)").is_empty());
     let metrics = admin_get(&admin, "/metrics");
     assert_eq!(metric(&metrics, "ivrd_sip_connects_total"), 2.0);
     assert_eq!(metric(&metrics, "ivrd_sip_connect_failures_total"), 1.0);

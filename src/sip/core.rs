@@ -433,6 +433,7 @@ pub fn spawn(
         untrusted_bytes: 0,
         next_sweep: Instant::now() + SourceBudgets::SWEEP_EVERY,
     };
+    let mut connect_failures = core.transports.watch_connect_failures();
     tokio::spawn(async move {
         let mut idle = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -447,6 +448,9 @@ pub fn spawn(
             tokio::select! {
                 Some(inc) = incoming.recv() => core.handle_incoming(inc),
                 Some(cmd) = commands.recv() => core.handle_command(cmd),
+                Some((local, peer)) = connect_failures.recv() => {
+                    core.connect_failed(local, peer, Instant::now());
+                }
                 _ = sleep => core.fire_timers(Instant::now()),
                 _ = idle.tick() => core.housekeeping(Instant::now()),
                 _ = shutdown.cancelled() => break,
@@ -1151,6 +1155,23 @@ impl Core {
         self.stats
             .transaction_bytes
             .store(self.tx_bytes, Ordering::Relaxed);
+    }
+
+    /// Our connection to `peer` from `local` could not be opened: the requests that were to
+    /// go on it get a transport error now (the TU treats it as a 503), not at Timer F.
+    fn connect_failed(&mut self, local: SocketAddr, peer: SocketAddr, now: Instant) {
+        let waiting: Vec<String> = self
+            .client
+            .iter()
+            .filter(|(_, tx)| tx.flow.local == local && tx.target == peer)
+            .map(|(branch, _)| branch.clone())
+            .collect();
+        for branch in waiting {
+            if let Some(tx) = self.client.get_mut(&branch) {
+                tx.machine.handle_transport_error(now);
+            }
+            self.drive_client(&branch);
+        }
     }
 
     fn drive_client(&mut self, branch: &str) {

@@ -187,6 +187,9 @@ struct Shared {
     /// Where messages read from connections we open go, and the shutdown they end with; set
     /// by [`bind`].
     incoming: std::sync::OnceLock<(mpsc::Sender<Incoming>, CancellationToken)>,
+    /// Where a failed connect of ours is reported (our address, the peer's), so that the
+    /// requests waiting for it fail at once (RFC 3261 17.1.4) rather than at Timer F.
+    connect_failed: std::sync::OnceLock<mpsc::UnboundedSender<(SocketAddr, SocketAddr)>>,
     stats: TransportStats,
     /// Start of the clock the TCP activity stamps count from.
     epoch: Instant,
@@ -233,6 +236,7 @@ impl Transports {
                 tcp,
                 tls: std::sync::RwLock::new(None),
                 incoming: std::sync::OnceLock::new(),
+                connect_failed: std::sync::OnceLock::new(),
                 stats: TransportStats::default(),
                 epoch: Instant::now(),
             }),
@@ -265,6 +269,14 @@ impl Transports {
     /// TCP and TLS, the connection with `to.addr` if it is up, else one of our own to
     /// `to.reconnect` (queued at once, connected in the background; a failed connect drops
     /// what was queued, which the transaction layer sees as a timeout). UDP: `to.addr`.
+    /// Failed connects of ours, as (our address, the peer's): the core fails the client
+    /// transactions that were waiting for that connection. One receiver per `Transports`.
+    pub fn watch_connect_failures(&self) -> mpsc::UnboundedReceiver<(SocketAddr, SocketAddr)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.shared.connect_failed.set(tx);
+        rx
+    }
+
     pub fn connect_for(&self, flow: &Flow, to: RequestTarget) -> SocketAddr {
         if !flow.protocol.stream() {
             return to.addr;
@@ -1015,7 +1027,7 @@ fn connect_failed(conn: &Conn, queue: &Queue, why: &str) {
         .stats()
         .connect_failures
         .fetch_add(1, Ordering::Relaxed);
-    warn!(peer = %conn.peer, error = why, "could not open a connection for a dialog's request; it is lost");
+    warn!(peer = %conn.peer, error = why, "could not open a connection for a dialog's request; it fails");
     let mut table = conn.transports.inner.lock().expect("transport lock");
     // Only our entry: a connection the peer opened meanwhile stays.
     if table
@@ -1024,6 +1036,10 @@ fn connect_failed(conn: &Conn, queue: &Queue, why: &str) {
         .is_some_and(|c| Arc::ptr_eq(&c.state, &queue.state))
     {
         table.tcp.remove(&(conn.local, conn.peer));
+    }
+    drop(table);
+    if let Some(tx) = conn.transports.shared.connect_failed.get() {
+        let _ = tx.send((conn.local, conn.peer));
     }
 }
 
