@@ -1079,7 +1079,14 @@ impl CallIo for Call {
                 return Ok(r);
             }
             tokio::select! {
-                r = &mut task, if result.is_none() => result = Some(r),
+                r = &mut task, if result.is_none() => {
+                    result = Some(r);
+                    // What the caller waits for is known: the wait prompt ends at its next
+                    // pause rather than playing out (never in the middle of a word).
+                    if playing {
+                        self.stream.stop_at_pause();
+                    }
+                }
                 w = self.wait(None) => {
                     if let Wake::PlayDone { token: t, .. } = w?
                         && t == token {

@@ -35,32 +35,41 @@ pub struct Shared {
     pub send_times: SendTimes,
 }
 
-/// The durations of the last few real SMS sends. A decoy send waits one of them, drawn at
-/// random, so that even a caller who could time the end of a send (a plan with no prompt
-/// during it) learns nothing.
+/// The last few real SMS sends: how long each took and whether it went out. A decoy send
+/// draws one of the recent ones at random and does as it did (waits as long, fails if it
+/// failed), so that neither a caller who times the end of a send nor one who calls during a
+/// provider outage can tell a decoy from a customer.
 #[derive(Default)]
-pub struct SendTimes(std::sync::Mutex<std::collections::VecDeque<Duration>>);
+pub struct SendTimes(std::sync::Mutex<std::collections::VecDeque<(Instant, Duration, bool)>>);
 
 impl SendTimes {
     const KEEP: usize = 32;
-    /// Before any real send: a typical provider round trip.
-    const DEFAULT: Duration = Duration::from_millis(400);
+    /// Older sends say nothing about the provider now.
+    const RECENT: Duration = Duration::from_secs(300);
+    /// Before any real send: a typical provider round trip, and a success.
+    const DEFAULT: (Duration, bool) = (Duration::from_millis(400), true);
 
-    pub fn record(&self, took: Duration) {
+    pub fn record(&self, took: Duration, sent: bool) {
         let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() == Self::KEEP {
             q.pop_front();
         }
-        q.push_back(took);
+        q.push_back((Instant::now(), took, sent));
     }
 
-    pub fn sample(&self) -> Duration {
+    /// How long a decoy send takes, and whether it "goes out".
+    pub fn sample(&self) -> (Duration, bool) {
         use rand::Rng;
         let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if q.is_empty() {
+        let recent: Vec<(Duration, bool)> = q
+            .iter()
+            .filter(|(at, _, _)| at.elapsed() < Self::RECENT)
+            .map(|&(_, took, sent)| (took, sent))
+            .collect();
+        if recent.is_empty() {
             return Self::DEFAULT;
         }
-        q[rand::rng().random_range(0..q.len())]
+        recent[rand::rng().random_range(0..recent.len())]
     }
 }
 
@@ -185,9 +194,7 @@ impl FlowServices for CallServices {
         let started = Instant::now();
         let sent = shared.sms.send(&msg).await;
         shared.metrics.sms(sent.is_ok(), started.elapsed());
-        if sent.is_ok() {
-            shared.send_times.record(started.elapsed());
-        }
+        shared.send_times.record(started.elapsed(), sent.is_ok());
         match sent {
             Ok(receipt) => {
                 info!(
@@ -268,10 +275,17 @@ impl CallServices {
         .await;
         match admitted {
             Some(Ok(())) => {
-                tokio::time::sleep(self.shared.send_times.sample()).await;
-                tracing::debug!(customer = %req.customer_id, "decoy: no SMS sent");
-                SendPinOutcome::Sent {
-                    minutes: self.shared.verifier.limits().pin_minutes(),
+                let (took, sent) = self.shared.send_times.sample();
+                tokio::time::sleep(took).await;
+                tracing::debug!(customer = %req.customer_id, sent, "decoy: no SMS sent");
+                if sent {
+                    SendPinOutcome::Sent {
+                        minutes: self.shared.verifier.limits().pin_minutes(),
+                    }
+                } else {
+                    // As a customer's send does in an outage (the decoy's own is not
+                    // refunded: nothing is counted against a customer).
+                    SendPinOutcome::Failed("the SMS provider is failing".into())
                 }
             }
             Some(Err(refusal)) => {
@@ -303,6 +317,29 @@ pub fn customer_record(c: Customer) -> CustomerRecord {
         mobile: c.mobile,
         language: c.language,
         fields,
+    }
+}
+
+#[cfg(test)]
+mod send_times_tests {
+    use super::*;
+
+    #[test]
+    fn a_decoy_does_as_recent_real_sends_did() {
+        let t = SendTimes::default();
+        assert_eq!(t.sample(), SendTimes::DEFAULT);
+        t.record(Duration::from_millis(1500), false);
+        for _ in 0..20 {
+            assert_eq!(t.sample(), (Duration::from_millis(1500), false));
+        }
+        t.record(Duration::from_millis(80), true);
+        let draws: Vec<_> = (0..200).map(|_| t.sample()).collect();
+        assert!(draws.contains(&(Duration::from_millis(80), true)));
+        assert!(draws.contains(&(Duration::from_millis(1500), false)));
+        for i in 0..40 {
+            t.record(Duration::from_millis(i), true);
+        }
+        assert!((0..200).all(|_| t.sample().1), "only the last 32 are kept");
     }
 }
 

@@ -179,6 +179,10 @@ enum PacerCmd {
     Stop {
         id: u64,
     },
+    /// End the playing at the next pause (see [`StreamHandle::stop_at_pause`]).
+    StopAtPause {
+        id: u64,
+    },
     Update {
         id: u64,
         params: StreamParams,
@@ -405,6 +409,8 @@ struct PacedStream {
     queue: VecDeque<Arc<Prompt>>,
     pos: usize,
     token: Option<u64>,
+    /// End the playing at the next pause of the current prompt (or its end).
+    cut: bool,
     events: mpsc::UnboundedSender<MediaEvent>,
 }
 
@@ -435,6 +441,7 @@ impl PacedStream {
             queue: VecDeque::new(),
             pos: 0,
             token: None,
+            cut: false,
             events,
         }
     }
@@ -468,12 +475,29 @@ impl PacedStream {
                 Codec::Pcmu => &prompt.pcmu,
                 Codec::Pcma => &prompt.pcma,
             };
-            let take = (audio.len() - self.pos.min(audio.len())).min(payload.len() - filled);
+            // Under a cut, this prompt ends at its next pause and nothing after it plays.
+            let end = if self.cut {
+                prompt
+                    .pauses
+                    .iter()
+                    .copied()
+                    .find(|&p| p >= self.pos)
+                    .unwrap_or(audio.len())
+                    .min(audio.len())
+            } else {
+                audio.len()
+            };
+            let take = (end - self.pos.min(end)).min(payload.len() - filled);
             payload[filled..filled + take].copy_from_slice(&audio[self.pos..self.pos + take]);
             filled += take;
             self.pos += take;
-            if self.pos >= audio.len() {
-                self.queue.pop_front();
+            if self.pos >= end {
+                if self.cut {
+                    self.queue.clear();
+                    self.cut = false;
+                } else {
+                    self.queue.pop_front();
+                }
                 self.pos = 0;
             }
         }
@@ -490,6 +514,7 @@ impl PacedStream {
     fn stop(&mut self) {
         self.queue.clear();
         self.pos = 0;
+        self.cut = false;
         if let Some(token) = self.token.take() {
             let _ = self.events.send(MediaEvent::PlayDone {
                 token,
@@ -676,6 +701,13 @@ impl StreamHandle {
 
     pub fn stop(&self) {
         self.send(PacerCmd::Stop { id: self.id });
+    }
+
+    /// Ends the playing at the next pause of the prompt playing now (between words or
+    /// sentences), or at its end: for a wait prompt whose wait is over. `PlayDone` follows,
+    /// not interrupted.
+    pub fn stop_at_pause(&self) {
+        self.send(PacerCmd::StopAtPause { id: self.id });
     }
 
     /// New SDP facts (answer, re-INVITE, hold). A new address starts strict RTP's learning
@@ -1068,6 +1100,13 @@ fn apply(streams: &mut PacerStreams, cmd: PacerCmd) {
                 s.stop();
             }
         }
+        PacerCmd::StopAtPause { id } => {
+            if let Some(s) = streams.get_mut(id)
+                && !s.queue.is_empty()
+            {
+                s.cut = true;
+            }
+        }
         PacerCmd::Update { id, params } => {
             streams.set_every(id, ticks_per_packet(params.ptime_ms));
             if let Some(s) = streams.get_mut(id) {
@@ -1318,6 +1357,73 @@ mod tests {
             .recv(&mut buf)
             .expect("an RTP packet within the timeout");
         buf[..n].to_vec()
+    }
+
+    /// A wait prompt whose wait is over ends at its next pause: the word being said
+    /// finishes, the rest (and any prompt queued after it) is not played.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_at_pause_ends_the_prompt_between_words() {
+        let peer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let engine = engine(41100, None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stream = engine.open(params(peer.local_addr().unwrap()), tx).unwrap();
+        // "Word" (0.5 s of tone), a 0.3 s pause, "word" (0.5 s): cut points in the pause.
+        let tone =
+            |n: usize, level: i16| (0..n).map(move |i| if i % 16 < 8 { level } else { -level });
+        let pcm: Vec<i16> = tone(4000, 8000)
+            .chain(std::iter::repeat_n(0, 2400))
+            .chain(tone(4000, 2000))
+            .collect();
+        let prompt = Arc::new(Prompt::from_pcm("words", "en", pcm));
+        assert_eq!(&prompt.pauses[..], &[4000 + 320]);
+        let other = Arc::new(Prompt::from_pcm("next", "en", tone(800, 500).collect()));
+        // The G.711 bytes of the second word and of the next prompt.
+        let unheard = [
+            g711::ulaw_encode(2000),
+            g711::ulaw_encode(-2000),
+            g711::ulaw_encode(500),
+            g711::ulaw_encode(-500),
+        ];
+        let _ = recv(&peer);
+        stream.play(9, vec![prompt.clone(), other]);
+        // 0.1 s in, the wait is over.
+        for _ in 0..5 {
+            recv(&peer);
+        }
+        let asked = Instant::now();
+        stream.stop_at_pause();
+        let done = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            Some(MediaEvent::PlayDone {
+                token: 9,
+                interrupted: false
+            })
+        );
+        // The cut is 0.54 s into the prompt, about 0.44 s after the ask; played out, the
+        // prompts would have ended 1.3 s after it.
+        let took = asked.elapsed();
+        assert!(
+            took > Duration::from_millis(250) && took < Duration::from_millis(900),
+            "{took:?}"
+        );
+        // Nothing of the second word or the next prompt went out (what the socket holds
+        // now, and 0.6 s more).
+        let mut later = Vec::new();
+        for _ in 0..60 {
+            later.extend_from_slice(&recv(&peer)[12..]);
+        }
+        assert!(
+            later.iter().any(|b| *b == g711::ulaw_encode(8000)),
+            "the first word was not sent"
+        );
+        assert!(
+            !later.iter().any(|b| unheard.contains(b)),
+            "the prompt went on after the cut"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

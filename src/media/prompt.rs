@@ -331,6 +331,42 @@ pub struct Prompt {
     pub pcma: Arc<[u8]>,
     /// 8 kHz mono linear audio, for tests, simulation and mixing.
     pub pcm: Arc<[i16]>,
+    /// Where the prompt may be cut without cutting a word: sample offsets shortly into each
+    /// pause (see [`pauses`]), ascending. A wait prompt is cut at the next one once what the
+    /// caller waits for is known.
+    pub pauses: Arc<[usize]>,
+}
+
+/// Sample offsets at which `pcm` (8 kHz) may be cut: 40 ms into every stretch of at least
+/// 150 ms whose 10 ms frames average under 200 (about -44 dBFS), i.e. between words or
+/// sentences, never in one.
+pub fn pauses(pcm: &[i16]) -> Vec<usize> {
+    const FRAME: usize = 80;
+    const QUIET: u32 = 200;
+    const MIN_FRAMES: usize = 15;
+    const INTO: usize = 4 * FRAME;
+    let mut out = Vec::new();
+    let mut run_start = None;
+    for (i, frame) in pcm.chunks(FRAME).enumerate() {
+        let sum: u32 = frame.iter().map(|s| u32::from(s.unsigned_abs())).sum();
+        let quiet = sum / (frame.len() as u32).max(1) < QUIET;
+        match (quiet, run_start) {
+            (true, None) => run_start = Some(i),
+            (false, Some(start)) => {
+                if i - start >= MIN_FRAMES {
+                    out.push(start * FRAME + INTO);
+                }
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run_start
+        && pcm.len().div_ceil(FRAME) - start >= MIN_FRAMES
+    {
+        out.push(start * FRAME + INTO);
+    }
+    out
 }
 
 impl Prompt {
@@ -346,6 +382,7 @@ impl Prompt {
             language: language.into(),
             pcmu: pcmu.into(),
             pcma: pcma.into(),
+            pauses: pauses(&pcm).into(),
             pcm: pcm.into(),
         }
     }
@@ -1126,6 +1163,35 @@ fn load_all(jobs: &[(String, String, PathBuf)]) -> Vec<Result<Vec<i16>, PromptEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pauses_are_found_between_words_not_in_them() {
+        let tone = |n: usize| (0..n).map(|i| if i % 16 < 8 { 4000i16 } else { -4000 });
+        // 0.1 s pause (too short), 0.2 s pause, tone, 0.3 s trailing silence.
+        let pcm: Vec<i16> = tone(800)
+            .chain(std::iter::repeat_n(0, 800))
+            .chain(tone(800))
+            .chain(std::iter::repeat_n(0, 1600))
+            .chain(tone(800))
+            .chain(std::iter::repeat_n(0, 2400))
+            .collect();
+        assert_eq!(pauses(&pcm), vec![2400 + 320, 4800 + 320]);
+        assert!(pauses(&[]).is_empty());
+        assert!(pauses(&tone(8000).collect::<Vec<_>>()).is_empty());
+    }
+
+    /// The bundled wait prompt has its sentence breaks where a cut belongs.
+    #[test]
+    fn the_bundled_sending_pin_prompt_can_be_cut_between_its_sentences() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/en/sending-pin.wav");
+        let bytes = std::fs::read(&dir).unwrap();
+        let p = Prompt::from_wav_bytes("sending-pin", "en", &bytes).unwrap();
+        let secs: Vec<f64> = p.pauses.iter().map(|&s| s as f64 / 8000.0).collect();
+        assert!(secs.len() >= 2, "{secs:?}");
+        assert!((0.6..0.8).contains(&secs[0]), "{secs:?}");
+        assert!((3.4..3.6).contains(&secs[1]), "{secs:?}");
+    }
     use std::f32::consts::PI;
     use std::fs;
 
