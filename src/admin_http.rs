@@ -73,6 +73,9 @@ pub struct StatusCall {
     pub dialed: String,
     pub dialplan: String,
     pub seconds: u64,
+    /// The SRTP suite of the call's media; `null` for plain RTP.
+    #[serde(default)]
+    pub srtp: Option<String>,
 }
 
 impl AdminState {
@@ -93,6 +96,7 @@ impl AdminState {
                     dialed: c.dialed,
                     dialplan: c.dialplan,
                     seconds: c.seconds,
+                    srtp: c.srtp.map(str::to_string),
                 })
                 .collect(),
         }
@@ -304,11 +308,12 @@ pub fn status_command(addr: &str) -> Result<String, String> {
     }
     for c in &status.active_calls {
         out.push_str(&format!(
-            "  {:>6}  {:<16} -> {:<12} {:<10} {}\n",
+            "  {:>6}  {:<16} -> {:<12} {:<10} {:<4} {}\n",
             fmt_duration(c.seconds),
             c.caller,
             c.dialed,
             c.dialplan,
+            if c.srtp.is_some() { "srtp" } else { "rtp" },
             c.call_id
         ));
     }

@@ -276,6 +276,19 @@ pub struct MediaConfig {
     /// Nice value for the pacing threads (-20..=19; 0 leaves them at the daemon's). Below 0
     /// needs `LimitNICE=` under systemd; without it ivrd warns and carries on.
     pub pacer_nice: i32,
+    /// SRTP with SDES keys: "off", "optional" (the default: SRTP when the peer offers it over
+    /// TLS, plain RTP when it offers that) or "required" (plain offers get 488). SDES keys are
+    /// only accepted or offered over TLS signalling, whatever this says. Unset means optional
+    /// (and no warning about a missing TLS listener); see [`MediaConfig::srtp`].
+    #[serde(rename = "srtp")]
+    pub srtp_mode: Option<crate::sip::sdp::SrtpMode>,
+}
+
+impl MediaConfig {
+    /// What `[media] srtp` allows; unset is optional.
+    pub fn srtp(&self) -> crate::sip::sdp::SrtpMode {
+        self.srtp_mode.unwrap_or_default()
+    }
 }
 
 /// The built-in demo flow (until dialplans exist): welcome, collect digits, read them back.
@@ -390,6 +403,7 @@ impl Default for MediaConfig {
             inband_dtmf: true,
             pacing_threads: 1,
             pacer_nice: -10,
+            srtp_mode: None,
         }
     }
 }
@@ -502,7 +516,36 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
+        cfg.warnings.extend(cfg.srtp_warning());
         Ok(cfg)
+    }
+
+    /// TLS listeners for SIP. TODO(tls): `self.sip.tls.len()` once `[sip] tls = [...]` exists;
+    /// until then ivrd has none, so no signalling is secure and no SDES key is ever taken.
+    pub fn tls_listeners(&self) -> usize {
+        0
+    }
+
+    /// A warning when `[media] srtp` was set to allow SRTP but no TLS listener exists: SDES keys
+    /// are only taken over TLS, so SRTP would never happen (and under "required", no call would).
+    pub fn srtp_warning(&self) -> Option<String> {
+        use crate::sip::sdp::SrtpMode;
+        if self.tls_listeners() > 0 {
+            return None;
+        }
+        match self.media.srtp_mode? {
+            SrtpMode::Off => None,
+            SrtpMode::Optional => Some(
+                "[media] srtp = \"optional\" but [sip] has no TLS listener: SDES keys are only \
+                 accepted over TLS, so every call will be plain RTP"
+                    .into(),
+            ),
+            SrtpMode::Required => Some(
+                "[media] srtp = \"required\" but [sip] has no TLS listener: SDES keys are only \
+                 accepted over TLS, so every call will be refused with 488"
+                    .into(),
+            ),
+        }
     }
 
     /// Reads every `*_file` secret into its key (SMS provider tokens, webhook headers, the

@@ -24,7 +24,7 @@ use crate::media::srtp::{MAX_TAG_LEN, MasterKey, SrtpError, SrtpReceiver, SrtpSe
 use crate::media::{g711, prompt};
 use crate::sip::auth;
 use crate::sip::message::{self, Message, ResponseBuilder, frame_len};
-use crate::sip::sdp::{Codec, LocalSession};
+use crate::sip::sdp::{Codec, LocalSession, SrtpMode, parse_crypto};
 use crate::store;
 use bytes::Bytes;
 use ezk_sip_types::Name;
@@ -114,7 +114,9 @@ pub fn sip_message(data: &[u8]) {
 }
 
 /// Answers the bytes as an offer (twice: an unchanged offer must get a byte-identical answer,
-/// RFC 3264 8), and accepts them as the answer to our offer and as an unsolicited answer.
+/// RFC 3264 8), and accepts them as the answer to our offer and as an unsolicited answer; with
+/// SRTP off, optional and required, over secure and insecure signalling. An answer is SRTP only
+/// where it may be, and then carries one crypto line with our key.
 pub fn sdp(data: &[u8]) {
     let sessions = [
         LocalSession::new(7, ([192, 0, 2, 1], 4000).into(), Vec::new()),
@@ -123,21 +125,41 @@ pub fn sdp(data: &[u8]) {
             "[2001:db8::1]:4002".parse().expect("literal address"),
             vec![Codec::Pcma],
         ),
+        LocalSession::new(9, ([192, 0, 2, 1], 4000).into(), Vec::new()).with_srtp(SrtpMode::Optional),
+        LocalSession::new(10, ([192, 0, 2, 1], 4000).into(), Vec::new()).with_srtp(SrtpMode::Required),
     ];
     for session in sessions {
-        let mut answering = session.clone();
-        if let Ok((first, negotiated)) = answering.answer(data) {
-            let (second, again) = answering
-                .answer(data)
-                .expect("the same offer answered twice");
-            assert_eq!(first, second, "an unchanged offer changed the answer");
-            assert_eq!(negotiated, again);
+        for secure in [false, true] {
+            let mut answering = session.clone();
+            if let Ok((first, negotiated)) = answering.answer(data, secure) {
+                let (second, again) = answering
+                    .answer(data, secure)
+                    .expect("the same offer answered twice");
+                assert_eq!(first, second, "an unchanged offer changed the answer");
+                assert_eq!(negotiated, again);
+                let crypto_lines = first.matches("a=crypto:").count();
+                match negotiated.srtp {
+                    Some(keys) => {
+                        assert!(secure, "SRTP taken over insecure signalling");
+                        assert_eq!(crypto_lines, 1, "{first}");
+                        assert!(first.contains(keys.suite.name()));
+                    }
+                    None => assert_eq!(crypto_lines, 0, "{first}"),
+                }
+            }
+            let mut offering = session.clone();
+            if let Ok(offer) = offering.offer(secure) {
+                assert!(secure || !offer.contains("a=crypto"), "keys offered in clear");
+            }
+            let _ = offering.accept_answer(data);
         }
-        let mut offering = session.clone();
-        let _ = offering.offer();
-        let _ = offering.accept_answer(data);
         let mut unsolicited = session;
         let _ = unsolicited.accept_answer(data);
+    }
+    for line in String::from_utf8_lossy(data).lines() {
+        if let Some(value) = line.trim().strip_prefix("a=crypto:") {
+            let _ = parse_crypto(value).map_err(|e| e.to_string());
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct ActiveCall {
     #[serde(skip)]
     pub started: Instant,
     pub seconds: u64,
+    /// The SRTP suite of the call's media, `None` for plain RTP (or before it is negotiated).
+    pub srtp: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -54,6 +56,13 @@ pub struct Metrics {
 pub struct CallGuard<'a> {
     metrics: &'a Metrics,
     id: u64,
+}
+
+impl CallGuard<'_> {
+    /// The call's key in the active list, for [`Metrics::call_srtp`].
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl Drop for CallGuard<'_> {
@@ -84,9 +93,17 @@ impl Metrics {
                 dialplan: dialplan.to_string(),
                 started: Instant::now(),
                 seconds: 0,
+                srtp: None,
             },
         );
         CallGuard { metrics: self, id }
+    }
+
+    /// Records the media security a call negotiated (at answer and at every re-INVITE).
+    pub fn call_srtp(&self, id: u64, suite: Option<&'static str>) {
+        if let Some(call) = self.active.lock().expect("metrics lock").get_mut(&id) {
+            call.srtp = suite;
+        }
     }
 
     pub fn call_ended(&self, outcome: &str) {

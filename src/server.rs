@@ -171,6 +171,7 @@ pub fn call_settings(cfg: &Config) -> CallSettings {
             .zip(cfg.transfer.password.clone())
             .map(|(username, password)| crate::call::Credentials { username, password }),
         session_min_se: cfg.sip.session_min_se_secs,
+        srtp: cfg.media.srtp(),
     }
 }
 
@@ -413,6 +414,7 @@ pub async fn run(
                     settings: snap.settings.clone(),
                     hangup_all: hangup_all.clone(),
                     metrics: metrics.clone(),
+                    status_id: None,
                 };
                 let span = info_span!("call", call_id = %new.invite.call_id);
                 calls.spawn(handle_call(new, ctx, snap, audit.clone()).instrument(span));
@@ -604,7 +606,12 @@ fn apply_reload(r: &ReloadContext, latest: &mut Config) -> ReloadRecord {
 }
 
 /// One call: pick its dialplan, run it, write its audit row.
-async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>, audit: AuditWriter) {
+async fn handle_call(
+    new: NewCall,
+    mut ctx: CallContext,
+    snap: Arc<Snapshot>,
+    audit: AuditWriter,
+) {
     let dialed = new
         .invite
         .request_uri()
@@ -621,7 +628,8 @@ async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>, audit:
             .map(|p| p.name.clone())
             .unwrap_or_default(),
     };
-    let _active = metrics.call_started(&new.invite.call_id, &caller, &dialed, &plan_name);
+    let active = metrics.call_started(&new.invite.call_id, &caller, &dialed, &plan_name);
+    ctx.status_id = Some(active.id());
     let summary: CallSummary<Option<FlowResult>> = if let Some(demo) = snap.demo.clone() {
         call::run(new, ctx, move |mut c| async move {
             let r = crate::demo::run(&mut c, &demo).await;
@@ -686,5 +694,6 @@ fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str) -> AuditRow {
             status: t.status,
             ms: t.ms,
         }),
+        srtp: s.srtp.map(str::to_string),
     }
 }

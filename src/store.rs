@@ -93,6 +93,11 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit ADD COLUMN transfer_status INTEGER;
     ALTER TABLE audit ADD COLUMN transfer_ms INTEGER;
     "#,
+    // 3: media security: the SRTP suite when the call's media was SRTP throughout, NULL for
+    // plain RTP (at any point of the call) or a call that never had media.
+    r#"
+    ALTER TABLE audit ADD COLUMN srtp TEXT;
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -317,6 +322,9 @@ pub struct AuditRow {
     pub detail: Option<String>,
     /// The call's last transfer, if it tried one.
     pub transfer: Option<AuditTransfer>,
+    /// The SRTP suite (e.g. `AES_CM_128_HMAC_SHA1_80`) when every media negotiation of the call
+    /// was SRTP; `None` for plain RTP or no media.
+    pub srtp: Option<String>,
 }
 
 /// A call's transfer as the audit records it.
@@ -739,8 +747,8 @@ impl Store {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
                                     ended_at, dtmf_methods, detail, transfer_target,
-                                    transfer_status, transfer_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                    transfer_status, transfer_ms, srtp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for row in rows {
                 stmt.execute(params![
@@ -758,6 +766,7 @@ impl Store {
                     row.transfer
                         .as_ref()
                         .map(|t| i64::try_from(t.ms).unwrap_or(i64::MAX)),
+                    row.srtp,
                 ])?;
             }
         }
@@ -777,7 +786,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT call_id, caller, dialed, customer_id, outcome, started_at, ended_at,
-                    dtmf_methods, detail, transfer_target, transfer_status, transfer_ms
+                    dtmf_methods, detail, transfer_target, transfer_status, transfer_ms, srtp
              FROM audit ORDER BY id DESC LIMIT ?1",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -803,6 +812,7 @@ impl Store {
                             .and_then(|ms| u64::try_from(ms).ok())
                             .unwrap_or(0),
                     }),
+                    srtp: r.get(12)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -1915,6 +1925,7 @@ id,name,mobile,language,branch
                 status: Some(200),
                 ms: 1234,
             }),
+            srtp: (n == 2).then(|| "AES_CM_128_HMAC_SHA1_80".into()),
         };
         for n in 1..=3 {
             store.write_audit(&row(n)).unwrap();

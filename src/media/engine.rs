@@ -18,6 +18,14 @@
 //! [`SourceFilter`]), latches that address for symmetric RTP, turns RFC 4733 events and in-band
 //! tones into digits, and watches for RTP silence (the RTP timeout). Events go to the call task.
 //!
+//! SRTP ([`Protection::Srtp`], keys from SDES): the pacer encrypts each packet in place in its
+//! stack buffer, which has room for the tag, right before `sendto`; the receive task checks and
+//! decrypts in place in its receive buffer before anything else looks at the packet. A packet
+//! that fails authentication or is a replay is counted and dropped there: it never reaches
+//! the source filter (so it cannot be learned as the caller's source), the RTP timeout, or a
+//! DTMF decoder. Each side keeps its [`srtp`] context (key schedule, keyed HMAC, ROC, replay
+//! window) for the stream's life and replaces it only when a new SDP exchange changes its key.
+//!
 //! The call talks to its stream through a [`StreamHandle`]: play, stop, update after SDP
 //! changes; dropping the handle closes the stream and frees its port.
 
@@ -26,6 +34,7 @@ use super::dtmf::{Digit, DtmfMethod, InbandDetector, Rfc4733Receiver};
 use super::g711;
 use super::prompt::Prompt;
 use super::rtp::{self, HEADER_LEN, Received, RtpSender};
+use super::srtp::{self, SrtpError, SrtpKeys, SrtpReceiver, SrtpSender};
 use crate::sip::sdp::Codec;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -51,6 +60,8 @@ const LATE: Duration = Duration::from_millis(5);
 const CATCH_UP: Duration = Duration::from_millis(200);
 /// Largest payload we send: 40 ms of G.711.
 const MAX_PAYLOAD: usize = 320;
+/// The pacer's packet buffer: header, payload, and room for an SRTP tag.
+const SEND_BUF: usize = HEADER_LEN + MAX_PAYLOAD + srtp::MAX_TAG_LEN;
 
 /// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +118,43 @@ pub struct StreamParams {
     pub send: bool,
     /// False while the caller sends nothing on purpose (hold): pauses the RTP timeout.
     pub expect_rtp: bool,
+    /// Plain RTP or SRTP, and with which keys.
+    pub protection: Protection,
+}
+
+/// How a stream's packets are protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// Plain RTP.
+    Plain,
+    /// SRTP is coming (our offer was SRTP) but the peer's answer, with its key, is not here
+    /// yet: nothing is sent, and everything received is dropped as unauthenticated.
+    AwaitingKeys,
+    /// SRTP with these keys (`Debug` does not print them).
+    Srtp(SrtpKeys),
+}
+
+impl Protection {
+    /// The SRTP suite's name, or `None` for plain RTP.
+    pub fn srtp_suite(&self) -> Option<&'static str> {
+        match self {
+            Protection::Srtp(keys) => Some(keys.suite.name()),
+            Protection::Plain | Protection::AwaitingKeys => None,
+        }
+    }
+
+    /// A sending context for our key, unless `current` already is one for it.
+    fn sender(&self, current: Option<Box<SrtpSender>>, old: &Protection) -> Option<Box<SrtpSender>> {
+        match (self, old) {
+            (Protection::Srtp(new), Protection::Srtp(was))
+                if new.suite == was.suite && new.send == was.send && current.is_some() =>
+            {
+                current
+            }
+            (Protection::Srtp(keys), _) => Some(Box::new(SrtpSender::new(keys.suite, &keys.send))),
+            _ => None,
+        }
+    }
 }
 
 /// Counters for metrics and the benchmark (relaxed atomics: read rarely, written hot).
@@ -118,6 +166,11 @@ pub struct MediaStats {
     /// RTP packets dropped by strict RTP because they came from another address than the
     /// caller's learned source.
     pub foreign_packets: AtomicU64,
+    /// SRTP packets dropped because they failed authentication (a wrong key, a forgery, plain
+    /// RTP on an SRTP stream, a damaged packet), or came before the keys did.
+    pub srtp_auth_failures: AtomicU64,
+    /// SRTP packets dropped as replays: an index already received, or too old for the window.
+    pub srtp_replays: AtomicU64,
     pub send_errors: AtomicU64,
     /// Ticks that started more than 5 ms late.
     pub late_ticks: AtomicU64,
@@ -380,6 +433,9 @@ struct PacedStream {
     socket: StdUdpSocket,
     params: StreamParams,
     rtp: RtpSender,
+    /// The SRTP context for our key, while `params.protection` is SRTP. Boxed: it is a few
+    /// hundred bytes (key schedule, keyed HMAC) the slab need not carry for plain streams.
+    srtp: Option<Box<SrtpSender>>,
     shared: Arc<Shared>,
     symmetric: bool,
     /// The pacer's copy of `shared.latched`, as of `seen_generation`.
@@ -412,6 +468,7 @@ impl PacedStream {
         PacedStream {
             id,
             socket,
+            srtp: params.protection.sender(None, &Protection::Plain),
             params,
             rtp: RtpSender::new_random(),
             shared,
@@ -940,7 +997,7 @@ fn pacer_loop(
     let mut streams = PacerStreams::default();
     let start = clock::now_ns();
     let mut tick: u64 = 0;
-    let mut buf = [0u8; HEADER_LEN + MAX_PAYLOAD];
+    let mut buf = [0u8; SEND_BUF];
     loop {
         if stopping.load(Ordering::Acquire) {
             return;
@@ -1004,20 +1061,30 @@ fn send_one(
     s: &mut PacedStream,
     tick: u64,
     tick_ns: u64,
-    buf: &mut [u8; HEADER_LEN + MAX_PAYLOAD],
+    buf: &mut [u8; SEND_BUF],
     stats: &MediaStats,
 ) {
     let Some(dest) = s.destination() else {
         return;
     };
-    if !s.params.send {
+    if !s.params.send || s.params.protection == Protection::AwaitingKeys {
         return;
     }
     let samples = (s.params.ptime_ms * 8) as usize;
-    let len = HEADER_LEN + samples.min(MAX_PAYLOAD);
+    let mut len = HEADER_LEN + samples.min(MAX_PAYLOAD);
     s.rtp
         .write_header(&mut buf[..], s.params.payload_type, samples as u32);
     s.fill(&mut buf[HEADER_LEN..len]);
+    if let Some(ctx) = s.srtp.as_mut() {
+        // In place, into the room SEND_BUF leaves for the tag: cannot fail for our own header.
+        match ctx.protect(&mut buf[..], len) {
+            Ok(n) => len = n,
+            Err(_) => {
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
     // One clock read per packet (vDSO, tens of ns against microseconds for sendto).
     let now = clock::now_ns();
     match s.socket.send_to(&buf[..len], dest) {
@@ -1061,6 +1128,8 @@ fn apply(streams: &mut PacerStreams, cmd: PacerCmd) {
         PacerCmd::Update { id, params } => {
             streams.set_every(id, ticks_per_packet(params.ptime_ms));
             if let Some(s) = streams.get_mut(id) {
+                // Same key, same context: its ROC goes on (a fresh one would reuse keystream).
+                s.srtp = params.protection.sender(s.srtp.take(), &s.params.protection);
                 s.params = params;
             }
         }
@@ -1113,6 +1182,40 @@ impl SdpView {
     }
 }
 
+/// The receive task's SRTP context, rebuilt only when the peer's key changes.
+#[derive(Default)]
+struct SrtpView {
+    keys: Option<SrtpKeys>,
+    receiver: Option<SrtpReceiver>,
+}
+
+impl SrtpView {
+    /// Checks and decrypts `packet` in place when the stream is SRTP; returns the RTP length.
+    /// RTCP (SRTCP) multiplexed on the port is passed through untouched, for `rtp::parse` to
+    /// set aside as it always has.
+    fn unprotect(&mut self, protection: &Protection, packet: &mut [u8]) -> Result<usize, SrtpError> {
+        let keys = match protection {
+            Protection::Plain => return Ok(packet.len()),
+            Protection::AwaitingKeys => return Err(SrtpError::Auth),
+            Protection::Srtp(keys) => keys,
+        };
+        if matches!(rtp::parse(packet), Received::Rtcp) {
+            return Ok(packet.len());
+        }
+        let same = self
+            .keys
+            .is_some_and(|k| k.suite == keys.suite && k.recv == keys.recv);
+        if !same || self.receiver.is_none() {
+            self.keys = Some(*keys);
+            self.receiver = Some(SrtpReceiver::new(keys.suite, &keys.recv));
+        }
+        self.receiver
+            .as_mut()
+            .expect("set just above")
+            .unprotect(packet)
+    }
+}
+
 async fn recv_loop(
     socket: AsyncFd<StdUdpSocket>,
     shared: Arc<Shared>,
@@ -1142,6 +1245,9 @@ async fn recv_loop(
     };
     // Whether a foreign packet was logged: once per stream, as every one of a flood would be.
     let mut foreign_logged = false;
+    // The SRTP context for the peer's key, and the protection it was made for.
+    let mut srtp = SrtpView::default();
+    let mut srtp_logged = false;
     loop {
         sdp.refresh(&shared, &mut filter, settings.symmetric_rtp);
         let p = sdp.params;
@@ -1166,12 +1272,33 @@ async fn recv_loop(
                 continue;
             }
         };
-        let Received::Rtp(pkt) = rtp::parse(&buf[..n]) else {
-            continue;
-        };
         // An update may have come in while we waited: judge the packet by the current SDP.
         sdp.refresh(&shared, &mut filter, settings.symmetric_rtp);
         let p = sdp.params;
+        // SRTP first: nothing unauthenticated reaches the source filter or a digit decoder.
+        let n = match srtp.unprotect(&p.protection, &mut buf[..n]) {
+            Ok(n) => n,
+            Err(SrtpError::Replay) => {
+                stats.srtp_replays.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(SrtpError::Auth | SrtpError::Malformed) => {
+                stats.srtp_auth_failures.fetch_add(1, Ordering::Relaxed);
+                if !srtp_logged {
+                    srtp_logged = true;
+                    info!(
+                        parent: &span,
+                        %from,
+                        "SRTP packet failed authentication and was dropped (a wrong key, plain \
+                         RTP, or a forgery); further ones are only counted"
+                    );
+                }
+                continue;
+            }
+        };
+        let Received::Rtp(pkt) = rtp::parse(&buf[..n]) else {
+            continue;
+        };
         match filter.accept(from, pkt.ssrc, pkt.seq) {
             Verdict::Accept => {}
             Verdict::Learned => {
@@ -1286,6 +1413,7 @@ mod tests {
             remote: Some(remote),
             send: true,
             expect_rtp: true,
+            protection: Protection::Plain,
         }
     }
 
