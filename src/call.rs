@@ -510,8 +510,8 @@ impl Call {
             }
         };
         let offered = if invite.has_sdp() {
-            let probe = LocalSession::new(0, flow.local, settings.codecs.clone())
-                .with_srtp(settings.srtp);
+            let probe =
+                LocalSession::new(0, flow.local, settings.codecs.clone()).with_srtp(settings.srtp);
             match probe.offered_address(&invite.body, secure) {
                 Ok(ip) => ip,
                 Err(e) => return Err(refuse(&e)),
@@ -1028,7 +1028,9 @@ impl Call {
         self.stream.update(self.params);
         self.srtp = self.srtp.and(Some(n));
         if let Some(id) = self.ctx.status_id {
-            self.ctx.metrics.call_srtp(id, n.srtp.map(|k| k.suite.name()));
+            self.ctx
+                .metrics
+                .call_srtp(id, n.srtp.map(|k| k.suite.name()));
         }
     }
 

@@ -125,8 +125,10 @@ pub fn sdp(data: &[u8]) {
             "[2001:db8::1]:4002".parse().expect("literal address"),
             vec![Codec::Pcma],
         ),
-        LocalSession::new(9, ([192, 0, 2, 1], 4000).into(), Vec::new()).with_srtp(SrtpMode::Optional),
-        LocalSession::new(10, ([192, 0, 2, 1], 4000).into(), Vec::new()).with_srtp(SrtpMode::Required),
+        LocalSession::new(9, ([192, 0, 2, 1], 4000).into(), Vec::new())
+            .with_srtp(SrtpMode::Optional),
+        LocalSession::new(10, ([192, 0, 2, 1], 4000).into(), Vec::new())
+            .with_srtp(SrtpMode::Required),
     ];
     for session in sessions {
         for secure in [false, true] {
@@ -149,7 +151,10 @@ pub fn sdp(data: &[u8]) {
             }
             let mut offering = session.clone();
             if let Ok(offer) = offering.offer(secure) {
-                assert!(secure || !offer.contains("a=crypto"), "keys offered in clear");
+                assert!(
+                    secure || !offer.contains("a=crypto"),
+                    "keys offered in clear"
+                );
             }
             let _ = offering.accept_answer(data);
         }

@@ -370,6 +370,18 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "ivrd_srtp_auth_failures_total",
+            "SRTP packets dropped for failing authentication (wrong key, forgery, plain RTP on an SRTP stream).",
+            media.srtp_auth_failures.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_srtp_replays_total",
+            "SRTP packets dropped as replays (an index already received, or older than the 128-packet window).",
+            media.srtp_replays.load(r),
+        );
+        counter(
+            &mut out,
             "ivrd_rtp_send_errors_total",
             "RTP packets the kernel refused.",
             media.send_errors.load(r),
@@ -495,6 +507,9 @@ mod tests {
         let m = Metrics::default();
         let guard = m.call_started("c1", "+4915112345678", "100", "verify");
         assert_eq!(m.active_count(), 1);
+        assert_eq!(m.active_calls()[0].srtp, None);
+        m.call_srtp(guard.id(), Some("AES_CM_128_HMAC_SHA1_32"));
+        assert_eq!(m.active_calls()[0].srtp, Some("AES_CM_128_HMAC_SHA1_32"));
         assert_eq!(m.active_calls()[0].caller, "+49*********78");
         m.digit(DtmfMethod::Rfc4733);
         m.digit(DtmfMethod::Rfc4733);
@@ -506,6 +521,8 @@ mod tests {
         m.call_ended("verified");
         let media = MediaStats::default();
         media.foreign_packets.store(7, Ordering::Relaxed);
+        media.srtp_auth_failures.store(3, Ordering::Relaxed);
+        media.srtp_replays.store(2, Ordering::Relaxed);
         let text = m.render(
             &CoreStats::default(),
             &TransportStats::default(),
@@ -526,6 +543,8 @@ mod tests {
         assert!(text.contains("# TYPE ivrd_rtp_foreign_packets_total counter\n"));
         assert!(text.contains("# HELP ivrd_rtp_foreign_packets_total RTP packets dropped"));
         assert!(text.contains("ivrd_rtp_foreign_packets_total 7\n"));
+        assert!(text.contains("ivrd_srtp_auth_failures_total 3\n"));
+        assert!(text.contains("ivrd_srtp_replays_total 2\n"));
         // Every sample line belongs to a declared metric (a scraper rejects the rest).
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

@@ -606,12 +606,7 @@ fn apply_reload(r: &ReloadContext, latest: &mut Config) -> ReloadRecord {
 }
 
 /// One call: pick its dialplan, run it, write its audit row.
-async fn handle_call(
-    new: NewCall,
-    mut ctx: CallContext,
-    snap: Arc<Snapshot>,
-    audit: AuditWriter,
-) {
+async fn handle_call(new: NewCall, mut ctx: CallContext, snap: Arc<Snapshot>, audit: AuditWriter) {
     let dialed = new
         .invite
         .request_uri()

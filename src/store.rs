@@ -1364,6 +1364,37 @@ mod tests {
         assert_eq!(rows[0].transfer, None);
     }
 
+    /// A version 2 database (transfers, no media security) upgrades to 3: its rows read back
+    /// with no SRTP suite, and new rows carry theirs.
+    #[test]
+    fn a_version_2_database_gains_the_srtp_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (2);
+                 INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
+                                    ended_at, dtmf_methods, detail, transfer_target)
+                 VALUES ('v2@h', '+4930', '100', NULL, 'verified', 1000, 2000, 'info', NULL,
+                         'sip:q@pbx');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 3);
+        let mut row = store.recent_audit(1).unwrap().remove(0);
+        assert_eq!((row.call_id.as_str(), row.srtp.as_deref()), ("v2@h", None));
+        assert_eq!(row.transfer.as_ref().unwrap().target, "sip:q@pbx");
+        row.call_id = "v3@h".into();
+        row.srtp = Some("AES_CM_128_HMAC_SHA1_80".into());
+        store.write_audit(&row).unwrap();
+        assert_eq!(store.recent_audit(1).unwrap()[0], row);
+    }
+
     #[test]
     fn open_fails_clearly_on_an_unwritable_path() {
         let dir = tempfile::tempdir().unwrap();

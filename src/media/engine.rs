@@ -144,7 +144,11 @@ impl Protection {
     }
 
     /// A sending context for our key, unless `current` already is one for it.
-    fn sender(&self, current: Option<Box<SrtpSender>>, old: &Protection) -> Option<Box<SrtpSender>> {
+    fn sender(
+        &self,
+        current: Option<Box<SrtpSender>>,
+        old: &Protection,
+    ) -> Option<Box<SrtpSender>> {
         match (self, old) {
             (Protection::Srtp(new), Protection::Srtp(was))
                 if new.suite == was.suite && new.send == was.send && current.is_some() =>
@@ -1129,7 +1133,9 @@ fn apply(streams: &mut PacerStreams, cmd: PacerCmd) {
             streams.set_every(id, ticks_per_packet(params.ptime_ms));
             if let Some(s) = streams.get_mut(id) {
                 // Same key, same context: its ROC goes on (a fresh one would reuse keystream).
-                s.srtp = params.protection.sender(s.srtp.take(), &s.params.protection);
+                s.srtp = params
+                    .protection
+                    .sender(s.srtp.take(), &s.params.protection);
                 s.params = params;
             }
         }
@@ -1193,7 +1199,11 @@ impl SrtpView {
     /// Checks and decrypts `packet` in place when the stream is SRTP; returns the RTP length.
     /// RTCP (SRTCP) multiplexed on the port is passed through untouched, for `rtp::parse` to
     /// set aside as it always has.
-    fn unprotect(&mut self, protection: &Protection, packet: &mut [u8]) -> Result<usize, SrtpError> {
+    fn unprotect(
+        &mut self,
+        protection: &Protection,
+        packet: &mut [u8],
+    ) -> Result<usize, SrtpError> {
         let keys = match protection {
             Protection::Plain => return Ok(packet.len()),
             Protection::AwaitingKeys => return Err(SrtpError::Auth),
@@ -1384,6 +1394,7 @@ mod tests {
     use super::*;
     use crate::media::dtmf::rfc4733_payload;
     use crate::media::rtp::RtpPacket;
+    use crate::media::srtp::SrtpSender;
 
     fn engine(port_min: u16, timeout: Option<Duration>) -> MediaEngine {
         MediaEngine::start(settings(port_min, timeout)).unwrap()
@@ -1711,6 +1722,230 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    fn srtp_keys(suite: srtp::Suite) -> SrtpKeys {
+        SrtpKeys {
+            suite,
+            send: srtp::MasterKey::random(),
+            recv: srtp::MasterKey::random(),
+        }
+    }
+
+    /// One key press (start, then the end three times) as plain RTP packets.
+    fn press_packets(sender: &mut RtpSender, key: char) -> Vec<Vec<u8>> {
+        let digit = Digit::from_char(key).unwrap();
+        let ts = sender.timestamp;
+        let packets = [(false, 160), (true, 480), (true, 480), (true, 480)]
+            .into_iter()
+            .map(|(end, dur)| {
+                let mut pkt = vec![0u8; HEADER_LEN + 4];
+                sender.timestamp = ts;
+                sender.write_header(&mut pkt, 101, 0);
+                pkt[HEADER_LEN..].copy_from_slice(&rfc4733_payload(digit, end, 10, dur));
+                pkt
+            })
+            .collect();
+        sender.timestamp = ts.wrapping_add(800);
+        packets
+    }
+
+    /// `packets` protected by `tx`, as they go on the wire.
+    fn protected(tx: &mut SrtpSender, packets: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        packets
+            .into_iter()
+            .map(|mut p| {
+                let len = p.len();
+                p.resize(len + srtp::MAX_TAG_LEN, 0);
+                let n = tx.protect(&mut p, len).unwrap();
+                p.truncate(n);
+                p
+            })
+            .collect()
+    }
+
+    fn send_all(sock: &StdUdpSocket, packets: &[Vec<u8>], to: SocketAddr) {
+        for p in packets {
+            sock.send_to(p, to).unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn srtp_prompt_decrypts_at_the_peer_with_the_negotiated_key() {
+        for (port, suite) in [
+            (42100, srtp::Suite::AesCm128HmacSha1_80),
+            (42130, srtp::Suite::AesCm128HmacSha1_32),
+        ] {
+            let peer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+            peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let engine = engine(port, None);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let keys = srtp_keys(suite);
+            let stream = engine
+                .open(
+                    StreamParams {
+                        protection: Protection::Srtp(keys),
+                        ..params(peer.local_addr().unwrap())
+                    },
+                    tx,
+                )
+                .unwrap();
+            let pcm: Vec<i16> = (0..400).map(|i| (i * 50) as i16).collect();
+            let prompt = Arc::new(Prompt::from_pcm("ramp", "en", pcm));
+            let first = recv(&peer);
+            stream.play(7, vec![prompt.clone()]);
+            let mut wire = vec![first];
+            for _ in 0..12 {
+                wire.push(recv(&peer));
+            }
+            // Only our key opens them; the receiver follows them in order.
+            let mut wrong = SrtpReceiver::new(suite, &keys.recv);
+            assert_eq!(wrong.unprotect(&mut wire[0].clone()), Err(SrtpError::Auth));
+            let mut rx_ctx = SrtpReceiver::new(suite, &keys.send);
+            let mut audio = Vec::new();
+            let mut raw_audio = Vec::new();
+            let mut last_seq = None;
+            for p in &wire {
+                assert_eq!(p.len(), HEADER_LEN + 160 + suite.tag_len());
+                raw_audio.extend_from_slice(&p[HEADER_LEN..HEADER_LEN + 160]);
+                let mut buf = p.clone();
+                let n = rx_ctx.unprotect(&mut buf).expect("authentic");
+                let Received::Rtp(pkt) = rtp::parse(&buf[..n]) else {
+                    panic!("not RTP")
+                };
+                if let Some(prev) = last_seq {
+                    assert_eq!(pkt.seq, u16::wrapping_add(prev, 1));
+                }
+                last_seq = Some(pkt.seq);
+                audio.extend_from_slice(pkt.payload);
+            }
+            let find = |haystack: &[u8]| {
+                haystack
+                    .windows(prompt.pcmu.len())
+                    .position(|w| w == &prompt.pcmu[..])
+            };
+            let start = find(&audio).expect("the prompt comes out intact");
+            assert!(
+                audio[start + prompt.pcmu.len()..]
+                    .iter()
+                    .all(|b| *b == g711::ULAW_SILENCE)
+            );
+            assert_eq!(
+                find(&raw_audio),
+                None,
+                "the prompt crossed the wire readable"
+            );
+            assert!(!raw_audio.iter().all(|b| *b == g711::ULAW_SILENCE));
+            assert_eq!(
+                next_event(&mut rx).await,
+                MediaEvent::PlayDone {
+                    token: 7,
+                    interrupted: false
+                }
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn srtp_digits_are_collected_and_forged_or_replayed_packets_type_nothing() {
+        let caller = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let engine = engine(42200, None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let suite = srtp::Suite::AesCm128HmacSha1_80;
+        let keys = srtp_keys(suite);
+        let stream = engine
+            .open(
+                StreamParams {
+                    protection: Protection::Srtp(keys),
+                    ..params(caller.local_addr().unwrap())
+                },
+                tx,
+            )
+            .unwrap();
+        let to = stream.local_addr();
+        let mut rtp_tx = RtpSender::new_random();
+        let mut srtp_tx = SrtpSender::new(suite, &keys.recv);
+        let five = protected(&mut srtp_tx, press_packets(&mut rtp_tx, '5'));
+        send_all(&caller, &five, to);
+        assert_eq!(digit_of(&next_event(&mut rx).await), Some('5'));
+        // The same packets again: replays, dropped.
+        send_all(&caller, &five, to);
+        // A press under another key (a forgery), a tampered one, and plain RTP.
+        let mut forger = SrtpSender::new(suite, &srtp::MasterKey::random());
+        send_all(
+            &caller,
+            &protected(&mut forger, press_packets(&mut rtp_tx, '9')),
+            to,
+        );
+        let mut tampered = protected(&mut srtp_tx, press_packets(&mut rtp_tx, '8'));
+        for p in &mut tampered {
+            p[HEADER_LEN] ^= 0x01;
+        }
+        send_all(&caller, &tampered, to);
+        send_all(&caller, &press_packets(&mut rtp_tx, '7'), to);
+        // The caller's next real press is the next digit the call hears.
+        send_all(
+            &caller,
+            &protected(&mut srtp_tx, press_packets(&mut rtp_tx, '3')),
+            to,
+        );
+        assert_eq!(digit_of(&next_event(&mut rx).await), Some('3'));
+        let stats = engine.stats();
+        assert_eq!(stats.srtp_replays.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.srtp_auth_failures.load(Ordering::Relaxed), 12);
+        assert_eq!(stats.packets_received.load(Ordering::Relaxed), 8);
+        assert_eq!(stats.foreign_packets.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unauthenticated_packets_teach_strict_rtp_nothing() {
+        // The SDP names an address that stays silent; a stranger sends a stream good enough
+        // for probation many times over, in plain RTP and under a wrong key.
+        let sdp_addr = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let stranger = StdUdpSocket::bind("127.0.0.2:0").unwrap();
+        let engine = engine(42300, None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let suite = srtp::Suite::AesCm128HmacSha1_32;
+        let keys = srtp_keys(suite);
+        let mut p = StreamParams {
+            protection: Protection::AwaitingKeys,
+            ..params(sdp_addr.local_addr().unwrap())
+        };
+        let stream = engine.open(p, tx).unwrap();
+        let to = stream.local_addr();
+        // Awaiting the peer's key (our SRTP offer is out): nothing goes out, nothing counts.
+        assert_eq!(count_received(&sdp_addr, Duration::from_millis(150)), 0);
+        let mut plain = RtpSender::new_random();
+        send_audio(&stranger, &mut plain, to, 2);
+        p.protection = Protection::Srtp(keys);
+        stream.update(p);
+        send_audio(&stranger, &mut plain, to, 10);
+        let mut forger = SrtpSender::new(suite, &srtp::MasterKey::random());
+        let mut rtp_tx = RtpSender::new_random();
+        let forged: Vec<Vec<u8>> = (0..10)
+            .map(|_| {
+                let mut pkt = vec![g711::ULAW_SILENCE; HEADER_LEN + 160];
+                rtp_tx.write_header(&mut pkt, 0, 160);
+                pkt
+            })
+            .collect();
+        send_all(&stranger, &protected(&mut forger, forged), to);
+        send_all(&stranger, &press_packets(&mut rtp_tx, '1'), to);
+        // The pacer still sends to the SDP's address, in SRTP under our key; the stranger hears
+        // nothing and typed nothing.
+        let mut buf = [0u8; 1500];
+        sdp_addr
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let n = sdp_addr.recv(&mut buf).unwrap();
+        let mut ctx = SrtpReceiver::new(suite, &keys.send);
+        assert!(ctx.unprotect(&mut buf[..n]).is_ok());
+        assert_eq!(count_received(&stranger, Duration::from_millis(150)), 0);
+        let stats = engine.stats();
+        assert_eq!(stats.srtp_auth_failures.load(Ordering::Relaxed), 26);
+        assert_eq!(stats.packets_received.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.foreign_packets.load(Ordering::Relaxed), 0);
+        assert!(rx.try_recv().is_err(), "no digit, no event");
     }
 
     #[test]

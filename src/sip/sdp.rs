@@ -480,11 +480,9 @@ impl LocalSession {
         let srtp = match (self.srtp, self.current_srtp) {
             (SrtpMode::Off, _) => false,
             (_, Some(current)) => current,
-            (_, None) => secure_signalling,
+            (SrtpMode::Required, None) => true,
+            (SrtpMode::Optional, None) => secure_signalling,
         };
-        if self.srtp == SrtpMode::Required && !srtp {
-            return Err(SdpError::SrtpRequired);
-        }
         if srtp && !secure_signalling {
             return Err(SdpError::InsecureSignalling);
         }
@@ -1135,7 +1133,8 @@ pub fn parse_crypto(value: &str) -> Result<Crypto, CryptoSkip> {
         return Err(CryptoSkip::Malformed("tag is not 1-9 digits"));
     }
     let tag: u32 = tag.parse().map_err(|_| CryptoSkip::Malformed("tag"))?;
-    let suite = Suite::from_name(suite).ok_or_else(|| CryptoSkip::Suite(suite.chars().take(40).collect()))?;
+    let suite = Suite::from_name(suite)
+        .ok_or_else(|| CryptoSkip::Suite(suite.chars().take(40).collect()))?;
     if key_params.contains(';') {
         return Err(CryptoSkip::SeveralKeys);
     }
@@ -1223,7 +1222,9 @@ mod tests {
     }
 
     fn answer(offer: &str) -> (String, Negotiated) {
-        let (sdp, negotiated) = local().answer(offer.as_bytes(), false).expect("answerable offer");
+        let (sdp, negotiated) = local()
+            .answer(offer.as_bytes(), false)
+            .expect("answerable offer");
         check_wire_format(&sdp);
         (sdp, negotiated)
     }
@@ -1567,6 +1568,412 @@ mod tests {
         );
         assert_eq!((n.codec, n.remote), (Codec::Pcma, v4(192, 0, 2, 1, 5002)));
         assert!(!sdp.contains("crypto"));
+    }
+
+    fn srtp_session(mode: SrtpMode) -> LocalSession {
+        local().with_srtp(mode)
+    }
+
+    fn crypto_lines(sdp: &str) -> Vec<&str> {
+        sdp.lines().filter(|l| l.starts_with("a=crypto:")).collect()
+    }
+
+    /// The key of our `a=crypto` line with `tag`.
+    fn our_key(sdp: &str, tag: u32) -> MasterKey {
+        let line = crypto_lines(sdp)
+            .into_iter()
+            .find(|l| l.starts_with(&format!("a=crypto:{tag} ")))
+            .expect("our crypto line");
+        parse_crypto(line.strip_prefix("a=crypto:").unwrap())
+            .expect("we write what we read")
+            .key
+    }
+
+    fn b64_key(text: &str) -> MasterKey {
+        MasterKey::from_slice(&BASE64.decode(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sdes_offer_over_tls_gets_its_tag_echoed_and_a_fresh_key_of_ours() {
+        let offer = include_str!("../../tests/data/sdp/srtp_savp.sdp");
+        let mut s = srtp_session(SrtpMode::Optional);
+        let (sdp, n) = s.answer(offer.as_bytes(), true).unwrap();
+        check_wire_format(&sdp);
+        assert_eq!(mlines(&sdp), ["m=audio 40000 RTP/SAVP 0 101"]);
+        let crypto = crypto_lines(&sdp);
+        assert_eq!(crypto.len(), 1, "{sdp}");
+        assert!(crypto[0].starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+        assert_eq!(
+            crypto[0].len(),
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:".len() + 40
+        );
+        let keys = n.srtp.expect("SRTP negotiated");
+        assert_eq!(keys.suite, Suite::AesCm128HmacSha1_80);
+        assert_eq!(
+            keys.recv,
+            b64_key("vXMep/SIW4iMD21StWgrmy024dJZfOAM7qFFJfsJ")
+        );
+        assert_eq!(keys.send, our_key(&sdp, 1));
+        assert_ne!(keys.send, keys.recv);
+        assert!(!n.insecure_sdes_refused);
+        // A refresh gets the same answer, key included; another call gets another key.
+        let (again, n2) = s.answer(offer.as_bytes(), true).unwrap();
+        assert_eq!((again, n2), (sdp.clone(), n.clone()));
+        let (other, _) = srtp_session(SrtpMode::Required)
+            .answer(offer.as_bytes(), true)
+            .unwrap();
+        assert_ne!(our_key(&other, 1), keys.send);
+        // SAVPF is answered in kind.
+        let savpf = offer.replace("RTP/SAVP", "RTP/SAVPF");
+        let (sdp, n) = s.answer(savpf.as_bytes(), true).unwrap();
+        assert_eq!(mlines(&sdp), ["m=audio 40000 RTP/SAVPF 0 101"]);
+        assert_eq!(
+            n.srtp.unwrap().send,
+            keys.send,
+            "same suite, same key of ours"
+        );
+    }
+
+    #[test]
+    fn sdes_over_insecure_signalling_is_refused_and_a_plain_stream_beside_it_taken() {
+        let offer = include_str!("../../tests/data/sdp/srtp_savp.sdp");
+        for mode in [SrtpMode::Optional, SrtpMode::Required] {
+            let err = srtp_session(mode)
+                .answer(offer.as_bytes(), false)
+                .unwrap_err();
+            assert!(
+                matches!(err, SdpError::InsecureSignalling),
+                "{mode:?}: {err:?}"
+            );
+            assert!(err.is_not_acceptable() && err.is_security());
+            assert!(err.to_string().contains("insecure signalling"));
+        }
+        // Best effort (plain line first, SAVP second): over UDP the plain one, and the log
+        // hears of the SDES line refused; over TLS the SRTP one, whatever the order.
+        let both = include_str!("../../tests/data/sdp/best_effort_srtp.sdp");
+        let (sdp, n) = srtp_session(SrtpMode::Optional)
+            .answer(both.as_bytes(), false)
+            .unwrap();
+        assert_eq!(
+            mlines(&sdp),
+            ["m=audio 40000 RTP/AVP 8 101", "m=audio 0 RTP/SAVP 8 101"]
+        );
+        assert!(crypto_lines(&sdp).is_empty());
+        assert_eq!((n.srtp, n.insecure_sdes_refused), (None, true));
+        assert_eq!(n.remote, v4(192, 0, 2, 30, 30000));
+        let (sdp, n) = srtp_session(SrtpMode::Optional)
+            .answer(both.as_bytes(), true)
+            .unwrap();
+        assert_eq!(
+            mlines(&sdp),
+            ["m=audio 0 RTP/AVP 8 101", "m=audio 40000 RTP/SAVP 8 101"]
+        );
+        assert_eq!(n.remote, v4(192, 0, 2, 30, 30002));
+        assert_eq!(crypto_lines(&sdp).len(), 1);
+        assert!(crypto_lines(&sdp)[0].starts_with("a=crypto:7 AES_CM_128_HMAC_SHA1_80 "));
+        // Off: the SAVP line is refused in place as it always was.
+        let (sdp, n) = local().answer(both.as_bytes(), true).unwrap();
+        assert_eq!(mlines(&sdp)[1], "m=audio 0 RTP/SAVP 8 101");
+        assert_eq!((n.srtp, n.insecure_sdes_refused), (None, false));
+    }
+
+    #[test]
+    fn required_refuses_plain_offers_and_optional_takes_them() {
+        let plain = include_str!("../../tests/data/sdp/baresip.sdp");
+        for secure in [false, true] {
+            let err = srtp_session(SrtpMode::Required)
+                .answer(plain.as_bytes(), secure)
+                .unwrap_err();
+            assert!(matches!(err, SdpError::SrtpRequired), "{err:?}");
+            assert!(err.is_not_acceptable());
+            let (_, n) = srtp_session(SrtpMode::Optional)
+                .answer(plain.as_bytes(), secure)
+                .unwrap();
+            assert_eq!(n.srtp, None);
+        }
+        // A plain line beside a usable SAVP one is refused in place.
+        let both = include_str!("../../tests/data/sdp/best_effort_srtp.sdp");
+        let (sdp, n) = srtp_session(SrtpMode::Required)
+            .answer(both.as_bytes(), true)
+            .unwrap();
+        assert_eq!(mlines(&sdp)[0], "m=audio 0 RTP/AVP 8 101");
+        assert!(n.srtp.is_some());
+    }
+
+    #[test]
+    fn real_world_crypto_offers_pick_the_first_usable_line() {
+        let pick = |file: &str| {
+            let (sdp, n) = srtp_session(SrtpMode::Optional)
+                .answer(file.as_bytes(), true)
+                .unwrap_or_else(|e| panic!("{e}: {file}"));
+            check_wire_format(&sdp);
+            let line = crypto_lines(&sdp)[0].to_owned();
+            (line, n.srtp.unwrap())
+        };
+        // Asterisk: both suites, no lifetime; the first.
+        let (line, keys) = pick(include_str!("../../tests/data/sdp/asterisk_srtp.sdp"));
+        assert!(
+            line.starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 "),
+            "{line}"
+        );
+        assert_eq!(
+            keys.recv,
+            b64_key("muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG")
+        );
+        // FreeSWITCH: GCM and AES-256 first, which we do not speak.
+        let (line, keys) = pick(include_str!("../../tests/data/sdp/freeswitch_srtp.sdp"));
+        assert!(
+            line.starts_with("a=crypto:4 AES_CM_128_HMAC_SHA1_80 "),
+            "{line}"
+        );
+        assert_eq!(
+            keys.recv,
+            b64_key("qce5DSp8/aHZbsUooUQMypy7zVcot8aZYber5eKY")
+        );
+        // Cisco: _32 first, with a lifetime of 2^31 (we never send that many).
+        let (line, keys) = pick(include_str!("../../tests/data/sdp/cisco_srtp.sdp"));
+        assert!(
+            line.starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_32 "),
+            "{line}"
+        );
+        assert_eq!(keys.suite, Suite::AesCm128HmacSha1_32);
+        // Polycom style: an MKI, a 2^10 lifetime, UNENCRYPTED_SRTCP are passed over; a
+        // window-size hint is not.
+        let (line, keys) = pick(include_str!("../../tests/data/sdp/polycom_srtp.sdp"));
+        assert!(
+            line.starts_with("a=crypto:4 AES_CM_128_HMAC_SHA1_32 "),
+            "{line}"
+        );
+        assert!(
+            !line.contains("WSH"),
+            "our line has no session parameters: {line}"
+        );
+        assert_eq!(
+            keys.recv,
+            b64_key("Gs7+JKaAdxbtSY4p/1z7PXEuzS0fhpdwxFAsymwR")
+        );
+    }
+
+    #[test]
+    fn crypto_attribute_parsing() {
+        let key = "muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG";
+        let ok = |v: &str| parse_crypto(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+        let c = ok(&format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}"));
+        assert_eq!(
+            (c.tag, c.suite, c.key),
+            (1, Suite::AesCm128HmacSha1_80, b64_key(key))
+        );
+        assert_eq!(
+            ok(&format!(
+                "123456789 aes_cm_128_hmac_sha1_32 INLINE:{key}|2^20"
+            ))
+            .tag,
+            123456789
+        );
+        ok(&format!("2 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^48"));
+        ok(&format!(
+            "2 AES_CM_128_HMAC_SHA1_80 inline:{key}|1048576 WSH=64"
+        ));
+        ok(&format!("2  AES_CM_128_HMAC_SHA1_80\tinline:{key}"));
+        let skip = |v: String| parse_crypto(&v).unwrap_err();
+        use CryptoSkip::{KeyMethod, Lifetime, Malformed, Mki, SessionParam, SeveralKeys};
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^31|1:4")),
+            Mki
+        );
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1:4")),
+            Mki
+        );
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^19")),
+            Lifetime(1 << 19)
+        );
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1000")),
+            Lifetime(1000)
+        );
+        assert!(matches!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^49")),
+            Malformed(_)
+        ));
+        assert!(matches!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^x")),
+            Malformed(_)
+        ));
+        assert!(matches!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^20|2^20")),
+            Malformed(_)
+        ));
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key} KDR=0")),
+            SessionParam("KDR=0".into())
+        );
+        assert_eq!(
+            skip(format!(
+                "1 AES_CM_128_HMAC_SHA1_80 inline:{key} UNENCRYPTED_SRTP"
+            )),
+            SessionParam("UNENCRYPTED_SRTP".into())
+        );
+        assert_eq!(
+            skip(format!(
+                "1 AES_CM_128_HMAC_SHA1_80 inline:{key};inline:{key}"
+            )),
+            SeveralKeys
+        );
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 uri:{key}")),
+            KeyMethod
+        );
+        assert_eq!(
+            skip(format!("1 AES_256_CM_HMAC_SHA1_80 inline:{key}")),
+            CryptoSkip::Suite("AES_256_CM_HMAC_SHA1_80".into())
+        );
+        for bad in [
+            String::new(),
+            "1 AES_CM_128_HMAC_SHA1_80".into(),
+            format!("x AES_CM_128_HMAC_SHA1_80 inline:{key}"),
+            format!("1234567890 AES_CM_128_HMAC_SHA1_80 inline:{key}"),
+            "1 AES_CM_128_HMAC_SHA1_80 inline:not*base64".into(),
+            "1 AES_CM_128_HMAC_SHA1_80 inline:AAAA".into(),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline{key}"),
+        ] {
+            assert!(matches!(parse_crypto(&bad), Err(Malformed(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn savp_without_a_usable_crypto_line_is_488() {
+        let bad = offer_with(
+            "",
+            "audio 5000 RTP/SAVP 0",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG|2^31|1:1\r\n",
+        );
+        let err = srtp_session(SrtpMode::Optional)
+            .answer(bad.as_bytes(), true)
+            .unwrap_err();
+        assert!(matches!(err, SdpError::NoUsableCrypto), "{err:?}");
+        let none = offer_with("", "audio 5000 RTP/SAVP 0", "");
+        assert!(matches!(
+            srtp_session(SrtpMode::Optional).answer(none.as_bytes(), true),
+            Err(SdpError::NoUsableCrypto)
+        ));
+        // A crypto line on RTP/AVP means nothing (RFC 4568 is for SAVP): plain, no crypto.
+        let avp = offer_with(
+            "",
+            "audio 5000 RTP/AVP 0",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG\r\n",
+        );
+        let (sdp, n) = srtp_session(SrtpMode::Optional)
+            .answer(avp.as_bytes(), true)
+            .unwrap();
+        assert!(crypto_lines(&sdp).is_empty() && n.srtp.is_none());
+        // Session-level crypto is not RFC 4568's and is not read.
+        let session = offer_with(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG\r\n",
+            "audio 5000 RTP/SAVP 0",
+            "",
+        );
+        assert!(matches!(
+            srtp_session(SrtpMode::Optional).answer(session.as_bytes(), true),
+            Err(SdpError::NoUsableCrypto)
+        ));
+    }
+
+    #[test]
+    fn our_srtp_offer_and_its_answer() {
+        // Over TLS, optional: SAVP with both suites, tags 1 and 2.
+        let mut s = srtp_session(SrtpMode::Optional);
+        let offer = s.offer(true).unwrap();
+        check_wire_format(&offer);
+        assert!(s.srtp_offered());
+        assert_eq!(mlines(&offer), ["m=audio 40000 RTP/SAVP 0 8 101"]);
+        let lines = crypto_lines(&offer);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+        assert!(lines[1].starts_with("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"));
+        assert_ne!(our_key(&offer, 1), our_key(&offer, 2));
+        let theirs = "CT3QFUqUHGN4sFm8OQm9iHYBV0rPpG93b5v4cQRD";
+        let answer = |profile: &str, crypto: &str| {
+            format!(
+                "v=0\r\no=- 5 5 IN IP4 198.51.100.5\r\ns=-\r\nc=IN IP4 198.51.100.5\r\nt=0 0\r\n\
+                 m=audio 10036 {profile} 0 101\r\na=rtpmap:101 telephone-event/8000\r\n{crypto}"
+            )
+        };
+        let good = answer(
+            "RTP/SAVP",
+            &format!("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{theirs}\r\n"),
+        );
+        let n = s.accept_answer(good.as_bytes()).unwrap();
+        let keys = n.srtp.unwrap();
+        assert_eq!(keys.suite, Suite::AesCm128HmacSha1_32);
+        assert_eq!(
+            (keys.send, keys.recv),
+            (our_key(&offer, 2), b64_key(theirs))
+        );
+        // A re-offer (re-INVITE without SDP) keeps SRTP and our keys.
+        let again = s.offer(true).unwrap();
+        assert_eq!(our_key(&again, 2), keys.send);
+        assert_eq!(our_key(&again, 1), our_key(&offer, 1));
+        // Bad answers: plain, a tag we did not offer for that suite, two lines, none.
+        for bad in [
+            answer("RTP/AVP", ""),
+            answer(
+                "RTP/SAVP",
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:{theirs}\r\n"),
+            ),
+            answer(
+                "RTP/SAVP",
+                &format!("a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{theirs}\r\n"),
+            ),
+            answer(
+                "RTP/SAVP",
+                &format!(
+                    "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{theirs}\r\n\
+                     a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{theirs}\r\n"
+                ),
+            ),
+            answer("RTP/SAVP", ""),
+        ] {
+            s.offer(true).unwrap();
+            let err = s.accept_answer(bad.as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    SdpError::UnsupportedProfile(_) | SdpError::NoUsableCrypto
+                ),
+                "{bad}: {err:?}"
+            );
+        }
+        // Optional over UDP: a plain offer, no keys in clear. Required over UDP: none at all.
+        let mut udp = srtp_session(SrtpMode::Optional);
+        let plain = udp.offer(false).unwrap();
+        assert!(crypto_lines(&plain).is_empty() && !udp.srtp_offered());
+        assert_eq!(mlines(&plain), ["m=audio 40000 RTP/AVP 0 8 101"]);
+        let sdes_answer = answer(
+            "RTP/SAVP",
+            &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{theirs}\r\n"),
+        );
+        assert!(matches!(
+            udp.accept_answer(sdes_answer.as_bytes()),
+            Err(SdpError::UnsupportedProfile(_))
+        ));
+        assert!(matches!(
+            srtp_session(SrtpMode::Required).offer(false),
+            Err(SdpError::InsecureSignalling)
+        ));
+        assert!(
+            srtp_session(SrtpMode::Required)
+                .offer(true)
+                .unwrap()
+                .contains("RTP/SAVP")
+        );
+        // Off over TLS: plain, as ever.
+        assert!(local().offer(true).unwrap().contains("RTP/AVP 0 8 101"));
+        // A session answered in plain RTP re-offers plain, even over TLS.
+        let mut plain_call = srtp_session(SrtpMode::Optional);
+        plain_call.answer(BARESIP.as_bytes(), true).unwrap();
+        assert!(crypto_lines(&plain_call.offer(true).unwrap()).is_empty());
     }
 
     #[test]
@@ -1941,20 +2348,30 @@ mod tests {
     #[test]
     fn prefs_are_deduplicated_and_default_to_both() {
         let mut s = LocalSession::new(1, "192.0.2.9:4000".parse().unwrap(), vec![]);
-        assert_eq!(mlines(&s.offer(false).unwrap()), ["m=audio 4000 RTP/AVP 0 8 101"]);
+        assert_eq!(
+            mlines(&s.offer(false).unwrap()),
+            ["m=audio 4000 RTP/AVP 0 8 101"]
+        );
         let mut s = LocalSession::new(
             1,
             "192.0.2.9:4000".parse().unwrap(),
             vec![Codec::Pcma, Codec::Pcma, Codec::Pcmu],
         );
-        assert_eq!(mlines(&s.offer(false).unwrap()), ["m=audio 4000 RTP/AVP 8 0 101"]);
+        assert_eq!(
+            mlines(&s.offer(false).unwrap()),
+            ["m=audio 4000 RTP/AVP 8 0 101"]
+        );
     }
 
     #[test]
     fn ipv4_mapped_local_address_is_advertised_as_ip4() {
         let mapped: SocketAddr = "[::ffff:192.0.2.9]:4000".parse().unwrap();
         let mut s = LocalSession::new(1, mapped, vec![]);
-        assert!(s.offer(false).unwrap().contains("\r\nc=IN IP4 192.0.2.9\r\n"));
+        assert!(
+            s.offer(false)
+                .unwrap()
+                .contains("\r\nc=IN IP4 192.0.2.9\r\n")
+        );
     }
 
     #[test]
