@@ -720,6 +720,38 @@ mod tests {
     }
 
     #[test]
+    fn srtp_mode_defaults_to_optional_and_warns_only_when_set_without_tls() {
+        use crate::sip::sdp::SrtpMode;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ivrd.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load_without_secrets(&path)
+        };
+        let cfg = load("").unwrap();
+        assert_eq!(cfg.media.srtp(), SrtpMode::Optional);
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let cfg = load("[media]\nsrtp = \"off\"\n").unwrap();
+        assert_eq!((cfg.media.srtp(), cfg.warnings.len()), (SrtpMode::Off, 0));
+        // No [sip] tls listener yet: SDES would never be taken, which the admin should hear.
+        let cfg = load("[media]\nsrtp = \"optional\"\n").unwrap();
+        assert!(
+            cfg.warnings[0].contains("no TLS listener"),
+            "{:?}",
+            cfg.warnings
+        );
+        let cfg = load("[media]\nsrtp = \"required\"\n").unwrap();
+        assert_eq!(cfg.media.srtp(), SrtpMode::Required);
+        assert!(
+            cfg.warnings[0].contains("refused with 488"),
+            "{:?}",
+            cfg.warnings
+        );
+        let err = load("[media]\nsrtp = \"yes\"\n").unwrap_err().to_string();
+        assert!(err.contains("srtp") || err.contains("yes"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_their_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ivrd.toml");
