@@ -20,7 +20,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -60,7 +60,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// The engine-wide counter is shared: the tests that read it take turns.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn thread_allocations() -> u64 {
     THREAD_ALLOCATIONS.with(Cell::get)
@@ -75,7 +75,7 @@ fn packet(rtp: &mut RtpSender) -> ([u8; HEADER_LEN + 160 + MAX_TAG_LEN], usize) 
 
 #[test]
 fn protect_and_unprotect_allocate_nothing_per_packet() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = SERIAL.blocking_lock();
     for suite in Suite::ALL {
         let key = MasterKey::random();
         let mut tx = SrtpSender::new(suite, &key);
@@ -141,7 +141,7 @@ fn sink(sock: UdpSocket, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_allocates_nothing_per_srtp_packet() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = SERIAL.lock().await;
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let engine = MediaEngine::start(settings(43000, 43100)).unwrap();
@@ -309,7 +309,7 @@ fn raise_fd_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --release --ignored --nocapture"]
 async fn pacer_cpu_per_packet_srtp_against_plain() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = SERIAL.lock().await;
     raise_fd_limit();
     let secs: u64 = std::env::var("SRTP_PERF_SECS")
         .ok()
