@@ -561,7 +561,7 @@ impl Call {
         };
         let params = match &negotiated {
             Some(n) => {
-                log_media_security(n, "offer answered");
+                log_media_security(n, "INVITE");
                 params_from(n)
             }
             // Our offer is out: if it was SRTP, nothing counts until the answer's key.
