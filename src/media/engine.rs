@@ -1197,8 +1197,10 @@ struct SrtpView {
 
 impl SrtpView {
     /// Checks and decrypts `packet` in place when the stream is SRTP; returns the RTP length.
-    /// RTCP (SRTCP) multiplexed on the port is passed through untouched, for `rtp::parse` to
-    /// set aside as it always has.
+    /// What is not RTP at all (STUN, garbage) and RTCP (SRTCP) multiplexed on the port pass
+    /// through untouched, for `rtp::parse` to set aside as it always has (`Invalid`, `Rtcp`):
+    /// judged by the clear header bytes alone, since an SRTP packet's padding count is
+    /// encrypted.
     fn unprotect(
         &mut self,
         protection: &Protection,
@@ -1209,7 +1211,8 @@ impl SrtpView {
             Protection::AwaitingKeys => return Err(SrtpError::Auth),
             Protection::Srtp(keys) => keys,
         };
-        if matches!(rtp::parse(packet), Received::Rtcp) {
+        let not_rtp = packet.len() < HEADER_LEN || packet[0] >> 6 != 2;
+        if not_rtp || (192..=223).contains(&packet[1]) {
             return Ok(packet.len());
         }
         let same = self
@@ -1931,6 +1934,15 @@ mod tests {
             .collect();
         send_all(&stranger, &protected(&mut forger, forged), to);
         send_all(&stranger, &press_packets(&mut rtp_tx, '1'), to);
+        // Not RTP (a STUN binding request's first bytes) and RTCP are set aside, as in plain
+        // RTP: not counted as failures.
+        let mut rtcp = vec![0x80, 200, 0, 6];
+        rtcp.resize(28 + 14, 0);
+        send_all(
+            &stranger,
+            &[vec![0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42], rtcp],
+            to,
+        );
         // The pacer still sends to the SDP's address, in SRTP under our key; the stranger hears
         // nothing and typed nothing.
         let mut buf = [0u8; 1500];
