@@ -72,6 +72,8 @@ pub struct StatusCall {
     pub caller: String,
     pub dialed: String,
     pub dialplan: String,
+    #[serde(default)]
+    pub transport: String,
     pub seconds: u64,
     /// The SRTP suite of the call's media; `null` for plain RTP.
     #[serde(default)]
@@ -95,6 +97,7 @@ impl AdminState {
                     caller: c.caller,
                     dialed: c.dialed,
                     dialplan: c.dialplan,
+                    transport: c.transport.to_string(),
                     seconds: c.seconds,
                     srtp: c.srtp.map(str::to_string),
                 })
@@ -308,11 +311,12 @@ pub fn status_command(addr: &str) -> Result<String, String> {
     }
     for c in &status.active_calls {
         out.push_str(&format!(
-            "  {:>6}  {:<16} -> {:<12} {:<10} {:<4} {}\n",
+            "  {:>6}  {:<16} -> {:<12} {:<10} {:<4} {:<4} {}\n",
             fmt_duration(c.seconds),
             c.caller,
             c.dialed,
             c.dialplan,
+            c.transport,
             if c.srtp.is_some() { "srtp" } else { "rtp" },
             c.call_id
         ));
@@ -399,7 +403,7 @@ mod tests {
         let st = state();
         let _guard = st
             .metrics
-            .call_started("c9", "+491701234567", "100", "verify");
+            .call_started("c9", "+491701234567", "100", "verify", "TLS");
         let addr = serve("127.0.0.1:0", st.clone(), CancellationToken::new())
             .await
             .unwrap();
@@ -410,6 +414,7 @@ mod tests {
         assert!(out.contains(": ok,"), "{out}");
         assert!(out.contains("1 active call\n"), "{out}");
         assert!(out.contains("+49********67") && out.contains("c9"), "{out}");
+        assert!(out.contains(" TLS "), "{out}");
         let get = move |path: &str| {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             write!(s, "GET {path} HTTP/1.1\r\n\r\n").unwrap();

@@ -107,6 +107,7 @@ mod tests {
             dtmf_methods: String::new(),
             detail: None,
             transfer: None,
+            transport: None,
             srtp: None,
         }
     }

@@ -20,7 +20,7 @@ use crate::sip::message::{Message, ResponseBuilder, extract_uri, reason_phrase, 
 use crate::sip::peers::Trust;
 use crate::sip::sdp::{Codec, Direction, LocalSession, Negotiated, SdpError, SrtpMode};
 use crate::sip::session_timer::{self, Due, SessionTimer};
-use crate::sip::transport::{Flow, Protocol};
+use crate::sip::transport::{Flow, Protocol, RequestTarget};
 use bytes::Bytes;
 use ezk_sip_types::{Method, Name};
 use std::collections::VecDeque;
@@ -343,10 +343,12 @@ pub struct CallSettings {
     pub srtp: SrtpMode,
 }
 
-/// Whether `flow` keeps what is signalled on it secret, SDES keys included: only TLS does.
-/// The match is exhaustive on purpose: a new transport (TLS) does not compile until it says.
+/// Whether `flow` keeps what is signalled on it secret, SDES keys included: only TLS does
+/// (hop by hop, as RFC 4568 8.1.1 asks: the SDP crossed this connection encrypted).
+/// The match is exhaustive on purpose: a new transport does not compile until it says.
 pub fn signalling_is_secure(flow: &Flow) -> bool {
     match flow.protocol {
+        Protocol::Tls => true,
         Protocol::Udp | Protocol::Tcp => false,
     }
 }
@@ -583,7 +585,10 @@ impl Call {
             ..params
         });
 
-        let contact = contact_uri(&flow, settings.public_host.as_deref());
+        let sips = invite
+            .request_uri()
+            .is_some_and(|u| u.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")));
+        let contact = contact_uri(&flow, settings.public_host.as_deref(), sips);
         let dialog = Dialog::new_uas(&invite, &local_tag, contact.clone(), flow.protocol);
         let max_deadline = settings.max_call.map(|d| tokio::time::Instant::now() + d);
         let (refresh_tx, refresh_results) = mpsc::unbounded_channel();
@@ -728,12 +733,21 @@ impl Call {
 
     /// Where in-dialog requests go: the route set or Contact when it is an IP literal we can
     /// reach, else back to where the INVITE came from (the usual case behind NAT and proxies).
-    fn request_target(&self) -> SocketAddr {
+    fn request_target(&self) -> RequestTarget {
         match self.flow.protocol {
             // On TCP the caller's connection is the way back (RFC 5923-style reuse, which
-            // every softphone and PBX expects from a server that has no listener to dial).
-            Protocol::Tcp => self.flow.remote,
-            Protocol::Udp => self.dialog.next_hop().unwrap_or(self.flow.remote),
+            // every softphone and PBX expects); when the peer has closed it, the transport
+            // opens one to the route set or Contact (RFC 3261 18.1.1), over the same
+            // protocol: a dialog that came over TLS never continues in clear.
+            Protocol::Tcp | Protocol::Tls => RequestTarget {
+                addr: self.flow.remote,
+                reconnect: self.dialog.next_hop(self.flow.protocol),
+            },
+            Protocol::Udp => self
+                .dialog
+                .next_hop(self.flow.protocol)
+                .unwrap_or(self.flow.remote)
+                .into(),
         }
     }
 
@@ -1328,7 +1342,10 @@ fn params_from(n: &Negotiated) -> StreamParams {
         remote: n.remote,
         send: matches!(n.direction, Direction::SendRecv | Direction::SendOnly)
             && n.remote.is_some(),
-        expect_rtp: matches!(n.direction, Direction::SendRecv | Direction::RecvOnly),
+        // Only a call both ways expects the caller's RTP. A caller's `a=sendonly` is a hold
+        // (RFC 3264 8.4) like `inactive`, and a held phone may send nothing at all (linphonec
+        // does): its silence must not end the call.
+        expect_rtp: n.direction == Direction::SendRecv,
         protection: match n.srtp {
             Some(keys) => Protection::Srtp(keys),
             None => Protection::Plain,
@@ -1383,7 +1400,9 @@ fn sdp_error_code(e: &SdpError) -> u16 {
     if e.is_not_acceptable() { 488 } else { 400 }
 }
 
-fn contact_uri(flow: &Flow, public_host: Option<&str>) -> String {
+/// Our Contact for a dialog on `flow`. Over TLS it is `sips:` when the caller asked for
+/// `sips:` (TLS on every hop, RFC 5630 4), else `sip:...;transport=tls` (this hop only).
+fn contact_uri(flow: &Flow, public_host: Option<&str>, sips: bool) -> String {
     let hostport = match public_host {
         Some(h) => format!("{h}:{}", flow.local.port()),
         None => fmt_host_port(flow.local),
@@ -1391,6 +1410,8 @@ fn contact_uri(flow: &Flow, public_host: Option<&str>) -> String {
     match flow.protocol {
         Protocol::Udp => format!("sip:ivrd@{hostport}"),
         Protocol::Tcp => format!("sip:ivrd@{hostport};transport=tcp"),
+        Protocol::Tls if sips => format!("sips:ivrd@{hostport}"),
+        Protocol::Tls => format!("sip:ivrd@{hostport};transport=tls"),
     }
 }
 
@@ -1467,6 +1488,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The RTP timeout runs only while the call goes both ways: a caller's hold, whether it
+    /// offers sendonly (ours recvonly), inactive or recvonly, pauses it.
+    #[test]
+    fn only_a_call_both_ways_expects_the_callers_rtp() {
+        let negotiated = |direction| Negotiated {
+            remote: Some("127.0.0.1:4000".parse().unwrap()),
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            dtmf_payload_type: Some(101),
+            ptime_ms: 20,
+            direction,
+            srtp: None,
+            insecure_sdes_refused: false,
+        };
+        let expects = |d| params_from(&negotiated(d)).expect_rtp;
+        assert!(expects(Direction::SendRecv));
+        assert!(!expects(Direction::RecvOnly), "the caller's sendonly hold");
+        assert!(!expects(Direction::Inactive));
+        assert!(!expects(Direction::SendOnly));
+    }
 
     fn spec(max: usize) -> CollectSpec {
         CollectSpec {

@@ -31,6 +31,9 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sip: SipConfig,
+    /// The certificate, key and client check of the `[sip] tls` listeners. (A section of its
+    /// own: TOML cannot have `[sip] tls = [...]` and a `[sip.tls]` table at once.)
+    pub tls: TlsConfig,
     pub media: MediaConfig,
     pub demo: DemoConfig,
     pub transfer: TransferConfig,
@@ -47,6 +50,38 @@ pub struct Config {
     /// the caller to log or print. Not a setting.
     #[serde(skip)]
     pub warnings: Vec<String>,
+}
+
+/// SIP over TLS: the server's certificate and key (PEM files), and mutual TLS. Read at start
+/// and on every reload, so a renewed certificate is served to the next connection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to; without it no client
+    /// certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse clients without a valid certificate (mutual TLS with the PBX).
+    pub require_client_cert: bool,
+    /// CA certificates (PEM) that servers ivrd connects to must chain to (a dialog's request
+    /// when the PBX's connection is gone); without it, the system's roots.
+    pub server_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The files, if TLS is configured.
+    pub fn files(&self) -> Option<crate::sip::tls::TlsFiles> {
+        Some(crate::sip::tls::TlsFiles {
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+            client_ca: self.client_ca.clone(),
+            require_client_cert: self.require_client_cert,
+            server_ca: self.server_ca.clone(),
+        })
+    }
 }
 
 /// Graceful shutdown (SIGTERM).
@@ -174,6 +209,9 @@ pub struct SipConfig {
     pub udp: Vec<SocketAddr>,
     /// TCP listen addresses.
     pub tcp: Vec<SocketAddr>,
+    /// TLS listen addresses (SIP over TLS, RFC 3261 26.2; usually port 5061). The certificate
+    /// and key are in `[tls]`.
+    pub tls: Vec<SocketAddr>,
     /// Host (IP or name) we put in Contact and Via when the listen address is a wildcard.
     pub public_host: Option<String>,
     /// RFC 3261 T1 in milliseconds (default 500). Everything else scales from T1/T2/T4.
@@ -322,6 +360,7 @@ impl Default for SipConfig {
         SipConfig {
             udp: vec![addr],
             tcp: vec![addr],
+            tls: Vec::new(),
             public_host: None,
             t1_ms: 500,
             t2_ms: 4000,
@@ -500,6 +539,19 @@ impl Config {
         if cfg.media.prompts_dir.is_relative() {
             cfg.media.prompts_dir = base.join(&cfg.media.prompts_dir);
         }
+        for p in [
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+            &mut cfg.tls.client_ca,
+            &mut cfg.tls.server_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if cfg.store.path.is_relative() {
             cfg.store.path = base.join(&cfg.store.path);
         }
@@ -520,10 +572,9 @@ impl Config {
         Ok(cfg)
     }
 
-    /// TLS listeners for SIP. TODO(tls): `self.sip.tls.len()` once `[sip] tls = [...]` exists;
-    /// until then ivrd has none, so no signalling is secure and no SDES key is ever taken.
+    /// TLS listeners for SIP: the only signalling over which SDES keys are taken.
     pub fn tls_listeners(&self) -> usize {
-        0
+        self.sip.tls.len()
     }
 
     /// A warning when `[media] srtp` was set to allow SRTP but no TLS listener exists: SDES keys
@@ -573,14 +624,27 @@ impl Config {
 
     /// Range and consistency checks that TOML types alone cannot express.
     pub fn validate(&self) -> Result<(), String> {
-        if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
-            return Err("[sip] needs at least one udp or tcp listen address".into());
+        if self.sip.udp.is_empty() && self.sip.tcp.is_empty() && self.sip.tls.is_empty() {
+            return Err("[sip] needs at least one udp, tcp or tls listen address".into());
+        }
+        if !self.sip.tls.is_empty() && self.tls.files().is_none() {
+            return Err(
+                "[sip] tls listens, but [tls] cert and key are not both set: name the PEM files"
+                    .into(),
+            );
+        }
+        if self.tls.require_client_cert && self.tls.client_ca.is_none() {
+            return Err(
+                "[tls] require_client_cert needs client_ca: the CA file client certificates must chain to"
+                    .into(),
+            );
         }
         let wildcard = self
             .sip
             .udp
             .iter()
             .chain(&self.sip.tcp)
+            .chain(&self.sip.tls)
             .find(|a| a.ip().is_unspecified());
         if let (Some(addr), None) = (wildcard, &self.sip.public_host) {
             // Our Contact would say sip:ivrd@0.0.0.0 and no peer could send us a BYE.
@@ -733,7 +797,7 @@ mod tests {
         assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
         let cfg = load("[media]\nsrtp = \"off\"\n").unwrap();
         assert_eq!((cfg.media.srtp(), cfg.warnings.len()), (SrtpMode::Off, 0));
-        // No [sip] tls listener yet: SDES would never be taken, which the admin should hear.
+        // No [sip] tls listener: SDES would never be taken, which the admin should hear.
         let cfg = load("[media]\nsrtp = \"optional\"\n").unwrap();
         assert!(
             cfg.warnings[0].contains("no TLS listener"),
@@ -747,6 +811,13 @@ mod tests {
             "{:?}",
             cfg.warnings
         );
+        // With a TLS listener, SRTP can happen: nothing to warn about.
+        let cfg = load(
+            "[sip]\ntls = [\"127.0.0.1:5061\"]\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             [media]\nsrtp = \"required\"\n",
+        )
+        .unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
         let err = load("[media]\nsrtp = \"yes\"\n").unwrap_err().to_string();
         assert!(err.contains("srtp") || err.contains("yes"), "{err}");
     }

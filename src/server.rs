@@ -192,6 +192,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     check!(
         sip.udp,
         sip.tcp,
+        sip.tls,
         sip.t1_ms,
         sip.t2_ms,
         sip.t4_ms,
@@ -318,10 +319,12 @@ pub async fn run(
             write_queue: cfg.sip.tcp_write_queue_kib * 1024,
         },
     );
+    transports.set_tls(tls_config(&cfg)?);
     let bound = transport::bind(
         &transports,
         &cfg.sip.udp,
         &cfg.sip.tcp,
+        &cfg.sip.tls,
         incoming_tx,
         sip_shutdown.clone(),
     )
@@ -422,6 +425,7 @@ pub async fn run(
             Some(()) = reload.recv() => {
                 let record = apply_reload(&ReloadContext {
                     config_path: config_path.as_deref(),
+                    transports: &core.transports,
                     running: &cfg,
                     store: &store,
                     metrics: &metrics,
@@ -435,6 +439,7 @@ pub async fn run(
             Some(request) = admin_reload.recv() => {
                 let record = apply_reload(&ReloadContext {
                     config_path: config_path.as_deref(),
+                    transports: &core.transports,
                     running: &cfg,
                     store: &store,
                     metrics: &metrics,
@@ -472,6 +477,18 @@ pub async fn run(
     admin_shutdown.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// The TLS configurations `[tls]` names, when TLS listeners are configured.
+pub fn tls_config(cfg: &Config) -> anyhow::Result<Option<crate::sip::tls::TlsConfigs>> {
+    if cfg.sip.tls.is_empty() {
+        return Ok(None);
+    }
+    let files = cfg
+        .tls
+        .files()
+        .context("[sip] tls listens, but [tls] cert and key are not both set")?;
+    Ok(Some(crate::sip::tls::configs(&files).context("[tls]")?))
 }
 
 /// The media addresses of `[media]`: `rtp_ip` and, for the other family, `rtp_ip6`.
@@ -528,6 +545,7 @@ fn check_descriptors(cfg: &Config) {
 /// What a reload needs from the running daemon.
 struct ReloadContext<'a> {
     config_path: Option<&'a Path>,
+    transports: &'a transport::Transports,
     /// The config the daemon started with: what the sockets, the core and the engine run on.
     running: &'a Config,
     store: &'a Arc<Store>,
@@ -552,14 +570,23 @@ fn apply_reload(r: &ReloadContext, latest: &mut Config) -> ReloadRecord {
     }
     .and_then(|cfg| {
         let snap = build_snapshot(&cfg, r.store.clone(), None, r.metrics.clone())?;
-        Ok((cfg, snap))
+        // A renewed certificate takes effect here; a bad one fails the reload as a whole.
+        let tls = if r.running.sip.tls.is_empty() {
+            None
+        } else {
+            tls_config(&cfg)?
+        };
+        Ok((cfg, snap, tls))
     });
     let at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
     let record = match loaded {
-        Ok((cfg, snap)) => {
+        Ok((cfg, snap, tls)) => {
+            if tls.is_some() {
+                r.transports.set_tls(tls);
+            }
             for warning in &cfg.warnings {
                 warn!("{warning}");
             }
@@ -623,7 +650,8 @@ async fn handle_call(new: NewCall, mut ctx: CallContext, snap: Arc<Snapshot>, au
             .map(|p| p.name.clone())
             .unwrap_or_default(),
     };
-    let active = metrics.call_started(&new.invite.call_id, &caller, &dialed, &plan_name);
+    let transport = new.flow.protocol.via_name();
+    let active = metrics.call_started(&new.invite.call_id, &caller, &dialed, &plan_name, transport);
     ctx.status_id = Some(active.id());
     let summary: CallSummary<Option<FlowResult>> = if let Some(demo) = snap.demo.clone() {
         call::run(new, ctx, move |mut c| async move {
@@ -654,7 +682,7 @@ async fn handle_call(new: NewCall, mut ctx: CallContext, snap: Arc<Snapshot>, au
         })
         .await
     };
-    let row = audit_row(&summary, &dialed);
+    let row = audit_row(&summary, &dialed, transport);
     metrics.call_ended(&row.outcome);
     if let Err(e) = audit.write(row).await {
         error!(error = %e, "audit row not written");
@@ -662,7 +690,7 @@ async fn handle_call(new: NewCall, mut ctx: CallContext, snap: Arc<Snapshot>, au
 }
 
 /// The audit outcome: the flow's verification outcome when it ran, else how the call ended.
-fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str) -> AuditRow {
+fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str, transport: &str) -> AuditRow {
     let flow = s.flow.as_ref().and_then(|f| f.as_ref());
     let outcome = match (flow, &s.end) {
         (Some(f), _) => f.outcome.as_str().to_string(),
@@ -689,6 +717,7 @@ fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str) -> AuditRow {
             status: t.status,
             ms: t.ms,
         }),
+        transport: Some(transport.to_string()),
         srtp: s.srtp.map(str::to_string),
     }
 }

@@ -99,6 +99,8 @@ impl FlowServices for CallServices {
 
     async fn send_pin(&self, req: &PinRequest) -> SendPinOutcome {
         let shared = self.shared.clone();
+        // The send is recorded at this instant, and refunded by it if nothing goes out.
+        let wall = SystemTime::now();
         let r = {
             let req = req.clone();
             let shared = shared.clone();
@@ -115,7 +117,7 @@ impl FlowServices for CallServices {
                     &req.caller,
                     req.length,
                     Instant::now(),
-                    SystemTime::now(),
+                    wall,
                 );
                 Ok((customer, pin))
             })
@@ -160,11 +162,22 @@ impl FlowServices for CallServices {
                 }
                 SendPinOutcome::Sent { minutes }
             }
+            Err(e) if e.nothing_sent() => {
+                // Nothing went out (refused, or the provider unreachable): void the PIN and
+                // take the send back, so an outage or a refused number costs the customer
+                // none of their quota.
+                let (id, caller) = (req.customer_id.clone(), req.caller.clone());
+                let refunded =
+                    blocking(move || shared.verifier.refund_send(&id, &caller, wall)).await;
+                warn!(customer = %req.customer_id, error = %e,
+                    counted = !matches!(refunded, Some(Ok(true))), "SMS failed; nothing was sent");
+                SendPinOutcome::Failed(e.to_string())
+            }
             Err(e) => {
-                // The PIN never reached the customer: void it (the send still counts toward
-                // the limits, so an outage cannot be used to get unlimited sends).
+                // It may have gone out: void the PIN (the caller cannot be told it), but the
+                // send counts, so a provider that times out is no way around the limits.
                 shared.verifier.revoke_pin(&req.customer_id);
-                warn!(customer = %req.customer_id, error = %e, "SMS failed");
+                warn!(customer = %req.customer_id, error = %e, "SMS may or may not have been sent; counted");
                 SendPinOutcome::Failed(e.to_string())
             }
         }

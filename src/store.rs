@@ -93,7 +93,12 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit ADD COLUMN transfer_status INTEGER;
     ALTER TABLE audit ADD COLUMN transfer_ms INTEGER;
     "#,
-    // 3: media security: the SRTP suite when the call's media was SRTP throughout, NULL for
+    // 3: the SIP transport the call came on (UDP, TCP, TLS): a reviewer can tell which calls
+    // crossed the network in clear.
+    r#"
+    ALTER TABLE audit ADD COLUMN transport TEXT;
+    "#,
+    // 4: media security: the SRTP suite when the call's media was SRTP throughout, NULL for
     // plain RTP (at any point of the call) or a call that never had media.
     r#"
     ALTER TABLE audit ADD COLUMN srtp TEXT;
@@ -322,6 +327,8 @@ pub struct AuditRow {
     pub detail: Option<String>,
     /// The call's last transfer, if it tried one.
     pub transfer: Option<AuditTransfer>,
+    /// The SIP transport: `UDP`, `TCP` or `TLS` (none in rows written before it was recorded).
+    pub transport: Option<String>,
     /// The SRTP suite (e.g. `AES_CM_128_HMAC_SHA1_80`) when every media negotiation of the call
     /// was SRTP; `None` for plain RTP or no media.
     pub srtp: Option<String>,
@@ -716,6 +723,23 @@ impl Store {
         Ok(SmsAdmission::Recorded)
     }
 
+    /// Takes back one send that [`Store::admit_sms`] recorded for `customer_id` and `caller`
+    /// at `at`, because nothing went out: it no longer counts against either limit.
+    pub fn refund_sms(
+        &self,
+        customer_id: &str,
+        caller: &str,
+        at: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM sms_sends WHERE rowid =
+                (SELECT rowid FROM sms_sends WHERE customer_id = ?1 AND caller = ?2 AND at = ?3
+                 LIMIT 1)",
+            params![customer_id, caller, to_ms(at)],
+        )?;
+        Ok(n == 1)
+    }
+
     /// Deletes failures and SMS sends older than `older_than` (they no longer count towards any
     /// window). Lock-outs and the audit log are kept.
     pub fn purge(&self, older_than: SystemTime) -> Result<PurgeReport, StoreError> {
@@ -747,8 +771,8 @@ impl Store {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
                                     ended_at, dtmf_methods, detail, transfer_target,
-                                    transfer_status, transfer_ms, srtp)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                    transfer_status, transfer_ms, transport, srtp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             for row in rows {
                 stmt.execute(params![
@@ -766,6 +790,7 @@ impl Store {
                     row.transfer
                         .as_ref()
                         .map(|t| i64::try_from(t.ms).unwrap_or(i64::MAX)),
+                    row.transport,
                     row.srtp,
                 ])?;
             }
@@ -786,7 +811,8 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT call_id, caller, dialed, customer_id, outcome, started_at, ended_at,
-                    dtmf_methods, detail, transfer_target, transfer_status, transfer_ms, srtp
+                    dtmf_methods, detail, transfer_target, transfer_status, transfer_ms,
+                    transport, srtp
              FROM audit ORDER BY id DESC LIMIT ?1",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -812,7 +838,8 @@ impl Store {
                             .and_then(|ms| u64::try_from(ms).ok())
                             .unwrap_or(0),
                     }),
-                    srtp: r.get(12)?,
+                    transport: r.get(12)?,
+                    srtp: r.get(13)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -1362,34 +1389,38 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].call_id, "old@h");
         assert_eq!(rows[0].transfer, None);
+        assert_eq!(rows[0].transport, None);
+        assert_eq!(rows[0].srtp, None);
     }
 
-    /// A version 2 database (transfers, no media security) upgrades to 3: its rows read back
-    /// with no SRTP suite, and new rows carry theirs.
+    /// A version 3 database (transfers and transport, no media security) upgrades to 4: its
+    /// rows read back with no SRTP suite, and new rows carry theirs.
     #[test]
-    fn a_version_2_database_gains_the_srtp_column() {
+    fn a_version_3_database_gains_the_srtp_column() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
-            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            for step in &MIGRATIONS[..3] {
+                conn.execute_batch(step).unwrap();
+            }
             conn.execute_batch(
                 "CREATE TABLE schema_version (version INTEGER NOT NULL);
-                 INSERT INTO schema_version (version) VALUES (2);
+                 INSERT INTO schema_version (version) VALUES (3);
                  INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
-                                    ended_at, dtmf_methods, detail, transfer_target)
-                 VALUES ('v2@h', '+4930', '100', NULL, 'verified', 1000, 2000, 'info', NULL,
-                         'sip:q@pbx');",
+                                    ended_at, dtmf_methods, detail, transfer_target, transport)
+                 VALUES ('v3@h', '+4930', '100', NULL, 'verified', 1000, 2000, 'info', NULL,
+                         'sip:q@pbx', 'TLS');",
             )
             .unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 3);
+        assert_eq!(store.schema_version().unwrap(), 4);
         let mut row = store.recent_audit(1).unwrap().remove(0);
-        assert_eq!((row.call_id.as_str(), row.srtp.as_deref()), ("v2@h", None));
+        assert_eq!((row.call_id.as_str(), row.srtp.as_deref()), ("v3@h", None));
+        assert_eq!(row.transport.as_deref(), Some("TLS"));
         assert_eq!(row.transfer.as_ref().unwrap().target, "sip:q@pbx");
-        row.call_id = "v3@h".into();
+        row.call_id = "v4@h".into();
         row.srtp = Some("AES_CM_128_HMAC_SHA1_80".into());
         store.write_audit(&row).unwrap();
         assert_eq!(store.recent_audit(1).unwrap()[0], row);
@@ -1956,6 +1987,7 @@ id,name,mobile,language,branch
                 status: Some(200),
                 ms: 1234,
             }),
+            transport: (n != 1).then(|| "TLS".into()),
             srtp: (n == 2).then(|| "AES_CM_128_HMAC_SHA1_80".into()),
         };
         for n in 1..=3 {

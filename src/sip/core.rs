@@ -24,7 +24,7 @@ use super::transaction::{
     ClientNonInvite, Event as TxEvent, ResponseDisposition, ServerInvite, ServerNonInvite, State,
     Timers,
 };
-use super::transport::{Flow, Incoming, Transports};
+use super::transport::{Flow, Incoming, RequestTarget, Transports};
 use bytes::Bytes;
 use ezk_sip_types::{Method, Name};
 use std::cmp::Reverse;
@@ -101,7 +101,7 @@ enum Command {
     },
     Request {
         flow: Flow,
-        to: SocketAddr,
+        to: RequestTarget,
         branch: String,
         msg: Bytes,
         reply: oneshot::Sender<Result<Message, RequestError>>,
@@ -173,7 +173,7 @@ impl CoreHandle {
     pub async fn request(
         &self,
         flow: Flow,
-        to: SocketAddr,
+        to: RequestTarget,
         branch: String,
         msg: Bytes,
     ) -> Result<Message, RequestError> {
@@ -505,7 +505,7 @@ impl Core {
             self.drive_server(id);
             return;
         }
-        if let Some(code) = precheck(&msg) {
+        if let Some(code) = precheck(&msg).or_else(|| sips_over_plain(&msg, flow)) {
             let extra: Vec<(&str, String)> = match code {
                 420 => vec![(
                     "Unsupported",
@@ -904,6 +904,8 @@ impl Core {
                 msg,
                 reply,
             } => {
+                // On TCP/TLS, a connection of our own if the peer's is gone.
+                let target = self.transports.connect_for(&flow, to);
                 let machine =
                     ClientNonInvite::new(now, self.cfg.timers, flow.protocol.reliable(), msg);
                 self.client.insert(
@@ -911,7 +913,7 @@ impl Core {
                     ClientTx {
                         machine,
                         flow,
-                        target: to,
+                        target,
                         reply: Some(reply),
                         scheduled: None,
                     },
@@ -1212,6 +1214,16 @@ fn is_known_method(m: &str) -> bool {
     )
 }
 
+/// A `sips:` Request-URI asks for TLS on every hop (RFC 5630 4); one that reached us over UDP
+/// or TCP did not get it, so it is refused (416) rather than served in clear.
+fn sips_over_plain(msg: &Message, flow: Flow) -> Option<u16> {
+    let uri = msg.request_uri()?;
+    let sips = uri
+        .get(..5)
+        .is_some_and(|s| s.eq_ignore_ascii_case("sips:"));
+    (sips && !flow.protocol.secure()).then_some(416)
+}
+
 /// The option tags of `Require` we do not implement, comma-joined (for `Unsupported`).
 fn unsupported_required(msg: &Message) -> Option<String> {
     let tags: Vec<&str> = msg
@@ -1282,9 +1294,16 @@ mod tests {
         let (in_tx, in_rx) = mpsc::channel(16);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let transports = transport::Transports::new(Default::default(), Default::default());
-        let bound = transport::bind(&transports, &[listen], &[], in_tx.clone(), shutdown.clone())
-            .await
-            .unwrap();
+        let bound = transport::bind(
+            &transports,
+            &[listen],
+            &[],
+            &[],
+            in_tx.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let flow = Flow {
             protocol: Protocol::Udp,
@@ -1346,9 +1365,16 @@ mod tests {
         let (in_tx, in_rx) = mpsc::channel(64);
         let transports = transport::Transports::new(Default::default(), Default::default());
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let bound = transport::bind(&transports, &[listen], &[], in_tx.clone(), shutdown.clone())
-            .await
-            .unwrap();
+        let bound = transport::bind(
+            &transports,
+            &[listen],
+            &[],
+            &[],
+            in_tx.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         let peer = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
         let (calls_tx, calls_rx) = mpsc::channel(64);
         let core = spawn(cfg, transports, in_rx, calls_tx, shutdown.clone());

@@ -10,5 +10,6 @@ pub mod message;
 pub mod peers;
 pub mod sdp;
 pub mod session_timer;
+pub mod tls;
 pub mod transaction;
 pub mod transport;

@@ -104,6 +104,17 @@ pub enum SmsError {
     Config(String),
 }
 
+impl SmsError {
+    /// Whether the message certainly did not go out: refused (a 4xx a retry would repeat),
+    /// the provider unreachable or answering 429/5xx until the retries ran out, or a
+    /// configuration that cannot send. Such a send is not counted against the customer's or
+    /// the caller's quota: an outage must not lock customers out. A [`SmsError::Timeout`]
+    /// may have been delivered, so it counts.
+    pub fn nothing_sent(&self) -> bool {
+        !matches!(self, SmsError::Timeout)
+    }
+}
+
 fn http_status(status: &Option<u16>) -> String {
     match status {
         Some(s) => format!("HTTP {s}"),
