@@ -7,6 +7,8 @@
 #   kamailio - Debian package kamailio (tests/kamailio.rs: a proxy in front of ivrd). The tests
 #             run their own Kamailio; the packaged service, which would listen on port 5060
 #             of every address, is stopped and disabled when this script installs it.
+#   tcpdump - Debian package tcpdump (tests/baresip_srtp.rs captures loopback to check that an
+#             SRTP call shows none of a plain call's payload bytes; the tests run as root).
 # Idempotent: does nothing when everything is already there. Exits non-zero if the tools are
 # still missing afterwards, so a test run never starts without its peers.
 set -euo pipefail
@@ -29,6 +31,10 @@ missing_packages() {
     if ! command -v kamailio >/dev/null 2>&1 && [ ! -x /usr/sbin/kamailio ]; then
         pkgs+=(kamailio)
     fi
+    # /usr/sbin is not on a normal user's PATH either (Debian puts tcpdump in /usr/bin today).
+    if ! command -v tcpdump >/dev/null 2>&1 && [ ! -x /usr/sbin/tcpdump ]; then
+        pkgs+=(tcpdump)
+    fi
     # systemd-analyze checks the unit file (tests/systemd.rs).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
@@ -38,12 +44,12 @@ missing_packages() {
 
 need=$(missing_packages)
 if [ -z "$need" ]; then
-    echo "install-test-deps: sipp, baresip, linphonec, kamailio and systemd-analyze already installed"
+    echo "install-test-deps: sipp, baresip, linphonec, kamailio, tcpdump and systemd-analyze already installed"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5)" >&2
+    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5, tcpdump)" >&2
     exit 1
 fi
 

@@ -802,8 +802,8 @@ fn session_timer_refreshed_by_ivrd_with_update() {
 
 /// SDES over UDP: the keys would cross the network in clear, so ivrd takes none. An
 /// SRTP-only offer gets 488 with a Warning saying why, and the log says it too; with
-/// `[media] srtp = "required"`, a plain offer gets 488 as well. (SRTP calls themselves need SIP
-/// over TLS; the engine and SDP tests cover them until the daemon has a TLS listener.)
+/// `[media] srtp = "required"`, a plain offer gets 488 as well. (SRTP calls themselves, over
+/// TLS: tests/baresip_srtp.rs.)
 #[test]
 fn sdes_over_udp_is_refused_with_a_reason() {
     let invite = |target: std::net::SocketAddr,
