@@ -7,7 +7,9 @@
 #   kamailio - Debian package kamailio (tests/kamailio.rs: a proxy in front of ivrd). The tests
 #             run their own Kamailio; the packaged service, which would listen on port 5060
 #             of every address, is stopped and disabled when this script installs it;
-#   kamailio tls.so - Debian package kamailio-tls-modules (the Kamailio tests over TLS).
+#   kamailio tls.so - Debian package kamailio-tls-modules (the Kamailio tests over TLS);
+#   tcpdump - Debian package tcpdump (tests/baresip_srtp.rs captures loopback to check that an
+#             SRTP call shows none of a plain call's payload bytes; the tests run as root).
 # Idempotent: does nothing when everything is already there. Exits non-zero if the tools are
 # still missing afterwards, so a test run never starts without its peers.
 set -euo pipefail
@@ -35,6 +37,10 @@ missing_packages() {
         [ ! -f /usr/lib/kamailio/modules/tls.so ]; then
         pkgs+=(kamailio-tls-modules)
     fi
+    # /usr/sbin is not on a normal user's PATH either (Debian puts tcpdump in /usr/bin today).
+    if ! command -v tcpdump >/dev/null 2>&1 && [ ! -x /usr/sbin/tcpdump ]; then
+        pkgs+=(tcpdump)
+    fi
     # systemd-analyze checks the unit file (tests/systemd.rs).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
@@ -44,12 +50,12 @@ missing_packages() {
 
 need=$(missing_packages)
 if [ -z "$need" ]; then
-    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so) and systemd-analyze already installed"
+    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump and systemd-analyze already installed"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module)" >&2
+    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module, tcpdump)" >&2
     exit 1
 fi
 

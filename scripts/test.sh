@@ -14,5 +14,5 @@ cargo test --all-targets "$@"
 # instrumentation), so this needs neither nightly nor cargo-fuzz installed. With
 # CARGO_TARGET_DIR=target it reuses the dependencies `cargo test` just compiled (fuzz/Cargo.toml
 # has the same dev profile, fuzz/Cargo.lock the same versions): it compiles only libfuzzer-sys,
-# ivrd itself and the eight small binaries, about two minutes on a 2-core machine.
+# ivrd itself and the nine small binaries, about two minutes on a 2-core machine.
 CARGO_TARGET_DIR=target cargo build --manifest-path fuzz/Cargo.toml --bins

@@ -75,6 +75,9 @@ pub struct StatusCall {
     #[serde(default)]
     pub transport: String,
     pub seconds: u64,
+    /// The SRTP suite of the call's media; `null` for plain RTP.
+    #[serde(default)]
+    pub srtp: Option<String>,
 }
 
 impl AdminState {
@@ -96,6 +99,7 @@ impl AdminState {
                     dialplan: c.dialplan,
                     transport: c.transport.to_string(),
                     seconds: c.seconds,
+                    srtp: c.srtp.map(str::to_string),
                 })
                 .collect(),
         }
@@ -307,12 +311,13 @@ pub fn status_command(addr: &str) -> Result<String, String> {
     }
     for c in &status.active_calls {
         out.push_str(&format!(
-            "  {:>6}  {:<16} -> {:<12} {:<10} {:<4} {}\n",
+            "  {:>6}  {:<16} -> {:<12} {:<10} {:<4} {:<4} {}\n",
             fmt_duration(c.seconds),
             c.caller,
             c.dialed,
             c.dialplan,
             c.transport,
+            if c.srtp.is_some() { "srtp" } else { "rtp" },
             c.call_id
         ));
     }

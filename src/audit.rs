@@ -108,6 +108,7 @@ mod tests {
             detail: None,
             transfer: None,
             transport: None,
+            srtp: None,
         }
     }
 

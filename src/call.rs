@@ -9,14 +9,16 @@
 //! methods (the same press by RFC 4733 and in-band counts once).
 
 use crate::media::dtmf::{Digit, DigitDedup, DtmfMethod, parse_info};
-use crate::media::engine::{MediaEngine, MediaError, MediaEvent, StreamHandle, StreamParams};
+use crate::media::engine::{
+    MediaEngine, MediaError, MediaEvent, Protection, StreamHandle, StreamParams,
+};
 use crate::media::prompt::{Prompt, PromptLibrary};
 use crate::redact::mask_number;
 use crate::sip::core::{ACCEPT, ALLOW, CoreHandle, NewCall, SipEvent, TxId, new_branch};
 use crate::sip::dialog::{Dialog, fmt_host_port};
 use crate::sip::message::{Message, ResponseBuilder, extract_uri, reason_phrase, uri_user};
 use crate::sip::peers::Trust;
-use crate::sip::sdp::{Codec, Direction, LocalSession, Negotiated, SdpError};
+use crate::sip::sdp::{Codec, Direction, LocalSession, Negotiated, SdpError, SrtpMode};
 use crate::sip::session_timer::{self, Due, SessionTimer};
 use crate::sip::transport::{Flow, Protocol, RequestTarget};
 use bytes::Bytes;
@@ -315,6 +317,8 @@ pub struct CallContext {
     /// Cancelled when the drain deadline passes: calls still running hang up.
     pub hangup_all: CancellationToken,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The call's entry in the active-call list (`/status`), to show its media security.
+    pub status_id: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -335,6 +339,18 @@ pub struct CallSettings {
     pub auth: Option<Credentials>,
     /// The shortest session timer interval we accept (RFC 4028 Min-SE), seconds.
     pub session_min_se: u32,
+    /// Whether media may or must be SRTP (`[media] srtp`).
+    pub srtp: SrtpMode,
+}
+
+/// Whether `flow` keeps what is signalled on it secret, SDES keys included: only TLS does
+/// (hop by hop, as RFC 4568 8.1.1 asks: the SDP crossed this connection encrypted).
+/// The match is exhaustive on purpose: a new transport does not compile until it says.
+pub fn signalling_is_secure(flow: &Flow) -> bool {
+    match flow.protocol {
+        Protocol::Tls => true,
+        Protocol::Udp | Protocol::Tcp => false,
+    }
 }
 
 /// A local media address: where RTP sockets bind, and what SDP announces (1:1 NAT).
@@ -400,6 +416,8 @@ pub struct Call {
     awaiting_first_ack: bool,
     /// The last transfer this call tried.
     last_transfer: Option<TransferReport>,
+    /// SRTP or plain, over every media negotiation so far, for the audit row.
+    srtp: SrtpRecord,
     /// The session timer (RFC 4028), and the outcome of our own refresh while one is out.
     timer: SessionTimer,
     refresh_pending: bool,
@@ -480,17 +498,25 @@ impl Call {
             remote: None,
             send: false,
             expect_rtp: true,
+            protection: Protection::Plain,
         };
         // The media address of the offer's family (IPv6 callers get IPv6 media); for a late
         // offer or a hold address, the family the call's signalling came in on.
+        let secure = signalling_is_secure(&flow);
+        let refuse = |e: &SdpError| {
+            info!(error = %e, "SDP offer refused");
+            if e.is_security() {
+                reject_why(sdp_error_code(e), &e.to_string())
+            } else {
+                reject(sdp_error_code(e))
+            }
+        };
         let offered = if invite.has_sdp() {
-            let probe = LocalSession::new(0, flow.local, settings.codecs.clone());
-            match probe.offered_address(&invite.body) {
+            let probe =
+                LocalSession::new(0, flow.local, settings.codecs.clone()).with_srtp(settings.srtp);
+            match probe.offered_address(&invite.body, secure) {
                 Ok(ip) => ip,
-                Err(e) => {
-                    info!(error = %e, "SDP offer refused");
-                    return Err(reject(sdp_error_code(&e)));
-                }
+                Err(e) => return Err(refuse(&e)),
             }
         } else {
             None
@@ -522,22 +548,35 @@ impl Call {
         };
         let rtp_local = stream.local_addr();
         let announce = SocketAddr::new(media_addr.announce, rtp_local.port());
-        let mut session = LocalSession::new(rand::random(), announce, settings.codecs.clone());
+        let mut session = LocalSession::new(rand::random(), announce, settings.codecs.clone())
+            .with_srtp(settings.srtp);
         let (sdp, negotiated) = if invite.has_sdp() {
-            match session.answer(&invite.body) {
+            match session.answer(&invite.body, secure) {
                 Ok((sdp, n)) => (sdp, Some(n)),
-                Err(e) => {
-                    info!(error = %e, "SDP offer refused");
-                    return Err(reject(sdp_error_code(&e)));
-                }
+                Err(e) => return Err(refuse(&e)),
             }
         } else {
-            (session.offer(), None)
+            match session.offer(secure) {
+                Ok(sdp) => (sdp, None),
+                Err(e) => return Err(refuse(&e)),
+            }
         };
-        let params = match negotiated {
-            Some(n) => params_from(&n),
+        let params = match &negotiated {
+            Some(n) => {
+                log_media_security(n, "INVITE");
+                params_from(n)
+            }
+            // Our offer is out: if it was SRTP, nothing counts until the answer's key.
+            None if session.srtp_offered() => StreamParams {
+                protection: Protection::AwaitingKeys,
+                ..initial
+            },
             None => initial,
         };
+        let srtp = SrtpRecord::Unknown.and(negotiated.as_ref());
+        if let (Some(id), Some(n)) = (ctx.status_id, &negotiated) {
+            ctx.metrics.call_srtp(id, n.srtp.map(|k| k.suite.name()));
+        }
         // Nothing is sent before the ACK: only a caller that received our 200 can ACK it (the
         // ACK carries our To tag), so media cannot be aimed at a host that never asked for it
         // by forging an INVITE from it. An IVR loses nothing by waiting those milliseconds.
@@ -595,6 +634,7 @@ impl Call {
             remote = %flow.remote,
             transport = flow.protocol.via_name(),
             codec = params.codec.name(),
+            srtp = srtp.suite().unwrap_or("no"),
             trusted = trust.is_trusted(),
             "call started"
         );
@@ -618,6 +658,7 @@ impl Call {
             transferred: false,
             awaiting_first_ack: true,
             last_transfer: None,
+            srtp,
             timer,
             refresh_pending: false,
             refresh_results,
@@ -892,15 +933,18 @@ impl Call {
         if !update {
             self.dialog.refresh_target(&msg);
         }
+        let secure = signalling_is_secure(&flow);
         let sdp = if msg.has_sdp() {
-            match self.session.answer(&msg.body) {
+            match self.session.answer(&msg.body, secure) {
                 Ok((sdp, n)) => {
                     self.apply(&n);
                     info!(
                         request = what,
                         direction = n.direction.as_str(),
+                        srtp = n.srtp.map_or("no", |k| k.suite.name()),
                         "offer answered"
                     );
+                    log_media_security(&n, what);
                     Some(sdp)
                 }
                 Err(e) => {
@@ -912,8 +956,16 @@ impl Call {
         } else if update {
             None
         } else {
-            self.awaiting_answer = true;
-            Some(self.session.offer())
+            match self.session.offer(secure) {
+                Ok(sdp) => {
+                    self.awaiting_answer = true;
+                    Some(sdp)
+                }
+                Err(e) => {
+                    info!(request = what, error = %e, "cannot offer");
+                    return self.respond(tx, &msg, flow, 488, &[], None);
+                }
+            }
         };
         self.timer.commit(&timer, Instant::now());
         let mut extra = vec![
@@ -988,6 +1040,12 @@ impl Call {
     fn apply(&mut self, n: &Negotiated) {
         self.params = params_from(n);
         self.stream.update(self.params);
+        self.srtp = self.srtp.and(Some(n));
+        if let Some(id) = self.ctx.status_id {
+            self.ctx
+                .metrics
+                .call_srtp(id, n.srtp.map(|k| k.suite.name()));
+        }
     }
 
     fn resolve(&self, names: &[&str]) -> Vec<Arc<Prompt>> {
@@ -1295,6 +1353,53 @@ fn params_from(n: &Negotiated) -> StreamParams {
         // (RFC 3264 8.4) like `inactive`, and a held phone may send nothing at all (linphonec
         // does): its silence must not end the call.
         expect_rtp: n.direction == Direction::SendRecv,
+        protection: match n.srtp {
+            Some(keys) => Protection::Srtp(keys),
+            None => Protection::Plain,
+        },
+    }
+}
+
+/// What the audit row says of media security: SRTP only if every negotiation was, so that a
+/// downgrade by a later re-INVITE stays on record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SrtpRecord {
+    /// No media negotiated yet.
+    Unknown,
+    Srtp(&'static str),
+    Plain,
+}
+
+impl SrtpRecord {
+    fn and(self, n: Option<&Negotiated>) -> SrtpRecord {
+        let Some(n) = n else {
+            return self;
+        };
+        match (self, n.srtp) {
+            (SrtpRecord::Plain, _) | (_, None) => SrtpRecord::Plain,
+            (SrtpRecord::Srtp(was), Some(keys)) if was != keys.suite.name() => SrtpRecord::Plain,
+            (_, Some(keys)) => SrtpRecord::Srtp(keys.suite.name()),
+        }
+    }
+
+    fn suite(self) -> Option<&'static str> {
+        match self {
+            SrtpRecord::Srtp(suite) => Some(suite),
+            SrtpRecord::Unknown | SrtpRecord::Plain => None,
+        }
+    }
+}
+
+/// The log line an SDES offer over insecure signalling deserves when a plain stream was taken
+/// instead (when nothing was, the refusal's own line says so).
+fn log_media_security(n: &Negotiated, what: &str) {
+    if n.insecure_sdes_refused {
+        warn!(
+            request = what,
+            "SDES keys offered over insecure signalling: the SRTP stream was refused (keys in \
+             clear SDP protect nothing) and the plain RTP stream offered beside it taken; use \
+             SIP over TLS for SRTP"
+        );
     }
 }
 
@@ -1329,6 +1434,9 @@ pub struct CallSummary<T> {
     pub flow: Option<T>,
     /// The last transfer the call tried.
     pub transfer: Option<TransferReport>,
+    /// The SRTP suite, when every media negotiation of the call was SRTP; `None` for plain
+    /// RTP (at any point) or a call that never got media.
+    pub srtp: Option<&'static str>,
 }
 
 /// Runs one call from INVITE to the end: answer, flow, BYE, log. The flow gets the call and
@@ -1351,6 +1459,7 @@ where
                 ended: SystemTime::now(),
                 flow: None,
                 transfer: None,
+                srtp: None,
             };
         }
     };
@@ -1364,6 +1473,7 @@ where
     let dtmf_methods = call.methods_seen.clone();
     let methods: Vec<&str> = dtmf_methods.iter().map(|m| m.as_str()).collect();
     let transfer = call.last_transfer.clone();
+    let srtp = call.srtp.suite();
     call.finish(&end).await;
     info!(
         reason = end.as_str(),
@@ -1378,6 +1488,7 @@ where
         ended: SystemTime::now(),
         flow: Some(value),
         transfer,
+        srtp,
     }
 }
 
@@ -1396,6 +1507,8 @@ mod tests {
             dtmf_payload_type: Some(101),
             ptime_ms: 20,
             direction,
+            srtp: None,
+            insecure_sdes_refused: false,
         };
         let expects = |d| params_from(&negotiated(d)).expect_rtp;
         assert!(expects(Direction::SendRecv));

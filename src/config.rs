@@ -317,6 +317,19 @@ pub struct MediaConfig {
     /// Nice value for the pacing threads (-20..=19; 0 leaves them at the daemon's). Below 0
     /// needs `LimitNICE=` under systemd; without it ivrd warns and carries on.
     pub pacer_nice: i32,
+    /// SRTP with SDES keys: "off", "optional" (the default: SRTP when the peer offers it over
+    /// TLS, plain RTP when it offers that) or "required" (plain offers get 488). SDES keys are
+    /// only accepted or offered over TLS signalling, whatever this says. Unset means optional
+    /// (and no warning about a missing TLS listener); see [`MediaConfig::srtp`].
+    #[serde(rename = "srtp")]
+    pub srtp_mode: Option<crate::sip::sdp::SrtpMode>,
+}
+
+impl MediaConfig {
+    /// What `[media] srtp` allows; unset is optional.
+    pub fn srtp(&self) -> crate::sip::sdp::SrtpMode {
+        self.srtp_mode.unwrap_or_default()
+    }
 }
 
 /// The built-in demo flow (until dialplans exist): welcome, collect digits, read them back.
@@ -432,6 +445,7 @@ impl Default for MediaConfig {
             inband_dtmf: true,
             pacing_threads: 1,
             pacer_nice: -10,
+            srtp_mode: None,
         }
     }
 }
@@ -557,7 +571,35 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
+        cfg.warnings.extend(cfg.srtp_warning());
         Ok(cfg)
+    }
+
+    /// TLS listeners for SIP: the only signalling over which SDES keys are taken.
+    pub fn tls_listeners(&self) -> usize {
+        self.sip.tls.len()
+    }
+
+    /// A warning when `[media] srtp` was set to allow SRTP but no TLS listener exists: SDES keys
+    /// are only taken over TLS, so SRTP would never happen (and under "required", no call would).
+    pub fn srtp_warning(&self) -> Option<String> {
+        use crate::sip::sdp::SrtpMode;
+        if self.tls_listeners() > 0 {
+            return None;
+        }
+        match self.media.srtp_mode? {
+            SrtpMode::Off => None,
+            SrtpMode::Optional => Some(
+                "[media] srtp = \"optional\" but [sip] has no TLS listener: SDES keys are only \
+                 accepted over TLS, so every call will be plain RTP"
+                    .into(),
+            ),
+            SrtpMode::Required => Some(
+                "[media] srtp = \"required\" but [sip] has no TLS listener: SDES keys are only \
+                 accepted over TLS, so every call will be refused with 488"
+                    .into(),
+            ),
+        }
     }
 
     /// Reads every `*_file` secret into its key (SMS provider tokens, webhook headers, the
@@ -743,6 +785,45 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn srtp_mode_defaults_to_optional_and_warns_only_when_set_without_tls() {
+        use crate::sip::sdp::SrtpMode;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ivrd.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load_without_secrets(&path)
+        };
+        let cfg = load("").unwrap();
+        assert_eq!(cfg.media.srtp(), SrtpMode::Optional);
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let cfg = load("[media]\nsrtp = \"off\"\n").unwrap();
+        assert_eq!((cfg.media.srtp(), cfg.warnings.len()), (SrtpMode::Off, 0));
+        // No [sip] tls listener: SDES would never be taken, which the admin should hear.
+        let cfg = load("[media]\nsrtp = \"optional\"\n").unwrap();
+        assert!(
+            cfg.warnings[0].contains("no TLS listener"),
+            "{:?}",
+            cfg.warnings
+        );
+        let cfg = load("[media]\nsrtp = \"required\"\n").unwrap();
+        assert_eq!(cfg.media.srtp(), SrtpMode::Required);
+        assert!(
+            cfg.warnings[0].contains("refused with 488"),
+            "{:?}",
+            cfg.warnings
+        );
+        // With a TLS listener, SRTP can happen: nothing to warn about.
+        let cfg = load(
+            "[sip]\ntls = [\"127.0.0.1:5061\"]\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             [media]\nsrtp = \"required\"\n",
+        )
+        .unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let err = load("[media]\nsrtp = \"yes\"\n").unwrap_err().to_string();
+        assert!(err.contains("srtp") || err.contains("yes"), "{err}");
     }
 
     #[test]

@@ -13,14 +13,18 @@
 //!   length-prefixed packets (one length byte, then that many bytes) fed to one receiver.
 //! - [`sip_info`]: `CONTENT-TYPE \0 BODY`; without a NUL byte the whole input is the body,
 //!   tried under both DTMF content types.
+//! - [`srtp`]: like [`rtp`], the whole input is one SRTP packet, then a sequence of
+//!   length-prefixed packets fed to one receiver; and the input as plain RTP must survive a
+//!   round trip. The key is [`SRTP_FUZZ_KEY`], so authentic seeds can be written for it.
 
 use crate::dialplan::{self, CheckEnv};
 use crate::media::dtmf::{InbandDetector, Rfc4733Receiver, parse_info};
 use crate::media::rtp::{self, Received};
+use crate::media::srtp::{MAX_TAG_LEN, MasterKey, SrtpError, SrtpReceiver, SrtpSender, Suite};
 use crate::media::{g711, prompt};
 use crate::sip::auth;
 use crate::sip::message::{self, Message, ResponseBuilder, frame_len};
-use crate::sip::sdp::{Codec, LocalSession};
+use crate::sip::sdp::{Codec, LocalSession, SrtpMode, parse_crypto};
 use crate::store;
 use bytes::Bytes;
 use ezk_sip_types::Name;
@@ -36,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sip_message", sip_message),
     ("sdp", sdp),
     ("rtp", rtp),
+    ("srtp", srtp),
     ("sip_info", sip_info),
     ("digest", digest),
     ("dialplan", dialplan),
@@ -109,7 +114,9 @@ pub fn sip_message(data: &[u8]) {
 }
 
 /// Answers the bytes as an offer (twice: an unchanged offer must get a byte-identical answer,
-/// RFC 3264 8), and accepts them as the answer to our offer and as an unsolicited answer.
+/// RFC 3264 8), and accepts them as the answer to our offer and as an unsolicited answer; with
+/// SRTP off, optional and required, over secure and insecure signalling. An answer is SRTP only
+/// where it may be, and then carries one crypto line with our key.
 pub fn sdp(data: &[u8]) {
     let sessions = [
         LocalSession::new(7, ([192, 0, 2, 1], 4000).into(), Vec::new()),
@@ -118,21 +125,46 @@ pub fn sdp(data: &[u8]) {
             "[2001:db8::1]:4002".parse().expect("literal address"),
             vec![Codec::Pcma],
         ),
+        LocalSession::new(9, ([192, 0, 2, 1], 4000).into(), Vec::new())
+            .with_srtp(SrtpMode::Optional),
+        LocalSession::new(10, ([192, 0, 2, 1], 4000).into(), Vec::new())
+            .with_srtp(SrtpMode::Required),
     ];
     for session in sessions {
-        let mut answering = session.clone();
-        if let Ok((first, negotiated)) = answering.answer(data) {
-            let (second, again) = answering
-                .answer(data)
-                .expect("the same offer answered twice");
-            assert_eq!(first, second, "an unchanged offer changed the answer");
-            assert_eq!(negotiated, again);
+        for secure in [false, true] {
+            let mut answering = session.clone();
+            if let Ok((first, negotiated)) = answering.answer(data, secure) {
+                let (second, again) = answering
+                    .answer(data, secure)
+                    .expect("the same offer answered twice");
+                assert_eq!(first, second, "an unchanged offer changed the answer");
+                assert_eq!(negotiated, again);
+                let crypto_lines = first.matches("a=crypto:").count();
+                match negotiated.srtp {
+                    Some(keys) => {
+                        assert!(secure, "SRTP taken over insecure signalling");
+                        assert_eq!(crypto_lines, 1, "{first}");
+                        assert!(first.contains(keys.suite.name()));
+                    }
+                    None => assert_eq!(crypto_lines, 0, "{first}"),
+                }
+            }
+            let mut offering = session.clone();
+            if let Ok(offer) = offering.offer(secure) {
+                assert!(
+                    secure || !offer.contains("a=crypto"),
+                    "keys offered in clear"
+                );
+            }
+            let _ = offering.accept_answer(data);
         }
-        let mut offering = session.clone();
-        let _ = offering.offer();
-        let _ = offering.accept_answer(data);
         let mut unsolicited = session;
         let _ = unsolicited.accept_answer(data);
+    }
+    for line in String::from_utf8_lossy(data).lines() {
+        if let Some(value) = line.trim().strip_prefix("a=crypto:") {
+            let _ = parse_crypto(value).map_err(|e| e.to_string());
+        }
     }
 }
 
@@ -185,6 +217,49 @@ impl ReceivePath {
         }
         let _ = self.inband.process(samples);
         while self.inband.pop_digit().is_some() {}
+    }
+}
+
+/// The master key and salt the [`srtp`] target uses: RFC 3711 B.3's, so that
+/// `fuzz/scripts/make_seeds.py` can write authentic packets (and a reader can check them).
+pub const SRTP_FUZZ_KEY: [u8; 30] = [
+    0xe1, 0xf9, 0x7a, 0x0d, 0x3e, 0x01, 0x8b, 0xe0, 0xd6, 0x4f, 0xa3, 0x2c, 0x06, 0xde, 0x41, 0x39,
+    0x0e, 0xc6, 0x75, 0xad, 0x49, 0x8a, 0xfe, 0xeb, 0xb6, 0x96, 0x0b, 0x3a, 0xab, 0xe6,
+];
+
+/// [`SrtpReceiver::unprotect`] with [`SRTP_FUZZ_KEY`] under both suites: the whole input as
+/// one packet, then the packets split from it (one length byte each) through one receiver,
+/// whose ROC and replay window carry over; a packet that authenticated is a replay the second
+/// time. Then the input as an RTP packet to protect: a fresh receiver must get it back intact.
+pub fn srtp(data: &[u8]) {
+    let key = MasterKey::new(SRTP_FUZZ_KEY);
+    for suite in Suite::ALL {
+        let mut whole = data.to_vec();
+        if let Ok(n) = SrtpReceiver::new(suite, &key).unprotect(&mut whole) {
+            assert_eq!(n + suite.tag_len(), data.len());
+            let _ = rtp::parse(&whole[..n]);
+        }
+        let mut rx = SrtpReceiver::new(suite, &key);
+        let mut rest = data;
+        while let Some((&len, tail)) = rest.split_first() {
+            let (packet, tail) = tail.split_at(usize::from(len).min(tail.len()));
+            let mut buf = packet.to_vec();
+            if rx.unprotect(&mut buf).is_ok() {
+                let mut again = packet.to_vec();
+                assert_eq!(rx.unprotect(&mut again), Err(SrtpError::Replay));
+            }
+            rest = tail;
+        }
+        let mut out = data.to_vec();
+        out.resize(data.len() + MAX_TAG_LEN, 0);
+        if let Ok(n) = SrtpSender::new(suite, &key).protect(&mut out, data.len()) {
+            let mut rx = SrtpReceiver::new(suite, &key);
+            let mut wire = out[..n].to_vec();
+            assert_eq!(rx.unprotect(&mut wire), Ok(data.len()), "round trip");
+            assert_eq!(&wire[..data.len()], data, "round trip changed the packet");
+            let mut again = out[..n].to_vec();
+            assert_eq!(rx.unprotect(&mut again), Err(SrtpError::Replay));
+        }
     }
 }
 

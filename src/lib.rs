@@ -18,14 +18,15 @@
 //!   dialog's request when the peer's is gone.
 //! - [`sip::transaction`]: RFC 3261 17 transaction state machines, no IO, no clock.
 //! - [`sip::dialog`]: dialog state and in-dialog requests, no IO.
-//! - [`sip::sdp`]: RFC 3264 offer/answer.
+//! - [`sip::sdp`]: RFC 3264 offer/answer, and SDES (RFC 4568) keys for SRTP.
 //! - [`sip::core`]: the task that drives transactions and routes messages to calls, and
 //!   turns new calls away (503) when requests wait too long or a source is over its share.
 //! - [`sip::peers`]: the trusted-peer list and the per-source budgets of untrusted sources.
 //! - [`sip::session_timer`]: RFC 4028 session timers, as the UAS, without IO.
 //! - [`sip::tls`]: the TLS certificate, key, client and server checks, as rustls
 //!   configurations for accepting and for connecting.
-//! - [`media::rtp`], [`media::g711`], [`media::prompt`], [`media::dtmf`], [`media::engine`];
+//! - [`media::rtp`], [`media::srtp`] (RFC 3711, in place), [`media::g711`], [`media::prompt`],
+//!   [`media::dtmf`], [`media::engine`];
 //!   [`media::clock`]: the pacers' absolute-deadline clock, timer slack and priority.
 //! - [`call`]: one call; the [`call::CallIo`] API that call flows use.
 //! - [`demo`]: the built-in demo flow.

@@ -34,6 +34,8 @@ pub struct ActiveCall {
     #[serde(skip)]
     pub started: Instant,
     pub seconds: u64,
+    /// The SRTP suite of the call's media, `None` for plain RTP (or before it is negotiated).
+    pub srtp: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -57,6 +59,13 @@ pub struct Metrics {
 pub struct CallGuard<'a> {
     metrics: &'a Metrics,
     id: u64,
+}
+
+impl CallGuard<'_> {
+    /// The call's key in the active list, for [`Metrics::call_srtp`].
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl Drop for CallGuard<'_> {
@@ -89,9 +98,17 @@ impl Metrics {
                 transport,
                 started: Instant::now(),
                 seconds: 0,
+                srtp: None,
             },
         );
         CallGuard { metrics: self, id }
+    }
+
+    /// Records the media security a call negotiated (at answer and at every re-INVITE).
+    pub fn call_srtp(&self, id: u64, suite: Option<&'static str>) {
+        if let Some(call) = self.active.lock().expect("metrics lock").get_mut(&id) {
+            call.srtp = suite;
+        }
     }
 
     pub fn call_ended(&self, outcome: &str) {
@@ -395,6 +412,18 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "ivrd_srtp_auth_failures_total",
+            "SRTP packets dropped for failing authentication (wrong key, forgery, plain RTP on an SRTP stream).",
+            media.srtp_auth_failures.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_srtp_replays_total",
+            "SRTP packets dropped as replays (an index already received, or older than the 128-packet window).",
+            media.srtp_replays.load(r),
+        );
+        counter(
+            &mut out,
             "ivrd_rtp_send_errors_total",
             "RTP packets the kernel refused.",
             media.send_errors.load(r),
@@ -520,6 +549,9 @@ mod tests {
         let m = Metrics::default();
         let guard = m.call_started("c1", "+4915112345678", "100", "verify", "UDP");
         assert_eq!(m.active_count(), 1);
+        assert_eq!(m.active_calls()[0].srtp, None);
+        m.call_srtp(guard.id(), Some("AES_CM_128_HMAC_SHA1_32"));
+        assert_eq!(m.active_calls()[0].srtp, Some("AES_CM_128_HMAC_SHA1_32"));
         assert_eq!(m.active_calls()[0].caller, "+49*********78");
         m.digit(DtmfMethod::Rfc4733);
         m.digit(DtmfMethod::Rfc4733);
@@ -531,6 +563,8 @@ mod tests {
         m.call_ended("verified");
         let media = MediaStats::default();
         media.foreign_packets.store(7, Ordering::Relaxed);
+        media.srtp_auth_failures.store(3, Ordering::Relaxed);
+        media.srtp_replays.store(2, Ordering::Relaxed);
         let text = m.render(
             &CoreStats::default(),
             &TransportStats::default(),
@@ -551,6 +585,8 @@ mod tests {
         assert!(text.contains("# TYPE ivrd_rtp_foreign_packets_total counter\n"));
         assert!(text.contains("# HELP ivrd_rtp_foreign_packets_total RTP packets dropped"));
         assert!(text.contains("ivrd_rtp_foreign_packets_total 7\n"));
+        assert!(text.contains("ivrd_srtp_auth_failures_total 3\n"));
+        assert!(text.contains("ivrd_srtp_replays_total 2\n"));
         // Every sample line belongs to a declared metric (a scraper rejects the rest).
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

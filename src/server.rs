@@ -174,6 +174,7 @@ pub fn call_settings(cfg: &Config) -> CallSettings {
             .zip(cfg.transfer.password.clone())
             .map(|(username, password)| crate::call::Credentials { username, password }),
         session_min_se: cfg.sip.session_min_se_secs,
+        srtp: cfg.media.srtp(),
     }
 }
 
@@ -419,6 +420,7 @@ pub async fn run(
                     settings: snap.settings.clone(),
                     hangup_all: hangup_all.clone(),
                     metrics: metrics.clone(),
+                    status_id: None,
                 };
                 let span = info_span!("call", call_id = %new.invite.call_id);
                 calls.spawn(handle_call(new, ctx, snap, audit.clone()).instrument(span));
@@ -634,7 +636,7 @@ fn apply_reload(r: &ReloadContext, latest: &mut Config) -> ReloadRecord {
 }
 
 /// One call: pick its dialplan, run it, write its audit row.
-async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>, audit: AuditWriter) {
+async fn handle_call(new: NewCall, mut ctx: CallContext, snap: Arc<Snapshot>, audit: AuditWriter) {
     let dialed = new
         .invite
         .request_uri()
@@ -652,8 +654,8 @@ async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>, audit:
             .unwrap_or_default(),
     };
     let transport = new.flow.protocol.via_name();
-    let _active =
-        metrics.call_started(&new.invite.call_id, &caller, &dialed, &plan_name, transport);
+    let active = metrics.call_started(&new.invite.call_id, &caller, &dialed, &plan_name, transport);
+    ctx.status_id = Some(active.id());
     let summary: CallSummary<Option<FlowResult>> = if let Some(demo) = snap.demo.clone() {
         call::run(new, ctx, move |mut c| async move {
             let r = crate::demo::run(&mut c, &demo).await;
@@ -719,5 +721,6 @@ fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str, transport: &str)
             ms: t.ms,
         }),
         transport: Some(transport.to_string()),
+        srtp: s.srtp.map(str::to_string),
     }
 }

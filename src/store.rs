@@ -98,7 +98,12 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE audit ADD COLUMN transport TEXT;
     "#,
-    // 4: sends for decoy customers (ids that are not a usable customer, see `decoy` on
+    // 4: media security: the SRTP suite when the call's media was SRTP throughout, NULL for
+    // plain RTP (at any point of the call) or a call that never had media.
+    r#"
+    ALTER TABLE audit ADD COLUMN srtp TEXT;
+    "#,
+    // 5: sends for decoy customers (ids that are not a usable customer, see `decoy` on
     // `lookup_customer`): nothing goes out, but they count against the same limits as real
     // sends, so a limit reached sooner or later cannot tell a registered id from another.
     // No foreign key: the subject is whatever id the caller typed.
@@ -112,7 +117,7 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX decoy_by_caller ON decoy_sends (caller, at);
     CREATE INDEX decoy_by_time ON decoy_sends (at);
     "#,
-    // 5: the fraud guard (`verify::guard`): every PIN SMS by destination prefix and calling
+    // 6: the fraud guard (`verify::guard`): every PIN SMS by destination prefix and calling
     // code (global, per-country and per-prefix budgets), verified PINs per prefix (the
     // breaker's ratio), open breakers, and wrong PINs in a row per customer (NIST's cap,
     // kept across lock-outs).
@@ -362,6 +367,9 @@ pub struct AuditRow {
     pub transfer: Option<AuditTransfer>,
     /// The SIP transport: `UDP`, `TCP` or `TLS` (none in rows written before it was recorded).
     pub transport: Option<String>,
+    /// The SRTP suite (e.g. `AES_CM_128_HMAC_SHA1_80`) when every media negotiation of the call
+    /// was SRTP; `None` for plain RTP or no media.
+    pub srtp: Option<String>,
 }
 
 /// A call's transfer as the audit records it.
@@ -984,8 +992,8 @@ impl Store {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
                                     ended_at, dtmf_methods, detail, transfer_target,
-                                    transfer_status, transfer_ms, transport)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                    transfer_status, transfer_ms, transport, srtp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             for row in rows {
                 stmt.execute(params![
@@ -1004,6 +1012,7 @@ impl Store {
                         .as_ref()
                         .map(|t| i64::try_from(t.ms).unwrap_or(i64::MAX)),
                     row.transport,
+                    row.srtp,
                 ])?;
             }
         }
@@ -1055,7 +1064,7 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT call_id, caller, dialed, customer_id, outcome, started_at, ended_at,
                     dtmf_methods, detail, transfer_target, transfer_status, transfer_ms,
-                    transport
+                    transport, srtp
              FROM audit ORDER BY id DESC LIMIT ?1",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -1082,6 +1091,7 @@ impl Store {
                             .unwrap_or(0),
                     }),
                     transport: r.get(12)?,
+                    srtp: r.get(13)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -1743,6 +1753,40 @@ mod tests {
         assert_eq!(rows[0].call_id, "old@h");
         assert_eq!(rows[0].transfer, None);
         assert_eq!(rows[0].transport, None);
+        assert_eq!(rows[0].srtp, None);
+    }
+
+    /// A version 3 database (transfers and transport, no media security) upgrades to the
+    /// current schema: its rows read back with no SRTP suite, and new rows carry theirs.
+    #[test]
+    fn a_version_3_database_gains_the_srtp_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for step in &MIGRATIONS[..3] {
+                conn.execute_batch(step).unwrap();
+            }
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (3);
+                 INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
+                                    ended_at, dtmf_methods, detail, transfer_target, transport)
+                 VALUES ('v3@h', '+4930', '100', NULL, 'verified', 1000, 2000, 'info', NULL,
+                         'sip:q@pbx', 'TLS');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let mut row = store.recent_audit(1).unwrap().remove(0);
+        assert_eq!((row.call_id.as_str(), row.srtp.as_deref()), ("v3@h", None));
+        assert_eq!(row.transport.as_deref(), Some("TLS"));
+        assert_eq!(row.transfer.as_ref().unwrap().target, "sip:q@pbx");
+        row.call_id = "v4@h".into();
+        row.srtp = Some("AES_CM_128_HMAC_SHA1_80".into());
+        store.write_audit(&row).unwrap();
+        assert_eq!(store.recent_audit(1).unwrap()[0], row);
     }
 
     #[test]
@@ -2307,6 +2351,7 @@ id,name,mobile,language,branch
                 ms: 1234,
             }),
             transport: (n != 1).then(|| "TLS".into()),
+            srtp: (n == 2).then(|| "AES_CM_128_HMAC_SHA1_80".into()),
         };
         for n in 1..=3 {
             store.write_audit(&row(n)).unwrap();

@@ -23,34 +23,7 @@
 mod common;
 
 use common::*;
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// RMS of a 16-bit WAV, as a fraction of full scale, and its length.
-fn wav_rms(path: &Path) -> (f64, Duration) {
-    let mut reader =
-        hound::WavReader::open(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let spec = reader.spec();
-    assert_eq!(
-        spec.bits_per_sample, 16,
-        "sndfile dump is not 16-bit: {spec:?}"
-    );
-    let samples: Vec<i16> = reader
-        .samples::<i16>()
-        .collect::<Result<_, _>>()
-        .expect("decode WAV samples");
-    let secs = samples.len() as f64 / f64::from(spec.sample_rate) / f64::from(spec.channels);
-    if samples.is_empty() {
-        return (0.0, Duration::ZERO);
-    }
-    let mean_square = samples
-        .iter()
-        .map(|&s| (f64::from(s) / 32768.0).powi(2))
-        .sum::<f64>()
-        / samples.len() as f64;
-    (mean_square.sqrt(), Duration::from_secs_f64(secs))
-}
 
 /// The demo with rounds = 1: baresip dials `uri`, waits out the welcome, types 4 2 7 #; ivrd
 /// collects 427 (RFC 4733), reads it back, says goodbye and hangs up. What baresip heard must
@@ -85,24 +58,7 @@ fn hears_prompts_and_types_digits(daemon: &Daemon, phone: &mut Baresip, uri: &st
         reasons[0]
     );
 
-    let dumps: Vec<PathBuf> = fs::read_dir(phone.dump_dir())
-        .expect("read dump dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("dump-") && n.ends_with("-dec.wav"))
-        })
-        .collect();
-    assert_eq!(
-        dumps.len(),
-        1,
-        "expected one dump-*-dec.wav in {}, found {dumps:?}\n{}",
-        phone.dump_dir().display(),
-        phone.log()
-    );
-    let (rms, length) = wav_rms(&dumps[0]);
+    let (rms, length) = phone.heard();
     eprintln!("baresip heard {length:?} of audio, RMS {rms:.4} of full scale");
     assert!(
         length > Duration::from_secs(3),

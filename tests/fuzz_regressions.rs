@@ -93,6 +93,7 @@ replay_tests!(
     sip_message,
     sdp,
     rtp,
+    srtp,
     sip_info,
     digest,
     dialplan,

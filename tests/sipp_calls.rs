@@ -799,3 +799,71 @@ fn session_timer_refreshed_by_ivrd_with_update() {
         );
     }
 }
+
+/// SDES over UDP: the keys would cross the network in clear, so ivrd takes none. An
+/// SRTP-only offer gets 488 with a Warning saying why, and the log says it too; with
+/// `[media] srtp = "required"`, a plain offer gets 488 as well. (SRTP calls themselves, over
+/// TLS: tests/baresip_srtp.rs.)
+#[test]
+fn sdes_over_udp_is_refused_with_a_reason() {
+    let invite = |target: std::net::SocketAddr,
+                  local: std::net::SocketAddr,
+                  n: u32,
+                  profile: &str| {
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} {profile} 0\r\n\
+             a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG\r\n",
+            local.port() + 2
+        );
+        format!(
+            "INVITE sip:demo@{target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK-sdes-{n};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:raw@{local}>;tag=sdes{n}\r\n\
+             To: <sip:demo@{target}>\r\n\
+             Call-ID: sdes-{n}@test\r\n\
+             CSeq: 1 INVITE\r\n\
+             Contact: <sip:raw@{local}>\r\n\
+             Content-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    };
+    let final_response = |udp: &RawUdp| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Some(resp) = udp.recv(Duration::from_millis(500))
+                && status_code(&resp).is_some_and(|s| s >= 200)
+            {
+                return resp;
+            }
+        }
+        panic!("no final response");
+    };
+    for (config, profile, why) in [
+        ("", "RTP/SAVP", "insecure signalling"),
+        (
+            "[media]\nsrtp = \"required\"\n",
+            "RTP/SAVP",
+            "insecure signalling",
+        ),
+        (
+            "[media]\nsrtp = \"required\"\n",
+            "RTP/AVP",
+            "SRTP is required",
+        ),
+    ] {
+        let daemon = Daemon::start(config);
+        let udp = RawUdp::new(daemon.sip_addr());
+        udp.send(invite(daemon.sip_addr(), udp.local_addr(), 1, profile).as_bytes());
+        let resp = final_response(&udp);
+        assert_eq!(status_code(&resp), Some(488), "{config} {profile}: {resp}");
+        let warning = header_value(&resp, "Warning", None).unwrap_or_default();
+        assert!(
+            warning.contains(why),
+            "{config} {profile}: Warning {warning:?}"
+        );
+        daemon.expect_log(why, Duration::from_secs(2));
+    }
+}

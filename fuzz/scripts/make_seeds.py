@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Writes the generated seeds of fuzz/corpus/: RTP packets, SIP INFO bodies, digest challenges,
-small WAV files and customer CSV variants, plus copies of the repository's own SIP, SDP,
-dialplan and CSV files. Run from the repository root; the output is committed.
+"""Writes the generated seeds of fuzz/corpus/: RTP and SRTP packets, SIP INFO bodies, digest
+challenges, small WAV files and customer CSV variants, plus copies of the repository's own SIP,
+SDP, dialplan and CSV files. Run from the repository root; the output is committed. Names of
+seed groups as arguments (`make_seeds.py srtp copies`) write only those.
 """
+import hmac
 import math
 import pathlib
 import shutil
 import struct
 import subprocess
+import sys
 
 ROOT = pathlib.Path("fuzz/corpus")
 
@@ -111,6 +114,67 @@ def rtp_seeds():
     put("rtp", "seq_inband_7.bin", sequence(audio))
 
 
+# ---------------------------------------------------------------- SRTP
+
+# ivrd::fuzzing::SRTP_FUZZ_KEY: RFC 3711 B.3's master key and salt.
+SRTP_MASTER = bytes.fromhex("E1F97A0D3E018BE0D64FA32C06DE4139" "0EC675AD498AFEEBB6960B3AABE6")
+
+
+def aes_cm(key, iv, data):
+    """RFC 3711 4.1.1: XOR with AES(iv), AES(iv + 1), ... (needs the `cryptography` package)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    blocks = (len(data) + 15) // 16
+    stream = b"".join(enc.update(iv[:14] + struct.pack("!H", j)) for j in range(blocks))
+    return bytes(a ^ b for a, b in zip(data, stream))
+
+
+def srtp_session_keys(master):
+    """RFC 3711 4.3, key derivation rate 0: (cipher key, auth key, salt)."""
+    key, salt = master[:16], master[16:]
+
+    def prf(label, n):
+        x = bytearray(salt)
+        x[7] ^= label
+        return aes_cm(key, bytes(x) + b"\0\0", b"\0" * n)
+    return prf(0, 16), prf(1, 20), prf(2, 14)
+
+
+def srtp_protect(packet, roc=0, tag_len=10, master=SRTP_MASTER):
+    """One RTP packet (fixed 12-byte header) as SRTP under `master`, written independently of
+    src/media/srtp.rs: a seed that authenticates there is a cross-check of both."""
+    k_e, k_a, k_s = srtp_session_keys(master)
+    seq, ssrc = struct.unpack("!H", packet[2:4])[0], struct.unpack("!I", packet[8:12])[0]
+    index = (roc << 16) | seq
+    iv = bytearray(k_s + b"\0\0")
+    for i, b in enumerate(struct.pack("!I", ssrc)):
+        iv[4 + i] ^= b
+    for i, b in enumerate(struct.pack("!Q", index)[2:]):
+        iv[8 + i] ^= b
+    body = packet[:12] + aes_cm(k_e, bytes(iv), packet[12:])
+    tag = hmac.new(k_a, body + struct.pack("!I", roc), "sha1").digest()[:tag_len]
+    return body + tag
+
+
+def srtp_seeds():
+    ssrc = 0xCAFEBABE
+    pcmu = rtp(0, 0x1234, 160, ssrc, b"\xff" * 160)
+    put("srtp", "pcmu_80.bin", srtp_protect(pcmu))
+    put("srtp", "pcmu_32.bin", srtp_protect(pcmu, tag_len=4))
+    put("srtp", "event_5_80.bin", srtp_protect(rtp(101, 0x1235, 320, ssrc, event(5, True, 10, 800))))
+    # libsrtp's known-answer packet (srtp_validate): 16 bytes of 0xab.
+    put("srtp", "libsrtp_validate.bin", srtp_protect(rtp(15, 0x1234, 0xDECAFBAD, ssrc, b"\xab" * 16)))
+    put("srtp", "rtcp_sr.bin", struct.pack("!BBHI", 0x80, 200, 6, ssrc) + b"\0" * 30)
+    # Sequences for one receiver: across a wrap (ROC 0 -> 1), reordered, and with a replay.
+    wrap = [srtp_protect(rtp(0, (65533 + i) & 0xFFFF, 160 * i, ssrc, b"\xff" * 40),
+                         roc=(65533 + i) >> 16) for i in range(6)]
+    put("srtp", "seq_wrap_80.bin", sequence(wrap))
+    put("srtp", "seq_reordered_replayed.bin", sequence([wrap[0], wrap[2], wrap[1], wrap[1], wrap[4], wrap[3]]))
+    short = [srtp_protect(rtp(101, 40 + i, 8000, ssrc, event(1, i == 2, 10, 160 * (i + 1))), tag_len=4)
+             for i in range(3)]
+    put("srtp", "seq_press_32.bin", sequence(short))
+
+
 # ---------------------------------------------------------------- SIP INFO, digest
 
 def info_seeds():
@@ -203,10 +267,16 @@ def csv_seeds():
     put("customers_csv", "latin1_row.csv", b"id,name,mobile\n1,J\xfcrgen,0170 1234567\n2,B,0170 7654321\n")
 
 
+GROUPS = {
+    "copies": copies,
+    "rtp": rtp_seeds,
+    "srtp": srtp_seeds,
+    "info": info_seeds,
+    "digest": digest_seeds,
+    "wav": wav_seeds,
+    "csv": csv_seeds,
+}
+
 if __name__ == "__main__":
-    copies()
-    rtp_seeds()
-    info_seeds()
-    digest_seeds()
-    wav_seeds()
-    csv_seeds()
+    for name in sys.argv[1:] or GROUPS:
+        GROUPS[name]()

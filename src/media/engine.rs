@@ -18,6 +18,14 @@
 //! [`SourceFilter`]), latches that address for symmetric RTP, turns RFC 4733 events and in-band
 //! tones into digits, and watches for RTP silence (the RTP timeout). Events go to the call task.
 //!
+//! SRTP ([`Protection::Srtp`], keys from SDES): the pacer encrypts each packet in place in its
+//! stack buffer, which has room for the tag, right before `sendto`; the receive task checks and
+//! decrypts in place in its receive buffer before anything else looks at the packet. A packet
+//! that fails authentication or is a replay is counted and dropped there: it never reaches
+//! the source filter (so it cannot be learned as the caller's source), the RTP timeout, or a
+//! DTMF decoder. Each side keeps its [`srtp`] context (key schedule, keyed HMAC, ROC, replay
+//! window) for the stream's life and replaces it only when a new SDP exchange changes its key.
+//!
 //! The call talks to its stream through a [`StreamHandle`]: play, stop, update after SDP
 //! changes; dropping the handle closes the stream and frees its port.
 
@@ -26,6 +34,7 @@ use super::dtmf::{Digit, DtmfMethod, InbandDetector, Rfc4733Receiver};
 use super::g711;
 use super::prompt::Prompt;
 use super::rtp::{self, HEADER_LEN, Received, RtpSender};
+use super::srtp::{self, SrtpError, SrtpKeys, SrtpReceiver, SrtpSender};
 use crate::sip::sdp::Codec;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -51,6 +60,8 @@ const LATE: Duration = Duration::from_millis(5);
 const CATCH_UP: Duration = Duration::from_millis(200);
 /// Largest payload we send: 40 ms of G.711.
 const MAX_PAYLOAD: usize = 320;
+/// The pacer's packet buffer: header, payload, and room for an SRTP tag.
+const SEND_BUF: usize = HEADER_LEN + MAX_PAYLOAD + srtp::MAX_TAG_LEN;
 
 /// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +120,47 @@ pub struct StreamParams {
     /// nothing, whatever its SDP says): pauses the RTP timeout, which counts again from the
     /// resume.
     pub expect_rtp: bool,
+    /// Plain RTP or SRTP, and with which keys.
+    pub protection: Protection,
+}
+
+/// How a stream's packets are protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// Plain RTP.
+    Plain,
+    /// SRTP is coming (our offer was SRTP) but the peer's answer, with its key, is not here
+    /// yet: nothing is sent, and everything received is dropped as unauthenticated.
+    AwaitingKeys,
+    /// SRTP with these keys (`Debug` does not print them).
+    Srtp(SrtpKeys),
+}
+
+impl Protection {
+    /// The SRTP suite's name, or `None` for plain RTP.
+    pub fn srtp_suite(&self) -> Option<&'static str> {
+        match self {
+            Protection::Srtp(keys) => Some(keys.suite.name()),
+            Protection::Plain | Protection::AwaitingKeys => None,
+        }
+    }
+
+    /// A sending context for our key, unless `current` already is one for it.
+    fn sender(
+        &self,
+        current: Option<Box<SrtpSender>>,
+        old: &Protection,
+    ) -> Option<Box<SrtpSender>> {
+        match (self, old) {
+            (Protection::Srtp(new), Protection::Srtp(was))
+                if new.suite == was.suite && new.send == was.send && current.is_some() =>
+            {
+                current
+            }
+            (Protection::Srtp(keys), _) => Some(Box::new(SrtpSender::new(keys.suite, &keys.send))),
+            _ => None,
+        }
+    }
 }
 
 /// Counters for metrics and the benchmark (relaxed atomics: read rarely, written hot).
@@ -120,6 +172,11 @@ pub struct MediaStats {
     /// RTP packets dropped by strict RTP because they came from another address than the
     /// caller's learned source.
     pub foreign_packets: AtomicU64,
+    /// SRTP packets dropped because they failed authentication (a wrong key, a forgery, plain
+    /// RTP on an SRTP stream, a damaged packet), or came before the keys did.
+    pub srtp_auth_failures: AtomicU64,
+    /// SRTP packets dropped as replays: an index already received, or too old for the window.
+    pub srtp_replays: AtomicU64,
     pub send_errors: AtomicU64,
     /// Ticks that started more than 5 ms late.
     pub late_ticks: AtomicU64,
@@ -394,6 +451,9 @@ struct PacedStream {
     socket: StdUdpSocket,
     params: StreamParams,
     rtp: RtpSender,
+    /// The SRTP context for our key, while `params.protection` is SRTP. Boxed: it is a few
+    /// hundred bytes (key schedule, keyed HMAC) the slab need not carry for plain streams.
+    srtp: Option<Box<SrtpSender>>,
     shared: Arc<Shared>,
     symmetric: bool,
     /// The pacer's copy of `shared.latched`, as of `seen_generation`.
@@ -428,6 +488,7 @@ impl PacedStream {
         PacedStream {
             id,
             socket,
+            srtp: params.protection.sender(None, &Protection::Plain),
             params,
             rtp: RtpSender::new_random(),
             shared,
@@ -982,7 +1043,7 @@ fn pacer_loop(
     let mut streams = PacerStreams::default();
     let start = clock::now_ns();
     let mut tick: u64 = 0;
-    let mut buf = [0u8; HEADER_LEN + MAX_PAYLOAD];
+    let mut buf = [0u8; SEND_BUF];
     loop {
         if stopping.load(Ordering::Acquire) {
             return;
@@ -1046,20 +1107,30 @@ fn send_one(
     s: &mut PacedStream,
     tick: u64,
     tick_ns: u64,
-    buf: &mut [u8; HEADER_LEN + MAX_PAYLOAD],
+    buf: &mut [u8; SEND_BUF],
     stats: &MediaStats,
 ) {
     let Some(dest) = s.destination() else {
         return;
     };
-    if !s.params.send {
+    if !s.params.send || s.params.protection == Protection::AwaitingKeys {
         return;
     }
     let samples = (s.params.ptime_ms * 8) as usize;
-    let len = HEADER_LEN + samples.min(MAX_PAYLOAD);
+    let mut len = HEADER_LEN + samples.min(MAX_PAYLOAD);
     s.rtp
         .write_header(&mut buf[..], s.params.payload_type, samples as u32);
     s.fill(&mut buf[HEADER_LEN..len]);
+    if let Some(ctx) = s.srtp.as_mut() {
+        // In place, into the room SEND_BUF leaves for the tag: cannot fail for our own header.
+        match ctx.protect(&mut buf[..], len) {
+            Ok(n) => len = n,
+            Err(_) => {
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
     // One clock read per packet (vDSO, tens of ns against microseconds for sendto).
     let now = clock::now_ns();
     match s.socket.send_to(&buf[..len], dest) {
@@ -1110,6 +1181,10 @@ fn apply(streams: &mut PacerStreams, cmd: PacerCmd) {
         PacerCmd::Update { id, params } => {
             streams.set_every(id, ticks_per_packet(params.ptime_ms));
             if let Some(s) = streams.get_mut(id) {
+                // Same key, same context: its ROC goes on (a fresh one would reuse keystream).
+                s.srtp = params
+                    .protection
+                    .sender(s.srtp.take(), &s.params.protection);
                 s.params = params;
             }
         }
@@ -1164,6 +1239,47 @@ impl SdpView {
     }
 }
 
+/// The receive task's SRTP context, rebuilt only when the peer's key changes.
+#[derive(Default)]
+struct SrtpView {
+    keys: Option<SrtpKeys>,
+    receiver: Option<SrtpReceiver>,
+}
+
+impl SrtpView {
+    /// Checks and decrypts `packet` in place when the stream is SRTP; returns the RTP length.
+    /// What is not RTP at all (STUN, garbage) and RTCP (SRTCP) multiplexed on the port pass
+    /// through untouched, for `rtp::parse` to set aside as it always has (`Invalid`, `Rtcp`):
+    /// judged by the clear header bytes alone, since an SRTP packet's padding count is
+    /// encrypted.
+    fn unprotect(
+        &mut self,
+        protection: &Protection,
+        packet: &mut [u8],
+    ) -> Result<usize, SrtpError> {
+        let keys = match protection {
+            Protection::Plain => return Ok(packet.len()),
+            Protection::AwaitingKeys => return Err(SrtpError::Auth),
+            Protection::Srtp(keys) => keys,
+        };
+        let not_rtp = packet.len() < HEADER_LEN || packet[0] >> 6 != 2;
+        if not_rtp || (192..=223).contains(&packet[1]) {
+            return Ok(packet.len());
+        }
+        let same = self
+            .keys
+            .is_some_and(|k| k.suite == keys.suite && k.recv == keys.recv);
+        if !same || self.receiver.is_none() {
+            self.keys = Some(*keys);
+            self.receiver = Some(SrtpReceiver::new(keys.suite, &keys.recv));
+        }
+        self.receiver
+            .as_mut()
+            .expect("set just above")
+            .unprotect(packet)
+    }
+}
+
 async fn recv_loop(
     socket: AsyncFd<StdUdpSocket>,
     shared: Arc<Shared>,
@@ -1194,6 +1310,9 @@ async fn recv_loop(
     };
     // Whether a foreign packet was logged: once per stream, as every one of a flood would be.
     let mut foreign_logged = false;
+    // The SRTP context for the peer's key, and the protection it was made for.
+    let mut srtp = SrtpView::default();
+    let mut srtp_logged = false;
     loop {
         sdp.refresh(&shared, &mut filter, settings.symmetric_rtp);
         let p = sdp.params;
@@ -1228,12 +1347,33 @@ async fn recv_loop(
                 continue;
             }
         };
-        let Received::Rtp(pkt) = rtp::parse(&buf[..n]) else {
-            continue;
-        };
         // An update may have come in while we waited: judge the packet by the current SDP.
         sdp.refresh(&shared, &mut filter, settings.symmetric_rtp);
         let p = sdp.params;
+        // SRTP first: nothing unauthenticated reaches the source filter or a digit decoder.
+        let n = match srtp.unprotect(&p.protection, &mut buf[..n]) {
+            Ok(n) => n,
+            Err(SrtpError::Replay) => {
+                stats.srtp_replays.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(SrtpError::Auth | SrtpError::Malformed) => {
+                stats.srtp_auth_failures.fetch_add(1, Ordering::Relaxed);
+                if !srtp_logged {
+                    srtp_logged = true;
+                    info!(
+                        parent: &span,
+                        %from,
+                        "SRTP packet failed authentication and was dropped (a wrong key, plain \
+                         RTP, or a forgery); further ones are only counted"
+                    );
+                }
+                continue;
+            }
+        };
+        let Received::Rtp(pkt) = rtp::parse(&buf[..n]) else {
+            continue;
+        };
         match filter.accept(from, pkt.ssrc, pkt.seq) {
             Verdict::Accept => {}
             Verdict::Learned => {
@@ -1319,6 +1459,7 @@ mod tests {
     use super::*;
     use crate::media::dtmf::rfc4733_payload;
     use crate::media::rtp::RtpPacket;
+    use crate::media::srtp::SrtpSender;
 
     fn engine(port_min: u16, timeout: Option<Duration>) -> MediaEngine {
         MediaEngine::start(settings(port_min, timeout)).unwrap()
@@ -1348,6 +1489,7 @@ mod tests {
             remote: Some(remote),
             send: true,
             expect_rtp: true,
+            protection: Protection::Plain,
         }
     }
 
@@ -1712,6 +1854,239 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    fn srtp_keys(suite: srtp::Suite) -> SrtpKeys {
+        SrtpKeys {
+            suite,
+            send: srtp::MasterKey::random(),
+            recv: srtp::MasterKey::random(),
+        }
+    }
+
+    /// One key press (start, then the end three times) as plain RTP packets.
+    fn press_packets(sender: &mut RtpSender, key: char) -> Vec<Vec<u8>> {
+        let digit = Digit::from_char(key).unwrap();
+        let ts = sender.timestamp;
+        let packets = [(false, 160), (true, 480), (true, 480), (true, 480)]
+            .into_iter()
+            .map(|(end, dur)| {
+                let mut pkt = vec![0u8; HEADER_LEN + 4];
+                sender.timestamp = ts;
+                sender.write_header(&mut pkt, 101, 0);
+                pkt[HEADER_LEN..].copy_from_slice(&rfc4733_payload(digit, end, 10, dur));
+                pkt
+            })
+            .collect();
+        sender.timestamp = ts.wrapping_add(800);
+        packets
+    }
+
+    /// `packets` protected by `tx`, as they go on the wire.
+    fn protected(tx: &mut SrtpSender, packets: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        packets
+            .into_iter()
+            .map(|mut p| {
+                let len = p.len();
+                p.resize(len + srtp::MAX_TAG_LEN, 0);
+                let n = tx.protect(&mut p, len).unwrap();
+                p.truncate(n);
+                p
+            })
+            .collect()
+    }
+
+    fn send_all(sock: &StdUdpSocket, packets: &[Vec<u8>], to: SocketAddr) {
+        for p in packets {
+            sock.send_to(p, to).unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn srtp_prompt_decrypts_at_the_peer_with_the_negotiated_key() {
+        for (port, suite) in [
+            (42100, srtp::Suite::AesCm128HmacSha1_80),
+            (42130, srtp::Suite::AesCm128HmacSha1_32),
+        ] {
+            let peer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+            peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let engine = engine(port, None);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let keys = srtp_keys(suite);
+            let stream = engine
+                .open(
+                    StreamParams {
+                        protection: Protection::Srtp(keys),
+                        ..params(peer.local_addr().unwrap())
+                    },
+                    tx,
+                )
+                .unwrap();
+            let pcm: Vec<i16> = (0..400).map(|i| (i * 50) as i16).collect();
+            let prompt = Arc::new(Prompt::from_pcm("ramp", "en", pcm));
+            let first = recv(&peer);
+            stream.play(7, vec![prompt.clone()]);
+            let mut wire = vec![first];
+            for _ in 0..12 {
+                wire.push(recv(&peer));
+            }
+            // Only our key opens them; the receiver follows them in order.
+            let mut wrong = SrtpReceiver::new(suite, &keys.recv);
+            assert_eq!(wrong.unprotect(&mut wire[0].clone()), Err(SrtpError::Auth));
+            let mut rx_ctx = SrtpReceiver::new(suite, &keys.send);
+            let mut audio = Vec::new();
+            let mut raw_audio = Vec::new();
+            let mut last_seq = None;
+            for p in &wire {
+                assert_eq!(p.len(), HEADER_LEN + 160 + suite.tag_len());
+                raw_audio.extend_from_slice(&p[HEADER_LEN..HEADER_LEN + 160]);
+                let mut buf = p.clone();
+                let n = rx_ctx.unprotect(&mut buf).expect("authentic");
+                let Received::Rtp(pkt) = rtp::parse(&buf[..n]) else {
+                    panic!("not RTP")
+                };
+                if let Some(prev) = last_seq {
+                    assert_eq!(pkt.seq, u16::wrapping_add(prev, 1));
+                }
+                last_seq = Some(pkt.seq);
+                audio.extend_from_slice(pkt.payload);
+            }
+            let find = |haystack: &[u8]| {
+                haystack
+                    .windows(prompt.pcmu.len())
+                    .position(|w| w == &prompt.pcmu[..])
+            };
+            let start = find(&audio).expect("the prompt comes out intact");
+            assert!(
+                audio[start + prompt.pcmu.len()..]
+                    .iter()
+                    .all(|b| *b == g711::ULAW_SILENCE)
+            );
+            assert_eq!(
+                find(&raw_audio),
+                None,
+                "the prompt crossed the wire readable"
+            );
+            assert!(!raw_audio.iter().all(|b| *b == g711::ULAW_SILENCE));
+            assert_eq!(
+                next_event(&mut rx).await,
+                MediaEvent::PlayDone {
+                    token: 7,
+                    interrupted: false
+                }
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn srtp_digits_are_collected_and_forged_or_replayed_packets_type_nothing() {
+        let caller = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let engine = engine(42200, None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let suite = srtp::Suite::AesCm128HmacSha1_80;
+        let keys = srtp_keys(suite);
+        let stream = engine
+            .open(
+                StreamParams {
+                    protection: Protection::Srtp(keys),
+                    ..params(caller.local_addr().unwrap())
+                },
+                tx,
+            )
+            .unwrap();
+        let to = stream.local_addr();
+        let mut rtp_tx = RtpSender::new_random();
+        let mut srtp_tx = SrtpSender::new(suite, &keys.recv);
+        let five = protected(&mut srtp_tx, press_packets(&mut rtp_tx, '5'));
+        send_all(&caller, &five, to);
+        assert_eq!(digit_of(&next_event(&mut rx).await), Some('5'));
+        // The same packets again: replays, dropped.
+        send_all(&caller, &five, to);
+        // A press under another key (a forgery), a tampered one, and plain RTP.
+        let mut forger = SrtpSender::new(suite, &srtp::MasterKey::random());
+        send_all(
+            &caller,
+            &protected(&mut forger, press_packets(&mut rtp_tx, '9')),
+            to,
+        );
+        let mut tampered = protected(&mut srtp_tx, press_packets(&mut rtp_tx, '8'));
+        for p in &mut tampered {
+            p[HEADER_LEN] ^= 0x01;
+        }
+        send_all(&caller, &tampered, to);
+        send_all(&caller, &press_packets(&mut rtp_tx, '7'), to);
+        // The caller's next real press is the next digit the call hears.
+        send_all(
+            &caller,
+            &protected(&mut srtp_tx, press_packets(&mut rtp_tx, '3')),
+            to,
+        );
+        assert_eq!(digit_of(&next_event(&mut rx).await), Some('3'));
+        let stats = engine.stats();
+        assert_eq!(stats.srtp_replays.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.srtp_auth_failures.load(Ordering::Relaxed), 12);
+        assert_eq!(stats.packets_received.load(Ordering::Relaxed), 8);
+        assert_eq!(stats.foreign_packets.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unauthenticated_packets_teach_strict_rtp_nothing() {
+        // The SDP names an address that stays silent; a stranger sends a stream good enough
+        // for probation many times over, in plain RTP and under a wrong key.
+        let sdp_addr = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let stranger = StdUdpSocket::bind("127.0.0.2:0").unwrap();
+        let engine = engine(42300, None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let suite = srtp::Suite::AesCm128HmacSha1_32;
+        let keys = srtp_keys(suite);
+        let mut p = StreamParams {
+            protection: Protection::AwaitingKeys,
+            ..params(sdp_addr.local_addr().unwrap())
+        };
+        let stream = engine.open(p, tx).unwrap();
+        let to = stream.local_addr();
+        // Awaiting the peer's key (our SRTP offer is out): nothing goes out, nothing counts.
+        assert_eq!(count_received(&sdp_addr, Duration::from_millis(150)), 0);
+        let mut plain = RtpSender::new_random();
+        send_audio(&stranger, &mut plain, to, 2);
+        p.protection = Protection::Srtp(keys);
+        stream.update(p);
+        send_audio(&stranger, &mut plain, to, 10);
+        let mut forger = SrtpSender::new(suite, &srtp::MasterKey::random());
+        let mut rtp_tx = RtpSender::new_random();
+        let forged: Vec<Vec<u8>> = (0..10)
+            .map(|_| {
+                let mut pkt = vec![g711::ULAW_SILENCE; HEADER_LEN + 160];
+                rtp_tx.write_header(&mut pkt, 0, 160);
+                pkt
+            })
+            .collect();
+        send_all(&stranger, &protected(&mut forger, forged), to);
+        send_all(&stranger, &press_packets(&mut rtp_tx, '1'), to);
+        // Not RTP (a STUN binding request's first bytes) and RTCP are set aside, as in plain
+        // RTP: not counted as failures.
+        let mut rtcp = vec![0x80, 200, 0, 6];
+        rtcp.resize(28 + 14, 0);
+        send_all(
+            &stranger,
+            &[vec![0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42], rtcp],
+            to,
+        );
+        // The pacer still sends to the SDP's address, in SRTP under our key; the stranger hears
+        // nothing and typed nothing.
+        let mut buf = [0u8; 1500];
+        sdp_addr
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let n = sdp_addr.recv(&mut buf).unwrap();
+        let mut ctx = SrtpReceiver::new(suite, &keys.send);
+        assert!(ctx.unprotect(&mut buf[..n]).is_ok());
+        assert_eq!(count_received(&stranger, Duration::from_millis(150)), 0);
+        let stats = engine.stats();
+        assert_eq!(stats.srtp_auth_failures.load(Ordering::Relaxed), 26);
+        assert_eq!(stats.packets_received.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.foreign_packets.load(Ordering::Relaxed), 0);
+        assert!(rx.try_recv().is_err(), "no digit, no event");
     }
 
     #[test]

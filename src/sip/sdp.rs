@@ -5,7 +5,14 @@
 //!   PCMA/8) in the *offerer's* order, `telephone-event/8000` at whatever payload type the offer
 //!   used, the offered `a=ptime` if we can packetise at it, and the mirrored direction. Every other
 //!   m-line is refused with port 0 so the answer has as many m-lines as the offer (RFC 3264 6).
-//!   The answer is built fresh: nothing (ICE, crypto, `a=rtcp`, vendor attributes) is copied.
+//!   The answer is built fresh: nothing (ICE, `a=rtcp`, vendor attributes) is copied.
+//! - **SRTP with SDES** (RFC 3711, RFC 4568), as [`SrtpMode`] allows: an `RTP/SAVP(F)` stream is
+//!   answered with the first `a=crypto` line we can use (see [`parse_crypto`]), its tag echoed,
+//!   and a fresh key of ours; our own offers carry both suites. SDES puts the keys in the SDP, so
+//!   they protect nothing unless the signalling is TLS: every call here says whether it is, and
+//!   over insecure signalling an `RTP/SAVP` stream is refused in place (port 0, RFC 3264 6: an
+//!   answer may not change the offer's profile), never answered with plain RTP on that line. A
+//!   plain stream offered beside it is then taken; without one, 488.
 //! - **Late offer** ([`LocalSession::offer`] / [`LocalSession::accept_answer`]): an INVITE without a
 //!   body gets our offer in the 200 OK and the answer comes in the ACK (RFC 3261 13.2.1).
 //! - `o=` versioning (RFC 3264 8): the version goes up only when what we send changes, so a
@@ -16,9 +23,13 @@
 //! or `b=` line (all of which we ignore anyway), an `m=image` (T.38) line, or a doubled space in
 //! `c=` would otherwise turn a usable offer into a 400. See `prepare` for the exact filtering.
 //!
-//! Not supported (the offer is refused with an error that maps to 488): SRTP profiles
-//! (`RTP/SAVP`, `RTP/SAVPF`, DTLS), codecs other than G.711, `c=` with a host name.
+//! Not supported (the offer is refused with an error that maps to 488): DTLS-SRTP
+//! (`UDP/TLS/RTP/SAVP`), SRTP when [`SrtpMode::Off`], codecs other than G.711, `c=` with a
+//! host name.
 
+use crate::media::srtp::{MASTER_LEN, MasterKey, SrtpKeys, Suite};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use ezk_sdp_types::{
     Direction as SdpDirection, MediaDescription, RtpMap, SessionDescription, TaggedAddress,
 };
@@ -90,6 +101,32 @@ impl Codec {
         [Codec::Pcmu, Codec::Pcma]
             .into_iter()
             .find(|c| name.eq_ignore_ascii_case(c.name()))
+    }
+}
+
+/// Whether calls may, or must, use SRTP (`[media] srtp`). SDES keys are only ever offered or
+/// accepted over secure signalling, whatever the mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpMode {
+    /// Plain RTP only: `RTP/SAVP` streams are refused, as before SRTP existed.
+    Off,
+    /// SRTP when the peer offers it (over TLS), plain RTP when it offers that. Our own offers
+    /// (late offer) are SRTP over TLS, plain otherwise.
+    #[default]
+    Optional,
+    /// SRTP or nothing: a plain offer gets 488, and so does any call whose signalling is not
+    /// secure (its keys would travel in clear).
+    Required,
+}
+
+impl SrtpMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SrtpMode::Off => "off",
+            SrtpMode::Optional => "optional",
+            SrtpMode::Required => "required",
+        }
     }
 }
 
@@ -179,6 +216,11 @@ pub struct Negotiated {
     pub ptime_ms: u32,
     /// What we may do, from our point of view.
     pub direction: Direction,
+    /// The suite and both keys when the stream is SRTP; `None` for plain RTP.
+    pub srtp: Option<SrtpKeys>,
+    /// The offer had an SDES stream we refused because the signalling is not secure, and a
+    /// plain stream beside it was taken instead: worth a line in the log.
+    pub insecure_sdes_refused: bool,
 }
 
 /// Why an SDP body could not be answered or accepted.
@@ -211,6 +253,20 @@ pub enum SdpError {
     /// cannot reach, and we could not send to it.
     #[error("no media address for {0}")]
     NoMediaAddress(&'static str),
+    /// Every stream offered is plain RTP, and `[media] srtp = "required"`. Maps to 488.
+    #[error("SRTP is required, and the offer has no RTP/SAVP stream")]
+    SrtpRequired,
+    /// The only streams we could take are SRTP keyed by SDES, and the signalling is not
+    /// secure: the keys crossed the network in clear, so SRTP would protect nothing. Maps to 488.
+    #[error(
+        "SDES keys offered over insecure signalling: SRTP refused (keys in clear SDP protect nothing; use SIP over TLS)"
+    )]
+    InsecureSignalling,
+    /// An RTP/SAVP stream without an `a=crypto` line we can use (a suite we do not speak, an
+    /// MKI, session parameters, a short lifetime), or an answer whose crypto line does not
+    /// match our offer. Maps to 488.
+    #[error("no usable a=crypto line (we take AES_CM_128_HMAC_SHA1_80/_32 without MKI)")]
+    NoUsableCrypto,
 }
 
 impl SdpError {
@@ -223,7 +279,31 @@ impl SdpError {
             | SdpError::UnsupportedProfile(_)
             | SdpError::NoCommonCodec
             | SdpError::UnsupportedAddress(_)
-            | SdpError::NoMediaAddress(_) => true,
+            | SdpError::NoMediaAddress(_)
+            | SdpError::SrtpRequired
+            | SdpError::InsecureSignalling
+            | SdpError::NoUsableCrypto => true,
+        }
+    }
+
+    /// Whether the refusal is about media security (SRTP/SDES), which the log and the 488's
+    /// Warning should spell out.
+    pub fn is_security(&self) -> bool {
+        matches!(
+            self,
+            SdpError::SrtpRequired | SdpError::InsecureSignalling | SdpError::NoUsableCrypto
+        )
+    }
+
+    /// How specific a reason is, to report the most useful one when no stream was usable.
+    fn rank(&self) -> u8 {
+        match self {
+            SdpError::NoCommonCodec => 5,
+            SdpError::NoUsableCrypto => 4,
+            SdpError::InsecureSignalling => 3,
+            SdpError::SrtpRequired => 2,
+            SdpError::UnsupportedProfile(_) => 1,
+            _ => 0,
         }
     }
 }
@@ -237,8 +317,25 @@ pub struct LocalSession {
     prefs: Vec<Codec>,
     /// Everything after the `o=` line of the last SDP we sent, to tell whether the next one changed.
     last_sent: Option<String>,
-    /// The codecs of our outstanding offer; an answer may only pick from these (RFC 3264 6).
-    offered: Option<Vec<Codec>>,
+    /// Our outstanding offer; an answer may only pick from its codecs (RFC 3264 6), and must
+    /// be SRTP if it was.
+    offered: Option<OurOffer>,
+    /// What `[media] srtp` allows.
+    srtp: SrtpMode,
+    /// Our master key per suite (index [`Suite::index`]), drawn when first needed and kept for
+    /// the session: a re-INVITE that keeps the suite keeps our key, so the sender's rollover
+    /// counter (which restarts only with a new key) never repeats a keystream.
+    keys: [Option<MasterKey>; 2],
+    /// Whether the session's media is SRTP; `None` before the first exchange.
+    current_srtp: Option<bool>,
+}
+
+/// What our last offer proposed.
+#[derive(Clone, Debug)]
+struct OurOffer {
+    codecs: Vec<Codec>,
+    /// `RTP/SAVP` with both suites (tag 1: _80, tag 2: _32), with our keys for them.
+    srtp: bool,
 }
 
 impl LocalSession {
@@ -262,7 +359,26 @@ impl LocalSession {
             prefs: codecs,
             last_sent: None,
             offered: None,
+            srtp: SrtpMode::Off,
+            keys: [None, None],
+            current_srtp: None,
         }
+    }
+
+    /// Sets what `[media] srtp` allows (a new session starts with [`SrtpMode::Off`]).
+    pub fn with_srtp(mut self, mode: SrtpMode) -> Self {
+        self.srtp = mode;
+        self
+    }
+
+    /// Whether our outstanding offer is SRTP (its answer brings the peer's key).
+    pub fn srtp_offered(&self) -> bool {
+        self.offered.as_ref().is_some_and(|o| o.srtp)
+    }
+
+    /// Our key for `suite`, drawn once per session.
+    fn our_key(&mut self, suite: Suite) -> MasterKey {
+        *self.keys[suite.index()].get_or_insert_with(MasterKey::random)
     }
 
     /// The `o=` session version of the last SDP we produced (1 before any).
@@ -271,14 +387,32 @@ impl LocalSession {
     }
 
     /// Answers `offer` (from an INVITE, re-INVITE or UPDATE): returns the answer SDP (CRLF line
-    /// ends) and what was negotiated.
+    /// ends) and what was negotiated. `secure_signalling` says whether the offer came over a
+    /// transport that keeps SDES keys secret (TLS): without it no SRTP stream is taken.
     ///
-    /// The audio stream answered is the first one with a nonzero port, an RTP/AVP(F) profile and
-    /// a codec we share; every other m-line gets port 0. When none qualifies, the error says why,
-    /// preferring the most specific reason (no codec, then profile, then no audio at all).
-    pub fn answer(&mut self, offer: &[u8]) -> Result<(String, Negotiated), SdpError> {
+    /// The audio stream answered is the first SRTP stream we can take (when [`SrtpMode`] and the
+    /// signalling allow), else the first plain one, that has a nonzero port and a codec we
+    /// share; every other m-line gets port 0. When none qualifies, the error says why, preferring
+    /// the most specific reason (no codec, no usable crypto line, insecure signalling, SRTP
+    /// required, then profile, then no audio at all).
+    pub fn answer(
+        &mut self,
+        offer: &[u8],
+        secure_signalling: bool,
+    ) -> Result<(String, Negotiated), SdpError> {
         let parsed = Parsed::new(offer)?;
-        let (index, md, choice) = self.choose_stream(&parsed)?;
+        let (index, md, choice) = self.choose_stream(&parsed, secure_signalling)?;
+        let srtp = choice.crypto.map(|(tag, suite, theirs)| {
+            let ours = self.our_key(suite);
+            (
+                tag,
+                SrtpKeys {
+                    suite,
+                    send: ours,
+                    recv: theirs,
+                },
+            )
+        });
 
         let (remote_ip, on_hold_address) = connection_ip(md, &parsed.sdp)?;
         same_family(remote_ip, self.rtp.ip())?;
@@ -296,16 +430,20 @@ impl LocalSession {
                 push_audio(
                     &mut media,
                     self.rtp.port(),
-                    raw.profile_text(),
+                    raw.profile().as_str(),
                     &choice,
                     ptime_ms,
                     direction,
                 );
+                if let Some((tag, keys)) = &srtp {
+                    push_crypto(&mut media, *tag, keys.suite, &keys.send);
+                }
             } else {
                 push_rejected(&mut media, raw);
             }
         }
         let sdp = self.finish(&media);
+        self.current_srtp = Some(srtp.is_some());
         let negotiated = Negotiated {
             remote,
             codec: choice.codec,
@@ -313,21 +451,41 @@ impl LocalSession {
             dtmf_payload_type: choice.dtmf.as_ref().map(|(pt, _)| *pt),
             ptime_ms,
             direction,
+            srtp: srtp.map(|(_, keys)| keys),
+            insecure_sdes_refused: choice.insecure_sdes_refused,
         };
         Ok((sdp, negotiated))
     }
 
     /// The address of the stream [`LocalSession::answer`] would take from `offer` (`None` for
     /// a hold address), so the caller can pick a media address of the same family first.
-    pub fn offered_address(&self, offer: &[u8]) -> Result<Option<IpAddr>, SdpError> {
+    pub fn offered_address(
+        &self,
+        offer: &[u8],
+        secure_signalling: bool,
+    ) -> Result<Option<IpAddr>, SdpError> {
         let parsed = Parsed::new(offer)?;
-        let (_, md, _) = self.choose_stream(&parsed)?;
+        let (_, md, _) = self.choose_stream(&parsed, secure_signalling)?;
         Ok(connection_ip(md, &parsed.sdp)?.0)
     }
 
     /// Builds our offer for a late-offer INVITE (or a re-INVITE without SDP): our codecs in
     /// preference order, telephone-event at 101 with events 0-16, ptime 20, sendrecv.
-    pub fn offer(&mut self) -> String {
+    ///
+    /// SRTP: a first offer is `RTP/SAVP` with both suites when [`SrtpMode`] allows SRTP and the
+    /// signalling is secure, plain otherwise, and refused when SRTP is required but the
+    /// signalling is not secure. A later offer (re-INVITE without SDP) keeps the session's
+    /// protection, with the same keys.
+    pub fn offer(&mut self, secure_signalling: bool) -> Result<String, SdpError> {
+        let srtp = match (self.srtp, self.current_srtp) {
+            (SrtpMode::Off, _) => false,
+            (_, Some(current)) => current,
+            (SrtpMode::Required, None) => true,
+            (SrtpMode::Optional, None) => secure_signalling,
+        };
+        if srtp && !secure_signalling {
+            return Err(SdpError::InsecureSignalling);
+        }
         let codecs = self.prefs.clone();
         let mut pts: Vec<String> = codecs
             .iter()
@@ -335,10 +493,11 @@ impl LocalSession {
             .collect();
         pts.push(OFFER_DTMF_PT.to_string());
 
+        let profile = if srtp { "RTP/SAVP" } else { "RTP/AVP" };
         let mut media = String::new();
         push_line(
             &mut media,
-            format_args!("m=audio {} RTP/AVP {}", self.rtp.port(), pts.join(" ")),
+            format_args!("m=audio {} {profile} {}", self.rtp.port(), pts.join(" ")),
         );
         for codec in &codecs {
             push_line(
@@ -360,16 +519,25 @@ impl LocalSession {
         );
         push_line(&mut media, format_args!("a=ptime:{DEFAULT_PTIME_MS}"));
         push_line(&mut media, format_args!("a={}", Direction::SendRecv));
+        if srtp {
+            for suite in Suite::ALL {
+                let key = self.our_key(suite);
+                push_crypto(&mut media, offer_tag(suite), suite, &key);
+            }
+        }
 
-        self.offered = Some(codecs);
-        self.finish(&media)
+        self.offered = Some(OurOffer { codecs, srtp });
+        Ok(self.finish(&media))
     }
 
     /// Reads the peer's answer to our last [`offer`](Self::offer) (from the ACK of a late-offer
     /// INVITE). Without an outstanding offer the answer is checked against our preferences.
     pub fn accept_answer(&mut self, answer: &[u8]) -> Result<Negotiated, SdpError> {
         let parsed = Parsed::new(answer)?;
-        let offered = self.offered.take().unwrap_or_else(|| self.prefs.clone());
+        let offered = self.offered.take().unwrap_or_else(|| OurOffer {
+            codecs: self.prefs.clone(),
+            srtp: self.current_srtp == Some(true),
+        });
 
         // We offered one audio m-line, so the answer's first m-line is its answer (RFC 3264 6).
         let (md, raw) = parsed
@@ -381,13 +549,32 @@ impl LocalSession {
         if !raw.is_audio() || md.media.port == 0 {
             return Err(SdpError::NoAudio);
         }
-        match raw.profile() {
-            Profile::Avp | Profile::Avpf => {}
-            Profile::Unsupported => return Err(SdpError::UnsupportedProfile(raw.proto.clone())),
+        // RFC 3264 6: the answer keeps the offer's profile, so SRTP answers SRTP.
+        let profile = raw.profile();
+        if profile == Profile::Unsupported || profile.is_srtp() != offered.srtp {
+            return Err(SdpError::UnsupportedProfile(raw.proto.clone()));
         }
+        let srtp = if offered.srtp {
+            // RFC 4568 7.1.3: exactly one crypto line, with a tag and suite of our offer.
+            let [line] = &raw.crypto[..] else {
+                return Err(SdpError::NoUsableCrypto);
+            };
+            let crypto = parse_crypto(line).map_err(|_| SdpError::NoUsableCrypto)?;
+            let suite = Suite::ALL
+                .into_iter()
+                .find(|s| offer_tag(*s) == crypto.tag && *s == crypto.suite)
+                .ok_or(SdpError::NoUsableCrypto)?;
+            Some(SrtpKeys {
+                suite,
+                send: self.our_key(suite),
+                recv: crypto.key,
+            })
+        } else {
+            None
+        };
         let fmts = raw.payload_types();
         let (codec, payload_type) =
-            pick_codec(md, &fmts, &offered).ok_or(SdpError::NoCommonCodec)?;
+            pick_codec(md, &fmts, &offered.codecs).ok_or(SdpError::NoCommonCodec)?;
         let dtmf_payload_type = pick_telephone_event(md, &fmts, payload_type).map(|(pt, _)| pt);
 
         let (remote_ip, on_hold_address) = connection_ip(md, &parsed.sdp)?;
@@ -396,6 +583,7 @@ impl LocalSession {
         if on_hold_address {
             answered_direction = answered_direction.without_receive();
         }
+        self.current_srtp = Some(srtp.is_some());
         Ok(Negotiated {
             remote: remote_ip.map(|ip| SocketAddr::new(ip, md.media.port)),
             codec,
@@ -404,6 +592,8 @@ impl LocalSession {
             ptime_ms: choose_ptime(md, &parsed.sdp),
             // Our offer was sendrecv, so the answer's direction is the peer's whole view.
             direction: answered_direction.mirrored(),
+            srtp,
+            insecure_sdes_refused: false,
         })
     }
 
@@ -411,9 +601,16 @@ impl LocalSession {
     fn choose_stream<'p>(
         &self,
         parsed: &'p Parsed,
+        secure_signalling: bool,
     ) -> Result<(usize, &'p MediaDescription, Choice), SdpError> {
-        let mut saw_rtp_audio = false;
-        let mut unsupported_profile: Option<&str> = None;
+        let mut why = SdpError::NoAudio;
+        let mut note = |e: SdpError| {
+            if e.rank() > why.rank() {
+                why = e;
+            }
+        };
+        let mut plain: Option<(usize, &MediaDescription, Choice)> = None;
+        let mut insecure_sdes_refused = false;
         for (i, (md, raw)) in parsed
             .sdp
             .media_descriptions
@@ -425,34 +622,65 @@ impl LocalSession {
             if !raw.is_audio() || md.media.port == 0 {
                 continue;
             }
-            match raw.profile() {
-                Profile::Avp | Profile::Avpf => saw_rtp_audio = true,
+            let profile = raw.profile();
+            let crypto = match profile {
                 Profile::Unsupported => {
-                    unsupported_profile.get_or_insert(&raw.proto);
+                    note(SdpError::UnsupportedProfile(raw.proto.clone()));
                     continue;
                 }
+                Profile::Savp | Profile::Savpf if self.srtp == SrtpMode::Off => {
+                    note(SdpError::UnsupportedProfile(raw.proto.clone()));
+                    continue;
+                }
+                Profile::Savp | Profile::Savpf if !secure_signalling => {
+                    insecure_sdes_refused = true;
+                    note(SdpError::InsecureSignalling);
+                    continue;
+                }
+                Profile::Savp | Profile::Savpf => {
+                    // RFC 4568 7.1.2: the first line, in the offerer's order, that we can use.
+                    match raw.crypto.iter().find_map(|line| parse_crypto(line).ok()) {
+                        Some(c) => Some((c.tag, c.suite, c.key)),
+                        None => {
+                            note(SdpError::NoUsableCrypto);
+                            continue;
+                        }
+                    }
+                }
+                Profile::Avp | Profile::Avpf if self.srtp == SrtpMode::Required => {
+                    note(SdpError::SrtpRequired);
+                    continue;
+                }
+                Profile::Avp | Profile::Avpf => None,
+            };
+            // A plain stream is kept in case no SRTP stream follows it.
+            if crypto.is_none() && plain.is_some() {
+                continue;
             }
             let fmts = raw.payload_types();
-            if let Some((codec, payload_type)) = pick_codec(md, &fmts, &self.prefs) {
-                let dtmf = pick_telephone_event(md, &fmts, payload_type);
-                return Ok((
-                    i,
-                    md,
-                    Choice {
-                        codec,
-                        payload_type,
-                        dtmf,
-                    },
-                ));
+            let Some((codec, payload_type)) = pick_codec(md, &fmts, &self.prefs) else {
+                note(SdpError::NoCommonCodec);
+                continue;
+            };
+            let choice = Choice {
+                codec,
+                payload_type,
+                dtmf: pick_telephone_event(md, &fmts, payload_type),
+                crypto,
+                insecure_sdes_refused: false,
+            };
+            if choice.crypto.is_some() {
+                return Ok((i, md, choice));
             }
+            plain = Some((i, md, choice));
         }
-        Err(if saw_rtp_audio {
-            SdpError::NoCommonCodec
-        } else if let Some(proto) = unsupported_profile {
-            SdpError::UnsupportedProfile(proto.to_owned())
-        } else {
-            SdpError::NoAudio
-        })
+        match plain {
+            Some((i, md, mut choice)) => {
+                choice.insecure_sdes_refused = insecure_sdes_refused;
+                Ok((i, md, choice))
+            }
+            None => Err(why),
+        }
     }
 
     /// Prepends `v=`/`o=`/`s=`/`c=`/`t=` to `media`, bumping the version if the result differs
@@ -495,13 +723,38 @@ struct Choice {
     payload_type: u8,
     /// telephone-event payload type and the event list to answer with.
     dtmf: Option<(u8, String)>,
+    /// For an SRTP stream: the tag, suite and key of the crypto line we take.
+    crypto: Option<(u32, Suite, MasterKey)>,
+    /// An SDES stream was passed over for insecure signalling (see [`Negotiated`]).
+    insecure_sdes_refused: bool,
 }
 
 /// Transport profile classes (RFC 3264 6: the answer uses the offer's profile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Profile {
     Avp,
     Avpf,
+    /// RTP/SAVP (RFC 3711): SRTP keyed by SDES.
+    Savp,
+    /// RTP/SAVPF: SAVP plus RTCP feedback, which we never send; answered in kind.
+    Savpf,
     Unsupported,
+}
+
+impl Profile {
+    fn is_srtp(self) -> bool {
+        matches!(self, Profile::Savp | Profile::Savpf)
+    }
+
+    /// The profile as the answer writes it.
+    fn as_str(self) -> &'static str {
+        match self {
+            Profile::Avpf => "RTP/AVPF",
+            Profile::Savp => "RTP/SAVP",
+            Profile::Savpf => "RTP/SAVPF",
+            Profile::Avp | Profile::Unsupported => "RTP/AVP",
+        }
+    }
 }
 
 /// An m-line's tokens as the peer wrote them: we echo them when refusing the stream and read the
@@ -510,6 +763,8 @@ struct RawMLine {
     media: String,
     proto: String,
     fmts: Vec<String>,
+    /// The values of its `a=crypto` lines (RFC 4568 9.1: media level only), in order.
+    crypto: Vec<String>,
 }
 
 impl RawMLine {
@@ -518,20 +773,18 @@ impl RawMLine {
     }
 
     fn profile(&self) -> Profile {
-        if self.proto.eq_ignore_ascii_case("RTP/AVP") {
+        let is = |name: &str| self.proto.eq_ignore_ascii_case(name);
+        if is("RTP/AVP") {
             Profile::Avp
-        } else if self.proto.eq_ignore_ascii_case("RTP/AVPF") {
+        } else if is("RTP/AVPF") {
             // AVPF is AVP plus RTCP feedback, which we never send; plain RTP interoperates.
             Profile::Avpf
+        } else if is("RTP/SAVP") {
+            Profile::Savp
+        } else if is("RTP/SAVPF") {
+            Profile::Savpf
         } else {
             Profile::Unsupported
-        }
-    }
-
-    fn profile_text(&self) -> &'static str {
-        match self.profile() {
-            Profile::Avpf => "RTP/AVPF",
-            Profile::Avp | Profile::Unsupported => "RTP/AVP",
         }
     }
 
@@ -605,6 +858,7 @@ fn prepare(body: &[u8]) -> (String, Vec<RawMLine>) {
                     media: media.to_owned(),
                     proto: proto.to_owned(),
                     fmts,
+                    crypto: Vec::new(),
                 });
             }
             "a" => {
@@ -613,6 +867,12 @@ fn prepare(body: &[u8]) -> (String, Vec<RawMLine>) {
                     None => (value, None),
                 };
                 let name = name.trim().to_ascii_lowercase();
+                // ezk does not read a=crypto; we keep each m-line's raw values ourselves.
+                if name == "crypto"
+                    && let (Some(m), Some(rest)) = (mlines.last_mut(), rest)
+                {
+                    m.crypto.push(rest.trim().to_owned());
+                }
                 if KEPT_ATTRIBUTES.contains(&name.as_str()) {
                     match rest {
                         Some(rest) => push_line(&mut out, format_args!("a={name}:{}", rest.trim())),
@@ -804,6 +1064,131 @@ fn push_audio(
     push_line(out, format_args!("a={direction}"));
 }
 
+/// Our `a=crypto` line: the tag we answer or offer, the suite and our key, no lifetime (the
+/// default, 2^48) and no MKI.
+fn push_crypto(out: &mut String, tag: u32, suite: Suite, key: &MasterKey) {
+    push_line(
+        out,
+        format_args!(
+            "a=crypto:{tag} {} inline:{}",
+            suite.name(),
+            BASE64.encode(key.as_bytes())
+        ),
+    );
+}
+
+/// The tag of each suite in our offers.
+fn offer_tag(suite: Suite) -> u32 {
+    suite.index() as u32 + 1
+}
+
+/// The shortest master key lifetime (packets) we accept. We never re-key within a call, and
+/// 2^20 packets last 5.8 hours at 20 ms (2.9 at 10 ms), beyond `max_call_secs`' default of an
+/// hour; a shorter lifetime would have the peer re-key by re-INVITE in the middle of ordinary
+/// calls, each switch-over dropping audio.
+pub const MIN_KEY_LIFETIME: u64 = 1 << 20;
+
+/// An `a=crypto` line we can use (RFC 4568 9.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crypto {
+    pub tag: u32,
+    pub suite: Suite,
+    pub key: MasterKey,
+}
+
+/// Why an `a=crypto` line was passed over.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoSkip {
+    #[error("malformed a=crypto: {0}")]
+    Malformed(&'static str),
+    #[error("crypto suite {0} not supported")]
+    Suite(String),
+    #[error("key method other than inline")]
+    KeyMethod,
+    #[error("more than one key (only useful with MKI)")]
+    SeveralKeys,
+    #[error("MKI not supported")]
+    Mki,
+    #[error("key lifetime {0} shorter than 2^20 packets")]
+    Lifetime(u64),
+    #[error("session parameter {0} not supported")]
+    SessionParam(String),
+}
+
+/// Reads the value of one `a=crypto` attribute:
+/// `<tag> <suite> inline:<base64 key||salt>[|<lifetime>][|<MKI>:<length>] [<session-params>]`.
+///
+/// Taken: tags of 1-9 digits, the suites of [`Suite`], exactly 30 bytes of key and salt, a
+/// lifetime of at least [`MIN_KEY_LIFETIME`] (`2^n` or decimal, at most 2^48), and the session
+/// parameter `WSH=` (a window-size hint; ours is 128). Passed over: any MKI (we do not read
+/// one), several keys, and every other session parameter (`KDR`, `UNENCRYPTED_SRTP`,
+/// `UNAUTHENTICATED_SRTP`, `FEC_ORDER`, ...), whose meaning we would not honour.
+pub fn parse_crypto(value: &str) -> Result<Crypto, CryptoSkip> {
+    let mut words = value.split_ascii_whitespace();
+    let (Some(tag), Some(suite), Some(key_params)) = (words.next(), words.next(), words.next())
+    else {
+        return Err(CryptoSkip::Malformed("fewer than three fields"));
+    };
+    if tag.is_empty() || tag.len() > 9 || !tag.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CryptoSkip::Malformed("tag is not 1-9 digits"));
+    }
+    let tag: u32 = tag.parse().map_err(|_| CryptoSkip::Malformed("tag"))?;
+    let suite = Suite::from_name(suite)
+        .ok_or_else(|| CryptoSkip::Suite(suite.chars().take(40).collect()))?;
+    if key_params.contains(';') {
+        return Err(CryptoSkip::SeveralKeys);
+    }
+    let (method, info) = key_params
+        .split_once(':')
+        .ok_or(CryptoSkip::Malformed("key parameter without a method"))?;
+    if !method.eq_ignore_ascii_case("inline") {
+        return Err(CryptoSkip::KeyMethod);
+    }
+    let mut parts = info.split('|');
+    let key_salt = parts.next().unwrap_or_default();
+    let mut lifetime_seen = false;
+    for part in parts {
+        if part.contains(':') {
+            return Err(CryptoSkip::Mki);
+        }
+        if lifetime_seen {
+            return Err(CryptoSkip::Malformed("two lifetimes"));
+        }
+        lifetime_seen = true;
+        let packets = parse_lifetime(part).ok_or(CryptoSkip::Malformed("lifetime"))?;
+        if packets < MIN_KEY_LIFETIME {
+            return Err(CryptoSkip::Lifetime(packets));
+        }
+    }
+    let bytes = BASE64
+        .decode(key_salt)
+        .map_err(|_| CryptoSkip::Malformed("key is not base64"))?;
+    let key = MasterKey::from_slice(&bytes)
+        .ok_or(CryptoSkip::Malformed("key and salt are not 30 bytes"))?;
+    debug_assert_eq!(bytes.len(), MASTER_LEN);
+    for param in words {
+        let is_wsh = param
+            .split_once('=')
+            .is_some_and(|(name, n)| name == "WSH" && n.parse::<u32>().is_ok());
+        if !is_wsh {
+            return Err(CryptoSkip::SessionParam(param.chars().take(40).collect()));
+        }
+    }
+    Ok(Crypto { tag, suite, key })
+}
+
+/// A key lifetime: `2^n` or a decimal number of packets, at most 2^48 (RFC 3711 9.2).
+fn parse_lifetime(text: &str) -> Option<u64> {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 15 && s.bytes().all(|b| b.is_ascii_digit());
+    let packets = match text.strip_prefix("2^") {
+        Some(exp) if digits(exp) => 1u64.checked_shl(exp.parse::<u32>().ok()?.min(64))?,
+        Some(_) => return None,
+        None if digits(text) => text.parse().ok()?,
+        None => return None,
+    };
+    (packets <= 1 << 48).then_some(packets)
+}
+
 /// A refused m-line: the offer's media, profile and formats with port 0 (RFC 3264 6).
 fn push_rejected(out: &mut String, raw: &RawMLine) {
     let mut line = format!("m={} 0 {}", raw.media, raw.proto);
@@ -837,14 +1222,16 @@ mod tests {
     }
 
     fn answer(offer: &str) -> (String, Negotiated) {
-        let (sdp, negotiated) = local().answer(offer.as_bytes()).expect("answerable offer");
+        let (sdp, negotiated) = local()
+            .answer(offer.as_bytes(), false)
+            .expect("answerable offer");
         check_wire_format(&sdp);
         (sdp, negotiated)
     }
 
     fn answer_err(offer: &str) -> SdpError {
         local()
-            .answer(offer.as_bytes())
+            .answer(offer.as_bytes(), false)
             .expect_err("offer must be refused")
     }
 
@@ -901,20 +1288,20 @@ mod tests {
                   m=audio 5000 RTP/AVP 0\r\n";
         let mut ours = LocalSession::new(1, "192.0.2.10:20000".parse().unwrap(), Vec::new());
         assert_eq!(
-            ours.offered_address(v6.as_bytes()).unwrap(),
+            ours.offered_address(v6.as_bytes(), false).unwrap(),
             Some("2001:db8::1".parse().unwrap())
         );
-        let err = ours.answer(v6.as_bytes()).unwrap_err();
+        let err = ours.answer(v6.as_bytes(), false).unwrap_err();
         assert!(matches!(err, SdpError::NoMediaAddress("IPv6")), "{err}");
         assert!(err.is_not_acceptable());
         let mut ours6 = LocalSession::new(1, "[2001:db8::10]:20000".parse().unwrap(), Vec::new());
-        let (sdp, n) = ours6.answer(v6.as_bytes()).unwrap();
+        let (sdp, n) = ours6.answer(v6.as_bytes(), false).unwrap();
         assert!(sdp.contains("c=IN IP6 2001:db8::10"), "{sdp}");
         assert_eq!(n.remote, Some("[2001:db8::1]:5000".parse().unwrap()));
         // A hold address (0.0.0.0) says nothing about the family.
         let hold = v6.replace("c=IN IP6 2001:db8::1", "c=IN IP4 0.0.0.0");
-        assert_eq!(ours6.offered_address(hold.as_bytes()).unwrap(), None);
-        ours6.answer(hold.as_bytes()).unwrap();
+        assert_eq!(ours6.offered_address(hold.as_bytes(), false).unwrap(), None);
+        ours6.answer(hold.as_bytes(), false).unwrap();
     }
 
     #[test]
@@ -929,6 +1316,8 @@ mod tests {
                 dtmf_payload_type: Some(101),
                 ptime_ms: 20,
                 direction: Direction::SendRecv,
+                srtp: None,
+                insecure_sdes_refused: false,
             }
         );
         assert_eq!(
@@ -1116,7 +1505,7 @@ mod tests {
             vec![],
         );
         let offer = include_str!("../../tests/data/sdp/ipv6_audio_video.sdp");
-        let (sdp, n) = session.answer(offer.as_bytes()).unwrap();
+        let (sdp, n) = session.answer(offer.as_bytes(), false).unwrap();
         check_wire_format(&sdp);
         let remote_ip = IpAddr::V6(Ipv6Addr::new(0xfde1, 0xc0fe, 0, 0, 0, 0, 0, 7));
         assert_eq!(n.remote, Some(SocketAddr::new(remote_ip, 17882)));
@@ -1181,6 +1570,412 @@ mod tests {
         assert!(!sdp.contains("crypto"));
     }
 
+    fn srtp_session(mode: SrtpMode) -> LocalSession {
+        local().with_srtp(mode)
+    }
+
+    fn crypto_lines(sdp: &str) -> Vec<&str> {
+        sdp.lines().filter(|l| l.starts_with("a=crypto:")).collect()
+    }
+
+    /// The key of our `a=crypto` line with `tag`.
+    fn our_key(sdp: &str, tag: u32) -> MasterKey {
+        let line = crypto_lines(sdp)
+            .into_iter()
+            .find(|l| l.starts_with(&format!("a=crypto:{tag} ")))
+            .expect("our crypto line");
+        parse_crypto(line.strip_prefix("a=crypto:").unwrap())
+            .expect("we write what we read")
+            .key
+    }
+
+    fn b64_key(text: &str) -> MasterKey {
+        MasterKey::from_slice(&BASE64.decode(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sdes_offer_over_tls_gets_its_tag_echoed_and_a_fresh_key_of_ours() {
+        let offer = include_str!("../../tests/data/sdp/srtp_savp.sdp");
+        let mut s = srtp_session(SrtpMode::Optional);
+        let (sdp, n) = s.answer(offer.as_bytes(), true).unwrap();
+        check_wire_format(&sdp);
+        assert_eq!(mlines(&sdp), ["m=audio 40000 RTP/SAVP 0 101"]);
+        let crypto = crypto_lines(&sdp);
+        assert_eq!(crypto.len(), 1, "{sdp}");
+        assert!(crypto[0].starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+        assert_eq!(
+            crypto[0].len(),
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:".len() + 40
+        );
+        let keys = n.srtp.expect("SRTP negotiated");
+        assert_eq!(keys.suite, Suite::AesCm128HmacSha1_80);
+        assert_eq!(
+            keys.recv,
+            b64_key("vXMep/SIW4iMD21StWgrmy024dJZfOAM7qFFJfsJ")
+        );
+        assert_eq!(keys.send, our_key(&sdp, 1));
+        assert_ne!(keys.send, keys.recv);
+        assert!(!n.insecure_sdes_refused);
+        // A refresh gets the same answer, key included; another call gets another key.
+        let (again, n2) = s.answer(offer.as_bytes(), true).unwrap();
+        assert_eq!((again, n2), (sdp.clone(), n.clone()));
+        let (other, _) = srtp_session(SrtpMode::Required)
+            .answer(offer.as_bytes(), true)
+            .unwrap();
+        assert_ne!(our_key(&other, 1), keys.send);
+        // SAVPF is answered in kind.
+        let savpf = offer.replace("RTP/SAVP", "RTP/SAVPF");
+        let (sdp, n) = s.answer(savpf.as_bytes(), true).unwrap();
+        assert_eq!(mlines(&sdp), ["m=audio 40000 RTP/SAVPF 0 101"]);
+        assert_eq!(
+            n.srtp.unwrap().send,
+            keys.send,
+            "same suite, same key of ours"
+        );
+    }
+
+    #[test]
+    fn sdes_over_insecure_signalling_is_refused_and_a_plain_stream_beside_it_taken() {
+        let offer = include_str!("../../tests/data/sdp/srtp_savp.sdp");
+        for mode in [SrtpMode::Optional, SrtpMode::Required] {
+            let err = srtp_session(mode)
+                .answer(offer.as_bytes(), false)
+                .unwrap_err();
+            assert!(
+                matches!(err, SdpError::InsecureSignalling),
+                "{mode:?}: {err:?}"
+            );
+            assert!(err.is_not_acceptable() && err.is_security());
+            assert!(err.to_string().contains("insecure signalling"));
+        }
+        // Best effort (plain line first, SAVP second): over UDP the plain one, and the log
+        // hears of the SDES line refused; over TLS the SRTP one, whatever the order.
+        let both = include_str!("../../tests/data/sdp/best_effort_srtp.sdp");
+        let (sdp, n) = srtp_session(SrtpMode::Optional)
+            .answer(both.as_bytes(), false)
+            .unwrap();
+        assert_eq!(
+            mlines(&sdp),
+            ["m=audio 40000 RTP/AVP 8 101", "m=audio 0 RTP/SAVP 8 101"]
+        );
+        assert!(crypto_lines(&sdp).is_empty());
+        assert_eq!((n.srtp, n.insecure_sdes_refused), (None, true));
+        assert_eq!(n.remote, v4(192, 0, 2, 30, 30000));
+        let (sdp, n) = srtp_session(SrtpMode::Optional)
+            .answer(both.as_bytes(), true)
+            .unwrap();
+        assert_eq!(
+            mlines(&sdp),
+            ["m=audio 0 RTP/AVP 8 101", "m=audio 40000 RTP/SAVP 8 101"]
+        );
+        assert_eq!(n.remote, v4(192, 0, 2, 30, 30002));
+        assert_eq!(crypto_lines(&sdp).len(), 1);
+        assert!(crypto_lines(&sdp)[0].starts_with("a=crypto:7 AES_CM_128_HMAC_SHA1_80 "));
+        // Off: the SAVP line is refused in place as it always was.
+        let (sdp, n) = local().answer(both.as_bytes(), true).unwrap();
+        assert_eq!(mlines(&sdp)[1], "m=audio 0 RTP/SAVP 8 101");
+        assert_eq!((n.srtp, n.insecure_sdes_refused), (None, false));
+    }
+
+    #[test]
+    fn required_refuses_plain_offers_and_optional_takes_them() {
+        let plain = include_str!("../../tests/data/sdp/baresip.sdp");
+        for secure in [false, true] {
+            let err = srtp_session(SrtpMode::Required)
+                .answer(plain.as_bytes(), secure)
+                .unwrap_err();
+            assert!(matches!(err, SdpError::SrtpRequired), "{err:?}");
+            assert!(err.is_not_acceptable());
+            let (_, n) = srtp_session(SrtpMode::Optional)
+                .answer(plain.as_bytes(), secure)
+                .unwrap();
+            assert_eq!(n.srtp, None);
+        }
+        // A plain line beside a usable SAVP one is refused in place.
+        let both = include_str!("../../tests/data/sdp/best_effort_srtp.sdp");
+        let (sdp, n) = srtp_session(SrtpMode::Required)
+            .answer(both.as_bytes(), true)
+            .unwrap();
+        assert_eq!(mlines(&sdp)[0], "m=audio 0 RTP/AVP 8 101");
+        assert!(n.srtp.is_some());
+    }
+
+    #[test]
+    fn real_world_crypto_offers_pick_the_first_usable_line() {
+        let pick = |file: &str| {
+            let (sdp, n) = srtp_session(SrtpMode::Optional)
+                .answer(file.as_bytes(), true)
+                .unwrap_or_else(|e| panic!("{e}: {file}"));
+            check_wire_format(&sdp);
+            let line = crypto_lines(&sdp)[0].to_owned();
+            (line, n.srtp.unwrap())
+        };
+        // Asterisk: both suites, no lifetime; the first.
+        let (line, keys) = pick(include_str!("../../tests/data/sdp/asterisk_srtp.sdp"));
+        assert!(
+            line.starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 "),
+            "{line}"
+        );
+        assert_eq!(
+            keys.recv,
+            b64_key("muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG")
+        );
+        // FreeSWITCH: GCM and AES-256 first, which we do not speak.
+        let (line, keys) = pick(include_str!("../../tests/data/sdp/freeswitch_srtp.sdp"));
+        assert!(
+            line.starts_with("a=crypto:4 AES_CM_128_HMAC_SHA1_80 "),
+            "{line}"
+        );
+        assert_eq!(
+            keys.recv,
+            b64_key("qce5DSp8/aHZbsUooUQMypy7zVcot8aZYber5eKY")
+        );
+        // Cisco: _32 first, with a lifetime of 2^31 (we never send that many).
+        let (line, keys) = pick(include_str!("../../tests/data/sdp/cisco_srtp.sdp"));
+        assert!(
+            line.starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_32 "),
+            "{line}"
+        );
+        assert_eq!(keys.suite, Suite::AesCm128HmacSha1_32);
+        // Polycom style: an MKI, a 2^10 lifetime, UNENCRYPTED_SRTCP are passed over; a
+        // window-size hint is not.
+        let (line, keys) = pick(include_str!("../../tests/data/sdp/polycom_srtp.sdp"));
+        assert!(
+            line.starts_with("a=crypto:4 AES_CM_128_HMAC_SHA1_32 "),
+            "{line}"
+        );
+        assert!(
+            !line.contains("WSH"),
+            "our line has no session parameters: {line}"
+        );
+        assert_eq!(
+            keys.recv,
+            b64_key("Gs7+JKaAdxbtSY4p/1z7PXEuzS0fhpdwxFAsymwR")
+        );
+    }
+
+    #[test]
+    fn crypto_attribute_parsing() {
+        let key = "muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG";
+        let ok = |v: &str| parse_crypto(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+        let c = ok(&format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}"));
+        assert_eq!(
+            (c.tag, c.suite, c.key),
+            (1, Suite::AesCm128HmacSha1_80, b64_key(key))
+        );
+        assert_eq!(
+            ok(&format!(
+                "123456789 aes_cm_128_hmac_sha1_32 INLINE:{key}|2^20"
+            ))
+            .tag,
+            123456789
+        );
+        ok(&format!("2 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^48"));
+        ok(&format!(
+            "2 AES_CM_128_HMAC_SHA1_80 inline:{key}|1048576 WSH=64"
+        ));
+        ok(&format!("2  AES_CM_128_HMAC_SHA1_80\tinline:{key}"));
+        let skip = |v: String| parse_crypto(&v).unwrap_err();
+        use CryptoSkip::{KeyMethod, Lifetime, Malformed, Mki, SessionParam, SeveralKeys};
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^31|1:4")),
+            Mki
+        );
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1:4")),
+            Mki
+        );
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^19")),
+            Lifetime(1 << 19)
+        );
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1000")),
+            Lifetime(1000)
+        );
+        assert!(matches!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^49")),
+            Malformed(_)
+        ));
+        assert!(matches!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^x")),
+            Malformed(_)
+        ));
+        assert!(matches!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^20|2^20")),
+            Malformed(_)
+        ));
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key} KDR=0")),
+            SessionParam("KDR=0".into())
+        );
+        assert_eq!(
+            skip(format!(
+                "1 AES_CM_128_HMAC_SHA1_80 inline:{key} UNENCRYPTED_SRTP"
+            )),
+            SessionParam("UNENCRYPTED_SRTP".into())
+        );
+        assert_eq!(
+            skip(format!(
+                "1 AES_CM_128_HMAC_SHA1_80 inline:{key};inline:{key}"
+            )),
+            SeveralKeys
+        );
+        assert_eq!(
+            skip(format!("1 AES_CM_128_HMAC_SHA1_80 uri:{key}")),
+            KeyMethod
+        );
+        assert_eq!(
+            skip(format!("1 AES_256_CM_HMAC_SHA1_80 inline:{key}")),
+            CryptoSkip::Suite("AES_256_CM_HMAC_SHA1_80".into())
+        );
+        for bad in [
+            String::new(),
+            "1 AES_CM_128_HMAC_SHA1_80".into(),
+            format!("x AES_CM_128_HMAC_SHA1_80 inline:{key}"),
+            format!("1234567890 AES_CM_128_HMAC_SHA1_80 inline:{key}"),
+            "1 AES_CM_128_HMAC_SHA1_80 inline:not*base64".into(),
+            "1 AES_CM_128_HMAC_SHA1_80 inline:AAAA".into(),
+            format!("1 AES_CM_128_HMAC_SHA1_80 inline{key}"),
+        ] {
+            assert!(matches!(parse_crypto(&bad), Err(Malformed(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn savp_without_a_usable_crypto_line_is_488() {
+        let bad = offer_with(
+            "",
+            "audio 5000 RTP/SAVP 0",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG|2^31|1:1\r\n",
+        );
+        let err = srtp_session(SrtpMode::Optional)
+            .answer(bad.as_bytes(), true)
+            .unwrap_err();
+        assert!(matches!(err, SdpError::NoUsableCrypto), "{err:?}");
+        let none = offer_with("", "audio 5000 RTP/SAVP 0", "");
+        assert!(matches!(
+            srtp_session(SrtpMode::Optional).answer(none.as_bytes(), true),
+            Err(SdpError::NoUsableCrypto)
+        ));
+        // A crypto line on RTP/AVP means nothing (RFC 4568 is for SAVP): plain, no crypto.
+        let avp = offer_with(
+            "",
+            "audio 5000 RTP/AVP 0",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG\r\n",
+        );
+        let (sdp, n) = srtp_session(SrtpMode::Optional)
+            .answer(avp.as_bytes(), true)
+            .unwrap();
+        assert!(crypto_lines(&sdp).is_empty() && n.srtp.is_none());
+        // Session-level crypto is not RFC 4568's and is not read.
+        let session = offer_with(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:muSVTqTNpI3LPXn653zB2UZNRldg0i7klxPI+0bG\r\n",
+            "audio 5000 RTP/SAVP 0",
+            "",
+        );
+        assert!(matches!(
+            srtp_session(SrtpMode::Optional).answer(session.as_bytes(), true),
+            Err(SdpError::NoUsableCrypto)
+        ));
+    }
+
+    #[test]
+    fn our_srtp_offer_and_its_answer() {
+        // Over TLS, optional: SAVP with both suites, tags 1 and 2.
+        let mut s = srtp_session(SrtpMode::Optional);
+        let offer = s.offer(true).unwrap();
+        check_wire_format(&offer);
+        assert!(s.srtp_offered());
+        assert_eq!(mlines(&offer), ["m=audio 40000 RTP/SAVP 0 8 101"]);
+        let lines = crypto_lines(&offer);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+        assert!(lines[1].starts_with("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"));
+        assert_ne!(our_key(&offer, 1), our_key(&offer, 2));
+        let theirs = "CT3QFUqUHGN4sFm8OQm9iHYBV0rPpG93b5v4cQRD";
+        let answer = |profile: &str, crypto: &str| {
+            format!(
+                "v=0\r\no=- 5 5 IN IP4 198.51.100.5\r\ns=-\r\nc=IN IP4 198.51.100.5\r\nt=0 0\r\n\
+                 m=audio 10036 {profile} 0 101\r\na=rtpmap:101 telephone-event/8000\r\n{crypto}"
+            )
+        };
+        let good = answer(
+            "RTP/SAVP",
+            &format!("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{theirs}\r\n"),
+        );
+        let n = s.accept_answer(good.as_bytes()).unwrap();
+        let keys = n.srtp.unwrap();
+        assert_eq!(keys.suite, Suite::AesCm128HmacSha1_32);
+        assert_eq!(
+            (keys.send, keys.recv),
+            (our_key(&offer, 2), b64_key(theirs))
+        );
+        // A re-offer (re-INVITE without SDP) keeps SRTP and our keys.
+        let again = s.offer(true).unwrap();
+        assert_eq!(our_key(&again, 2), keys.send);
+        assert_eq!(our_key(&again, 1), our_key(&offer, 1));
+        // Bad answers: plain, a tag we did not offer for that suite, two lines, none.
+        for bad in [
+            answer("RTP/AVP", ""),
+            answer(
+                "RTP/SAVP",
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:{theirs}\r\n"),
+            ),
+            answer(
+                "RTP/SAVP",
+                &format!("a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{theirs}\r\n"),
+            ),
+            answer(
+                "RTP/SAVP",
+                &format!(
+                    "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{theirs}\r\n\
+                     a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{theirs}\r\n"
+                ),
+            ),
+            answer("RTP/SAVP", ""),
+        ] {
+            s.offer(true).unwrap();
+            let err = s.accept_answer(bad.as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    SdpError::UnsupportedProfile(_) | SdpError::NoUsableCrypto
+                ),
+                "{bad}: {err:?}"
+            );
+        }
+        // Optional over UDP: a plain offer, no keys in clear. Required over UDP: none at all.
+        let mut udp = srtp_session(SrtpMode::Optional);
+        let plain = udp.offer(false).unwrap();
+        assert!(crypto_lines(&plain).is_empty() && !udp.srtp_offered());
+        assert_eq!(mlines(&plain), ["m=audio 40000 RTP/AVP 0 8 101"]);
+        let sdes_answer = answer(
+            "RTP/SAVP",
+            &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{theirs}\r\n"),
+        );
+        assert!(matches!(
+            udp.accept_answer(sdes_answer.as_bytes()),
+            Err(SdpError::UnsupportedProfile(_))
+        ));
+        assert!(matches!(
+            srtp_session(SrtpMode::Required).offer(false),
+            Err(SdpError::InsecureSignalling)
+        ));
+        assert!(
+            srtp_session(SrtpMode::Required)
+                .offer(true)
+                .unwrap()
+                .contains("RTP/SAVP")
+        );
+        // Off over TLS: plain, as ever.
+        assert!(local().offer(true).unwrap().contains("RTP/AVP 0 8 101"));
+        // A session answered in plain RTP re-offers plain, even over TLS.
+        let mut plain_call = srtp_session(SrtpMode::Optional);
+        plain_call.answer(BARESIP.as_bytes(), true).unwrap();
+        assert!(crypto_lines(&plain_call.offer(true).unwrap()).is_empty());
+    }
+
     #[test]
     fn no_common_codec_is_488() {
         let err = answer_err(include_str!("../../tests/data/sdp/g729_only.sdp"));
@@ -1199,7 +1994,7 @@ mod tests {
     fn codec_must_be_in_our_preferences_but_offer_order_wins() {
         let mut alaw_only =
             LocalSession::new(1, "192.0.2.9:4000".parse().unwrap(), vec![Codec::Pcma]);
-        let (_, n) = alaw_only.answer(BARESIP.as_bytes()).unwrap();
+        let (_, n) = alaw_only.answer(BARESIP.as_bytes(), false).unwrap();
         assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 8));
 
         let mut alaw_first = LocalSession::new(
@@ -1207,12 +2002,12 @@ mod tests {
             "192.0.2.9:4000".parse().unwrap(),
             vec![Codec::Pcma, Codec::Pcmu],
         );
-        let (_, n) = alaw_first.answer(BARESIP.as_bytes()).unwrap();
+        let (_, n) = alaw_first.answer(BARESIP.as_bytes(), false).unwrap();
         assert_eq!(n.codec, Codec::Pcmu, "baresip lists 0 before 8");
 
         let ulaw_offer = include_str!("../../tests/data/sdp/sipp_uac.sdp");
         assert!(matches!(
-            alaw_only.answer(ulaw_offer.as_bytes()),
+            alaw_only.answer(ulaw_offer.as_bytes(), false),
             Err(SdpError::NoCommonCodec)
         ));
     }
@@ -1382,7 +2177,7 @@ mod tests {
             b"v=0\r\no=- 1 1 IN XX 192.0.2.1\r\ns=-\r\nt=0 0\r\n",
             b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=audio\r\n",
         ] {
-            let err = local().answer(body).expect_err("garbage must fail");
+            let err = local().answer(body, false).expect_err("garbage must fail");
             assert!(matches!(err, SdpError::Parse(_)), "{body:?}: {err:?}");
             assert!(!err.is_not_acceptable());
         }
@@ -1421,36 +2216,36 @@ mod tests {
             o.split(' ').nth(2).unwrap().parse().unwrap()
         };
 
-        let (first, _) = s.answer(active.as_bytes()).unwrap();
+        let (first, _) = s.answer(active.as_bytes(), false).unwrap();
         assert_eq!(version_of(&first), 1);
         // Refresh re-INVITE with the same offer: identical answer, same version.
-        let (again, _) = s.answer(active.as_bytes()).unwrap();
+        let (again, _) = s.answer(active.as_bytes(), false).unwrap();
         assert_eq!(again, first);
         // Hold changes our direction to recvonly: new version.
-        let (held, _) = s.answer(hold.as_bytes()).unwrap();
+        let (held, _) = s.answer(hold.as_bytes(), false).unwrap();
         assert_eq!(version_of(&held), 2);
-        let (held_again, _) = s.answer(hold.as_bytes()).unwrap();
+        let (held_again, _) = s.answer(hold.as_bytes(), false).unwrap();
         assert_eq!(version_of(&held_again), 2);
         // Unhold: back to the first body, but it is a change from the last one we sent.
-        let (resumed, _) = s.answer(active.as_bytes()).unwrap();
+        let (resumed, _) = s.answer(active.as_bytes(), false).unwrap();
         assert_eq!(version_of(&resumed), 3);
         assert_eq!(resumed.replace("ivrd 4242 3", "ivrd 4242 1"), first);
         // A different offer that leads to the same answer does not bump.
         let (same, _) = s
-            .answer(BARESIP.replace("0-15", "0-16").as_bytes())
+            .answer(BARESIP.replace("0-15", "0-16").as_bytes(), false)
             .unwrap();
         assert_eq!(version_of(&same), 3);
         assert_eq!(s.version(), 3);
         // Our own offer differs from the last answer.
-        let offer = s.offer();
+        let offer = s.offer(false).unwrap();
         assert_eq!(version_of(&offer), 4);
-        assert_eq!(version_of(&s.offer()), 4);
+        assert_eq!(version_of(&s.offer(false).unwrap()), 4);
     }
 
     #[test]
     fn late_offer_text() {
         let mut s = local();
-        let offer = s.offer();
+        let offer = s.offer(false).unwrap();
         check_wire_format(&offer);
         assert_eq!(
             offer,
@@ -1468,13 +2263,13 @@ mod tests {
              a=sendrecv\r\n"
         );
         let mut alaw = LocalSession::new(1, "192.0.2.9:4000".parse().unwrap(), vec![Codec::Pcma]);
-        assert!(mlines(&alaw.offer()) == ["m=audio 4000 RTP/AVP 8 101"]);
+        assert!(mlines(&alaw.offer(false).unwrap()) == ["m=audio 4000 RTP/AVP 8 101"]);
     }
 
     #[test]
     fn late_offer_answer_from_ack() {
         let mut s = local();
-        s.offer();
+        s.offer(false).unwrap();
         // Typical answer: the peer picked PCMA and kept our event number.
         let answer = "v=0\r\no=- 5 5 IN IP4 198.51.100.5\r\ns=-\r\nc=IN IP4 198.51.100.5\r\n\
                       t=0 0\r\nm=audio 10036 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\n\
@@ -1489,17 +2284,19 @@ mod tests {
                 dtmf_payload_type: Some(101),
                 ptime_ms: 30,
                 direction: Direction::SendRecv,
+                srtp: None,
+                insecure_sdes_refused: false,
             }
         );
 
         // The peer answered sendonly: we only receive.
-        s.offer();
+        s.offer(false).unwrap();
         let sendonly = answer.replace("a=ptime:30\r\n", "a=sendonly\r\n");
         let n = s.accept_answer(sendonly.as_bytes()).unwrap();
         assert_eq!((n.direction, n.ptime_ms), (Direction::RecvOnly, 20));
 
         // No DTMF in the answer.
-        s.offer();
+        s.offer(false).unwrap();
         let plain = "v=0\r\no=- 5 5 IN IP4 198.51.100.5\r\ns=-\r\nc=IN IP4 198.51.100.5\r\n\
                      t=0 0\r\nm=audio 10036 RTP/AVP 0\r\n";
         assert_eq!(
@@ -1514,14 +2311,14 @@ mod tests {
         let base =
             "v=0\r\no=- 5 5 IN IP4 198.51.100.5\r\ns=-\r\nc=IN IP4 198.51.100.5\r\nt=0 0\r\n";
 
-        s.offer();
+        s.offer(false).unwrap();
         let refused = format!("{base}m=audio 0 RTP/AVP 0\r\n");
         assert!(matches!(
             s.accept_answer(refused.as_bytes()),
             Err(SdpError::NoAudio)
         ));
 
-        s.offer();
+        s.offer(false).unwrap();
         let g729 = format!("{base}m=audio 5000 RTP/AVP 18\r\n");
         assert!(matches!(
             s.accept_answer(g729.as_bytes()),
@@ -1530,41 +2327,51 @@ mod tests {
 
         // PCMA is a codec we support, but it was not in this offer.
         let mut ulaw = LocalSession::new(1, "192.0.2.9:4000".parse().unwrap(), vec![Codec::Pcmu]);
-        ulaw.offer();
+        ulaw.offer(false).unwrap();
         let alaw = format!("{base}m=audio 5000 RTP/AVP 8\r\n");
         assert!(matches!(
             ulaw.accept_answer(alaw.as_bytes()),
             Err(SdpError::NoCommonCodec)
         ));
 
-        s.offer();
+        s.offer(false).unwrap();
         let srtp = format!("{base}m=audio 5000 RTP/SAVP 0\r\n");
         assert!(matches!(
             s.accept_answer(srtp.as_bytes()),
             Err(SdpError::UnsupportedProfile(_))
         ));
 
-        s.offer();
+        s.offer(false).unwrap();
         assert!(matches!(s.accept_answer(b"junk"), Err(SdpError::Parse(_))));
     }
 
     #[test]
     fn prefs_are_deduplicated_and_default_to_both() {
         let mut s = LocalSession::new(1, "192.0.2.9:4000".parse().unwrap(), vec![]);
-        assert_eq!(mlines(&s.offer()), ["m=audio 4000 RTP/AVP 0 8 101"]);
+        assert_eq!(
+            mlines(&s.offer(false).unwrap()),
+            ["m=audio 4000 RTP/AVP 0 8 101"]
+        );
         let mut s = LocalSession::new(
             1,
             "192.0.2.9:4000".parse().unwrap(),
             vec![Codec::Pcma, Codec::Pcma, Codec::Pcmu],
         );
-        assert_eq!(mlines(&s.offer()), ["m=audio 4000 RTP/AVP 8 0 101"]);
+        assert_eq!(
+            mlines(&s.offer(false).unwrap()),
+            ["m=audio 4000 RTP/AVP 8 0 101"]
+        );
     }
 
     #[test]
     fn ipv4_mapped_local_address_is_advertised_as_ip4() {
         let mapped: SocketAddr = "[::ffff:192.0.2.9]:4000".parse().unwrap();
         let mut s = LocalSession::new(1, mapped, vec![]);
-        assert!(s.offer().contains("\r\nc=IN IP4 192.0.2.9\r\n"));
+        assert!(
+            s.offer(false)
+                .unwrap()
+                .contains("\r\nc=IN IP4 192.0.2.9\r\n")
+        );
     }
 
     #[test]

@@ -59,6 +59,7 @@ const PEER_PACKAGES: &[(&str, &str)] = &[
     ("baresip", "baresip-core"),
     ("linphonec", "linphone-cli"),
     ("kamailio", "kamailio"),
+    ("tcpdump", "tcpdump"),
 ];
 
 /// Finds `name` on PATH (or in the sbin directories, where Debian puts `kamailio` and a
@@ -70,7 +71,7 @@ pub fn require_tool(name: &str) -> PathBuf {
             .find(|(tool, _)| *tool == name)
             .map_or(String::new(), |(_, p)| format!(" (Debian package {p})"));
         panic!(
-            "{name} not found{package}: run scripts/install-test-deps.sh, which installs sip-tester, baresip-core, linphone-cli and kamailio"
+            "{name} not found{package}: run scripts/install-test-deps.sh, which installs sip-tester, baresip-core, linphone-cli, kamailio and tcpdump"
         )
     })
 }
@@ -1889,6 +1890,31 @@ pub fn write_tone_wav(path: &Path, secs: u32) {
     writer.finalize().expect("finalize source WAV");
 }
 
+/// RMS of a 16-bit WAV, as a fraction of full scale, and its length.
+pub fn wav_rms(path: &Path) -> (f64, Duration) {
+    let mut reader =
+        hound::WavReader::open(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let spec = reader.spec();
+    assert_eq!(
+        spec.bits_per_sample, 16,
+        "sndfile dump is not 16-bit: {spec:?}"
+    );
+    let samples: Vec<i16> = reader
+        .samples::<i16>()
+        .collect::<Result<_, _>>()
+        .expect("decode WAV samples");
+    let secs = samples.len() as f64 / f64::from(spec.sample_rate) / f64::from(spec.channels);
+    if samples.is_empty() {
+        return (0.0, Duration::ZERO);
+    }
+    let mean_square = samples
+        .iter()
+        .map(|&s| (f64::from(s) / 32768.0).powi(2))
+        .sum::<f64>()
+        / samples.len() as f64;
+    (mean_square.sqrt(), Duration::from_secs_f64(secs))
+}
+
 /// A headless baresip with its own config directory and a ctrl_tcp connection.
 pub struct Baresip {
     child: Option<Child>,
@@ -1898,6 +1924,18 @@ pub struct Baresip {
     /// Every event received so far, as raw JSON.
     pub events: Vec<String>,
     token: u32,
+    /// The UDP ports baresip's media may use (first, last).
+    rtp_ports: (u16, u16),
+}
+
+/// What a [`Baresip`] adds to the shared config and account: for SRTP over TLS,
+/// `module srtp.so` and `sip_cafile` lines, and `;mediaenc=srtp-mand` on the account.
+#[derive(Clone, Debug, Default)]
+pub struct BaresipExtras {
+    /// Lines appended to tests/baresip/config.in.
+    pub config: String,
+    /// Parameters appended to the account line (e.g. `;mediaenc=srtp-mand`).
+    pub account_params: String,
 }
 
 /// The address family a [`Baresip`] listens, announces and sends media in.
@@ -1920,6 +1958,11 @@ impl Baresip {
     /// `::1` in its SDP and its account is `sip:tester@[::1]` (`net_interface ::1`, an address
     /// rather than `lo`, as for IPv4). Its control socket stays on 127.0.0.1.
     pub fn start_on(max_calls: u32, family: Family) -> Baresip {
+        Self::start_with(max_calls, family, &BaresipExtras::default())
+    }
+
+    /// [`Baresip::start_on`] with more config lines and account parameters.
+    pub fn start_with(max_calls: u32, family: Family, extras: &BaresipExtras) -> Baresip {
         let binary = require_tool("baresip");
         let module_path = baresip_module_dir();
         let dir = tempfile::Builder::new()
@@ -1956,7 +1999,7 @@ impl Baresip {
             template.contains(&format!("call_max_calls\t\t{max_calls}")),
             "tests/baresip/config.in no longer has `call_max_calls<TAB><TAB>1`"
         );
-        let config = template
+        let config = (template + &extras.config)
             .replace("@SIP_LISTEN@", &sip_listen)
             .replace("@NET_INTERFACE@", host)
             .replace("@RTP_MIN@", &rtp_min.to_string())
@@ -1972,7 +2015,10 @@ impl Baresip {
         };
         fs::write(
             dir.path().join("accounts"),
-            format!("<sip:tester@{aor_host}>;regint=0\n"),
+            format!(
+                "<sip:tester@{aor_host}>;regint=0{}\n",
+                extras.account_params
+            ),
         )
         .expect("write accounts");
 
@@ -1996,6 +2042,7 @@ impl Baresip {
             pending: Vec::new(),
             events: Vec::new(),
             token: 0,
+            rtp_ports: (rtp_min, rtp_min + 3),
         };
         phone.connect_ctrl(SocketAddr::from((LOCALHOST, ctrl_port)));
         phone
@@ -2030,6 +2077,34 @@ impl Baresip {
     /// Where baresip's `sndfile` module writes what the call heard (`dump-*-dec.wav`).
     pub fn dump_dir(&self) -> PathBuf {
         self.dir.path().join("dump")
+    }
+
+    /// The UDP ports baresip's media may use (first, last).
+    pub fn rtp_ports(&self) -> (u16, u16) {
+        self.rtp_ports
+    }
+
+    /// What the one call so far sounded like at baresip's end: the RMS (fraction of full
+    /// scale) and length of its `dump-*-dec.wav`, complete once the call is closed.
+    pub fn heard(&self) -> (f64, Duration) {
+        let dumps: Vec<PathBuf> = fs::read_dir(self.dump_dir())
+            .expect("read dump dir")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("dump-") && n.ends_with("-dec.wav"))
+            })
+            .collect();
+        assert_eq!(
+            dumps.len(),
+            1,
+            "expected one dump-*-dec.wav in {}, found {dumps:?}\n{}",
+            self.dump_dir().display(),
+            self.log()
+        );
+        wav_rms(&dumps[0])
     }
 
     pub fn log(&self) -> String {
