@@ -733,81 +733,33 @@ impl Store {
         max_per_customer: u32,
         max_per_caller: u32,
     ) -> Result<SmsAdmission, StoreError> {
-        self.admit_send(
-            false,
-            customer_id,
+        self.admit(&Admission {
+            decoy: false,
+            subject: customer_id,
             caller,
             at,
             since,
-            max_per_customer,
-            max_per_caller,
-            None,
-        )
+            per_subject: max_per_customer,
+            per_caller: max_per_caller,
+            guard: None,
+        })
     }
 
-    /// [`Store::admit_sms`] under the fraud guard's budgets and breaker too, all in one
-    /// transaction (so two nodes cannot both take the last message of a budget).
-    #[allow(clippy::too_many_arguments)]
-    pub fn admit_sms_guarded(
-        &self,
-        customer_id: &str,
-        caller: &str,
-        at: SystemTime,
-        since: SystemTime,
-        max_per_customer: u32,
-        max_per_caller: u32,
-        guard: &GuardQuery<'_>,
-    ) -> Result<SmsAdmission, StoreError> {
-        self.admit_send(
-            false,
-            customer_id,
-            caller,
-            at,
-            since,
-            max_per_customer,
-            max_per_caller,
-            Some(guard),
-        )
-    }
-
-    /// [`Store::admit_sms`] for a decoy `subject` (an id that is no usable customer): the
-    /// same limits, counted in a table of their own; the caller's limit counts real and
-    /// decoy sends together.
-    #[allow(clippy::too_many_arguments)]
-    pub fn admit_decoy_sms(
-        &self,
-        subject: &str,
-        caller: &str,
-        at: SystemTime,
-        since: SystemTime,
-        max_per_subject: u32,
-        max_per_caller: u32,
-        guard: Option<&GuardQuery<'_>>,
-    ) -> Result<SmsAdmission, StoreError> {
-        self.admit_send(
-            true,
+    /// Admits one send under its limits (and the fraud guard's, if asked), recording it only
+    /// if admitted, all in one transaction: two calls, or two nodes, cannot both take the
+    /// last allowed send. A decoy's sends (an id that is no usable customer) are counted in
+    /// a table of their own; the caller's limit counts real and decoy sends together.
+    pub fn admit(&self, a: &Admission<'_>) -> Result<SmsAdmission, StoreError> {
+        let Admission {
+            decoy,
             subject,
             caller,
             at,
             since,
-            max_per_subject,
-            max_per_caller,
+            per_subject: max_per_subject,
+            per_caller: max_per_caller,
             guard,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn admit_send(
-        &self,
-        decoy: bool,
-        subject: &str,
-        caller: &str,
-        at: SystemTime,
-        since: SystemTime,
-        max_per_subject: u32,
-        max_per_caller: u32,
-        guard: Option<&GuardQuery<'_>>,
-    ) -> Result<SmsAdmission, StoreError> {
+        } = *a;
         let (count_subject, insert) = if decoy {
             (
                 "SELECT COUNT(*) FROM decoy_sends WHERE subject = ?1 AND at >= ?2",
@@ -1106,7 +1058,25 @@ pub struct LastCalls {
     pub verified: Option<SystemTime>,
 }
 
-/// What the fraud guard asks of an admission ([`Store::admit_sms_guarded`]): the send's
+/// One send to admit ([`Store::admit`]): whose, asked by whom, when, and under which limits.
+#[derive(Clone, Copy)]
+pub struct Admission<'a> {
+    /// A decoy's send (counted apart, spends no budget).
+    pub decoy: bool,
+    /// The customer id, or the decoy's subject.
+    pub subject: &'a str,
+    pub caller: &'a str,
+    pub at: SystemTime,
+    /// The start of the limits' window.
+    pub since: SystemTime,
+    /// Sends allowed per subject and per caller in the window.
+    pub per_subject: u32,
+    pub per_caller: u32,
+    /// The fraud guard's question, if it is to be asked.
+    pub guard: Option<&'a GuardQuery<'a>>,
+}
+
+/// What the fraud guard asks of an admission ([`Store::admit`]): the send's
 /// destination, the budgets, and the breaker's rule. The store counts; the rule is the
 /// caller's (`verify::guard`).
 pub struct GuardQuery<'a> {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 
 use crate::dialplan::services::{CheckPinOutcome, GuardKind, SendPinOutcome};
-use crate::store::{GuardQuery, GuardStop, SmsAdmission, Store, StoreError};
+use crate::store::{Admission, GuardQuery, GuardStop, SmsAdmission, Store, StoreError};
 use crate::verify::guard::{Destination, GuardConfig, GuardRefusal, breaker_trips};
 use crate::verify::pin::{Issue, MAX_TTL, Pin, PinCheck, PinError, PinVault};
 
@@ -348,15 +348,17 @@ impl Verifier {
         };
         let trips = |sends, verified| breaker_trips(&self.guard, sends, verified);
         let since = wall.checked_sub(self.limits.sms_window()).unwrap_or(wall);
-        let admission = self.store.admit_sms_guarded(
-            customer_id,
+        let guard = self.guard_query(Some(&dest), &trips);
+        let admission = self.store.admit(&Admission {
+            decoy: false,
+            subject: customer_id,
             caller,
-            wall,
+            at: wall,
             since,
-            self.limits.sms_per_customer,
-            self.limits.sms_per_caller,
-            &self.guard_query(Some(&dest), &trips),
-        )?;
+            per_subject: self.limits.sms_per_customer,
+            per_caller: self.limits.sms_per_caller,
+            guard: Some(&guard),
+        })?;
         self.admitted(admission, Some(&dest))?;
         Ok(self.vault().issue_or_resend(customer_id, length, now)?)
     }
@@ -405,15 +407,17 @@ impl Verifier {
         let since = wall.checked_sub(self.limits.sms_window()).unwrap_or(wall);
         // When a budget is spent, decoys are refused too (or the refusal would tell real ids).
         let never = |_, _| false;
-        let admission = self.store.admit_decoy_sms(
+        let guard = self.guard_query(None, &never);
+        let admission = self.store.admit(&Admission {
+            decoy: true,
             subject,
             caller,
-            wall,
+            at: wall,
             since,
-            self.limits.sms_per_customer,
-            self.limits.sms_per_caller,
-            Some(&self.guard_query(None, &never)),
-        )?;
+            per_subject: self.limits.sms_per_customer,
+            per_caller: self.limits.sms_per_caller,
+            guard: Some(&guard),
+        })?;
         self.admitted(admission, None)?;
         self.vault()
             .issue_or_resend(&decoy_subject(subject), length, now)?;
