@@ -29,6 +29,13 @@
 //!   [`media::dtmf`], [`media::engine`];
 //!   [`media::clock`]: the pacers' absolute-deadline clock, timer slack and priority.
 //! - [`call`]: one call; the [`call::CallIo`] API that call flows use.
+//! - [`dialplan`]: the admin's call flows: parse, check (with advice on oracles), run,
+//!   simulate; a lookup may go on with a decoy so that no id is told apart before its PIN.
+//! - [`services`]: what a flow asks of the outside (customers, PINs, SMS), for the daemon.
+//! - [`verify::pin`] (the vault: digests, sealed resends), [`verify::limits`] (tries,
+//!   lock-outs, SMS limits, decoys), [`verify::guard`] (the fraud guard: budgets, regions,
+//!   breakers, the cap on wrong PINs in a row), [`verify::sms`] (the providers).
+//! - [`store`]: SQLite: customers, limits and the guard's counts, the audit; versioned.
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
 //! - [`audit`]: one row per call, group-committed by one writer thread.
