@@ -24,12 +24,15 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 HOST = "127.0.0.1"
 SIP_PORT = 15060      # ivrd SIP (UDP+TCP)
+TLS_PORT = 15061      # ivrd SIP over TLS (workloads w2srtp and w1tls)
+STUNNEL_PORT = 15062  # the local stunnel client: SIPp connects here over TCP, stunnel to TLS_PORT
 SIPP_PORT = 15070     # SIPp SIP
 MEDIA_PORT = 16000    # SIPp's media port: where ivrd sends RTP (and the floor's sink port)
 ADMIN_PORT = 19060    # ivrd /metrics
 RTP_MIN, RTP_MAX = 20000, 31999   # below ip_local_port_range (32768-), room for 6000 calls
 SAMPLE_STREAMS = 20   # streams captured for the timing figures, spread over all N (sample_ports)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PACER_NICE = None     # --pacer-nice: [media] pacer_nice (None: ivrd's default, -10)
 
 MODES = {
     # Workload 2: concurrent calls
@@ -114,9 +117,19 @@ def proc_sample(pid):
 
 
 def metrics():
+    # On a starved host (CPU 0 shared with other jobs) /metrics may take longer than 5 s to
+    # answer: try three times (5, 10, 20 s) before giving up, rather than end the whole run.
     url = f"http://{HOST}:{ADMIN_PORT}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
+    for attempt, timeout in enumerate((5, 10, 20)):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                text = r.read().decode()
+            break
+        except OSError as e:
+            timed_out = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
+            if attempt == 2 or not timed_out:
+                raise
+            log(f"  /metrics did not answer in {timeout} s; again")
     out = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
@@ -248,12 +261,23 @@ def write_config(run_dir, text):
     return path
 
 
-def ivrd_config(run_dir):
+def ivrd_config(run_dir, tls=None, srtp=None):
+    """The demo-flow config of workloads 1 and 2. SIPp at 127.0.0.1 is the trusted PBX: an
+    untrusted source may place only 10 new calls a second and hold 32 calls (`[sip] source_*`),
+    which would throttle every step. `tls`: (cert, key) PEM paths for a `[sip] tls` listener on
+    TLS_PORT; `srtp`: `[media] srtp` ("off", "optional", "required"; None = the default)."""
+    tls_listen = f'tls = ["{HOST}:{TLS_PORT}"]\n' if tls else ""
+    tls_section = f'[tls]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n\n' if tls else ""
+    srtp_line = f'srtp = "{srtp}"\n' if srtp else ""
+    if PACER_NICE is not None:
+        srtp_line += f"pacer_nice = {PACER_NICE}\n"
     cfg = f"""# ivrd bench config (written by bench/bench.py)
 [sip]
 udp = ["{HOST}:{SIP_PORT}"]
 tcp = ["{HOST}:{SIP_PORT}"]
+{tls_listen}trusted = ["{HOST}"]             # SIPp, the PBX: no per-source limits
 
+{tls_section}
 [media]
 rtp_ip = "{HOST}"
 rtp_port_min = {RTP_MIN}
@@ -263,7 +287,7 @@ max_call_secs = 0
 prompts_dir = "{ROOT}/prompts"
 inband_dtmf = false
 pacing_threads = 1
-
+{srtp_line}
 [demo]
 enabled = true
 rounds = 1
@@ -348,9 +372,12 @@ class Ivrd:
                     error_lines=sum("ERROR" in l[:40] for l in lines))
 
 
-def sipp(run_dir, n_total, limit, rate, hold_ms, rtt=False):
-    cmd = ["taskset", "-c", "1", "sipp", f"{HOST}:{SIP_PORT}",
-           "-sf", os.path.join(BENCH, "scenarios", "uac_hold.xml"),
+def sipp(run_dir, n_total, limit, rate, hold_ms, rtt=False, scenario="uac_hold.xml",
+         remote_port=SIP_PORT, transport=None):
+    """SIPp on CPU 1. `transport` "t1": one TCP connection for all calls (to the stunnel
+    client at `remote_port`, which carries it to ivrd over TLS); default UDP."""
+    cmd = ["taskset", "-c", "1", "sipp", f"{HOST}:{remote_port}",
+           "-sf", os.path.join(BENCH, "scenarios", scenario),
            "-s", "100", "-i", HOST, "-p", str(SIPP_PORT), "-mi", HOST, "-mp", str(MEDIA_PORT),
            "-l", str(limit), "-r", str(rate), "-m", str(n_total), "-d", str(hold_ms),
            # SIPp's default socket buffer is 64 KiB: at thousands of calls a second it drops
@@ -360,6 +387,8 @@ def sipp(run_dir, n_total, limit, rate, hold_ms, rtt=False):
            "-trace_err", "-error_file", "errors.log", "-trace_screen", "-screen_file", "screen.log"]
     if rtt:
         cmd += ["-trace_rtt", "-rtt_freq", "1"]
+    if transport:
+        cmd += ["-t", transport]
     out = open(os.path.join(run_dir, "sipp.out"), "w")
     with open(os.path.join(run_dir, "sipp.cmd"), "w") as f:
         f.write(" ".join(cmd) + "\n")
@@ -518,6 +547,126 @@ def sipp_rtt(run_dir):
     return dict(rtt_n=len(vals), rtt_p50=pct(50), rtt_p99=pct(99), rtt_max=vals[-1])
 
 
+# ---------------------------------------------------------------- TLS: certificates and stunnel
+
+class Pki:
+    """A throw-away CA and a leaf certificate for 127.0.0.1 (IP SAN), made with openssl in a
+    temporary folder outside the repository and removed at exit: never committed. ivrd serves
+    the leaf on its `[sip] tls` listener; stunnel checks it against the CA."""
+
+    def __init__(self):
+        import tempfile
+        self.dir = tempfile.mkdtemp(prefix="ivrd-bench-pki-")
+        atexit.register(shutil.rmtree, self.dir, True)
+        d = lambda f: os.path.join(self.dir, f)
+        self.ca, self.cert, self.key = d("ca.pem"), d("cert.pem"), d("key.pem")
+        with open(d("leaf.ext"), "w") as f:
+            f.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                    "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n")
+        for cmd in (
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", d("ca.key"), "-out", self.ca, "-days", "2", "-subj", "/CN=ivrd bench CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", self.key, "-out", d("leaf.csr"), "-subj", "/CN=127.0.0.1"],
+            ["openssl", "x509", "-req", "-in", d("leaf.csr"), "-CA", self.ca, "-CAkey", d("ca.key"),
+             "-CAcreateserial", "-out", self.cert, "-days", "2", "-extfile", d("leaf.ext")],
+        ):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"openssl failed ({' '.join(cmd[:3])}): {r.stderr.strip()}")
+
+
+def tcp_listening(port):
+    """Whether something listens on 127.0.0.1:port (or 0.0.0.0), from /proc/net/tcp."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            p = line.split()
+            if p[3] == "0A" and int(p[1].split(":")[1], 16) == port:
+                return True
+    return False
+
+
+class Stunnel:
+    """A local stunnel client on CPU 1: accepts SIPp's TCP on STUNNEL_PORT and connects to
+    ivrd's TLS listener, checking its certificate (chain to the bench CA, IP 127.0.0.1).
+    Started per step and stopped with it; an exit before the stop ends the run, loudly."""
+
+    def __init__(self, run_dir, pki):
+        if not shutil.which("stunnel"):
+            raise SystemExit("stunnel not found: apt-get install stunnel4 (workloads w2srtp and w1tls)")
+        if tcp_listening(STUNNEL_PORT):
+            raise SystemExit(f"127.0.0.1:{STUNNEL_PORT} is taken (a stunnel left over?)")
+        self.run_dir = run_dir
+        conf = os.path.join(run_dir, "stunnel.conf")
+        with open(conf, "w") as f:
+            f.write(f"""; written by bench/bench.py: SIPp (TCP) -> stunnel -> ivrd (TLS)
+foreground = yes
+pid =
+syslog = no
+debug = notice
+[sip]
+client = yes
+accept = {HOST}:{STUNNEL_PORT}
+connect = {HOST}:{TLS_PORT}
+CAfile = {pki.ca}
+verifyChain = yes
+checkIP = {HOST}
+sslVersionMin = TLSv1.2
+; latency: SIP messages are small
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+""")
+        self.logf = open(os.path.join(run_dir, "stunnel.log"), "w")
+        self.p = subprocess.Popen(["taskset", "-c", "1", "stunnel", conf], stdout=self.logf,
+                                  stderr=subprocess.STDOUT)
+        atexit.register(self.kill_if_running)
+        deadline = time.time() + 10
+        while not tcp_listening(STUNNEL_PORT):
+            if self.p.poll() is not None:
+                raise SystemExit(f"stunnel exited at start-up (code {self.p.returncode}); see {run_dir}/stunnel.log")
+            if time.time() > deadline:
+                self.stop()
+                raise SystemExit(f"stunnel did not listen on {STUNNEL_PORT} within 10 s; see {run_dir}/stunnel.log")
+            time.sleep(0.1)
+        self.pid = self.p.pid
+
+    def kill_if_running(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+    def stop(self):
+        """Stops stunnel; fails loudly if it had exited on its own. Returns what its log says
+        about the certificate check."""
+        if self.p.poll() is not None:
+            raise SystemExit(f"stunnel exited during the step (code {self.p.returncode}); see {self.run_dir}/stunnel.log")
+        self.p.terminate()
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+        self.logf.close()
+        with open(os.path.join(self.run_dir, "stunnel.log")) as f:
+            text = f.read()
+        return dict(cert_accepted=text.count("Certificate accepted"),
+                    cert_rejected=text.count("Certificate check failed") + text.count("Rejected by CERT"),
+                    connections=text.count("s_connect: connected"),
+                    errors=sum(1 for l in text.splitlines() if "LOG3" in l or "LOG2" in l))
+
+
+def call_modes():
+    """{(transport, srtp suite or 'plain'): calls} from ivrd's /status."""
+    with urllib.request.urlopen(f"http://{HOST}:{ADMIN_PORT}/status", timeout=20) as r:
+        doc = json.loads(r.read().decode())
+    out = {}
+    for c in doc.get("active_calls", []):
+        k = f"{c.get('transport', '?')}/{c.get('srtp') or 'plain'}"
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
 # ---------------------------------------------------------------- workloads
 
 def calls_rate(n):
@@ -575,6 +724,77 @@ def workload2_ivrd(args, mode, n, out):
     return res
 
 
+def workload2_tls(args, mode, n, out, srtp, rep, pki):
+    """Workload 2 over TLS signalling: SIPp over TCP to the stunnel client, stunnel to ivrd's
+    TLS listener, RTP direct. `srtp` True: uac_hold_srtp.xml (RTP/SAVP with an SDES key) and
+    ivrd with [media] srtp = "required" (a call that fell back to plain RTP fails); False:
+    uac_hold.xml (RTP/AVP) and srtp = "off", the same path otherwise. No timing capture: the
+    figures are CPU per packet, packets sent and ticks."""
+    tag = "srtp" if srtp else "plain"
+    run_dir = os.path.join(out, "raw", f"w2tls-{n}-{tag}-{rep}")
+    os.makedirs(run_dir, exist_ok=True)
+    rate = calls_rate(n)
+    ramp = n / rate
+    settle = 3
+    hold_s = ramp * 1.3 + 5 + settle + mode["steady"] + 3
+    log(f"W2 over TLS N={n} {tag} (rep {rep}): {rate} cps ramp (~{ramp:.0f} s), each call listens {hold_s:.0f} s")
+    cfg = ivrd_config(run_dir, tls=(pki.cert, pki.key), srtp="required" if srtp else "off")
+    iv = Ivrd(args.ivrd, run_dir, cfg=cfg)
+    st = Stunnel(run_dir, pki)
+    idle = proc_sample(iv.pid)
+    sp = sipp(run_dir, n, n, rate, int(hold_s * 1000), scenario="uac_hold_srtp.xml" if srtp else "uac_hold.xml",
+              remote_port=STUNNEL_PORT, transport="t1")
+    res = dict(n=n, srtp=srtp, mode=tag, rep=rep, rate=rate, hold_s=hold_s)
+    t0 = time.time()
+    reached = 0
+    while time.time() - t0 < ramp * 1.3 + 5:
+        reached = int(metrics().get("ivrd_calls_active", 0))
+        if reached >= n or sp.poll() is not None:
+            break
+        time.sleep(0.5)
+    res["ramp_secs"] = time.time() - t0
+    res["reached"] = reached
+    if reached < n:
+        log(f"  only {reached}/{n} calls up after {res['ramp_secs']:.0f} s; measuring anyway")
+    time.sleep(settle)
+    a = snapshot(iv.pid, extra_pid=st.pid)
+    time.sleep(mode["steady"])
+    b = snapshot(iv.pid, extra_pid=st.pid)
+    w = window(a, b)
+    d = lambda k: b["metrics"].get(k, 0) - a["metrics"].get(k, 0)
+    res["window"] = w
+    res["auth_failures"] = b["metrics"].get("ivrd_srtp_auth_failures_total", 0)
+    res["replays"] = b["metrics"].get("ivrd_srtp_replays_total", 0)
+    res["rss_per_call_kb"] = (b["proc"]["rss_kb"] - idle["rss_kb"]) / max(1, w["active_start"])
+    res["rss_idle_kb"] = idle["rss_kb"]
+    res["rss_kb"] = b["proc"]["rss_kb"]
+    res["rss_window_kb"] = b["proc"]["rss_kb"] - a["proc"]["rss_kb"]
+    res["expected_pkts"] = w["active_start"] * 50 * w["secs"]
+    res["us_per_pkt"] = w["cores"] / (w["pkts"] / w["secs"]) * 1e6 if w["pkts"] else None
+    try:
+        res["call_modes"] = call_modes()
+    except OSError as e:
+        res["call_modes"] = {"error": str(e)}
+    rc = wait_sipp(sp, hold_s + 90)
+    res["sipp_rc"] = rc
+    res["sipp"] = sipp_stats(run_dir)
+    m = metrics()
+    res["ivrd_retrans"] = m.get("ivrd_sip_retransmissions_total", 0)
+    res["tls_handshake_failures"] = m.get("ivrd_sip_tls_handshake_failures_total", 0)
+    res["auth_failures_end"] = m.get("ivrd_srtp_auth_failures_total", 0)
+    res["ivrd_log"] = iv.stop()
+    res["stunnel"] = st.stop()
+    want = f"tls/{'AES_CM_128_HMAC_SHA1_80' if srtp else 'plain'}"
+    res["modes_ok"] = res["call_modes"].get(want, 0) == w["active_start"] and len(res["call_modes"]) == 1
+    log(f"  ivrd {w['cores']:.3f} cores, {fmt(res['us_per_pkt'], 2)} us/pkt, {w['pkts']:.0f}/{res['expected_pkts']:.0f} pkts, "
+        f"late {w['late_ticks']:.0f}/{w['ticks']:.0f}, skipped {w['skipped_ticks']:.0f}, auth failures {res['auth_failures']:.0f}, "
+        f"calls {res['call_modes']}, SIPp ok={res['sipp'].get('successful')} failed={res['sipp'].get('failed')}, "
+        f"stunnel {fmt(w.get('peer_cores'), 3)} cores, steal {w['steal_pct']:.2f} %")
+    if not res["modes_ok"]:
+        log(f"  WARNING: calls not all {want}: {res['call_modes']}")
+    return res
+
+
 def workload2_floor(args, mode, n, out):
     run_dir = os.path.join(out, "raw", f"w2-floor-{n}")
     os.makedirs(run_dir, exist_ok=True)
@@ -614,40 +834,61 @@ def workload2_floor(args, mode, n, out):
     return res
 
 
-def workload1(args, mode, rate, out, hold_ms=1000):
+def workload1(args, mode, rate, out, hold_ms=1000, pki=None):
     """One call-rate step. hold_ms=1000: the issue's workload (1 s of prompt per call);
-    hold_ms=0: signalling only (BYE right after the ACK), the figure published SIP stacks quote."""
-    tag = "w1" if hold_ms else "w1sig"
+    hold_ms=0: signalling only (BYE right after the ACK), the figure published SIP stacks quote.
+    `pki`: the same over TLS with SRTP (w1tls): SIPp over one TCP connection to the stunnel
+    client, stunnel over one TLS connection to ivrd, uac_hold_srtp.xml, [media] srtp =
+    "required"; no SIP capture (the signalling is encrypted), SIPp's own INVITE->200 only."""
+    tag = "w1tls" if pki else ("w1" if hold_ms else "w1sig")
     run_dir = os.path.join(out, "raw", f"{tag}-{rate}cps")
     os.makedirs(run_dir, exist_ok=True)
     secs = mode["cps_secs"] if hold_ms else mode["sig_secs"]
     total = rate * secs
     what = f"{hold_ms / 1000:g} s of prompt each" if hold_ms else "signalling only"
     log(f"W1 {rate} cps for {secs} s ({total} calls, {what})")
-    iv = Ivrd(args.ivrd, run_dir)
-    pcap = os.path.join(run_dir, "sip.pcapng")
-    cap = subprocess.Popen(["taskset", "-c", "1", "dumpcap", "-q", "-i", "lo", "-f", f"udp port {SIP_PORT}",
-                            "-s", "1500", "-a", f"duration:{secs + 90}", "-w", pcap],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    st = None
+    if pki:
+        iv = Ivrd(args.ivrd, run_dir, cfg=ivrd_config(run_dir, tls=(pki.cert, pki.key), srtp="required"))
+        st = Stunnel(run_dir, pki)
+        cap = None
+    else:
+        iv = Ivrd(args.ivrd, run_dir)
+        pcap = os.path.join(run_dir, "sip.pcapng")
+        cap = subprocess.Popen(["taskset", "-c", "1", "dumpcap", "-q", "-i", "lo", "-f", f"udp port {SIP_PORT}",
+                                "-s", "1500", "-a", f"duration:{secs + 90}", "-w", pcap],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.5)
-    a = snapshot(iv.pid)
-    sp = sipp(run_dir, total, rate * 10, rate, hold_ms, rtt=True)
+    a = snapshot(iv.pid, extra_pid=st.pid if st else None)
+    if pki:
+        sp = sipp(run_dir, total, rate * 10, rate, hold_ms, rtt=True, scenario="uac_hold_srtp.xml",
+                  remote_port=STUNNEL_PORT, transport="t1")
+    else:
+        sp = sipp(run_dir, total, rate * 10, rate, hold_ms, rtt=True)
     drops = {}
     rc = wait_sipp(sp, secs + 60, drops)
-    b = snapshot(iv.pid)
+    b = snapshot(iv.pid, extra_pid=st.pid if st else None)
     time.sleep(0.5)
-    cap.send_signal(signal.SIGINT)
-    cap.wait(timeout=30)
     res = dict(rate=rate, secs=secs, total=total, sipp_rc=rc, hold_ms=hold_ms,
                drops_ivrd=drops.get(SIP_PORT, 0), drops_sipp=drops.get(SIPP_PORT, 0),
                steal_max_ms=drops.get("steal_max_ms", 0.0))
-    res.update(sip_setup_times(pcap))
-    os.remove(pcap) if not args.keep_pcaps else None
+    if cap:
+        cap.send_signal(signal.SIGINT)
+        cap.wait(timeout=30)
+        res.update(sip_setup_times(pcap))
+        os.remove(pcap) if not args.keep_pcaps else None
+    else:
+        res["drops_ivrd"] = res["drops_sipp"] = "n/a (TCP/TLS)"
     res["window"] = window(a, b)
+    if pki:
+        res["auth_failures"] = b["metrics"].get("ivrd_srtp_auth_failures_total", 0)
+        res["tls_handshake_failures"] = b["metrics"].get("ivrd_sip_tls_handshake_failures_total", 0)
     res["sipp"] = sipp_stats(run_dir)
     res.update(sipp_rtt(run_dir))
     res["ivrd_retrans"] = b["metrics"].get("ivrd_sip_retransmissions_total", 0)
     res["ivrd_log"] = iv.stop()
+    if st:
+        res["stunnel"] = st.stop()
     # Each call hears hold_ms of prompt: 50 packets a second of it (20 ms ptime). Skipped
     # ticks are packets a caller never got (the pacer fell > 200 ms behind): a rate where
     # prompts break up is not a rate ivrd holds, whatever SIPp says about the signalling.
@@ -735,6 +976,63 @@ def svg_plot(w2, floor, path):
         f.write("\n".join(out) + "\n")
 
 
+def w2tls_report(data):
+    """Workload 2 over TLS, plain RTP against SRTP: a row per run and a summary per N."""
+    fl = {r["n"]: r for r in data["floor"]}
+    runs = data["w2tls"]
+    L = ["## Workload 2 over TLS signalling: SRTP against plain RTP", "",
+         "Each call as in workload 2, but SIPp talks TCP to a local stunnel client (CPU 1), which "
+         "carries it over one TLS connection to ivrd's `[sip] tls` listener, checking ivrd's "
+         "certificate (a throw-away CA made at bench time); RTP goes direct. *plain*: "
+         "`uac_hold.xml` (RTP/AVP), ivrd `[media] srtp = \"off\"`. *srtp*: `uac_hold_srtp.xml` "
+         "(RTP/SAVP, one SDES key), `srtp = \"required\"`. Same path, same config otherwise; "
+         f"steady window {data['steady']} s, no timing capture. CPU per packet = ivrd cores ÷ "
+         "packets sent per second (ivrd_rtp_packets_sent_total); calls by mode from `/status`.", "",
+         "| N | mode | pass | calls up | calls by transport/SRTP (/status) | ivrd CPU (cores) | ivrd CPU per pkt (µs) | ivrd/floor per pkt | RTP sent / expected | late / skipped ticks | SRTP auth failures | SIPp ok / failed / retrans | stunnel CPU (cores) | RSS Δ in window (KiB) | steal % | load1 |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        w, s = r["window"], r["sipp"]
+        f = fl.get(r["n"])
+        ratio = "n/a"
+        if f and r.get("us_per_pkt") and f["window"]["cores"] > 0:
+            ratio = f"{r['us_per_pkt'] / (f['window']['cores'] / (r['n'] * 50) * 1e6):.2f}"
+        modes = ", ".join(f"{k} {v}" for k, v in sorted(r["call_modes"].items()))
+        L.append(f"| {r['n']} | {r['mode']} | {r['rep'] + 1} | {int(w['active_start'])}→{int(w['active_end'])} | {modes} | "
+                 f"{w['cores']:.3f} | {fmt(r.get('us_per_pkt'), 2)} | {ratio} | "
+                 f"{w['pkts']:.0f} / {r['expected_pkts']:.0f} ({100 * w['pkts'] / max(1, r['expected_pkts']):.1f} %) | "
+                 f"{w['late_ticks']:.0f} / {w.get('skipped_ticks', 0):.0f} | {r['auth_failures']:.0f} | "
+                 f"{s.get('successful', '?')} / {s.get('failed', '?')} / {s.get('retrans', '?')} | "
+                 f"{fmt(w.get('peer_cores'), 3)} | {r['rss_window_kb']} | {w['steal_pct']:.2f} | {w['loadavg'][0]} |")
+    L += ["", "Summary per N (mean over the passes):", "",
+          "| N | plain µs/pkt | SRTP µs/pkt | SRTP/plain (target ≤ 1.25) | floor µs/pkt | plain/floor | SRTP/floor | packets sent / expected, all runs | skipped ticks | auth failures |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in sorted({r["n"] for r in runs}):
+        rr = [r for r in runs if r["n"] == n]
+        mean = lambda xs: sum(xs) / len(xs) if xs else None
+        pl = mean([r["us_per_pkt"] for r in rr if not r["srtp"] and r.get("us_per_pkt")])
+        sr = mean([r["us_per_pkt"] for r in rr if r["srtp"] and r.get("us_per_pkt")])
+        f = fl.get(n)
+        fus = f["window"]["cores"] / (n * 50) * 1e6 if f and f["window"]["cores"] > 0 else None
+        sent = sum(r["window"]["pkts"] for r in rr)
+        exp = sum(r["expected_pkts"] for r in rr)
+        L.append(f"| {n} | {fmt(pl, 2)} | {fmt(sr, 2)} | {fmt(sr / pl if pl and sr else None, 2)} | {fmt(fus, 2)} | "
+                 f"{fmt(pl / fus if pl and fus else None, 2)} | {fmt(sr / fus if sr and fus else None, 2)} | "
+                 f"{sent:.0f} / {exp:.0f} ({100 * sent / max(1, exp):.2f} %) | "
+                 f"{sum(r['window'].get('skipped_ticks', 0) for r in rr):.0f} | {sum(r['auth_failures'] for r in rr):.0f} |")
+    L += ["", "Details per run:", ""]
+    for r in runs:
+        w = r["window"]
+        top = sorted(w["threads"].items(), key=lambda kv: -kv[1])[:4]
+        L.append(f"- N={r['n']} {r['mode']} pass {r['rep'] + 1}: ramp {r['rate']} cps took {r['ramp_secs']:.1f} s; "
+                 f"window {w['secs']:.1f} s; RSS idle {r['rss_idle_kb']} KiB → {r['rss_kb']} KiB; send errors "
+                 f"{w['send_errors']:.0f}; TLS handshake failures {r['tls_handshake_failures']:.0f}; replays {r['replays']:.0f}; "
+                 f"ivrd retrans {r['ivrd_retrans']:.0f}; stunnel: {r['stunnel']}; own histogram {own_fmt(w.get('jitter_own'))}; "
+                 f"ivrd log warn/error {r['ivrd_log']['warn_lines']}/{r['ivrd_log']['error_lines']}; busiest threads: "
+                 + ", ".join(f"{k.split('#')[0]} {v:.3f}" for k, v in top))
+    L.append("")
+    return L
+
+
 def report(data, path):
     mf, me = data["machine_start"], data["machine_end"]
     L = [f"# ivrd load benchmark ({data['mode']} mode)", ""]
@@ -792,11 +1090,20 @@ def report(data, path):
                          f"/{f.get('floor_ticks', '?')}; CPU0 other busy {f['window']['cpu0_other_pct']:.1f} %; "
                          f"capture {f['timing']['streams']} streams, max {fmt(f['timing']['max'], 3)} ms")
         L += ["", "![ivrd CPU and p99 timing against N](plot.svg)", ""]
-    for key, title in (("w1", "Workload 1: call rate"), ("w1sig", "Workload 1, signalling only")):
+    if data.get("w2tls"):
+        L += w2tls_report(data)
+    for key, title in (("w1tls", "Workload 1 over TLS with SRTP: call rate"), ("w1", "Workload 1: call rate"),
+                       ("w1sig", "Workload 1, signalling only")):
         rows = data.get(key) or []
         if not rows:
             continue
-        if key == "w1":
+        if key == "w1tls":
+            what = (f"Each call: INVITE (RTP/SAVP, SDES key) → 200 (SRTP, ivrd's key) → ACK → 1 s of the welcome "
+                    f"prompt in SRTP → BYE; SIPp over one TCP connection to a local stunnel client, stunnel over "
+                    f"one TLS connection to ivrd (a PBX trunk: one handshake per step, not per call); "
+                    f"{rows[0]['secs']} s per rate, a fresh ivrd and stunnel per rate. No SIP capture (encrypted): "
+                    "INVITE→200 from SIPp only.")
+        elif key == "w1":
             what = (f"Each call: INVITE → 200 → ACK → 1 s of the welcome prompt → BYE; {rows[0]['secs']} s per rate, "
                     "a fresh ivrd per rate.")
         else:
@@ -826,6 +1133,12 @@ def report(data, path):
                      f"{w['steal_pct']:.2f}, {r.get('steal_max_ms', 0):.0f} | {w['loadavg'][0]} |")
         L += ["", f"Highest rate with every call successful, 0 failed, 0 retransmissions and no RTP tick "
                   f"skipped: **{best if best else 'none'} cps** (of the rates tried).", ""]
+        if key == "w1tls":
+            for r in rows:
+                L.append(f"- {r['rate']} cps: SRTP auth failures {r.get('auth_failures', 0):.0f}, TLS handshake "
+                         f"failures {r.get('tls_handshake_failures', 0):.0f}, stunnel CPU "
+                         f"{fmt(r['window'].get('peer_cores'), 3)} cores, stunnel: {r.get('stunnel')}")
+            L.append("")
     if data.get("w3"):
         import w3
         L += w3.report_lines(data["w3"])
@@ -849,6 +1162,14 @@ def main():
     ap.add_argument("--sig-rates", default="", help="override signalling-only call rates")
     ap.add_argument("--cps-secs", type=int, default=0, help="override seconds per call rate")
     ap.add_argument("--keep-pcaps", action="store_true")
+    ap.add_argument("--srtp-ns", default="1000,2000", help="N steps of w2srtp (plain and SRTP over TLS)")
+    ap.add_argument("--srtp-reps", type=int, default=1,
+                    help="w2srtp passes: pass 1 runs plain then SRTP per N, pass 2 SRTP then plain (ABBA), ...")
+    ap.add_argument("--srtp-floor", action="store_true", help="w2srtp: also run the C floor per N")
+    ap.add_argument("--steady-secs", type=int, default=0, help="override the steady window (s)")
+    ap.add_argument("--pacer-nice", type=int, default=None,
+                    help="[media] pacer_nice for ivrd (default: ivrd's, -10; 0 for a smoke test beside other work)")
+    ap.add_argument("--tls-rates", default="", help="w1tls call rates (default: the w1 rates)")
     args = ap.parse_args()
     args.ivrd = os.path.abspath(args.ivrd)
     args.bin = os.path.abspath(args.bin)
@@ -863,10 +1184,15 @@ def main():
         mode["sig_rates"] = [int(x) for x in args.sig_rates.split(",")]
     if args.cps_secs:
         mode["cps_secs"] = args.cps_secs
+    if args.steady_secs:
+        mode["steady"] = args.steady_secs
+    global PACER_NICE
+    PACER_NICE = args.pacer_nice
     os.makedirs(args.out, exist_ok=True)
     git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     data = dict(mode=mode_name, steady=mode["steady"], capture=mode["capture"], setup=args.setup_note,
-                machine_start=machine_facts(), git=git, w2=[], floor=[], w1=[], w1sig=[], w3=[])
+                machine_start=machine_facts(), git=git, w2=[], floor=[], w1=[], w1sig=[], w3=[],
+                w2tls=[], w1tls=[])
     st0 = read_proc_stat()
     only = args.only.split(",")
     json_path = os.path.join(args.out, "results.json")
@@ -886,11 +1212,25 @@ def main():
             save()
             data["floor"].append(workload2_floor(args, mode, n, args.out))
             save()
-    for key, rates, hold in (("w1", mode["cps_rates"], 1000), ("w1sig", mode["sig_rates"], 0)):
+    pki = Pki() if ("w2srtp" in only or "w1tls" in only) else None
+    if "w2srtp" in only:
+        srtp_ns = [int(x) for x in args.srtp_ns.split(",")]
+        for rep in range(args.srtp_reps):
+            for n in srtp_ns:
+                # ABBA over the passes: plain first in even passes, SRTP first in odd ones.
+                for srtp in ((False, True) if rep % 2 == 0 else (True, False)):
+                    data["w2tls"].append(workload2_tls(args, mode, n, args.out, srtp, rep, pki))
+                    save()
+                if rep == 0 and args.srtp_floor:
+                    data["floor"].append(workload2_floor(args, mode, n, args.out))
+                    save()
+    tls_rates = [int(x) for x in args.tls_rates.split(",")] if args.tls_rates else mode["cps_rates"]
+    for key, rates, hold in (("w1tls", tls_rates, 1000), ("w1", mode["cps_rates"], 1000),
+                             ("w1sig", mode["sig_rates"], 0)):
         if key not in only:
             continue
         for rate in rates:
-            r = workload1(args, mode, rate, args.out, hold_ms=hold)
+            r = workload1(args, mode, rate, args.out, hold_ms=hold, pki=pki if key == "w1tls" else None)
             data[key].append(r)
             save()
             # The first rate not held ends the steps: the one before it is the answer, and

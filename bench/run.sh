@@ -76,7 +76,7 @@ for key in net.core.rmem_max net.core.wmem_max; do
     fi
 done
 note "RTP port range 20000-31999 (6000 even ports; below ip_local_port_range $(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr '\t' '-'))"
-note "ivrd config: demo flow, rounds 1, first_digit_timeout 1 h, rtp_timeout_secs 0, max_call_secs 0, pacing_threads 1, pacer_nice -10 (the default; the floor runs at nice -10 too), inband_dtmf false, log warn"
+note "ivrd config: [sip] trusted = [\"127.0.0.1\"] (SIPp, the PBX: no per-source limits), demo flow, rounds 1, first_digit_timeout 1 h, rtp_timeout_secs 0, max_call_secs 0, pacing_threads 1, pacer_nice -10 (the default; the floor runs at nice -10 too), inband_dtmf false, log warn"
 
 # --- build ---------------------------------------------------------------------------------
 say "building ivrd (cargo build --release) ..."
@@ -92,7 +92,7 @@ gcc -O2 -Wall -o "$BIN/floor" bench/floor.c
 gcc -O2 -Wall -o "$BIN/sink" bench/sink.c
 
 # --- ports free? ---------------------------------------------------------------------------
-for p in 15060 15070 16000 19060; do
+for p in 15060 15061 15062 15070 16000 19060; do
     if ss -Hlun "sport = :$p" | grep -q . || ss -Hltn "sport = :$p" | grep -q .; then
         die "port 127.0.0.1:$p is in use (another bench or ivrd running?)"
     fi
