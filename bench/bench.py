@@ -784,7 +784,7 @@ def workload2_tls(args, mode, n, out, srtp, rep, pki):
     res["auth_failures_end"] = m.get("ivrd_srtp_auth_failures_total", 0)
     res["ivrd_log"] = iv.stop()
     res["stunnel"] = st.stop()
-    want = f"tls/{'AES_CM_128_HMAC_SHA1_80' if srtp else 'plain'}"
+    want = f"TLS/{'AES_CM_128_HMAC_SHA1_80' if srtp else 'plain'}"
     res["modes_ok"] = res["call_modes"].get(want, 0) == w["active_start"] and len(res["call_modes"]) == 1
     log(f"  ivrd {w['cores']:.3f} cores, {fmt(res['us_per_pkt'], 2)} us/pkt, {w['pkts']:.0f}/{res['expected_pkts']:.0f} pkts, "
         f"late {w['late_ticks']:.0f}/{w['ticks']:.0f}, skipped {w['skipped_ticks']:.0f}, auth failures {res['auth_failures']:.0f}, "
@@ -1110,8 +1110,9 @@ def report(data, path):
             what = (f"Each call: INVITE → 200 → ACK → BYE at once (ivrd sets up the call and its RTP socket "
                     f"and starts the prompt, which the BYE cuts); {rows[0]['secs']} s per rate, a fresh ivrd per rate. "
                     "This is the figure SIP stacks publish as calls per second (signalling only).")
-        L += [f"## {title}", "", what + " INVITE→200 per call from a capture of ivrd's SIP port on `lo` "
-              "(first INVITE to first 200; SIPp's own `-trace_rtt` has 1 ms resolution and is in raw/ too). "
+        cap_text = ("" if key == "w1tls" else " INVITE→200 per call from a capture of ivrd's SIP port on `lo` "
+                    "(first INVITE to first 200; SIPp's own `-trace_rtt` has 1 ms resolution and is in raw/ too).")
+        L += [f"## {title}", "", what + cap_text + " "
               "RTP: packets sent while the calls were up, against 50 per second of prompt per call; "
               "skipped ticks are packets given up because the pacer fell more than 200 ms behind.", "",
               "| rate (cps) | calls | SIPp ok / failed | SIPp retrans | ivrd retrans | on the wire: INVITE / 200 repeats | INVITE→200 p50 / p99 / max (ms) | SIPp rtt p50 / p99 (ms, 1 ms res.) | RTP sent / expected | late / skipped ticks | SIP drops at ivrd / SIPp | ivrd CPU (cores, avg) | ivrd CPU ms per call | steal %, worst 0.5 s (ms) | load1 |",
