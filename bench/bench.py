@@ -261,12 +261,17 @@ def write_config(run_dir, text):
     return path
 
 
+TCP_WRITE_QUEUE_KIB = None  # --tcp-write-queue-kib: [sip] tcp_write_queue_kib for w1tls (None: ivrd's 256)
+
+
 def ivrd_config(run_dir, tls=None, srtp=None):
     """The demo-flow config of workloads 1 and 2. SIPp at 127.0.0.1 is the trusted PBX: an
     untrusted source may place only 10 new calls a second and hold 32 calls (`[sip] source_*`),
     which would throttle every step. `tls`: (cert, key) PEM paths for a `[sip] tls` listener on
     TLS_PORT; `srtp`: `[media] srtp` ("off", "optional", "required"; None = the default)."""
     tls_listen = f'tls = ["{HOST}:{TLS_PORT}"]\n' if tls else ""
+    if tls and TCP_WRITE_QUEUE_KIB:
+        tls_listen += f"tcp_write_queue_kib = {TCP_WRITE_QUEUE_KIB}\n"
     tls_section = f'[tls]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n\n' if tls else ""
     srtp_line = f'srtp = "{srtp}"\n' if srtp else ""
     if PACER_NICE is not None:
@@ -1172,6 +1177,8 @@ def main():
     ap.add_argument("--steady-secs", type=int, default=0, help="override the steady window (s)")
     ap.add_argument("--pacer-nice", type=int, default=None,
                     help="[media] pacer_nice for ivrd (default: ivrd's, -10; 0 for a smoke test beside other work)")
+    ap.add_argument("--tcp-write-queue-kib", type=int, default=None,
+                    help="[sip] tcp_write_queue_kib in the TLS configs (default: ivrd's, 256)")
     ap.add_argument("--tls-rates", default="", help="w1tls call rates (default: the w1 rates)")
     args = ap.parse_args()
     args.ivrd = os.path.abspath(args.ivrd)
@@ -1189,8 +1196,9 @@ def main():
         mode["cps_secs"] = args.cps_secs
     if args.steady_secs:
         mode["steady"] = args.steady_secs
-    global PACER_NICE
+    global PACER_NICE, TCP_WRITE_QUEUE_KIB
     PACER_NICE = args.pacer_nice
+    TCP_WRITE_QUEUE_KIB = args.tcp_write_queue_kib
     os.makedirs(args.out, exist_ok=True)
     git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     data = dict(mode=mode_name, steady=mode["steady"], capture=mode["capture"], setup=args.setup_note,
