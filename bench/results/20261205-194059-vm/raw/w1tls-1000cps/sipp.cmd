@@ -1,0 +1,1 @@
+taskset -c 1 sipp 127.0.0.1:15062 -sf /work/wt-srtpbench/bench/scenarios/uac_hold_srtp.xml -s 100 -i 127.0.0.1 -p 15070 -mi 127.0.0.1 -mp 16000 -l 10000 -r 1000 -m 10000 -d 1000 -buff_size 4194304 -nostdin -trace_stat -stf stat.csv -fd 1 -trace_err -error_file errors.log -trace_screen -screen_file screen.log -trace_rtt -rtt_freq 1 -t t1
