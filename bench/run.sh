@@ -15,13 +15,20 @@ ROOT=$(pwd)
 QUICK=""
 MAXN=4000
 ARGS=()
+SRTPN=0
+prev=""
 for a in "$@"; do
     case "$a" in
         --quick) QUICK="--quick"; MAXN=500 ;;
         -h|--help) sed -n 2,9p "$0"; exit 0 ;;
         *) ARGS+=("$a") ;;
     esac
+    # w2srtp's N steps (default 1000,2000) count for the open-file limit too
+    case "$prev" in --srtp-ns) for x in ${a//,/ }; do ((x > SRTPN)) && SRTPN=$x; done ;; esac
+    case "$a" in *w2srtp*) ((SRTPN < 2000)) && SRTPN=2000 ;; esac
+    prev="$a"
 done
+((SRTPN > MAXN)) && MAXN=$SRTPN
 
 say() { echo "[run.sh] $*"; }
 die() { echo "[run.sh] ERROR: $*" >&2; exit 1; }
