@@ -1173,6 +1173,7 @@ def main():
     ap.add_argument("--srtp-ns", default="1000,2000", help="N steps of w2srtp (plain and SRTP over TLS)")
     ap.add_argument("--srtp-reps", type=int, default=1,
                     help="w2srtp passes: pass 1 runs plain then SRTP per N, pass 2 SRTP then plain (ABBA), ...")
+    ap.add_argument("--srtp-first", action="store_true", help="w2srtp: SRTP before plain in the first pass")
     ap.add_argument("--srtp-floor", action="store_true", help="w2srtp: also run the C floor per N")
     ap.add_argument("--steady-secs", type=int, default=0, help="override the steady window (s)")
     ap.add_argument("--pacer-nice", type=int, default=None,
@@ -1227,7 +1228,7 @@ def main():
     def w2srtp_pass(rep):
         for n in [int(x) for x in args.srtp_ns.split(",")]:
             # ABBA over the passes: plain first in even passes, SRTP first in odd ones.
-            for srtp in ((False, True) if rep % 2 == 0 else (True, False)):
+            for srtp in ((False, True) if (rep + args.srtp_first) % 2 == 0 else (True, False)):
                 data["w2tls"].append(workload2_tls(args, mode, n, args.out, srtp, rep, pki))
                 save()
             if rep == 0 and args.srtp_floor:
