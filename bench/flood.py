@@ -457,6 +457,14 @@ def metrics_summary(d):
     return ", ".join(f"{k} {v:.0f}" for k, v in short.items()) or "none"
 
 
+def us_per_drop(r):
+    """ivrd's CPU per datagram it dropped unparsed (drop mode), µs."""
+    d = (r.get("metrics_flood") or {}).get('ivrd_sip_untrusted_total{action="dropped"}', 0)
+    if not d or r.get("cpu_flood") is None:
+        return None
+    return 1e6 * r["cpu_flood"] * r["secs"] / d
+
+
 def report_lines(rows):
     L = ["## Floods", "",
          f"A fresh ivrd per flood and mode, `[sip] trusted = [\"{HOST}\"]` (SIPp, the PBX), every other "
@@ -501,6 +509,11 @@ def report_lines(rows):
                  f"ivrd log warn/error lines {r['ivrd_log']['warn_lines']}/{r['ivrd_log']['error_lines']}; "
                  f"load1 {r['loadavg'][0]}" + (f"; metrics unanswered at {', '.join(r['metrics_missing'])}"
                                                if r.get("metrics_missing") else "") + ".")
+    drops = [(r["name"], us_per_drop(r), r["attacker"].get("rate_achieved")) for r in rows
+             if r["untrusted"] == "drop" and us_per_drop(r)]
+    if drops:
+        L += ["", "Drop mode, ivrd's CPU per datagram dropped unparsed (CPU in the flood ÷ datagrams dropped): "
+              + ", ".join(f"{n} {u:.2f} µs ({fmt(rate, 0)}/s offered)" for n, u, rate in drops) + "."]
     L.append("")
     return L
 
