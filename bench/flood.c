@@ -9,7 +9,8 @@
  *         tcp-noread  connections that send OPTIONS as fast as they can and never read
  *         tcp-slow    connections that send an OPTIONS one byte a second (slowloris)
  *   -t IP:PORT   target (127.0.0.1:15060)
- *   -s IP        first source address (127.0.0.2); -n N sources: IP, IP+1, ... (1)
+ *   -s IP        first source address (127.0.0.2); -n N sources: IP, IP+1, ... (1; UDP up to
+ *                16 M, TCP up to 4096)
  *   -r RATE      UDP: new requests per second; TCP: connection attempts per second (0 = as
  *                fast as possible)
  *   -d SECS      how long to send (10); UDP answers are collected -g SECS longer (3)
@@ -21,7 +22,10 @@
  *   -w WORKERS   TCP: processes sharing the connections (1; each needs CONNS/WORKERS fds)
  *   -u USER      Request-URI user (100)
  *   -o FILE      write the report there ("key value" lines) as well as to stdout
- * Progress goes to stderr once a second. Loopback only: refuses a target outside 127/8.
+ * Progress goes to stderr once a second. Loopback only: refuses a target or a source outside
+ * 127/8. UDP: one socket sends every request, its source address chosen per datagram
+ * (IP_PKTINFO; every 127/8 address is local), and receives the answers to all of them; it is
+ * bound to 0.0.0.0:15080 for that (the media socket, which never reads, to 0.0.0.0:15082).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -48,7 +52,8 @@
 
 #define SRC_SIP_PORT 15080   /* the attackers' SIP port on each source address */
 #define SRC_MEDIA_PORT 15082 /* where their SDP says to send RTP: bound, never read */
-#define MAXSRC 4096
+#define MAXSRC (16 << 20)
+#define MAXTCPSRC 4096
 #define RXBATCH 32
 #define RXBUF 16384
 
@@ -99,11 +104,32 @@ static void rep_close(void) {
 }
 
 /* ================================================================== UDP */
-struct src {
-    int sip, media;
-    char ip[16];
-};
-static struct src *srcs;
+static int sip_fd = -1, media_fd = -1; /* 0.0.0.0:15080 and 0.0.0.0:15082 */
+
+/* The source of request n: its address as text (for the headers) and as a number. */
+static void src_of(uint64_t n, char *ip, struct in_addr *a) {
+    src_ip((int)(n % (uint64_t)nsrc), a, ip);
+}
+
+/* sendto from `src` (IP_PKTINFO picks the source address of this one datagram). */
+static ssize_t send_from(int fd, struct in_addr src, const void *buf, size_t len,
+                         const struct sockaddr_in *to) {
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    union {
+        char buf[CMSG_SPACE(sizeof(struct in_pktinfo))];
+        struct cmsghdr align;
+    } ctl;
+    memset(&ctl, 0, sizeof ctl);
+    struct msghdr mh = {.msg_name = (void *)to, .msg_namelen = sizeof *to, .msg_iov = &iov,
+                        .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+    struct in_pktinfo *pi = (struct in_pktinfo *)CMSG_DATA(c);
+    pi->ipi_spec_dst = src;
+    return sendmsg(fd, &mh, 0);
+}
 
 enum { ST_100 = 1, ST_200 = 2, ST_FINAL = 4, ST_BYE = 8, ST_BYE_DONE = 16 };
 static uint8_t *calls; /* per request number: what it got */
@@ -118,7 +144,9 @@ static char *extra_vias; /* vias-1 extra Via lines, built once */
 static size_t extra_vias_len;
 
 static int build_request(uint64_t n, char *buf, size_t cap) {
-    struct src *s = &srcs[n % nsrc];
+    char ip[16];
+    struct in_addr a;
+    src_of(n, ip, &a);
     int kind_invite = strcmp(mode, "options") != 0;
     if (kind_invite) {
         char sdp[512];
@@ -126,7 +154,7 @@ static int build_request(uint64_t n, char *buf, size_t cap) {
                           "v=0\r\no=- %llu 1 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\n"
                           "m=audio %d RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
                           "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n",
-                          (unsigned long long)n, s->ip, s->ip, SRC_MEDIA_PORT);
+                          (unsigned long long)n, ip, ip, SRC_MEDIA_PORT);
         return snprintf(buf, cap,
                         "INVITE sip:%s@%s SIP/2.0\r\n"
                         "Via: SIP/2.0/UDP %s:%d;branch=z9hG4bK-fi%d-%llu;rport\r\n"
@@ -138,14 +166,14 @@ static int build_request(uint64_t n, char *buf, size_t cap) {
                         "Contact: <sip:flood@%s:%d>\r\n"
                         "Content-Type: application/sdp\r\n"
                         "Content-Length: %d\r\n\r\n%s",
-                        user, target_str, s->ip, SRC_SIP_PORT, run_id, (unsigned long long)n,
-                        s->ip, SRC_SIP_PORT, (unsigned long long)n, user, target_str, run_id,
-                        (unsigned long long)n, s->ip, s->ip, SRC_SIP_PORT, sl, sdp);
+                        user, target_str, ip, SRC_SIP_PORT, run_id, (unsigned long long)n,
+                        ip, SRC_SIP_PORT, (unsigned long long)n, user, target_str, run_id,
+                        (unsigned long long)n, ip, ip, SRC_SIP_PORT, sl, sdp);
     }
     int l = snprintf(buf, cap,
                      "OPTIONS sip:%s@%s SIP/2.0\r\n"
                      "Via: SIP/2.0/UDP %s:%d;branch=z9hG4bK-fo%d-%llu;rport\r\n",
-                     user, target_str, s->ip, SRC_SIP_PORT, run_id, (unsigned long long)n);
+                     user, target_str, ip, SRC_SIP_PORT, run_id, (unsigned long long)n);
     if (extra_vias_len && (size_t)l + extra_vias_len < cap) {
         memcpy(buf + l, extra_vias, extra_vias_len);
         l += extra_vias_len;
@@ -158,8 +186,8 @@ static int build_request(uint64_t n, char *buf, size_t cap) {
                   "CSeq: 1 OPTIONS\r\n"
                   "Accept: application/sdp\r\n"
                   "Content-Length: 0\r\n\r\n",
-                  s->ip, SRC_SIP_PORT, (unsigned long long)n, user, target_str, run_id,
-                  (unsigned long long)n, s->ip);
+                  ip, SRC_SIP_PORT, (unsigned long long)n, user, target_str, run_id,
+                  (unsigned long long)n, ip);
     return l;
 }
 
@@ -187,7 +215,9 @@ static struct pending_bye *byeq;
 static size_t byeq_cap, byeq_head, byeq_tail;
 
 static void send_in_dialog(uint64_t n, const char *method, int cseq, const char *tag) {
-    struct src *s = &srcs[n % nsrc];
+    char ip[16];
+    struct in_addr a;
+    src_of(n, ip, &a);
     char buf[1024];
     int l = snprintf(buf, sizeof buf,
                      "%s sip:%s@%s SIP/2.0\r\n"
@@ -198,10 +228,10 @@ static void send_in_dialog(uint64_t n, const char *method, int cseq, const char 
                      "Call-ID: fl%d-%llu@%s\r\n"
                      "CSeq: %d %s\r\n"
                      "Content-Length: 0\r\n\r\n",
-                     method, user, target_str, s->ip, SRC_SIP_PORT, method[0] == 'A' ? 'a' : 'b',
-                     run_id, (unsigned long long)n, s->ip, SRC_SIP_PORT, (unsigned long long)n,
-                     user, target_str, tag, run_id, (unsigned long long)n, s->ip, cseq, method);
-    if (sendto(s->sip, buf, l, 0, (struct sockaddr *)&target, sizeof target) < 0) u.send_err++;
+                     method, user, target_str, ip, SRC_SIP_PORT, method[0] == 'A' ? 'a' : 'b',
+                     run_id, (unsigned long long)n, ip, SRC_SIP_PORT, (unsigned long long)n,
+                     user, target_str, tag, run_id, (unsigned long long)n, ip, cseq, method);
+    if (send_from(sip_fd, a, buf, l, &target) < 0) u.send_err++;
 }
 
 static void handle_response(const char *m, size_t len) {
@@ -299,27 +329,19 @@ static void bind_udp(int fd, const char *ip, int port, int rcvbuf) {
 }
 
 static int run_udp(void) {
-    int invite = strcmp(mode, "options") != 0;
     maxcalls = rate > 0 ? (uint64_t)(rate * secs) + 1024 : 32u << 20;
     calls = calloc(maxcalls, 1);
     byeq_cap = 1 << 20;
     byeq = calloc(byeq_cap, sizeof *byeq);
-    srcs = calloc(nsrc, sizeof *srcs);
     int ep = epoll_create1(0);
-    for (int i = 0; i < nsrc; i++) {
-        struct in_addr a;
-        src_ip(i, &a, srcs[i].ip);
-        srcs[i].sip = socket(AF_INET, SOCK_DGRAM, 0);
-        bind_udp(srcs[i].sip, srcs[i].ip, SRC_SIP_PORT, 4 << 20);
-        if (invite) {
-            /* ivrd sends the call's RTP here: bound so the kernel has a socket to drop it at
-             * (a full queue), as SIPp's media port does, instead of answering ICMP. */
-            srcs[i].media = socket(AF_INET, SOCK_DGRAM, 0);
-            bind_udp(srcs[i].media, srcs[i].ip, SRC_MEDIA_PORT, 4096);
-        }
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
-        epoll_ctl(ep, EPOLL_CTL_ADD, srcs[i].sip, &ev);
-    }
+    sip_fd = socket(AF_INET, SOCK_DGRAM, 0);
+    bind_udp(sip_fd, "0.0.0.0", SRC_SIP_PORT, 8 << 20);
+    /* ivrd sends the calls' RTP here: bound so the kernel has a socket to drop it at (a full
+     * queue), as SIPp's media port does, instead of answering ICMP. */
+    media_fd = socket(AF_INET, SOCK_DGRAM, 0);
+    bind_udp(media_fd, "0.0.0.0", SRC_MEDIA_PORT, 4096);
+    struct epoll_event ev0 = {.events = EPOLLIN, .data.u32 = 0};
+    epoll_ctl(ep, EPOLL_CTL_ADD, sip_fd, &ev0);
     if (vias > 1) {
         extra_vias = malloc((size_t)vias * 64);
         for (int k = 1; k < vias; k++)
@@ -353,8 +375,10 @@ static int run_udp(void) {
             int batch = 0;
             while (u.sent < due && batch < 256) {
                 int l = build_request(u.sent, buf, sizeof buf);
-                struct src *s = &srcs[u.sent % nsrc];
-                if (sendto(s->sip, buf, l, 0, (struct sockaddr *)&target, sizeof target) < 0)
+                char ip[16];
+                struct in_addr a;
+                src_of(u.sent, ip, &a);
+                if (send_from(sip_fd, a, buf, l, &target) < 0)
                     u.send_err++;
                 else
                     u.bytes += l;
@@ -384,7 +408,10 @@ static int run_udp(void) {
                 b->seq++;
                 struct sockaddr_in to = target;
                 to.sin_port = htons(b->rtp_port);
-                if (sendto(srcs[b->n % nsrc].media, pkt, sizeof pkt, 0, (struct sockaddr *)&to, sizeof to) > 0)
+                char ip[16];
+                struct in_addr a;
+                src_of(b->n, ip, &a);
+                if (send_from(media_fd, a, pkt, sizeof pkt, &to) > 0)
                     u.rtp_keepalives++;
             }
         }
@@ -395,7 +422,7 @@ static int run_udp(void) {
         }
         int nev = epoll_wait(ep, evs, 256, (behind || (sending && rate <= 0)) ? 0 : 1);
         for (int e = 0; e < nev; e++) {
-            int fd = srcs[evs[e].data.u32].sip;
+            int fd = sip_fd;
             for (;;) {
                 int got = recvmmsg(fd, mm, RXBATCH, MSG_DONTWAIT, NULL);
                 if (got <= 0) break;
@@ -761,7 +788,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "target and sources must be in 127.0.0.0/8 (loopback only)\n");
         return 2;
     }
-    if (nsrc < 1 || nsrc > MAXSRC || workers < 1 || vias < 1 || vias > 2000) {
+    if (nsrc < 1 || nsrc > MAXSRC || (!strncmp(mode, "tcp-", 4) && nsrc > MAXTCPSRC) || workers < 1 ||
+        vias < 1 || vias > 2000) {
         fprintf(stderr, "bad -n, -w or -v\n");
         return 2;
     }

@@ -59,6 +59,9 @@ FLOODS = {
     "noack-400": (["noack", "-n", "400", "-r", "1000"],
                   "INVITEs never ACKed from 400 sources at 1,000/s in all (2.5/s each, within "
                   "every per-source budget): 400 x 16 unconfirmed > the 6,000 RTP ports"),
+    "noack-100k": (["noack", "-n", "100000", "-r", "0"],
+                   "INVITEs never ACKed from 100,000 sources (127.0.0.2-127.1.134.161), top "
+                   "speed: more sources than the table of sources holds (64 Ki)"),
     "options": (["options", "-n", "1", "-r", "0"], "OPTIONS from 1 source, top speed"),
     "options-vias": (["options", "-n", "1", "-r", "0", "-v", "1200"],
                      "OPTIONS with 1,200 Via headers (51 KB each) from 1 source, top speed"),

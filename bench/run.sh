@@ -3,10 +3,10 @@
 #
 #   --quick   N = 100, 250, 500 for 20 s each, RTP echoed at N = 250, 500 (strict RTP and plain),
 #             call rates 200..1000 cps (1 s of prompt) and 1000, 2000 cps (signalling only),
-#             verification 5..20 cps, 9 floods x 2 modes of 20 s (about 45 min)
+#             verification 5..20 cps, 12 floods x 2 modes of 20 s (about 50 min)
 #   (none)    N = 500, 1000, 2000, 4000 for 60 s each, RTP echoed at N = 1000, 2000, call rates
 #             200..2000 cps and 1000..4000 cps signalling only, verification 10..80 cps,
-#             9 floods x 2 modes of 60 s (about 2 h 10 min)
+#             12 floods x 2 modes of 60 s (about 2 h 20 min)
 #   --only w2,w2echo,w1,w1sig,w3,flood   a subset (e.g. --only flood --floods tcp-idle,options)
 #
 # Loopback only. Pins ivrd to CPU 0 and SIPp to CPU 1. Results go to
