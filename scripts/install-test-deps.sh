@@ -2,7 +2,11 @@
 # Installs the SIP peers the integration tests call:
 #   sipp    - Debian package sip-tester (SIPp 3.6), which also ships the RFC 2833 pcaps
 #             (/usr/share/sip-tester/dtmf_2833_*.pcap) that the DTMF test plays;
-#   baresip - Debian package baresip-core (the softphone test).
+#   baresip - Debian package baresip-core (the softphone tests);
+#   linphonec - Debian package linphone-cli (tests/linphone.rs);
+#   kamailio - Debian package kamailio (tests/kamailio.rs: a proxy in front of ivrd). The tests
+#             run their own Kamailio; the packaged service, which would listen on port 5060
+#             of every address, is stopped and disabled when this script installs it.
 # Idempotent: does nothing when everything is already there. Exits non-zero if the tools are
 # still missing afterwards, so a test run never starts without its peers.
 set -euo pipefail
@@ -18,6 +22,13 @@ missing_packages() {
     if ! command -v baresip >/dev/null 2>&1; then
         pkgs+=(baresip-core)
     fi
+    if ! command -v linphonec >/dev/null 2>&1; then
+        pkgs+=(linphone-cli)
+    fi
+    # /usr/sbin is not on a normal user's PATH.
+    if ! command -v kamailio >/dev/null 2>&1 && [ ! -x /usr/sbin/kamailio ]; then
+        pkgs+=(kamailio)
+    fi
     # systemd-analyze checks the unit file (tests/systemd.rs).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
@@ -27,12 +38,12 @@ missing_packages() {
 
 need=$(missing_packages)
 if [ -z "$need" ]; then
-    echo "install-test-deps: sipp, baresip and systemd-analyze already installed"
+    echo "install-test-deps: sipp, baresip, linphonec, kamailio and systemd-analyze already installed"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip)" >&2
+    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5)" >&2
     exit 1
 fi
 
@@ -65,9 +76,20 @@ apt update
 # shellcheck disable=SC2086 # $need is a list of package names
 apt install --no-install-recommends $need
 
+# Debian starts the packaged Kamailio on install (all addresses, port 5060); the tests need
+# none of it.
+case " $need " in
+*" kamailio "*)
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        echo "install-test-deps: stopping and disabling the packaged kamailio.service (the tests run their own)"
+        "${sudo[@]}" systemctl disable --now kamailio.service || true
+    fi
+    ;;
+esac
+
 still=$(missing_packages)
 if [ -n "$still" ]; then
     echo "install-test-deps: still missing after install: $still" >&2
     exit 1
 fi
-echo "install-test-deps: sipp and baresip installed"
+echo "install-test-deps: installed $need"

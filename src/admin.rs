@@ -51,6 +51,14 @@ pub fn check(cfg: &Config) -> ExitCode {
         ok = false;
         eprintln!("[limits]: {e}");
     }
+    match crate::server::tls_config(cfg) {
+        Ok(Some(_)) => println!("tls: certificate and key ok"),
+        Ok(None) => {}
+        Err(e) => {
+            ok = false;
+            eprintln!("{e:#}");
+        }
+    }
     if ok {
         println!("all checks passed");
         ExitCode::SUCCESS

@@ -1,9 +1,14 @@
-//! The admin listener: `GET /metrics` (Prometheus), `/health` and `/status` (JSON), on
-//! loopback by default. Also the client side of `ivrd status`.
+//! The admin listener: `GET /metrics` (Prometheus), `/health` and `/status` (JSON), and
+//! `POST /reload`, on loopback by default. Also the client side of `ivrd status` and
+//! `ivrd reload`.
 //!
-//! A few lines of HTTP/1.1 by hand instead of a web framework: three GET routes, one request
-//! per connection, `Connection: close`. Anything else gets 404/405, a slow or huge request is
-//! cut off, and nothing here can block SIP or RTP (own tasks, bounded reads).
+//! A few lines of HTTP/1.1 by hand instead of a web framework: four routes, one request per
+//! connection, `Connection: close`. Anything else gets 404/405, a slow or huge request is cut
+//! off, and nothing here can block SIP or RTP (own tasks, bounded reads).
+//!
+//! `POST /reload` exists so that `systemctl reload` can fail when the reload fails: SIGHUP
+//! tells its sender nothing, and `Type=notify-reload` needs systemd 253 (Debian 12 has 252).
+//! The unit's `ExecReload=ivrd reload` posts here and waits for the daemon's verdict.
 
 use crate::media::engine::MediaStats;
 use crate::metrics::Metrics;
@@ -18,6 +23,21 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+/// How the last reload went, for `/health`, `/status` and `ivrd status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ReloadRecord {
+    /// Unix time, seconds.
+    pub at: u64,
+    pub ok: bool,
+    /// "reloaded", or why not; plus the settings that changed but need a restart.
+    pub message: String,
+}
+
+/// A reload asked for over the admin listener: the verdict goes back on `reply`.
+pub struct ReloadRequest {
+    pub reply: tokio::sync::oneshot::Sender<ReloadRecord>,
+}
+
 /// What the admin routes read.
 #[derive(Clone)]
 pub struct AdminState {
@@ -28,6 +48,10 @@ pub struct AdminState {
     pub started: SystemTime,
     /// Names of the dialplans loaded now (changes on reload).
     pub dialplans: Arc<std::sync::RwLock<Vec<String>>>,
+    /// The last reload's verdict (none yet: `None`).
+    pub last_reload: Arc<std::sync::RwLock<Option<ReloadRecord>>>,
+    /// Where `POST /reload` asks the daemon to reload (`None`: the route answers 503).
+    pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
 }
 
 /// The `/status` document.
@@ -37,6 +61,8 @@ pub struct Status {
     pub status: String,
     pub uptime_seconds: u64,
     pub dialplans: Vec<String>,
+    #[serde(default)]
+    pub last_reload: Option<ReloadRecord>,
     pub active_calls: Vec<StatusCall>,
 }
 
@@ -46,6 +72,8 @@ pub struct StatusCall {
     pub caller: String,
     pub dialed: String,
     pub dialplan: String,
+    #[serde(default)]
+    pub transport: String,
     pub seconds: u64,
 }
 
@@ -56,6 +84,7 @@ impl AdminState {
             status: self.health_word().into(),
             uptime_seconds: self.started.elapsed().unwrap_or_default().as_secs(),
             dialplans: self.dialplans.read().expect("dialplans lock").clone(),
+            last_reload: self.last_reload(),
             active_calls: self
                 .metrics
                 .active_calls()
@@ -65,10 +94,15 @@ impl AdminState {
                     caller: c.caller,
                     dialed: c.dialed,
                     dialplan: c.dialplan,
+                    transport: c.transport.to_string(),
                     seconds: c.seconds,
                 })
                 .collect(),
         }
+    }
+
+    fn last_reload(&self) -> Option<ReloadRecord> {
+        self.last_reload.read().expect("reload lock").clone()
     }
 
     fn health_word(&self) -> &'static str {
@@ -128,7 +162,11 @@ pub async fn serve(
                 if !matches!(read, Ok(Ok(()))) {
                     return;
                 }
-                let response = respond(&state, &buf[..len]);
+                let response = if buf[..len].starts_with(b"POST /reload ") {
+                    reload(&state).await
+                } else {
+                    respond(&state, &buf[..len])
+                };
                 let _ = stream.write_all(&response).await;
                 let _ = stream.shutdown().await;
             });
@@ -137,13 +175,33 @@ pub async fn serve(
     Ok(local)
 }
 
+/// `POST /reload`: reloads and answers with the verdict (200, or 500 when the reload failed).
+async fn reload(state: &AdminState) -> Vec<u8> {
+    let Some(tx) = &state.reload else {
+        return http(503, "text/plain", "reload is not available here\n".into());
+    };
+    let (reply, verdict) = tokio::sync::oneshot::channel();
+    if tx.send(ReloadRequest { reply }).await.is_err() {
+        return http(503, "text/plain", "the daemon is stopping\n".into());
+    }
+    // Prompts are resampled on reload: seconds on a small host, never minutes.
+    match tokio::time::timeout(Duration::from_secs(120), verdict).await {
+        Ok(Ok(record)) => {
+            let code = if record.ok { 200 } else { 500 };
+            let body = serde_json::to_string(&record).unwrap_or_default() + "\n";
+            http(code, "application/json", body)
+        }
+        _ => http(503, "text/plain", "no verdict from the daemon\n".into()),
+    }
+}
+
 fn respond(state: &AdminState, request: &[u8]) -> Vec<u8> {
     let head = String::from_utf8_lossy(request);
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     if method != "GET" && method != "HEAD" {
-        return http(405, "text/plain", "only GET\n".into());
+        return http(405, "text/plain", "only GET, and POST /reload\n".into());
     }
     match path {
         "/metrics" => http(
@@ -157,10 +215,13 @@ fn respond(state: &AdminState, request: &[u8]) -> Vec<u8> {
             // 503 while draining, so a load balancer or PBX health check moves traffic away.
             let word = state.health_word();
             let code = if word == "ok" { 200 } else { 503 };
-            let body = format!(
-                "{{\"status\":\"{word}\",\"active_calls\":{}}}\n",
-                state.metrics.active_count()
-            );
+            let body = serde_json::json!({
+                "status": word,
+                "active_calls": state.metrics.active_count(),
+                "last_reload": state.last_reload(),
+            })
+            .to_string()
+                + "\n";
             http(code, "application/json", body)
         }
         "/status" => {
@@ -179,6 +240,7 @@ fn http(code: u16, content_type: &str, body: String) -> Vec<u8> {
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
+        500 => "Internal Server Error",
         405 => "Method Not Allowed",
         503 => "Service Unavailable",
         _ => "",
@@ -231,17 +293,79 @@ pub fn status_command(addr: &str) -> Result<String, String> {
             "s"
         },
     );
+    if let Some(r) = &status.last_reload {
+        let ago = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .saturating_sub(r.at);
+        out.push_str(&format!(
+            "last reload {} ago: {}\n",
+            fmt_duration(ago),
+            r.message
+        ));
+    }
     for c in &status.active_calls {
         out.push_str(&format!(
-            "  {:>6}  {:<16} -> {:<12} {:<10} {}\n",
+            "  {:>6}  {:<16} -> {:<12} {:<10} {:<4} {}\n",
             fmt_duration(c.seconds),
             c.caller,
             c.dialed,
             c.dialplan,
+            c.transport,
             c.call_id
         ));
     }
     Ok(out)
+}
+
+/// Why `ivrd reload` did not end in a reload.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The daemon kept its running configuration; the message says why.
+    #[error("{0}")]
+    Failed(String),
+    /// The daemon could not be asked, or its answer could not be read.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// `ivrd reload`: asks a running daemon to reload, over its admin listener, and waits for the
+/// verdict. `Ok` carries the daemon's message.
+pub fn reload_command(addr: &str) -> Result<String, ReloadError> {
+    let unreachable = |e: std::io::Error| {
+        ReloadError::Unreachable(format!(
+            "cannot reach ivrd's admin listener at {addr} ({e}): is ivrd running, and is [admin] listen set?"
+        ))
+    };
+    let sock: SocketAddr = addr.parse().map_err(|_| {
+        ReloadError::Unreachable(format!("[admin] listen = {addr:?} is not an address"))
+    })?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(130)))
+        .map_err(unreachable)?;
+    stream
+        .write_all(
+            format!("POST /reload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .map_err(unreachable)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(unreachable)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    match serde_json::from_str::<ReloadRecord>(body) {
+        Ok(r) if r.ok => Ok(r.message),
+        Ok(r) => Err(ReloadError::Failed(r.message)),
+        Err(_) => Err(ReloadError::Unreachable(format!(
+            "unexpected answer from {addr}: {}",
+            body.trim()
+        ))),
+    }
 }
 
 fn fmt_duration(secs: u64) -> String {
@@ -264,6 +388,8 @@ mod tests {
             media: Arc::new(MediaStats::default()),
             started: SystemTime::now(),
             dialplans: Arc::new(std::sync::RwLock::new(vec!["verify".into()])),
+            last_reload: Arc::default(),
+            reload: None,
         }
     }
 
@@ -272,7 +398,7 @@ mod tests {
         let st = state();
         let _guard = st
             .metrics
-            .call_started("c9", "+491701234567", "100", "verify");
+            .call_started("c9", "+491701234567", "100", "verify", "TLS");
         let addr = serve("127.0.0.1:0", st.clone(), CancellationToken::new())
             .await
             .unwrap();
@@ -283,6 +409,7 @@ mod tests {
         assert!(out.contains(": ok,"), "{out}");
         assert!(out.contains("1 active call\n"), "{out}");
         assert!(out.contains("+49********67") && out.contains("c9"), "{out}");
+        assert!(out.contains(" TLS "), "{out}");
         let get = move |path: &str| {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             write!(s, "GET {path} HTTP/1.1\r\n\r\n").unwrap();

@@ -106,6 +106,8 @@ mod tests {
             ended_at: SystemTime::now(),
             dtmf_methods: String::new(),
             detail: None,
+            transfer: None,
+            transport: None,
         }
     }
 

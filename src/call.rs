@@ -11,12 +11,14 @@
 use crate::media::dtmf::{Digit, DigitDedup, DtmfMethod, parse_info};
 use crate::media::engine::{MediaEngine, MediaError, MediaEvent, StreamHandle, StreamParams};
 use crate::media::prompt::{Prompt, PromptLibrary};
+use crate::redact::mask_number;
 use crate::sip::core::{ACCEPT, ALLOW, CoreHandle, NewCall, SipEvent, TxId, new_branch};
 use crate::sip::dialog::{Dialog, fmt_host_port};
 use crate::sip::message::{Message, ResponseBuilder, extract_uri, reason_phrase, uri_user};
 use crate::sip::peers::Trust;
 use crate::sip::sdp::{Codec, Direction, LocalSession, Negotiated, SdpError};
-use crate::sip::transport::{Flow, Protocol};
+use crate::sip::session_timer::{self, Due, SessionTimer};
+use crate::sip::transport::{Flow, Protocol, RequestTarget};
 use bytes::Bytes;
 use ezk_sip_types::{Method, Name};
 use std::collections::VecDeque;
@@ -27,6 +29,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// Keys kept while no collect is waiting for them (type-ahead).
+const MAX_TYPEAHEAD: usize = 32;
 
 /// Why a call ended (also the outcome recorded for it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +52,11 @@ pub enum CallEnd {
     /// confirmed, and the only proof that the INVITE's sender is where its Contact says is
     /// the ACK that never came.
     AckTimeout,
+    /// The 2xx to a re-INVITE was never acknowledged (64*T1): the session ends with a BYE.
+    ReinviteAckTimeout,
+    /// The session timer ran out (RFC 4028): the refresh the caller owed did not come, or
+    /// ours failed.
+    SessionExpired,
     /// The daemon is shutting down and the drain deadline passed.
     Shutdown,
     /// The call could not be set up (SDP, media ports); the INVITE got an error response.
@@ -63,6 +73,8 @@ impl CallEnd {
             CallEnd::RtpTimeout => "rtp-timeout",
             CallEnd::MaxDuration => "max-duration",
             CallEnd::AckTimeout => "ack-timeout",
+            CallEnd::ReinviteAckTimeout => "reinvite-ack-timeout",
+            CallEnd::SessionExpired => "session-expired",
             CallEnd::Shutdown => "shutdown",
             CallEnd::Rejected(_) => "rejected",
         }
@@ -76,6 +88,8 @@ impl CallEnd {
                 | CallEnd::Transferred
                 | CallEnd::RtpTimeout
                 | CallEnd::MaxDuration
+                | CallEnd::ReinviteAckTimeout
+                | CallEnd::SessionExpired
                 | CallEnd::Shutdown
         )
     }
@@ -270,6 +284,18 @@ pub trait CallIo {
     ) -> impl Future<Output = Result<TransferOutcome, CallEnd>> + Send;
 }
 
+/// What became of the call's last transfer, for the audit row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferReport {
+    /// The transfer target (the Refer-To URI without its headers).
+    pub target: String,
+    /// The transferee's last reported status (sipfrag), or the REFER's own final response
+    /// when it was refused; `None` when nothing came.
+    pub status: Option<u16>,
+    /// From sending the REFER to the outcome, in milliseconds.
+    pub ms: u64,
+}
+
 /// How a transfer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferOutcome {
@@ -297,7 +323,8 @@ pub struct CallSettings {
     pub ring: Duration,
     pub max_call: Option<Duration>,
     pub codecs: Vec<Codec>,
-    pub announce_ip: Option<IpAddr>,
+    /// Our media addresses, at most one per family: an offer's family picks one.
+    pub media_addrs: Vec<MediaAddr>,
     pub public_host: Option<String>,
     pub default_language: String,
     /// Window in which the same digit by another method is a duplicate.
@@ -306,6 +333,27 @@ pub struct CallSettings {
     pub transfer_timeout: Duration,
     /// Digest credentials for a PBX that challenges our REFER.
     pub auth: Option<Credentials>,
+    /// The shortest session timer interval we accept (RFC 4028 Min-SE), seconds.
+    pub session_min_se: u32,
+}
+
+/// A local media address: where RTP sockets bind, and what SDP announces (1:1 NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaAddr {
+    pub bind: IpAddr,
+    pub announce: IpAddr,
+}
+
+impl CallSettings {
+    /// The media address for a peer at `ip` (its SDP address, or where its signalling came
+    /// from): the one of the same family.
+    pub fn media_addr_for(&self, ip: IpAddr) -> Option<MediaAddr> {
+        let v4 = ip.to_canonical().is_ipv4();
+        self.media_addrs
+            .iter()
+            .find(|m| m.bind.to_canonical().is_ipv4() == v4)
+            .copied()
+    }
 }
 
 /// Digest credentials (RFC 8760). The password never reaches a log line: `Debug` prints it as
@@ -348,6 +396,15 @@ pub struct Call {
     refer_status: Option<u16>,
     /// A transfer succeeded: the call ends as "transferred".
     transferred: bool,
+    /// Until the ACK of our 200: the dialog is not confirmed yet.
+    awaiting_first_ack: bool,
+    /// The last transfer this call tried.
+    last_transfer: Option<TransferReport>,
+    /// The session timer (RFC 4028), and the outcome of our own refresh while one is out.
+    timer: SessionTimer,
+    refresh_pending: bool,
+    refresh_results: mpsc::UnboundedReceiver<bool>,
+    refresh_tx: mpsc::UnboundedSender<bool>,
 }
 
 enum Wake {
@@ -375,20 +432,27 @@ impl Call {
         } = new;
         let facts = CallFacts::from_invite(&invite, flow.remote, trust);
         let settings = ctx.settings.clone();
-        let reject_why = |code: u16, why: Option<&str>| {
+        let reject_with = |code: u16, extra: &[(&str, String)]| {
             let mut b = ResponseBuilder::new(&invite, code, reason_phrase(code))
                 .received_from(flow.remote)
                 .to_tag(&local_tag)
                 .header("Server", &settings.user_agent)
                 .header("Accept", "application/sdp");
-            if let Some(why) = why {
-                // RFC 3261 20.43: 399 is the miscellaneous warning, for a person to read.
-                b = b.header("Warning", format!("399 ivrd \"{why}\""));
+            for (name, value) in extra {
+                b = b.header(name, value);
             }
             ctx.core.respond(tx, code, b.build());
             CallEnd::Rejected(code)
         };
-        let reject = |code: u16| reject_why(code, None);
+        let reject = |code: u16| reject_with(code, &[]);
+        // RFC 3261 20.43: 399 is the miscellaneous warning, for a person to read.
+        let reject_why =
+            |code: u16, why: &str| reject_with(code, &[("Warning", format!("399 ivrd \"{why}\""))]);
+        let mut timer = SessionTimer::new(settings.session_min_se);
+        let timer_answer = timer.decide(&invite);
+        if let session_timer::Answer::TooSmall { min_se } = timer_answer {
+            return Err(reject_with(422, &[("Min-SE", min_se.to_string())]));
+        }
         if !invite.body.is_empty() && !invite.has_sdp() {
             return Err(reject(415));
         }
@@ -417,7 +481,35 @@ impl Call {
             send: false,
             expect_rtp: true,
         };
-        let stream = match ctx.media.open(initial, media_tx) {
+        // The media address of the offer's family (IPv6 callers get IPv6 media); for a late
+        // offer or a hold address, the family the call's signalling came in on.
+        let offered = if invite.has_sdp() {
+            let probe = LocalSession::new(0, flow.local, settings.codecs.clone());
+            match probe.offered_address(&invite.body) {
+                Ok(ip) => ip,
+                Err(e) => {
+                    info!(error = %e, "SDP offer refused");
+                    return Err(reject(sdp_error_code(&e)));
+                }
+            }
+        } else {
+            None
+        };
+        let media_addr =
+            offered
+                .and_then(|ip| settings.media_addr_for(ip))
+                .or_else(|| match offered {
+                    Some(_) => None,
+                    None => settings
+                        .media_addr_for(flow.local.ip())
+                        .or(settings.media_addrs.first().copied()),
+                });
+        let Some(media_addr) = media_addr else {
+            let family = crate::sip::sdp::family_name(offered.unwrap_or(flow.local.ip()));
+            info!(family, "SDP offer refused: no media address of its family");
+            return Err(reject_why(488, &format!("no media address for {family}")));
+        };
+        let stream = match ctx.media.open_at(media_addr.bind, initial, media_tx) {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "cannot open RTP stream; answering 503");
@@ -425,14 +517,11 @@ impl Call {
                     MediaError::NoPort { .. } => "no free RTP port",
                     MediaError::Io(_) => "cannot open an RTP socket",
                 };
-                return Err(reject_why(503, Some(why)));
+                return Err(reject_why(503, why));
             }
         };
         let rtp_local = stream.local_addr();
-        let announce = SocketAddr::new(
-            settings.announce_ip.unwrap_or(rtp_local.ip()),
-            rtp_local.port(),
-        );
+        let announce = SocketAddr::new(media_addr.announce, rtp_local.port());
         let mut session = LocalSession::new(rand::random(), announce, settings.codecs.clone());
         let (sdp, negotiated) = if invite.has_sdp() {
             match session.answer(&invite.body) {
@@ -457,9 +546,13 @@ impl Call {
             ..params
         });
 
-        let contact = contact_uri(&flow, settings.public_host.as_deref());
+        let sips = invite
+            .request_uri()
+            .is_some_and(|u| u.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")));
+        let contact = contact_uri(&flow, settings.public_host.as_deref(), sips);
         let dialog = Dialog::new_uas(&invite, &local_tag, contact.clone(), flow.protocol);
         let max_deadline = settings.max_call.map(|d| tokio::time::Instant::now() + d);
+        let (refresh_tx, refresh_results) = mpsc::unbounded_channel();
         if !settings.ring.is_zero() {
             let ringing = ResponseBuilder::new(&invite, 180, "Ringing")
                 .received_from(flow.remote)
@@ -479,17 +572,23 @@ impl Call {
                 }
             }
         }
-        let ok = ResponseBuilder::new(&invite, 200, "OK")
+        let mut ok = ResponseBuilder::new(&invite, 200, "OK")
             .received_from(flow.remote)
             .to_tag(&local_tag)
             .header("Contact", format!("<{contact}>"))
             .header("Allow", ALLOW)
             .header("Accept", ACCEPT)
-            .header("Supported", "")
-            .header("Server", &settings.user_agent)
-            .body("application/sdp", Bytes::from(sdp))
-            .build();
-        ctx.core.respond(tx, 200, ok);
+            .header("Supported", session_timer::SUPPORTED)
+            .header("Server", &settings.user_agent);
+        for (name, value) in timer_answer.headers() {
+            ok = ok.header(name, value);
+        }
+        ctx.core.respond(
+            tx,
+            200,
+            ok.body("application/sdp", Bytes::from(sdp)).build(),
+        );
+        timer.commit(&timer_answer, Instant::now());
         info!(
             caller = %mask_number(&facts.caller),
             called = %facts.called,
@@ -517,43 +616,54 @@ impl Call {
             awaiting_answer: !invite.has_sdp(),
             refer_status: None,
             transferred: false,
+            awaiting_first_ack: true,
+            last_transfer: None,
+            timer,
+            refresh_pending: false,
+            refresh_results,
+            refresh_tx,
             ctx,
         };
-        if let Err(end) = call.await_ack().await {
-            call.ctx.core.end_dialog(call.dialog.id.clone());
-            return Err(end);
+        match call.await_ack().await {
+            Ok(()) => Ok(call),
+            // The ACK came but its answer was unusable: the dialog is confirmed, so it ends
+            // with the BYE we owe.
+            Err((end, true)) => {
+                call.finish(&end).await;
+                Err(end)
+            }
+            Err((end, false)) => {
+                call.ctx.core.end_dialog(call.dialog.id.clone());
+                Err(end)
+            }
         }
-        Ok(call)
     }
 
     /// Waits for the ACK of our 200, serving the dialog meanwhile, then lets media flow. A
-    /// call whose ACK never comes ends here, quietly: no prompt, no BYE.
-    async fn await_ack(&mut self) -> Result<(), CallEnd> {
+    /// call whose ACK never comes ends here, quietly: no prompt, no BYE (RFC 3261 15 forbids
+    /// one before the ACK). An error says whether the ACK had come.
+    async fn await_ack(&mut self) -> Result<(), (CallEnd, bool)> {
+        let unconfirmed = |e| (e, false);
         loop {
-            let max_fut = async {
-                match self.max_deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let max_fut = sleep_until_some(self.max_deadline);
             tokio::select! {
                 ev = self.sip_events.recv() => match ev {
                     Some(SipEvent::Ack { body }) => {
-                        self.on_sip(SipEvent::Ack { body })?;
+                        self.awaiting_first_ack = false;
+                        let applied = self.on_sip(SipEvent::Ack { body });
                         self.stream.update(self.params);
-                        return Ok(());
+                        return applied.map_err(|e| (e, true));
                     }
-                    // RFC 3261 15: no BYE before the ACK, so AckTimeout and shutdown just end.
-                    Some(ev) => self.on_sip(ev)?,
-                    None => return Err(CallEnd::CallerHangup),
+                    Some(ev) => self.on_sip(ev).map_err(unconfirmed)?,
+                    None => return Err(unconfirmed(CallEnd::CallerHangup)),
                 },
                 ev = self.media_events.recv() => {
                     if let Some(MediaEvent::Digit { digit, method, at }) = ev {
                         self.on_digit(digit, method, at);
                     }
                 }
-                _ = max_fut => return Err(CallEnd::MaxDuration),
-                _ = self.ctx.hangup_all.cancelled() => return Err(CallEnd::Shutdown),
+                _ = max_fut => return Err(unconfirmed(CallEnd::MaxDuration)),
+                _ = self.ctx.hangup_all.cancelled() => return Err(unconfirmed(CallEnd::Shutdown)),
             }
         }
     }
@@ -582,30 +692,33 @@ impl Call {
 
     /// Where in-dialog requests go: the route set or Contact when it is an IP literal we can
     /// reach, else back to where the INVITE came from (the usual case behind NAT and proxies).
-    fn request_target(&self) -> SocketAddr {
+    fn request_target(&self) -> RequestTarget {
         match self.flow.protocol {
             // On TCP the caller's connection is the way back (RFC 5923-style reuse, which
-            // every softphone and PBX expects from a server that has no listener to dial).
-            Protocol::Tcp => self.flow.remote,
-            Protocol::Udp => self.dialog.next_hop().unwrap_or(self.flow.remote),
+            // every softphone and PBX expects); when the peer has closed it, the transport
+            // opens one to the route set or Contact (RFC 3261 18.1.1), over the same
+            // protocol: a dialog that came over TLS never continues in clear.
+            Protocol::Tcp | Protocol::Tls => RequestTarget {
+                addr: self.flow.remote,
+                reconnect: self.dialog.next_hop(self.flow.protocol),
+            },
+            Protocol::Udp => self
+                .dialog
+                .next_hop(self.flow.protocol)
+                .unwrap_or(self.flow.remote)
+                .into(),
         }
     }
 
     /// Waits for the next thing the flow cares about, serving the dialog meanwhile.
     async fn wait(&mut self, deadline: Option<tokio::time::Instant>) -> Result<Wake, CallEnd> {
         loop {
-            let deadline_fut = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let max_fut = async {
-                match self.max_deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let deadline_fut = sleep_until_some(deadline);
+            let max_fut = sleep_until_some(self.max_deadline);
+            // While our refresh is out, its answer decides; the deadline does not fire again.
+            let timer_due = self.timer.deadline().filter(|_| !self.refresh_pending);
+            let timer_fut =
+                sleep_until_some(timer_due.map(|(at, _)| tokio::time::Instant::from_std(at)));
             tokio::select! {
                 ev = self.sip_events.recv() => match ev {
                     Some(ev) => {
@@ -633,6 +746,21 @@ impl Call {
                 },
                 _ = deadline_fut => return Ok(Wake::Timeout),
                 _ = max_fut => return Err(CallEnd::MaxDuration),
+                _ = timer_fut => match timer_due.map(|(_, due)| due) {
+                    Some(Due::Refresh) => self.send_refresh(),
+                    _ => {
+                        info!("session timer expired: no refresh from the caller");
+                        return Err(CallEnd::SessionExpired);
+                    }
+                },
+                Some(ok) = self.refresh_results.recv() => {
+                    self.refresh_pending = false;
+                    if !ok {
+                        info!("session refresh failed");
+                        return Err(CallEnd::SessionExpired);
+                    }
+                    self.timer.refreshed(Instant::now());
+                }
                 _ = self.ctx.hangup_all.cancelled() => return Err(CallEnd::Shutdown),
             }
         }
@@ -642,6 +770,15 @@ impl Call {
         if !self.dedup.accept(at, digit, method) {
             // Key values are never logged here: this layer cannot tell a PIN from a menu choice.
             debug!(method = method.as_str(), "duplicate key press dropped");
+            return false;
+        }
+        if self.typeahead.len() >= MAX_TYPEAHEAD {
+            // Nobody types 32 keys ahead of a prompt: this is a flood of INFO or RFC 4733
+            // events, and what it would queue is bounded here.
+            debug!(
+                method = method.as_str(),
+                "type-ahead full; key press dropped"
+            );
             return false;
         }
         debug!(method = method.as_str(), "key press");
@@ -657,6 +794,9 @@ impl Call {
         match ev {
             SipEvent::Bye => Err(CallEnd::CallerHangup),
             SipEvent::Cancelled => Err(CallEnd::Cancelled),
+            // Past `await_ack`, only a re-INVITE's 2xx can go unACKed: the dialog is
+            // confirmed, and ends with a BYE (RFC 3261 13.3.1.4).
+            SipEvent::AckTimeout if !self.awaiting_first_ack => Err(CallEnd::ReinviteAckTimeout),
             SipEvent::AckTimeout => Err(CallEnd::AckTimeout),
             SipEvent::Ack { body } => {
                 if self.awaiting_answer {
@@ -685,34 +825,8 @@ impl Call {
             return self.respond(tx, &msg, flow, 500, &[], None);
         }
         let method = msg.method().clone();
-        if method == Method::INVITE {
-            self.dialog.refresh_target(&msg);
-            let sdp = if msg.has_sdp() {
-                match self.session.answer(&msg.body) {
-                    Ok((sdp, n)) => {
-                        self.apply(&n);
-                        info!(direction = n.direction.as_str(), "re-INVITE answered");
-                        sdp
-                    }
-                    Err(e) => {
-                        info!(error = %e, "re-INVITE offer refused");
-                        // The old session stays as it was (RFC 3264 8).
-                        return self.respond(tx, &msg, flow, sdp_error_code(&e), &[], None);
-                    }
-                }
-            } else {
-                self.awaiting_answer = true;
-                self.session.offer()
-            };
-            let contact = format!("<{}>", self.dialog.local_contact);
-            return self.respond(
-                tx,
-                &msg,
-                flow,
-                200,
-                &[("Contact", contact), ("Allow", ALLOW.into())],
-                Some(sdp),
-            );
+        if method == Method::INVITE || method == Method::UPDATE {
+            return self.on_session_request(tx, msg, flow, method == Method::UPDATE);
         }
         if method == Method::INFO {
             let ct = msg.content_type().unwrap_or_default();
@@ -758,6 +872,92 @@ impl Call {
             return self.respond(tx, &msg, flow, 603, &[], None);
         }
         self.respond(tx, &msg, flow, 405, &[("Allow", ALLOW.into())], None)
+    }
+
+    /// A re-INVITE or an UPDATE: a new offer (answered), a refresh of the session timer, or
+    /// both. An UPDATE may come without SDP (a pure refresh); a re-INVITE without SDP gets our
+    /// offer, answered in its ACK.
+    fn on_session_request(&mut self, tx: TxId, msg: Message, flow: Flow, update: bool) {
+        let what = if update { "UPDATE" } else { "re-INVITE" };
+        // Our offer (in the 200 to an offerless re-INVITE) is still out: a second offer now
+        // is glare (RFC 3261 14.2, RFC 3311 5.2).
+        if self.awaiting_answer && (msg.has_sdp() || !update) {
+            info!(request = what, "offer while ours is out: 491");
+            return self.respond(tx, &msg, flow, 491, &[], None);
+        }
+        let timer = self.timer.decide(&msg);
+        if let session_timer::Answer::TooSmall { min_se } = timer {
+            return self.respond(tx, &msg, flow, 422, &[("Min-SE", min_se.to_string())], None);
+        }
+        if !update {
+            self.dialog.refresh_target(&msg);
+        }
+        let sdp = if msg.has_sdp() {
+            match self.session.answer(&msg.body) {
+                Ok((sdp, n)) => {
+                    self.apply(&n);
+                    info!(
+                        request = what,
+                        direction = n.direction.as_str(),
+                        "offer answered"
+                    );
+                    Some(sdp)
+                }
+                Err(e) => {
+                    info!(request = what, error = %e, "offer refused");
+                    // The old session stays as it was (RFC 3264 8), and so does the timer.
+                    return self.respond(tx, &msg, flow, sdp_error_code(&e), &[], None);
+                }
+            }
+        } else if update {
+            None
+        } else {
+            self.awaiting_answer = true;
+            Some(self.session.offer())
+        };
+        self.timer.commit(&timer, Instant::now());
+        let mut extra = vec![
+            ("Contact", format!("<{}>", self.dialog.local_contact)),
+            ("Allow", ALLOW.into()),
+            ("Supported", session_timer::SUPPORTED.into()),
+        ];
+        extra.extend(timer.headers());
+        self.respond(tx, &msg, flow, 200, &extra, sdp);
+    }
+
+    /// Refreshes the session ourselves (we are the refresher): an UPDATE without SDP, sent
+    /// from a task of its own, whose outcome comes back on `refresh_results`.
+    fn send_refresh(&mut self) {
+        let Some(interval) = self.timer.interval_secs() else {
+            return;
+        };
+        let branch = new_branch();
+        let update = self.dialog.request(
+            "UPDATE",
+            self.flow.local,
+            &branch,
+            &[
+                ("Session-Expires", format!("{interval};refresher=uas")),
+                ("Supported", session_timer::SUPPORTED.into()),
+                ("User-Agent", self.ctx.settings.user_agent.clone()),
+            ],
+            None,
+        );
+        let (core, flow, to, results) = (
+            self.ctx.core.clone(),
+            self.flow,
+            self.request_target(),
+            self.refresh_tx.clone(),
+        );
+        self.refresh_pending = true;
+        debug!("refreshing the session with UPDATE");
+        tokio::spawn(async move {
+            let ok = matches!(
+                core.request(flow, to, branch, update).await,
+                Ok(resp) if resp.status().is_some_and(|s| (200..300).contains(&s))
+            );
+            let _ = results.send(ok);
+        });
     }
 
     fn respond(
@@ -903,6 +1103,33 @@ impl CallIo for Call {
         target: &str,
         headers: &[(String, String)],
     ) -> Result<TransferOutcome, CallEnd> {
+        let started = Instant::now();
+        let result = self.transfer_inner(target, headers).await;
+        let ms = started.elapsed().as_millis() as u64;
+        // The REFER's fate, for the log and the audit row: the last final status the transferee
+        // reported (sipfrag), or the REFER's own refusal.
+        let (status, outcome) = match &result {
+            Ok(TransferOutcome::Transferred) => (self.refer_status, "transferred".to_string()),
+            Ok(TransferOutcome::Failed { status, reason }) => (*status, reason.clone()),
+            Err(end) => (self.refer_status, format!("call ended: {}", end.as_str())),
+        };
+        info!(%target, status = status.unwrap_or(0), ms, outcome = %outcome, "transfer finished");
+        self.last_transfer = Some(TransferReport {
+            target: target.to_string(),
+            status,
+            ms,
+        });
+        result
+    }
+}
+
+impl Call {
+    /// The REFER, its challenge if any, and the wait for the transferee's final NOTIFY.
+    async fn transfer_inner(
+        &mut self,
+        target: &str,
+        headers: &[(String, String)],
+    ) -> Result<TransferOutcome, CallEnd> {
         self.stream.stop();
         let refer_to = refer_to_uri(target, headers);
         let mut auth_header: Option<(&'static str, String)> = None;
@@ -1005,6 +1232,14 @@ impl CallIo for Call {
     }
 }
 
+/// Sleeps until `deadline`, or forever without one (a `select!` arm that never fires).
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The Refer-To URI with headers (RFC 3261 19.1.1: `?name=value&...`, escaped), so the
 /// transfer target's INVITE carries them (e.g. `X-Customer-Id`).
 pub fn refer_to_uri(target: &str, headers: &[(String, String)]) -> String {
@@ -1049,7 +1284,10 @@ fn params_from(n: &Negotiated) -> StreamParams {
         remote: n.remote,
         send: matches!(n.direction, Direction::SendRecv | Direction::SendOnly)
             && n.remote.is_some(),
-        expect_rtp: matches!(n.direction, Direction::SendRecv | Direction::RecvOnly),
+        // Only a call both ways expects the caller's RTP. A caller's `a=sendonly` is a hold
+        // (RFC 3264 8.4) like `inactive`, and a held phone may send nothing at all (linphonec
+        // does): its silence must not end the call.
+        expect_rtp: n.direction == Direction::SendRecv,
     }
 }
 
@@ -1057,7 +1295,9 @@ fn sdp_error_code(e: &SdpError) -> u16 {
     if e.is_not_acceptable() { 488 } else { 400 }
 }
 
-fn contact_uri(flow: &Flow, public_host: Option<&str>) -> String {
+/// Our Contact for a dialog on `flow`. Over TLS it is `sips:` when the caller asked for
+/// `sips:` (TLS on every hop, RFC 5630 4), else `sip:...;transport=tls` (this hop only).
+fn contact_uri(flow: &Flow, public_host: Option<&str>, sips: bool) -> String {
     let hostport = match public_host {
         Some(h) => format!("{h}:{}", flow.local.port()),
         None => fmt_host_port(flow.local),
@@ -1065,27 +1305,9 @@ fn contact_uri(flow: &Flow, public_host: Option<&str>) -> String {
     match flow.protocol {
         Protocol::Udp => format!("sip:ivrd@{hostport}"),
         Protocol::Tcp => format!("sip:ivrd@{hostport};transport=tcp"),
+        Protocol::Tls if sips => format!("sips:ivrd@{hostport}"),
+        Protocol::Tls => format!("sip:ivrd@{hostport};transport=tls"),
     }
-}
-
-/// Masks a phone number for logs: keeps a short prefix and the last two digits.
-pub fn mask_number(n: &str) -> String {
-    let chars: Vec<char> = n.chars().collect();
-    if chars.len() <= 4 {
-        return "*".repeat(chars.len());
-    }
-    let keep_start = if chars[0] == '+' { 3 } else { 2 };
-    chars
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            if i < keep_start || i >= chars.len() - 2 {
-                *c
-            } else {
-                '*'
-            }
-        })
-        .collect()
 }
 
 /// What a finished call leaves behind (for the audit row).
@@ -1098,6 +1320,8 @@ pub struct CallSummary<T> {
     pub ended: SystemTime,
     /// What the flow returned, if the call got as far as running it.
     pub flow: Option<T>,
+    /// The last transfer the call tried.
+    pub transfer: Option<TransferReport>,
 }
 
 /// Runs one call from INVITE to the end: answer, flow, BYE, log. The flow gets the call and
@@ -1119,6 +1343,7 @@ where
                 dtmf_methods: Vec::new(),
                 ended: SystemTime::now(),
                 flow: None,
+                transfer: None,
             };
         }
     };
@@ -1131,6 +1356,7 @@ where
     };
     let dtmf_methods = call.methods_seen.clone();
     let methods: Vec<&str> = dtmf_methods.iter().map(|m| m.as_str()).collect();
+    let transfer = call.last_transfer.clone();
     call.finish(&end).await;
     info!(
         reason = end.as_str(),
@@ -1144,12 +1370,32 @@ where
         dtmf_methods,
         ended: SystemTime::now(),
         flow: Some(value),
+        transfer,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The RTP timeout runs only while the call goes both ways: a caller's hold, whether it
+    /// offers sendonly (ours recvonly), inactive or recvonly, pauses it.
+    #[test]
+    fn only_a_call_both_ways_expects_the_callers_rtp() {
+        let negotiated = |direction| Negotiated {
+            remote: Some("127.0.0.1:4000".parse().unwrap()),
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            dtmf_payload_type: Some(101),
+            ptime_ms: 20,
+            direction,
+        };
+        let expects = |d| params_from(&negotiated(d)).expect_rtp;
+        assert!(expects(Direction::SendRecv));
+        assert!(!expects(Direction::RecvOnly), "the caller's sendonly hold");
+        assert!(!expects(Direction::Inactive));
+        assert!(!expects(Direction::SendOnly));
+    }
 
     fn spec(max: usize) -> CollectSpec {
         CollectSpec {
@@ -1225,13 +1471,6 @@ mod tests {
         };
         let text = format!("{c:?} {:?}", Some(c.clone()));
         assert!(text.contains("ivrd") && !text.contains("s3cret"), "{text}");
-    }
-
-    #[test]
-    fn masks_numbers() {
-        assert_eq!(mask_number("+4915112345678"), "+49*********78");
-        assert_eq!(mask_number("0301234"), "03***34");
-        assert_eq!(mask_number("123"), "***");
     }
 
     #[test]

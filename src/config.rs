@@ -31,6 +31,9 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sip: SipConfig,
+    /// The certificate, key and client check of the `[sip] tls` listeners. (A section of its
+    /// own: TOML cannot have `[sip] tls = [...]` and a `[sip.tls]` table at once.)
+    pub tls: TlsConfig,
     pub media: MediaConfig,
     pub demo: DemoConfig,
     pub transfer: TransferConfig,
@@ -47,6 +50,38 @@ pub struct Config {
     /// the caller to log or print. Not a setting.
     #[serde(skip)]
     pub warnings: Vec<String>,
+}
+
+/// SIP over TLS: the server's certificate and key (PEM files), and mutual TLS. Read at start
+/// and on every reload, so a renewed certificate is served to the next connection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to; without it no client
+    /// certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse clients without a valid certificate (mutual TLS with the PBX).
+    pub require_client_cert: bool,
+    /// CA certificates (PEM) that servers ivrd connects to must chain to (a dialog's request
+    /// when the PBX's connection is gone); without it, the system's roots.
+    pub server_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The files, if TLS is configured.
+    pub fn files(&self) -> Option<crate::sip::tls::TlsFiles> {
+        Some(crate::sip::tls::TlsFiles {
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+            client_ca: self.client_ca.clone(),
+            require_client_cert: self.require_client_cert,
+            server_ca: self.server_ca.clone(),
+        })
+    }
 }
 
 /// Graceful shutdown (SIGTERM).
@@ -174,6 +209,9 @@ pub struct SipConfig {
     pub udp: Vec<SocketAddr>,
     /// TCP listen addresses.
     pub tcp: Vec<SocketAddr>,
+    /// TLS listen addresses (SIP over TLS, RFC 3261 26.2; usually port 5061). The certificate
+    /// and key are in `[tls]`.
+    pub tls: Vec<SocketAddr>,
     /// Host (IP or name) we put in Contact and Via when the listen address is a wildcard.
     pub public_host: Option<String>,
     /// RFC 3261 T1 in milliseconds (default 500). Everything else scales from T1/T2/T4.
@@ -205,6 +243,11 @@ pub struct SipConfig {
     pub source_unconfirmed: u32,
     /// Live SIP transactions one untrusted source may hold.
     pub source_transactions: u32,
+    /// Calls one untrusted source may have up at once (each holds an RTP port).
+    pub source_calls: u32,
+    /// The shortest session timer interval accepted (RFC 4028 `Min-SE`): a request asking for
+    /// less gets 422. RFC 4028 says at least 90; lower values are for tests.
+    pub session_min_se_secs: u32,
     /// How long an answered INVITE waits for its ACK before the call is dropped (no BYE: the
     /// dialog was never confirmed) and its RTP port freed. Default 16*T1 (8 s), during which
     /// the 200 is sent five times; at most 64*T1.
@@ -234,6 +277,11 @@ pub struct MediaConfig {
     pub rtp_ip: IpAddr,
     /// Address announced in SDP when it differs from `rtp_ip` (e.g. behind 1:1 NAT).
     pub announce_ip: Option<IpAddr>,
+    /// A media address of the other family (IPv6 when `rtp_ip` is IPv4), for callers whose SDP
+    /// offers that family; without it such an offer gets 488.
+    pub rtp_ip6: Option<IpAddr>,
+    /// Announced instead of `rtp_ip6`, as `announce_ip` is for `rtp_ip`.
+    pub announce_ip6: Option<IpAddr>,
     /// RTP port range (even ports are used for RTP; RTCP would be port+1, which we do not open).
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
@@ -290,11 +338,16 @@ pub struct LogConfig {
 }
 
 impl Default for SipConfig {
+    /// The edge's limits default to what the SIP layer itself starts from.
     fn default() -> Self {
+        use crate::sip::core::CoreConfig;
+        let budgets = crate::sip::peers::Budgets::default();
+        let tcp = crate::sip::transport::TcpLimits::default();
         let addr: SocketAddr = "127.0.0.1:5060".parse().expect("static address");
         SipConfig {
             udp: vec![addr],
             tcp: vec![addr],
+            tls: Vec::new(),
             public_host: None,
             t1_ms: 500,
             t2_ms: 4000,
@@ -309,19 +362,19 @@ impl Default for SipConfig {
             overload_reject_ms: 250,
             trusted: Vec::new(),
             untrusted: Default::default(),
-            source_calls_per_sec: 10.0,
-            source_unconfirmed: 16,
-            source_transactions: 256,
+            source_calls_per_sec: budgets.calls_per_sec,
+            source_unconfirmed: budgets.unconfirmed,
+            source_transactions: budgets.transactions,
+            source_calls: budgets.calls,
             ack_timeout_ms: None,
-            // 2,000 calls/s over UDP keep about 85,000 transactions alive (BYE: 64*T1;
-            // INVITE: until the ACK wait ends).
-            max_transactions: 150_000,
-            max_transaction_kib: 96 * 1024,
-            tcp_max_connections: 1024,
-            tcp_max_per_source: 16,
-            tcp_idle_secs: 120,
-            tcp_message_timeout_ms: 10_000,
-            tcp_write_queue_kib: 256,
+            session_min_se_secs: 90,
+            max_transactions: CoreConfig::MAX_TRANSACTIONS,
+            max_transaction_kib: CoreConfig::MAX_TRANSACTION_BYTES / 1024,
+            tcp_max_connections: tcp.max_connections,
+            tcp_max_per_source: tcp.max_per_source,
+            tcp_idle_secs: tcp.idle.as_secs(),
+            tcp_message_timeout_ms: tcp.message_timeout.as_millis() as u64,
+            tcp_write_queue_kib: tcp.write_queue / 1024,
         }
     }
 }
@@ -341,15 +394,17 @@ impl SipConfig {
         crate::sip::peers::PeerPolicy::new(&self.trusted, self.untrusted).map_err(|e| e.to_string())
     }
 
-    /// What one untrusted source may ask of us.
-    pub fn budgets(&self) -> crate::sip::peers::Budgets {
+    /// What one untrusted source may ask of us, for a daemon with `rtp_slots` RTP ports.
+    pub fn budgets(&self, rtp_slots: u32) -> crate::sip::peers::Budgets {
         crate::sip::peers::Budgets {
             calls_per_sec: self.source_calls_per_sec,
             unconfirmed: self.source_unconfirmed,
             transactions: self.source_transactions,
-            // 64 Ki sources of about 100 bytes each: a flood from spoofed addresses cannot
-            // grow the table past a few MiB.
-            max_sources: 65_536,
+            calls: self.source_calls,
+            // Half the RTP ports: whatever many untrusted sources do, the other half is there
+            // for trusted callers.
+            unconfirmed_total: (rtp_slots / 2).max(1),
+            ..crate::sip::peers::Budgets::default()
         }
     }
 }
@@ -359,6 +414,8 @@ impl Default for MediaConfig {
         MediaConfig {
             rtp_ip: IpAddr::from([127, 0, 0, 1]),
             announce_ip: None,
+            rtp_ip6: None,
+            announce_ip6: None,
             rtp_port_min: 20000,
             rtp_port_max: 29999,
             symmetric_rtp: true,
@@ -468,6 +525,19 @@ impl Config {
         if cfg.media.prompts_dir.is_relative() {
             cfg.media.prompts_dir = base.join(&cfg.media.prompts_dir);
         }
+        for p in [
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+            &mut cfg.tls.client_ca,
+            &mut cfg.tls.server_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if cfg.store.path.is_relative() {
             cfg.store.path = base.join(&cfg.store.path);
         }
@@ -512,14 +582,27 @@ impl Config {
 
     /// Range and consistency checks that TOML types alone cannot express.
     pub fn validate(&self) -> Result<(), String> {
-        if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
-            return Err("[sip] needs at least one udp or tcp listen address".into());
+        if self.sip.udp.is_empty() && self.sip.tcp.is_empty() && self.sip.tls.is_empty() {
+            return Err("[sip] needs at least one udp, tcp or tls listen address".into());
+        }
+        if !self.sip.tls.is_empty() && self.tls.files().is_none() {
+            return Err(
+                "[sip] tls listens, but [tls] cert and key are not both set: name the PEM files"
+                    .into(),
+            );
+        }
+        if self.tls.require_client_cert && self.tls.client_ca.is_none() {
+            return Err(
+                "[tls] require_client_cert needs client_ca: the CA file client certificates must chain to"
+                    .into(),
+            );
         }
         let wildcard = self
             .sip
             .udp
             .iter()
             .chain(&self.sip.tcp)
+            .chain(&self.sip.tls)
             .find(|a| a.ip().is_unspecified());
         if let (Some(addr), None) = (wildcard, &self.sip.public_host) {
             // Our Contact would say sip:ivrd@0.0.0.0 and no peer could send us a BYE.
@@ -538,6 +621,7 @@ impl Config {
         for (name, v) in [
             ("source_unconfirmed", sip.source_unconfirmed as usize),
             ("source_transactions", sip.source_transactions as usize),
+            ("source_calls", sip.source_calls as usize),
             ("max_transactions", sip.max_transactions),
             ("max_transaction_kib", sip.max_transaction_kib),
             ("tcp_max_connections", sip.tcp_max_connections),
@@ -552,6 +636,9 @@ impl Config {
             if v == 0 {
                 return Err(format!("[sip] {name} must be at least 1"));
             }
+        }
+        if sip.session_min_se_secs == 0 {
+            return Err("[sip] session_min_se_secs must be at least 1 (RFC 4028 says 90)".into());
         }
         if sip.ack_timeout_ms.is_some_and(|ms| ms < sip.t1_ms) {
             return Err(format!(
@@ -572,6 +659,20 @@ impl Config {
                 "[media] rtp_ip = {} would be announced in SDP (meaning \"on hold\"): set this host's address, or set announce_ip",
                 m.rtp_ip
             ));
+        }
+        if let Some(ip6) = m.rtp_ip6 {
+            if ip6.is_ipv4() == m.rtp_ip.is_ipv4() {
+                return Err(format!(
+                    "[media] rtp_ip6 = {ip6} is of the same family as rtp_ip = {}: it is the \
+                     media address for the other family",
+                    m.rtp_ip
+                ));
+            }
+            if ip6.is_unspecified() && m.announce_ip6.is_none() {
+                return Err(format!(
+                    "[media] rtp_ip6 = {ip6} would be announced in SDP: set this host's address, or set announce_ip6"
+                ));
+            }
         }
         if m.codecs.is_empty() {
             return Err("[media] codecs must name at least one of PCMU, PCMA".into());
@@ -599,6 +700,27 @@ impl Config {
             .validate()
             .map_err(|e| format!("[limits] {e}"))?;
         Ok(())
+    }
+
+    /// `[admin] listen` of the config file at `path`, read without checking the rest (for
+    /// `ivrd reload`, which must reach the daemon even with a config it will refuse); the
+    /// default when the file cannot be read.
+    pub fn admin_listen_in(path: &Path) -> String {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|t| t.get("admin")?.get("listen")?.as_str().map(str::to_string))
+            .unwrap_or_else(|| AdminConfig::default().listen)
+    }
+
+    /// RTP ports (calls) the range holds: one even port each.
+    pub fn rtp_slots(&self) -> u32 {
+        u32::from(
+            self.media
+                .rtp_port_max
+                .saturating_sub(self.media.rtp_port_min),
+        ) / 2
+            + 1
     }
 
     pub fn timers(&self) -> (Duration, Duration, Duration) {

@@ -12,22 +12,29 @@
 //! ```
 //! - [`config`]: the TOML configuration, every default documented.
 //! - [`sip::message`]: parsing (over `ezk-sip-types`) and building messages.
-//! - [`sip::transport`]: UDP and TCP sockets; the only SIP code with IO. Stamps each datagram
-//!   with the kernel's receive time, which the core's overload control reads; drops sources
-//!   that are not trusted before parsing; bounds every TCP connection.
+//! - [`sip::transport`]: UDP, TCP and TLS sockets; the only SIP code with IO. Stamps each
+//!   datagram with the kernel's receive time, which the core's overload control reads; drops
+//!   sources that are not trusted before parsing; bounds every connection; opens one for a
+//!   dialog's request when the peer's is gone.
 //! - [`sip::transaction`]: RFC 3261 17 transaction state machines, no IO, no clock.
 //! - [`sip::dialog`]: dialog state and in-dialog requests, no IO.
 //! - [`sip::sdp`]: RFC 3264 offer/answer.
 //! - [`sip::core`]: the task that drives transactions and routes messages to calls, and
 //!   turns new calls away (503) when requests wait too long or a source is over its share.
 //! - [`sip::peers`]: the trusted-peer list and the per-source budgets of untrusted sources.
+//! - [`sip::session_timer`]: RFC 4028 session timers, as the UAS, without IO.
+//! - [`sip::tls`]: the TLS certificate, key, client and server checks, as rustls
+//!   configurations for accepting and for connecting.
 //! - [`media::rtp`], [`media::g711`], [`media::prompt`], [`media::dtmf`], [`media::engine`];
 //!   [`media::clock`]: the pacers' absolute-deadline clock, timer slack and priority.
 //! - [`call`]: one call; the [`call::CallIo`] API that call flows use.
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
 //! - [`audit`]: one row per call, group-committed by one writer thread.
+//! - [`redact`]: phone numbers masked for logs and status output.
 //! - [`secrets`]: `*_file` keys, read from systemd credentials or files beside the config.
+//! - `fuzzing` (hidden): the body of every fuzz target in `fuzz/`, one function each, shared
+//!   with `tests/fuzz_regressions.rs`, which replays the seeds and crash inputs.
 pub mod admin;
 pub mod admin_http;
 pub mod audit;
@@ -36,10 +43,12 @@ pub mod config;
 pub mod customers_cli;
 pub mod demo;
 pub mod dialplan;
-
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod media;
 pub mod metrics;
 pub mod notify;
+pub mod redact;
 pub mod secrets;
 pub mod server;
 pub mod services;

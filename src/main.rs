@@ -72,6 +72,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Ask the running daemon to reload its config, prompts and dialplans, and wait for the
+    /// verdict: exit 0 when it took them, 1 when it kept the running ones (and why), 2 when it
+    /// cannot be reached. What `systemctl reload ivrd` runs.
+    Reload {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Manage the customers in the database: import, add, list, disable, enable, remove, unlock.
     Customers {
         /// Configuration file whose [store] path names the database.
@@ -95,14 +102,44 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Status { config } => {
-            let cfg = match load_config(config.as_deref(), Secrets::Skip) {
-                Ok(cfg) => cfg,
-                Err(code) => return code,
+            // As for reload: a daemon runs on the config it loaded, whatever the file now says.
+            let listen = match &config {
+                Some(path) => Config::admin_listen_in(path),
+                None => Config::embedded().admin.listen,
             };
-            match ivrd::admin_http::status_command(&cfg.admin.listen) {
+            match ivrd::admin_http::status_command(&listen) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ivrd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Reload { config } => {
+            // Only the admin address is read here: a config the daemon will refuse must still
+            // reach the daemon, whose verdict (and reason) is the answer.
+            let listen = match &config {
+                Some(path) => Config::admin_listen_in(path),
+                None => Config::embedded().admin.listen,
+            };
+            if listen.is_empty() {
+                eprintln!(
+                    "ivrd: [admin] listen is off, so the daemon cannot say how a reload went: \
+                     send SIGHUP (kill -HUP) and read its log"
+                );
+                return ExitCode::from(2);
+            }
+            match ivrd::admin_http::reload_command(&listen) {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e @ ivrd::admin_http::ReloadError::Unreachable(_)) => {
+                    eprintln!("ivrd: {e}");
+                    ExitCode::from(2)
                 }
                 Err(e) => {
                     eprintln!("ivrd: {e}");

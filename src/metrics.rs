@@ -7,9 +7,9 @@
 //! retransmissions, the media engine's packets and late ticks) are read from their own stats
 //! at scrape time instead of being copied.
 
-use crate::call::mask_number;
 use crate::media::dtmf::DtmfMethod;
 use crate::media::engine::{JITTER_BUCKETS_US, MediaStats};
+use crate::redact::mask_number;
 use crate::sip::core::{CoreStats, REFUSALS};
 use crate::sip::transport::TransportStats;
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +29,8 @@ pub struct ActiveCall {
     pub caller: String,
     pub dialed: String,
     pub dialplan: String,
+    /// The SIP transport the call came on: UDP, TCP or TLS.
+    pub transport: &'static str,
     #[serde(skip)]
     pub started: Instant,
     pub seconds: u64,
@@ -73,6 +75,7 @@ impl Metrics {
         caller: &str,
         dialed: &str,
         dialplan: &str,
+        transport: &'static str,
     ) -> CallGuard<'_> {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         self.active.lock().expect("metrics lock").insert(
@@ -82,6 +85,7 @@ impl Metrics {
                 caller: mask_number(caller),
                 dialed: dialed.to_string(),
                 dialplan: dialplan.to_string(),
+                transport,
                 started: Instant::now(),
                 seconds: 0,
             },
@@ -312,6 +316,24 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "ivrd_sip_tls_handshake_failures_total",
+            "TLS handshakes that failed (bad or missing client certificate, protocol) or stalled.",
+            transport.tls_handshake_failures.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_sip_connects_total",
+            "TCP/TLS connections ivrd opened for a dialog's request because the peer's was gone.",
+            transport.connects.load(r),
+        );
+        counter(
+            &mut out,
+            "ivrd_sip_connect_failures_total",
+            "Connections ivrd tried to open and could not (refused, timed out, server certificate not trusted).",
+            transport.connect_failures.load(r),
+        );
+        counter(
+            &mut out,
             "ivrd_sip_tcp_refused_total",
             "TCP connections refused at accept: over tcp_max_connections or tcp_max_per_source.",
             transport.tcp_refused.load(r),
@@ -476,7 +498,7 @@ mod tests {
     #[test]
     fn exposition_reflects_what_happened() {
         let m = Metrics::default();
-        let guard = m.call_started("c1", "+4915112345678", "100", "verify");
+        let guard = m.call_started("c1", "+4915112345678", "100", "verify", "UDP");
         assert_eq!(m.active_count(), 1);
         assert_eq!(m.active_calls()[0].caller, "+49*********78");
         m.digit(DtmfMethod::Rfc4733);

@@ -10,7 +10,7 @@
 //! the version they started with. If anything in the new files is wrong, the running snapshot
 //! stays and the log says why. Listen addresses, RTP ports and the database path need a restart.
 
-use crate::admin_http::AdminState;
+use crate::admin_http::{AdminState, ReloadRecord, ReloadRequest};
 use crate::audit::AuditWriter;
 use crate::call::{self, CallContext, CallEnd, CallSettings, CallSummary};
 use crate::config::Config;
@@ -49,9 +49,9 @@ pub struct Snapshot {
     pub default_plan: Option<Arc<Dialplan>>,
     pub services: Arc<Shared>,
     pub demo: Option<crate::config::DemoConfig>,
-    /// Digest credentials for a challenged REFER: a secret, so a reload re-reads it (a
-    /// rotated `password_file` takes effect without a restart).
-    pub transfer_auth: Option<crate::call::Credentials>,
+    /// What calls started from now on use: codecs, ring time, transfer credentials and
+    /// timeout, ... (the transfer password is a secret, so a reload re-reads its file).
+    pub settings: Arc<CallSettings>,
 }
 
 /// Loads and checks prompts and dialplans (no database, no network): what `ivrd check` runs.
@@ -135,13 +135,98 @@ pub fn build_snapshot(
             metrics,
         }),
         demo: cfg.demo.enabled.then(|| cfg.demo.clone()),
-        transfer_auth: cfg
+        settings: Arc::new(call_settings(cfg)),
+    })
+}
+
+/// The call settings `cfg` gives: what a reload changes for calls that start afterwards.
+pub fn call_settings(cfg: &Config) -> CallSettings {
+    let codecs = cfg
+        .media
+        .codecs
+        .iter()
+        .map(|c| {
+            if c.eq_ignore_ascii_case("PCMA") {
+                Codec::Pcma
+            } else {
+                Codec::Pcmu
+            }
+        })
+        .collect();
+    CallSettings {
+        user_agent: cfg.sip.user_agent.clone(),
+        ring: Duration::from_millis(cfg.sip.ring_ms),
+        max_call: (cfg.media.max_call_secs > 0)
+            .then(|| Duration::from_secs(cfg.media.max_call_secs)),
+        codecs,
+        media_addrs: media_addrs(&cfg.media),
+        public_host: cfg.sip.public_host.clone(),
+        default_language: cfg.media.default_language.clone(),
+        dtmf_dedup_window: crate::media::dtmf::DigitDedup::DEFAULT_WINDOW,
+        transfer_timeout: Duration::from_secs(cfg.transfer.timeout_secs),
+        auth: cfg
             .transfer
             .username
             .clone()
             .zip(cfg.transfer.password.clone())
             .map(|(username, password)| crate::call::Credentials { username, password }),
-    })
+        session_min_se: cfg.sip.session_min_se_secs,
+    }
+}
+
+/// The settings that changed between `running` and `new` but take effect only on a restart:
+/// the sockets, the SIP core's timers and limits, the media engine, the database, the admin
+/// listener and the log filter. Everything else a reload applies.
+pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! check {
+        ($($section:ident . $key:ident),* $(,)?) => {
+            $(
+                if format!("{:?}", running.$section.$key) != format!("{:?}", new.$section.$key) {
+                    changed.push(concat!("[", stringify!($section), "] ", stringify!($key)));
+                }
+            )*
+        };
+    }
+    check!(
+        sip.udp,
+        sip.tcp,
+        sip.tls,
+        sip.t1_ms,
+        sip.t2_ms,
+        sip.t4_ms,
+        sip.ack_timeout_ms,
+        sip.user_agent,
+        sip.overload_reject_ms,
+        sip.trusted,
+        sip.untrusted,
+        sip.source_calls_per_sec,
+        sip.source_unconfirmed,
+        sip.source_transactions,
+        sip.source_calls,
+        sip.max_transactions,
+        sip.max_transaction_kib,
+        sip.tcp_max_connections,
+        sip.tcp_max_per_source,
+        sip.tcp_idle_secs,
+        sip.tcp_message_timeout_ms,
+        sip.tcp_write_queue_kib,
+        media.rtp_ip,
+        media.rtp_ip6,
+        media.rtp_port_min,
+        media.rtp_port_max,
+        media.symmetric_rtp,
+        media.strict_rtp,
+        media.rtp_probation,
+        media.rtp_timeout_secs,
+        media.inband_dtmf,
+        media.pacing_threads,
+        media.pacer_nice,
+        store.path,
+        admin.listen,
+        log.level,
+    );
+    changed
 }
 
 /// Opens the database; a new one gets the seed customers, if configured.
@@ -189,6 +274,10 @@ pub async fn run(
         "loaded"
     );
     let current = Arc::new(RwLock::new(Arc::new(snapshot)));
+    let last_reload: Arc<RwLock<Option<ReloadRecord>>> = Arc::default();
+    let (admin_reload_tx, mut admin_reload) = mpsc::channel::<ReloadRequest>(4);
+    // Settings a reload may change that are read after the loop ends (the drain).
+    let mut latest = cfg.clone();
     // The database path changes only on restart, so one audit writer serves every snapshot.
     let audit = AuditWriter::start(store.clone()).context("starting the audit writer")?;
 
@@ -229,10 +318,12 @@ pub async fn run(
             write_queue: cfg.sip.tcp_write_queue_kib * 1024,
         },
     );
+    transports.set_tls(tls_config(&cfg)?);
     let bound = transport::bind(
         &transports,
         &cfg.sip.udp,
         &cfg.sip.tcp,
+        &cfg.sip.tls,
         incoming_tx,
         sip_shutdown.clone(),
     )
@@ -250,7 +341,7 @@ pub async fn run(
             user_agent: cfg.sip.user_agent.clone(),
             overload_after: (cfg.sip.overload_reject_ms > 0)
                 .then(|| Duration::from_millis(cfg.sip.overload_reject_ms)),
-            budgets: cfg.sip.budgets(),
+            budgets: cfg.sip.budgets(cfg.rtp_slots()),
             max_transactions: cfg.sip.max_transactions,
             max_transaction_bytes: cfg.sip.max_transaction_kib.saturating_mul(1024),
         },
@@ -260,32 +351,7 @@ pub async fn run(
         sip_shutdown.clone(),
     );
 
-    let codecs = cfg
-        .media
-        .codecs
-        .iter()
-        .map(|c| {
-            if c.eq_ignore_ascii_case("PCMA") {
-                Codec::Pcma
-            } else {
-                Codec::Pcmu
-            }
-        })
-        .collect();
     let hangup_all = CancellationToken::new();
-    let mut settings = Arc::new(CallSettings {
-        user_agent: cfg.sip.user_agent.clone(),
-        ring: Duration::from_millis(cfg.sip.ring_ms),
-        max_call: (cfg.media.max_call_secs > 0)
-            .then(|| Duration::from_secs(cfg.media.max_call_secs)),
-        codecs,
-        announce_ip: cfg.media.announce_ip,
-        public_host: cfg.sip.public_host.clone(),
-        default_language: cfg.media.default_language.clone(),
-        dtmf_dedup_window: crate::media::dtmf::DigitDedup::DEFAULT_WINDOW,
-        transfer_timeout: Duration::from_secs(cfg.transfer.timeout_secs),
-        auth: current.read().expect("snapshot lock").transfer_auth.clone(),
-    });
     let calls = TaskTracker::new();
     let admin_shutdown = CancellationToken::new();
     if !cfg.admin.listen.is_empty() {
@@ -296,6 +362,8 @@ pub async fn run(
             media: media.stats().clone(),
             started: SystemTime::now(),
             dialplans: plan_names.clone(),
+            last_reload: last_reload.clone(),
+            reload: Some(admin_reload_tx.clone()),
         };
         crate::admin_http::serve(&cfg.admin.listen, state, admin_shutdown.clone())
             .await
@@ -345,7 +413,7 @@ pub async fn run(
                     core: core.clone(),
                     media: media.clone(),
                     prompts: snap.prompts.clone(),
-                    settings: settings.clone(),
+                    settings: snap.settings.clone(),
                     hangup_all: hangup_all.clone(),
                     metrics: metrics.clone(),
                 };
@@ -353,29 +421,33 @@ pub async fn run(
                 calls.spawn(handle_call(new, ctx, snap, audit.clone()).instrument(span));
             }
             Some(()) = reload.recv() => {
-                let started = std::time::Instant::now();
-                notifier.reloading();
-                match reload_snapshot(config_path.as_deref(), &cfg, store.clone(), metrics.clone()) {
-                    Ok(snap) => {
-                        if snap.transfer_auth != settings.auth {
-                            // Calls in progress keep the settings they started with.
-                            settings = Arc::new(CallSettings {
-                                auth: snap.transfer_auth.clone(),
-                                ..(*settings).clone()
-                            });
-                        }
-                        let names: Vec<String> = snap.plans.iter().map(|p| p.name.clone()).collect();
-                        *current.write().expect("snapshot lock") = Arc::new(snap);
-                        *plan_names.write().expect("dialplans lock") = names.clone();
-                        metrics.reload(true);
-                        info!(dialplans = %names.join(","), ms = started.elapsed().as_millis() as u64, "reloaded");
-                    }
-                    Err(e) => {
-                        metrics.reload(false);
-                        error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration");
-                    }
-                }
-                notifier.reloaded(&format!("{} active calls", calls.len()));
+                let record = apply_reload(&ReloadContext {
+                    config_path: config_path.as_deref(),
+                    transports: &core.transports,
+                    running: &cfg,
+                    store: &store,
+                    metrics: &metrics,
+                    current: &current,
+                    plan_names: &plan_names,
+                    notifier: &notifier,
+                    active: calls.len(),
+                }, &mut latest);
+                *last_reload.write().expect("reload lock") = Some(record);
+            }
+            Some(request) = admin_reload.recv() => {
+                let record = apply_reload(&ReloadContext {
+                    config_path: config_path.as_deref(),
+                    transports: &core.transports,
+                    running: &cfg,
+                    store: &store,
+                    metrics: &metrics,
+                    current: &current,
+                    plan_names: &plan_names,
+                    notifier: &notifier,
+                    active: calls.len(),
+                }, &mut latest);
+                *last_reload.write().expect("reload lock") = Some(record.clone());
+                let _ = request.reply.send(record);
             }
             _ = shutdown.cancelled() => break,
         }
@@ -386,8 +458,8 @@ pub async fn run(
         .draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
     // Drain: refuse new calls, let running ones finish, then hang up what is left.
-    let drain = Duration::from_secs(cfg.shutdown.drain_secs);
-    core.drain(cfg.shutdown.drain_secs.clamp(1, u64::from(u32::MAX)) as u32);
+    let drain = Duration::from_secs(latest.shutdown.drain_secs);
+    core.drain(latest.shutdown.drain_secs.clamp(1, u64::from(u32::MAX)) as u32);
     calls.close();
     info!(active = calls.len(), "shutting down; draining calls");
     if tokio::time::timeout(drain, calls.wait()).await.is_err() {
@@ -403,6 +475,33 @@ pub async fn run(
     admin_shutdown.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// The TLS configurations `[tls]` names, when TLS listeners are configured.
+pub fn tls_config(cfg: &Config) -> anyhow::Result<Option<crate::sip::tls::TlsConfigs>> {
+    if cfg.sip.tls.is_empty() {
+        return Ok(None);
+    }
+    let files = cfg
+        .tls
+        .files()
+        .context("[sip] tls listens, but [tls] cert and key are not both set")?;
+    Ok(Some(crate::sip::tls::configs(&files).context("[tls]")?))
+}
+
+/// The media addresses of `[media]`: `rtp_ip` and, for the other family, `rtp_ip6`.
+fn media_addrs(m: &crate::config::MediaConfig) -> Vec<crate::call::MediaAddr> {
+    let mut out = vec![crate::call::MediaAddr {
+        bind: m.rtp_ip,
+        announce: m.announce_ip.unwrap_or(m.rtp_ip),
+    }];
+    if let Some(ip6) = m.rtp_ip6 {
+        out.push(crate::call::MediaAddr {
+            bind: ip6,
+            announce: m.announce_ip6.unwrap_or(ip6),
+        });
+    }
+    out
 }
 
 /// Raises the soft descriptor limit to the hard one (the unit's `LimitNOFILE=`) and says so
@@ -430,8 +529,7 @@ fn check_descriptors(cfg: &Config) {
             }
         }
     }
-    let ports = (u64::from(cfg.media.rtp_port_max) - u64::from(cfg.media.rtp_port_min)) / 2 + 1;
-    let need = ports * 2 + cfg.sip.tcp_max_connections as u64 + 256;
+    let need = u64::from(cfg.rtp_slots()) * 2 + cfg.sip.tcp_max_connections as u64 + 256;
     if lim.rlim_cur < need {
         warn!(
             limit = lim.rlim_cur,
@@ -442,29 +540,94 @@ fn check_descriptors(cfg: &Config) {
     }
 }
 
-fn reload_snapshot(
-    config_path: Option<&Path>,
-    running: &Config,
-    store: Arc<Store>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<Snapshot> {
-    // Secrets are read again too: a rotated token in a `*_file` takes effect on reload.
-    let cfg = match config_path {
-        Some(p) => Config::load(p)?,
-        // Without a file the daemon runs on the embedded default; reload that, not the
-        // bare defaults (which would drop the demo's SMS file and seed).
-        None => Config::embedded(),
+/// What a reload needs from the running daemon.
+struct ReloadContext<'a> {
+    config_path: Option<&'a Path>,
+    transports: &'a transport::Transports,
+    /// The config the daemon started with: what the sockets, the core and the engine run on.
+    running: &'a Config,
+    store: &'a Arc<Store>,
+    metrics: &'a Arc<Metrics>,
+    current: &'a RwLock<Arc<Snapshot>>,
+    plan_names: &'a RwLock<Vec<String>>,
+    notifier: &'a crate::notify::Notifier,
+    active: usize,
+}
+
+/// Re-reads the config (secrets included), prompts and dialplans, and swaps them in as a whole,
+/// or keeps everything running as it is and says why. Settings that changed but need a restart
+/// are named, in one warning, and only when they did change.
+fn apply_reload(r: &ReloadContext, latest: &mut Config) -> ReloadRecord {
+    let started = std::time::Instant::now();
+    r.notifier.reloading();
+    let loaded = match r.config_path {
+        Some(p) => Config::load(p).map_err(anyhow::Error::from),
+        // Without a file the daemon runs on the embedded default; reload that, not the bare
+        // defaults (which would drop the demo's SMS file and seed).
+        None => Ok(Config::embedded()),
+    }
+    .and_then(|cfg| {
+        let snap = build_snapshot(&cfg, r.store.clone(), None, r.metrics.clone())?;
+        // A renewed certificate takes effect here; a bad one fails the reload as a whole.
+        let tls = if r.running.sip.tls.is_empty() {
+            None
+        } else {
+            tls_config(&cfg)?
+        };
+        Ok((cfg, snap, tls))
+    });
+    let at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let record = match loaded {
+        Ok((cfg, snap, tls)) => {
+            if tls.is_some() {
+                r.transports.set_tls(tls);
+            }
+            for warning in &cfg.warnings {
+                warn!("{warning}");
+            }
+            let restart = restart_only_changes(r.running, &cfg);
+            if !restart.is_empty() {
+                warn!(
+                    settings = %restart.join(", "),
+                    "reloaded, but these changed settings take effect only on restart"
+                );
+            }
+            let names: Vec<String> = snap.plans.iter().map(|p| p.name.clone()).collect();
+            // Calls in progress keep the snapshot (settings included) they started with.
+            *r.current.write().expect("snapshot lock") = Arc::new(snap);
+            *r.plan_names.write().expect("dialplans lock") = names.clone();
+            *latest = cfg;
+            r.metrics.reload(true);
+            info!(dialplans = %names.join(","), ms = started.elapsed().as_millis() as u64, "reloaded");
+            let mut message = "reloaded".to_string();
+            if !restart.is_empty() {
+                message.push_str(&format!(
+                    "; these changed settings take effect only on restart: {}",
+                    restart.join(", ")
+                ));
+            }
+            ReloadRecord {
+                at,
+                ok: true,
+                message,
+            }
+        }
+        Err(e) => {
+            r.metrics.reload(false);
+            let why = format!("{e:#}");
+            error!(error = %why, "reload failed; keeping the running configuration");
+            ReloadRecord {
+                at,
+                ok: false,
+                message: format!("reload failed, the running configuration stays: {why}"),
+            }
+        }
     };
-    if cfg.sip.udp != running.sip.udp
-        || cfg.sip.tcp != running.sip.tcp
-        || cfg.store.path != running.store.path
-    {
-        warn!("listen addresses and the database path change only on restart");
-    }
-    for warning in &cfg.warnings {
-        warn!("{warning}");
-    }
-    build_snapshot(&cfg, store, None, metrics)
+    r.notifier.reloaded(&format!("{} active calls", r.active));
+    record
 }
 
 /// One call: pick its dialplan, run it, write its audit row.
@@ -485,7 +648,9 @@ async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>, audit:
             .map(|p| p.name.clone())
             .unwrap_or_default(),
     };
-    let _active = metrics.call_started(&new.invite.call_id, &caller, &dialed, &plan_name);
+    let transport = new.flow.protocol.via_name();
+    let _active =
+        metrics.call_started(&new.invite.call_id, &caller, &dialed, &plan_name, transport);
     let summary: CallSummary<Option<FlowResult>> = if let Some(demo) = snap.demo.clone() {
         call::run(new, ctx, move |mut c| async move {
             let r = crate::demo::run(&mut c, &demo).await;
@@ -515,7 +680,7 @@ async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>, audit:
         })
         .await
     };
-    let row = audit_row(&summary, &dialed);
+    let row = audit_row(&summary, &dialed, transport);
     metrics.call_ended(&row.outcome);
     if let Err(e) = audit.write(row).await {
         error!(error = %e, "audit row not written");
@@ -523,7 +688,7 @@ async fn handle_call(new: NewCall, ctx: CallContext, snap: Arc<Snapshot>, audit:
 }
 
 /// The audit outcome: the flow's verification outcome when it ran, else how the call ended.
-fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str) -> AuditRow {
+fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str, transport: &str) -> AuditRow {
     let flow = s.flow.as_ref().and_then(|f| f.as_ref());
     let outcome = match (flow, &s.end) {
         (Some(f), _) => f.outcome.as_str().to_string(),
@@ -545,5 +710,11 @@ fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str) -> AuditRow {
             .collect::<Vec<_>>()
             .join(","),
         detail: Some(format!("end={}", s.end.as_str())),
+        transfer: s.transfer.as_ref().map(|t| crate::store::AuditTransfer {
+            target: t.target.clone(),
+            status: t.status,
+            ms: t.ms,
+        }),
+        transport: Some(transport.to_string()),
     }
 }

@@ -5,13 +5,14 @@
 //! SQLite calls are blocking: they run on tokio's blocking pool (`spawn_blocking`) so a slow disk
 //! never stalls the tasks that pace RTP and answer SIP.
 
-use crate::call::mask_number;
 use crate::dialplan::Dialplan;
 use crate::dialplan::model::render_sms;
 use crate::dialplan::services::{
-    CheckPinOutcome, FlowServices, LookupBy, LookupOutcome, PinRequest, SendPinOutcome,
+    CheckPinOutcome, CustomerRecord, FlowServices, LookupBy, LookupOutcome, PinRequest,
+    SendPinOutcome,
 };
-use crate::store::{Store, normalize_phone};
+use crate::redact::mask_number;
+use crate::store::{Customer, Store, normalize_phone};
 use crate::verify::limits::Verifier;
 use crate::verify::sms::{SmsMessage, SmsProvider};
 use std::sync::Arc;
@@ -83,7 +84,7 @@ impl FlowServices for CallServices {
                     {
                         return Ok(LookupOutcome::LockedOut);
                     }
-                    Ok(LookupOutcome::Found(c.into()))
+                    Ok(LookupOutcome::Found(customer_record(c)))
                 }
                 _ => Ok(LookupOutcome::Ambiguous),
             }
@@ -98,6 +99,8 @@ impl FlowServices for CallServices {
 
     async fn send_pin(&self, req: &PinRequest) -> SendPinOutcome {
         let shared = self.shared.clone();
+        // The send is recorded at this instant, and refunded by it if nothing goes out.
+        let wall = SystemTime::now();
         let r = {
             let req = req.clone();
             let shared = shared.clone();
@@ -114,7 +117,7 @@ impl FlowServices for CallServices {
                     &req.caller,
                     req.length,
                     Instant::now(),
-                    SystemTime::now(),
+                    wall,
                 );
                 Ok((customer, pin))
             })
@@ -159,11 +162,22 @@ impl FlowServices for CallServices {
                 }
                 SendPinOutcome::Sent { minutes }
             }
+            Err(e) if e.nothing_sent() => {
+                // Nothing went out (refused, or the provider unreachable): void the PIN and
+                // take the send back, so an outage or a refused number costs the customer
+                // none of their quota.
+                let (id, caller) = (req.customer_id.clone(), req.caller.clone());
+                let refunded =
+                    blocking(move || shared.verifier.refund_send(&id, &caller, wall)).await;
+                warn!(customer = %req.customer_id, error = %e,
+                    counted = !matches!(refunded, Some(Ok(true))), "SMS failed; nothing was sent");
+                SendPinOutcome::Failed(e.to_string())
+            }
             Err(e) => {
-                // The PIN never reached the customer: void it (the send still counts toward
-                // the limits, so an outage cannot be used to get unlimited sends).
+                // It may have gone out: void the PIN (the caller cannot be told it), but the
+                // send counts, so a provider that times out is no way around the limits.
                 shared.verifier.revoke_pin(&req.customer_id);
-                warn!(customer = %req.customer_id, error = %e, "SMS failed");
+                warn!(customer = %req.customer_id, error = %e, "SMS may or may not have been sent; counted");
                 SendPinOutcome::Failed(e.to_string())
             }
         }
@@ -190,5 +204,56 @@ impl FlowServices for CallServices {
             CheckPinOutcome::LockedOut => "locked-out",
         });
         outcome
+    }
+}
+
+/// A stored customer as a dialplan sees it: its fields by name for `${customer.<field>}`,
+/// the reserved ones (id, name, mobile, language) included. The store keeps its own type and
+/// knows nothing of dialplans; this module is where the two meet.
+pub fn customer_record(c: Customer) -> CustomerRecord {
+    let mut fields = c.extra;
+    // Reserved names cannot be extra fields (validation refuses them), so nothing is lost.
+    fields.insert("id".into(), c.id.clone());
+    fields.insert("name".into(), c.name.clone());
+    fields.insert("mobile".into(), c.mobile.clone());
+    // Present even when unset, so `${customer.language}` renders empty instead of failing.
+    fields.insert("language".into(), c.language.clone().unwrap_or_default());
+    CustomerRecord {
+        id: c.id,
+        name: c.name,
+        mobile: c.mobile,
+        language: c.language,
+        fields,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewCustomer;
+
+    #[test]
+    fn customer_record_carries_all_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("ivrd.sqlite")).unwrap();
+        store
+            .add_customer(&NewCustomer {
+                id: "123456".into(),
+                name: "Erika Mustermann".into(),
+                mobile: "+491701234567".into(),
+                language: Some("de".into()),
+                extra: [("branch".to_string(), "Köln".to_string())].into(),
+            })
+            .unwrap();
+        let record = customer_record(store.find_customer("123456").unwrap().unwrap());
+        assert_eq!(record.id, "123456");
+        assert_eq!(record.mobile, "+491701234567");
+        assert_eq!(record.language.as_deref(), Some("de"));
+        assert_eq!(record.fields["id"], "123456");
+        assert_eq!(record.fields["name"], "Erika Mustermann");
+        assert_eq!(record.fields["mobile"], "+491701234567");
+        assert_eq!(record.fields["language"], "de");
+        assert_eq!(record.fields["branch"], "Köln");
+        assert_eq!(record.fields.len(), 5);
     }
 }

@@ -86,6 +86,18 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_start ON audit (started_at);
     CREATE INDEX audit_by_customer ON audit (customer_id, started_at);
     "#,
+    // 2: what became of the call's transfer (REFER): its target, the transferee's final status
+    // (sipfrag) or the REFER's refusal, and how long it took.
+    r#"
+    ALTER TABLE audit ADD COLUMN transfer_target TEXT;
+    ALTER TABLE audit ADD COLUMN transfer_status INTEGER;
+    ALTER TABLE audit ADD COLUMN transfer_ms INTEGER;
+    "#,
+    // 3: the SIP transport the call came on (UDP, TCP, TLS): a reviewer can tell which calls
+    // crossed the network in clear.
+    r#"
+    ALTER TABLE audit ADD COLUMN transport TEXT;
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -308,6 +320,21 @@ pub struct AuditRow {
     /// DTMF methods seen on the call, e.g. `rfc4733,info`.
     pub dtmf_methods: String,
     pub detail: Option<String>,
+    /// The call's last transfer, if it tried one.
+    pub transfer: Option<AuditTransfer>,
+    /// The SIP transport: `UDP`, `TCP` or `TLS` (none in rows written before it was recorded).
+    pub transport: Option<String>,
+}
+
+/// A call's transfer as the audit records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditTransfer {
+    /// The Refer-To target.
+    pub target: String,
+    /// The transferee's final status (sipfrag), or the REFER's refusal; `None` if none came.
+    pub status: Option<u16>,
+    /// How long the transfer took, in milliseconds.
+    pub ms: u64,
 }
 
 /// One CSV row that was not imported, with the line it starts on (the header is line 1).
@@ -517,84 +544,21 @@ impl Store {
     ///
     /// Good rows are upserted (see [`Store::upsert_customer`]) in one transaction; bad rows are
     /// reported with their line number and reason, and a row repeating an earlier id is rejected.
-    /// A missing header column, an unknown region or an I/O error imports nothing.
+    /// A missing header column, an unknown region or an I/O error imports nothing. The reading
+    /// and checking is [`parse_customers_csv`]; this adds the writing.
     pub fn import_csv(
         &self,
         reader: impl Read,
         default_region: &str,
     ) -> Result<ImportReport, StoreError> {
-        // Fail on a bad region up front rather than rejecting every row for it.
-        parse_region(default_region)?;
-
-        // The csv crate reports line numbers one short after CRLF line ends (rust-csv issue 395),
-        // and spreadsheet exports use CRLF; a customer file is small, so read it whole and turn
-        // CRLF and lone CR into LF, after which the reported lines are the lines an editor shows.
-        let mut raw = Vec::new();
-        let mut reader = reader;
-        reader.read_to_end(&mut raw).map_err(csv::Error::from)?;
-        let text = unify_line_ends(&raw);
-        let mut csv = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .flexible(true)
-            .trim(csv::Trim::All)
-            .from_reader(text.as_slice());
-        let header = csv.headers()?.clone();
-        let columns = Columns::from_header(&header)?;
-
-        let mut report = ImportReport::default();
-        let mut good: Vec<NewCustomer> = Vec::new();
-        let mut seen: HashMap<String, u64> = HashMap::new();
-        let mut record = csv::StringRecord::new();
-        loop {
-            // Where the next record starts, for errors that carry no position of their own.
-            let next_line = csv.position().line();
-            match csv.read_record(&mut record) {
-                Ok(false) => break,
-                Ok(true) => {}
-                Err(e) => {
-                    let line = e.position().map_or(next_line, |p| p.line());
-                    match e.kind() {
-                        csv::ErrorKind::Utf8 { .. } => {
-                            report.rejected.push(RejectedRow {
-                                line,
-                                reason: RowError::Malformed("not valid UTF-8".into()),
-                            });
-                            continue;
-                        }
-                        _ => return Err(e.into()),
-                    }
-                }
-            }
-            let line = record.position().map_or(next_line, |p| p.line());
-            if record.len() != header.len() {
-                report.rejected.push(RejectedRow {
-                    line,
-                    reason: RowError::FieldCount {
-                        expected: header.len(),
-                        found: record.len(),
-                    },
-                });
-                continue;
-            }
-            let result = columns
-                .customer(&record, default_region)
-                .map_err(RowError::from)
-                .and_then(|c| match seen.get(&c.id) {
-                    Some(&first_line) => Err(RowError::DuplicateId {
-                        id: c.id.clone(),
-                        first_line,
-                    }),
-                    None => Ok(c),
-                });
-            match result {
-                Ok(c) => {
-                    seen.insert(c.id.clone(), line);
-                    good.push(c);
-                }
-                Err(reason) => report.rejected.push(RejectedRow { line, reason }),
-            }
-        }
-
+        let CsvCustomers {
+            customers: good,
+            rejected,
+        } = parse_customers_csv(reader, default_region)?;
+        let mut report = ImportReport {
+            rejected,
+            ..ImportReport::default()
+        };
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
@@ -751,6 +715,23 @@ impl Store {
         Ok(SmsAdmission::Recorded)
     }
 
+    /// Takes back one send that [`Store::admit_sms`] recorded for `customer_id` and `caller`
+    /// at `at`, because nothing went out: it no longer counts against either limit.
+    pub fn refund_sms(
+        &self,
+        customer_id: &str,
+        caller: &str,
+        at: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM sms_sends WHERE rowid =
+                (SELECT rowid FROM sms_sends WHERE customer_id = ?1 AND caller = ?2 AND at = ?3
+                 LIMIT 1)",
+            params![customer_id, caller, to_ms(at)],
+        )?;
+        Ok(n == 1)
+    }
+
     /// Deletes failures and SMS sends older than `older_than` (they no longer count towards any
     /// window). Lock-outs and the audit log are kept.
     pub fn purge(&self, older_than: SystemTime) -> Result<PurgeReport, StoreError> {
@@ -781,8 +762,9 @@ impl Store {
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
-                                    ended_at, dtmf_methods, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                    ended_at, dtmf_methods, detail, transfer_target,
+                                    transfer_status, transfer_ms, transport)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for row in rows {
                 stmt.execute(params![
@@ -795,6 +777,12 @@ impl Store {
                     to_ms(row.ended_at),
                     row.dtmf_methods,
                     row.detail,
+                    row.transfer.as_ref().map(|t| t.target.as_str()),
+                    row.transfer.as_ref().and_then(|t| t.status),
+                    row.transfer
+                        .as_ref()
+                        .map(|t| i64::try_from(t.ms).unwrap_or(i64::MAX)),
+                    row.transport,
                 ])?;
             }
         }
@@ -814,7 +802,8 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT call_id, caller, dialed, customer_id, outcome, started_at, ended_at,
-                    dtmf_methods, detail
+                    dtmf_methods, detail, transfer_target, transfer_status, transfer_ms,
+                    transport
              FROM audit ORDER BY id DESC LIMIT ?1",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -830,6 +819,17 @@ impl Store {
                     ended_at: from_ms(r.get(6)?),
                     dtmf_methods: r.get(7)?,
                     detail: r.get(8)?,
+                    transfer: r.get::<_, Option<String>>(9)?.map(|target| AuditTransfer {
+                        target,
+                        status: r.get::<_, Option<u16>>(10).ok().flatten(),
+                        ms: r
+                            .get::<_, Option<i64>>(11)
+                            .ok()
+                            .flatten()
+                            .and_then(|ms| u64::try_from(ms).ok())
+                            .unwrap_or(0),
+                    }),
+                    transport: r.get(12)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -846,25 +846,6 @@ pub enum SmsAdmission {
     CustomerLimit,
     /// The caller has requested the maximum number of PIN SMS in the window.
     CallerLimit,
-}
-
-impl From<Customer> for crate::dialplan::services::CustomerRecord {
-    fn from(c: Customer) -> Self {
-        let mut fields = c.extra;
-        // Reserved names cannot be extra fields (validation refuses them), so nothing is lost.
-        fields.insert("id".into(), c.id.clone());
-        fields.insert("name".into(), c.name.clone());
-        fields.insert("mobile".into(), c.mobile.clone());
-        // Present even when unset, so `${customer.language}` renders empty instead of failing.
-        fields.insert("language".into(), c.language.clone().unwrap_or_default());
-        crate::dialplan::services::CustomerRecord {
-            id: c.id,
-            name: c.name,
-            mobile: c.mobile,
-            language: c.language,
-            fields,
-        }
-    }
 }
 
 // -------------------------------------------------------------------- helpers
@@ -1073,6 +1054,101 @@ fn validate_field_name(name: &str) -> Result<String, InvalidCustomer> {
     }
 }
 
+/// The rows of a customer CSV that [`Store::import_csv`] would write, and the ones it would
+/// reject (with line and reason), without touching a database.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CsvCustomers {
+    /// Valid rows in file order, ids unique.
+    pub customers: Vec<NewCustomer>,
+    /// Rows not to import, in file order.
+    pub rejected: Vec<RejectedRow>,
+}
+
+/// Reads and checks a customer CSV (the format is [`Store::import_csv`]'s): every row either
+/// becomes a valid [`NewCustomer`] or a [`RejectedRow`]. Errors are what imports nothing: an
+/// unknown region, an unusable header, an I/O or CSV error.
+pub fn parse_customers_csv(
+    reader: impl Read,
+    default_region: &str,
+) -> Result<CsvCustomers, StoreError> {
+    // Fail on a bad region up front rather than rejecting every row for it.
+    parse_region(default_region)?;
+
+    // The csv crate reports line numbers one short after CRLF line ends (rust-csv issue 395),
+    // and spreadsheet exports use CRLF; a customer file is small, so read it whole and turn
+    // CRLF and lone CR into LF, after which the reported lines are the lines an editor shows.
+    let mut raw = Vec::new();
+    let mut reader = reader;
+    reader.read_to_end(&mut raw).map_err(csv::Error::from)?;
+    let text = unify_line_ends(&raw);
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_slice());
+    let header = csv.headers()?.clone();
+    let columns = Columns::from_header(&header)?;
+
+    let mut rejected = Vec::new();
+    let mut good: Vec<NewCustomer> = Vec::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut record = csv::StringRecord::new();
+    loop {
+        // Where the next record starts, for errors that carry no position of their own.
+        let next_line = csv.position().line();
+        match csv.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                let line = e.position().map_or(next_line, |p| p.line());
+                match e.kind() {
+                    csv::ErrorKind::Utf8 { .. } => {
+                        rejected.push(RejectedRow {
+                            line,
+                            reason: RowError::Malformed("not valid UTF-8".into()),
+                        });
+                        continue;
+                    }
+                    _ => return Err(e.into()),
+                }
+            }
+        }
+        let line = record.position().map_or(next_line, |p| p.line());
+        if record.len() != header.len() {
+            rejected.push(RejectedRow {
+                line,
+                reason: RowError::FieldCount {
+                    expected: header.len(),
+                    found: record.len(),
+                },
+            });
+            continue;
+        }
+        let result = columns
+            .customer(&record, default_region)
+            .map_err(RowError::from)
+            .and_then(|c| match seen.get(&c.id) {
+                Some(&first_line) => Err(RowError::DuplicateId {
+                    id: c.id.clone(),
+                    first_line,
+                }),
+                None => Ok(c),
+            });
+        match result {
+            Ok(c) => {
+                seen.insert(c.id.clone(), line);
+                good.push(c);
+            }
+            Err(reason) => rejected.push(RejectedRow { line, reason }),
+        }
+    }
+
+    Ok(CsvCustomers {
+        customers: good,
+        rejected,
+    })
+}
+
 /// Where the known columns are in a CSV header.
 struct Columns {
     id: usize,
@@ -1200,7 +1276,6 @@ fn from_ms(ms: i64) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dialplan::services::CustomerRecord;
 
     fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -1274,7 +1349,37 @@ mod tests {
             matches!(err, StoreError::SchemaTooNew { found: 99, known } if known == SCHEMA_VERSION),
             "{err}"
         );
-        assert!(err.to_string().contains("newer than version 1"), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("newer than version {SCHEMA_VERSION}")),
+            "{err}"
+        );
+    }
+
+    /// A database of the first schema (before the audit recorded transfers) upgrades in place
+    /// and keeps its rows.
+    #[test]
+    fn a_version_1_database_is_upgraded_with_its_audit_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1);
+                 INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
+                                    ended_at, dtmf_methods, detail)
+                 VALUES ('old@h', '+4930', '100', NULL, 'verified', 1000, 2000, 'info', NULL);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let rows = store.recent_audit(5).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].call_id, "old@h");
+        assert_eq!(rows[0].transfer, None);
+        assert_eq!(rows[0].transport, None);
     }
 
     #[test]
@@ -1507,22 +1612,6 @@ mod tests {
     }
 
     #[test]
-    fn customer_record_carries_all_fields() {
-        let (_dir, store) = temp_store();
-        store.add_customer(&erika()).unwrap();
-        let record: CustomerRecord = store.find_customer("123456").unwrap().unwrap().into();
-        assert_eq!(record.id, "123456");
-        assert_eq!(record.mobile, "+491701234567");
-        assert_eq!(record.language.as_deref(), Some("de"));
-        assert_eq!(record.fields["id"], "123456");
-        assert_eq!(record.fields["name"], "Erika Mustermann");
-        assert_eq!(record.fields["mobile"], "+491701234567");
-        assert_eq!(record.fields["language"], "de");
-        assert_eq!(record.fields["branch"], "Köln");
-        assert_eq!(record.fields.len(), 5);
-    }
-
-    #[test]
     fn normalize_phone_accepts_national_and_international_forms() {
         for input in [
             "0170 1234567",
@@ -1668,6 +1757,17 @@ id,name,mobile,language,branch
         assert_eq!((report.created, report.updated), (1, 1));
         assert!(report.rejected.is_empty());
         assert_eq!(store.find_customer("1").unwrap().unwrap().name, "A2");
+    }
+
+    #[test]
+    fn parse_customers_csv_reads_and_checks_without_a_database() {
+        let csv = "id,name,mobile\n1,A,0170 1234567\n1,B,0170 1234567\n2,,0170 1234567\n";
+        let parsed = parse_customers_csv(csv.as_bytes(), "DE").unwrap();
+        assert_eq!(parsed.customers.len(), 1);
+        assert_eq!(parsed.customers[0].mobile, "+491701234567");
+        let lines: Vec<u64> = parsed.rejected.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![3, 4]);
+        assert!(parse_customers_csv("id,name\n".as_bytes(), "DE").is_err());
     }
 
     #[test]
@@ -1838,6 +1938,12 @@ id,name,mobile,language,branch
             ended_at: t(n * 100 + 42) + Duration::from_millis(5),
             dtmf_methods: "rfc4733".into(),
             detail: (n == 3).then(|| "no input".into()),
+            transfer: (n == 2).then(|| AuditTransfer {
+                target: "sip:queue@pbx".into(),
+                status: Some(200),
+                ms: 1234,
+            }),
+            transport: (n != 1).then(|| "TLS".into()),
         };
         for n in 1..=3 {
             store.write_audit(&row(n)).unwrap();

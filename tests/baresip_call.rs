@@ -15,6 +15,10 @@
 //! - DTMF: `sndcode` with one digit sends it as RFC 4733 telephone-events on the negotiated
 //!   payload type (baresip offers 101): about 180 ms of updates then three end packets, with
 //!   one RTP timestamp per digit. It never falls back to SIP INFO or in-band tones here.
+//! - IPv6: `sip_listen [::1]:port` with `net_interface ::1` (an address, as for IPv4): it then
+//!   offers `c=IN IP6 ::1` and sends its RTP over IPv6. ivrd needs `[::1]` among its `[sip]
+//!   udp` addresses, `::1` in `trusted` (or the INVITE is dropped unanswered) and
+//!   `[media] rtp_ip6` (or the offer gets 488).
 
 mod common;
 
@@ -48,14 +52,11 @@ fn wav_rms(path: &Path) -> (f64, Duration) {
     (mean_square.sqrt(), Duration::from_secs_f64(secs))
 }
 
-#[test]
-fn baresip_hears_prompts_and_its_digits_are_collected() {
-    let daemon = Daemon::start(
-        "[demo]\nrounds = 1\nfirst_digit_timeout_ms = 15000\ninter_digit_timeout_ms = 3000\n",
-    );
-    let mut phone = Baresip::start(1);
-
-    phone.command("dial", &format!("sip:demo@{}", daemon.sip_addr()));
+/// The demo with rounds = 1: baresip dials `uri`, waits out the welcome, types 4 2 7 #; ivrd
+/// collects 427 (RFC 4733), reads it back, says goodbye and hangs up. What baresip heard must
+/// be speech, not silence.
+fn hears_prompts_and_types_digits(daemon: &Daemon, phone: &mut Baresip, uri: &str) {
+    phone.command("dial", uri);
     phone.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
 
     // Past the welcome prompt, so the digits land in the barge-in "enter-digits" prompt or the
@@ -111,5 +112,47 @@ fn baresip_hears_prompts_and_its_digits_are_collected() {
     assert!(
         rms > 0.01,
         "what baresip heard is (near) silence: RMS {rms:.5} of full scale over {length:?}"
+    );
+}
+
+const DEMO_ONE_ROUND: &str =
+    "[demo]\nrounds = 1\nfirst_digit_timeout_ms = 15000\ninter_digit_timeout_ms = 3000\n";
+
+#[test]
+fn baresip_hears_prompts_and_its_digits_are_collected() {
+    let daemon = Daemon::start(DEMO_ONE_ROUND);
+    let mut phone = Baresip::start(1);
+    hears_prompts_and_types_digits(
+        &daemon,
+        &mut phone,
+        &format!("sip:demo@{}", daemon.sip_addr()),
+    );
+}
+
+/// The same call over IPv6: baresip on `[::1]` calls ivrd's `[::1]` listener, ivrd answers
+/// with `c=IN IP6 ::1` from `rtp_ip6`, and the prompts and the RFC 4733 digits travel as RTP
+/// over IPv6.
+#[test]
+fn baresip_over_ipv6_hears_prompts_and_its_digits_are_collected() {
+    let daemon = Daemon::start(&format!(
+        "{DEMO_ONE_ROUND}\
+         [sip]\nudp = [\"127.0.0.1:{{sip_port}}\", \"[::1]:{{sip_port}}\"]\n\
+         trusted = [\"127.0.0.1\", \"::1\"]\n\
+         [media]\nrtp_ip6 = \"::1\"\n"
+    ));
+    let mut phone = Baresip::start_on(1, Family::V6);
+    let uri = format!("sip:demo@[::1]:{}", daemon.sip_port());
+    hears_prompts_and_types_digits(&daemon, &mut phone, &uri);
+
+    // The call came in over IPv6, and baresip's media came from and went to ::1.
+    let started = daemon.log_lines("call started").join("\n");
+    assert!(
+        started.contains("remote=[::1]:"),
+        "the INVITE did not come over IPv6: {started}"
+    );
+    let log = phone.log();
+    assert!(
+        log.contains("receiving from [::1]:"),
+        "baresip received no RTP from ivrd over IPv6:\n{log}"
     );
 }

@@ -88,25 +88,6 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/<pid>/status")
 }
 
-fn admin_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("admin listener reachable");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    r
-}
-
-/// The value of a sample line such as `ivrd_sip_transactions 0`.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-        .trim()
-        .parse()
-        .expect("a number")
-}
-
 fn admin_addr() -> String {
     format!("127.0.0.1:{}", free_sip_port())
 }
@@ -465,7 +446,7 @@ fn an_options_flood_keeps_no_state_and_oversized_messages_are_refused() {
         header_value(&pair[1], "To", Some("t"))
     );
     let metrics = admin_get(&admin, "/metrics");
-    assert_eq!(sample(&metrics, "ivrd_sip_transactions"), 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "ivrd_sip_transactions"), 0.0, "{metrics}");
 
     // 100 Vias: 513, echoing only the hop that sent it.
     let vias: String = (0..100)
@@ -503,7 +484,7 @@ fn an_options_flood_keeps_no_state_and_oversized_messages_are_refused() {
     );
     let metrics = admin_get(&admin, "/metrics");
     assert!(
-        sample(&metrics, "ivrd_sip_bad_messages_total{kind=\"too_large\"}") >= 2.0,
+        metric(&metrics, "ivrd_sip_bad_messages_total{kind=\"too_large\"}") >= 2.0,
         "{metrics}"
     );
 }

@@ -7,26 +7,6 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-fn get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("admin listener reachable");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    r
-}
-
-/// The value of a sample line such as `ivrd_dtmf_digits_total{method="rfc4733"} 3`.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-        .trim()
-        .parse()
-        .expect("a number")
-}
-
 #[test]
 fn metrics_move_after_real_calls_and_status_reports() {
     for digit in ["1", "2", "3"] {
@@ -40,9 +20,9 @@ fn metrics_move_after_real_calls_and_status_reports() {
     let daemon = Daemon::start(&format!(
         "[admin]\nlisten = \"{admin}\"\n[demo]\ninter_digit_timeout_ms = 1500\n"
     ));
-    let before = get(&admin, "/metrics");
+    let before = admin_get(&admin, "/metrics");
     assert!(before.starts_with("HTTP/1.1 200"), "{before}");
-    assert_eq!(sample(&before, "ivrd_rtp_packets_sent_total"), 0.0);
+    assert_eq!(metric(&before, "ivrd_rtp_packets_sent_total"), 0.0);
 
     // A real call from SIPp with three RFC 2833 digits, then BYE.
     let welcome = prompt_duration("en", "demo-welcome") + Duration::from_millis(700);
@@ -56,34 +36,34 @@ fn metrics_move_after_real_calls_and_status_reports() {
     // The audit/metrics update follows the call's end line by a moment.
     std::thread::sleep(Duration::from_millis(300));
 
-    let after = get(&admin, "/metrics");
+    let after = admin_get(&admin, "/metrics");
     assert_eq!(
-        sample(&after, "ivrd_dtmf_digits_total{method=\"rfc4733\"}"),
+        metric(&after, "ivrd_dtmf_digits_total{method=\"rfc4733\"}"),
         3.0,
         "{after}"
     );
     assert_eq!(
-        sample(&after, "ivrd_calls_total{outcome=\"caller-hangup\"}"),
+        metric(&after, "ivrd_calls_total{outcome=\"caller-hangup\"}"),
         1.0,
         "{after}"
     );
-    assert_eq!(sample(&after, "ivrd_calls_active"), 0.0);
+    assert_eq!(metric(&after, "ivrd_calls_active"), 0.0);
     // At least the welcome prompt went out: ~50 packets a second.
     assert!(
-        sample(&after, "ivrd_rtp_packets_sent_total") > 100.0,
+        metric(&after, "ivrd_rtp_packets_sent_total") > 100.0,
         "{after}"
     );
     assert!(
-        sample(&after, "ivrd_rtp_packets_received_total") > 0.0,
+        metric(&after, "ivrd_rtp_packets_received_total") > 0.0,
         "{after}"
     );
     assert!(
-        sample(&after, "ivrd_sip_requests_total") >= 3.0,
+        metric(&after, "ivrd_sip_requests_total") >= 3.0,
         "INVITE, ACK, BYE: {after}"
     );
-    assert!(sample(&after, "ivrd_rtp_ticks_total") > sample(&before, "ivrd_rtp_ticks_total"));
+    assert!(metric(&after, "ivrd_rtp_ticks_total") > metric(&before, "ivrd_rtp_ticks_total"));
 
-    let health = get(&admin, "/health");
+    let health = admin_get(&admin, "/health");
     assert!(
         health.starts_with("HTTP/1.1 200") && health.contains("\"ok\""),
         "{health}"

@@ -194,8 +194,35 @@ fn options_in_dialog() {
 fn reinvite_hold_and_resume() {
     let daemon = Daemon::start("");
     Sipp::new("reinvite_hold.xml", daemon.sip_addr())
+        .set("hold_ms", "500")
         .run()
         .assert_ok();
+    let reasons = daemon.wait_call_ends(1, Duration::from_secs(5));
+    assert!(is_caller_bye(&reasons[0]), "reason {:?}", reasons[0]);
+}
+
+/// The ACK of a re-INVITE's 200 completes its transaction: the 200 is not sent again, and a
+/// hold longer than 64*T1 (6.4 s with T1 = 100 ms) and than a new call's ACK wait (16*T1)
+/// does not end the call (it once did, with BYE "ack-timeout", after 32 s).
+#[test]
+fn a_long_hold_survives_its_reinvite() {
+    let daemon = Daemon::start("[sip]\nt1_ms = 100\n[demo]\nfirst_digit_timeout_ms = 30000\n");
+    let run = Sipp::new("reinvite_hold.xml", daemon.sip_addr())
+        .set("hold_ms", "8000")
+        .timeout_secs(40)
+        .run();
+    run.assert_ok();
+    let hold_oks = run
+        .received()
+        .iter()
+        .filter(|m| m.status() == Some(200) && m.header("CSeq").as_deref() == Some("2 INVITE"))
+        .count();
+    assert_eq!(
+        hold_oks,
+        1,
+        "the hold re-INVITE's 200 was sent {hold_oks} times: its ACK was not matched\n{}",
+        run.report()
+    );
     let reasons = daemon.wait_call_ends(1, Duration::from_secs(5));
     assert!(is_caller_bye(&reasons[0]), "reason {:?}", reasons[0]);
 }
@@ -636,5 +663,139 @@ fn rtp_reaches_the_caller() {
                 break;
             }
         }
+    }
+}
+
+/// A re-INVITE without SDP gets our offer in its 200 and the answer in its ACK (RFC 3261
+/// 14.2); a second offer before that ACK is glare and gets 491. The call then stays up past
+/// 64*T1 (6.4 s here) with no BYE from ivrd, and ends with the caller's.
+#[test]
+fn offerless_reinvite_glare_and_a_long_call() {
+    let daemon = Daemon::start("[sip]\nt1_ms = 100\n[demo]\nfirst_digit_timeout_ms = 30000\n");
+    let run = Sipp::new("reinvite_no_sdp_glare.xml", daemon.sip_addr())
+        .set("hold_ms", "7000")
+        .timeout_secs(40)
+        .run();
+    run.assert_ok();
+    assert!(
+        !run.received().iter().any(|m| m.text.starts_with("BYE ")),
+        "ivrd hung up\n{}",
+        run.report()
+    );
+    let reasons = daemon.wait_call_ends(1, Duration::from_secs(5));
+    assert!(is_caller_bye(&reasons[0]), "reason {:?}", reasons[0]);
+}
+
+/// RFC 4028 with the caller refreshing: the 200 echoes Session-Expires with refresher=uac and
+/// Require: timer; a re-INVITE and an UPDATE without SDP each refresh it; when refreshes stop,
+/// ivrd sends BYE before the session expires (interval - min(32 s, interval/3)).
+#[test]
+fn session_timer_refreshed_by_reinvite_and_update_then_bye() {
+    let daemon =
+        Daemon::start("[sip]\nsession_min_se_secs = 2\n[demo]\nfirst_digit_timeout_ms = 60000\n");
+    let run = Sipp::new("session_timer.xml", daemon.sip_addr())
+        .set("se", "6")
+        .set("refresh_ms", "2500")
+        .timeout_secs(40)
+        .run();
+    run.assert_ok();
+    let received = run.received();
+    let oks: Vec<&TracedMessage> = received
+        .iter()
+        .filter(|m| m.status() == Some(200))
+        .collect();
+    for ok in &oks {
+        assert_eq!(
+            ok.header("Session-Expires").as_deref(),
+            Some("6;refresher=uac"),
+            "{}",
+            ok.text
+        );
+        assert_eq!(
+            ok.header("Require").as_deref(),
+            Some("timer"),
+            "{}",
+            ok.text
+        );
+    }
+    let update_ok = oks
+        .iter()
+        .find(|m| m.cseq_method().as_deref() == Some("UPDATE"))
+        .expect("a 200 to the UPDATE");
+    let bye = received
+        .iter()
+        .find(|m| m.text.starts_with("BYE "))
+        .expect("a BYE from ivrd");
+    // The last refresh is the UPDATE's 200; the BYE is due 6 - 2 = 4 s later.
+    let after = bye.at - update_ok.at;
+    assert!(
+        (3.5..5.5).contains(&after),
+        "BYE {after:.2} s after the last refresh, expected about 4 s"
+    );
+    let reasons = daemon.wait_call_ends(1, Duration::from_secs(5));
+    assert!(
+        reasons[0].contains("session") && reasons[0].contains("expired"),
+        "{reasons:?}"
+    );
+}
+
+/// A session interval below our minimum, from a caller that supports timers: 422 with Min-SE.
+#[test]
+fn session_interval_too_small_gets_422_with_min_se() {
+    let daemon = Daemon::start("[sip]\nsession_min_se_secs = 120\n");
+    let run = Sipp::new("session_timer_too_small.xml", daemon.sip_addr())
+        .set("se", "90")
+        .run();
+    run.assert_ok();
+    let refusal = run
+        .received()
+        .into_iter()
+        .find(|m| m.status() == Some(422))
+        .expect("a 422");
+    assert_eq!(
+        refusal.header("Min-SE").as_deref(),
+        Some("120"),
+        "{}",
+        refusal.text
+    );
+    assert!(daemon.log_lines("call started").is_empty());
+}
+
+/// RFC 4028 with ivrd refreshing (the INVITE asked for refresher=uas): an UPDATE without SDP
+/// at half the interval, again after each refresh.
+#[test]
+fn session_timer_refreshed_by_ivrd_with_update() {
+    let daemon =
+        Daemon::start("[sip]\nsession_min_se_secs = 2\n[demo]\nfirst_digit_timeout_ms = 60000\n");
+    let run = Sipp::new("session_timer_uas.xml", daemon.sip_addr())
+        .set("se", "4")
+        .timeout_secs(40)
+        .run();
+    run.assert_ok();
+    let received = run.received();
+    let ok = received
+        .iter()
+        .find(|m| m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE"))
+        .expect("the 200");
+    assert_eq!(
+        ok.header("Session-Expires").as_deref(),
+        Some("4;refresher=uas")
+    );
+    let updates: Vec<&TracedMessage> = received
+        .iter()
+        .filter(|m| m.text.starts_with("UPDATE "))
+        .collect();
+    assert_eq!(updates.len(), 2, "{}", run.report());
+    assert!(
+        !updates[0].text.contains("application/sdp"),
+        "{}",
+        updates[0].text
+    );
+    for (from, to) in [(ok.at, updates[0].at), (updates[0].at, updates[1].at)] {
+        let gap = to - from;
+        assert!(
+            (1.6..3.0).contains(&gap),
+            "UPDATE {gap:.2} s apart, expected 2 s"
+        );
     }
 }

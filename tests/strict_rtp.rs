@@ -27,26 +27,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-fn get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("admin listener reachable");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    r
-}
-
-/// The value of a sample line such as `ivrd_rtp_foreign_packets_total 42`.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-        .trim()
-        .parse()
-        .expect("a number")
-}
-
 /// Waits until the daemon's RTP reaches the caller: the call is up and acknowledged, and
 /// the caller's own RTP has been flowing for a moment.
 fn wait_for_media(uac: &RawUac) {
@@ -282,8 +262,8 @@ fn intruders_get_no_audio_and_type_no_digits() {
         "the caller got {got} RTP packets in {elapsed:?} of intrusion, expected about {expected}"
     );
 
-    let metrics = get(&admin, "/metrics");
-    let foreign = sample(&metrics, "ivrd_rtp_foreign_packets_total");
+    let metrics = admin_get(&admin, "/metrics");
+    let foreign = metric(&metrics, "ivrd_rtp_foreign_packets_total");
     assert!(
         foreign > 0.0 && foreign <= attack.sent as f64,
         "ivrd_rtp_foreign_packets_total {foreign}, intruders sent {}",

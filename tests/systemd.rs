@@ -84,7 +84,7 @@ fn unit_has_the_required_settings() {
         "Type=notify",
         "NotifyAccess=main",
         "ExecStart=/usr/bin/ivrd run --config /etc/ivrd/ivrd.toml",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/bin/ivrd reload --config /etc/ivrd/ivrd.toml",
         "WatchdogSec=30s",
         "Restart=on-failure",
         "StateDirectory=ivrd",

@@ -14,221 +14,10 @@
 
 mod common;
 
+use common::verify::*;
 use common::*;
-use ivrd::store::{AuditRow, Store};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use ivrd::store::AuditRow;
 use std::time::{Duration, Instant};
-
-/// Customers in examples/customers.csv.
-const ERIKA: &str = "123456"; // +491701234567, de
-const ERIKA_MOBILE: &str = "+491701234567";
-const JOHN: &str = "234567"; // +447911123456, en
-const JOHN_MOBILE: &str = "+447911123456";
-const UNKNOWN: &str = "999999";
-
-/// Between two key presses, as a person types.
-const KEY_GAP: Duration = Duration::from_millis(300);
-
-/// From the first key to the REFER: lookup, "sending-pin" (4.7 s) while the SMS goes out,
-/// "enter-pin", the check, "verified" (up to 4.5 s in German) or "fallback"; with retries and
-/// wrong-PIN prompts on top. Generous for a loaded two-core machine, still bounded.
-const FLOW_TIMEOUT: Duration = Duration::from_secs(45);
-
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-/// What the transfer targets are: `sip:<user>@127.0.0.1:<port>`.
-fn target(user: &str, port: u16) -> String {
-    format!("sip:{user}@127.0.0.1:{port}")
-}
-
-/// One test's world: the SMS gateway, the transfer targets and the database file. The
-/// database lives in its own temporary directory so a daemon restart can reopen it.
-struct Rig {
-    sms: SmsSink,
-    queue: String,
-    fallback: String,
-    state: tempfile::TempDir,
-}
-
-impl Rig {
-    /// `sms_status`: what the SMS gateway answers (200, or 500 for an outage).
-    fn new(sms_status: u16, queue_port: u16) -> Rig {
-        Rig {
-            sms: SmsSink::start(sms_status),
-            queue: target("queue", queue_port),
-            // Nobody listens there: the RawUac tests never follow the REFER themselves.
-            fallback: target("fallback", free_udp_port()),
-            state: tempfile::Builder::new()
-                .prefix("ivrd-verify-")
-                .tempdir()
-                .expect("create state dir"),
-        }
-    }
-
-    fn db_path(&self) -> PathBuf {
-        self.state.path().join("ivrd.db")
-    }
-
-    /// Starts ivrd with the verify plan; `extra` is more TOML merged on top.
-    fn daemon(&self, extra: &str) -> Daemon {
-        let overrides = format!(
-            r#"
-[demo]
-enabled = false
-
-[dialplans]
-dir = {dir}
-default = "verify"
-vars = {{ queue = {queue}, fallback = {fallback} }}
-
-[store]
-path = {db}
-seed_csv = {seed}
-
-[sms]
-provider = "webhook"
-url = {url}
-max_retries = 2
-
-[limits]
-failures_before_lockout = 3
-
-[transfer]
-timeout_secs = 10
-"#,
-            dir = toml_str(&manifest_dir().join("dialplans").display().to_string()),
-            queue = toml_str(&self.queue),
-            fallback = toml_str(&self.fallback),
-            db = toml_str(&self.db_path().display().to_string()),
-            seed = toml_str(
-                &manifest_dir()
-                    .join("examples/customers.csv")
-                    .display()
-                    .to_string()
-            ),
-            url = toml_str(&self.sms.url()),
-        );
-        let mut overrides: toml::Table = overrides.parse().expect("rig TOML");
-        let extra: toml::Table = extra.parse().expect("extra TOML");
-        for (k, v) in extra {
-            match (overrides.get_mut(&k), v) {
-                (Some(toml::Value::Table(base)), toml::Value::Table(more)) => base.extend(more),
-                (_, v) => {
-                    overrides.insert(k, v);
-                }
-            }
-        }
-        Daemon::start(&toml::to_string(&overrides).expect("serialize overrides"))
-    }
-
-    /// The audit rows, newest first.
-    fn audit(&self) -> Vec<AuditRow> {
-        let store = Store::open(self.db_path()).expect("open the daemon's database");
-        store.recent_audit(20).expect("read audit rows")
-    }
-
-    /// Waits until there are `count` audit rows (they are written once a call has ended) and
-    /// returns them newest first.
-    fn wait_audit(&self, count: usize, timeout: Duration) -> Vec<AuditRow> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let rows = self.audit();
-            if rows.len() >= count {
-                return rows;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} audit rows after {timeout:?}, expected {count}: {rows:#?}",
-                rows.len()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// The PIN in an SMS text: the only run of exactly `len` digits.
-fn pin_in(text: &str, len: usize) -> String {
-    let re = regex::Regex::new(&format!(r"(^|[^0-9])([0-9]{{{len}}})([^0-9]|$)")).unwrap();
-    let found: Vec<String> = re.captures_iter(text).map(|c| c[2].to_string()).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected exactly one {len}-digit PIN in the SMS text {text:?}"
-    );
-    found[0].clone()
-}
-
-/// A wrong PIN of the same length: every digit shifted by one.
-fn wrong_pin(pin: &str) -> String {
-    pin.chars()
-        .map(|c| char::from(b'0' + (c as u8 - b'0' + 1) % 10))
-        .collect()
-}
-
-/// The PIN must never be logged, at any level. Checks every line without its timestamp
-/// (whose fractional seconds are just digits) for the PIN as a number of its own, not inside
-/// a longer one; and, for a daemon logging at debug level, that the key presses it logged one
-/// by one after the SMS went out do not spell the PIN.
-fn assert_pin_not_logged(daemon: &Daemon, pin: &str) {
-    let log = daemon.log();
-    assert!(!log.is_empty(), "the daemon log is empty");
-    for line in log.lines() {
-        let rest = line.split_once(' ').map_or(line, |(_, r)| r);
-        let mut from = 0;
-        while let Some(pos) = rest[from..].find(pin) {
-            let i = from + pos;
-            let before = rest[..i].chars().next_back();
-            let after = rest[i + pin.len()..].chars().next();
-            assert!(
-                before.is_some_and(|c| c.is_ascii_digit())
-                    || after.is_some_and(|c| c.is_ascii_digit()),
-                "the PIN {pin} is in the daemon log:\n{line}"
-            );
-            from = i + 1;
-        }
-    }
-    let keys: String = log
-        .lines()
-        .skip_while(|l| !l.contains("PIN sent") && !l.contains("SMS failed"))
-        .filter_map(|l| field_value(l, "digit"))
-        .collect();
-    assert!(
-        !keys.contains(pin),
-        "the daemon logged the PIN {pin} key by key (`digit=` lines after the SMS: {keys}):\n{}",
-        log.lines()
-            .filter(|l| field_value(l, "digit").is_some())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-}
-
-/// Checks an SMS the webhook got and returns the PIN in it.
-fn check_sms(post: &SmsPost, to: &str, language: &str) -> String {
-    assert_eq!(post.path, "/sms", "webhook path: {post:?}");
-    assert_eq!(post.field("to"), to, "SMS recipient: {post:?}");
-    assert!(
-        !post.field("reference").is_empty(),
-        "SMS without a reference: {post:?}"
-    );
-    assert_eq!(post.field("ttl_seconds"), "300", "SMS ttl: {post:?}");
-    let text = post.text();
-    let expected = match language {
-        "de" => "Ihre Verifizierungs-PIN lautet",
-        _ => "Your verification PIN is",
-    };
-    assert!(
-        text.contains(expected),
-        "SMS text is not the plan's {language} text: {text:?}"
-    );
-    pin_in(&text, 4)
-}
 
 /// The Refer-To of a REFER, checked to be `<expected>` exactly.
 fn assert_refer_to(refer: &str, expected: &str) {
@@ -390,18 +179,6 @@ fn baresip_verified_caller_is_transferred_to_the_queue() {
     phone.quit();
 }
 
-/// Waits until something listens on UDP `port` (bind fails).
-fn wait_udp_bound(port: u16, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while std::net::UdpSocket::bind(SocketAddr::from((LOCALHOST, port))).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on UDP {port} after {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// 2. The happy path, with the REFER seen exactly: Refer-To carries the customer id and
 ///    X-Verified=yes; a NOTIFY 100 keeps ivrd on the line, the NOTIFY 200 makes it hang up.
 #[test]
@@ -428,6 +205,18 @@ fn verified_caller_refer_carries_customer_headers() {
         row.detail.as_deref(),
         Some("end=transferred"),
         "audit row: {row:#?}"
+    );
+    let transfer = row
+        .transfer
+        .as_ref()
+        .expect("the transfer in the audit row");
+    assert_eq!(transfer.target, rig.queue, "audit row: {row:#?}");
+    assert_eq!(transfer.status, Some(200), "audit row: {row:#?}");
+    assert!(transfer.ms < 10_000, "audit row: {row:#?}");
+    assert_eq!(
+        daemon.log_lines("transfer finished").len(),
+        1,
+        "the REFER's fate is logged at info"
     );
     assert!(
         uac.rtp_received() > 100,
@@ -650,7 +439,57 @@ fn busy_transfer_target_says_goodbye_and_hangs_up() {
         Some(ERIKA),
         "audit row: {row:#?}"
     );
+    let transfer = row
+        .transfer
+        .as_ref()
+        .expect("the transfer in the audit row");
+    assert_eq!(
+        (transfer.target.as_str(), transfer.status),
+        (rig.queue.as_str(), Some(486)),
+        "audit row: {row:#?}"
+    );
     assert_pin_not_logged(&daemon, &pin);
+}
+
+/// A transfer accepted (202, NOTIFY 100) whose final NOTIFY never comes fails after
+/// `[transfer] timeout_secs` and follows the plan's failure branch ("goodbye", BYE), as a
+/// refused one does; the audit row says where the transfer went and how long it waited.
+#[test]
+fn a_transfer_without_a_final_notify_fails_after_the_timeout() {
+    let rig = Rig::new(200, free_udp_port());
+    let daemon = rig.daemon("[transfer]\ntimeout_secs = 2\n");
+    let (mut uac, _pin, refer) = verified_until_refer(&rig, &daemon);
+    uac.respond(&refer, 202, "Accepted");
+    assert_eq!(
+        uac.notify_sipfrag("SIP/2.0 100 Trying", "active;expires=60"),
+        200
+    );
+    let accepted = Instant::now();
+    let bye = uac.expect_request("BYE", Duration::from_secs(15));
+    assert!(
+        accepted.elapsed() >= Duration::from_secs(2),
+        "BYE {:?} after the transfer was accepted, before its 2 s timeout",
+        accepted.elapsed()
+    );
+    uac.respond(&bye, 200, "OK");
+    uac.stop_media();
+    let row = single_audit(&rig);
+    assert_eq!(row.outcome, "transfer-failed", "audit row: {row:#?}");
+    let transfer = row
+        .transfer
+        .as_ref()
+        .expect("the transfer in the audit row");
+    assert_eq!(transfer.target, rig.queue, "audit row: {row:#?}");
+    assert_eq!(
+        transfer.status,
+        Some(100),
+        "the last status reported: {row:#?}"
+    );
+    assert!(
+        (1_900..6_000).contains(&transfer.ms),
+        "the transfer took {} ms, expected about the 2 s timeout",
+        transfer.ms
+    );
 }
 
 /// The BYE after a failed transfer comes after the "goodbye" prompt (German for Erika), not
@@ -724,4 +563,35 @@ fn the_caller_limit_counts_the_pbxs_asserted_identity_and_others_by_address() {
         5,
         "an untrusted source got a third SMS by asserting a new identity"
     );
+}
+
+/// Sends the gateway refused or never took (an outage: HTTP 500 every time) do not count
+/// against the customer's quota: after more failed calls than `sms_per_customer`, the first
+/// call once the gateway is back gets its PIN. (They used to count: the customer was locked out
+/// of SMS for the window by an outage they had nothing to do with.)
+#[test]
+fn sends_that_never_went_out_do_not_use_up_the_quota() {
+    let rig = Rig::new(500, free_udp_port());
+    let daemon =
+        rig.daemon("[sms]\nmax_retries = 0\n[limits]\nsms_per_customer = 2\nsms_per_caller = 2\n");
+    for call in 1..=3 {
+        let mut uac = call_and_enter_id(&daemon, ERIKA);
+        rig.sms.wait_posts(call, FLOW_TIMEOUT);
+        let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+        complete_transfer(&mut uac, &refer);
+        let rows = rig.wait_audit(call, Duration::from_secs(15));
+        assert_eq!(rows[0].outcome, "sms-failed", "call {call}: {:#?}", rows[0]);
+    }
+    rig.sms.set_status(200);
+    let mut uac = call_and_enter_id(&daemon, ERIKA);
+    let posts = rig.sms.wait_posts(4, FLOW_TIMEOUT);
+    let pin = check_sms(&posts[3], ERIKA_MOBILE, "de");
+    uac.info_digits(&pin, KEY_GAP);
+    let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+    assert_refer_to(
+        &refer,
+        &format!("{}?X-Customer-Id={ERIKA}&X-Verified=yes", rig.queue),
+    );
+    complete_transfer(&mut uac, &refer);
+    assert_eq!(daemon.log_lines("nothing was sent").len(), 3);
 }

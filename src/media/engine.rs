@@ -105,7 +105,9 @@ pub struct StreamParams {
     pub remote: Option<SocketAddr>,
     /// False while we must not send (the caller's SDP says recvonly/inactive).
     pub send: bool,
-    /// False while the caller sends nothing on purpose (hold): pauses the RTP timeout.
+    /// False while the call is on hold (anything but sendrecv: a held caller may send
+    /// nothing, whatever its SDP says): pauses the RTP timeout, which counts again from the
+    /// resume.
     pub expect_rtp: bool,
 }
 
@@ -230,6 +232,10 @@ struct Sdp {
     address: Option<SocketAddr>,
     /// Bumped whenever `address` changes; the receive task then learns the source again.
     moves: u64,
+    /// Since when the caller's RTP is expected: the stream's start or the last resume. The
+    /// RTP timeout counts from this or the caller's last packet, whichever is later, so the
+    /// silence of a hold does not count once the call is resumed.
+    expected_since: tokio::time::Instant,
 }
 
 impl Sdp {
@@ -238,12 +244,16 @@ impl Sdp {
             params,
             address: params.remote,
             moves: 0,
+            expected_since: tokio::time::Instant::now(),
         }
     }
 
     /// Takes new facts; true when they move the media to a new address (a re-INVITE from
     /// elsewhere), which must not stay tied to the source learned for the old one.
     fn set(&mut self, params: StreamParams) -> bool {
+        if params.expect_rtp && !self.params.expect_rtp {
+            self.expected_since = tokio::time::Instant::now();
+        }
         self.params = params;
         match params.remote {
             Some(to) if self.address.is_none_or(|a| !same_addr(a, to)) => {
@@ -554,15 +564,26 @@ impl MediaEngine {
         &self.inner.stats
     }
 
-    /// Opens a stream on a free port. Sending starts once `update` gives it a destination;
-    /// until then the pacer only keeps its clock.
+    /// Opens a stream on a free port of `rtp_ip`. Sending starts once `update` gives it a
+    /// destination; until then the pacer only keeps its clock.
     pub fn open(
         &self,
         params: StreamParams,
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> Result<StreamHandle, MediaError> {
+        self.open_at(self.inner.settings.rtp_ip, params, events)
+    }
+
+    /// [`MediaEngine::open`] on a given local address (one of each family, for dual-stack
+    /// media: an IPv6 caller gets an IPv6 socket). Both families share the port numbering.
+    pub fn open_at(
+        &self,
+        ip: IpAddr,
+        params: StreamParams,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> Result<StreamHandle, MediaError> {
         let s = &self.inner.settings;
-        let (socket, port) = self.inner.ports.lock().expect("port lock").bind(s.rtp_ip)?;
+        let (socket, port) = self.inner.ports.lock().expect("port lock").bind(ip)?;
         let recv_socket = socket.try_clone()?;
         recv_socket.set_nonblocking(true)?;
         // Read interest only: the pacer sends on this socket's twin from its own thread, and a
@@ -613,7 +634,7 @@ impl MediaEngine {
         Ok(StreamHandle {
             id,
             pacer: pacer_idx,
-            local: SocketAddr::new(s.rtp_ip, port),
+            local: SocketAddr::new(ip, port),
             port,
             shared,
             recv,
@@ -1077,6 +1098,7 @@ struct SdpView {
     params: StreamParams,
     generation: u64,
     moves: u64,
+    expected_since: tokio::time::Instant,
 }
 
 impl SdpView {
@@ -1090,6 +1112,7 @@ impl SdpView {
         self.generation = generation;
         let sdp = *shared.sdp.lock().expect("sdp lock");
         self.params = sdp.params;
+        self.expected_since = sdp.expected_since;
         if sdp.moves != self.moves {
             self.moves = sdp.moves;
             filter.restart(sdp.address);
@@ -1124,6 +1147,7 @@ async fn recv_loop(
             params: initial.params,
             generation,
             moves: initial.moves,
+            expected_since: initial.expected_since,
         };
         let filter =
             SourceFilter::new(settings.strict_rtp, settings.rtp_probation, initial.address);
@@ -1134,10 +1158,13 @@ async fn recv_loop(
     loop {
         sdp.refresh(&shared, &mut filter, settings.symmetric_rtp);
         let p = sdp.params;
+        let now = tokio::time::Instant::now();
         let deadline = match settings.rtp_timeout {
-            Some(t) if p.expect_rtp => last_rx + t,
-            // Far future: the RTP timeout is off or paused (hold).
-            _ => tokio::time::Instant::now() + Duration::from_secs(3600),
+            Some(t) if p.expect_rtp => last_rx.max(sdp.expected_since) + t,
+            // On hold: nothing to time out now, but look at the facts again within the
+            // timeout, so that a resume that brings no RTP still ends in one.
+            Some(t) => now + t,
+            None => now + Duration::from_secs(3600),
         };
         let (n, from) = tokio::select! {
             r = recv_from(&socket, &mut buf) => match r {
@@ -1148,7 +1175,14 @@ async fn recv_loop(
                 }
             },
             _ = tokio::time::sleep_until(deadline) => {
-                if p.expect_rtp && settings.rtp_timeout.is_some() && last_rx + settings.rtp_timeout.unwrap_or_default() <= tokio::time::Instant::now() {
+                // Judge by the facts as they are now, not as they were when the wait began:
+                // a caller that went quiet and then put the call on hold is on hold.
+                sdp.refresh(&shared, &mut filter, settings.symmetric_rtp);
+                let timed_out = settings.rtp_timeout.is_some_and(|t| {
+                    sdp.params.expect_rtp
+                        && last_rx.max(sdp.expected_since) + t <= tokio::time::Instant::now()
+                });
+                if timed_out {
                     let _ = events.send(MediaEvent::RtpTimeout);
                     return;
                 }
@@ -1786,6 +1820,44 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(ev, MediaEvent::RtpTimeout);
+    }
+
+    /// A hold pauses the RTP timeout even when the caller's last packet came before the hold
+    /// (linphonec stops sending, then sends its re-INVITE): the receive task, asleep until a
+    /// deadline set from that packet, must judge by the facts at the deadline, not those it
+    /// went to sleep with. A resume that brings no RTP times out again, counted from the
+    /// resume, neither at once nor never.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hold_pauses_the_rtp_timeout_and_a_resume_restarts_it() {
+        let caller = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let timeout = Duration::from_millis(400);
+        let engine = engine(41700, Some(timeout));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut p = params(caller.local_addr().unwrap());
+        let stream = engine.open(p, tx).unwrap();
+        let mut sender = RtpSender::new_random();
+        send_audio(&caller, &mut sender, stream.local_addr(), 3);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        p.expect_rtp = false;
+        stream.update(p);
+        let during_hold = tokio::time::timeout(timeout * 3, rx.recv()).await;
+        assert!(
+            during_hold.is_err(),
+            "an event during the hold: {during_hold:?}"
+        );
+        p.expect_rtp = true;
+        stream.update(p);
+        let resumed = Instant::now();
+        let ev = tokio::time::timeout(timeout * 5, rx.recv())
+            .await
+            .expect("no RTP timeout after a resume that brought no RTP")
+            .unwrap();
+        assert_eq!(ev, MediaEvent::RtpTimeout);
+        assert!(
+            resumed.elapsed() >= timeout - Duration::from_millis(50),
+            "the RTP timeout fired {:?} after the resume: the hold's silence was counted",
+            resumed.elapsed()
+        );
     }
 
     #[test]

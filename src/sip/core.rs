@@ -24,7 +24,7 @@ use super::transaction::{
     ClientNonInvite, Event as TxEvent, ResponseDisposition, ServerInvite, ServerNonInvite, State,
     Timers,
 };
-use super::transport::{Flow, Incoming, Transports};
+use super::transport::{Flow, Incoming, RequestTarget, Transports};
 use bytes::Bytes;
 use ezk_sip_types::{Method, Name};
 use std::cmp::Reverse;
@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// Methods we accept, for Allow headers (RFC 3261 20.5).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, REFER";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, REFER, UPDATE";
 /// Bodies we understand, for Accept headers.
 pub const ACCEPT: &str =
     "application/sdp, application/dtmf-relay, application/dtmf, message/sipfrag";
@@ -62,10 +62,12 @@ pub enum SipEvent {
         msg: Box<Message>,
         flow: Flow,
     },
-    /// Our 2xx was never ACKed (Timer L, `[sip] ack_timeout_ms`): the dialog was never
-    /// confirmed, so the call ends without a BYE (RFC 3261 13.3.1.4 asks for one, but the ACK
-    /// that never came is also the only proof that the INVITE's sender is who its Contact
-    /// says: a BYE would be one more packet aimed wherever a spoofed INVITE pointed).
+    /// Our 2xx was never ACKed (Timer L). For the INVITE that made the call
+    /// (`[sip] ack_timeout_ms`) the dialog was never confirmed, so the call ends without a BYE
+    /// (RFC 3261 13.3.1.4 asks for one, but the ACK that never came is also the only proof
+    /// that the INVITE's sender is who its Contact says: a BYE would be one more packet aimed
+    /// wherever a spoofed INVITE pointed). For a re-INVITE (after 64*T1) the dialog is
+    /// confirmed and the call ends with a BYE.
     AckTimeout,
 }
 
@@ -99,7 +101,7 @@ enum Command {
     },
     Request {
         flow: Flow,
-        to: SocketAddr,
+        to: RequestTarget,
         branch: String,
         msg: Bytes,
         reply: oneshot::Sender<Result<Message, RequestError>>,
@@ -144,9 +146,10 @@ pub struct CoreStats {
 }
 
 /// The refusals counted in [`CoreStats::refused`], in its order.
-pub const REFUSALS: [Refusal; 5] = [
+pub const REFUSALS: [Refusal; 6] = [
     Refusal::Rate,
     Refusal::Unconfirmed,
+    Refusal::Calls,
     Refusal::Transactions,
     Refusal::Sources,
     Refusal::Capacity,
@@ -170,7 +173,7 @@ impl CoreHandle {
     pub async fn request(
         &self,
         flow: Flow,
-        to: SocketAddr,
+        to: RequestTarget,
         branch: String,
         msg: Bytes,
     ) -> Result<Message, RequestError> {
@@ -308,6 +311,12 @@ struct DialogEntry {
     /// Until the ACK: whether the call counts as unconfirmed, and for an untrusted source,
     /// the address whose unconfirmed slot it holds.
     unconfirmed: Option<Option<IpAddr>>,
+    /// The untrusted source whose call slot this dialog holds, until it ends.
+    charged_call: Option<IpAddr>,
+    /// Re-INVITE transactions and their CSeq, until their 2xx is ACKed: the ACK comes on a
+    /// new branch, so only the dialog can hand it to its transaction (RFC 3261 17.2.1). A few
+    /// at most (one refused with 491 while another waits for its ACK); the oldest goes first.
+    reinvites: Vec<(TxId, u32)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -332,19 +341,30 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
-    /// Defaults for tests and tools: RFC timers, no overload control, the config defaults.
+    /// Live server transactions by default: 2,000 calls/s over UDP keep about 85,000 alive
+    /// (a BYE for 64*T1, an INVITE until its ACK wait ends).
+    pub const MAX_TRANSACTIONS: usize = 150_000;
+    /// Bytes they may hold by default, as [`ServerTx`] counts them.
+    pub const MAX_TRANSACTION_BYTES: usize = 96 << 20;
+
+    /// The defaults `[sip]` starts from: the given timers, no overload control.
     pub fn new(timers: Timers, user_agent: &str) -> CoreConfig {
-        let sip = crate::config::SipConfig::default();
         CoreConfig {
             timers,
             user_agent: user_agent.to_string(),
             overload_after: None,
-            budgets: sip.budgets(),
-            max_transactions: sip.max_transactions,
-            max_transaction_bytes: sip.max_transaction_kib * 1024,
+            budgets: Budgets::default(),
+            max_transactions: Self::MAX_TRANSACTIONS,
+            max_transaction_bytes: Self::MAX_TRANSACTION_BYTES,
         }
     }
 }
+
+/// Re-INVITEs of one dialog remembered for their ACK.
+const MAX_PENDING_REINVITES: usize = 4;
+
+/// Untrusted sources together get one `UNTRUSTED_SHARE`-th of the transaction caps.
+const UNTRUSTED_SHARE: usize = 4;
 
 /// Retry-After on an overload 503 (RFC 3261 21.5.4): short, because the overload is a queue
 /// that drains in well under a second once new calls stop joining it.
@@ -370,6 +390,11 @@ struct Core {
     budgets: SourceBudgets,
     /// Sum of every server transaction's `bytes`.
     tx_bytes: usize,
+    /// Transactions charged to untrusted sources, and their bytes: together they may use a
+    /// quarter of the caps, so sources that are not trusted, however many, cannot crowd out
+    /// the PBX, and memory under their floods stays under a known bound.
+    untrusted_txs: usize,
+    untrusted_bytes: usize,
     next_sweep: Instant,
 }
 
@@ -404,6 +429,8 @@ pub fn spawn(
         last_overload: None,
         last_refusal: None,
         tx_bytes: 0,
+        untrusted_txs: 0,
+        untrusted_bytes: 0,
         next_sweep: Instant::now() + SourceBudgets::SWEEP_EVERY,
     };
     tokio::spawn(async move {
@@ -478,13 +505,14 @@ impl Core {
             self.drive_server(id);
             return;
         }
-        if let Some(code) = precheck(&msg) {
-            let extra: &[(&str, &str)] = match code {
-                420 => &[("Unsupported", msg.header(&Name::REQUIRE).unwrap_or(""))],
-                _ => &[],
+        if let Some(code) = precheck(&msg).or_else(|| sips_over_plain(&msg, flow)) {
+            let extra: Vec<(&str, String)> = match code {
+                420 => vec![(
+                    "Unsupported",
+                    unsupported_required(&msg).unwrap_or_default(),
+                )],
+                _ => Vec::new(),
             };
-            let extra: Vec<(&str, String)> =
-                extra.iter().map(|(n, v)| (*n, v.to_string())).collect();
             return self.respond_stateless(&msg, flow, trust, code, &extra);
         }
         let in_dialog = msg.to_tag().is_some();
@@ -530,7 +558,13 @@ impl Core {
                     Ok(id) => id,
                     Err(r) => return self.refuse(&msg, flow, trust, r, now),
                 };
-                if let Some(entry) = self.dialogs.get(&dialog) {
+                if let Some(entry) = self.dialogs.get_mut(&dialog) {
+                    if method == Method::INVITE {
+                        if entry.reinvites.len() == MAX_PENDING_REINVITES {
+                            entry.reinvites.remove(0);
+                        }
+                        entry.reinvites.push((id, msg.cseq));
+                    }
                     let _ = entry.events.send(SipEvent::Request {
                         tx: id,
                         msg: Box::new(msg),
@@ -628,6 +662,7 @@ impl Core {
             Err(r) => {
                 if let Some(ip) = source {
                     self.budgets.confirmed(ip);
+                    self.budgets.call_ended(ip);
                 }
                 return self.refuse(&msg, flow, trust, r, now);
             }
@@ -651,6 +686,8 @@ impl Core {
                 invite_tx: Some(id),
                 flow,
                 unconfirmed: Some(source),
+                charged_call: source,
+                reinvites: Vec::new(),
             },
         );
         let new_call = NewCall {
@@ -678,6 +715,9 @@ impl Core {
     fn remove_dialog(&mut self, id: &DialogId) -> Option<DialogEntry> {
         let mut entry = self.dialogs.remove(id)?;
         self.settle_unconfirmed(&mut entry);
+        if let Some(ip) = entry.charged_call.take() {
+            self.budgets.call_ended(ip);
+        }
         self.transports.pin(&entry.flow, false);
         Some(entry)
     }
@@ -716,9 +756,11 @@ impl Core {
         let _ = entry.events.send(SipEvent::Ack {
             body: msg.body.clone(),
         });
-        let invite_tx = entry.invite_tx.take();
+        let mut invite_tx = entry.invite_tx.take();
         if invite_tx.is_some() {
             self.settle_unconfirmed(&mut entry);
+        } else if let Some(i) = entry.reinvites.iter().position(|(_, c)| *c == msg.cseq) {
+            invite_tx = Some(entry.reinvites.remove(i).0);
         }
         self.dialogs.insert(dialog, entry);
         if let Some(id) = invite_tx {
@@ -788,7 +830,7 @@ impl Core {
             ("Allow", ALLOW.to_string()),
             ("Accept", ACCEPT.to_string()),
             ("Accept-Encoding", "identity".to_string()),
-            ("Supported", String::new()),
+            ("Supported", super::session_timer::SUPPORTED.to_string()),
         ];
         let code = match self.draining {
             // A draining server says so to OPTIONS pings too, so load balancers and PBX
@@ -862,6 +904,8 @@ impl Core {
                 msg,
                 reply,
             } => {
+                // On TCP/TLS, a connection of our own if the peer's is gone.
+                let target = self.transports.connect_for(&flow, to);
                 let machine =
                     ClientNonInvite::new(now, self.cfg.timers, flow.protocol.reliable(), msg);
                 self.client.insert(
@@ -869,7 +913,7 @@ impl Core {
                     ClientTx {
                         machine,
                         flow,
-                        target: to,
+                        target,
                         reply: Some(reply),
                         scheduled: None,
                     },
@@ -934,14 +978,30 @@ impl Core {
         let charged = if trust.is_trusted() {
             None
         } else {
+            if self.untrusted_txs >= self.cfg.max_transactions / UNTRUSTED_SHARE
+                || self.untrusted_bytes >= self.cfg.max_transaction_bytes / UNTRUSTED_SHARE
+            {
+                return Err(Refusal::Capacity);
+            }
             self.budgets.open_transaction(flow.remote.ip(), now)?;
+            self.untrusted_txs += 1;
             Some(flow.remote.ip())
         };
         let id = TxId(self.next_id);
         self.next_id += 1;
         let reliable = flow.protocol.reliable();
         let machine = if *msg.method() == Method::INVITE {
-            ServerMachine::Invite(ServerInvite::new(now, self.cfg.timers, reliable))
+            let timers = if msg.to_tag().is_some() {
+                // A re-INVITE's dialog is confirmed and its port long held: its 2xx waits the
+                // full 64*T1 (RFC 6026) for the ACK, not the short wait of a new call.
+                Timers {
+                    ack_wait: Duration::MAX,
+                    ..self.cfg.timers
+                }
+            } else {
+                self.cfg.timers
+            };
+            ServerMachine::Invite(ServerInvite::new(now, timers, reliable))
         } else {
             ServerMachine::NonInvite(ServerNonInvite::new(now, self.cfg.timers, reliable))
         };
@@ -1065,6 +1125,9 @@ impl Core {
         }
         let held = if terminated { 0 } else { tx.held_bytes() };
         self.tx_bytes = self.tx_bytes - tx.bytes + held;
+        if tx.charged.is_some() {
+            self.untrusted_bytes = self.untrusted_bytes - tx.bytes + held;
+        }
         tx.bytes = held;
         if ack_timeout {
             self.stats.ack_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -1079,6 +1142,7 @@ impl Core {
             }
             if let Some(ip) = tx.charged {
                 self.budgets.close_transaction(ip);
+                self.untrusted_txs -= 1;
             }
             self.stats
                 .server_transactions
@@ -1150,6 +1214,28 @@ fn is_known_method(m: &str) -> bool {
     )
 }
 
+/// A `sips:` Request-URI asks for TLS on every hop (RFC 5630 4); one that reached us over UDP
+/// or TCP did not get it, so it is refused (416) rather than served in clear.
+fn sips_over_plain(msg: &Message, flow: Flow) -> Option<u16> {
+    let uri = msg.request_uri()?;
+    let sips = uri
+        .get(..5)
+        .is_some_and(|s| s.eq_ignore_ascii_case("sips:"));
+    (sips && !flow.protocol.secure()).then_some(416)
+}
+
+/// The option tags of `Require` we do not implement, comma-joined (for `Unsupported`).
+fn unsupported_required(msg: &Message) -> Option<String> {
+    let tags: Vec<&str> = msg
+        .headers
+        .get_raw(&Name::REQUIRE)
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !super::session_timer::is_supported(t))
+        .collect();
+    (!tags.is_empty()).then(|| tags.join(", "))
+}
+
 /// Checks a new request must pass before anything acts on it; `Some(code)` is the refusal.
 fn precheck(msg: &Message) -> Option<u16> {
     let uri = msg.request_uri()?;
@@ -1164,12 +1250,9 @@ fn precheck(msg: &Message) -> Option<u16> {
     {
         return Some(400);
     }
-    // We implement no SIP extensions a caller could require (RFC 3261 8.2.2.3).
-    if msg
-        .headers
-        .get_raw(&Name::REQUIRE)
-        .any(|v| !v.trim().is_empty())
-    {
+    // Of the SIP extensions a caller could require, we implement session timers (RFC 4028);
+    // anything else gets 420 (RFC 3261 8.2.2.3).
+    if unsupported_required(msg).is_some() {
         return Some(420);
     }
     None
@@ -1211,9 +1294,16 @@ mod tests {
         let (in_tx, in_rx) = mpsc::channel(16);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let transports = transport::Transports::new(Default::default(), Default::default());
-        let bound = transport::bind(&transports, &[listen], &[], in_tx.clone(), shutdown.clone())
-            .await
-            .unwrap();
+        let bound = transport::bind(
+            &transports,
+            &[listen],
+            &[],
+            &[],
+            in_tx.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let flow = Flow {
             protocol: Protocol::Udp,
@@ -1258,6 +1348,164 @@ mod tests {
         shutdown.cancel();
     }
 
+    /// A core on a real UDP socket, with `cfg`, and a peer socket that receives on every
+    /// loopback address (so flows can pretend to come from 127.0.0.2, .3, ...).
+    async fn core_with(
+        cfg: CoreConfig,
+    ) -> (
+        CoreHandle,
+        mpsc::Sender<Incoming>,
+        mpsc::Receiver<NewCall>,
+        tokio::net::UdpSocket,
+        SocketAddr,
+        CancellationToken,
+    ) {
+        use super::super::transport;
+        let shutdown = CancellationToken::new();
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let transports = transport::Transports::new(Default::default(), Default::default());
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bound = transport::bind(
+            &transports,
+            &[listen],
+            &[],
+            &[],
+            in_tx.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let peer = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+        let (calls_tx, calls_rx) = mpsc::channel(64);
+        let core = spawn(cfg, transports, in_rx, calls_tx, shutdown.clone());
+        (core, in_tx, calls_rx, peer, bound[0].1, shutdown)
+    }
+
+    fn from_host(
+        text: &str,
+        host: [u8; 4],
+        peer: &tokio::net::UdpSocket,
+        local: SocketAddr,
+        trust: Trust,
+    ) -> Incoming {
+        let remote = SocketAddr::from((host, peer.local_addr().unwrap().port()));
+        Incoming {
+            msg: msg(text),
+            flow: Flow {
+                protocol: super::super::transport::Protocol::Udp,
+                local,
+                remote,
+            },
+            arrived: Instant::now(),
+            trust,
+        }
+    }
+
+    async fn responses(peer: &tokio::net::UdpSocket, window: std::time::Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(Ok((n, _))) = tokio::time::timeout(window, peer.recv_from(&mut buf)).await {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    /// OPTIONS leave nothing behind; an INVITE opens a transaction.
+    #[tokio::test]
+    async fn options_are_answered_without_a_transaction() {
+        let (core, in_tx, _calls, peer, local, shutdown) =
+            core_with(CoreConfig::new(Timers::default(), "test")).await;
+        let port = peer.local_addr().unwrap().port();
+        for i in 0..20 {
+            let text = format!(
+                "OPTIONS sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKo{i}\r\n\
+                 From: <sip:a@h>;tag=1\r\nTo: <sip:ivr@h>\r\nCall-ID: o{i}\r\nCSeq: 1 OPTIONS\r\n\r\n"
+            );
+            in_tx
+                .send(from_host(
+                    &text,
+                    [127, 0, 0, 1],
+                    &peer,
+                    local,
+                    Trust::Trusted,
+                ))
+                .await
+                .unwrap();
+        }
+        let got = responses(&peer, std::time::Duration::from_millis(300)).await;
+        assert_eq!(got.len(), 20);
+        assert!(got.iter().all(|r| r.starts_with("SIP/2.0 200 ")));
+        assert_eq!(core.stats.server_transactions.load(Ordering::Relaxed), 0);
+        let inv = invite("one", SocketAddr::from(([127, 0, 0, 1], port)));
+        in_tx
+            .send(from_host(
+                &inv,
+                [127, 0, 0, 1],
+                &peer,
+                local,
+                Trust::Trusted,
+            ))
+            .await
+            .unwrap();
+        responses(&peer, std::time::Duration::from_millis(200)).await;
+        assert_eq!(core.stats.server_transactions.load(Ordering::Relaxed), 1);
+        shutdown.cancel();
+    }
+
+    /// Untrusted sources, one INVITE each, can take only a quarter of the transaction cap
+    /// between them; the rest get a stateless 503, and a trusted peer still gets in.
+    #[tokio::test]
+    async fn untrusted_sources_share_a_quarter_of_the_transaction_cap() {
+        let cfg = CoreConfig {
+            max_transactions: 8,
+            ..CoreConfig::new(Timers::default(), "test")
+        };
+        let (core, in_tx, mut calls, peer, local, shutdown) = core_with(cfg).await;
+        let port = peer.local_addr().unwrap().port();
+        for k in 2..8u8 {
+            let inv = invite(&format!("u{k}"), SocketAddr::from(([127, 0, 0, k], port)));
+            in_tx
+                .send(from_host(
+                    &inv,
+                    [127, 0, 0, k],
+                    &peer,
+                    local,
+                    Trust::Untrusted,
+                ))
+                .await
+                .unwrap();
+        }
+        let got = responses(&peer, std::time::Duration::from_millis(300)).await;
+        let trying = got.iter().filter(|r| r.starts_with("SIP/2.0 100 ")).count();
+        let refused = got.iter().filter(|r| r.starts_with("SIP/2.0 503 ")).count();
+        assert_eq!((trying, refused), (2, 4), "{got:#?}");
+        let capacity = REFUSALS
+            .iter()
+            .position(|r| *r == Refusal::Capacity)
+            .unwrap();
+        assert_eq!(core.stats.refused[capacity].load(Ordering::Relaxed), 4);
+        let inv = invite("pbx", SocketAddr::from(([127, 0, 0, 1], port)));
+        in_tx
+            .send(from_host(
+                &inv,
+                [127, 0, 0, 1],
+                &peer,
+                local,
+                Trust::Trusted,
+            ))
+            .await
+            .unwrap();
+        let got = responses(&peer, std::time::Duration::from_millis(300)).await;
+        assert!(got[0].starts_with("SIP/2.0 100 "), "{got:#?}");
+        let mut ids = Vec::new();
+        while let Ok(c) = calls.try_recv() {
+            ids.push((c.invite.call_id.to_string(), c.trust));
+        }
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert_eq!(ids[2], ("pbx".to_string(), Trust::Trusted));
+        shutdown.cancel();
+    }
+
     #[test]
     fn ack_and_invite_share_a_key_cancel_does_not() {
         let inv = msg(
@@ -1285,6 +1533,14 @@ mod tests {
             precheck(&msg(&format!("{base}Require: foo\r\n\r\n"))),
             Some(420)
         );
+        // Session timers are the one extension we implement.
+        assert_eq!(
+            precheck(&msg(&format!("{base}Require: timer\r\n\r\n"))),
+            None
+        );
+        let both = msg(&format!("{base}Require: timer, 100rel\r\n\r\n"));
+        assert_eq!(precheck(&both), Some(420));
+        assert_eq!(unsupported_required(&both).as_deref(), Some("100rel"));
         let inv = base.replace("OPTIONS", "INVITE");
         // An endpoint processes Max-Forwards: 0 (RFC 4475 3.3.11); garbage is a 400.
         assert_eq!(

@@ -156,15 +156,20 @@ impl Dialog {
 
     /// Where our in-dialog requests go on the wire: the first route, else the remote target.
     /// Only IP literals are resolved here; a host name gives `None` and the caller falls back
-    /// to the address the dialog's INVITE came from.
-    pub fn next_hop(&self) -> Option<SocketAddr> {
+    /// to the address the dialog's INVITE came from. Without a port, the default of the
+    /// transport the dialog uses (5061 for `sips:` and TLS, RFC 3261 19.1.2).
+    pub fn next_hop(&self, protocol: Protocol) -> Option<SocketAddr> {
         let uri = match self.route_set.first() {
             Some(r) => extract_uri(r).to_string(),
             None => self.remote_target.clone(),
         };
         let sip = parse_sip_uri(&uri)?;
         let ip: IpAddr = sip.host_port.ip()?;
-        let default_port = if sip.sips { 5061 } else { 5060 };
+        let default_port = if sip.sips || protocol.secure() {
+            5061
+        } else {
+            5060
+        };
         Some(SocketAddr::new(
             ip,
             sip.host_port.port.unwrap_or(default_port),
@@ -213,7 +218,10 @@ CSeq: 7 INVITE\r\nContact: <sip:alice@10.0.0.1:5070;transport=udp>\r\n{extra}Con
         assert_eq!(m.to_tag(), Some("ft"));
         assert_eq!(m.cseq, 1);
         assert_eq!(&m.call_id[..], "cid");
-        assert_eq!(d.next_hop(), Some("10.0.0.1:5070".parse().unwrap()));
+        assert_eq!(
+            d.next_hop(Protocol::Udp),
+            Some("10.0.0.1:5070".parse().unwrap())
+        );
         let second = Message::parse(d.request(
             "INFO",
             "127.0.0.1:5060".parse().unwrap(),
@@ -251,7 +259,26 @@ CSeq: 7 INVITE\r\nContact: <sip:alice@10.0.0.1:5070;transport=udp>\r\n{extra}Con
             Some("sip:alice@10.0.0.1:5070;transport=udp")
         );
         // A host name cannot be resolved here: the caller falls back to the flow.
-        assert_eq!(d.next_hop(), None);
+        assert_eq!(d.next_hop(Protocol::Udp), None);
+    }
+
+    /// A dialog over TLS whose Contact has no port is reached on 5061, not 5060 (RFC 3261
+    /// 19.1.2): a reconnect there must find the peer's TLS listener.
+    #[test]
+    fn the_next_hop_over_tls_defaults_to_5061() {
+        let s = "INVITE sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.1:40000;branch=z9hG4bK1\r\n\
+From: <sip:alice@example.com>;tag=ft\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: cid\r\n\
+CSeq: 7 INVITE\r\nContact: <sip:alice@10.0.0.1;transport=tls>\r\nContent-Length: 0\r\n\r\n";
+        let inv = Message::parse(Bytes::from(s)).unwrap();
+        let d = Dialog::new_uas(&inv, "lt", "sip:ivr@127.0.0.1:5061".into(), Protocol::Tls);
+        assert_eq!(
+            d.next_hop(Protocol::Tls),
+            Some("10.0.0.1:5061".parse().unwrap())
+        );
+        assert_eq!(
+            d.next_hop(Protocol::Udp),
+            Some("10.0.0.1:5060".parse().unwrap())
+        );
     }
 
     #[test]

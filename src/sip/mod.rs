@@ -9,5 +9,7 @@ pub mod dialog;
 pub mod message;
 pub mod peers;
 pub mod sdp;
+pub mod session_timer;
+pub mod tls;
 pub mod transaction;
 pub mod transport;

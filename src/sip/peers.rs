@@ -115,9 +115,31 @@ pub struct Budgets {
     pub unconfirmed: u32,
     /// Live server transactions of one source.
     pub transactions: u32,
+    /// Calls of one source at once, confirmed or not: each holds an RTP port for as long as
+    /// it lasts, and a source that can ACK could otherwise take them all at its call rate.
+    pub calls: u32,
+    /// Unconfirmed INVITEs of all untrusted sources together: many sources with a share each
+    /// must not take every RTP port either (the daemon sets it to half its ports).
+    pub unconfirmed_total: u32,
     /// Sources tracked at once; a flood from more (spoofed) addresses than this is refused
     /// rather than grown into.
     pub max_sources: usize,
+}
+
+impl Default for Budgets {
+    /// The shares `[sip] source_*` default to (a daemon with 5,000 RTP ports).
+    fn default() -> Self {
+        Budgets {
+            calls_per_sec: 10.0,
+            unconfirmed: 16,
+            transactions: 256,
+            calls: 32,
+            unconfirmed_total: 2_500,
+            // 64 Ki sources of about 100 bytes each: a flood from spoofed addresses cannot
+            // grow the table past a few MiB.
+            max_sources: 65_536,
+        }
+    }
 }
 
 /// Why a request from an untrusted source was refused.
@@ -127,6 +149,8 @@ pub enum Refusal {
     Rate,
     /// Too many of its INVITEs wait for their ACK.
     Unconfirmed,
+    /// Too many of its calls are up.
+    Calls,
     /// Too many of its transactions are alive.
     Transactions,
     /// Too many sources are tracked already.
@@ -140,6 +164,7 @@ impl Refusal {
         match self {
             Refusal::Rate => "call-rate",
             Refusal::Unconfirmed => "unconfirmed",
+            Refusal::Calls => "calls",
             Refusal::Transactions => "transactions",
             Refusal::Sources => "sources",
             Refusal::Capacity => "capacity",
@@ -153,6 +178,7 @@ struct Source {
     tokens: f64,
     refilled: Instant,
     unconfirmed: u32,
+    calls: u32,
     transactions: u32,
 }
 
@@ -163,6 +189,8 @@ struct Source {
 pub struct SourceBudgets {
     limits: Budgets,
     sources: HashMap<IpAddr, Source>,
+    /// Sum of every source's `unconfirmed`.
+    unconfirmed: u32,
 }
 
 impl SourceBudgets {
@@ -170,6 +198,7 @@ impl SourceBudgets {
         SourceBudgets {
             limits,
             sources: HashMap::new(),
+            unconfirmed: 0,
         }
     }
 
@@ -187,6 +216,7 @@ impl SourceBudgets {
             tokens: burst,
             refilled: now,
             unconfirmed: 0,
+            calls: 0,
             transactions: 0,
         });
         let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
@@ -195,26 +225,47 @@ impl SourceBudgets {
         Ok(s)
     }
 
-    /// A new call (INVITE outside a dialog) from `ip`: takes a token and an unconfirmed slot,
-    /// or says why not. On `Ok` the caller owes one [`SourceBudgets::confirmed`].
+    /// A new call (INVITE outside a dialog) from `ip`: takes a token, a call slot and an
+    /// unconfirmed slot, or says why not. On `Ok` the caller owes one
+    /// [`SourceBudgets::confirmed`] and one [`SourceBudgets::call_ended`].
     pub fn open_call(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
-        let limit = self.limits.unconfirmed;
+        let Budgets {
+            unconfirmed: limit,
+            calls,
+            ..
+        } = self.limits;
+        let all_full = self.unconfirmed >= self.limits.unconfirmed_total;
         let s = self.entry(ip, now)?;
-        if s.unconfirmed >= limit {
+        if s.unconfirmed >= limit || all_full {
             return Err(Refusal::Unconfirmed);
+        }
+        if s.calls >= calls {
+            return Err(Refusal::Calls);
         }
         if s.tokens < 1.0 {
             return Err(Refusal::Rate);
         }
         s.tokens -= 1.0;
         s.unconfirmed += 1;
+        s.calls += 1;
+        self.unconfirmed += 1;
         Ok(())
+    }
+
+    /// The call opened by [`SourceBudgets::open_call`] is over (or was refused).
+    pub fn call_ended(&mut self, ip: IpAddr) {
+        if let Some(s) = self.sources.get_mut(&ip) {
+            s.calls = s.calls.saturating_sub(1);
+        }
     }
 
     /// The call opened by [`SourceBudgets::open_call`] was ACKed, refused or ended.
     pub fn confirmed(&mut self, ip: IpAddr) {
-        if let Some(s) = self.sources.get_mut(&ip) {
-            s.unconfirmed = s.unconfirmed.saturating_sub(1);
+        if let Some(s) = self.sources.get_mut(&ip)
+            && s.unconfirmed > 0
+        {
+            s.unconfirmed -= 1;
+            self.unconfirmed -= 1;
         }
     }
 
@@ -241,7 +292,7 @@ impl SourceBudgets {
         let (rate, burst) = (self.limits.calls_per_sec, self.burst());
         self.sources.retain(|_, s| {
             let tokens = s.tokens + now.saturating_duration_since(s.refilled).as_secs_f64() * rate;
-            s.unconfirmed > 0 || s.transactions > 0 || tokens < burst
+            s.unconfirmed > 0 || s.calls > 0 || s.transactions > 0 || tokens < burst
         });
     }
 
@@ -319,6 +370,8 @@ mod tests {
             calls_per_sec: 2.0,
             unconfirmed: 3,
             transactions: 5,
+            calls: 5,
+            unconfirmed_total: 4,
             max_sources: 2,
         })
     }
@@ -332,6 +385,7 @@ mod tests {
         for _ in 0..4 {
             b.open_call(a, t0).unwrap();
             b.confirmed(a);
+            b.call_ended(a);
         }
         assert_eq!(b.open_call(a, t0), Err(Refusal::Rate));
         // Half a second brings one token back.
@@ -355,6 +409,33 @@ mod tests {
         assert_eq!(b.open_call(a, t), Err(Refusal::Unconfirmed));
         b.confirmed(a);
         b.open_call(a, t).unwrap();
+        // All untrusted sources together hold at most 4: the second source gets one.
+        let c = ip("192.0.2.2");
+        b.confirmed(a);
+        b.open_call(c, t).unwrap();
+        b.open_call(c, t).unwrap();
+        assert_eq!(b.open_call(c, t), Err(Refusal::Unconfirmed));
+        // A stray confirmation (nothing open) gives nothing back.
+        b.confirmed(ip("192.0.2.9"));
+        assert_eq!(b.open_call(c, t), Err(Refusal::Unconfirmed));
+    }
+
+    #[test]
+    fn calls_are_capped_per_source_until_they_end() {
+        let mut b = budgets();
+        let t = Instant::now();
+        let a = ip("192.0.2.1");
+        for i in 0..5 {
+            b.open_call(a, t + Duration::from_secs(i)).unwrap();
+            b.confirmed(a);
+        }
+        // Five calls up (all ACKed): a sixth is refused until one ends.
+        let later = t + Duration::from_secs(10);
+        assert_eq!(b.open_call(a, later), Err(Refusal::Calls));
+        b.call_ended(a);
+        b.open_call(a, later).unwrap();
+        b.sweep(later + Duration::from_secs(60));
+        assert_eq!(b.len(), 1, "a source with calls up is kept");
     }
 
     #[test]
@@ -383,6 +464,7 @@ mod tests {
         let a = ip("192.0.2.1");
         b.open_call(a, t).unwrap();
         b.confirmed(a);
+        b.call_ended(a);
         b.sweep(t);
         assert_eq!(b.len(), 1, "bucket not full yet");
         b.sweep(t + Duration::from_secs(1));

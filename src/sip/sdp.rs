@@ -206,6 +206,11 @@ pub enum SdpError {
     /// The connection address is a host name; we do not resolve names for media. Maps to 488.
     #[error("unsupported connection address {0}")]
     UnsupportedAddress(String),
+    /// The stream's address is of a family (IPv4, IPv6) we have no media address in, or not
+    /// the one this call's media uses. Maps to 488: our answer would name an address the peer
+    /// cannot reach, and we could not send to it.
+    #[error("no media address for {0}")]
+    NoMediaAddress(&'static str),
 }
 
 impl SdpError {
@@ -217,7 +222,8 @@ impl SdpError {
             SdpError::NoAudio
             | SdpError::UnsupportedProfile(_)
             | SdpError::NoCommonCodec
-            | SdpError::UnsupportedAddress(_) => true,
+            | SdpError::UnsupportedAddress(_)
+            | SdpError::NoMediaAddress(_) => true,
         }
     }
 }
@@ -275,6 +281,7 @@ impl LocalSession {
         let (index, md, choice) = self.choose_stream(&parsed)?;
 
         let (remote_ip, on_hold_address) = connection_ip(md, &parsed.sdp)?;
+        same_family(remote_ip, self.rtp.ip())?;
         let remote = remote_ip.map(|ip| SocketAddr::new(ip, md.media.port));
         let mut offered_direction = Direction::from_sdp(md.direction);
         if on_hold_address {
@@ -308,6 +315,14 @@ impl LocalSession {
             direction,
         };
         Ok((sdp, negotiated))
+    }
+
+    /// The address of the stream [`LocalSession::answer`] would take from `offer` (`None` for
+    /// a hold address), so the caller can pick a media address of the same family first.
+    pub fn offered_address(&self, offer: &[u8]) -> Result<Option<IpAddr>, SdpError> {
+        let parsed = Parsed::new(offer)?;
+        let (_, md, _) = self.choose_stream(&parsed)?;
+        Ok(connection_ip(md, &parsed.sdp)?.0)
     }
 
     /// Builds our offer for a late-offer INVITE (or a re-INVITE without SDP): our codecs in
@@ -376,6 +391,7 @@ impl LocalSession {
         let dtmf_payload_type = pick_telephone_event(md, &fmts, payload_type).map(|(pt, _)| pt);
 
         let (remote_ip, on_hold_address) = connection_ip(md, &parsed.sdp)?;
+        same_family(remote_ip, self.rtp.ip())?;
         let mut answered_direction = Direction::from_sdp(md.direction);
         if on_hold_address {
             answered_direction = answered_direction.without_receive();
@@ -705,6 +721,26 @@ fn parse_ms(value: &str) -> Option<u32> {
     whole.parse().ok()
 }
 
+/// Name of an address family, for messages.
+pub fn family_name(ip: IpAddr) -> &'static str {
+    if ip.to_canonical().is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// A peer's media address must be of our media address's family: an IPv6 peer cannot be
+/// sent to from an IPv4 socket, nor can it reach the IPv4 address our SDP would name.
+fn same_family(remote: Option<IpAddr>, ours: IpAddr) -> Result<(), SdpError> {
+    match remote {
+        Some(ip) if ip.to_canonical().is_ipv4() != ours.to_canonical().is_ipv4() => {
+            Err(SdpError::NoMediaAddress(family_name(ip)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The stream's address: media-level `c=` overrides session-level (RFC 4566 5.7). Returns the IP
 /// (`None` when unspecified) and whether it was unspecified, i.e. an RFC 2543-style hold.
 fn connection_ip(
@@ -855,6 +891,30 @@ mod tests {
             "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
              {session_attrs}m={mline}\r\n{media_attrs}"
         )
+    }
+
+    /// An offer in a family our media address is not in is refused (488), never answered
+    /// with an address the peer cannot use; `offered_address` lets the caller pick first.
+    #[test]
+    fn an_offer_in_another_family_is_not_acceptable() {
+        let v6 = "v=0\r\no=- 1 1 IN IP6 2001:db8::1\r\ns=-\r\nc=IN IP6 2001:db8::1\r\nt=0 0\r\n\
+                  m=audio 5000 RTP/AVP 0\r\n";
+        let mut ours = LocalSession::new(1, "192.0.2.10:20000".parse().unwrap(), Vec::new());
+        assert_eq!(
+            ours.offered_address(v6.as_bytes()).unwrap(),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        let err = ours.answer(v6.as_bytes()).unwrap_err();
+        assert!(matches!(err, SdpError::NoMediaAddress("IPv6")), "{err}");
+        assert!(err.is_not_acceptable());
+        let mut ours6 = LocalSession::new(1, "[2001:db8::10]:20000".parse().unwrap(), Vec::new());
+        let (sdp, n) = ours6.answer(v6.as_bytes()).unwrap();
+        assert!(sdp.contains("c=IN IP6 2001:db8::10"), "{sdp}");
+        assert_eq!(n.remote, Some("[2001:db8::1]:5000".parse().unwrap()));
+        // A hold address (0.0.0.0) says nothing about the family.
+        let hold = v6.replace("c=IN IP6 2001:db8::1", "c=IN IP4 0.0.0.0");
+        assert_eq!(ours6.offered_address(hold.as_bytes()).unwrap(), None);
+        ours6.answer(hold.as_bytes()).unwrap();
     }
 
     #[test]

@@ -15,6 +15,13 @@
 //! and in total, a write queue that closes the connection when the peer stops reading, an idle
 //! timeout for connections that carry no dialog, and a deadline for each message to be
 //! complete, so that neither silence nor one byte a second holds a descriptor for long.
+//!
+//! Requests and answers go back on the connection the peer opened (RFC 3261 18.2.2, RFC 5923
+//! reuse). When that connection is gone (a PBX closes idle connections, Kamailio after
+//! `tcp_connection_lifetime`) and a dialog needs to send, the transport opens one of its own
+//! to the dialog's next hop ([`RequestTarget`]): TLS with the server's certificate checked
+//! against `[tls] server_ca` or the system roots, presenting ours for mutual TLS. Responses
+//! never open connections.
 
 use super::message::{Message, ParseError, ResponseBuilder, frame_len, stateless_tag};
 use super::peers::{PeerPolicy, Trust, UntrustedAction};
@@ -34,6 +41,8 @@ use tracing::{debug, info, warn};
 pub enum Protocol {
     Udp,
     Tcp,
+    /// TCP with TLS (RFC 3261 26.2): the same framing and connection handling as TCP.
+    Tls,
 }
 
 impl Protocol {
@@ -41,12 +50,23 @@ impl Protocol {
         match self {
             Protocol::Udp => "UDP",
             Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
         }
     }
 
     /// Reliable transports need no retransmissions (RFC 3261 17).
     pub fn reliable(self) -> bool {
-        matches!(self, Protocol::Tcp)
+        matches!(self, Protocol::Tcp | Protocol::Tls)
+    }
+
+    /// Connection-oriented: answers and in-dialog requests go on the connection.
+    pub fn stream(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Tls)
+    }
+
+    /// Whether what travels on it is encrypted (SDES keys in SDP may only travel this way).
+    pub fn secure(self) -> bool {
+        self == Protocol::Tls
     }
 }
 
@@ -72,6 +92,24 @@ pub struct Incoming {
     /// How far the source is trusted (`[sip] trusted`); never `Denied` here, since those
     /// requests stop in the transport.
     pub trust: Trust,
+}
+
+/// Where a request goes: the address of the peer (for TCP/TLS, the connection with it), and
+/// where to open a new connection when that one is gone: the dialog's next hop, whose port is
+/// a listener (the connection's own port is the peer's ephemeral one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestTarget {
+    pub addr: SocketAddr,
+    pub reconnect: Option<SocketAddr>,
+}
+
+impl From<SocketAddr> for RequestTarget {
+    fn from(addr: SocketAddr) -> Self {
+        RequestTarget {
+            addr,
+            reconnect: None,
+        }
+    }
 }
 
 /// The limits that keep a TCP peer from holding more than its share (`[sip] tcp_*`).
@@ -121,7 +159,16 @@ pub struct TransportStats {
     pub tcp_closed_idle: AtomicU64,
     pub tcp_closed_slow: AtomicU64,
     pub tcp_closed_backlog: AtomicU64,
+    /// TLS handshakes that failed or took too long.
+    pub tls_handshake_failures: AtomicU64,
+    /// Connections we opened to send a dialog's request (its own was gone), and those that
+    /// failed (refused, timed out, server certificate not trusted).
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
 }
+
+/// The most bytes that may wait for an untrusted peer (a few of our answers are under 4 KiB).
+const UNTRUSTED_WRITE_QUEUE: usize = 32 * 1024;
 
 /// Sends bytes along flows; cheap to clone.
 #[derive(Clone)]
@@ -133,6 +180,13 @@ pub struct Transports {
 struct Shared {
     policy: PeerPolicy,
     tcp: TcpLimits,
+    /// The TLS configuration for new connections, accepted (certificate, key, client check)
+    /// and opened (server check, our certificate); a reload swaps it, connections already up
+    /// keep theirs.
+    tls: std::sync::RwLock<Option<super::tls::TlsConfigs>>,
+    /// Where messages read from connections we open go, and the shutdown they end with; set
+    /// by [`bind`].
+    incoming: std::sync::OnceLock<(mpsc::Sender<Incoming>, CancellationToken)>,
     stats: TransportStats,
     /// Start of the clock the TCP activity stamps count from.
     epoch: Instant,
@@ -158,6 +212,10 @@ struct TcpConn {
 /// What a connection's reader, writer and senders share.
 #[derive(Default)]
 struct ConnState {
+    /// Bytes that may wait for this peer: `tcp_write_queue` for a trusted peer, at most
+    /// [`UNTRUSTED_WRITE_QUEUE`] for others, so that a thousand connections that never read
+    /// hold tens of MiB between them, not hundreds.
+    write_limit: usize,
     /// Bytes handed to the writer and not yet written.
     queued: AtomicUsize,
     /// Milliseconds since `Shared::epoch` of the last byte written.
@@ -173,6 +231,8 @@ impl Transports {
             shared: Arc::new(Shared {
                 policy,
                 tcp,
+                tls: std::sync::RwLock::new(None),
+                incoming: std::sync::OnceLock::new(),
                 stats: TransportStats::default(),
                 epoch: Instant::now(),
             }),
@@ -181,6 +241,15 @@ impl Transports {
 
     pub fn stats(&self) -> &TransportStats {
         &self.shared.stats
+    }
+
+    /// The TLS configuration new connections get (at start, and again on every reload).
+    pub fn set_tls(&self, config: Option<super::tls::TlsConfigs>) {
+        *self.shared.tls.write().expect("tls lock") = config;
+    }
+
+    fn tls_config(&self) -> Option<super::tls::TlsConfigs> {
+        self.shared.tls.read().expect("tls lock").clone()
     }
 
     /// A handle to the counters that outlives this handle (for the metrics page).
@@ -192,10 +261,75 @@ impl Transports {
         &self.shared.policy
     }
 
+    /// The address a request to `to` goes to, opening a connection first when it must: on
+    /// TCP and TLS, the connection with `to.addr` if it is up, else one of our own to
+    /// `to.reconnect` (queued at once, connected in the background; a failed connect drops
+    /// what was queued, which the transaction layer sees as a timeout). UDP: `to.addr`.
+    pub fn connect_for(&self, flow: &Flow, to: RequestTarget) -> SocketAddr {
+        if !flow.protocol.stream() {
+            return to.addr;
+        }
+        let mut table = self.inner.lock().expect("transport lock");
+        if table.tcp.contains_key(&(flow.local, to.addr)) {
+            return to.addr;
+        }
+        let Some(target) = to.reconnect else {
+            return to.addr;
+        };
+        if table.tcp.contains_key(&(flow.local, target)) {
+            return target;
+        }
+        let Some((incoming, shutdown)) = self.shared.incoming.get().cloned() else {
+            return to.addr;
+        };
+        let trust = self.policy().classify(target.ip());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(ConnState {
+            write_limit: self.shared.tcp.write_queue,
+            ..ConnState::default()
+        });
+        state
+            .last_write_ms
+            .store(self.ms_since_epoch(), Ordering::Relaxed);
+        table.tcp.insert(
+            (flow.local, target),
+            TcpConn {
+                tx,
+                state: state.clone(),
+                pins: 0,
+            },
+        );
+        drop(table);
+        // Counted against the total like an accepted connection; never refused by the caps
+        // (it serves a dialog we already carry, and there is one at most per dialog).
+        self.stats().tcp_open.fetch_add(1, Ordering::Relaxed);
+        self.stats().connects.fetch_add(1, Ordering::Relaxed);
+        let conn = Conn {
+            slot: ConnSlot {
+                transports: self.clone(),
+                source: None,
+            },
+            local: flow.local,
+            peer: target,
+            // Messages on it are judged by where they come from, like any other; a target
+            // outside `[sip] trusted` gets the untrusted bounds.
+            trust: if trust == Trust::Denied {
+                Trust::Untrusted
+            } else {
+                trust
+            },
+            incoming,
+            transports: self.clone(),
+            shutdown,
+        };
+        tokio::spawn(connect(flow.protocol, conn, Queue { rx, state }));
+        target
+    }
+
     /// Sends `data` to `to` over the flow's protocol and local address. For TCP the message
     /// goes on the connection with that peer (RFC 3261 18.2.2); if it is gone, the message is
-    /// dropped: ivrd opens no connections of its own, and the transaction layer reports the
-    /// missing answer as a timeout.
+    /// dropped (requests open a connection first with [`Transports::connect_for`]) and the
+    /// transaction layer reports the missing answer as a timeout.
     pub fn send(&self, flow: &Flow, to: SocketAddr, data: Bytes) {
         match flow.protocol {
             Protocol::Udp => {
@@ -223,7 +357,7 @@ impl Transports {
                     }
                 }
             }
-            Protocol::Tcp => {
+            Protocol::Tcp | Protocol::Tls => {
                 let conn = self
                     .inner
                     .lock()
@@ -236,7 +370,7 @@ impl Transports {
                     return;
                 };
                 let queued = state.queued.fetch_add(data.len(), Ordering::Relaxed) + data.len();
-                if queued > self.shared.tcp.write_queue {
+                if queued > state.write_limit {
                     // A peer that does not read would otherwise grow this queue without end.
                     if !state.close.is_cancelled() {
                         self.shared
@@ -256,7 +390,7 @@ impl Transports {
     /// A dialog starts (`true`) or stops (`false`) using `flow`: a TCP connection that carries
     /// a dialog is not closed for being idle. UDP flows need nothing.
     pub fn pin(&self, flow: &Flow, on: bool) {
-        if flow.protocol != Protocol::Tcp {
+        if !flow.protocol.stream() {
             return;
         }
         if let Some(c) = self
@@ -313,9 +447,14 @@ pub async fn bind(
     transports: &Transports,
     udp: &[SocketAddr],
     tcp: &[SocketAddr],
+    tls: &[SocketAddr],
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
 ) -> std::io::Result<Vec<(Protocol, SocketAddr)>> {
+    let _ = transports
+        .shared
+        .incoming
+        .set((incoming.clone(), shutdown.clone()));
     let mut bound = Vec::new();
     for addr in udp {
         let sock = Arc::new(bind_udp(*addr)?);
@@ -335,13 +474,18 @@ pub async fn bind(
             shutdown.clone(),
         ));
     }
-    for addr in tcp {
+    let streams = tcp
+        .iter()
+        .map(|a| (Protocol::Tcp, a))
+        .chain(tls.iter().map(|a| (Protocol::Tls, a)));
+    for (protocol, addr) in streams {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        bound.push((Protocol::Tcp, local));
+        bound.push((protocol, local));
         tokio::spawn(tcp_accept_loop(
             listener,
             local,
+            protocol,
             incoming.clone(),
             transports.clone(),
             shutdown.clone(),
@@ -641,7 +785,7 @@ async fn deliver(
 /// Responses, ACKs and anything without Via/From/To/Call-ID/CSeq get no answer. A message
 /// over a size limit gets 513 with only the top Via (the hop that sent it): echoing every one
 /// of 1,000 Vias would hand the sender back what it flooded us with.
-fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
+pub(crate) fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
     let text = std::str::from_utf8(data).ok()?;
     let head = text.split("\r\n\r\n").next()?.split("\n\n").next()?;
     let mut lines = head.lines();
@@ -658,6 +802,7 @@ fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
     let top_via_only = code == 513;
     let mut out = format!("SIP/2.0 {code} {reason}\r\n");
     let mut have = [false; 5];
+    let mut vias = 0;
     const NAMES: [(&str, &str, &str); 5] = [
         ("via", "v", "Via"),
         ("from", "f", "From"),
@@ -675,16 +820,21 @@ fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
                 || (!short.is_empty() && name.eq_ignore_ascii_case(short))
             {
                 let mut value = value.trim();
-                if top_via_only {
-                    if have[i] {
+                // Each header once, except Via (one per hop, up to the hops a message may
+                // have): the answer stays the size of what came in, whatever came in.
+                if i == 0 {
+                    vias += 1;
+                    if vias > super::message::MAX_VIAS || (top_via_only && have[0]) {
                         continue;
                     }
-                    if i == 0 {
+                    if top_via_only {
                         value = value.split(',').next().unwrap_or(value).trim();
                     }
-                    if value.len() > 1024 {
-                        return None;
-                    }
+                } else if have[i] {
+                    continue;
+                }
+                if value.len() > 1024 {
+                    return None;
                 }
                 have[i] = true;
                 out.push_str(&format!("{canonical}: {value}\r\n"));
@@ -710,6 +860,7 @@ fn bad_request_response(data: &[u8], err: &ParseError) -> Option<Bytes> {
 async fn tcp_accept_loop(
     listener: TcpListener,
     local: SocketAddr,
+    protocol: Protocol,
     incoming: mpsc::Sender<Incoming>,
     transports: Transports,
     shutdown: CancellationToken,
@@ -745,16 +896,134 @@ async fn tcp_accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(tcp_connection(
-            stream,
+        let conn = Conn {
             slot,
             local,
             peer,
             trust,
-            incoming.clone(),
-            transports.clone(),
-            shutdown.clone(),
-        ));
+            incoming: incoming.clone(),
+            transports: transports.clone(),
+            shutdown: shutdown.clone(),
+        };
+        if protocol == Protocol::Tls {
+            tokio::spawn(tls_handshake(stream, conn));
+        } else {
+            tokio::spawn(stream_connection(stream, Protocol::Tcp, conn, None));
+        }
+    }
+}
+
+/// What a connection's task needs besides its stream.
+struct Conn {
+    slot: ConnSlot,
+    local: SocketAddr,
+    peer: SocketAddr,
+    trust: Trust,
+    incoming: mpsc::Sender<Incoming>,
+    transports: Transports,
+    shutdown: CancellationToken,
+}
+
+/// The TLS handshake, within the message timeout (a peer that opens a connection and stalls
+/// the handshake holds a slot no longer than one that sends nothing), then SIP as on TCP.
+async fn tls_handshake(stream: TcpStream, conn: Conn) {
+    let Some(config) = conn.transports.tls_config() else {
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config.server);
+    let limit = conn.transports.shared.tcp.message_timeout;
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => stream_connection(tls, Protocol::Tls, conn, None).await,
+        Ok(Err(e)) => {
+            conn.transports
+                .stats()
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            info!(peer = %conn.peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            conn.transports
+                .stats()
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            info!(peer = %conn.peer, "TLS handshake not completed in time; closing");
+        }
+    }
+}
+
+/// The write side of a connection registered before it exists (one we open): what was
+/// queued meanwhile is written once it is up.
+struct Queue {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    state: Arc<ConnState>,
+}
+
+/// Opens a connection for a dialog's request, within the message timeout for the TCP connect
+/// and the TLS handshake together, from our listener's address (so the peer sees the host it
+/// knows), then serves it like an accepted one.
+async fn connect(protocol: Protocol, conn: Conn, queue: Queue) {
+    let limit = conn.transports.shared.tcp.message_timeout;
+    let (local, peer) = (conn.local, conn.peer);
+    let opened = tokio::time::timeout(limit, async {
+        let sock = if peer.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if local.is_ipv4() == peer.is_ipv4() && !local.ip().is_unspecified() {
+            sock.bind(SocketAddr::new(local.ip(), 0))?;
+        }
+        let stream = sock.connect(peer).await?;
+        let _ = stream.set_nodelay(true);
+        Ok::<_, std::io::Error>(stream)
+    })
+    .await;
+    let stream = match opened {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return connect_failed(&conn, &queue, &e.to_string()),
+        Err(_) => return connect_failed(&conn, &queue, "timed out"),
+    };
+    if protocol != Protocol::Tls {
+        info!(%peer, "opened a TCP connection for a dialog's request");
+        return stream_connection(stream, protocol, conn, Some(queue)).await;
+    }
+    let Some(config) = conn.transports.tls_config() else {
+        return connect_failed(&conn, &queue, "no [tls] configuration");
+    };
+    // The next hop is an address (only IP literals are routed to), so the server's
+    // certificate must name that address (an IP SAN), as RFC 5922 7.2 allows.
+    let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+    let connector = tokio_rustls::TlsConnector::from(config.client);
+    match tokio::time::timeout(limit, connector.connect(name, stream)).await {
+        Ok(Ok(tls)) => {
+            info!(%peer, "opened a TLS connection for a dialog's request");
+            stream_connection(tls, Protocol::Tls, conn, Some(queue)).await;
+        }
+        Ok(Err(e)) => {
+            conn.transports
+                .stats()
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            connect_failed(&conn, &queue, &format!("TLS: {e}"));
+        }
+        Err(_) => connect_failed(&conn, &queue, "TLS handshake timed out"),
+    }
+}
+
+fn connect_failed(conn: &Conn, queue: &Queue, why: &str) {
+    conn.transports
+        .stats()
+        .connect_failures
+        .fetch_add(1, Ordering::Relaxed);
+    warn!(peer = %conn.peer, error = why, "could not open a connection for a dialog's request; it is lost");
+    let mut table = conn.transports.inner.lock().expect("transport lock");
+    // Only our entry: a connection the peer opened meanwhile stays.
+    if table
+        .tcp
+        .get(&(conn.local, conn.peer))
+        .is_some_and(|c| Arc::ptr_eq(&c.state, &queue.state))
+    {
+        table.tcp.remove(&(conn.local, conn.peer));
     }
 }
 
@@ -822,32 +1091,53 @@ enum Close {
     Idle,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn tcp_connection(
-    stream: TcpStream,
-    _slot: ConnSlot,
-    local: SocketAddr,
-    peer: SocketAddr,
-    trust: Trust,
-    incoming: mpsc::Sender<Incoming>,
-    transports: Transports,
-    shutdown: CancellationToken,
-) {
+/// One TCP or TLS connection: framing by Content-Length, the connection's bounds, and its
+/// writer. `queue` is the write side of a connection we opened (registered before it was up);
+/// an accepted one registers here.
+async fn stream_connection<S>(stream: S, protocol: Protocol, conn: Conn, queue: Option<Queue>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn {
+        slot: _slot,
+        local,
+        peer,
+        trust,
+        incoming,
+        transports,
+        shutdown,
+    } = conn;
     let limits = transports.shared.tcp;
-    let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-    let state = Arc::new(ConnState::default());
-    state
-        .last_write_ms
-        .store(transports.ms_since_epoch(), Ordering::Relaxed);
-    transports.inner.lock().expect("transport lock").tcp.insert(
-        (local, peer),
-        TcpConn {
-            tx,
-            state: state.clone(),
-            pins: 0,
-        },
-    );
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    // A connection we opened carries what our request needs; the peer owes it no first
+    // message (only the answer, which the transaction waits for).
+    let opened = queue.is_some();
+    let Queue { mut rx, state } = match queue {
+        Some(q) => q,
+        None => {
+            let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+            let state = Arc::new(ConnState {
+                write_limit: if trust.is_trusted() {
+                    limits.write_queue
+                } else {
+                    limits.write_queue.min(UNTRUSTED_WRITE_QUEUE)
+                },
+                ..ConnState::default()
+            });
+            state
+                .last_write_ms
+                .store(transports.ms_since_epoch(), Ordering::Relaxed);
+            transports.inner.lock().expect("transport lock").tcp.insert(
+                (local, peer),
+                TcpConn {
+                    tx,
+                    state: state.clone(),
+                    pins: 0,
+                },
+            );
+            Queue { rx, state }
+        }
+    };
     let writer = {
         let state = state.clone();
         let transports = transports.clone();
@@ -868,13 +1158,13 @@ async fn tcp_connection(
         })
     };
     let flow = Flow {
-        protocol: Protocol::Tcp,
+        protocol,
         local,
         remote: peer,
     };
     let accepted = Instant::now();
     let mut last_read = accepted;
-    let mut delivered_any = false;
+    let mut delivered_any = opened;
     // When the message now in `buf` began: it must be complete within the message timeout.
     let mut partial_since: Option<Instant> = None;
     let mut buf = BytesMut::with_capacity(8192);
@@ -969,12 +1259,16 @@ async fn tcp_connection(
         }
         None => {}
     }
-    transports
-        .inner
-        .lock()
-        .expect("transport lock")
-        .tcp
-        .remove(&(local, peer));
+    {
+        let mut table = transports.inner.lock().expect("transport lock");
+        if table
+            .tcp
+            .get(&(local, peer))
+            .is_some_and(|c| Arc::ptr_eq(&c.state, &state))
+        {
+            table.tcp.remove(&(local, peer));
+        }
+    }
     writer.abort();
 }
 

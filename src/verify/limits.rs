@@ -248,6 +248,20 @@ impl Verifier {
         self.vault().revoke(customer_id)
     }
 
+    /// The send [`Verifier::prepare_pin`] recorded at `wall` did not go out at all (the
+    /// provider refused it or could not be reached): void the PIN and take the send back, so
+    /// that an outage or a bad number costs the customer nothing. A send that may have gone
+    /// out (a timeout after the request left) is not refunded.
+    pub fn refund_send(
+        &self,
+        customer_id: &str,
+        caller: &str,
+        wall: SystemTime,
+    ) -> Result<bool, StoreError> {
+        self.vault().revoke(customer_id);
+        self.store.refund_sms(customer_id, caller, wall)
+    }
+
     /// Checks an entered PIN. A wrong PIN is persisted as a failure; reaching
     /// `failures_before_lockout` within the window locks the customer (persisted, growing waits)
     /// and voids the PIN; a right PIN clears the failures and resets the lock-out level.
@@ -656,6 +670,47 @@ mod tests {
         );
         // The other customer is unaffected.
         assert!(!v.is_locked("c2", wall(start + 3)).unwrap());
+    }
+
+    /// A send that never went out is taken back: it counts against neither limit.
+    #[test]
+    fn a_refunded_send_does_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("db"));
+        store
+            .add_customer(&NewCustomer {
+                id: "c1".into(),
+                name: "C".into(),
+                mobile: "+491701234567".into(),
+                language: None,
+                extra: Default::default(),
+            })
+            .unwrap();
+        let v = Verifier::new(
+            store,
+            Limits {
+                sms_per_customer: 1,
+                sms_per_caller: 1,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for attempt in 0..5 {
+            let at = wall + Duration::from_secs(attempt);
+            v.prepare_pin("c1", CALLER, 4, Instant::now(), at).unwrap();
+            assert!(
+                v.refund_send("c1", CALLER, at).unwrap(),
+                "attempt {attempt}"
+            );
+        }
+        // One that went out counts: the next is refused.
+        let at = wall + Duration::from_secs(10);
+        v.prepare_pin("c1", CALLER, 4, Instant::now(), at).unwrap();
+        assert!(matches!(
+            v.prepare_pin("c1", CALLER, 4, Instant::now(), at + Duration::from_secs(1)),
+            Err(SendRefusal::CustomerRateLimited)
+        ));
     }
 
     #[test]

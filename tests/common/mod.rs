@@ -1,11 +1,20 @@
 //! Harness shared by the integration tests: starts `ivrd` on free loopback ports with a
 //! generated config, runs SIPp scenarios against it, and sends raw SIP over UDP/TCP.
 //!
-//! Every peer (SIPp, baresip) is a hard requirement: a missing tool fails the test with the
-//! install command instead of skipping it, so a green run always means the calls were made.
+//! Every peer (SIPp, baresip, linphonec, Kamailio) is a hard requirement: a missing tool fails
+//! the test with the install command instead of skipping it, so a green run always means the
+//! calls were made.
+//!
+//! Submodules: [`verify`] (the verification flow's world: SMS webhook, customers, audit rows),
+//! [`linphone`] (a headless linphonec driven over stdin) and [`kamailio`] (a throw-away
+//! Kamailio proxy in front of ivrd).
 
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
+
+pub mod kamailio;
+pub mod linphone;
+pub mod verify;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -44,16 +53,32 @@ pub fn sipp_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
 }
 
-/// Finds `name` on PATH or panics with the command that installs it.
+/// The Debian package that provides each peer the tests run.
+const PEER_PACKAGES: &[(&str, &str)] = &[
+    ("sipp", "sip-tester"),
+    ("baresip", "baresip-core"),
+    ("linphonec", "linphone-cli"),
+    ("kamailio", "kamailio"),
+];
+
+/// Finds `name` on PATH (or in the sbin directories, where Debian puts `kamailio` and a
+/// normal user's PATH does not look) or panics with the command that installs it.
 pub fn require_tool(name: &str) -> PathBuf {
     find_in_path(name).unwrap_or_else(|| {
-        panic!("{name} not found: run scripts/install-test-deps.sh (installs sip-tester and baresip-core)")
+        let package = PEER_PACKAGES
+            .iter()
+            .find(|(tool, _)| *tool == name)
+            .map_or(String::new(), |(_, p)| format!(" (Debian package {p})"));
+        panic!(
+            "{name} not found{package}: run scripts/install-test-deps.sh, which installs sip-tester, baresip-core, linphone-cli and kamailio"
+        )
     })
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|candidate| {
             fs::metadata(candidate)
@@ -85,6 +110,20 @@ pub fn free_sip_port() -> u16 {
         }
     }
     panic!("no loopback port free for both UDP and TCP after 200 tries");
+}
+
+/// A port free for both UDP and TCP on the IPv6 loopback `[::1]`, for a peer that listens
+/// there (baresip over IPv6).
+pub fn free_sip_port_v6() -> u16 {
+    let v6 = std::net::Ipv6Addr::LOCALHOST;
+    for _ in 0..200 {
+        let udp = UdpSocket::bind((v6, 0)).expect("bind an ephemeral UDP port on [::1]");
+        let port = udp.local_addr().expect("local addr").port();
+        if TcpListener::bind((v6, port)).is_ok() && claim(port) {
+            return port;
+        }
+    }
+    panic!("no [::1] port free for both UDP and TCP after 200 tries");
 }
 
 /// A free loopback UDP port.
@@ -175,7 +214,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts the daemon with the harness's base config deep-merged with `toml_overrides`
-    /// (a TOML document such as `"[demo]\nrounds = 1"`), and waits until it answers OPTIONS.
+    /// (a TOML document such as `"[demo]\nrounds = 1"`, where `{sip_port}` stands for the
+    /// daemon's SIP port), and waits until it answers OPTIONS.
     pub fn start(toml_overrides: &str) -> Daemon {
         Self::start_full(RTP_RANGE_WIDTH, toml_overrides, &[])
     }
@@ -278,6 +318,8 @@ level = "info"
                 toml::Value::String(prompts_dir().display().to_string()),
             );
         }
+        // `{sip_port}` in the overrides is the daemon's SIP port (for extra listen addresses).
+        let overrides = overrides.replace("{sip_port}", &sip_port.to_string());
         let over: toml::Table = overrides.parse().unwrap_or_else(|e| {
             panic!("test config overrides are not valid TOML: {e}\n{overrides}")
         });
@@ -342,6 +384,23 @@ level = "info"
     }
 
     /// The daemon's temporary directory (config, log); removed on drop.
+    /// The config file the daemon runs on (tests edit it, then reload).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Edits the daemon's config file: `edit` changes the parsed TOML, which is written back.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut toml::Table)) {
+        let text = fs::read_to_string(&self.config_path).expect("read config");
+        let mut table: toml::Table = text.parse().expect("config is TOML");
+        edit(&mut table);
+        fs::write(
+            &self.config_path,
+            toml::to_string(&table).expect("serialize config"),
+        )
+        .expect("write config");
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -1018,6 +1077,11 @@ impl SmsSink {
             }
         });
         SmsSink { addr, state, stop }
+    }
+
+    /// From now on, every request is answered with `status` (an outage ends, or begins).
+    pub fn set_status(&self, status: u16) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).status = status;
     }
 
     /// The URL to put in `[sms] url`.
@@ -1836,10 +1900,26 @@ pub struct Baresip {
     token: u32,
 }
 
+/// The address family a [`Baresip`] listens, announces and sends media in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// SIP on 127.0.0.1, media announced as `c=IN IP4 127.0.0.1`.
+    V4,
+    /// SIP on `[::1]`, media announced as `c=IN IP6 ::1`.
+    V6,
+}
+
 impl Baresip {
     /// Starts baresip allowing `max_calls` simultaneous calls (a transfer needs 2: the new
     /// call to the target is made while the transferred one still exists).
     pub fn start(max_calls: u32) -> Baresip {
+        Self::start_on(max_calls, Family::V4)
+    }
+
+    /// [`Baresip::start`] in one address family: over IPv6 it listens on `[::1]`, announces
+    /// `::1` in its SDP and its account is `sip:tester@[::1]` (`net_interface ::1`, an address
+    /// rather than `lo`, as for IPv4). Its control socket stays on 127.0.0.1.
+    pub fn start_on(max_calls: u32, family: Family) -> Baresip {
         let binary = require_tool("baresip");
         let module_path = baresip_module_dir();
         let dir = tempfile::Builder::new()
@@ -1850,8 +1930,22 @@ impl Baresip {
         fs::create_dir(&dump_dir).expect("create dump dir");
         let source = dir.path().join("source.wav");
         write_tone_wav(&source, 120);
-        let sip_port = free_sip_port();
-        let ctrl_port = free_sip_port();
+        let (sip_port, host) = match family {
+            Family::V4 => (free_sip_port(), "127.0.0.1"),
+            Family::V6 => (free_sip_port_v6(), "::1"),
+        };
+        let sip_listen = match family {
+            Family::V4 => format!("{host}:{sip_port}"),
+            Family::V6 => format!("[{host}]:{sip_port}"),
+        };
+        // baresip also listens for SIP over TLS on the next port up (sip_listen + 1), so the
+        // control socket must not be there.
+        let ctrl_port = loop {
+            let port = free_sip_port();
+            if port != sip_port + 1 {
+                break port;
+            }
+        };
         let rtp_min = free_media_port();
 
         let template = BARESIP_CONFIG_TEMPLATE.replace(
@@ -1863,7 +1957,8 @@ impl Baresip {
             "tests/baresip/config.in no longer has `call_max_calls<TAB><TAB>1`"
         );
         let config = template
-            .replace("@SIP_PORT@", &sip_port.to_string())
+            .replace("@SIP_LISTEN@", &sip_listen)
+            .replace("@NET_INTERFACE@", host)
             .replace("@RTP_MIN@", &rtp_min.to_string())
             .replace("@RTP_MAX@", &(rtp_min + 3).to_string())
             .replace("@SOURCE_WAV@", &source.display().to_string())
@@ -1871,9 +1966,13 @@ impl Baresip {
             .replace("@DUMP_DIR@", &dump_dir.display().to_string())
             .replace("@CTRL_PORT@", &ctrl_port.to_string());
         fs::write(dir.path().join("config"), config).expect("write baresip config");
+        let aor_host = match family {
+            Family::V4 => host.to_string(),
+            Family::V6 => format!("[{host}]"),
+        };
         fs::write(
             dir.path().join("accounts"),
-            "<sip:tester@127.0.0.1>;regint=0\n",
+            format!("<sip:tester@{aor_host}>;regint=0\n"),
         )
         .expect("write accounts");
 
@@ -2140,6 +2239,264 @@ impl Daemon {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `GET path` from the admin listener at `addr`; the whole HTTP response.
+pub fn admin_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("admin listener reachable");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    r
+}
+
+/// The value of a sample line of a metrics page, such as `ivrd_sip_transactions 0` or
+/// `ivrd_dtmf_digits_total{method="rfc4733"} 3`.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Test certificates, made at test time (never committed): a CA, and leaves it signs.
+pub struct TestPki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ivrd test CA");
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        TestPki {
+            ca: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) signed by the CA: (cert, key) PEM.
+    pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("leaf params");
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes a server certificate for 127.0.0.1 into `dir` as cert.pem/key.pem (and the CA
+    /// as ca.pem); returns the three paths.
+    pub fn write_server(&self, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let (cert, key) = self.leaf(&["127.0.0.1", "ivrd.test"]);
+        let paths = (
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            dir.join("ca.pem"),
+        );
+        fs::write(&paths.0, cert).unwrap();
+        fs::write(&paths.1, key).unwrap();
+        fs::write(&paths.2, self.ca_pem()).unwrap();
+        (paths.0, paths.1, paths.2)
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// SIP over TLS from a small rustls client (Debian's SIPp has no TLS), or a server side that
+/// takes the connection ivrd opens: framing by Content-Length as `SipTcp` does.
+pub struct SipTls<C = rustls::ClientConnection> {
+    pub stream: rustls::StreamOwned<C, TcpStream>,
+    pending: Vec<u8>,
+}
+
+impl SipTls<rustls::ServerConnection> {
+    /// Accepts one connection on `listener` within `timeout` and completes the handshake with
+    /// `cert`/`key` (PEM). With `client_ca`, the client must present a certificate from it.
+    pub fn accept(
+        listener: &TcpListener,
+        (cert, key): (&str, &str),
+        client_ca: Option<&str>,
+        timeout: Duration,
+    ) -> std::io::Result<SipTls<rustls::ServerConnection>> {
+        use rustls::pki_types::pem::PemObject;
+        let builder = rustls::ServerConfig::builder();
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots.add(c.expect("CA PEM")).expect("add CA");
+                }
+                builder.with_client_cert_verifier(
+                    rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+                        .build()
+                        .expect("client verifier"),
+                )
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .expect("server cert");
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + timeout;
+        let sock = loop {
+            match listener.accept() {
+                Ok((sock, _)) => break sock,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "nobody connected",
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        sock.set_nonblocking(false)?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let conn = rustls::ServerConnection::new(std::sync::Arc::new(config))
+            .map_err(std::io::Error::other)?;
+        let mut stream = rustls::StreamOwned::new(conn, sock);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(SipTls {
+            stream,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The client's certificate (DER), if it presented one.
+    pub fn client_cert(&self) -> Option<Vec<u8>> {
+        self.stream
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+    }
+}
+
+impl SipTls {
+    /// Connects to `target`, trusting `ca_pem`, presenting `client` (cert, key PEM) if given.
+    pub fn connect(
+        target: SocketAddr,
+        ca_pem: &str,
+        client: Option<(&str, &str)>,
+    ) -> std::io::Result<SipTls> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("add CA");
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match client {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![
+                        rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap(),
+                    ],
+                    rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .expect("client cert"),
+            None => builder.with_no_client_auth(),
+        };
+        let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(std::io::Error::other)?;
+        let sock = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut stream = rustls::StreamOwned::new(conn, sock);
+        // Drive the handshake now, so a refused one fails here.
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(SipTls {
+            stream,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The server's certificate (DER), to tell one certificate from another.
+    pub fn server_cert(&self) -> Vec<u8> {
+        self.stream
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
+    }
+}
+
+impl<C, S> SipTls<C>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.sock.local_addr().expect("local addr")
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.stream.write_all(data).expect("write TLS");
+        self.stream.flush().expect("flush TLS");
+    }
+
+    /// The next complete message, or None if the peer closes or `timeout` passes first.
+    pub fn recv(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = find_subslice(&self.pending, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.pending[..end]).into_owned();
+                let body_len = header_value(&head, "Content-Length", Some("l"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let total = end + 4 + body_len;
+                if self.pending.len() >= total {
+                    let msg: Vec<u8> = self.pending.drain(..total).collect();
+                    return Some(String::from_utf8_lossy(&msg).into_owned());
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.sock.set_read_timeout(Some(left)).ok()?;
+            match self.stream.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// The next response with a final status (skipping 1xx), or None.
+    pub fn final_response(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let msg = self.recv(deadline.saturating_duration_since(Instant::now()))?;
+            if status_code(&msg).is_some_and(|c| c >= 200) {
+                return Some(msg);
+            }
         }
     }
 }

@@ -7,7 +7,7 @@
 //!   the retry rules live in one place (the `retry` module) so every provider retries the same way.
 //! - The text carries the PIN, so it is never logged and never put into an error:
 //!   [`SmsMessage`]'s `Debug` redacts it, provider error texts are scrubbed before they become
-//!   an [`SmsError`], and phone numbers in logs are masked with [`mask_number`] (OWASP MFA
+//!   an [`SmsError`], and phone numbers in logs are masked with [`crate::redact::mask_number`] (OWASP MFA
 //!   cheat sheet: never log the code; keep personal data out of logs).
 //! - [`SmsError`] tells the caller what it may do next: [`SmsError::Rejected`] will fail the
 //!   same way again, [`SmsError::Unavailable`] may work later, and [`SmsError::Timeout`] means
@@ -102,6 +102,17 @@ pub enum SmsError {
     /// The SMS configuration cannot work (missing or malformed setting).
     #[error("invalid SMS configuration: {0}")]
     Config(String),
+}
+
+impl SmsError {
+    /// Whether the message certainly did not go out: refused (a 4xx a retry would repeat),
+    /// the provider unreachable or answering 429/5xx until the retries ran out, or a
+    /// configuration that cannot send. Such a send is not counted against the customer's or
+    /// the caller's quota: an outage must not lock customers out. A [`SmsError::Timeout`]
+    /// may have been delivered, so it counts.
+    pub fn nothing_sent(&self) -> bool {
+        !matches!(self, SmsError::Timeout)
+    }
 }
 
 fn http_status(status: &Option<u16>) -> String {
@@ -503,21 +514,7 @@ pub fn build_with_backoff(
     })
 }
 
-/// Masks a phone number for logs: the first 3 and the last 2 characters stay, the rest
-/// become `*` (`+4915112345678` -> `+49*********78`). Strings of 5 characters or fewer are
-/// masked whole, since keeping 5 of them would show everything.
-pub fn mask_number(number: &str) -> String {
-    let chars: Vec<char> = number.chars().collect();
-    let n = chars.len();
-    if n <= 5 {
-        return "*".repeat(n);
-    }
-    let mut out = String::with_capacity(n);
-    out.extend(&chars[..3]);
-    out.extend(std::iter::repeat_n('*', n - 5));
-    out.extend(&chars[n - 2..]);
-    out
-}
+pub(crate) use crate::redact::mask_number;
 
 /// Refuses a destination that is not E.164 (`+`, then 7 to 15 digits, the first not 0):
 /// every provider here expects that form, and a malformed number would only come back as a

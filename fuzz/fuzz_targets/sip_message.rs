@@ -1,0 +1,3 @@
+#![no_main]
+// The body is ivrd::fuzzing::sip_message, shared with tests/fuzz_regressions.rs.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ivrd::fuzzing::sip_message(data));
