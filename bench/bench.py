@@ -114,9 +114,19 @@ def proc_sample(pid):
 
 
 def metrics():
+    # On a starved host (CPU 0 shared with other jobs) /metrics may take longer than 5 s to
+    # answer: try three times (5, 10, 20 s) before giving up, rather than end the whole run.
     url = f"http://{HOST}:{ADMIN_PORT}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
+    for attempt, timeout in enumerate((5, 10, 20)):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                text = r.read().decode()
+            break
+        except OSError as e:
+            timed_out = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
+            if attempt == 2 or not timed_out:
+                raise
+            log(f"  /metrics did not answer in {timeout} s; again")
     out = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
