@@ -1476,12 +1476,12 @@ mod tests {
         shutdown.cancel();
     }
 
-    /// Untrusted sources, one INVITE each, can take only a quarter of the transaction cap
+    /// Untrusted sources, one INVITE each, can take only an eighth of the transaction cap
     /// between them; the rest get a stateless 503, and a trusted peer still gets in.
     #[tokio::test]
-    async fn untrusted_sources_share_a_quarter_of_the_transaction_cap() {
+    async fn untrusted_sources_share_an_eighth_of_the_transaction_cap() {
         let cfg = CoreConfig {
-            max_transactions: 8,
+            max_transactions: 16,
             ..CoreConfig::new(Timers::default(), "test")
         };
         let (core, in_tx, mut calls, peer, local, shutdown) = core_with(cfg).await;
