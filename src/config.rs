@@ -430,8 +430,14 @@ impl SipConfig {
             // RSS up by 200 MiB in the flood benchmark). An honest caller's INVITE is
             // unconfirmed for one round trip, so 256 at once still admit thousands a second.
             unconfirmed_total: (rtp_slots / 2).clamp(1, UNTRUSTED_UNCONFIRMED_MAX),
-            // The same for calls up: 2,700 of them from 200 sources held 110 MiB.
-            calls_total: (rtp_slots / 2).clamp(1, UNTRUSTED_CALLS_MAX),
+            // The same for calls up (2,700 of them from 200 sources held 110 MiB): half the
+            // ports when a PBX is trusted (the rest are its), all of them in open mode.
+            calls_total: if self.trusted.is_empty() {
+                rtp_slots
+            } else {
+                rtp_slots / 2
+            }
+            .clamp(1, UNTRUSTED_CALLS_MAX),
             ..crate::sip::peers::Budgets::default()
         }
     }
