@@ -38,10 +38,10 @@ MODES = {
     # Workload 2: concurrent calls
     "quick": dict(ns=[100, 250, 500], steady=20, capture=10,
                   cps_rates=[200, 400, 800, 1000], cps_secs=20,
-                  sig_rates=[1000, 2000], sig_secs=10),
+                  sig_rates=[1000, 2000], sig_secs=10, echo_ns=[250, 500]),
     "full": dict(ns=[500, 1000, 2000, 4000], steady=60, capture=20,
                  cps_rates=[200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000], cps_secs=30,
-                 sig_rates=[1000, 1500, 2000, 2500, 3000, 4000], sig_secs=20),
+                 sig_rates=[1000, 1500, 2000, 2500, 3000, 4000], sig_secs=20, echo_ns=[1000, 2000]),
 }
 
 
@@ -173,6 +173,8 @@ def window(a, b):
         ma, mb = a["metrics"], b["metrics"]
         d = lambda k: mb.get(k, 0) - ma.get(k, 0)
         w.update(pkts=d("ivrd_rtp_packets_sent_total"), send_errors=d("ivrd_rtp_send_errors_total"),
+                 pkts_received=d("ivrd_rtp_packets_received_total"),
+                 foreign=d("ivrd_rtp_foreign_packets_total"),
                  ticks=d("ivrd_rtp_ticks_total"), late_ticks=d("ivrd_rtp_late_ticks_total"),
                  skipped_ticks=d("ivrd_rtp_skipped_ticks_total"),
                  active_start=ma.get("ivrd_calls_active", 0), active_end=mb.get("ivrd_calls_active", 0),
@@ -205,27 +207,44 @@ def own_jitter(ma, mb):
 
 # ---------------------------------------------------------------- capture and timing
 
-def sample_ports(n):
-    """The RTP ports of the sampled streams: spread evenly over the N streams, not the first
-    ones. ivrd's pacer and the floor both send a tick's streams in the order they were added
-    (port order here), and a stream late in a tick's burst sees more timing error than one at
-    its start, so both must be sampled across the whole burst."""
-    k = min(SAMPLE_STREAMS, n)
-    return [RTP_MIN + 2 * (i * n // k) for i in range(k)]
+def sample_ports(ports):
+    """The RTP ports of the sampled streams: spread evenly over `ports`, the streams' ports in
+    the order their calls were set up, not the first ones. ivrd's pacer and the floor both
+    send a tick's streams in the order they were added, and a stream late in a tick's burst
+    sees more timing error than one at its start, so both must be sampled across the whole
+    burst. ivrd picks its ports at random: its list comes from SIPp (`rtp_ports`); the
+    floor's are sequential (`floor_ports`)."""
+    k = min(SAMPLE_STREAMS, len(ports))
+    return [ports[i * len(ports) // k] for i in range(k)]
 
 
-def capture(secs, out, n):
+def floor_ports(n):
+    return [RTP_MIN + 2 * i for i in range(n)]
+
+
+def rtp_ports(run_dir):
+    """The RTP port of each call's answer, in the order the calls were set up: SIPp logs the
+    m= port of every 200 (scenarios/uac_hold.xml, `-trace_logs`) to rtp_ports.log."""
+    import re
+    path = os.path.join(run_dir, "rtp_ports.log")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [int(m.group(1)) for m in re.finditer(r"^rtp (\d+)", f.read(), re.M)]
+
+
+def capture(secs, out, ports, dst_port=MEDIA_PORT):
     """dumpcap on lo during `secs`, only the sampled streams' RTP, 64-byte snaplen, on CPU 1."""
-    ports = " or ".join(f"udp src port {p}" for p in sample_ports(n))
-    filt = f"udp dst port {MEDIA_PORT} and ({ports})"
+    src = " or ".join(f"udp src port {p}" for p in sample_ports(ports))
+    filt = f"udp dst port {dst_port} and ({src})"
     cmd = ["taskset", "-c", "1", "dumpcap", "-q", "-i", "lo", "-f", filt, "-s", "64",
            "-a", f"duration:{secs}", "-w", out]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=secs + 30)
 
 
-def timing(pcap):
+def timing(pcap, dst_port=MEDIA_PORT):
     """|inter-packet interval - 20 ms| per stream (src port + SSRC), percentiles in ms."""
-    cmd = ["tshark", "-r", pcap, "-d", f"udp.port=={MEDIA_PORT},rtp", "-T", "fields",
+    cmd = ["tshark", "-r", pcap, "-d", f"udp.port=={dst_port},rtp", "-T", "fields",
            "-e", "udp.srcport", "-e", "rtp.ssrc", "-e", "frame.time_epoch", "-e", "rtp.seq"]
     r = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
     streams = {}
@@ -264,11 +283,21 @@ def write_config(run_dir, text):
 TCP_WRITE_QUEUE_KIB = None  # --tcp-write-queue-kib: [sip] tcp_write_queue_kib for w1tls (None: ivrd's 256)
 
 
-def ivrd_config(run_dir, tls=None, srtp=None):
-    """The demo-flow config of workloads 1 and 2. SIPp at 127.0.0.1 is the trusted PBX: an
-    untrusted source may place only 10 new calls a second and hold 32 calls (`[sip] source_*`),
-    which would throttle every step. `tls`: (cert, key) PEM paths for a `[sip] tls` listener on
-    TLS_PORT; `srtp`: `[media] srtp` ("off", "optional", "required"; None = the default)."""
+def ivrd_config(run_dir, rtp_timeout_secs=0, strict_rtp=None, sip_extra="", tls=None, srtp=None):
+    """The demo-flow config of workloads 1 and 2 (and the flood runs, with `sip_extra`).
+    SIPp at 127.0.0.1 is the trusted PBX: an untrusted source may place only 10 new calls a
+    second and hold 16 unanswered INVITEs (`[sip] source_*`), which would throttle every
+    step. `rtp_timeout_secs` 0: SIPp sends no RTP (the echo variant of workload 2 does, and
+    keeps the default 30 s: None); `strict_rtp` None leaves the default (true). `tls`: (cert,
+    key) PEM paths for a `[sip] tls` listener on TLS_PORT; `srtp`: `[media] srtp` ("off",
+    "optional", "required"; None = the default)."""
+    if rtp_timeout_secs is None:
+        timeout = "# rtp_timeout_secs: the default (30 s); the sink echoes every packet back"
+    elif rtp_timeout_secs == 0:
+        timeout = "rtp_timeout_secs = 0            # SIPp sends no RTP: never hang up silent callers"
+    else:
+        timeout = f"rtp_timeout_secs = {rtp_timeout_secs}"
+    strict = "" if strict_rtp is None else f"strict_rtp = {'true' if strict_rtp else 'false'}\n"
     tls_listen = f'tls = ["{HOST}:{TLS_PORT}"]\n' if tls else ""
     if tls and TCP_WRITE_QUEUE_KIB:
         tls_listen += f"tcp_write_queue_kib = {TCP_WRITE_QUEUE_KIB}\n"
@@ -281,14 +310,13 @@ def ivrd_config(run_dir, tls=None, srtp=None):
 udp = ["{HOST}:{SIP_PORT}"]
 tcp = ["{HOST}:{SIP_PORT}"]
 {tls_listen}trusted = ["{HOST}"]             # SIPp, the PBX: no per-source limits
-
-{tls_section}
-[media]
+{sip_extra}
+{tls_section}[media]
 rtp_ip = "{HOST}"
 rtp_port_min = {RTP_MIN}
 rtp_port_max = {RTP_MAX}
-rtp_timeout_secs = 0            # SIPp sends no RTP: never hang up silent callers
-max_call_secs = 0
+{timeout}
+{strict}max_call_secs = 0
 prompts_dir = "{ROOT}/prompts"
 inband_dtmf = false
 pacing_threads = 1
@@ -377,23 +405,33 @@ class Ivrd:
                     error_lines=sum("ERROR" in l[:40] for l in lines))
 
 
-def sipp(run_dir, n_total, limit, rate, hold_ms, rtt=False, scenario="uac_hold.xml",
+def sipp(run_dir, n_total, limit, rate, hold_ms, rtt=False, port=SIPP_PORT, media_port=MEDIA_PORT,
+         sdp_port=None, ctrl_port=None, trace_logs=False, scenario="uac_hold.xml",
          remote_port=SIP_PORT, transport=None):
-    """SIPp on CPU 1. `transport` "t1": one TCP connection for all calls (to the stunnel
-    client at `remote_port`, which carries it to ivrd over TLS); default UDP."""
+    """SIPp with `scenario` (scenarios/uac_hold.xml), pinned to CPU 1. `sdp_port`: the port its
+    SDP offers (default: its own media port; workload 2's echo variant names the sink's).
+    `trace_logs`: write the RTP port of every answer (the scenario's `<log>`) to
+    rtp_ports.log. Two SIPps at once (the flood runs) need their own `port`, `media_port` and
+    control port. `transport` "t1": one TCP connection for all calls (to the stunnel client at
+    `remote_port`, which carries it to ivrd over TLS); default UDP."""
     cmd = ["taskset", "-c", "1", "sipp", f"{HOST}:{remote_port}",
            "-sf", os.path.join(BENCH, "scenarios", scenario),
-           "-s", "100", "-i", HOST, "-p", str(SIPP_PORT), "-mi", HOST, "-mp", str(MEDIA_PORT),
+           "-s", "100", "-i", HOST, "-p", str(port), "-mi", HOST, "-mp", str(media_port),
+           "-key", "sdp_port", str(sdp_port or media_port),
            "-l", str(limit), "-r", str(rate), "-m", str(n_total), "-d", str(hold_ms),
            # SIPp's default socket buffer is 64 KiB: at thousands of calls a second it drops
            # ivrd's answers itself, and its retransmissions would be charged to ivrd.
            "-buff_size", str(4 << 20),
            "-nostdin", "-trace_stat", "-stf", "stat.csv", "-fd", "1",
            "-trace_err", "-error_file", "errors.log", "-trace_screen", "-screen_file", "screen.log"]
+    if ctrl_port:
+        cmd += ["-cp", str(ctrl_port)]
     if rtt:
         cmd += ["-trace_rtt", "-rtt_freq", "1"]
     if transport:
         cmd += ["-t", transport]
+    if trace_logs:
+        cmd += ["-trace_logs", "-log_file", "rtp_ports.log"]
     out = open(os.path.join(run_dir, "sipp.out"), "w")
     with open(os.path.join(run_dir, "sipp.cmd"), "w") as f:
         f.write(" ".join(cmd) + "\n")
@@ -681,18 +719,39 @@ def calls_rate(n):
     return max(25, min(100, n // 10))
 
 
-def workload2_ivrd(args, mode, n, out):
-    run_dir = os.path.join(out, "raw", f"w2-ivrd-{n}")
+ECHO_PORT = 16100    # workload 2's echo variant: the sink's port, named in SIPp's SDP
+
+
+def workload2_ivrd(args, mode, n, out, strict=None, tag=None):
+    """Workload 2 at N calls. `strict` None: the plain workload (SIPp sends no RTP). True or
+    False: the echo variant (`w2echo`) with `[media] strict_rtp` set so: SIPp's SDP names the
+    sink, which sends every packet back to the ivrd port it came from, so ivrd receives 50
+    packets a second per call as it does from real callers, from the address the SDP named."""
+    echo = strict is not None
+    name = tag or (f"w2echo-{'strict' if strict else 'plain'}-{n}" if echo else f"w2-ivrd-{n}")
+    run_dir = os.path.join(out, "raw", name)
     os.makedirs(run_dir, exist_ok=True)
-    rate = calls_rate(n)
+    # With the echo, every call up adds 50 received packets a second to the one tokio worker
+    # that also runs the SIP core: set up at half the rate, so no INVITE of the ramp waits past
+    # overload control's 250 ms.
+    rate = max(25, calls_rate(n) // 2) if echo else calls_rate(n)
     ramp = n / rate
     settle = 3
     hold_s = ramp * 1.5 + 5 + settle + mode["steady"] + mode["capture"] + 5
-    log(f"W2 ivrd N={n}: {rate} cps ramp (~{ramp:.0f} s), each call listens {hold_s:.0f} s")
-    iv = Ivrd(args.ivrd, run_dir)
+    log(f"{'W2echo strict_rtp=' + str(strict).lower() if echo else 'W2 ivrd'} N={n}: {rate} cps ramp "
+        f"(~{ramp:.0f} s), each call listens {hold_s:.0f} s")
+    cfg = ivrd_config(run_dir, rtp_timeout_secs=None, strict_rtp=strict) if echo else None
+    iv = Ivrd(args.ivrd, run_dir, cfg=cfg)
     idle = proc_sample(iv.pid)
-    sp = sipp(run_dir, n, n, rate, int(hold_s * 1000))
-    res = dict(n=n, rate=rate, hold_s=hold_s)
+    sink = None
+    if echo:
+        sink = subprocess.Popen(["taskset", "-c", "1", os.path.join(args.bin, "sink"), str(ECHO_PORT),
+                                 str(hold_s + 30), "echo"],
+                                stdout=open(os.path.join(run_dir, "sink.out"), "w"), stderr=subprocess.STDOUT)
+        time.sleep(0.3)
+    sp = sipp(run_dir, n, n, rate, int(hold_s * 1000), sdp_port=ECHO_PORT if echo else None,
+              trace_logs=True)
+    res = dict(n=n, rate=rate, hold_s=hold_s, strict_rtp=strict)
     t0 = time.time()
     reached = 0
     while time.time() - t0 < ramp * 1.5 + 5:
@@ -714,18 +773,39 @@ def workload2_ivrd(args, mode, n, out):
     res["rss_idle_kb"] = idle["rss_kb"]
     res["rss_kb"] = b["proc"]["rss_kb"]
     res["expected_pkts"] = w["active_start"] * 50 * w["secs"]
+    ports = rtp_ports(run_dir)
+    res["rtp_ports_logged"] = len(ports)
+    if len(ports) < min(n, reached):
+        log(f"  SIPp logged {len(ports)} RTP ports for {reached} calls up; sampling from those")
     pcap = os.path.join(run_dir, "rtp.pcapng")
-    capture(mode["capture"], pcap, n)
+    dst = ECHO_PORT if echo else MEDIA_PORT
+    res["sampled_ports"] = sample_ports(ports)
+    capture(mode["capture"], pcap, ports, dst_port=dst)
     res["active_after_capture"] = int(metrics().get("ivrd_calls_active", 0))
-    res["timing"] = timing(pcap)
+    res["timing"] = timing(pcap, dst_port=dst)
     rc = wait_sipp(sp, hold_s + 60)
     res["sipp_rc"] = rc
     res["sipp"] = sipp_stats(run_dir)
     m = metrics()
     res["ivrd_retrans"] = m.get("ivrd_sip_retransmissions_total", 0)
+    res["foreign_total"] = m.get("ivrd_rtp_foreign_packets_total", 0)
+    res["received_total"] = m.get("ivrd_rtp_packets_received_total", 0)
     res["ivrd_log"] = iv.stop()
+    if sink:
+        sink.terminate()
+        sink.wait(timeout=10)
+        with open(os.path.join(run_dir, "sink.out")) as f:
+            for line in f:
+                k, _, v = line.partition(" ")
+                if v.strip().isdigit():
+                    res[k] = int(v)
     os.remove(pcap) if not args.keep_pcaps else None
-    log(f"  ivrd {w['cores']:.3f} cores, {w['pkts']:.0f}/{res['expected_pkts']:.0f} pkts, "
+    extra = ""
+    if echo:
+        extra = (f", received {w['pkts_received']:.0f} ({100 * w['pkts_received'] / max(1, w['pkts']):.1f} % of sent), "
+                 f"{1e6 * w['cores'] * w['secs'] / max(1, w['pkts'] + w['pkts_received']):.2f} µs CPU per packet, "
+                 f"foreign {w['foreign']:.0f}")
+    log(f"  ivrd {w['cores']:.3f} cores, {w['pkts']:.0f}/{res['expected_pkts']:.0f} pkts{extra}, "
         f"late {w['late_ticks']:.0f}/{w['ticks']:.0f}, p99 {res['timing']['p99']} ms, "
         f"SIPp ok={res['sipp'].get('successful')} failed={res['sipp'].get('failed')}")
     return res
@@ -825,7 +905,7 @@ def workload2_floor(args, mode, n, out):
     b = snapshot(fl.pid, with_metrics=False)
     w = window(a, b)
     pcap = os.path.join(run_dir, "rtp.pcapng")
-    capture(mode["capture"], pcap, n)
+    capture(mode["capture"], pcap, floor_ports(n))
     res = dict(n=n, window=w, rss_kb=b["proc"]["rss_kb"], timing=timing(pcap))
     fl.wait(timeout=60)
     sink.terminate()
@@ -1040,6 +1120,45 @@ def w2tls_report(data):
     return L
 
 
+def echo_cpu_per_pkt_us(r):
+    w = r["window"]
+    return 1e6 * w["cores"] * w["secs"] / max(1, w["pkts"] + w.get("pkts_received", 0))
+
+
+def echo_report_lines(rows):
+    L = ["## Workload 2 with RTP echoed: strict RTP against plain", "",
+         "As workload 2, but SIPp's SDP names the sink (`sink echo`), which sends every packet "
+         "back to the ivrd port it came from: ivrd receives 50 packets a second per call, from "
+         "the address the SDP named. `[media] strict_rtp` true and false, interleaved (ABBA) in "
+         "one run, a fresh ivrd per step; `rtp_timeout_secs` at its default (30 s), "
+         "`inband_dtmf = false` as in workload 2. CPU per packet = ivrd CPU ÷ (packets sent + "
+         "received) over the steady window.", "",
+         "| step | N | strict_rtp | calls up | ivrd CPU (cores) | sent pkt/s | received pkt/s | received / sent | µs CPU per packet | foreign pkts | late / skipped ticks | \\|Δt−20ms\\| p50 / p99 (ms) | SIPp ok / failed | steal % | load1 |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        w, t, s = r["window"], r["timing"], r["sipp"]
+        L.append(f"| {r['rep']} | {r['n']} | {str(r['strict_rtp']).lower()} | {int(w['active_start'])}→{int(w['active_end'])} | "
+                 f"{w['cores']:.3f} | {w['pkts'] / w['secs']:.0f} | {w.get('pkts_received', 0) / w['secs']:.0f} | "
+                 f"{100 * w.get('pkts_received', 0) / max(1, w['pkts']):.1f} % | {echo_cpu_per_pkt_us(r):.3f} | "
+                 f"{w.get('foreign', 0):.0f} (run {r.get('foreign_total', 0):.0f}) | "
+                 f"{w['late_ticks']:.0f} / {w.get('skipped_ticks', 0):.0f} | {fmt(t['p50'], 3)} / {fmt(t['p99'], 3)} | "
+                 f"{s.get('successful', '?')} / {s.get('failed', '?')} | {w['steal_pct']:.2f} | {w['loadavg'][0]} |")
+    L += ["", "| N | µs CPU per packet, strict (each step) | plain (each step) | mean strict / mean plain |",
+          "|---|---|---|---|"]
+    for n in sorted({r["n"] for r in rows}):
+        st = [echo_cpu_per_pkt_us(r) for r in rows if r["n"] == n and r["strict_rtp"]]
+        pl = [echo_cpu_per_pkt_us(r) for r in rows if r["n"] == n and not r["strict_rtp"]]
+        ratio = (sum(st) / len(st)) / (sum(pl) / len(pl)) if st and pl else None
+        L.append(f"| {n} | {', '.join(f'{x:.3f}' for x in st)} | {', '.join(f'{x:.3f}' for x in pl)} | "
+                 f"{fmt(ratio, 3)} |")
+    L += ["", "Details per step: " + "; ".join(
+        f"{r['rep']}/{r['n']}/{'strict' if r['strict_rtp'] else 'plain'}: sink got {r.get('sink_packets', '?')}, "
+        f"echoed {r.get('sink_echoed', '?')}; RSS/call {r['rss_per_call_kb']:.1f} KiB; busiest threads "
+        + ", ".join(f"{k.split('#')[0]} {v:.3f}" for k, v in sorted(r['window']['threads'].items(), key=lambda kv: -kv[1])[:3])
+        for r in rows), ""]
+    return L
+
+
 def report(data, path):
     mf, me = data["machine_start"], data["machine_end"]
     L = [f"# ivrd load benchmark ({data['mode']} mode)", ""]
@@ -1147,11 +1266,23 @@ def report(data, path):
                          f"failures {r.get('tls_handshake_failures', 0):.0f}, stunnel CPU "
                          f"{fmt(r['window'].get('peer_cores'), 3)} cores, stunnel: {r.get('stunnel')}")
             L.append("")
+    if data.get("w2echo"):
+        L += echo_report_lines(data["w2echo"])
     if data.get("w3"):
         import w3
         L += w3.report_lines(data["w3"])
-    else:
-        L += ["## Not measured", "", "- Workload 3 (verification flow with SMS and REFER): not run (`--only w3`).", ""]
+    if data.get("flood"):
+        import flood
+        L += flood.report_lines(data["flood"])
+    missing = [what for key, what in (
+        ("w2", "workload 2 (concurrent calls, `--only w2`)"),
+        ("w2echo", "workload 2 with RTP echoed back, strict RTP against plain (`--only w2echo`)"),
+        ("w1", "workload 1 (call rate, `--only w1`)"),
+        ("w1sig", "workload 1, signalling only (`--only w1sig`)"),
+        ("w3", "workload 3 (verification flow with SMS and REFER, `--only w3`)"),
+        ("flood", "floods (`--only flood`)")) if not data.get(key)]
+    if missing:
+        L += ["## Not run in this run", ""] + [f"- {m}" for m in missing] + [""]
     with open(path, "w") as f:
         f.write("\n".join(L))
 
@@ -1164,7 +1295,14 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--sink-mode", default="hold", choices=["hold", "read"])
     ap.add_argument("--setup-note", action="append", default=[])
-    ap.add_argument("--only", default="w2,w1,w1sig,w3", help="comma list of workloads: w2,w1,w1sig,w3")
+    ap.add_argument("--only", default="w2,w2echo,w1,w1sig,w3,flood",
+                    help="comma list of workloads: w2,w2echo,w2srtp,w1,w1tls,w1sig,w3,flood")
+    ap.add_argument("--echo-ns", default="", help="override the N steps of w2echo, e.g. 1000,2000")
+    ap.add_argument("--echo-reps", type=int, default=2,
+                    help="w2echo: strict/plain pairs per N, in ABBA order (strict, plain, plain, strict, ...)")
+    ap.add_argument("--floods", default="", help="flood: comma list of floods (see flood.py)")
+    ap.add_argument("--flood-modes", default="allow,drop", help="flood: untrusted modes to run")
+    ap.add_argument("--flood-secs", type=int, default=0, help="flood: seconds of each flood")
     ap.add_argument("--ns", default="", help="override N steps, e.g. 100,200")
     ap.add_argument("--rates", default="", help="override call rates, e.g. 10,20")
     ap.add_argument("--sig-rates", default="", help="override signalling-only call rates")
@@ -1200,11 +1338,13 @@ def main():
     global PACER_NICE, TCP_WRITE_QUEUE_KIB
     PACER_NICE = args.pacer_nice
     TCP_WRITE_QUEUE_KIB = args.tcp_write_queue_kib
+    if args.echo_ns:
+        mode["echo_ns"] = [int(x) for x in args.echo_ns.split(",")]
     os.makedirs(args.out, exist_ok=True)
     git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     data = dict(mode=mode_name, steady=mode["steady"], capture=mode["capture"], setup=args.setup_note,
                 machine_start=machine_facts(), git=git, w2=[], floor=[], w1=[], w1sig=[], w3=[],
-                w2tls=[], w1tls=[])
+                w2tls=[], w1tls=[], w2echo=[], flood=[])
     st0 = read_proc_stat()
     only = args.only.split(",")
     json_path = os.path.join(args.out, "results.json")
@@ -1235,6 +1375,19 @@ def main():
                 data["floor"].append(workload2_floor(args, mode, n, args.out))
                 save()
 
+    if "w2echo" in only:
+        # Interleaved, ABBA: strict, plain, plain, strict, ... so that a drift of the host's
+        # speed over the run falls on both alike.
+        for n in mode["echo_ns"]:
+            order = []
+            for k in range(args.echo_reps):
+                order += [True, False] if k % 2 == 0 else [False, True]
+            for k, strict in enumerate(order):
+                tag = f"w2echo-{'strict' if strict else 'plain'}-{n}-{k + 1}"
+                r = workload2_ivrd(args, mode, n, args.out, strict=strict, tag=tag)
+                r["rep"] = k + 1
+                data["w2echo"].append(r)
+                save()
     # The first pass of w2srtp, then the call rates, then the further passes (ABBA): a run
     # cut short still has one pass of each.
     if "w2srtp" in only:
@@ -1260,6 +1413,12 @@ def main():
         import w3
         w3.workload3(args.ivrd, args.out, w3.MODES[mode_name]["rates"], w3.MODES[mode_name]["secs"],
                      on_result=lambda r: (data["w3"].append(r), save()))
+    if "flood" in only:
+        import flood
+        flood.run_floods(args.ivrd, args.bin, args.out, mode_name,
+                         floods=args.floods.split(",") if args.floods else None,
+                         modes=args.flood_modes.split(","), secs=args.flood_secs or None,
+                         on_result=lambda r: (data["flood"].append(r), save()))
     save()
     log(f"results: {os.path.join(args.out, 'results.md')}")
 

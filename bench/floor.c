@@ -56,8 +56,19 @@ int main(int argc, char **argv) {
         struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(base + 2 * i) };
         inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
         if (bind(fd[i], (struct sockaddr *)&a, sizeof a) < 0) {
-            fprintf(stderr, "bind 127.0.0.1:%d: %s\n", base + 2 * i, strerror(errno));
-            return 1;
+            /* A port taken by another process on a shared host (e.g. a test suite's daemon):
+               bind that stream to a port of the kernel's choosing instead. The cost per packet
+               is the same; only the capture, which samples ports base + 2i, may miss it. */
+            if (errno != EADDRINUSE) {
+                fprintf(stderr, "bind 127.0.0.1:%d: %s\n", base + 2 * i, strerror(errno));
+                return 1;
+            }
+            fprintf(stderr, "bind 127.0.0.1:%d: in use; an ephemeral port instead\n", base + 2 * i);
+            a.sin_port = 0;
+            if (bind(fd[i], (struct sockaddr *)&a, sizeof a) < 0) {
+                fprintf(stderr, "bind 127.0.0.1:0: %s\n", strerror(errno));
+                return 1;
+            }
         }
         seq[i] = rand(); ts[i] = rand(); ssrc[i] = rand();
     }

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # ivrd load benchmark. Usage: bench/run.sh [--quick] [extra bench.py options]
 #
-#   --quick   N = 100, 250, 500 for 20 s each, call rates 200..1000 cps (1 s of prompt) and
-#             1000, 2000 cps (signalling only), verification 5..20 cps (about 15 min)
-#   (none)    N = 500, 1000, 2000, 4000 for 60 s each, call rates 200..2000 cps and 1000..4000 cps
-#             signalling only, verification 10..80 cps (about 40 min)
+#   --quick   N = 100, 250, 500 for 20 s each, RTP echoed at N = 250, 500 (strict RTP and plain),
+#             call rates 200..1000 cps (1 s of prompt) and 1000, 2000 cps (signalling only),
+#             verification 5..20 cps, 12 floods x 2 modes of 20 s (about 50 min)
+#   (none)    N = 500, 1000, 2000, 4000 for 60 s each, RTP echoed at N = 1000, 2000, call rates
+#             200..2000 cps and 1000..4000 cps signalling only, verification 10..80 cps,
+#             12 floods x 2 modes of 60 s (about 2 h 20 min)
+#   --only w2,w2echo,w1,w1sig,w3,flood   a subset (e.g. --only flood --floods tcp-idle,options)
 #
 # Loopback only. Pins ivrd to CPU 0 and SIPp to CPU 1. Results go to
 # bench/results/<date>-<host>/results.md (+ plot.svg, results.json, raw/). See bench/README.md.
@@ -20,7 +23,7 @@ prev=""
 for a in "$@"; do
     case "$a" in
         --quick) QUICK="--quick"; MAXN=500 ;;
-        -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,13p "$0"; exit 0 ;;
         *) ARGS+=("$a") ;;
     esac
     # w2srtp's N steps (default 1000,2000) count for the open-file limit too
@@ -83,7 +86,7 @@ for key in net.core.rmem_max net.core.wmem_max; do
     fi
 done
 note "RTP port range 20000-31999 (6000 even ports; below ip_local_port_range $(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr '\t' '-'))"
-note "ivrd config: [sip] trusted = [\"127.0.0.1\"] (SIPp, the PBX: no per-source limits), demo flow, rounds 1, first_digit_timeout 1 h, rtp_timeout_secs 0, max_call_secs 0, pacing_threads 1, pacer_nice -10 (the default; the floor runs at nice -10 too), inband_dtmf false, log warn"
+note "ivrd config: [sip] trusted = [\"127.0.0.1\"] (SIPp, the PBX: no per-source limits), demo flow, rounds 1, first_digit_timeout 1 h, rtp_timeout_secs 0 (w2echo and floods: the default 30 s), max_call_secs 0, pacing_threads 1, pacer_nice -10 (the default; the floor runs at nice -10 too), inband_dtmf false, log warn"
 
 # --- build ---------------------------------------------------------------------------------
 say "building ivrd (cargo build --release) ..."
@@ -97,9 +100,10 @@ BIN="$ROOT/bench/.build"
 mkdir -p "$BIN"
 gcc -O2 -Wall -o "$BIN/floor" bench/floor.c
 gcc -O2 -Wall -o "$BIN/sink" bench/sink.c
+gcc -O2 -Wall -o "$BIN/flood" bench/flood.c
 
 # --- ports free? ---------------------------------------------------------------------------
-for p in 15060 15061 15062 15070 16000 19060; do
+for p in 15060 15061 15062 15070 15072 15074 16000 16010 16020 16100 19060; do
     if ss -Hlun "sport = :$p" | grep -q . || ss -Hltn "sport = :$p" | grep -q .; then
         die "port 127.0.0.1:$p is in use (another bench or ivrd running?)"
     fi

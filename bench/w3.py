@@ -221,6 +221,10 @@ def ivrd_config(run_dir, seed_csv, sms_url, log_level):
 [sip]
 udp = ["{HOST}:{SIP_PORT}"]
 tcp = ["{HOST}:{SIP_PORT}"]
+# SIPp is the PBX: without it listed, every call would come from one untrusted source and
+# meet its budgets (10 new calls a second, 16 unconfirmed), and the per-caller SMS limit would
+# count that source's address (5 SMS per 10 minutes) instead of each caller's number.
+trusted = ["{HOST}"]
 
 [media]
 rtp_ip = "{HOST}"

@@ -175,6 +175,9 @@ pub struct CollectSpec {
     pub max: usize,
     /// A key that ends input early and is not part of it (usually `#`).
     pub terminator: Option<char>,
+    /// A key that, pressed first, ends the collection at once as [`CollectEnd::Escape`]
+    /// (e.g. `*` for "send me a new text"); pressed later it is an ordinary key.
+    pub escape: Option<char>,
     /// How long to wait for the first key after the prompt ends.
     pub first_digit_timeout: Duration,
     /// How long to wait for each further key.
@@ -187,6 +190,8 @@ pub enum CollectEnd {
     Terminator,
     MaxDigits,
     Timeout,
+    /// The escape key was pressed first.
+    Escape,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +228,10 @@ impl<'a> DigitCollector<'a> {
         }
         if Some(key) == self.spec.terminator {
             return Some(self.finish(CollectEnd::Terminator));
+        }
+        if self.digits.is_empty() && Some(key) == self.spec.escape {
+            self.digits.push(key);
+            return Some(self.finish(CollectEnd::Escape));
         }
         self.digits.push(key);
         (self.digits.len() >= self.spec.max).then(|| self.finish(CollectEnd::MaxDigits))
@@ -1519,6 +1528,7 @@ mod tests {
 
     fn spec(max: usize) -> CollectSpec {
         CollectSpec {
+            escape: None,
             min: 1,
             max,
             terminator: Some('#'),

@@ -40,6 +40,7 @@ pub fn digit_prompt(c: char) -> Option<String> {
 
 pub async fn run<C: CallIo + Send>(call: &mut C, cfg: &DemoConfig) -> Result<(), CallEnd> {
     let spec = CollectSpec {
+        escape: None,
         min: 1,
         max: cfg.max_digits,
         terminator: Some(cfg.terminator),
@@ -60,7 +61,7 @@ pub async fn run<C: CallIo + Send>(call: &mut C, cfg: &DemoConfig) -> Result<(),
         info!(
             digits = %got.digits,
             methods = %methods.join(","),
-            ended_by = match got.ended_by { CollectEnd::Terminator => "terminator", CollectEnd::MaxDigits => "max", CollectEnd::Timeout => "timeout" },
+            ended_by = match got.ended_by { CollectEnd::Terminator => "terminator", CollectEnd::MaxDigits => "max", CollectEnd::Timeout => "timeout", CollectEnd::Escape => "escape" },
             "collected"
         );
         let mut names: Vec<String> = vec!["you-entered".into()];

@@ -277,6 +277,9 @@ pub struct Collect {
     pub secret: bool,
     pub on_input: Option<Target>,
     pub on_failure: Option<Target>,
+    /// Where `*` pressed as the first key goes (e.g. "send me a new text"); without it `*` is
+    /// an ordinary key.
+    pub on_star: Option<Target>,
 }
 
 #[derive(Debug, Clone)]
@@ -350,7 +353,14 @@ impl Action {
             | Action::SayNumber { next, .. }
             | Action::Set { next, .. }
             | Action::SetLanguage { next, .. } => vec![t("next", next)],
-            Action::Collect(c) => vec![t("on_input", &c.on_input), t("on_failure", &c.on_failure)],
+            Action::Collect(c) => {
+                let mut v = vec![t("on_input", &c.on_input), t("on_failure", &c.on_failure)];
+                // Optional: without it, `*` is an ordinary key.
+                if c.on_star.is_some() {
+                    v.push(t("on_star", &c.on_star));
+                }
+                v
+            }
             Action::Menu(m) => {
                 let mut v: Vec<Transition<'_>> = m
                     .options

@@ -55,6 +55,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "secret",
             "on_input",
             "on_failure",
+            "on_star",
         ],
     ),
     (
@@ -867,6 +868,7 @@ impl Parser<'_> {
             secret: self.boolean(f, "secret", false),
             on_input: self.target(f, "on_input"),
             on_failure: self.target(f, "on_failure"),
+            on_star: self.target(f, "on_star"),
         })
     }
 

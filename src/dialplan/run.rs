@@ -956,6 +956,7 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
 
     async fn collect(&mut self, step: &Step, c: &Collect) -> Result<Flow, CallEnd> {
         let spec = CollectSpec {
+            escape: c.on_star.as_ref().map(|_| '*'),
             min: c.min,
             max: c.max,
             terminator: c.terminator,
@@ -970,6 +971,15 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                 && let Some(t) = c.terminator
             {
                 self.swallow(t).await?;
+            }
+            if got.ended_by == CollectEnd::Escape {
+                self.obs.event(FlowEvent::Collected {
+                    step: step.name.clone(),
+                    value: Some(got.digits.clone()),
+                    ended_by: got.ended_by,
+                    verdict: "star",
+                });
+                return Ok(go("star", &c.on_star));
             }
             let verdict = if got.digits.is_empty() && got.ended_by == CollectEnd::Timeout {
                 "no-input"
@@ -1010,6 +1020,7 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
     /// Takes a terminator pressed right after a full entry (see [`TERMINATOR_GRACE`]).
     async fn swallow(&mut self, terminator: char) -> Result<(), CallEnd> {
         let spec = CollectSpec {
+            escape: None,
             min: 0,
             max: 1,
             terminator: Some(terminator),
@@ -1025,6 +1036,7 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
 
     async fn menu(&mut self, step: &Step, m: &Menu) -> Result<Flow, CallEnd> {
         let spec = CollectSpec {
+            escape: None,
             min: 1,
             max: 1,
             terminator: None,

@@ -355,6 +355,26 @@ fn three_wrong_pins_go_to_fallback() {
     );
 }
 
+/// "*" at the PIN prompt sends the text again, in one step; the same plan goes on.
+#[test]
+fn star_at_the_pin_prompt_sends_the_text_again() {
+    let (sim, services) = run("123456 W W * W W {pin}", |_| {});
+    assert_eq!(sim.result.outcome, Outcome::Verified, "{}", sim.format());
+    assert_eq!(services.requests().len(), 2, "{}", sim.format());
+    let steps = steps(&sim);
+    assert!(
+        steps.contains(&"ask_pin:star".to_string())
+            && steps.contains(&"resend_pin:sent".to_string()),
+        "{steps:?}"
+    );
+    // An unknown number's star is a decoy's resend: nothing goes out.
+    let (sim, services) = run("999999 W W * W W 0000", |_| {});
+    assert_eq!(sim.result.outcome, Outcome::UnknownCustomer);
+    assert!(services.sent().is_empty());
+    assert_eq!(services.requests().len(), 2);
+    assert!(services.requests().iter().all(|r| r.decoy));
+}
+
 #[test]
 fn wrong_then_right_pin_is_verified() {
     let (sim, _) = run("123456 W W 0000 W W {pin}", |_| {});

@@ -119,8 +119,12 @@ pub struct Budgets {
     /// it lasts, and a source that can ACK could otherwise take them all at its call rate.
     pub calls: u32,
     /// Unconfirmed INVITEs of all untrusted sources together: many sources with a share each
-    /// must not take every RTP port either (the daemon sets it to half its ports).
+    /// must not take every RTP port either (the daemon sets it to half its ports, at most 256).
     pub unconfirmed_total: u32,
+    /// Calls of all untrusted sources together, confirmed or not: each holds a task, buffers
+    /// and an RTP port (40-67 KiB), so many sources with a share each must not grow memory
+    /// without bound (the daemon sets it to half its ports, at most 512).
+    pub calls_total: u32,
     /// Sources tracked at once; a flood from more (spoofed) addresses than this is refused
     /// rather than grown into.
     pub max_sources: usize,
@@ -135,6 +139,7 @@ impl Default for Budgets {
             transactions: 256,
             calls: 32,
             unconfirmed_total: 2_500,
+            calls_total: 2_500,
             // 64 Ki sources of about 100 bytes each: a flood from spoofed addresses cannot
             // grow the table past a few MiB.
             max_sources: 65_536,
@@ -191,6 +196,8 @@ pub struct SourceBudgets {
     sources: HashMap<IpAddr, Source>,
     /// Sum of every source's `unconfirmed`.
     unconfirmed: u32,
+    /// Sum of every source's `calls`.
+    calls: u32,
 }
 
 impl SourceBudgets {
@@ -199,6 +206,7 @@ impl SourceBudgets {
             limits,
             sources: HashMap::new(),
             unconfirmed: 0,
+            calls: 0,
         }
     }
 
@@ -235,11 +243,12 @@ impl SourceBudgets {
             ..
         } = self.limits;
         let all_full = self.unconfirmed >= self.limits.unconfirmed_total;
+        let all_calls = self.calls >= self.limits.calls_total;
         let s = self.entry(ip, now)?;
         if s.unconfirmed >= limit || all_full {
             return Err(Refusal::Unconfirmed);
         }
-        if s.calls >= calls {
+        if s.calls >= calls || all_calls {
             return Err(Refusal::Calls);
         }
         if s.tokens < 1.0 {
@@ -249,13 +258,17 @@ impl SourceBudgets {
         s.unconfirmed += 1;
         s.calls += 1;
         self.unconfirmed += 1;
+        self.calls += 1;
         Ok(())
     }
 
     /// The call opened by [`SourceBudgets::open_call`] is over (or was refused).
     pub fn call_ended(&mut self, ip: IpAddr) {
-        if let Some(s) = self.sources.get_mut(&ip) {
-            s.calls = s.calls.saturating_sub(1);
+        if let Some(s) = self.sources.get_mut(&ip)
+            && s.calls > 0
+        {
+            s.calls -= 1;
+            self.calls -= 1;
         }
     }
 
@@ -372,8 +385,30 @@ mod tests {
             transactions: 5,
             calls: 5,
             unconfirmed_total: 4,
+            calls_total: 6,
             max_sources: 2,
         })
+    }
+
+    /// Many sources, each within its share, cannot have more calls up together than the
+    /// total; a call that ends gives its slot back to anyone.
+    #[test]
+    fn calls_of_all_sources_together_are_capped() {
+        let mut b = budgets();
+        let t0 = Instant::now();
+        let (a, c) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        for (i, src) in [a, a, a, a, c, c].into_iter().enumerate() {
+            let t = t0 + Duration::from_secs(i as u64);
+            b.open_call(src, t).unwrap();
+            b.confirmed(src);
+        }
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(b.open_call(c, later), Err(Refusal::Calls), "6 up in all");
+        b.call_ended(a);
+        b.open_call(c, later).unwrap();
+        // A call_ended for a source with nothing open changes nothing.
+        b.call_ended(ip("192.0.2.9"));
+        assert_eq!(b.open_call(a, later), Err(Refusal::Calls));
     }
 
     #[test]

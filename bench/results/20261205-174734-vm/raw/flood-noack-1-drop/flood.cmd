@@ -1,0 +1,1 @@
+taskset -c 1 nice -n 10 /work/wt-bench/bench/.build/flood noack -n 1 -r 0 -t 127.0.0.1:15060 -s 127.0.0.2 -d 20 -g 3 -o /work/wt-bench/bench/results/20261205-174734-vm/raw/flood-noack-1-drop/flood.report

@@ -1,0 +1,1 @@
+taskset -c 1 nice -n 10 /work/wt-bench/bench/.build/flood tcp-idle -n 200 -c 20000 -r 2000 -w 4 -t 127.0.0.1:15060 -s 127.0.0.2 -d 20 -g 3 -o /work/wt-bench/bench/results/20261205-185937-vm/raw/flood-tcp-idle-drop/flood.report

@@ -1,0 +1,1 @@
+taskset -c 1 nice -n 10 /work/wt-bench/bench/.build/flood tcp-noread -n 200 -c 3200 -r 1000 -t 127.0.0.1:15060 -s 127.0.0.2 -d 20 -g 3 -o /work/wt-bench/bench/results/20261205-185937-vm/raw/flood-tcp-noread-allow/flood.report

@@ -1,0 +1,1 @@
+taskset -c 1 nice -n 10 /work/main/bench/.build/flood noack -n 400 -r 1000 -t 127.0.0.1:15060 -s 127.0.0.2 -d 20 -g 3 -o /work/main/bench/results/20261205-192233-vm/raw/flood-noack-400-allow/flood.report
