@@ -1,0 +1,1 @@
+taskset -c 1 nice -n 10 /work/main/bench/.build/flood invite -n 200 -r 0 -t 127.0.0.1:15060 -s 127.0.0.2 -d 20 -g 3 -o /work/main/bench/results/20261205-195717-vm/raw/flood-invite-200-allow/flood.report
