@@ -155,8 +155,9 @@ impl FlowServices for CallServices {
                 let Some(customer) = customer else {
                     return Err("customer vanished".to_string());
                 };
-                let pin = shared.verifier.prepare_pin(
+                let pin = shared.verifier.prepare_pin_to(
                     &req.customer_id,
+                    &customer.mobile,
                     &req.caller,
                     req.length,
                     Instant::now(),

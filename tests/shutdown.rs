@@ -357,33 +357,10 @@ fn call_ending_during_drain_is_audited() {
 
 /// The verify plan over `db`, with the example customers as seed and the SMS webhook.
 fn verify_daemon(db: &Path, sms: &SmsSink, fallback: &str) -> Daemon {
-    Daemon::start(&format!(
-        r#"
-[demo]
-enabled = false
-
-[dialplans]
-dir = {dir}
-default = "verify"
-vars = {{ queue = {fallback}, fallback = {fallback} }}
-
-[store]
-path = {db}
-seed_csv = {seed}
-
-[sms]
-provider = "webhook"
-url = {url}
-
-[transfer]
-timeout_secs = 10
-"#,
-        dir = toml_str(&manifest_dir().join("dialplans").display().to_string()),
-        fallback = toml_str(fallback),
-        db = toml_str(&db.display().to_string()),
-        seed = toml_str(&manifest_dir().join(SEED_CSV).display().to_string()),
-        url = toml_str(&sms.url()),
-    ))
+    Daemon::start(
+        &(common::verify::verify_plan_config(db, &sms.url(), fallback, fallback)
+            + "\n[transfer]\ntimeout_secs = 10\n"),
+    )
 }
 
 /// One whole verify call for an unknown customer: the customer number typed, ivrd's REFER to
@@ -396,13 +373,7 @@ fn unknown_customer_call(daemon: SocketAddr) -> String {
     uac.info_digits(UNKNOWN, Duration::from_millis(300));
     // The shipped plan treats an unknown number as a decoy: "sending-pin", then the PIN
     // prompt; three wrong PINs end it.
-    std::thread::sleep(prompt_duration("en", "sending-pin") + Duration::from_millis(500));
-    for attempt in 0..3 {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(1500));
-        }
-        uac.info_digits("0000", Duration::from_millis(300));
-    }
+    common::verify::type_three_wrong_pins(&mut uac, "en", "0000");
     let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
     uac.respond(&refer, 202, "Accepted");
     assert_eq!(

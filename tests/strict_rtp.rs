@@ -318,38 +318,15 @@ fn without_strict_rtp_intruders_take_over() {
     let _ = uac.bye();
 }
 
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
 /// The verify plan (dialplans/verify.toml) with the example customers and the webhook SMS
 /// provider pointed at `sms`.
 fn verify_daemon(sms: &SmsSink, state: &Path) -> Daemon {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let nobody = format!("sip:nobody@127.0.0.1:{}", free_udp_port());
-    Daemon::start(&format!(
-        r#"
-[demo]
-enabled = false
-
-[dialplans]
-dir = {dir}
-default = "verify"
-vars = {{ queue = {nobody}, fallback = {nobody} }}
-
-[store]
-path = {db}
-seed_csv = {seed}
-
-[sms]
-provider = "webhook"
-url = {url}
-"#,
-        dir = toml_str(&root.join("dialplans").display().to_string()),
-        nobody = toml_str(&nobody),
-        db = toml_str(&state.join("ivrd.db").display().to_string()),
-        seed = toml_str(&root.join("examples/customers.csv").display().to_string()),
-        url = toml_str(&sms.url()),
+    Daemon::start(&common::verify::verify_plan_config(
+        &state.join("ivrd.db"),
+        &sms.url(),
+        &nobody,
+        &nobody,
     ))
 }
 

@@ -86,20 +86,6 @@ fn verified_until_refer(rig: &Rig, daemon: &Daemon) -> (RawUac, String, String) 
     (uac, pin, refer)
 }
 
-/// Types `wrong` three times like a person: the first once "sending-pin" has ended, each
-/// next one past the 400 ms grace after the previous entry. Keys typed ahead would be kept,
-/// but a key within 400 ms of a full entry is dropped (TERMINATOR_GRACE), so an entry typed
-/// into the previous one's collect would be cut short.
-fn type_three_wrong_pins(uac: &mut RawUac, language: &str, wrong: &str) {
-    std::thread::sleep(prompt_duration(language, "sending-pin") + Duration::from_millis(500));
-    for attempt in 0..3 {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(1500));
-        }
-        uac.info_digits(wrong, KEY_GAP);
-    }
-}
-
 /// The one audit row of a test with one call.
 fn single_audit(rig: &Rig) -> AuditRow {
     let rows = rig.wait_audit(1, Duration::from_secs(15));

@@ -33,6 +33,15 @@ pub fn admin_lock_until() -> SystemTime {
 /// The level of such a lock-out, which no lock-out schedule reaches.
 pub const ADMIN_LOCK_LEVEL: u32 = u32::MAX;
 
+/// Refuses a PIN length out of range before anything is recorded.
+fn check_length(length: usize) -> Result<(), SendRefusal> {
+    if (crate::verify::pin::MIN_LENGTH..=crate::verify::pin::MAX_LENGTH).contains(&length) {
+        Ok(())
+    } else {
+        Err(PinError::Length(length).into())
+    }
+}
+
 /// The vault subject of a decoy: a NUL cannot be part of a customer id, so it never names one.
 fn decoy_subject(subject: &str) -> String {
     format!("\u{0}decoy\u{0}{subject}")
@@ -322,45 +331,67 @@ impl Verifier {
         now: Instant,
         wall: SystemTime,
     ) -> Result<Pin, SendRefusal> {
-        // Refuse a bad length before anything is recorded.
-        if !(crate::verify::pin::MIN_LENGTH..=crate::verify::pin::MAX_LENGTH).contains(&length) {
-            return Err(PinError::Length(length).into());
-        }
-        if self.is_locked(customer_id, wall)? {
-            return Err(SendRefusal::LockedOut);
-        }
-        // The guard judges where the SMS would go: the number on file.
         let mobile = self
             .store
             .find_customer(customer_id)?
             .map(|c| c.mobile)
             .unwrap_or_default();
-        let dest = Destination::of(&mobile, self.guard.breaker_prefix_digits);
+        self.prepare_pin_to(customer_id, &mobile, caller, length, now, wall)
+    }
+
+    /// [`Verifier::prepare_pin`] for a customer whose number on file (`mobile`, where the SMS
+    /// goes and what the fraud guard judges) the caller has just read.
+    pub fn prepare_pin_to(
+        &self,
+        customer_id: &str,
+        mobile: &str,
+        caller: &str,
+        length: usize,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<Pin, SendRefusal> {
+        check_length(length)?;
+        if self.is_locked(customer_id, wall)? {
+            return Err(SendRefusal::LockedOut);
+        }
+        let dest = Destination::of(mobile, self.guard.breaker_prefix_digits);
         let Some(dest) = dest.filter(|d| self.guard.allows(d)) else {
             tracing::warn!(
                 guard = GuardRefusal::Country.as_str(),
-                region = Destination::of(&mobile, 0)
+                region = Destination::of(mobile, 0)
                     .and_then(|d| d.region)
                     .unwrap_or_default(),
                 "fraud guard refused a PIN SMS"
             );
             return Err(SendRefusal::Guard(GuardRefusal::Country));
         };
-        let trips = |sends, verified| breaker_trips(&self.guard, sends, verified);
-        let since = wall.checked_sub(self.limits.sms_window()).unwrap_or(wall);
-        let guard = self.guard_query(Some(&dest), &trips);
+        self.admit_send(false, customer_id, caller, wall, Some(&dest))?;
+        Ok(self.vault().issue_or_resend(customer_id, length, now)?)
+    }
+
+    /// Admits one send of `subject` (a customer, or a decoy's number) under the SMS limits
+    /// and the fraud guard, recording it; a decoy, with no destination, meets the budgets only.
+    fn admit_send(
+        &self,
+        decoy: bool,
+        subject: &str,
+        caller: &str,
+        wall: SystemTime,
+        dest: Option<&Destination>,
+    ) -> Result<(), SendRefusal> {
+        let trips = |sends, verified| dest.is_some() && breaker_trips(&self.guard, sends, verified);
+        let guard = self.guard_query(dest, &trips);
         let admission = self.store.admit(&Admission {
-            decoy: false,
-            subject: customer_id,
+            decoy,
+            subject,
             caller,
             at: wall,
-            since,
+            since: wall.checked_sub(self.limits.sms_window()).unwrap_or(wall),
             per_subject: self.limits.sms_per_customer,
             per_caller: self.limits.sms_per_caller,
             guard: Some(&guard),
         })?;
-        self.admitted(admission, Some(&dest))?;
-        Ok(self.vault().issue_or_resend(customer_id, length, now)?)
+        self.admitted(admission, dest)
     }
 
     /// An admission's verdict as a refusal (logged when the guard refused).
@@ -401,24 +432,9 @@ impl Verifier {
         now: Instant,
         wall: SystemTime,
     ) -> Result<(), SendRefusal> {
-        if !(crate::verify::pin::MIN_LENGTH..=crate::verify::pin::MAX_LENGTH).contains(&length) {
-            return Err(PinError::Length(length).into());
-        }
-        let since = wall.checked_sub(self.limits.sms_window()).unwrap_or(wall);
+        check_length(length)?;
         // When a budget is spent, decoys are refused too (or the refusal would tell real ids).
-        let never = |_, _| false;
-        let guard = self.guard_query(None, &never);
-        let admission = self.store.admit(&Admission {
-            decoy: true,
-            subject,
-            caller,
-            at: wall,
-            since,
-            per_subject: self.limits.sms_per_customer,
-            per_caller: self.limits.sms_per_caller,
-            guard: Some(&guard),
-        })?;
-        self.admitted(admission, None)?;
+        self.admit_send(true, subject, caller, wall, None)?;
         self.vault()
             .issue_or_resend(&decoy_subject(subject), length, now)?;
         Ok(())

@@ -24,6 +24,57 @@ pub const KEY_GAP: Duration = Duration::from_millis(300);
 /// wrong-PIN prompts on top. Generous for a loaded two-core machine, still bounded.
 pub const FLOW_TIMEOUT: Duration = Duration::from_secs(45);
 
+/// The config of a daemon running the shipped verify plan over the database `db`, seeded from
+/// examples/customers.csv, texting through the webhook at `sms_url`, with `queue` and
+/// `fallback` as the plan's transfer targets. It ends inside `[sms]`, so more SMS keys may
+/// follow, then more tables.
+pub fn verify_plan_config(db: &Path, sms_url: &str, queue: &str, fallback: &str) -> String {
+    format!(
+        r#"
+[demo]
+enabled = false
+
+[dialplans]
+dir = {dir}
+default = "verify"
+vars = {{ queue = {queue}, fallback = {fallback} }}
+
+[store]
+path = {db}
+seed_csv = {seed}
+
+[sms]
+provider = "webhook"
+url = {url}
+"#,
+        dir = toml_str(&manifest_dir().join("dialplans").display().to_string()),
+        queue = toml_str(queue),
+        fallback = toml_str(fallback),
+        db = toml_str(&db.display().to_string()),
+        seed = toml_str(
+            &manifest_dir()
+                .join("examples/customers.csv")
+                .display()
+                .to_string()
+        ),
+        url = toml_str(sms_url),
+    )
+}
+
+/// Types `wrong` three times like a person: the first once "sending-pin" has ended, each
+/// next one past the 400 ms grace after the previous entry. Keys typed ahead would be kept,
+/// but a key within 400 ms of a full entry is dropped (TERMINATOR_GRACE), so an entry typed
+/// into the previous one's collect would be cut short.
+pub fn type_three_wrong_pins(uac: &mut RawUac, language: &str, wrong: &str) {
+    std::thread::sleep(prompt_duration(language, "sending-pin") + Duration::from_millis(500));
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        uac.info_digits(wrong, KEY_GAP);
+    }
+}
+
 pub fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -67,43 +118,12 @@ impl Rig {
 
     /// Starts ivrd with the verify plan; `extra` is more TOML merged on top.
     pub fn daemon(&self, extra: &str) -> Daemon {
-        let overrides = format!(
-            r#"
-[demo]
-enabled = false
-
-[dialplans]
-dir = {dir}
-default = "verify"
-vars = {{ queue = {queue}, fallback = {fallback} }}
-
-[store]
-path = {db}
-seed_csv = {seed}
-
-[sms]
-provider = "webhook"
-url = {url}
-max_retries = 2
-
-[limits]
-failures_before_lockout = 3
-
-[transfer]
-timeout_secs = 10
-"#,
-            dir = toml_str(&manifest_dir().join("dialplans").display().to_string()),
-            queue = toml_str(&self.queue),
-            fallback = toml_str(&self.fallback),
-            db = toml_str(&self.db_path().display().to_string()),
-            seed = toml_str(
-                &manifest_dir()
-                    .join("examples/customers.csv")
-                    .display()
-                    .to_string()
-            ),
-            url = toml_str(&self.sms.url()),
-        );
+        let overrides = verify_plan_config(
+            &self.db_path(),
+            &self.sms.url(),
+            &self.queue,
+            &self.fallback,
+        ) + "max_retries = 2\n\n[limits]\nfailures_before_lockout = 3\n\n[transfer]\ntimeout_secs = 10\n";
         let mut overrides: toml::Table = overrides.parse().expect("rig TOML");
         let extra: toml::Table = extra.parse().expect("extra TOML");
         for (k, v) in extra {
