@@ -337,7 +337,12 @@ pub fn dialplan(data: &[u8]) {
 /// The bytes as a prompt file: [`prompt::decode_wav`], which is [`prompt::load_wav`] without
 /// the file read.
 pub fn wav(data: &[u8]) {
-    let _ = prompt::decode_wav(data, Path::new("fuzz.wav"));
+    if let Ok(pcm) = prompt::decode_wav(data, Path::new("fuzz.wav")) {
+        // Where a wait prompt may be cut: ascending, inside the prompt.
+        let cuts = prompt::pauses(&pcm);
+        assert!(cuts.windows(2).all(|w| w[0] < w[1]), "{cuts:?}");
+        assert!(cuts.iter().all(|&c| c < pcm.len()), "{cuts:?}");
+    }
 }
 
 /// The bytes as a customer CSV: [`store::parse_customers_csv`], the reading and checking of
