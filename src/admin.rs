@@ -224,6 +224,7 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
         plan: plan.clone(),
     };
     let durations = prompts.clone();
+    let pauses = prompts.clone();
     let call = SimCall::new(sim_facts(&opts.caller, &opts.dialed), &opts.keys)
         .map_err(|e| anyhow::anyhow!("--keys: {e}"))?
         .sms_capture(move || sent.lock().expect("capture lock").clone())
@@ -232,6 +233,12 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
                 .get(lang, name)
                 .map(|p| p.duration())
                 .unwrap_or(dialplan::sim::DEFAULT_PROMPT_DURATION)
+        })
+        .prompt_pauses(move |lang, name| {
+            pauses
+                .get(lang, name)
+                .map(|p| p.pause_times().collect())
+                .unwrap_or_default()
         })
         .fail_transfers(opts.fail_transfer.clone());
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -264,6 +264,8 @@ pub fn run(
             }
             let locked = store.clear_lockout(&id)?;
             store.clear_failures(&id)?;
+            // While locked out the customer was a decoy: those wrong PINs go too.
+            store.clear_decoy_failures(&id)?;
             store.reset_failures_in_a_row(&id)?;
             let sends = store.clear_sms_sends(&id)?;
             writeln!(

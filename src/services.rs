@@ -241,7 +241,9 @@ impl FlowServices for CallServices {
             if decoy {
                 // Counted like any check: a metric that moved only for real customers would
                 // be an oracle for whoever can read it (it is not the audit).
-                return shared.verifier.check_decoy(&id, &input, Instant::now());
+                return shared
+                    .verifier
+                    .check_decoy(&id, &input, Instant::now(), SystemTime::now());
             }
             shared
                 .verifier

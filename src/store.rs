@@ -141,6 +141,17 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     ALTER TABLE customers ADD COLUMN failures_in_a_row INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: wrong PINs typed for decoys, counted as a customer's are: the failure that reaches
+    // `failures_before_lockout` ends a decoy's tries early as it ends a customer's, so the
+    // lock-out is no oracle. No foreign key: the subject is whatever id the caller typed.
+    r#"
+    CREATE TABLE decoy_failures (
+        subject TEXT NOT NULL,
+        at      INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX decoy_failures_by_subject ON decoy_failures (subject, at);
+    CREATE INDEX decoy_failures_by_time ON decoy_failures (at);
+    "#,
 ];
 
 /// The schema version this build writes and understands.
@@ -648,6 +659,37 @@ impl Store {
         Ok(())
     }
 
+    /// Records a wrong PIN typed for the decoy `subject` at `at` and returns how many it has
+    /// had since `since` (this one included), in one transaction.
+    pub fn record_decoy_failure(
+        &self,
+        subject: &str,
+        at: SystemTime,
+        since: SystemTime,
+    ) -> Result<u32, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO decoy_failures (subject, at) VALUES (?1, ?2)",
+            params![subject, to_ms(at)],
+        )?;
+        let n = count(
+            &tx,
+            "SELECT COUNT(*) FROM decoy_failures WHERE subject = ?1 AND at >= ?2",
+            subject,
+            since,
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Forgets the wrong PINs typed for the decoy `subject`; returns how many there were.
+    pub fn clear_decoy_failures(&self, subject: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM decoy_failures WHERE subject = ?1", [subject])?)
+    }
+
     /// Locks the customer out until `until`, at `level` (1 for the first lock-out; the policy
     /// makes waits grow with it). Replaces any earlier lock-out.
     pub fn lock(&self, customer_id: &str, until: SystemTime, level: u32) -> Result<(), StoreError> {
@@ -918,7 +960,8 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let cutoff = to_ms(older_than);
-        let failures = tx.execute("DELETE FROM failures WHERE at < ?1", [cutoff])?;
+        let failures = tx.execute("DELETE FROM failures WHERE at < ?1", [cutoff])?
+            + tx.execute("DELETE FROM decoy_failures WHERE at < ?1", [cutoff])?;
         let sms_sends = tx.execute("DELETE FROM sms_sends WHERE at < ?1", [cutoff])?
             + tx.execute("DELETE FROM decoy_sends WHERE at < ?1", [cutoff])?;
         tx.commit()?;

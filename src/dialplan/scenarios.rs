@@ -263,6 +263,47 @@ fn unknown_customer_hears_what_a_known_one_hears_and_fails_the_pin_check() {
     );
 }
 
+/// With the prompts' pauses known (as `ivrd simulate` knows them), the wait prompt ends at
+/// its first pause once the SMS is out, as the daemon's does, and the PIN prompt follows at
+/// once; without them it plays in full.
+#[test]
+fn the_wait_prompt_is_cut_at_its_first_pause_once_the_sms_is_out() {
+    let services = FakeServices::new(&verify());
+    let plan = verify();
+    let call = SimCall::new(sim_facts("+4915112345678", "100"), "123456 W W {pin}")
+        .unwrap()
+        .sms_capture(services.capture())
+        .prompt_durations(|_, p| {
+            if p == "sending-pin" {
+                Duration::from_millis(4000)
+            } else {
+                Duration::from_secs(1)
+            }
+        })
+        .prompt_pauses(|_, p| {
+            if p == "sending-pin" {
+                vec![Duration::from_millis(720), Duration::from_millis(3540)]
+            } else {
+                Vec::new()
+            }
+        });
+    let sim = block_on(simulate(&plan, call, &services));
+    let text = sim.format();
+    let when = heard_when(&sim);
+    let wait = when
+        .iter()
+        .position(|(_, p, _)| p == "sending-pin")
+        .unwrap();
+    let (t, next, _) = &when[wait + 1];
+    assert_eq!(next, "enter-pin", "{text}");
+    assert_eq!(*t - when[wait].0, Duration::from_millis(720), "{text}");
+    assert!(text.contains("0.720s): cut at a pause"), "{text}");
+    assert_eq!(sim.result.outcome, Outcome::Verified, "{text}");
+    // Without pauses: played in full (1 s by default here).
+    let (full, _) = run("123456 W W {pin}", |_| {});
+    assert!(!full.format().contains("cut at a pause"));
+}
+
 #[test]
 fn no_input_three_times_goes_to_fallback() {
     let (sim, _) = run("", |_| {});

@@ -114,6 +114,9 @@ pub enum PlayEnd {
     Skipped,
     /// The caller hung up at this time.
     HungUp(Duration),
+    /// Cut at a pause at this time: what the caller waited for was known (the daemon's wait
+    /// prompt ends at its next pause, see [`SimCall::prompt_pauses`]).
+    Cut(Duration),
 }
 
 /// One line of a transcript.
@@ -180,6 +183,7 @@ struct Shared {
 }
 
 type DurationFn = Box<dyn Fn(&str, &str) -> Duration + Send + Sync>;
+type PausesFn = Box<dyn Fn(&str, &str) -> Vec<Duration> + Send + Sync>;
 type CaptureFn = Box<dyn Fn() -> Vec<SentSms> + Send + Sync>;
 
 /// A simulated call (see the module docs).
@@ -193,6 +197,7 @@ pub struct SimCall {
     typeahead: VecDeque<char>,
     hung_up: bool,
     prompt_duration: DurationFn,
+    prompt_pauses: Option<PausesFn>,
     capture: Option<CaptureFn>,
     sms_seen: usize,
     last_pin: Option<String>,
@@ -233,6 +238,7 @@ impl SimCall {
             typeahead: VecDeque::new(),
             hung_up: false,
             prompt_duration: Box::new(|_, _| DEFAULT_PROMPT_DURATION),
+            prompt_pauses: None,
             capture: None,
             sms_seen: 0,
             last_pin: None,
@@ -246,6 +252,18 @@ impl SimCall {
         f: impl Fn(&str, &str) -> Duration + Send + Sync + 'static,
     ) -> SimCall {
         self.prompt_duration = Box::new(f);
+        self
+    }
+
+    /// Where prompt `name` (second argument) in `language` (first) may be cut between words,
+    /// from its start. With it, a wait prompt ends at its first pause once the task it covers
+    /// is done (the task takes no virtual time), as the daemon's does; without it, it plays
+    /// in full.
+    pub fn prompt_pauses(
+        mut self,
+        f: impl Fn(&str, &str) -> Vec<Duration> + Send + Sync + 'static,
+    ) -> SimCall {
+        self.prompt_pauses = Some(Box::new(f));
         self
     }
 
@@ -382,27 +400,22 @@ impl SimCall {
     }
 }
 
-impl CallIo for SimCall {
-    fn facts(&self) -> &CallFacts {
-        &self.facts
-    }
-
-    fn language(&self) -> &str {
-        &self.language
-    }
-
-    fn set_language(&mut self, language: &str) {
-        self.language = language.to_string();
-    }
-
-    async fn play(&mut self, prompts: &[&str], barge_in: bool) -> Result<PlayOutcome, CallEnd> {
+impl SimCall {
+    /// Plays `prompts`, or only their first `cut` (then ended as [`PlayEnd::Cut`]).
+    async fn play_for(
+        &mut self,
+        prompts: &[&str],
+        barge_in: bool,
+        cut: Option<Duration>,
+    ) -> Result<PlayOutcome, CallEnd> {
         if self.hung_up {
             return Err(CallEnd::CallerHangup);
         }
-        let length: Duration = prompts
+        let whole: Duration = prompts
             .iter()
             .map(|p| (self.prompt_duration)(&self.language, p))
             .sum();
+        let length = cut.map_or(whole, |c| c.min(whole));
         let start = self.now();
         let end = start + length;
         let index = self.record(SimEvent::Play {
@@ -436,10 +449,31 @@ impl CallIo for SimCall {
                 }
                 Happened::Quiet => {
                     self.set_now(end);
+                    if cut.is_some() {
+                        set_end(self, PlayEnd::Cut(end));
+                    }
                     return Ok(PlayOutcome { interrupted: false });
                 }
             }
         }
+    }
+}
+
+impl CallIo for SimCall {
+    fn facts(&self) -> &CallFacts {
+        &self.facts
+    }
+
+    fn language(&self) -> &str {
+        &self.language
+    }
+
+    fn set_language(&mut self, language: &str) {
+        self.language = language.to_string();
+    }
+
+    async fn play(&mut self, prompts: &[&str], barge_in: bool) -> Result<PlayOutcome, CallEnd> {
+        self.play_for(prompts, barge_in, None).await
     }
 
     async fn collect(&mut self, spec: &CollectSpec) -> Result<Collected, CallEnd> {
@@ -479,7 +513,22 @@ impl CallIo for SimCall {
         // The task takes no virtual time: its effects (the SMS) exist as the prompt starts.
         let out = task.await;
         self.check_sms();
-        self.play(prompts, false).await?;
+        // Done before the prompt starts: like the daemon's pacer, it ends at the first
+        // prompt's first pause (or that prompt's end) and nothing after it plays.
+        let cut = self.prompt_pauses.as_ref().and_then(|pauses| {
+            let first = prompts.first()?;
+            let whole = (self.prompt_duration)(&self.language, first);
+            Some(
+                pauses(&self.language, first)
+                    .into_iter()
+                    .find(|p| *p <= whole)
+                    .unwrap_or(whole),
+            )
+        });
+        match cut {
+            Some(at) => self.play_for(prompts, false, Some(at)).await?,
+            None => self.play(prompts, false).await?,
+        };
         Ok(out)
     }
 
@@ -625,6 +674,10 @@ pub fn format_transcript(entries: &[TranscriptEntry]) -> String {
                     PlayEnd::Interrupted(t) => format!("interrupted at {}", &stamp(*t)[1..10]),
                     PlayEnd::Skipped => "skipped (keys typed ahead)".to_string(),
                     PlayEnd::HungUp(t) => format!("caller hung up at {}", &stamp(*t)[1..10]),
+                    PlayEnd::Cut(t) => format!(
+                        "cut at a pause at {} (what it covered was done)",
+                        &stamp(*t)[1..10]
+                    ),
                 };
                 let barge = if *barge_in { ", barge-in" } else { "" };
                 format!(

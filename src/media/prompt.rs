@@ -406,6 +406,13 @@ impl Prompt {
         Duration::from_nanos(self.samples() as u64 * (1_000_000_000 / u64::from(SAMPLE_RATE)))
     }
 
+    /// Where the prompt may be cut between words (see [`pauses`]), from its start.
+    pub fn pause_times(&self) -> impl Iterator<Item = Duration> + '_ {
+        self.pauses
+            .iter()
+            .map(|&p| Duration::from_nanos(p as u64 * (1_000_000_000 / u64::from(SAMPLE_RATE))))
+    }
+
     /// Number of 8 kHz samples (= bytes of PCMU/PCMA).
     pub fn samples(&self) -> usize {
         self.pcm.len()

@@ -440,15 +440,40 @@ impl Verifier {
         Ok(())
     }
 
-    /// A PIN check for a decoy: never valid; wrong tries and expiry as for a real PIN. No
-    /// failure is recorded (there is no customer to lock).
-    pub fn check_decoy(&self, subject: &str, input: &str, now: Instant) -> CheckPinOutcome {
-        match self.vault().check(&decoy_subject(subject), input, now) {
+    /// A PIN check for a decoy: never valid; wrong tries, expiry and the lock-out's early end
+    /// of the tries as for a real PIN (the failures are persisted under the decoy's subject).
+    pub fn check_decoy(
+        &self,
+        subject: &str,
+        input: &str,
+        now: Instant,
+        wall: SystemTime,
+    ) -> CheckPinOutcome {
+        let check = self.vault().check(&decoy_subject(subject), input, now);
+        if matches!(check, PinCheck::Expired | PinCheck::NoPin) {
+            return CheckPinOutcome::Expired;
+        }
+        // Every guess is wrong (nobody was told the decoy's PIN; a lucky one is one more wrong
+        // one, and the vault has already voided it), and counted as a customer's is: the one
+        // that reaches `failures_before_lockout` ends the tries early, as a lock-out does. A
+        // customer then locked out is a decoy itself, so the calls after it sound alike too.
+        let since = wall
+            .checked_sub(self.limits.failure_window())
+            .unwrap_or(wall);
+        match self.store.record_decoy_failure(subject, wall, since) {
+            Ok(n) if n >= self.limits.failures_before_lockout => {
+                if let Err(e) = self.store.clear_decoy_failures(subject) {
+                    tracing::warn!(error = %e, "cannot clear a decoy's failures");
+                }
+                self.vault().revoke(&decoy_subject(subject));
+                return CheckPinOutcome::Exhausted;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot persist a decoy's wrong PIN"),
+        }
+        match check {
             PinCheck::Invalid { tries_left } => CheckPinOutcome::Invalid { tries_left },
-            // Nobody was told the decoy's PIN; a lucky guess is one more wrong one, and the
-            // vault has already voided it.
-            PinCheck::Valid | PinCheck::Exhausted => CheckPinOutcome::Exhausted,
-            PinCheck::Expired | PinCheck::NoPin => CheckPinOutcome::Expired,
+            _ => CheckPinOutcome::Exhausted,
         }
     }
 
@@ -1032,7 +1057,7 @@ mod tests {
         // Every guess is wrong; the tries run out as for a real PIN.
         let mut outcomes = Vec::new();
         for guess in ["0000", "1234", "9999"] {
-            outcomes.push(v.check_decoy("900001", guess, t));
+            outcomes.push(v.check_decoy("900001", guess, t, wall));
         }
         assert_eq!(
             outcomes,
@@ -1042,11 +1067,83 @@ mod tests {
                 CheckPinOutcome::Exhausted
             ]
         );
-        assert_eq!(v.check_decoy("900001", "0000", t), CheckPinOutcome::Expired);
+        assert_eq!(
+            v.check_decoy("900001", "0000", t, wall),
+            CheckPinOutcome::Expired
+        );
         // A decoy is not a customer: its subject cannot be checked as one.
         assert_eq!(
             v.check_pin("900002", "0000", t, wall),
             CheckPinOutcome::Expired
+        );
+    }
+
+    /// Four calls of three wrong PINs each, for a customer and for an unknown id: the caller
+    /// hears the same thing at every try, including the early end at the 10th failure in the
+    /// window (the customer's lock-out), and the decoy's count survives a restart.
+    #[test]
+    fn a_decoy_runs_out_of_tries_where_a_customer_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ivrd.sqlite");
+        let store = open(&path);
+        store
+            .add_customer(&NewCustomer {
+                id: "c1".into(),
+                name: "Test".into(),
+                mobile: "+491701234567".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut v = Verifier::new(store, generous_sms()).unwrap();
+        let heard = |v: &Verifier, decoy: bool, call: u64| {
+            let t = *EPOCH + Duration::from_secs(call * 1000);
+            let at = wall(call * 60);
+            let caller = format!("+4930{call:06}");
+            let mut outcomes = Vec::new();
+            if decoy {
+                v.prepare_decoy("777777", &caller, 6, t, at).unwrap();
+            } else {
+                v.prepare_pin("c1", &caller, 6, t, at).unwrap();
+            }
+            for guess in ["000000", "111111", "222222"] {
+                let o = if decoy {
+                    v.check_decoy("777777", guess, t, at)
+                } else {
+                    v.check_pin("c1", guess, t, at)
+                };
+                let last = !matches!(o, CheckPinOutcome::Invalid { .. });
+                outcomes.push(o);
+                if last {
+                    break;
+                }
+            }
+            outcomes
+        };
+        let mut customer = Vec::new();
+        let mut decoy = Vec::new();
+        for call in 0..3 {
+            customer.push(heard(&v, false, call));
+            decoy.push(heard(&v, true, call));
+        }
+        // "Restart" before the fourth call: the counts are in the database.
+        v = Verifier::new(open(&path), generous_sms()).unwrap();
+        customer.push(heard(&v, false, 3));
+        decoy.push(heard(&v, true, 3));
+        let three = vec![
+            CheckPinOutcome::Invalid { tries_left: 2 },
+            CheckPinOutcome::Invalid { tries_left: 1 },
+            CheckPinOutcome::Exhausted,
+        ];
+        assert_eq!(customer[..3], [three.clone(), three.clone(), three]);
+        assert_eq!(customer[3], [CheckPinOutcome::Exhausted], "the 10th locks");
+        assert!(v.is_locked("c1", wall(181)).unwrap());
+        assert_eq!(decoy, customer);
+        // The count starts again after the early end, as a lock-out's does.
+        assert_eq!(
+            v.store()
+                .record_decoy_failure("777777", wall(200), wall(0))
+                .unwrap(),
+            1
         );
     }
 
