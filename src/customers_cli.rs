@@ -12,20 +12,37 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::store::{InvalidCustomer, NewCustomer, Store, StoreError, normalize_phone};
+use crate::store::{
+    ImportOptions, ImportReport, InvalidCustomer, NewCustomer, Store, StoreError, keypad_typeable,
+    normalize_phone, not_mobile,
+};
 
 /// The `customers` subcommands.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum CustomersCommand {
     /// Import customers from CSV (header row: id,name,mobile[,language][,other columns...]).
-    /// Existing customers are updated (their enabled flag is kept); bad rows are reported
-    /// by line and skipped; exits 1 if any row was rejected.
+    /// Existing customers are updated (their enabled flag is kept); bad rows (including
+    /// fixed-line and other numbers no SMS reaches) are reported by line and skipped; rows
+    /// that import but deserve a look (an id no keypad can type, a mobile two customers
+    /// share) are warned about; exits 1 if any row was rejected.
     Import {
         /// The CSV file, or `-` for standard input.
         file: PathBuf,
-        /// Country for numbers written without an international prefix (ISO 3166 code).
-        #[arg(long, default_value = "DE")]
-        region: String,
+        /// Country for numbers written without an international prefix (ISO 3166 code);
+        /// default: the config's [store] default_region.
+        #[arg(long)]
+        region: Option<String>,
+        /// The field separator, e.g. ';' for a German or French spreadsheet's CSV.
+        #[arg(long, default_value = ",", value_parser = parse_delimiter)]
+        delimiter: u8,
+        /// Check the file and say what would change, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// The file is the whole customer list: disable enabled customers it does not name
+        /// (not done when a row was rejected). A disabled customer the file names stays
+        /// disabled: enable it with `ivrd customers enable ID`.
+        #[arg(long)]
+        sync: bool,
     },
     /// Add one customer (fails if the id exists).
     Add {
@@ -37,9 +54,10 @@ pub enum CustomersCommand {
         /// Preferred prompt language, e.g. de or en-GB.
         #[arg(long)]
         language: Option<String>,
-        /// Country for a number written without an international prefix (ISO 3166 code).
-        #[arg(long, default_value = "DE")]
-        region: String,
+        /// Country for a number written without an international prefix (ISO 3166 code);
+        /// default: the config's [store] default_region.
+        #[arg(long)]
+        region: Option<String>,
     },
     /// List all customers as a table.
     List {
@@ -109,43 +127,49 @@ impl CliError {
     pub const EXIT_CODE: u8 = 2;
 }
 
-/// Runs one command against `store`, writing the result for a person to `out`.
+/// A one-character field separator.
+fn parse_delimiter(s: &str) -> Result<u8, String> {
+    let s = if s == "\\t" { "\t" } else { s };
+    match s.as_bytes() {
+        [b] if b.is_ascii() && !b.is_ascii_alphanumeric() && *b != b'"' => Ok(*b),
+        _ => Err(format!(
+            "expected one punctuation character such as ';' or '\\t', not {s:?}"
+        )),
+    }
+}
+
+/// Runs one command against `store`, writing the result for a person to `out`. National
+/// numbers are read in `default_region` (the config's) unless the command names a region.
 pub fn run(
     store: &Store,
     cmd: CustomersCommand,
+    default_region: &str,
     out: &mut impl Write,
 ) -> Result<CliExit, CliError> {
     match cmd {
-        CustomersCommand::Import { file, region } => {
+        CustomersCommand::Import {
+            file,
+            region,
+            delimiter,
+            dry_run,
+            sync,
+        } => {
+            let opts = ImportOptions {
+                region: region.unwrap_or_else(|| default_region.to_owned()),
+                delimiter,
+                dry_run,
+                sync,
+            };
             let report = if file.as_os_str() == "-" {
-                store.import_csv(io::stdin().lock(), &region)?
+                store.import_csv_with(io::stdin().lock(), &opts)?
             } else {
                 let f = std::fs::File::open(&file).map_err(|source| CliError::Open {
                     path: file.clone(),
                     source,
                 })?;
-                store.import_csv(io::BufReader::new(f), &region)?
+                store.import_csv_with(io::BufReader::new(f), &opts)?
             };
-            write!(
-                out,
-                "imported {} ({} new, {} updated)",
-                plural(report.imported(), "customer", "customers"),
-                report.created,
-                report.updated
-            )?;
-            if report.rejected.is_empty() {
-                writeln!(out)?;
-                return Ok(CliExit::Success);
-            }
-            writeln!(
-                out,
-                "; {} rejected:",
-                plural(report.rejected.len(), "row", "rows")
-            )?;
-            for row in &report.rejected {
-                writeln!(out, "line {}: {}", row.line, row.reason)?;
-            }
-            Ok(CliExit::RowsRejected)
+            print_import(&report, &opts, out)
         }
         CustomersCommand::Add {
             id,
@@ -154,6 +178,7 @@ pub fn run(
             language,
             region,
         } => {
+            let region = region.unwrap_or_else(|| default_region.to_owned());
             let e164 = normalize_phone(&mobile, &region).map_err(|reason| match reason {
                 crate::store::PhoneError::UnknownRegion(_) => StoreError::Phone(reason),
                 reason => StoreError::InvalidCustomer(InvalidCustomer::BadMobile {
@@ -161,6 +186,13 @@ pub fn run(
                     reason,
                 }),
             })?;
+            if let Some(kind) = not_mobile(&e164) {
+                return Err(StoreError::InvalidCustomer(InvalidCustomer::NotMobile {
+                    input: mobile,
+                    kind,
+                })
+                .into());
+            }
             let customer = NewCustomer {
                 id: id.trim().to_owned(),
                 name,
@@ -168,6 +200,12 @@ pub fn run(
                 language,
                 extra: BTreeMap::new(),
             };
+            let shared: Vec<String> = store
+                .find_by_mobile(&customer.mobile)?
+                .into_iter()
+                .filter(|c| c.enabled)
+                .map(|c| c.id)
+                .collect();
             store.add_customer(&customer)?;
             // Read back to show what was stored (trimmed name, normalised language).
             let stored = store
@@ -184,6 +222,21 @@ pub fn run(
                     .map(|l| format!(", language {l}"))
                     .unwrap_or_default()
             )?;
+            if !keypad_typeable(&stored.id) {
+                writeln!(
+                    out,
+                    "warning: id {:?} cannot be typed on a phone keypad (digits only): callers reach this customer only by caller ID",
+                    stored.id
+                )?;
+            }
+            if !shared.is_empty() {
+                writeln!(
+                    out,
+                    "warning: mobile {} is also customer {}'s: a lookup by caller ID finds neither",
+                    stored.mobile,
+                    shared.join(", ")
+                )?;
+            }
             Ok(CliExit::Success)
         }
         CustomersCommand::List { json } => {
@@ -393,6 +446,67 @@ fn print_json(customers: &[crate::store::Customer], out: &mut impl Write) -> io:
     writeln!(out)
 }
 
+/// What an import did (or, in a dry run, would do), for a person.
+fn print_import(
+    report: &ImportReport,
+    opts: &ImportOptions,
+    out: &mut impl Write,
+) -> Result<CliExit, CliError> {
+    let (prefix, verb) = if opts.dry_run {
+        ("dry run, nothing changed: ", "would import")
+    } else {
+        ("", "imported")
+    };
+    write!(
+        out,
+        "{prefix}{verb} {} ({} new, {} updated)",
+        plural(report.imported(), "customer", "customers"),
+        report.created,
+        report.updated
+    )?;
+    if opts.sync && !report.sync_skipped {
+        write!(
+            out,
+            ", {} {}",
+            if opts.dry_run {
+                "would disable"
+            } else {
+                "disabled"
+            },
+            plural(report.disabled.len(), "customer", "customers")
+        )?;
+        if !report.disabled.is_empty() {
+            write!(out, " not in the file ({})", report.disabled.join(", "))?;
+        }
+    }
+    if report.rejected.is_empty() {
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "; {} rejected:",
+            plural(report.rejected.len(), "row", "rows")
+        )?;
+        for row in &report.rejected {
+            writeln!(out, "line {}: {}", row.line, row.reason)?;
+        }
+    }
+    for w in &report.warnings {
+        writeln!(out, "warning: line {}: {}", w.line, w.message)?;
+    }
+    if report.sync_skipped {
+        writeln!(
+            out,
+            "sync: nobody disabled, because rejected rows may name customers still on the list; fix them and import again"
+        )?;
+    }
+    Ok(if report.rejected.is_empty() {
+        CliExit::Success
+    } else {
+        CliExit::RowsRejected
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,7 +534,7 @@ mod tests {
 
     fn exec(store: &Store, args: &[&str]) -> (Result<CliExit, CliError>, String) {
         let mut out = Vec::new();
-        let result = run(store, parse(args), &mut out);
+        let result = run(store, parse(args), "DE", &mut out);
         (result, String::from_utf8(out).unwrap())
     }
 
@@ -430,7 +544,10 @@ mod tests {
             parse(&["import", "c.csv"]),
             CustomersCommand::Import {
                 file: "c.csv".into(),
-                region: "DE".into()
+                region: None,
+                delimiter: b',',
+                dry_run: false,
+                sync: false,
             }
         );
         assert_eq!(
@@ -449,7 +566,7 @@ mod tests {
                 name: "Max Muster".into(),
                 mobile: "0170 1234567".into(),
                 language: Some("en".into()),
-                region: "AT".into()
+                region: Some("AT".into())
             }
         );
         assert_eq!(
@@ -457,6 +574,156 @@ mod tests {
             CustomersCommand::List { json: true }
         );
         assert!(Cli::try_parse_from(["customers", "disable"]).is_err());
+    }
+
+    /// National numbers are read in the region the caller passes (the config's) unless
+    /// `--region` says otherwise: a British file must not become German numbers.
+    #[test]
+    fn numbers_are_read_in_the_configured_region() {
+        let (dir, store) = setup();
+        let csv = dir.path().join("gb.csv");
+        std::fs::write(&csv, "id,name,mobile\n1,Ann,07911 123456\n").unwrap();
+        let mut out = Vec::new();
+        let r = run(
+            &store,
+            parse(&["import", csv.to_str().unwrap()]),
+            "GB",
+            &mut out,
+        );
+        assert_eq!(r.unwrap(), CliExit::Success);
+        assert_eq!(
+            store.find_customer("1").unwrap().unwrap().mobile,
+            "+447911123456"
+        );
+        let r = run(
+            &store,
+            parse(&["add", "2", "Bo", "07400 654321"]),
+            "GB",
+            &mut out,
+        );
+        assert_eq!(r.unwrap(), CliExit::Success);
+        assert_eq!(
+            store.find_customer("2").unwrap().unwrap().mobile,
+            "+447400654321"
+        );
+        // --region still wins.
+        let r = run(
+            &store,
+            parse(&["add", "3", "Cy", "0170 1234567", "--region", "de"]),
+            "GB",
+            &mut out,
+        );
+        assert_eq!(r.unwrap(), CliExit::Success);
+        assert_eq!(
+            store.find_customer("3").unwrap().unwrap().mobile,
+            "+491701234567"
+        );
+    }
+
+    /// Rows that would break calls: a fixed line is refused; an id no keypad can type and a
+    /// mobile two customers share are imported with a warning; a semicolon file is told how
+    /// to import.
+    #[test]
+    fn import_refuses_landlines_and_warns_about_untypeable_ids_and_shared_mobiles() {
+        let (dir, store) = setup();
+        exec(&store, &["add", "9", "Old", "0170 7777777"])
+            .0
+            .unwrap();
+        let csv = dir.path().join("in.csv");
+        std::fs::write(
+            &csv,
+            "id,name,mobile\n\
+             1,Anna,030 12345678\n\
+             ABC-1,Ben,0170 1234568\n\
+             3,Cleo,0170 1234569\n\
+             4,Dan,+49 170 1234569\n\
+             5,Eve,0170 7777777\n",
+        )
+        .unwrap();
+        let (result, out) = exec(&store, &["import", csv.to_str().unwrap()]);
+        assert_eq!(result.unwrap(), CliExit::RowsRejected, "{out}");
+        assert_eq!(
+            out,
+            "imported 4 customers (4 new, 0 updated); 1 row rejected:\n\
+             line 2: mobile number \"030 12345678\" is a fixed line: an SMS would never arrive\n\
+             warning: line 3: id \"ABC-1\" cannot be typed on a phone keypad (digits only): callers reach this customer only by caller ID\n\
+             warning: line 5: mobile +491701234569 is also customer 3's (line 4): a lookup by caller ID finds neither\n\
+             warning: line 6: mobile +491707777777 is also customer 9's: a lookup by caller ID finds neither\n"
+        );
+        assert!(store.find_customer("1").unwrap().is_none());
+        // `add` refuses a fixed line too.
+        let (r, _) = exec(&store, &["add", "7", "Fay", "+49 30 12345678"]);
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains("is a fixed line"), "{err}");
+        // A German spreadsheet's CSV: the hint, then the import with --delimiter.
+        std::fs::write(&csv, "id;name;mobile\n8;Gus;0170 1234500\n").unwrap();
+        let (r, _) = exec(&store, &["import", csv.to_str().unwrap()]);
+        let err = r.unwrap_err().to_string();
+        assert!(
+            err.contains("separates fields with ';'") && err.contains("--delimiter ';'"),
+            "{err}"
+        );
+        let (r, out) = exec(
+            &store,
+            &["import", csv.to_str().unwrap(), "--delimiter", ";"],
+        );
+        assert_eq!(r.unwrap(), CliExit::Success, "{out}");
+        assert!(store.find_customer("8").unwrap().is_some());
+    }
+
+    /// `--dry-run` reports what would change and changes nothing; `--sync` disables the
+    /// customers the file no longer names, but not when a row was rejected.
+    #[test]
+    fn dry_run_changes_nothing_and_sync_disables_the_missing() {
+        let (dir, store) = setup();
+        for (id, m) in [
+            ("1", "0170 1000001"),
+            ("2", "0170 1000002"),
+            ("3", "0170 1000003"),
+        ] {
+            exec(&store, &["add", id, "X", m]).0.unwrap();
+        }
+        let csv = dir.path().join("in.csv");
+        std::fs::write(
+            &csv,
+            "id,name,mobile\n1,One,0170 1000001\n4,Four,0170 1000004\n",
+        )
+        .unwrap();
+        let path = csv.to_str().unwrap();
+        let (r, out) = exec(&store, &["import", path, "--sync", "--dry-run"]);
+        assert_eq!(r.unwrap(), CliExit::Success);
+        assert_eq!(
+            out,
+            "dry run, nothing changed: would import 2 customers (1 new, 1 updated), would disable 2 customers not in the file (2, 3)\n"
+        );
+        assert!(store.find_customer("4").unwrap().is_none());
+        assert!(store.find_customer("2").unwrap().unwrap().enabled);
+        assert_eq!(store.find_customer("1").unwrap().unwrap().name, "X");
+        // With a rejected row, sync disables nobody.
+        std::fs::write(&csv, "id,name,mobile\n1,One,0170 1000001\n2,Two,0123\n").unwrap();
+        let (r, out) = exec(&store, &["import", path, "--sync"]);
+        assert_eq!(r.unwrap(), CliExit::RowsRejected);
+        assert!(out.contains("sync: nobody disabled"), "{out}");
+        assert!(store.find_customer("3").unwrap().unwrap().enabled);
+        std::fs::write(
+            &csv,
+            "id,name,mobile\n1,One,0170 1000001\n4,Four,0170 1000004\n",
+        )
+        .unwrap();
+        let (r, out) = exec(&store, &["import", path, "--sync"]);
+        assert_eq!(r.unwrap(), CliExit::Success);
+        assert!(
+            out.ends_with("disabled 2 customers not in the file (2, 3)\n"),
+            "{out}"
+        );
+        let enabled: Vec<String> = store
+            .list_customers()
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.enabled)
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(enabled, ["1", "4"]);
     }
 
     #[test]

@@ -81,11 +81,11 @@ enum Command {
     },
     /// Manage the customers in the database: import, add, list, disable, enable, remove, unlock.
     Customers {
-        /// Configuration file whose [store] path names the database.
-        #[arg(long, short)]
+        /// Configuration file whose [store] path names the database and default_region.
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// Database file (overrides the config).
-        #[arg(long)]
+        #[arg(long, global = true)]
         db: Option<PathBuf>,
         #[command(subcommand)]
         command: ivrd::customers_cli::CustomersCommand,
@@ -93,10 +93,10 @@ enum Command {
     /// The fraud guard: `ivrd guard status` shows the SMS budgets used and the open breakers.
     Guard {
         /// Configuration file ([guard] and the [store] path).
-        #[arg(long, short)]
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// Database file (overrides the config).
-        #[arg(long)]
+        #[arg(long, global = true)]
         db: Option<PathBuf>,
         #[command(subcommand)]
         command: GuardCommand,
@@ -250,7 +250,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(ivrd::customers_cli::CliError::EXIT_CODE);
                 }
             };
-            match ivrd::customers_cli::run(&store, command, &mut std::io::stdout().lock()) {
+            match ivrd::customers_cli::run(
+                &store,
+                command,
+                &cfg.store.default_region,
+                &mut std::io::stdout().lock(),
+            ) {
                 Ok(exit) => exit.into(),
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -250,6 +250,10 @@ pub enum InvalidCustomer {
     /// The mobile number did not normalise to a valid E.164 number.
     #[error("bad mobile number {input:?}: {reason}")]
     BadMobile { input: String, reason: PhoneError },
+    /// A valid number, but of a kind no SMS reaches (a fixed line, a toll-free or premium
+    /// number, ...), as the phone library's metadata says.
+    #[error("mobile number {input:?} is {kind}: an SMS would never arrive")]
+    NotMobile { input: String, kind: &'static str },
     /// The language is not a code like `de` or `en-GB`.
     #[error("bad language code {0:?}: expected a code such as \"de\" or \"en-GB\"")]
     BadLanguage(String),
@@ -290,6 +294,36 @@ pub fn normalize_phone(input: &str, default_region: &str) -> Result<String, Phon
         Ok(Some(e164)) => Ok(e164),
         _ => Err(invalid()),
     }
+}
+
+/// What kind of line a valid E.164 number is, when the phone library knows it to be one no
+/// SMS reaches (`"a fixed line"`, ...); `None` for mobiles, numbers that may be either (the
+/// USA's), VoIP and personal numbers, and numbers it cannot tell.
+pub fn not_mobile(e164: &str) -> Option<&'static str> {
+    use phonenumber::Type;
+    let kind = std::panic::catch_unwind(|| {
+        let number = phonenumber::parse(None, e164).ok()?;
+        Some(number.number_type(&phonenumber::metadata::DATABASE))
+    })
+    .ok()
+    .flatten()?;
+    match kind {
+        Type::FixedLine => Some("a fixed line"),
+        Type::TollFree => Some("a toll-free number"),
+        Type::PremiumRate => Some("a premium-rate number"),
+        Type::SharedCost => Some("a shared-cost number"),
+        Type::Uan => Some("a company number (UAN)"),
+        Type::Voicemail => Some("a voicemail access number"),
+        Type::Pager => Some("a pager number"),
+        Type::ShortCode | Type::Emergency => Some("a short code"),
+        _ => None,
+    }
+}
+
+/// Whether a caller can type `id` on a phone keypad (digits only: `*` and `#` end or edit
+/// input in the shipped plans).
+pub fn keypad_typeable(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The phone library's id for a two-letter region code (any case), and the code in upper case.
@@ -427,6 +461,46 @@ pub struct ImportReport {
     pub updated: usize,
     /// Rows not imported, in file order.
     pub rejected: Vec<RejectedRow>,
+    /// Imported rows that will not work as the admin may expect (an id no keypad can type, a
+    /// mobile another customer has), in file order.
+    pub warnings: Vec<ImportWarning>,
+    /// Customers disabled because the file (under [`ImportOptions::sync`]) no longer has them.
+    pub disabled: Vec<String>,
+    /// Under `sync`, rejected rows stopped the disabling: a customer whose row was bad is
+    /// still in the file.
+    pub sync_skipped: bool,
+}
+
+/// A row that was imported but deserves a look, with its line (the header is line 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportWarning {
+    pub line: u64,
+    pub message: String,
+}
+
+/// How [`Store::import_csv_with`] reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Country for numbers written without an international prefix (ISO 3166 code).
+    pub region: String,
+    /// The field separator (`,` unless the file is, e.g., a German spreadsheet's `;`).
+    pub delimiter: u8,
+    /// Check and count everything, write nothing.
+    pub dry_run: bool,
+    /// The file is the whole customer list: enabled customers missing from it are disabled.
+    pub sync: bool,
+}
+
+impl ImportOptions {
+    /// Comma-separated, written, no sync, national numbers read in `region`.
+    pub fn new(region: &str) -> ImportOptions {
+        ImportOptions {
+            region: region.to_owned(),
+            delimiter: b',',
+            dry_run: false,
+            sync: false,
+        }
+    }
 }
 
 impl ImportReport {
@@ -608,18 +682,57 @@ impl Store {
         reader: impl Read,
         default_region: &str,
     ) -> Result<ImportReport, StoreError> {
+        self.import_csv_with(reader, &ImportOptions::new(default_region))
+    }
+
+    /// [`Store::import_csv`] with options: another delimiter, a dry run (everything checked
+    /// and counted in a transaction that is rolled back), and sync (enabled customers the file
+    /// does not name are disabled, unless a row was rejected). Also warns about rows that
+    /// import but will not work as expected: ids no keypad can type, a mobile shared with
+    /// another customer (a lookup by caller ID then finds neither).
+    pub fn import_csv_with(
+        &self,
+        reader: impl Read,
+        opts: &ImportOptions,
+    ) -> Result<ImportReport, StoreError> {
         let CsvCustomers {
             customers: good,
             rejected,
-        } = parse_customers_csv(reader, default_region)?;
+            lines,
+            warnings,
+        } = parse_customers_csv_with(reader, &opts.region, opts.delimiter)?;
         let mut report = ImportReport {
             rejected,
+            warnings,
             ..ImportReport::default()
         };
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
-        for c in &good {
+        let in_file: HashSet<&str> = good.iter().map(|c| c.id.as_str()).collect();
+        for (c, &line) in good.iter().zip(&lines) {
+            // Another customer (not in this file, which was checked on its own) with the
+            // same mobile.
+            let mut others = tx.prepare_cached(
+                "SELECT id FROM customers WHERE mobile = ?1 AND id != ?2 AND enabled = 1",
+            )?;
+            let shared: Vec<String> = others
+                .query_map(params![c.mobile, c.id], |r| r.get(0))?
+                .filter(|id: &rusqlite::Result<String>| {
+                    id.as_ref()
+                        .map_or(true, |id| !in_file.contains(id.as_str()))
+                })
+                .collect::<rusqlite::Result<_>>()?;
+            if !shared.is_empty() && !(opts.sync && report.rejected.is_empty()) {
+                report.warnings.push(ImportWarning {
+                    line,
+                    message: format!(
+                        "mobile {} is also customer {}'s: a lookup by caller ID finds neither",
+                        c.mobile,
+                        shared.join(", ")
+                    ),
+                });
+            }
             if customer_exists(&tx, &c.id)? {
                 report.updated += 1;
             } else {
@@ -627,7 +740,31 @@ impl Store {
             }
             write_customer(&tx, c, now)?;
         }
-        tx.commit()?;
+        if opts.sync {
+            if report.rejected.is_empty() {
+                let enabled: Vec<String> = tx
+                    .prepare("SELECT id FROM customers WHERE enabled = 1 ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for id in enabled {
+                    if !in_file.contains(id.as_str()) {
+                        tx.execute(
+                            "UPDATE customers SET enabled = 0, updated_at = ?2 WHERE id = ?1",
+                            params![id, now],
+                        )?;
+                        report.disabled.push(id);
+                    }
+                }
+            } else {
+                report.sync_skipped = true;
+            }
+        }
+        report.warnings.sort_by_key(|w| w.line);
+        if opts.dry_run {
+            tx.rollback()?;
+        } else {
+            tx.commit()?;
+        }
         Ok(report)
     }
 
@@ -1446,8 +1583,13 @@ fn validate_field_name(name: &str) -> Result<String, InvalidCustomer> {
 pub struct CsvCustomers {
     /// Valid rows in file order, ids unique.
     pub customers: Vec<NewCustomer>,
+    /// The line each of `customers` starts on.
+    pub lines: Vec<u64>,
     /// Rows not to import, in file order.
     pub rejected: Vec<RejectedRow>,
+    /// Valid rows that will not work as expected (an id no keypad can type, a mobile another
+    /// row of the file has).
+    pub warnings: Vec<ImportWarning>,
 }
 
 /// Reads and checks a customer CSV (the format is [`Store::import_csv`]'s): every row either
@@ -1456,6 +1598,15 @@ pub struct CsvCustomers {
 pub fn parse_customers_csv(
     reader: impl Read,
     default_region: &str,
+) -> Result<CsvCustomers, StoreError> {
+    parse_customers_csv_with(reader, default_region, b',')
+}
+
+/// [`parse_customers_csv`] with another field delimiter.
+pub fn parse_customers_csv_with(
+    reader: impl Read,
+    default_region: &str,
+    delimiter: u8,
 ) -> Result<CsvCustomers, StoreError> {
     // Fail on a bad region up front rather than rejecting every row for it.
     parse_region(default_region)?;
@@ -1469,15 +1620,19 @@ pub fn parse_customers_csv(
     let text = unify_line_ends(&raw);
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(true)
+        .delimiter(delimiter)
         .flexible(true)
         .trim(csv::Trim::All)
         .from_reader(text.as_slice());
     let header = csv.headers()?.clone();
-    let columns = Columns::from_header(&header)?;
+    let columns = Columns::from_header(&header, delimiter)?;
 
     let mut rejected = Vec::new();
     let mut good: Vec<NewCustomer> = Vec::new();
+    let mut lines: Vec<u64> = Vec::new();
+    let mut warnings: Vec<ImportWarning> = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut mobiles: HashMap<String, (String, u64)> = HashMap::new();
     let mut record = csv::StringRecord::new();
     loop {
         // Where the next record starts, for errors that carry no position of their own.
@@ -1522,8 +1677,30 @@ pub fn parse_customers_csv(
             });
         match result {
             Ok(c) => {
+                if !keypad_typeable(&c.id) {
+                    warnings.push(ImportWarning {
+                        line,
+                        message: format!(
+                            "id {:?} cannot be typed on a phone keypad (digits only): callers reach this customer only by caller ID",
+                            c.id
+                        ),
+                    });
+                }
+                match mobiles.get(&c.mobile) {
+                    Some((other, first)) => warnings.push(ImportWarning {
+                        line,
+                        message: format!(
+                            "mobile {} is also customer {other}'s (line {first}): a lookup by caller ID finds neither",
+                            c.mobile
+                        ),
+                    }),
+                    None => {
+                        mobiles.insert(c.mobile.clone(), (c.id.clone(), line));
+                    }
+                }
                 seen.insert(c.id.clone(), line);
                 good.push(c);
+                lines.push(line);
             }
             Err(reason) => rejected.push(RejectedRow { line, reason }),
         }
@@ -1531,7 +1708,9 @@ pub fn parse_customers_csv(
 
     Ok(CsvCustomers {
         customers: good,
+        lines,
         rejected,
+        warnings,
     })
 }
 
@@ -1546,7 +1725,25 @@ struct Columns {
 }
 
 impl Columns {
-    fn from_header(header: &csv::StringRecord) -> Result<Columns, StoreError> {
+    fn from_header(header: &csv::StringRecord, delimiter: u8) -> Result<Columns, StoreError> {
+        // One column holding another separator: a spreadsheet saved with `;` (German and
+        // French Excel) or tabs. Say so instead of "bad field name".
+        if header.len() == 1 {
+            let only = header.get(0).unwrap_or_default();
+            if let Some(sep) = [';', '\t', '|', ',']
+                .into_iter()
+                .find(|&c| c != char::from(delimiter) && only.contains(c))
+            {
+                let shown = if sep == '\t' {
+                    "\\t".to_string()
+                } else {
+                    sep.to_string()
+                };
+                return Err(StoreError::CsvHeader(format!(
+                    "the header {only:?} is one column: the file separates fields with {sep:?}; save it with commas or pass --delimiter '{shown}'"
+                )));
+            }
+        }
         let mut seen = HashSet::new();
         let (mut id, mut name, mut mobile, mut language) = (None, None, None, None);
         let mut extra = Vec::new();
@@ -1612,6 +1809,12 @@ impl Columns {
                 .map(|(i, field)| (field.clone(), get(*i).to_owned()))
                 .collect(),
         };
+        if let Some(kind) = not_mobile(&customer.mobile) {
+            return Err(InvalidCustomer::NotMobile {
+                input: raw_mobile.to_owned(),
+                kind,
+            });
+        }
         // The same checks as add/upsert (language, field values), so a row that passes here
         // cannot fail inside the transaction.
         validate(&customer)

@@ -225,6 +225,125 @@ fn customers_import_reports_bad_rows_by_line_and_keeps_good_ones() {
     assert!(list.contains("+491701112233"), "stored as E.164: {list}");
 }
 
+/// Issue 14, defect 1: with `[store] default_region = "GB"`, national numbers are British in
+/// `import` and `add` (they were stored as German numbers), and the options may come after
+/// the subcommand (`customers add ... --db F` was refused).
+#[test]
+fn customers_read_national_numbers_in_the_configured_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ivrd.toml");
+    std::fs::write(&cfg, "[store]\npath = \"gb.db\"\ndefault_region = \"GB\"\n").unwrap();
+    let csv = dir.path().join("c.csv");
+    std::fs::write(&csv, "id,name,mobile\n111111,Ann,07400 123456\n").unwrap();
+    let (cfg, csv) = (cfg.to_str().unwrap(), csv.to_str().unwrap());
+    let o = ivrd(&["customers", "import", csv, "-c", cfg], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = ivrd(
+        &[
+            "customers",
+            "add",
+            "222222",
+            "Bob",
+            "07400 654321",
+            "--config",
+            cfg,
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("+447400654321"), "{}", text(&o));
+    let list = text(&ivrd(&["customers", "list", "-c", cfg], dir.path()));
+    assert!(
+        list.contains("+447400123456") && list.contains("+447400654321"),
+        "{list}"
+    );
+    assert!(!list.contains("+49"), "read as German: {list}");
+    // --db after the subcommand names the database.
+    let other = dir.path().join("other.db");
+    let o = ivrd(
+        &[
+            "customers",
+            "add",
+            "333333",
+            "Cy",
+            "+4915112345678",
+            "--db",
+            other.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(other.is_file());
+}
+
+/// Issue 14, defect 4, through the binary: a landline is refused, a semicolon file gets the
+/// hint, `--dry-run` changes nothing and `--sync` disables who the file no longer names.
+#[test]
+fn customers_import_refuses_landlines_hints_at_semicolons_and_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let db = db.to_str().unwrap();
+    let csv = dir.path().join("c.csv");
+    let path = csv.to_str().unwrap();
+    std::fs::write(
+        &csv,
+        "id;name;mobile\n111111;Ann;0170 1112233\n222222;Bob;030 1234567\n",
+    )
+    .unwrap();
+    let o = ivrd(&["customers", "import", path, "--db", db], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--delimiter ';'"), "{}", text(&o));
+    let o = ivrd(
+        &["customers", "import", path, "--delimiter", ";", "--db", db],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("line 3: mobile number \"030 1234567\" is a fixed line"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&csv, "id,name,mobile\n333333,Cy,0170 3334455\n").unwrap();
+    let o = ivrd(
+        &[
+            "customers",
+            "import",
+            path,
+            "--sync",
+            "--dry-run",
+            "--db",
+            db,
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("would disable 1 customer not in the file (111111)"),
+        "{}",
+        text(&o)
+    );
+    let list = text(&ivrd(&["customers", "list", "--db", db], dir.path()));
+    assert!(!list.contains("333333"), "a dry run wrote: {list}");
+    let o = ivrd(
+        &["customers", "import", path, "--sync", "--db", db],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let json = text(&ivrd(
+        &["customers", "list", "--json", "--db", db],
+        dir.path(),
+    ));
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let enabled: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["enabled"] == true)
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(enabled, ["333333"], "{json}");
+}
+
 #[test]
 fn sighup_reload_keeps_the_running_plans_when_a_file_is_broken() {
     let plans = tempfile::tempdir().unwrap();
