@@ -723,7 +723,9 @@ impl Store {
                         .map_or(true, |id| !in_file.contains(id.as_str()))
                 })
                 .collect::<rusqlite::Result<_>>()?;
-            if !shared.is_empty() && !(opts.sync && report.rejected.is_empty()) {
+            // Under a sync that will disable them, the others are no clash.
+            let others_disabled = opts.sync && report.rejected.is_empty();
+            if !shared.is_empty() && !others_disabled {
                 report.warnings.push(ImportWarning {
                     line,
                     message: format!(
