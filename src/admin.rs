@@ -63,6 +63,18 @@ pub fn check(cfg: &Config) -> ExitCode {
             eprintln!("{e:#}");
         }
     }
+    let problems = crate::preflight::probe(cfg);
+    for p in &problems {
+        if p.in_use {
+            eprintln!("warning: {p} (by the running ivrd? it will be taken at start)");
+        } else {
+            ok = false;
+            eprintln!("{p}");
+        }
+    }
+    if problems.is_empty() {
+        println!("addresses: every listener and media address is on this host and free");
+    }
     if ok {
         println!("all checks passed");
         ExitCode::SUCCESS

@@ -38,6 +38,8 @@
 //! - [`store`]: SQLite: customers, limits and the guard's counts, the audit; versioned.
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
+//! - [`preflight`]: every address the config binds is on this host and free (`check`,
+//!   start-up).
 //! - [`audit`]: one row per call, group-committed by one writer thread.
 //! - [`redact`]: phone numbers masked for logs and status output.
 //! - [`secrets`]: `*_file` keys, read from systemd credentials or files beside the config.
@@ -56,6 +58,7 @@ pub mod fuzzing;
 pub mod media;
 pub mod metrics;
 pub mod notify;
+pub mod preflight;
 pub mod redact;
 pub mod secrets;
 pub mod server;

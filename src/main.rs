@@ -165,9 +165,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config } => {
-            let cfg = match load_config(config.as_deref(), Secrets::Read) {
-                Ok(cfg) => cfg,
-                Err(code) => return code,
+            // Any problem, the config's own included, is exit 1 (as the README says).
+            let Ok(cfg) = load_config(config.as_deref(), Secrets::Read) else {
+                return ExitCode::FAILURE;
             };
             admin::check(&cfg)
         }

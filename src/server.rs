@@ -286,6 +286,17 @@ pub async fn run(
     let audit = AuditWriter::start(store.clone()).context("starting the audit writer")?;
 
     let (t1, t2, t4) = cfg.timers();
+    // A media address not on this host would let the daemon say "ready" and fail every call.
+    for (setting, ip) in [
+        ("[media] rtp_ip", Some(cfg.media.rtp_ip)),
+        ("[media] rtp_ip6", cfg.media.rtp_ip6),
+    ] {
+        if let Some(ip) = ip
+            && let Err(e) = crate::preflight::media_ip_usable(ip)
+        {
+            anyhow::bail!("{setting} = {ip}: {}", crate::preflight::explain(&e).0);
+        }
+    }
     let media = MediaEngine::start(MediaSettings {
         rtp_ip: cfg.media.rtp_ip,
         port_min: cfg.media.rtp_port_min,

@@ -225,6 +225,79 @@ fn customers_import_reports_bad_rows_by_line_and_keeps_good_ones() {
     assert!(list.contains("+491701112233"), "stored as E.164: {list}");
 }
 
+/// Issue 14, defect 2: the packaged config's `rtp_ip = "192.0.2.10"` (not on this host)
+/// passed `check`, and `run` said "ready" before the first call failed. Now `check` fails
+/// naming the setting and address, `run` refuses to start with the same sentence, and a
+/// SIP port clash names its address (it said only "Address in use"); a config error makes
+/// `check` exit 1 as the README says.
+#[test]
+fn check_and_run_name_an_address_that_is_not_on_the_host_or_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    copy_plans(&plans);
+    let cfg = write_config(dir.path(), &plans);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let with = |extra: &str| {
+        let body = base.replace("[media]\n", &format!("[media]\n{extra}"));
+        std::fs::write(&cfg, body).unwrap();
+    };
+    with("rtp_ip = \"192.0.2.10\"\n");
+    let c = cfg.to_str().unwrap();
+    let o = ivrd(&["check", "--config", c], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("[media] rtp_ip = 192.0.2.10: not an address of this host"),
+        "{}",
+        text(&o)
+    );
+    let started = std::time::Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_ivrd"))
+        .args(["run", "--config", c])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("[media] rtp_ip = 192.0.2.10: not an address of this host"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("ready"), "{}", text(&o));
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // A SIP port another process holds: `check` warns, `run` fails naming it.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let body = format!(
+        "[sip]\nudp = [\"127.0.0.1:{port}\"]\ntcp = []\n[admin]\nlisten = \"\"\n{}",
+        base.replace("[media]\n", "[media]\nrtp_ip = \"127.0.0.1\"\n")
+    );
+    std::fs::write(&cfg, body).unwrap();
+    let o = ivrd(&["check", "--config", c], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("warning: [sip] udp = 127.0.0.1:{port}: in use")),
+        "{}",
+        text(&o)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_ivrd"))
+        .args(["run", "--config", c])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("UDP 127.0.0.1:{port}")),
+        "the clash does not name the address: {}",
+        text(&o)
+    );
+    drop(taken);
+
+    std::fs::write(&cfg, "[sip]\nudpp = 1\n").unwrap();
+    let o = ivrd(&["check", "--config", c], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
 /// Issue 14, defect 1: with `[store] default_region = "GB"`, national numbers are British in
 /// `import` and `add` (they were stored as German numbers), and the options may come after
 /// the subcommand (`customers add ... --db F` was refused).

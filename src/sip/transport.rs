@@ -468,8 +468,14 @@ pub async fn bind(
         .incoming
         .set((incoming.clone(), shutdown.clone()));
     let mut bound = Vec::new();
+    // Each error names its address: "address in use" alone does not say which listener.
+    let named = |proto: &str, addr: &SocketAddr| {
+        let proto = proto.to_owned();
+        let addr = *addr;
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{proto} {addr}: {e}"))
+    };
     for addr in udp {
-        let sock = Arc::new(bind_udp(*addr)?);
+        let sock = Arc::new(bind_udp(*addr).map_err(named("UDP", addr))?);
         let local = sock.local_addr()?;
         transports
             .inner
@@ -491,7 +497,9 @@ pub async fn bind(
         .map(|a| (Protocol::Tcp, a))
         .chain(tls.iter().map(|a| (Protocol::Tls, a)));
     for (protocol, addr) in streams {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(named(protocol.via_name(), addr))?;
         let local = listener.local_addr()?;
         bound.push((protocol, local));
         tokio::spawn(tcp_accept_loop(
