@@ -157,9 +157,8 @@ fn find_plan(cfg: &Config, prompts: &PromptLibrary, which: &str) -> anyhow::Resu
             ),
         }
     };
-    for (k, v) in &cfg.dialplans.vars {
-        plan.vars.insert(k.clone(), v.clone());
-    }
+    dialplan::apply_site_vars(std::slice::from_mut(&mut plan), &cfg.dialplans.vars, false)
+        .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
     Ok(plan)
 }
 

@@ -88,11 +88,8 @@ pub fn load_flows(cfg: &Config) -> anyhow::Result<(PromptLibrary, Vec<Dialplan>)
             cfg.dialplans.dir.display()
         );
     }
-    for plan in &mut plans {
-        for (k, v) in &cfg.dialplans.vars {
-            plan.vars.insert(k.clone(), v.clone());
-        }
-    }
+    crate::dialplan::apply_site_vars(&mut plans, &cfg.dialplans.vars, true)
+        .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
     if let Some(name) = &cfg.dialplans.default
         && !plans.iter().any(|p| &p.name == name)
     {

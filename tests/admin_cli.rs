@@ -298,6 +298,53 @@ fn check_and_run_name_an_address_that_is_not_on_the_host_or_in_use() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
 
+/// Issue 14, defect 3: `[dialplans] vars` with a typo'd key or a transfer target that is no
+/// SIP URI passed `check` and `run`; now both are refused with the reason.
+#[test]
+fn check_refuses_unknown_site_vars_and_a_queue_that_is_no_sip_uri() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    copy_plans(&plans);
+    let cfg = write_config(dir.path(), &plans);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let c = cfg.to_str().unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{base}[dialplans.vars]\nqeue = \"sip:q@pbx\"\n"),
+    )
+    .unwrap();
+    let o = ivrd(&["check", "--config", c], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "[dialplans] vars: \"qeue\" is read by no dialplan (did you mean \"queue\"?)"
+        ),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(
+        &cfg,
+        format!("{base}[dialplans.vars]\nqueue = \"queue@pbx\"\n"),
+    )
+    .unwrap();
+    let o = ivrd(&["check", "--config", c], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "the transfer target \"queue@pbx\" (${queue} from [dialplans] vars) is not a SIP URI"
+        ),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(
+        &cfg,
+        format!("{base}[dialplans.vars]\nqueue = \"sip:queue@pbx.example.com\"\n"),
+    )
+    .unwrap();
+    let o = ivrd(&["check", "--config", c], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// Issue 14, defect 1: with `[store] default_region = "GB"`, national numbers are British in
 /// `import` and `add` (they were stored as German numbers), and the options may come after
 /// the subcommand (`customers add ... --db F` was refused).

@@ -14,7 +14,7 @@
 
 use super::model::{Action, Dialplan, Target};
 use super::parse::{BUILTIN_VARS, Partial, parse_partial};
-use super::problem::{Pos, Problem, did_you_mean};
+use super::problem::{Pos, Problem, closest, did_you_mean};
 use super::say;
 use super::template::Part;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -293,6 +293,105 @@ pub fn advisories(plan: &Dialplan) -> Vec<Problem> {
     out
 }
 
+/// Sets the site's variables (`[dialplans] vars` of the config) in every plan, after checking
+/// them against the plans: a key no plan reads is a typo (with "did you mean"), a name ivrd
+/// sets itself cannot be overridden, and a transfer target that is now fixed text must be a
+/// SIP URI (`queue@pbx` would be sent as a Refer-To no PBX routes). Returns every problem,
+/// one sentence each, and changes nothing then. `every_plan`: `plans` are all the site's
+/// plans (not one file loaded on its own), so a key none of them reads is a typo.
+pub fn apply_site_vars(
+    plans: &mut [Dialplan],
+    vars: &BTreeMap<String, String>,
+    every_plan: bool,
+) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let mut known: BTreeSet<&str> = BTreeSet::new();
+    for plan in plans.iter() {
+        known.extend(plan.vars.keys().map(String::as_str));
+        for step in &plan.steps {
+            for t in step.action.templates() {
+                known.extend(t.vars());
+            }
+        }
+    }
+    for key in vars.keys() {
+        if BUILTIN_VARS.contains(&key.as_str()) || key.contains('.') {
+            problems.push(format!(
+                "[dialplans] vars: {key:?} is set by ivrd or a step; it cannot be set here"
+            ));
+        } else if every_plan && !known.contains(key.as_str()) {
+            let hint = did_you_mean(key, known.iter().copied())
+                .map_or(String::new(), |h| format!(" ({h})"));
+            problems.push(format!(
+                "[dialplans] vars: {key:?} is read by no dialplan{hint}"
+            ));
+        }
+    }
+    for plan in plans.iter() {
+        for step in &plan.steps {
+            let Action::Transfer { target, .. } = &step.action else {
+                continue;
+            };
+            let fixed = |v: &str| vars.get(v).or_else(|| plan.vars.get(v));
+            if target.vars().count() == 0 || !target.vars().all(|v| fixed(v).is_some()) {
+                continue;
+            }
+            let uri = target.render(|v| fixed(v).cloned().unwrap_or_default());
+            if let Some(why) = transfer_target_problem(&uri) {
+                let from: Vec<String> = target
+                    .vars()
+                    .map(|v| {
+                        let source = if vars.contains_key(v) {
+                            "[dialplans] vars"
+                        } else {
+                            "the plan's [vars]"
+                        };
+                        format!("${{{v}}} from {source}")
+                    })
+                    .collect();
+                problems.push(format!(
+                    "{}:{}:{}: step {:?}: the transfer target {:?} ({}) {why}",
+                    plan.file,
+                    target.pos.line,
+                    target.pos.column,
+                    step.name,
+                    uri,
+                    from.join(", ")
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    for plan in plans.iter_mut() {
+        for (k, v) in vars {
+            plan.vars.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Why `uri` cannot be a REFER's target, if it cannot: it must be a SIP URI with a host
+/// (or a `tel:` number).
+pub fn transfer_target_problem(uri: &str) -> Option<String> {
+    let lower = uri.trim().to_ascii_lowercase();
+    if let Some(number) = lower.strip_prefix("tel:") {
+        let digits = number.split(';').next().unwrap_or_default();
+        let ok = !digits.is_empty()
+            && digits
+                .chars()
+                .all(|c| c.is_ascii_digit() || "+-.()".contains(c));
+        return (!ok).then(|| "is not a tel: number".to_string());
+    }
+    if !(lower.starts_with("sip:") || lower.starts_with("sips:")) {
+        return Some("is not a SIP URI (expected e.g. \"sip:queue@pbx.example.com\")".into());
+    }
+    crate::sip::message::parse_sip_uri(uri.trim())
+        .is_none()
+        .then(|| "is not a valid SIP URI".to_string())
+}
+
 pub(crate) fn check_inner(
     plan: &Dialplan,
     env: &CheckEnv<'_>,
@@ -301,6 +400,7 @@ pub(crate) fn check_inner(
     let mut c = Checker {
         plan,
         problems: Vec::new(),
+        typos: BTreeMap::new(),
     };
     c.transitions(broken);
     if broken.is_empty() {
@@ -315,6 +415,9 @@ pub(crate) fn check_inner(
 struct Checker<'p> {
     plan: &'p Dialplan,
     problems: Vec<Problem>,
+    /// Transition targets that do not exist but are one typo from a step that does: the
+    /// step meant. Steps reached only through them are reported as cut off by the typo.
+    typos: BTreeMap<String, String>,
 }
 
 /// What a missing transition means, so the message can ask the right question.
@@ -357,6 +460,9 @@ impl<'p> Checker<'p> {
         let names = self.step_names();
         let start = &self.plan.start;
         if !self.exists(&start.step, broken) {
+            if let Some(meant) = closest(&start.step, names.iter().copied()) {
+                self.typos.insert(start.step.clone(), meant.to_string());
+            }
             let hint = did_you_mean(&start.step, names.iter().copied());
             self.push(
                 start.pos,
@@ -378,20 +484,26 @@ impl<'p> Checker<'p> {
                         ),
                         Some(format!("add: {} = \"step_name\"", t.key)),
                     )),
-                    Some(target) if !self.exists(&target.step, broken) => found.push((
-                        target.pos,
-                        format!(
-                            "step \"{}\": {} goes to \"{}\", which does not exist",
-                            step.name,
-                            match t.key {
-                                "options" => format!("option \"{}\"", t.label),
-                                "goto" if t.label != "goto" => format!("the case \"{}\"", t.label),
-                                key => key.to_string(),
-                            },
-                            target.step
-                        ),
-                        did_you_mean(&target.step, names.iter().copied()),
-                    )),
+                    Some(target) if !self.exists(&target.step, broken) => {
+                        if let Some(meant) = closest(&target.step, names.iter().copied()) {
+                            self.typos.insert(target.step.clone(), meant.to_string());
+                        }
+                        found.push((
+                            target.pos,
+                            format!(
+                                "step \"{}\": {} goes to \"{}\", which does not exist",
+                                step.name,
+                                match t.key {
+                                    "options" => format!("option \"{}\"", t.label),
+                                    "goto" if t.label != "goto" =>
+                                        format!("the case \"{}\"", t.label),
+                                    key => key.to_string(),
+                                },
+                                target.step
+                            ),
+                            did_you_mean(&target.step, names.iter().copied()),
+                        ))
+                    }
                     Some(_) => {}
                 }
             }
@@ -401,35 +513,82 @@ impl<'p> Checker<'p> {
         }
     }
 
-    fn reachability(&mut self) {
+    /// The steps a path from the start reaches, with typo'd targets read as the step meant
+    /// (`fix`) or as written.
+    fn reached(&self, fix: bool) -> BTreeSet<&'p str> {
+        let plan: &'p Dialplan = self.plan;
+        let resolve = |name: &'p str| -> &'p str {
+            match self.typos.get(name) {
+                Some(meant) if fix => plan.step(meant).map_or(name, |s| s.name.as_str()),
+                _ => name,
+            }
+        };
         let mut seen = BTreeSet::new();
-        let mut queue = VecDeque::from([self.plan.start.step.as_str()]);
+        let mut queue = VecDeque::from([resolve(plan.start.step.as_str())]);
         while let Some(name) = queue.pop_front() {
             if !seen.insert(name) {
                 continue;
             }
-            if let Some(step) = self.plan.step(name) {
+            if let Some(step) = plan.step(name) {
                 queue.extend(
                     step.action
                         .transitions()
                         .iter()
-                        .filter_map(|t| t.target.map(|t| t.step.as_str())),
+                        .filter_map(|t| t.target.map(|t| resolve(t.step.as_str()))),
                 );
             }
         }
-        let unreachable: Vec<_> = self
-            .plan
+        seen
+    }
+
+    /// Steps no path from the start reaches. Those that a typo'd step name cuts off (they
+    /// would be reached if the name were the step it is one typo from) are one line after
+    /// the typo, not one line each burying it.
+    fn reachability(&mut self) {
+        let seen = self.reached(false);
+        let fixed = self.reached(true);
+        let plan: &'p Dialplan = self.plan;
+        let (cut_off, unreachable): (Vec<_>, Vec<_>) = plan
             .steps
             .iter()
             .filter(|s| !seen.contains(s.name.as_str()))
-            .map(|s| (s.pos, s.name.clone()))
-            .collect();
-        for (pos, name) in unreachable {
+            .partition(|s| fixed.contains(s.name.as_str()));
+        if !cut_off.is_empty() {
+            let names: Vec<String> = cut_off.iter().map(|s| format!("{:?}", s.name)).collect();
+            // At the last typo's place, so that sorting by line keeps it right after it.
+            let pos = self
+                .problems
+                .iter()
+                .filter(|p| p.message.contains("which does not exist"))
+                .map(Problem::pos)
+                .max()
+                .unwrap_or(plan.start.pos);
+            let typos: Vec<String> = self
+                .typos
+                .iter()
+                .map(|(typo, meant)| format!("\"{typo}\" for \"{meant}\""))
+                .collect();
             self.push(
                 pos,
                 format!(
-                    "step \"{name}\" is never reached from start \"{}\"",
-                    self.plan.start.step
+                    "{} never reached from start \"{}\" ({}) because of the typo above ({})",
+                    match names.len() {
+                        1 => "1 step is".to_string(),
+                        n => format!("{n} steps are"),
+                    },
+                    plan.start.step,
+                    names.join(", "),
+                    typos.join(", ")
+                ),
+                None,
+            );
+        }
+        for step in unreachable {
+            self.push(
+                step.pos,
+                format!(
+                    "step \"{}\" is never reached from start \"{}\"",
+                    step.name, plan.start.step
                 ),
                 Some("remove it, or add a transition to it".into()),
             );
@@ -663,6 +822,81 @@ mod tests {
         exists: &dyn Fn(&str, &str) -> bool,
     ) -> Vec<Problem> {
         check_with(src, languages, exists).expect_err("the plan has problems")
+    }
+
+    /// A typo'd step name: suggested (a swap is one edit), reported first, and the steps
+    /// cut off by it in one line after it instead of one line each.
+    #[test]
+    fn a_typo_in_a_step_name_is_the_first_problem_and_the_steps_it_cuts_off_one_line() {
+        let plan = shipped("verify").unwrap();
+        let src = std::fs::read_to_string(format!(
+            "{}/dialplans/verify.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        assert!(plan.step("lookup").is_some());
+        let broken = src.replacen("on_input = \"lookup\"", "on_input = \"lokoup\"", 1);
+        assert_ne!(broken, src);
+        let all = problems(&broken, &["en", "de"], &|_, _| true);
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert!(
+            all[0]
+                .message
+                .contains("goes to \"lokoup\", which does not exist"),
+            "{all:#?}"
+        );
+        assert_eq!(all[0].hint.as_deref(), Some("did you mean \"lookup\"?"));
+        assert!(
+            all[1].message.starts_with("11 steps are never reached"),
+            "{all:#?}"
+        );
+        assert!(
+            all[1]
+                .message
+                .contains("because of the typo above (\"lokoup\" for \"lookup\")"),
+            "{all:#?}"
+        );
+    }
+
+    /// `[dialplans] vars`: a key no plan reads is a typo, a transfer target must end up a SIP
+    /// URI, and nothing is set when something is wrong.
+    #[test]
+    fn site_vars_are_checked_against_the_plans() {
+        let plan = shipped("verify").unwrap();
+        let vars = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut plans = vec![plan.clone()];
+        let err = apply_site_vars(&mut plans, &vars(&[("qeue", "sip:q@pbx")]), true).unwrap_err();
+        assert_eq!(
+            err,
+            ["[dialplans] vars: \"qeue\" is read by no dialplan (did you mean \"queue\"?)"]
+        );
+        // One plan loaded on its own (simulate a file): other plans may read the key.
+        assert!(apply_site_vars(&mut plans, &vars(&[("qeue", "sip:q@pbx")]), false).is_ok());
+        let mut plans = vec![plan.clone()];
+        let err = apply_site_vars(&mut plans, &vars(&[("queue", "queue@pbx")]), true).unwrap_err();
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(
+            err[0].contains("the transfer target \"queue@pbx\" (${queue} from [dialplans] vars) is not a SIP URI"),
+            "{err:?}"
+        );
+        assert_eq!(plans[0].vars, plan.vars, "changed despite the problem");
+        let err = apply_site_vars(&mut plans, &vars(&[("language", "de")]), true).unwrap_err();
+        assert!(err[0].contains("cannot be set here"), "{err:?}");
+        apply_site_vars(
+            &mut plans,
+            &vars(&[("queue", "sip:q@pbx.example.com")]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(plans[0].vars["queue"], "sip:q@pbx.example.com");
+        assert_eq!(transfer_target_problem("tel:+4930123"), None);
+        assert!(transfer_target_problem("tel:abc").is_some());
+        assert!(transfer_target_problem("sip:").is_some());
     }
 
     /// The problem whose message contains `needle` (exactly one).
@@ -987,10 +1221,12 @@ hangup = []
         );
         let p = find(&all, "say_number cannot speak numbers in fr");
         assert_eq!(p.line, 6);
-        // Every step is unreachable from a start that does not exist.
+        // Every step is unreachable from a start that does not exist: one line, after it.
+        let p = find(&all, "2 steps are never reached from start \"welcom\"");
+        assert_eq!(p.line, 3);
         assert!(
-            all.iter()
-                .any(|p| p.message.contains("\"welcome\" is never reached"))
+            p.message
+                .contains("(\"welcome\", \"bye\") because of the typo above")
         );
 
         let all = problems(src, &["en", "de"], &|_, _| true);

@@ -92,7 +92,10 @@ mod testing;
 #[cfg(test)]
 mod scenarios;
 
-pub use check::{CheckEnv, DialplanError, PromptDir, advisories, check, load, load_dir, load_file};
+pub use check::{
+    CheckEnv, DialplanError, PromptDir, advisories, apply_site_vars, check, load, load_dir,
+    load_file,
+};
 pub use graph::{to_dot, to_mermaid};
 pub use model::{Dialplan, render_sms, select};
 pub use parse::parse;

@@ -111,6 +111,14 @@ pub(crate) fn did_you_mean<'c>(
     word: &str,
     candidates: impl IntoIterator<Item = &'c str>,
 ) -> Option<String> {
+    closest(word, candidates).map(|c| format!("did you mean \"{c}\"?"))
+}
+
+/// The candidate [`did_you_mean`] would suggest.
+pub(crate) fn closest<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
@@ -118,22 +126,36 @@ pub(crate) fn did_you_mean<'c>(
         .map(|c| (edit_distance(word, c), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, c)| (*d, c.to_string()))
-        .map(|(_, c)| format!("did you mean \"{c}\"?"))
+        .map(|(_, c)| c)
 }
 
-/// Levenshtein distance over characters; dialplan words are short, so O(n*m) is nothing.
+/// Edit distance over characters where swapping two neighbours counts as one edit (optimal
+/// string alignment): the commonest typo, `lnag` for `lang`, is one edit, not two (plain
+/// Levenshtein made it two, over the limit for a four-letter word). Dialplan words are
+/// short, so O(n*m) is nothing.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j - 1] + cost)
+                .min(d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -152,6 +174,18 @@ mod tests {
         assert_eq!(idx.pos(eq2), Pos { line: 2, column: 4 });
         assert_eq!(idx.find(0..src.len(), "\"x\""), Pos { line: 2, column: 6 });
         assert_eq!(idx.find(0..5, "zzz"), Pos { line: 1, column: 1 });
+    }
+
+    #[test]
+    fn a_swap_of_two_letters_is_one_edit() {
+        assert_eq!(edit_distance("lnag", "lang"), 1);
+        assert_eq!(edit_distance("lang", "lang"), 0);
+        assert_eq!(edit_distance("", "ab"), 2);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(
+            did_you_mean("lnag", ["lang", "goodbye"]).as_deref(),
+            Some("did you mean \"lang\"?")
+        );
     }
 
     #[test]
