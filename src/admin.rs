@@ -195,13 +195,42 @@ pub struct SimOptions {
     pub keys: String,
     pub sms_fails: bool,
     pub fail_transfer: Vec<String>,
+    /// Use the configured database itself: the simulation spends its real limits.
+    pub live: bool,
 }
 
 /// Runs a simulated call and returns its transcript.
 pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<String> {
     let prompts = Arc::new(prompts(cfg)?);
     let plan = Arc::new(find_plan(cfg, &prompts, &opts.dialplan)?);
-    let store = open_store(cfg)?;
+    let live = open_store(cfg)?;
+    // A simulation sends (captured) PINs, counts wrong ones, may lock a customer out: on the
+    // live database the fourth run of the day would be rate-limited for real. So it runs on
+    // a copy unless told otherwise, and says which.
+    let _copy_dir;
+    let (store, header) = if opts.live {
+        (
+            live,
+            format!(
+                "(simulating on {} itself: the limits it spends are real)\n",
+                cfg.store.path.display()
+            ),
+        )
+    } else {
+        let dir = tempfile::tempdir().context("a directory for the simulation's database")?;
+        let copy = dir.path().join("simulation.sqlite");
+        live.copy_to(&copy)
+            .with_context(|| format!("copying {}", cfg.store.path.display()))?;
+        drop(live);
+        _copy_dir = dir;
+        (
+            Arc::new(crate::store::Store::open(&copy)?),
+            format!(
+                "(simulating on a throw-away copy of {}: nothing it spends or records is kept; --live to use it)\n",
+                cfg.store.path.display()
+            ),
+        )
+    };
     let capture = CaptureProvider::new();
     if opts.sms_fails {
         capture.fail_with(SmsError::Unavailable("simulated provider outage".into()));
@@ -256,7 +285,7 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
         .enable_all()
         .build()?;
     let sim = rt.block_on(dialplan::simulate(&plan, call, &services));
-    Ok(sim.format())
+    Ok(format!("{header}{}", sim.format()))
 }
 
 /// `ivrd simulate`.

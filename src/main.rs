@@ -22,7 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon (without --config: the built-in demo on 127.0.0.1:5060).
+    /// Run the daemon (without --config: the shipped `verify` plan on 127.0.0.1:5060, with
+    /// SQLite in ./ivrd.db seeded with the example customers and SMS written to
+    /// ./ivrd-sms.log).
     Run {
         /// Configuration file (TOML).
         #[arg(long, short)]
@@ -33,7 +35,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Run a dialplan without a phone: scripted keys, virtual clock, real SQLite, SMS captured.
+    /// Run a dialplan without a phone: scripted keys, virtual clock, SMS captured, on a
+    /// throw-away copy of the database (--live: on the database itself).
     Simulate {
         /// The dialplan: a name from the dialplans directory, or a path to a .toml file.
         dialplan: String,
@@ -58,6 +61,9 @@ enum Command {
         /// Database file (overrides the config).
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Run on the database itself, spending its real limits (default: a throw-away copy).
+        #[arg(long)]
+        live: bool,
     },
     /// Print a dialplan as a Graphviz DOT or Mermaid flowchart.
     Graph {
@@ -180,6 +186,7 @@ fn main() -> ExitCode {
             fail_transfer,
             config,
             db,
+            live,
         } => {
             let mut cfg = match load_config(config.as_deref(), Secrets::Skip) {
                 Ok(cfg) => cfg,
@@ -195,6 +202,7 @@ fn main() -> ExitCode {
                 keys,
                 sms_fails,
                 fail_transfer,
+                live,
             };
             admin::simulate(&cfg, opts)
         }

@@ -798,6 +798,17 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a consistent copy of the whole database to `path` (SQLite's `VACUUM INTO`,
+    /// safe while the daemon writes), e.g. for a simulation that must not spend real limits.
+    pub fn copy_to(&self, path: &Path) -> Result<(), StoreError> {
+        let target = path.to_str().ok_or_else(|| StoreError::Create {
+            path: path.to_owned(),
+            source: std::io::Error::other("the path is not valid UTF-8"),
+        })?;
+        self.conn().execute("VACUUM INTO ?1", [target])?;
+        Ok(())
+    }
+
     /// Records a wrong PIN typed for the decoy `subject` at `at` and returns how many it has
     /// had since `since` (this one included), in one transaction.
     pub fn record_decoy_failure(

@@ -166,6 +166,57 @@ fn simulate_runs_the_verified_branch_on_a_real_database() {
     assert!(down.contains("end: sms-failed"), "{down}");
 }
 
+/// Issue 14, defect 5: `simulate` spent the live database's limits (the fourth run of the
+/// day ended `rate-limited`). It runs on a throw-away copy and says so; `--live` spends them.
+#[test]
+fn simulate_runs_on_a_copy_unless_told_to_use_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    copy_plans(&plans);
+    let cfg = write_config(dir.path(), &plans);
+    let c = cfg.to_str().unwrap();
+    let run = |live: bool| {
+        let mut args = vec![
+            "simulate",
+            "verify",
+            "--config",
+            c,
+            "--keys",
+            "123456 W {pin}",
+        ];
+        if live {
+            args.push("--live");
+        }
+        text(&ivrd(&args, dir.path()))
+    };
+    // sms_per_customer is 3 per 10 minutes: five runs on copies are all verified.
+    for _ in 0..5 {
+        let out = run(false);
+        assert!(out.contains("end: verified"), "{out}");
+        assert!(
+            out.starts_with("(simulating on a throw-away copy of "),
+            "{out}"
+        );
+    }
+    let outcomes: Vec<String> = (0..4)
+        .map(|_| {
+            let out = run(true);
+            assert!(
+                out.contains("itself: the limits it spends are real"),
+                "{out}"
+            );
+            out.lines()
+                .find_map(|l| l.split_once("end: ").map(|(_, e)| e.to_string()))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        outcomes[..3].iter().all(|o| o.starts_with("verified")),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[3].starts_with("rate-limited"), "{outcomes:?}");
+}
+
 #[test]
 fn graph_prints_dot_and_mermaid() {
     let dir = tempfile::tempdir().unwrap();
