@@ -31,7 +31,10 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Check the config, every dialplan and every prompt they name; exit 1 on any problem.
+    /// With dialplan files: check just those (against the config's prompts and vars).
     Check {
+        /// Dialplan files to check instead of the whole configuration.
+        dialplans: Vec<PathBuf>,
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -170,12 +173,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => {
+        Command::Check { config, dialplans } => {
             // Any problem, the config's own included, is exit 1 (as the README says).
             let Ok(cfg) = load_config(config.as_deref(), Secrets::Read) else {
                 return ExitCode::FAILURE;
             };
-            admin::check(&cfg)
+            if dialplans.is_empty() {
+                admin::check(&cfg)
+            } else {
+                admin::check_files(&cfg, &dialplans)
+            }
         }
         Command::Simulate {
             dialplan,

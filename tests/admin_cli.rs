@@ -217,6 +217,75 @@ fn simulate_runs_on_a_copy_unless_told_to_use_the_database() {
     assert!(outcomes[3].starts_with("rate-limited"), "{outcomes:?}");
 }
 
+/// Issue 14, defect 6: the example commands at the top of the shipped plans must run as
+/// written (they did not: `check` took no file). Each `ivrd ...` line is run (up to a pipe),
+/// from a scratch directory with the plan paths made absolute, and must exit 0.
+#[test]
+fn the_commands_in_the_shipped_plans_headers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ran = 0;
+    for plan in ["verify.toml", "demo.toml"] {
+        let src = std::fs::read_to_string(repo().join("dialplans").join(plan)).unwrap();
+        for line in src.lines().take_while(|l| l.starts_with('#')) {
+            let Some((_, cmd)) = line.split_once("ivrd ") else {
+                continue;
+            };
+            let cmd = cmd.split('|').next().unwrap().trim();
+            // Split like a shell: double quotes group words.
+            let mut args = Vec::new();
+            for (i, part) in cmd.split('"').enumerate() {
+                if i % 2 == 1 {
+                    args.push(part.to_string());
+                } else {
+                    args.extend(part.split_whitespace().map(|w| {
+                        if w.starts_with("dialplans/") {
+                            repo().join(w).display().to_string()
+                        } else {
+                            w.to_string()
+                        }
+                    }));
+                }
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let o = ivrd(&args, dir.path());
+            assert!(o.status.success(), "`ivrd {cmd}` in {plan}: {}", text(&o));
+            ran += 1;
+        }
+    }
+    assert!(ran >= 4, "only {ran} commands found in the plans' headers");
+}
+
+/// Issue 14, defect 6: `ivrd graph` failed when the prompts directory was missing; drawing
+/// needs no audio, so it draws the plan and warns.
+#[test]
+fn graph_draws_without_the_prompts_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ivrd.toml");
+    std::fs::write(&cfg, "[media]\nprompts_dir = \"no-such-prompts\"\n").unwrap();
+    let plan = repo().join("dialplans/verify.toml");
+    let o = ivrd(
+        &[
+            "graph",
+            plan.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let dot = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        dot.starts_with("digraph \"verify\"") && dot.contains("check_pin"),
+        "{dot}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("drawing the plan without checking its prompts"),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn graph_prints_dot_and_mermaid() {
     let dir = tempfile::tempdir().unwrap();
