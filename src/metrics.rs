@@ -111,6 +111,29 @@ impl Metrics {
         }
     }
 
+    /// Declares the label values the counters with labels can take, at zero: the call
+    /// outcomes, the PIN check results and the guards. (The caller names them: this module
+    /// knows no dialplan or verification type.)
+    pub fn declare<'a>(
+        &self,
+        outcomes: impl IntoIterator<Item = &'a str>,
+        pin_results: &[&'static str],
+        guards: &[&'static str],
+    ) {
+        let mut calls = self.calls_by_outcome.lock().expect("metrics lock");
+        for o in outcomes {
+            calls.entry(o.to_string()).or_default();
+        }
+        let mut pins = self.pin_checks.lock().expect("metrics lock");
+        for r in pin_results {
+            pins.entry(r).or_default();
+        }
+        let mut refusals = self.guard_refusals.lock().expect("metrics lock");
+        for g in guards {
+            refusals.entry(g).or_default();
+        }
+    }
+
     pub fn call_ended(&self, outcome: &str) {
         *self
             .calls_by_outcome

@@ -264,6 +264,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = open_store(&cfg)?;
     let metrics = Arc::new(Metrics::default());
+    crate::services::declare_metric_labels(&metrics);
     let snapshot = build_snapshot(&cfg, store.clone(), None, metrics.clone())?;
     let plan_names: Arc<RwLock<Vec<String>>> = Arc::new(RwLock::new(
         snapshot.plans.iter().map(|p| p.name.clone()).collect(),

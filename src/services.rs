@@ -252,13 +252,7 @@ impl FlowServices for CallServices {
         .await
         // A store failure must not let a caller through: fail closed.
         .unwrap_or(CheckPinOutcome::LockedOut);
-        metrics.pin_check(match outcome {
-            CheckPinOutcome::Valid => "valid",
-            CheckPinOutcome::Invalid { .. } => "invalid",
-            CheckPinOutcome::Exhausted => "exhausted",
-            CheckPinOutcome::Expired => "expired",
-            CheckPinOutcome::LockedOut => "locked-out",
-        });
+        metrics.pin_check(pin_check_label(&outcome));
         outcome
     }
 }
@@ -321,6 +315,30 @@ pub fn customer_record(c: Customer) -> CustomerRecord {
         language: c.language,
         fields,
     }
+}
+
+/// The `ivrd_pin_checks_total{result}` label of a PIN check.
+fn pin_check_label(outcome: &CheckPinOutcome) -> &'static str {
+    match outcome {
+        CheckPinOutcome::Valid => "valid",
+        CheckPinOutcome::Invalid { .. } => "invalid",
+        CheckPinOutcome::Exhausted => "exhausted",
+        CheckPinOutcome::Expired => "expired",
+        CheckPinOutcome::LockedOut => "locked-out",
+    }
+}
+
+/// Every PIN check label, for the zeros the metrics export before the first check.
+pub const PIN_CHECK_LABELS: [&str; 5] = ["valid", "invalid", "exhausted", "expired", "locked-out"];
+
+/// Every label series the daemon's metrics can have, declared at zero so that `rate()` and
+/// `increase()` alerts see a series from the start rather than only after the first event.
+pub fn declare_metric_labels(metrics: &crate::metrics::Metrics) {
+    metrics.declare(
+        crate::dialplan::Outcome::ALL.iter().map(|o| o.as_str()),
+        &PIN_CHECK_LABELS,
+        &crate::verify::guard::GuardRefusal::ALL.map(|g| g.as_str()),
+    );
 }
 
 #[cfg(test)]

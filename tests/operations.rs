@@ -23,6 +23,20 @@ fn metrics_move_after_real_calls_and_status_reports() {
     let before = admin_get(&admin, "/metrics");
     assert!(before.starts_with("HTTP/1.1 200"), "{before}");
     assert_eq!(metric(&before, "ivrd_rtp_packets_sent_total"), 0.0);
+    // Every outcome, PIN check result and guard has its series from the start (at zero), so
+    // `rate()` and `increase()` alerts work before the first event (issue 14, defect 6).
+    for series in [
+        "ivrd_calls_total{outcome=\"verified\"}",
+        "ivrd_calls_total{outcome=\"sms-failed\"}",
+        "ivrd_calls_total{outcome=\"guard-breaker\"}",
+        "ivrd_pin_checks_total{result=\"locked-out\"}",
+        "ivrd_guard_refusals_total{guard=\"hour-budget\"}",
+    ] {
+        assert!(
+            before.contains(&format!("{series} 0\n")),
+            "{series} missing: {before}"
+        );
+    }
 
     // A real call from SIPp with three RFC 2833 digits, then BYE.
     let welcome = prompt_duration("en", "demo-welcome") + Duration::from_millis(700);

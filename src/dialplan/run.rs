@@ -96,6 +96,28 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, e.g. for metrics that export a zero for each before it first happens.
+    pub const ALL: [Outcome; 18] = [
+        Outcome::Verified,
+        Outcome::WrongPin,
+        Outcome::PinExpired,
+        Outcome::UnknownCustomer,
+        Outcome::LockedOut,
+        Outcome::SmsFailed,
+        Outcome::RateLimited,
+        Outcome::GuardBudget,
+        Outcome::GuardCountry,
+        Outcome::GuardBreaker,
+        Outcome::NoInput,
+        Outcome::InvalidInput,
+        Outcome::CallerHangup,
+        Outcome::Interrupted,
+        Outcome::TransferFailed,
+        Outcome::TransferredUnverified,
+        Outcome::Completed,
+        Outcome::Error,
+    ];
+
     /// Stable name for logs and the audit table.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1102,6 +1124,36 @@ mod tests {
     use super::super::sim::{SimCall, SimEvent, Simulation, sim_facts, simulate};
     use super::super::testing::{FakeServices, block_on, plan};
     use super::*;
+
+    /// `Outcome::ALL` lists every outcome once: a new variant does not compile here until it
+    /// is listed (the match is exhaustive), and names are unique.
+    #[test]
+    fn every_outcome_is_in_all() {
+        let listed = |o: Outcome| match o {
+            Outcome::Verified
+            | Outcome::WrongPin
+            | Outcome::PinExpired
+            | Outcome::UnknownCustomer
+            | Outcome::LockedOut
+            | Outcome::SmsFailed
+            | Outcome::RateLimited
+            | Outcome::GuardBudget
+            | Outcome::GuardCountry
+            | Outcome::GuardBreaker
+            | Outcome::NoInput
+            | Outcome::InvalidInput
+            | Outcome::CallerHangup
+            | Outcome::Interrupted
+            | Outcome::TransferFailed
+            | Outcome::TransferredUnverified
+            | Outcome::Completed
+            | Outcome::Error => Outcome::ALL.contains(&o),
+        };
+        assert!(Outcome::ALL.iter().all(|o| listed(*o)));
+        let names: std::collections::BTreeSet<&str> =
+            Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names.len(), Outcome::ALL.len());
+    }
 
     fn sim(src: &str, script: &str) -> Simulation {
         let plan = plan(src);

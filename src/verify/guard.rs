@@ -181,6 +181,15 @@ pub enum GuardRefusal {
 }
 
 impl GuardRefusal {
+    /// Every guard, for metrics that export a zero for each.
+    pub const ALL: [GuardRefusal; 5] = [
+        GuardRefusal::HourBudget,
+        GuardRefusal::DayBudget,
+        GuardRefusal::Country,
+        GuardRefusal::CountryBudget,
+        GuardRefusal::Breaker,
+    ];
+
     /// The metric label (`ivrd_guard_refusals_total{guard=...}`).
     pub fn as_str(self) -> &'static str {
         match self {
