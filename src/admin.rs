@@ -23,10 +23,16 @@ pub fn check(cfg: &Config) -> ExitCode {
     match load_flows(cfg) {
         Ok((prompts, plans)) => {
             let langs: Vec<&str> = prompts.languages().collect();
+            let dirs: Vec<String> = cfg
+                .media
+                .prompt_dirs()
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
             println!(
                 "prompts: {} in {} ({})",
                 prompts.len(),
-                cfg.media.prompts_dir.display(),
+                dirs.join(" over "),
                 langs.join(", ")
             );
             for p in &plans {
@@ -202,8 +208,7 @@ fn find_plan(cfg: &Config, prompts: &PromptLibrary, which: &str) -> anyhow::Resu
 }
 
 fn prompts(cfg: &Config) -> anyhow::Result<PromptLibrary> {
-    PromptLibrary::load(&cfg.media.prompts_dir)
-        .with_context(|| format!("loading prompts from {}", cfg.media.prompts_dir.display()))
+    crate::server::load_prompts(cfg).map(|(p, _)| p)
 }
 
 /// A plan by name or path, parsed but not checked against prompts (for drawing it where the

@@ -304,8 +304,12 @@ pub struct MediaConfig {
     pub rtp_timeout_secs: u64,
     /// Hang up any call after this long (0 disables).
     pub max_call_secs: u64,
-    /// Directory with `<language>/<name>.wav` prompts.
+    /// Directory with `<language>/<name>.wav` prompts. With `bundled_prompts`, it needs only
+    /// the prompts the site changes or adds: the bundled set supplies the rest.
     pub prompts_dir: PathBuf,
+    /// Layer `prompts_dir` over the bundled prompts (default true); false: `prompts_dir`
+    /// must hold every prompt itself.
+    pub bundled_prompts: bool,
     /// Language used when nothing else chose one.
     pub default_language: String,
     /// Codecs we accept, in our preference order when we make the offer: "PCMU", "PCMA".
@@ -458,6 +462,7 @@ impl Default for MediaConfig {
             rtp_timeout_secs: 30,
             max_call_secs: 3600,
             prompts_dir: default_prompts_dir(),
+            bundled_prompts: true,
             default_language: "en".into(),
             codecs: vec!["PCMU".into(), "PCMA".into()],
             inband_dtmf: true,
@@ -509,6 +514,25 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
         }
+    }
+}
+
+impl MediaConfig {
+    /// The prompt directories in the order they are searched: `prompts_dir`, then (unless
+    /// `bundled_prompts = false` or it is the same directory) the bundled prompts.
+    pub fn prompt_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.prompts_dir.clone()];
+        if self.bundled_prompts {
+            let bundled = default_prompts_dir();
+            let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => a == b,
+            };
+            if bundled.is_dir() && !same(&bundled, &self.prompts_dir) {
+                dirs.push(bundled);
+            }
+        }
+        dirs
     }
 }
 

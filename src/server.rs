@@ -54,10 +54,24 @@ pub struct Snapshot {
     pub settings: Arc<CallSettings>,
 }
 
+/// The configured prompts: `[media] prompts_dir` over the bundled set (see
+/// [`crate::config::MediaConfig::prompt_dirs`]), and a line saying where they came from.
+pub fn load_prompts(cfg: &Config) -> anyhow::Result<(PromptLibrary, String)> {
+    let dirs = cfg.media.prompt_dirs();
+    let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let (prompts, supplied) = PromptLibrary::load_layers(&dirs)
+        .with_context(|| format!("loading prompts from {}", shown.join(" over ")))?;
+    let from: Vec<String> = shown
+        .iter()
+        .zip(&supplied)
+        .map(|(d, n)| format!("{n} from {d}"))
+        .collect();
+    Ok((prompts, from.join(", ")))
+}
+
 /// Loads and checks prompts and dialplans (no database, no network): what `ivrd check` runs.
 pub fn load_flows(cfg: &Config) -> anyhow::Result<(PromptLibrary, Vec<Dialplan>)> {
-    let prompts = PromptLibrary::load(&cfg.media.prompts_dir)
-        .with_context(|| format!("loading prompts from {}", cfg.media.prompts_dir.display()))?;
+    let (prompts, _) = load_prompts(cfg)?;
     if cfg.demo.enabled {
         let lang = &cfg.media.default_language;
         let missing: Vec<&str> = crate::demo::PROMPTS

@@ -255,6 +255,65 @@ fn the_commands_in_the_shipped_plans_headers_run() {
     assert!(ran >= 4, "only {ran} commands found in the plans' headers");
 }
 
+/// Issue 14, defect 6: one custom prompt meant copying all the bundled ones. Now a site
+/// directory holds only what it changes and the bundled set supplies the rest;
+/// `bundled_prompts = false` turns that off (and then the missing prompts are errors).
+#[test]
+fn a_site_prompt_directory_needs_only_the_prompts_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    copy_plans(&plans);
+    let site = dir.path().join("site-prompts");
+    std::fs::create_dir_all(site.join("en")).unwrap();
+    std::fs::copy(
+        repo().join("prompts/en/goodbye.wav"),
+        site.join("en/welcome.wav"),
+    )
+    .unwrap();
+    let cfg = dir.path().join("ivrd.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[media]\nprompts_dir = {:?}\n{extra}[dialplans]\ndir = {:?}\n[store]\npath = \"ivrd.db\"\n",
+                site, plans
+            ),
+        )
+        .unwrap();
+    };
+    write("");
+    let c = cfg.to_str().unwrap();
+    let o = ivrd(&["check", "--config", c], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("in {} over ", site.display())),
+        "{}",
+        text(&o)
+    );
+    // The site's welcome is played: it lasts as long as the bundled goodbye it was copied
+    // from, not as long as the bundled welcome.
+    let seconds = |p: &Path| {
+        let pcm = ivrd::media::prompt::load_wav(p).unwrap();
+        ivrd::media::prompt::Prompt::from_pcm("x", "en", pcm)
+            .duration()
+            .as_secs_f64()
+    };
+    let ours = seconds(&repo().join("prompts/en/goodbye.wav"));
+    assert_ne!(
+        format!("{ours:.3}"),
+        format!("{:.3}", seconds(&repo().join("prompts/en/welcome.wav")))
+    );
+    let sim = text(&ivrd(&["simulate", "verify", "--config", c], dir.path()));
+    assert!(
+        sim.contains(&format!("play welcome (en, barge-in, {ours:.3}s)")),
+        "{sim}"
+    );
+    write("bundled_prompts = false\n");
+    let o = ivrd(&["check", "--config", c], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("is missing in en"), "{}", text(&o));
+}
+
 /// Issue 14, defect 6: `ivrd graph` failed when the prompts directory was missing; drawing
 /// needs no audio, so it draws the plan and warns.
 #[test]

@@ -998,6 +998,30 @@ impl PromptLibrary {
         }
     }
 
+    /// Loads several prompt directories as layers, first wins: a site directory with only the
+    /// prompts it changes (say `en/welcome.wav`), over the bundled set for everything else.
+    /// Each layer is checked as [`PromptLibrary::load`] checks one; languages are the union.
+    /// Also returns how many prompts each layer supplied.
+    pub fn load_layers(dirs: &[PathBuf]) -> Result<(PromptLibrary, Vec<usize>), PromptError> {
+        let mut library = PromptLibrary::default();
+        let mut supplied = Vec::with_capacity(dirs.len());
+        for dir in dirs {
+            let layer = PromptLibrary::load(dir)?;
+            let mut n = 0;
+            for (language, prompts) in layer.languages {
+                let slot = library.languages.entry(language).or_default();
+                for (name, prompt) in prompts {
+                    if let Entry::Vacant(v) = slot.entry(name) {
+                        v.insert(prompt);
+                        n += 1;
+                    }
+                }
+            }
+            supplied.push(n);
+        }
+        Ok((library, supplied))
+    }
+
     /// Builds a library from already converted prompts (tests, simulation).
     /// A later prompt with the same language and name replaces an earlier one.
     pub fn from_prompts(prompts: impl IntoIterator<Item = Prompt>) -> Self {
@@ -2244,5 +2268,76 @@ mod tests {
                 assert!(peak > 16000, "{language}/{name}: peak {peak}");
             }
         }
+    }
+
+    /// A site layer with one prompt over a bundled set: the site's prompt wins, the rest
+    /// come from below, languages are the union, and a broken file in any layer is refused.
+    #[test]
+    fn layers_are_searched_first_to_last() {
+        let site = tempfile::tempdir().unwrap();
+        let bundled = tempfile::tempdir().unwrap();
+        let (s, b) = (site.path(), bundled.path());
+        for d in ["en", "de"] {
+            fs::create_dir_all(b.join(d)).unwrap();
+        }
+        fs::create_dir_all(s.join("en")).unwrap();
+        fs::create_dir_all(s.join("fr")).unwrap();
+        write_wav(
+            &b.join("en/welcome.wav"),
+            8000,
+            1,
+            Fmt::I16,
+            800,
+            sine(400.0, 0.3),
+        );
+        write_wav(
+            &b.join("en/goodbye.wav"),
+            8000,
+            1,
+            Fmt::I16,
+            800,
+            sine(400.0, 0.3),
+        );
+        write_wav(
+            &b.join("de/welcome.wav"),
+            8000,
+            1,
+            Fmt::I16,
+            800,
+            sine(400.0, 0.3),
+        );
+        write_wav(
+            &s.join("en/welcome.wav"),
+            8000,
+            1,
+            Fmt::I16,
+            2400,
+            sine(600.0, 0.3),
+        );
+        write_wav(
+            &s.join("fr/welcome.wav"),
+            8000,
+            1,
+            Fmt::I16,
+            800,
+            sine(600.0, 0.3),
+        );
+        let (lib, supplied) =
+            PromptLibrary::load_layers(&[s.to_path_buf(), b.to_path_buf()]).unwrap();
+        assert_eq!(supplied, [2, 2]);
+        assert_eq!(lib.languages().collect::<Vec<_>>(), ["de", "en", "fr"]);
+        assert_eq!(
+            lib.get("en", "welcome").unwrap().samples(),
+            2400,
+            "the site's"
+        );
+        assert_eq!(
+            lib.get("en", "goodbye").unwrap().samples(),
+            800,
+            "the bundled"
+        );
+        assert!(lib.contains("de", "welcome") && lib.contains("fr", "welcome"));
+        fs::write(b.join("de/broken.wav"), b"RIFF").unwrap();
+        assert!(PromptLibrary::load_layers(&[s.to_path_buf(), b.to_path_buf()]).is_err());
     }
 }
