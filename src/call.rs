@@ -175,9 +175,9 @@ pub struct CollectSpec {
     pub max: usize,
     /// A key that ends input early and is not part of it (usually `#`).
     pub terminator: Option<char>,
-    /// A key that, pressed first, ends the collection at once as [`CollectEnd::Escape`]
-    /// (e.g. `*` for "send me a new text"); pressed later it is an ordinary key.
-    pub escape: Option<char>,
+    /// Keys that, pressed first, end the collection at once as [`CollectEnd::Escape`]
+    /// (e.g. `*` for "send me a new text"); pressed later they are ordinary keys.
+    pub escape: Vec<char>,
     /// How long to wait for the first key after the prompt ends.
     pub first_digit_timeout: Duration,
     /// How long to wait for each further key.
@@ -190,7 +190,7 @@ pub enum CollectEnd {
     Terminator,
     MaxDigits,
     Timeout,
-    /// The escape key was pressed first.
+    /// An escape key (a hotkey) was pressed first; the digits are that key.
     Escape,
 }
 
@@ -229,7 +229,7 @@ impl<'a> DigitCollector<'a> {
         if Some(key) == self.spec.terminator {
             return Some(self.finish(CollectEnd::Terminator));
         }
-        if self.digits.is_empty() && Some(key) == self.spec.escape {
+        if self.digits.is_empty() && self.spec.escape.contains(&key) {
             self.digits.push(key);
             return Some(self.finish(CollectEnd::Escape));
         }
@@ -1528,7 +1528,7 @@ mod tests {
 
     fn spec(max: usize) -> CollectSpec {
         CollectSpec {
-            escape: None,
+            escape: Vec::new(),
             min: 1,
             max,
             terminator: Some('#'),

@@ -40,7 +40,7 @@ pub fn digit_prompt(c: char) -> Option<String> {
 
 pub async fn run<C: CallIo + Send>(call: &mut C, cfg: &DemoConfig) -> Result<(), CallEnd> {
     let spec = CollectSpec {
-        escape: None,
+        escape: Vec::new(),
         min: 1,
         max: cfg.max_digits,
         terminator: Some(cfg.terminator),

@@ -495,6 +495,7 @@ impl<'p> Checker<'p> {
                                 step.name,
                                 match t.key {
                                     "options" => format!("option \"{}\"", t.label),
+                                    "hotkeys" => format!("hotkey \"{}\"", t.label),
                                     "goto" if t.label != "goto" =>
                                         format!("the case \"{}\"", t.label),
                                     key => key.to_string(),

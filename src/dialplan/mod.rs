@@ -41,7 +41,7 @@
 //! | `play = ["p", ...]` | `barge_in` (true) | `next` |
 //! | `say_digits = "${v}"` | `barge_in` (true) | `next` |
 //! | `say_number = "${v}"` (0..=999999, en and de) | `barge_in` (true) | `next` |
-//! | `collect = "var"` | `prompt`, `barge_in` (true), `min` (1), `max` (20), `terminator` ("#"; "" for none), `first_digit_timeout` ("5s"), `inter_digit_timeout` ("3s"), `tries` (3), `pattern`, `invalid_prompt`, `timeout_prompt`, `secret` (false) | `on_input`, `on_failure`, `on_star` (optional: "*" pressed first goes there, e.g. to send the PIN again; without it "*" is a key like any other) |
+//! | `collect = "var"` | `prompt`, `barge_in` (true), `min` (1), `max` (20), `terminator` ("#"; "" for none), `first_digit_timeout` ("5s"), `inter_digit_timeout` ("3s"), `tries` (3), `pattern`, `invalid_prompt`, `timeout_prompt`, `secret` (false) | `on_input`, `on_failure`; optional `hotkeys = { "0" = "operator" }` (a key pressed first ends the collect at once and goes to its step; later it is an ordinary key) and `on_star` (the same for "*", e.g. to send the PIN again) |
 //! | `menu = ["p", ...]` | `options = { "1" = "step" }`, `barge_in` (true), `tries` (3), `timeout` ("5s"), `invalid_prompt`, `timeout_prompt` | the options, `on_failure` |
 //! | `set = { name = "value ${x}" }` | | `next` |
 //! | `branch = [{ if = "${x} == 'y'", goto = "step" }, ...]` | | the cases, `else` |

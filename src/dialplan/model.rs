@@ -277,9 +277,12 @@ pub struct Collect {
     pub secret: bool,
     pub on_input: Option<Target>,
     pub on_failure: Option<Target>,
-    /// Where `*` pressed as the first key goes (e.g. "send me a new text"); without it `*` is
-    /// an ordinary key.
-    pub on_star: Option<Target>,
+    /// Keys that, pressed first, end the collection at once and go to their step (`hotkeys`,
+    /// e.g. `"0"` for an operator; `on_star` is the shorthand for `"*"`, e.g. "send me a
+    /// new text"), in key order. Pressed later, they are ordinary keys.
+    pub hotkeys: Vec<(char, Target)>,
+    /// Whether the `*` hotkey was written as `on_star` (for problems and graphs).
+    pub star_as_on_star: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -355,10 +358,22 @@ impl Action {
             | Action::SetLanguage { next, .. } => vec![t("next", next)],
             Action::Collect(c) => {
                 let mut v = vec![t("on_input", &c.on_input), t("on_failure", &c.on_failure)];
-                // Optional: without it, `*` is an ordinary key.
-                if c.on_star.is_some() {
-                    v.push(t("on_star", &c.on_star));
-                }
+                // Optional: without them, `*` and the others are ordinary keys.
+                v.extend(c.hotkeys.iter().map(|(k, target)| {
+                    if *k == '*' && c.star_as_on_star {
+                        Transition {
+                            key: "on_star",
+                            label: "on_star",
+                            target: Some(target),
+                        }
+                    } else {
+                        Transition {
+                            key: "hotkeys",
+                            label: key_label(*k),
+                            target: Some(target),
+                        }
+                    }
+                }));
                 v
             }
             Action::Menu(m) => {

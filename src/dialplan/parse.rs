@@ -56,6 +56,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "on_input",
             "on_failure",
             "on_star",
+            "hotkeys",
         ],
     ),
     (
@@ -852,6 +853,34 @@ impl Parser<'_> {
                 }
             },
         };
+        let mut hotkeys = self.key_table(f, "hotkeys", "hotkey");
+        let on_star = self.target(f, "on_star");
+        let star_as_on_star = on_star.is_some();
+        if let Some(target) = on_star {
+            if let Some((_, other)) = hotkeys.iter().find(|(k, _)| *k == '*') {
+                self.problem(
+                    other.pos,
+                    format!("step \"{}\": \"*\" is both on_star and a hotkey", f.step),
+                    Some("keep one of them".into()),
+                );
+            } else {
+                hotkeys.push(('*', target));
+                hotkeys.sort_by_key(|(k, _)| "0123456789*#".find(*k));
+            }
+        }
+        if let (Some(t), Some((_, target))) = (
+            terminator,
+            terminator.and_then(|t| hotkeys.iter().find(|(k, _)| *k == t)),
+        ) {
+            self.problem(
+                target.pos,
+                format!(
+                    "step \"{}\": \"{t}\" is the terminator and a hotkey",
+                    f.step
+                ),
+                Some("a key pressed first cannot both end empty input and go elsewhere".into()),
+            );
+        }
         Some(Collect {
             var,
             prompts: self.prompts(f, "prompt").unwrap_or_default(),
@@ -868,57 +897,71 @@ impl Parser<'_> {
             secret: self.boolean(f, "secret", false),
             on_input: self.target(f, "on_input"),
             on_failure: self.target(f, "on_failure"),
-            on_star: self.target(f, "on_star"),
+            hotkeys,
+            star_as_on_star,
         })
+    }
+
+    /// A table of single keys to steps (`options` of a menu, `hotkeys` of a collect), in key
+    /// order; empty when absent. `what` names one entry in problems ("option", "hotkey").
+    fn key_table(&mut self, f: &Fields<'_>, name: &str, what: &str) -> Vec<(char, Target)> {
+        let mut out = Vec::new();
+        let Some((k, v)) = f.get(name) else {
+            return out;
+        };
+        match v.get_ref() {
+            Value::Table(t) if !t.is_empty() => {
+                for (key, target) in t {
+                    let pos = self.lines.find(v.span(), key);
+                    let mut chars = key.chars();
+                    let digit = match (chars.next(), chars.next()) {
+                        (Some(c), None) if "0123456789*#".contains(c) => c,
+                        _ => {
+                            self.problem(
+                                pos,
+                                format!("step \"{}\": {what} \"{key}\" is not one key", f.step),
+                                Some(format!("{what}s are single keys: 0-9, * or #")),
+                            );
+                            continue;
+                        }
+                    };
+                    match target.as_str() {
+                        Some(step) => out.push((
+                            digit,
+                            Target {
+                                step: step.to_string(),
+                                pos: self.lines.find(v.span(), &format!("\"{step}\"")),
+                            },
+                        )),
+                        None => self.problem(
+                            pos,
+                            format!("step \"{}\": {what} \"{key}\" must name a step", f.step),
+                            Some(format!("for example: \"{key}\" = \"step_name\"")),
+                        ),
+                    }
+                }
+            }
+            other => self.wrong_type(
+                f,
+                k,
+                other,
+                "a table of keys to steps",
+                "{ \"1\" = \"english\" }",
+            ),
+        }
+        out.sort_by_key(|(k, _)| "0123456789*#".find(*k));
+        out
     }
 
     fn menu(&mut self, f: &Fields<'_>) -> Option<Menu> {
         let prompts = self.prompts(f, "menu").unwrap_or_default();
-        let mut options = Vec::new();
-        match f.get("options") {
-            None => self.missing(f, "options", "{ \"1\" = \"english\", \"2\" = \"german\" }"),
-            Some((k, v)) => match v.get_ref() {
-                Value::Table(t) if !t.is_empty() => {
-                    for (key, target) in t {
-                        let pos = self.lines.find(v.span(), key);
-                        let mut chars = key.chars();
-                        let digit = match (chars.next(), chars.next()) {
-                            (Some(c), None) if "0123456789*#".contains(c) => c,
-                            _ => {
-                                self.problem(
-                                    pos,
-                                    format!("step \"{}\": option \"{key}\" is not one key", f.step),
-                                    Some("options are single keys: 0-9, * or #".into()),
-                                );
-                                continue;
-                            }
-                        };
-                        match target.as_str() {
-                            Some(step) => options.push((
-                                digit,
-                                Target {
-                                    step: step.to_string(),
-                                    pos: self.lines.find(v.span(), &format!("\"{step}\"")),
-                                },
-                            )),
-                            None => self.problem(
-                                pos,
-                                format!("step \"{}\": option \"{key}\" must name a step", f.step),
-                                Some(format!("for example: \"{key}\" = \"step_name\"")),
-                            ),
-                        }
-                    }
-                }
-                other => self.wrong_type(
-                    f,
-                    k,
-                    other,
-                    "a table of keys to steps",
-                    "{ \"1\" = \"english\" }",
-                ),
-            },
-        }
-        options.sort_by_key(|(k, _)| "0123456789*#".find(*k));
+        let options = match f.get("options") {
+            None => {
+                self.missing(f, "options", "{ \"1\" = \"english\", \"2\" = \"german\" }");
+                Vec::new()
+            }
+            Some(_) => self.key_table(f, "options", "option"),
+        };
         Some(Menu {
             prompts,
             barge_in: self.boolean(f, "barge_in", true),

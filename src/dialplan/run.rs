@@ -978,7 +978,7 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
 
     async fn collect(&mut self, step: &Step, c: &Collect) -> Result<Flow, CallEnd> {
         let spec = CollectSpec {
-            escape: c.on_star.as_ref().map(|_| '*'),
+            escape: c.hotkeys.iter().map(|(k, _)| *k).collect(),
             min: c.min,
             max: c.max,
             terminator: c.terminator,
@@ -995,13 +995,20 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                 self.swallow(t).await?;
             }
             if got.ended_by == CollectEnd::Escape {
+                let key = got.digits.chars().next();
+                let target = c.hotkeys.iter().find(|(k, _)| Some(*k) == key);
+                let star = key == Some('*') && c.star_as_on_star;
                 self.obs.event(FlowEvent::Collected {
                     step: step.name.clone(),
                     value: Some(got.digits.clone()),
                     ended_by: got.ended_by,
-                    verdict: "star",
+                    verdict: if star { "star" } else { "hotkey" },
                 });
-                return Ok(go("star", &c.on_star));
+                let outcome = match key {
+                    Some(k) if !star => format!("hotkey {k}"),
+                    _ => "star".to_string(),
+                };
+                return Ok(go(&outcome, &target.map(|(_, t)| t.clone())));
             }
             let verdict = if got.digits.is_empty() && got.ended_by == CollectEnd::Timeout {
                 "no-input"
@@ -1042,7 +1049,7 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
     /// Takes a terminator pressed right after a full entry (see [`TERMINATOR_GRACE`]).
     async fn swallow(&mut self, terminator: char) -> Result<(), CallEnd> {
         let spec = CollectSpec {
-            escape: None,
+            escape: Vec::new(),
             min: 0,
             max: 1,
             terminator: Some(terminator),
@@ -1058,7 +1065,7 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
 
     async fn menu(&mut self, step: &Step, m: &Menu) -> Result<Flow, CallEnd> {
         let spec = CollectSpec {
-            escape: None,
+            escape: Vec::new(),
             min: 1,
             max: 1,
             terminator: None,
@@ -1220,6 +1227,54 @@ hangup = []
         assert_eq!(heard(&s), ["enter-digits", "digit-1+digit-2"]);
         assert_eq!(s.result.outcome, Outcome::Completed);
         assert_eq!(s.result.end, None);
+    }
+
+    /// A hotkey pressed first ends the collect at once (no terminator, no timeout) and goes
+    /// to its step; pressed later it is an ordinary key.
+    #[test]
+    fn a_hotkey_pressed_first_ends_the_collect_at_once() {
+        let src = COLLECT
+            .replace(
+                "on_failure = \"failed\"\n",
+                "on_failure = \"failed\"\nhotkeys = { \"0\" = \"operator\" }\non_star = \"bye\"\n",
+            )
+            .replace("pattern = \"^[0-9]+$\"", "pattern = \"^[0-9*]+$\"")
+            + "\n[steps.operator]\nhangup = [\"goodbye\"]\n";
+        let s = sim(&src, "W 0");
+        assert!(
+            line_at(&s, "collected").starts_with("[00:02.000] collected \"0\" (hotkey): hotkey"),
+            "{}",
+            s.format()
+        );
+        assert!(
+            s.format().contains("hotkey 0 -> operator"),
+            "{}",
+            s.format()
+        );
+        let s = sim(&src, "W *");
+        assert!(s.format().contains("star -> bye"), "{}", s.format());
+        // Later in the input both are ordinary keys.
+        let s = sim(&src, "W 10*#");
+        assert!(
+            line_at(&s, "collected").contains("\"10*\" (terminator): ok"),
+            "{}",
+            s.format()
+        );
+        // "*" twice, or the terminator as a hotkey: refused with the reason.
+        let twice = src.replace("\"0\" = \"operator\"", "\"*\" = \"operator\"");
+        let err = super::super::testing::check_with(&twice, &["en"], &|_, _| true).unwrap_err();
+        assert!(
+            err.iter()
+                .any(|p| p.message.contains("both on_star and a hotkey")),
+            "{err:#?}"
+        );
+        let term = src.replace("\"0\" = \"operator\"", "\"#\" = \"operator\"");
+        let err = super::super::testing::check_with(&term, &["en"], &|_, _| true).unwrap_err();
+        assert!(
+            err.iter()
+                .any(|p| p.message.contains("is the terminator and a hotkey")),
+            "{err:#?}"
+        );
     }
 
     #[test]

@@ -608,7 +608,7 @@ fn ended_by(e: CollectEnd) -> &'static str {
         CollectEnd::Terminator => "terminator",
         CollectEnd::MaxDigits => "max digits",
         CollectEnd::Timeout => "timeout",
-        CollectEnd::Escape => "star",
+        CollectEnd::Escape => "hotkey",
     }
 }
 
