@@ -10,6 +10,8 @@
 #   kamailio tls.so - Debian package kamailio-tls-modules (the Kamailio tests over TLS);
 #   tcpdump - Debian package tcpdump (tests/baresip_srtp.rs captures loopback to check that an
 #             SRTP call shows none of a plain call's payload bytes; the tests run as root).
+#   groff - Debian package groff-base (tests/man_pages.rs renders every man page with warnings
+#             on, as man(1) would).
 # Idempotent: does nothing when everything is already there. Exits non-zero if the tools are
 # still missing afterwards, so a test run never starts without its peers.
 set -euo pipefail
@@ -41,6 +43,9 @@ missing_packages() {
     if ! command -v tcpdump >/dev/null 2>&1 && [ ! -x /usr/sbin/tcpdump ]; then
         pkgs+=(tcpdump)
     fi
+    if ! command -v groff >/dev/null 2>&1; then
+        pkgs+=(groff-base)
+    fi
     # systemd-analyze checks the unit file (tests/systemd.rs).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
@@ -50,12 +55,12 @@ missing_packages() {
 
 need=$(missing_packages)
 if [ -z "$need" ]; then
-    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump and systemd-analyze already installed"
+    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump, groff and systemd-analyze already installed"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module, tcpdump)" >&2
+    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module, tcpdump, groff)" >&2
     exit 1
 fi
 

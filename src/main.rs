@@ -1,7 +1,7 @@
 //! The `ivrd` command line: parsing arguments and turning errors into one clear sentence.
 //! Everything else lives in the library (see `src/lib.rs` for the map).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ivrd::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,6 +110,14 @@ enum Command {
         #[command(subcommand)]
         command: GuardCommand,
     },
+    /// Write the man pages into DIR: ivrd.8 and a page per subcommand (generated from this
+    /// command line), ivrd.toml.5 and ivrd-dialplan.5. Hidden: for packaging, not for admins.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::Subcommand)]
@@ -127,6 +135,13 @@ enum GraphFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Man { out } => match write_man_pages(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ivrd: {}: {e}", out.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Status { config } => {
             // As for reload: a daemon runs on the config it loaded, whatever the file now says.
             let listen = match &config {
@@ -325,6 +340,65 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The hand-written pages, compiled in so that `ivrd man` of an installed binary writes the
+/// set that matches it.
+const HAND_WRITTEN_PAGES: &[(&str, &str)] = &[
+    ("ivrd.toml.5", include_str!("../man/ivrd.toml.5")),
+    ("ivrd-dialplan.5", include_str!("../man/ivrd-dialplan.5")),
+];
+
+/// What every generated page points to: the pages that document the files the commands read.
+const SEE_ALSO: &str = ".SH \"SEE ALSO\"\n.BR ivrd.toml (5),\n.BR ivrd\\-dialplan (5)\n";
+
+/// Writes `ivrd.8`, one page per visible subcommand at any depth (`ivrd-customers-import.8`),
+/// and the hand-written pages into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    // clap adds a `help` subcommand to every command that has subcommands; it would get pages
+    // of its own (`ivrd-help.8`, `ivrd-customers-help.8`) that say nothing.
+    fn without_help(cmd: clap::Command) -> clap::Command {
+        cmd.disable_help_subcommand(true)
+            .mut_subcommands(without_help)
+    }
+    fn write(cmd: &clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+        // Section 8: a daemon and its admin commands.
+        let man = clap_mangen::Man::new(cmd.clone()).section("8");
+        let mut rendered = Vec::new();
+        man.render(&mut rendered)?;
+        let rendered = String::from_utf8(rendered).map_err(std::io::Error::other)?;
+        // clap_mangen leaves an empty date out of .TH, which moves the source into the date's
+        // place. No date at all: a page must not change unless the command line does (a test
+        // compares the committed copies); the VERSION section has the version.
+        let name = cmd.get_display_name().unwrap_or_else(|| cmd.get_name());
+        let title = format!(".TH {name} 8 \"\" \"ivrd\" \"System Administration\"");
+        let mut page: String = rendered
+            .lines()
+            .map(|l| {
+                if l.starts_with(".TH ") {
+                    title.as_str()
+                } else {
+                    l
+                }
+            })
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        page.push_str(SEE_ALSO);
+        std::fs::write(dir.join(man.get_filename()), page)?;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub, dir)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = without_help(Cli::command());
+    // Names the subcommands `ivrd-customers` and their synopses `ivrd customers`.
+    cmd.build();
+    write(&cmd, dir)?;
+    for (name, text) in HAND_WRITTEN_PAGES {
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(())
 }
 
 /// Whether a command reads the secret files the config names (`*_file`).

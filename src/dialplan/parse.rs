@@ -33,8 +33,9 @@ const DEFAULT_MENU_TIMEOUT: Duration = Duration::from_secs(5);
 /// NIST SP 800-63B asks for at least six digits for a one-time code sent out of band.
 const DEFAULT_PIN_LENGTH: i64 = 6;
 
-/// Keys each step type accepts besides its type key.
-const KEYS: &[(&str, &[&str])] = &[
+/// Keys each step type accepts besides its type key. Public so that the test of the
+/// `ivrd-dialplan(5)` man page can hold the page to exactly these keys.
+pub const STEP_KEYS: &[(&str, &[&str])] = &[
     ("play", &["barge_in", "next"]),
     ("say_digits", &["barge_in", "next"]),
     ("say_number", &["barge_in", "next"]),
@@ -516,7 +517,7 @@ impl Parser<'_> {
             pos,
             map,
         };
-        let allowed = KEYS
+        let allowed = STEP_KEYS
             .iter()
             .find(|(k, _)| *k == kind)
             .map_or(&[][..], |(_, keys)| *keys);
