@@ -96,6 +96,29 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in declaration order (for `ivrd audit --outcome`, which names them).
+    /// A new variant goes here as well as in [`Outcome::as_str`].
+    pub const ALL: [Outcome; 18] = [
+        Outcome::Verified,
+        Outcome::WrongPin,
+        Outcome::PinExpired,
+        Outcome::UnknownCustomer,
+        Outcome::LockedOut,
+        Outcome::SmsFailed,
+        Outcome::RateLimited,
+        Outcome::GuardBudget,
+        Outcome::GuardCountry,
+        Outcome::GuardBreaker,
+        Outcome::NoInput,
+        Outcome::InvalidInput,
+        Outcome::CallerHangup,
+        Outcome::Interrupted,
+        Outcome::TransferFailed,
+        Outcome::TransferredUnverified,
+        Outcome::Completed,
+        Outcome::Error,
+    ];
+
     /// Stable name for logs and the audit table.
     pub fn as_str(self) -> &'static str {
         match self {
