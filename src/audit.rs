@@ -17,6 +17,20 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+/// Every outcome an audit row can have, sorted, each once: the flow's verification outcome
+/// ([`crate::dialplan::Outcome`]) or, for a call no flow ran on, how it ended
+/// ([`crate::call::CallEnd`]); see `server::audit_row`. What `ivrd audit --outcome` accepts.
+pub fn outcome_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = crate::dialplan::Outcome::ALL
+        .iter()
+        .map(|o| o.as_str())
+        .chain(crate::call::CallEnd::NAMES)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 /// Most rows in one transaction: bounds how long one commit holds the store's lock.
 const MAX_BATCH: usize = 512;
 
@@ -110,6 +124,26 @@ mod tests {
             transport: None,
             srtp: None,
         }
+    }
+
+    #[test]
+    fn outcome_names_hold_the_flow_and_call_end_names_once() {
+        let names = outcome_names();
+        for n in [
+            "verified",
+            "wrong-pin",
+            "locked-out",
+            "caller-hangup",
+            "rtp-timeout",
+        ] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        // "completed" and "caller-hangup" are both a flow outcome and a call end.
+        let mut unique = names.clone();
+        unique.dedup();
+        assert_eq!(unique, names);
+        assert!(names.windows(2).all(|w| w[0] < w[1]));
+        assert!(names.iter().all(|n| !n.is_empty()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,6 +66,22 @@ pub enum CallEnd {
 }
 
 impl CallEnd {
+    /// The names [`CallEnd::as_str`] gives, each once (for `ivrd audit --outcome`: a call
+    /// whose flow never ran is audited with how it ended). A new variant goes here too.
+    pub const NAMES: [&'static str; 11] = [
+        "completed",
+        "transferred",
+        "caller-hangup",
+        "cancelled",
+        "rtp-timeout",
+        "max-duration",
+        "ack-timeout",
+        "reinvite-ack-timeout",
+        "session-expired",
+        "shutdown",
+        "rejected",
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             CallEnd::Completed => "completed",

@@ -38,6 +38,8 @@ pub struct Config {
     pub demo: DemoConfig,
     pub transfer: TransferConfig,
     pub store: StoreConfig,
+    /// How long the call audit is kept.
+    pub audit: AuditConfig,
     pub shutdown: ShutdownConfig,
     pub admin: AdminConfig,
     pub dialplans: DialplansConfig,
@@ -166,6 +168,23 @@ impl Default for StoreConfig {
             seed_csv: None,
             default_region: "DE".into(),
         }
+    }
+}
+
+/// The call audit (one row per call in the database's `audit` table).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Rows of calls that started more than this many days ago are deleted, at start and then
+    /// every hour. 0 (the default) keeps every row: how long call records may or must be kept
+    /// is the operator's policy, not ours. Takes effect on restart.
+    pub keep_days: u32,
+}
+
+impl AuditConfig {
+    /// How long rows are kept, or `None` to keep them forever.
+    pub fn keep(&self) -> Option<Duration> {
+        (self.keep_days > 0).then(|| Duration::from_secs(u64::from(self.keep_days) * 86_400))
     }
 }
 
@@ -866,6 +885,26 @@ mod tests {
         assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
         let err = load("[media]\nsrtp = \"yes\"\n").unwrap_err().to_string();
         assert!(err.contains("srtp") || err.contains("yes"), "{err}");
+    }
+
+    #[test]
+    fn audit_keep_days_defaults_to_forever_and_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ivrd.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load_without_secrets(&path)
+        };
+        let cfg = load("").unwrap();
+        assert_eq!((cfg.audit.keep_days, cfg.audit.keep()), (0, None));
+        let cfg = load("[audit]\nkeep_days = 0\n").unwrap();
+        assert_eq!(cfg.audit.keep(), None);
+        let cfg = load("[audit]\nkeep_days = 90\n").unwrap();
+        assert_eq!(cfg.audit.keep(), Some(Duration::from_secs(90 * 86_400)));
+        let err = load("[audit]\nkeep_days = -1\n").unwrap_err().to_string();
+        assert!(err.contains("keep_days"), "{err}");
+        let err = load("[audit]\nkeep = 90\n").unwrap_err().to_string();
+        assert!(err.contains("keep"), "{err}");
     }
 
     #[test]

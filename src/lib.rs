@@ -41,6 +41,9 @@
 //! - [`preflight`]: every address the config binds is on this host and free (`check`,
 //!   start-up).
 //! - [`audit`]: one row per call, group-committed by one writer thread.
+//! - [`audit_cli`]: `ivrd audit`: the audit for the admin (filters; table, CSV, JSON Lines),
+//!   read-only beside the daemon; `ivrd audit prune`. `[audit] keep_days` prunes in `server`.
+//! - [`customers_cli`]: `ivrd customers`: import, list, show, lock-outs.
 //! - [`redact`]: phone numbers masked for logs and status output.
 //! - [`secrets`]: `*_file` keys, read from systemd credentials or files beside the config.
 //! - `fuzzing` (hidden): the body of every fuzz target in `fuzz/`, one function each, shared
@@ -48,6 +51,7 @@
 pub mod admin;
 pub mod admin_http;
 pub mod audit;
+pub mod audit_cli;
 pub mod call;
 pub mod config;
 pub mod customers_cli;

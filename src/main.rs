@@ -99,6 +99,21 @@ enum Command {
         #[command(subcommand)]
         command: ivrd::customers_cli::CustomersCommand,
     },
+    /// The call audit: the calls that match filters, newest first, as a table (the newest 50),
+    /// CSV or JSON Lines (all); read-only, beside the running daemon. `ivrd audit prune
+    /// --older-than 90d` deletes old rows.
+    Audit {
+        /// Configuration file whose [store] path names the database.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Database file (overrides the config).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[command(flatten)]
+        list: ivrd::audit_cli::AuditArgs,
+        #[command(subcommand)]
+        command: Option<ivrd::audit_cli::AuditCommand>,
+    },
     /// The fraud guard: `ivrd guard status` shows the SMS budgets used and the open breakers.
     Guard {
         /// Configuration file ([guard] and the [store] path).
@@ -260,6 +275,54 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {}: {e}", path.display());
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::Audit {
+            config,
+            db,
+            list,
+            command,
+        } => {
+            use ivrd::audit_cli::{self, AuditCommand, AuditError};
+            use ivrd::store::{Store, StoreError};
+            let cfg = match load_config(config.as_deref(), Secrets::Skip) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            let path = db.unwrap_or(cfg.store.path);
+            let now = std::time::SystemTime::now();
+            let out = &mut std::io::stdout().lock();
+            // Opening errors name the file once: some say it themselves, others need it.
+            let opening = |e: StoreError| match e {
+                StoreError::Open { .. } | StoreError::Create { .. } | StoreError::NotFound(_) => {
+                    e.to_string()
+                }
+                e => format!("{}: {e}", path.display()),
+            };
+            let result = match command {
+                // Listing opens read-only: it never creates, upgrades or locks the file.
+                None => Store::open_read_only(&path)
+                    .map_err(opening)
+                    .and_then(|store| {
+                        audit_cli::list(&store, &list, now, &cfg.store.default_region, out)
+                            .map_err(|e| e.to_string())
+                    }),
+                Some(AuditCommand::Prune { older_than }) => {
+                    match audit_cli::listing_option(&list) {
+                        Some(option) => Err(AuditError::FilterWithPrune(option).to_string()),
+                        None => Store::open(&path).map_err(opening).and_then(|store| {
+                            audit_cli::prune(&store, &older_than, now, out)
+                                .map_err(|e| e.to_string())
+                        }),
+                    }
+                }
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(AuditError::EXIT_CODE)
                 }
             }
         }

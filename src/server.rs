@@ -190,8 +190,8 @@ pub fn call_settings(cfg: &Config) -> CallSettings {
 }
 
 /// The settings that changed between `running` and `new` but take effect only on a restart:
-/// the sockets, the SIP core's timers and limits, the media engine, the database, the admin
-/// listener and the log filter. Everything else a reload applies.
+/// the sockets, the SIP core's timers and limits, the media engine, the database and how long
+/// its audit is kept, the admin listener and the log filter. Everything else a reload applies.
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     macro_rules! check {
@@ -238,6 +238,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         media.pacing_threads,
         media.pacer_nice,
         store.path,
+        audit.keep_days,
         admin.listen,
         log.level,
     );
@@ -296,6 +297,9 @@ pub async fn run(
     let mut latest = cfg.clone();
     // The database path changes only on restart, so one audit writer serves every snapshot.
     let audit = AuditWriter::start(store.clone()).context("starting the audit writer")?;
+    if let Some(keep) = cfg.audit.keep() {
+        spawn_audit_pruning(store.clone(), keep, shutdown.clone());
+    }
 
     let (t1, t2, t4) = cfg.timers();
     // A media address not on this host would let the daemon say "ready" and fail every call.
@@ -503,6 +507,45 @@ pub async fn run(
     admin_shutdown.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// How often the daemon prunes the audit after the prune at start: rows then live at most an
+/// hour past `[audit] keep_days`, and a prune finds an hour's rows at most.
+const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// `[audit] keep_days`: deletes the rows older than `keep` now and every [`AUDIT_PRUNE_EVERY`],
+/// in the background (a first prune of a deep table must not delay start-up), in short
+/// batches ([`Store::prune_audit_batches`]), until `stop`.
+fn spawn_audit_pruning(store: Arc<Store>, keep: Duration, stop: CancellationToken) {
+    let keep_days = keep.as_secs() / 86_400;
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(AUDIT_PRUNE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let cutoff = SystemTime::now()
+                .checked_sub(keep)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let (store, stop) = (store.clone(), stop.clone());
+            let pruned = tokio::task::spawn_blocking(move || {
+                store.prune_audit_batches(cutoff, crate::store::AUDIT_PRUNE_BATCH, || {
+                    !stop.is_cancelled()
+                })
+            })
+            .await;
+            match pruned {
+                Ok(Ok(0)) => tracing::debug!(keep_days, "audit: no rows to prune"),
+                Ok(Ok(rows)) => info!(rows, keep_days, "audit rows older than keep_days pruned"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "pruning the audit failed; trying again in an hour");
+                }
+                Err(e) => warn!(error = %e, "the audit prune task failed"),
+            }
+        }
+    });
 }
 
 /// The TLS configurations `[tls]` names, when TLS listeners are configured.
@@ -745,5 +788,53 @@ fn audit_row(s: &CallSummary<Option<FlowResult>>, dialed: &str, transport: &str)
         }),
         transport: Some(transport.to_string()),
         srtp: s.srtp.map(str::to_string),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[audit] keep_days`: the prune at start removes what is older than the setting, keeps
+    /// the rest, and the task ends with the daemon.
+    #[tokio::test]
+    async fn audit_pruning_runs_at_start_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("ivrd.db")).unwrap());
+        let now = SystemTime::now();
+        let row = |id: &str, days_ago: u64| AuditRow {
+            call_id: id.into(),
+            caller: "+491709999999".into(),
+            dialed: "100".into(),
+            customer_id: None,
+            outcome: "verified".into(),
+            started_at: now - Duration::from_secs(days_ago * 86_400),
+            ended_at: now - Duration::from_secs(days_ago * 86_400 - 60),
+            dtmf_methods: String::new(),
+            detail: None,
+            transfer: None,
+            transport: None,
+            srtp: None,
+        };
+        store
+            .write_audit_batch(&[row("old", 91), row("older", 400), row("recent", 89)])
+            .unwrap();
+        let stop = CancellationToken::new();
+        let keep = crate::config::AuditConfig { keep_days: 90 }.keep().unwrap();
+        spawn_audit_pruning(store.clone(), keep, stop.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = store.recent_audit(10).unwrap();
+            if left.len() == 1 {
+                assert_eq!(left[0].call_id, "recent");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not pruned: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
     }
 }

@@ -183,6 +183,14 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    /// A read-only open found no file: nothing is created for a reader.
+    #[error("no database at {}: the daemon creates it on its first start", .0.display())]
+    NotFound(PathBuf),
+    /// A read-only open found an older schema, which only a writer may upgrade.
+    #[error(
+        "the database has schema version {found}, older than version {known} of this ivrd; start the daemon (or run any `ivrd customers` command) once to upgrade it"
+    )]
+    SchemaTooOld { found: u32, known: u32 },
     /// SQLite refused write-ahead logging (e.g. a file system without shared memory support).
     #[error("the database would not switch to write-ahead logging (journal mode is {0:?})")]
     NoWal(String),
@@ -545,6 +553,42 @@ impl Store {
         })?;
         configure(&conn)?;
         migrate(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    /// Opens an existing database for reading only: never creates, migrates or writes it, so
+    /// a report (`ivrd audit`) run beside the daemon cannot disturb it. Reads see the last
+    /// committed state while the daemon writes (WAL); the busy timeout covers a checkpoint.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            return Err(StoreError::NotFound(path));
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let found = read_version(&conn)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooOld {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
         Ok(Store {
             conn: Mutex::new(conn),
             path,
@@ -1172,7 +1216,6 @@ impl Store {
         Ok(())
     }
 
-    /// The last `limit` audit rows written, newest first.
     /// The outcome and end of the customer's last audited call, and the end of their last
     /// verified one (for `ivrd customers show`).
     pub fn last_calls(&self, customer_id: &str) -> Result<LastCalls, StoreError> {
@@ -1204,44 +1247,192 @@ impl Store {
         )?)
     }
 
+    /// The last `limit` audit rows written, newest first.
     pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT call_id, caller, dialed, customer_id, outcome, started_at, ended_at,
-                    dtmf_methods, detail, transfer_target, transfer_status, transfer_ms,
-                    transport, srtp
-             FROM audit ORDER BY id DESC LIMIT ?1",
-        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"
+        ))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt
-            .query_map([limit], |r| {
-                Ok(AuditRow {
-                    call_id: r.get(0)?,
-                    caller: r.get(1)?,
-                    dialed: r.get(2)?,
-                    customer_id: r.get(3)?,
-                    outcome: r.get(4)?,
-                    started_at: from_ms(r.get(5)?),
-                    ended_at: from_ms(r.get(6)?),
-                    dtmf_methods: r.get(7)?,
-                    detail: r.get(8)?,
-                    transfer: r.get::<_, Option<String>>(9)?.map(|target| AuditTransfer {
-                        target,
-                        status: r.get::<_, Option<u16>>(10).ok().flatten(),
-                        ms: r
-                            .get::<_, Option<i64>>(11)
-                            .ok()
-                            .flatten()
-                            .and_then(|ms| u64::try_from(ms).ok())
-                            .unwrap_or(0),
-                    }),
-                    transport: r.get(12)?,
-                    srtp: r.get(13)?,
-                })
-            })?
+            .query_map([limit], |r| audit_from_row(r, 0))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+
+    /// Hands `each` the audit rows that match `filter`, newest call first (by start, then by
+    /// the order written), one at a time: an export of the whole table needs no memory for it.
+    /// Stops at the first error `each` returns. The filter is bound as parameters, and the
+    /// query is shaped so that SQLite walks `audit_by_customer` (a customer given) or
+    /// `audit_by_start` in the order wanted, with no sort.
+    pub fn for_each_audit<E: From<StoreError>>(
+        &self,
+        filter: &AuditFilter,
+        mut each: impl FnMut(AuditRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let conn = self.conn();
+        let (sql, values) = audit_query(filter);
+        let mut stmt = conn.prepare(&sql).map_err(StoreError::from)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(values))
+            .map_err(StoreError::from)?;
+        while let Some(r) = rows.next().map_err(StoreError::from)? {
+            let record = AuditRecord {
+                id: r.get(0).map_err(StoreError::from)?,
+                row: audit_from_row(r, 1).map_err(StoreError::from)?,
+            };
+            each(record)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the audit rows of calls that started before `older_than` (`[audit] keep_days`,
+    /// `ivrd audit prune`); returns how many.
+    pub fn prune_audit(&self, older_than: SystemTime) -> Result<usize, StoreError> {
+        self.prune_audit_batches(older_than, AUDIT_PRUNE_BATCH, || true)
+    }
+
+    /// [`Store::prune_audit`] in statements of at most `batch` rows, each its own short
+    /// transaction: a first prune of a table years deep must not hold the write lock (and the
+    /// connection) for seconds while calls wait to write their rows and look up customers.
+    /// Before each batch after the first, `keep_going` may say stop (the daemon shutting down);
+    /// returns the rows deleted so far.
+    pub fn prune_audit_batches(
+        &self,
+        older_than: SystemTime,
+        batch: usize,
+        mut keep_going: impl FnMut() -> bool,
+    ) -> Result<usize, StoreError> {
+        let batch = batch.max(1);
+        let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+        let cutoff = to_ms(older_than);
+        let mut total = 0;
+        loop {
+            // The guard is dropped at the end of the statement: others get the connection
+            // between batches.
+            let n = self.conn().execute(
+                "DELETE FROM audit WHERE id IN
+                    (SELECT id FROM audit WHERE started_at < ?1 ORDER BY started_at LIMIT ?2)",
+                params![cutoff, limit],
+            )?;
+            total += n;
+            if n < batch || !keep_going() {
+                return Ok(total);
+            }
+            // std's mutex is not fair and SQLite's busy handler polls: without a pause this
+            // thread would take both locks straight back and starve the writers it waits for.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Rows per statement of [`Store::prune_audit`]: a few milliseconds of work each.
+pub const AUDIT_PRUNE_BATCH: usize = 1000;
+
+/// The columns [`audit_from_row`] reads, in its order.
+const AUDIT_COLUMNS: &str = "call_id, caller, dialed, customer_id, outcome, started_at, \
+     ended_at, dtmf_methods, detail, transfer_target, transfer_status, transfer_ms, transport, srtp";
+
+/// An [`AuditRow`] from [`AUDIT_COLUMNS`] starting at column `first`.
+fn audit_from_row(r: &Row<'_>, first: usize) -> rusqlite::Result<AuditRow> {
+    let c = |i: usize| first + i;
+    Ok(AuditRow {
+        call_id: r.get(c(0))?,
+        caller: r.get(c(1))?,
+        dialed: r.get(c(2))?,
+        customer_id: r.get(c(3))?,
+        outcome: r.get(c(4))?,
+        started_at: from_ms(r.get(c(5))?),
+        ended_at: from_ms(r.get(c(6))?),
+        dtmf_methods: r.get(c(7))?,
+        detail: r.get(c(8))?,
+        transfer: r
+            .get::<_, Option<String>>(c(9))?
+            .map(|target| AuditTransfer {
+                target,
+                status: r.get::<_, Option<u16>>(c(10)).ok().flatten(),
+                ms: r
+                    .get::<_, Option<i64>>(c(11))
+                    .ok()
+                    .flatten()
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .unwrap_or(0),
+            }),
+        transport: r.get(c(12))?,
+        srtp: r.get(c(13))?,
+    })
+}
+
+/// Which audit rows [`Store::for_each_audit`] yields: all conditions given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Calls that started at or after this.
+    pub since: Option<SystemTime>,
+    /// Calls that started before this.
+    pub until: Option<SystemTime>,
+    /// Any of these outcomes (none: any outcome).
+    pub outcomes: Vec<String>,
+    pub customer_id: Option<String>,
+    /// Any of these caller numbers, compared as recorded (none: any caller).
+    pub callers: Vec<String>,
+    /// At most this many rows (the newest).
+    pub limit: Option<usize>,
+}
+
+/// One audit row with its id (the order rows were written in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub row: AuditRow,
+}
+
+/// The SQL and its bound values for `filter`. Only placeholders are put into the text, never
+/// a value. `ORDER BY started_at DESC, id DESC` matches both audit indexes (an index holds
+/// the rowid, which `id` is), so SQLite reads them backwards instead of sorting.
+fn audit_query(filter: &AuditFilter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut values: Vec<Value> = Vec::new();
+    let mut conds: Vec<String> = Vec::new();
+    let bind = |values: &mut Vec<Value>, v: Value| {
+        values.push(v);
+        format!("?{}", values.len())
+    };
+    if let Some(id) = &filter.customer_id {
+        let p = bind(&mut values, Value::Text(id.clone()));
+        conds.push(format!("customer_id = {p}"));
+    }
+    if let Some(t) = filter.since {
+        let p = bind(&mut values, Value::Integer(to_ms(t)));
+        conds.push(format!("started_at >= {p}"));
+    }
+    if let Some(t) = filter.until {
+        let p = bind(&mut values, Value::Integer(to_ms(t)));
+        conds.push(format!("started_at < {p}"));
+    }
+    for (column, list) in [("outcome", &filter.outcomes), ("caller", &filter.callers)] {
+        if list.is_empty() {
+            continue;
+        }
+        let ps: Vec<String> = list
+            .iter()
+            .map(|v| bind(&mut values, Value::Text(v.clone())))
+            .collect();
+        conds.push(format!("{column} IN ({})", ps.join(", ")));
+    }
+    let mut sql = format!("SELECT id, {AUDIT_COLUMNS} FROM audit");
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    sql.push_str(" ORDER BY started_at DESC, id DESC");
+    if let Some(limit) = filter.limit {
+        let p = bind(
+            &mut values,
+            Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
+        );
+        sql.push_str(&format!(" LIMIT {p}"));
+    }
+    (sql, values)
 }
 
 /// A customer's last call (its outcome and end) and last verified call (its end).
@@ -2590,6 +2781,176 @@ id,name,mobile,language,branch
         assert_eq!(recent, vec![row(3), row(2)]);
         assert_eq!(store.recent_audit(10).unwrap().len(), 3);
         assert!(store.recent_audit(0).unwrap().is_empty());
+    }
+
+    fn audit_at(n: u64) -> AuditRow {
+        AuditRow {
+            call_id: format!("call-{n}"),
+            caller: "+491709999999".into(),
+            dialed: "100".into(),
+            customer_id: None,
+            outcome: "verified".into(),
+            started_at: t(n * 10),
+            ended_at: t(n * 10 + 5),
+            dtmf_methods: String::new(),
+            detail: None,
+            transfer: None,
+            transport: None,
+            srtp: None,
+        }
+    }
+
+    #[test]
+    fn prune_audit_deletes_the_old_rows_in_batches() {
+        let (_dir, store) = temp_store();
+        let rows: Vec<AuditRow> = (0..25).map(audit_at).collect();
+        store.write_audit_batch(&rows).unwrap();
+        // Older than t(200): the calls of t(0) to t(190), 20 of them, in batches of 4: five
+        // full batches (each followed by the question whether to go on), then an empty one.
+        let mut asked = 0;
+        let pruned = store
+            .prune_audit_batches(t(200), 4, || {
+                asked += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!((pruned, asked), (20, 5));
+        let left = store.recent_audit(100).unwrap();
+        assert_eq!(left.len(), 5);
+        assert!(left.iter().all(|r| r.started_at >= t(200)));
+        // A call that started exactly at the cutoff is kept.
+        assert_eq!(store.prune_audit(t(200)).unwrap(), 0);
+        assert_eq!(store.prune_audit(t(201)).unwrap(), 1);
+        // Told to stop, it stops after the batch it was doing.
+        assert_eq!(
+            store.prune_audit_batches(t(10_000), 3, || false).unwrap(),
+            3
+        );
+        assert_eq!(store.prune_audit(t(10_000)).unwrap(), 1);
+        assert!(store.recent_audit(10).unwrap().is_empty());
+        // Other tables are left alone.
+        store.add_customer(&erika()).unwrap();
+        store.record_failure("123456", t(0)).unwrap();
+        store.prune_audit(t(10_000)).unwrap();
+        assert_eq!(store.failures_since("123456", t(0)).unwrap(), 1);
+    }
+
+    #[test]
+    fn audit_filters_walk_an_index_in_order_without_sorting() {
+        let (_dir, store) = temp_store();
+        let plan = |f: &AuditFilter| -> String {
+            let (sql, values) = audit_query(f);
+            let conn = store.conn();
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            stmt.query_map(rusqlite::params_from_iter(values), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .join("; ")
+        };
+        let by_time = [
+            AuditFilter::default(),
+            AuditFilter {
+                since: Some(t(0)),
+                until: Some(t(100)),
+                outcomes: vec!["verified".into(), "wrong-pin".into()],
+                callers: vec!["+4930111".into()],
+                limit: Some(50),
+                ..AuditFilter::default()
+            },
+        ];
+        for f in &by_time {
+            let p = plan(f);
+            assert!(p.contains("audit_by_start") && !p.contains("B-TREE"), "{p}");
+        }
+        let p = plan(&AuditFilter {
+            customer_id: Some("123456".into()),
+            since: Some(t(0)),
+            outcomes: vec!["verified".into()],
+            ..AuditFilter::default()
+        });
+        assert!(
+            p.contains("audit_by_customer") && !p.contains("B-TREE"),
+            "{p}"
+        );
+        // Values are bound, never spliced into the text.
+        let (sql, values) = audit_query(&AuditFilter {
+            customer_id: Some("x' OR 1=1 --".into()),
+            outcomes: vec!["verified".into()],
+            ..AuditFilter::default()
+        });
+        assert!(
+            !sql.contains("OR 1=1") && !sql.contains("verified"),
+            "{sql}"
+        );
+        assert_eq!(values.len(), 2);
+    }
+
+    #[test]
+    fn filtered_audit_rows_come_newest_first_with_their_ids() {
+        let (_dir, store) = temp_store();
+        let mut rows: Vec<AuditRow> = (0..4).map(audit_at).collect();
+        // Written out of order: the listing follows the start, not the id.
+        rows.swap(0, 3);
+        rows[1].customer_id = Some("123456".into());
+        store.write_audit_batch(&rows).unwrap();
+        let mut seen = Vec::new();
+        store
+            .for_each_audit(&AuditFilter::default(), |r| {
+                seen.push((r.id, r.row.call_id));
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let want = [(1, "call-3"), (3, "call-2"), (2, "call-1"), (4, "call-0")];
+        assert_eq!(seen, want.map(|(id, c)| (id, c.to_string())).to_vec());
+        let mut seen = Vec::new();
+        let filter = AuditFilter {
+            customer_id: Some("123456".into()),
+            ..AuditFilter::default()
+        };
+        store
+            .for_each_audit(&filter, |r| {
+                seen.push(r.row);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        assert_eq!(seen, vec![rows[1].clone()]);
+        // An error from the callback stops the walk and comes back.
+        let mut calls = 0;
+        let err = store
+            .for_each_audit(&AuditFilter::default(), |_| {
+                calls += 1;
+                Err(StoreError::CsvHeader("stop".into()))
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::CsvHeader(_)));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_read_only_open_refuses_an_old_schema_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version VALUES (1);",
+            )
+            .unwrap();
+        }
+        let err = Store::open_read_only(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooOld { found: 1, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("older than version"), "{err}");
+        // Still version 1: the reader upgraded nothing.
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(read_version(&conn).unwrap(), 1);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The admin's tools, run as the admin runs them: the `ivrd` binary with real files.
 //! `check` on good and broken plans, `simulate` through the shipped flow on a real SQLite
-//! file, `graph`, `customers import`, and SIGHUP reload keeping the running version when a
-//! new file is broken.
+//! file, `graph`, `customers import`, `audit` (listing and prune) beside an open database, and
+//! SIGHUP reload keeping the running version when a new file is broken.
 
 mod common;
 
@@ -745,4 +745,147 @@ fn guard_status_and_customers_show_read_a_live_database() {
         "{shown}"
     );
     assert!(shown.contains("lock-out:        not locked"), "{shown}");
+}
+
+/// `ivrd audit` on a database the daemon still has open: CSV and JSON Lines with filters, the
+/// table, errors that name the bad value, and `audit prune`.
+#[test]
+fn audit_lists_filters_and_prunes_a_live_database() {
+    use ivrd::store::{AuditRow, AuditTransfer, Store};
+    use std::time::SystemTime;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("live.db");
+    // Kept open throughout, as the daemon would.
+    let store = Store::open(&db).unwrap();
+    let now = SystemTime::now();
+    let row = |n: u64, hours_ago: u64, outcome: &str, customer: Option<&str>| AuditRow {
+        call_id: format!("c{n}@pbx"),
+        caller: "+491701234567".into(),
+        dialed: "100".into(),
+        customer_id: customer.map(str::to_string),
+        outcome: outcome.into(),
+        started_at: now - Duration::from_secs(hours_ago * 3600),
+        ended_at: now - Duration::from_secs(hours_ago * 3600 - 60),
+        dtmf_methods: "rfc4733".into(),
+        detail: Some("end=completed".into()),
+        transfer: None,
+        transport: Some("TLS".into()),
+        srtp: None,
+    };
+    let mut rows = vec![
+        row(0, 10, "verified", Some("123456")),
+        row(1, 9, "wrong-pin", Some("123456")),
+        row(2, 8, "verified", Some("654321")),
+        row(3, 7, "unknown-customer", None),
+        row(4, 1, "verified", Some("123456")),
+    ];
+    rows[1].detail = Some("end=completed, \"3 tries\"".into());
+    rows[2].transfer = Some(AuditTransfer {
+        target: "sip:queue@pbx".into(),
+        status: Some(200),
+        ms: 900,
+    });
+    store.write_audit_batch(&rows).unwrap();
+    let db_arg = db.to_str().unwrap();
+    let audit = |args: &[&str]| {
+        let mut all = vec!["audit", "--db", db_arg];
+        all.extend_from_slice(args);
+        ivrd(&all, dir.path())
+    };
+    let csv_ids = |o: &Output| -> Vec<String> {
+        let mut r = csv::Reader::from_reader(&o.stdout[..]);
+        assert_eq!(
+            r.headers().unwrap().len(),
+            15,
+            "every column of the audit table"
+        );
+        r.records().map(|rec| rec.unwrap()[1].to_string()).collect()
+    };
+
+    let o = audit(&[
+        "--format",
+        "csv",
+        "--outcome",
+        "verified",
+        "--customer",
+        "123456",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(csv_ids(&o), ["c4@pbx", "c0@pbx"]);
+    let o = audit(&[
+        "--format",
+        "csv",
+        "--outcome",
+        "wrong-pin",
+        "--outcome",
+        "unknown-customer",
+    ]);
+    assert_eq!(csv_ids(&o), ["c3@pbx", "c1@pbx"]);
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        shown.contains(",\"end=completed, \"\"3 tries\"\"\","),
+        "{shown}"
+    );
+    let o = audit(&["--format", "csv", "--since", "8h 30m", "--until", "2h"]);
+    assert_eq!(csv_ids(&o), ["c3@pbx", "c2@pbx"]);
+
+    let o = audit(&["--format", "json", "--customer", "654321"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["transfer_target"], "sip:queue@pbx");
+    assert_eq!(lines[0]["transfer_status"], 200);
+    assert_eq!(lines[0]["transport"], "TLS");
+
+    let o = audit(&["--utc", "--limit", "3"]);
+    let table = text(&o);
+    assert!(o.status.success(), "{table}");
+    assert!(table.starts_with("STARTED "), "{table}");
+    assert!(
+        table.contains("c4@pbx") && !table.contains("c1@pbx"),
+        "{table}"
+    );
+    assert!(
+        table.contains("3 calls, newest first, times in UTC; there are more"),
+        "{table}"
+    );
+
+    // Mistakes: exit 2, one sentence naming the value, nothing on stdout.
+    let o = audit(&["--outcome", "verifed"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(o.stdout.is_empty());
+    assert!(
+        text(&o).contains("unknown outcome \"verifed\": did you mean \"verified\"?"),
+        "{}",
+        text(&o)
+    );
+    let o = audit(&["--since", "last tuesday"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--since \"last tuesday\": not a time"),
+        "{}",
+        text(&o)
+    );
+    let missing = dir.path().join("missing.db");
+    let o = ivrd(&["audit", "--db", missing.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no database at"), "{}", text(&o));
+    assert!(!missing.exists(), "a listing creates no database");
+
+    let o = audit(&["prune", "--older-than", "8h 30m"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).starts_with("pruned 2 audit rows"), "{}", text(&o));
+    let o = audit(&["--outcome", "verified", "prune", "--older-than", "1d"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("prune takes only --older-than"),
+        "{}",
+        text(&o)
+    );
+    let o = audit(&["--format", "csv"]);
+    assert_eq!(csv_ids(&o), ["c4@pbx", "c3@pbx", "c2@pbx"]);
 }

@@ -96,7 +96,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every outcome, e.g. for metrics that export a zero for each before it first happens.
+    /// Every outcome, in declaration order: for metrics that export a zero for each before it
+    /// first happens, and for `ivrd audit --outcome`, which names them. A test's exhaustive
+    /// match makes a new variant fail to compile until it is listed here.
     pub const ALL: [Outcome; 18] = [
         Outcome::Verified,
         Outcome::WrongPin,
