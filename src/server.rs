@@ -300,6 +300,9 @@ pub async fn run(
     if let Some(keep) = cfg.audit.keep() {
         spawn_audit_pruning(store.clone(), keep, shutdown.clone());
     }
+    // Counts every limit has stopped looking at, under the limits in force at each run (a
+    // reload may widen a window).
+    spawn_limits_purge(store.clone(), current.clone(), shutdown.clone());
 
     let (t1, t2, t4) = cfg.timers();
     // A media address not on this host would let the daemon say "ready" and fail every call.
@@ -509,42 +512,70 @@ pub async fn run(
     Ok(())
 }
 
-/// How often the daemon prunes the audit after the prune at start: rows then live at most an
-/// hour past `[audit] keep_days`, and a prune finds an hour's rows at most.
-const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the daemon's housekeeping runs after the run at start: audit rows then live at
+/// most an hour past `[audit] keep_days`, and each run finds an hour's rows at most.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 
-/// `[audit] keep_days`: deletes the rows older than `keep` now and every [`AUDIT_PRUNE_EVERY`],
-/// in the background (a first prune of a deep table must not delay start-up), in short
-/// batches ([`Store::prune_audit_batches`]), until `stop`.
-fn spawn_audit_pruning(store: Arc<Store>, keep: Duration, stop: CancellationToken) {
-    let keep_days = keep.as_secs() / 86_400;
+/// Runs `job` now and every [`HOUSEKEEPING_EVERY`] on a blocking thread until `stop` (a first
+/// run over a deep table must not delay start-up); logs how many rows it removed.
+fn spawn_hourly<F>(what: &'static str, stop: CancellationToken, job: F)
+where
+    F: Fn(&CancellationToken) -> Result<usize, crate::store::StoreError> + Send + Sync + 'static,
+{
+    let job = Arc::new(job);
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(AUDIT_PRUNE_EVERY);
+        let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = every.tick() => {}
             }
-            let cutoff = SystemTime::now()
-                .checked_sub(keep)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            let (store, stop) = (store.clone(), stop.clone());
-            let pruned = tokio::task::spawn_blocking(move || {
-                store.prune_audit_batches(cutoff, crate::store::AUDIT_PRUNE_BATCH, || {
-                    !stop.is_cancelled()
-                })
-            })
-            .await;
-            match pruned {
-                Ok(Ok(0)) => tracing::debug!(keep_days, "audit: no rows to prune"),
-                Ok(Ok(rows)) => info!(rows, keep_days, "audit rows older than keep_days pruned"),
-                Ok(Err(e)) => {
-                    warn!(error = %e, "pruning the audit failed; trying again in an hour");
-                }
-                Err(e) => warn!(error = %e, "the audit prune task failed"),
+            let (job, token) = (job.clone(), stop.clone());
+            match tokio::task::spawn_blocking(move || job(&token)).await {
+                Ok(Ok(0)) => tracing::debug!("{what}: nothing to remove"),
+                Ok(Ok(rows)) => info!(rows, "{what}: removed"),
+                Ok(Err(e)) => warn!(error = %e, "{what} failed; trying again in an hour"),
+                Err(e) => warn!(error = %e, "the {what} task failed"),
             }
         }
+    });
+}
+
+/// `[audit] keep_days`: deletes the rows older than `keep`, in short batches
+/// ([`Store::prune_audit_batches`]) that stop at shutdown.
+fn spawn_audit_pruning(store: Arc<Store>, keep: Duration, stop: CancellationToken) {
+    spawn_hourly("audit rows older than keep_days", stop, move |stop| {
+        let cutoff = SystemTime::now()
+            .checked_sub(keep)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        store.prune_audit_batches(cutoff, crate::store::AUDIT_PRUNE_BATCH, || {
+            !stop.is_cancelled()
+        })
+    });
+}
+
+/// Wrong PINs, SMS sends and the guard's counts older than any limit looks back
+/// ([`crate::verify::limits::purge_horizon`]): without this the tables only grow.
+fn spawn_limits_purge(
+    store: Arc<Store>,
+    current: Arc<RwLock<Arc<Snapshot>>>,
+    stop: CancellationToken,
+) {
+    spawn_hourly("limit counts older than every window", stop, move |_| {
+        let verifier = current
+            .read()
+            .expect("snapshot lock")
+            .services
+            .verifier
+            .clone();
+        let horizon = crate::verify::limits::purge_horizon(verifier.limits(), verifier.guard());
+        let cutoff = SystemTime::now()
+            .checked_sub(horizon)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        store
+            .purge(cutoff)
+            .map(|r| r.failures + r.sms_sends + r.guard_rows)
     });
 }
 

@@ -523,6 +523,8 @@ impl ImportReport {
 pub struct PurgeReport {
     pub failures: usize,
     pub sms_sends: usize,
+    /// The fraud guard's counted sends and verifications.
+    pub guard_rows: usize,
 }
 
 /// The SQLite store. Cheap to share behind an `Arc`; every method takes the connection lock for
@@ -1148,8 +1150,8 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Deletes failures and SMS sends older than `older_than` (they no longer count towards any
-    /// window). Lock-outs and the audit log are kept.
+    /// Deletes failures, SMS sends and the guard's counts older than `older_than` (they no
+    /// longer count towards any window). Lock-outs and the audit log are kept.
     pub fn purge(&self, older_than: SystemTime) -> Result<PurgeReport, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -1158,10 +1160,13 @@ impl Store {
             + tx.execute("DELETE FROM decoy_failures WHERE at < ?1", [cutoff])?;
         let sms_sends = tx.execute("DELETE FROM sms_sends WHERE at < ?1", [cutoff])?
             + tx.execute("DELETE FROM decoy_sends WHERE at < ?1", [cutoff])?;
+        let guard_rows = tx.execute("DELETE FROM guard_sends WHERE at < ?1", [cutoff])?
+            + tx.execute("DELETE FROM guard_verified WHERE at < ?1", [cutoff])?;
         tx.commit()?;
         Ok(PurgeReport {
             failures,
             sms_sends,
+            guard_rows,
         })
     }
 
@@ -2743,7 +2748,8 @@ id,name,mobile,language,branch
             report,
             PurgeReport {
                 failures: 1,
-                sms_sends: 1
+                sms_sends: 1,
+                guard_rows: 0
             }
         );
         assert_eq!(store.failures_since("123456", t(0)).unwrap(), 1);

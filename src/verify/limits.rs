@@ -33,6 +33,24 @@ pub fn admin_lock_until() -> SystemTime {
 /// The level of such a lock-out, which no lock-out schedule reaches.
 pub const ADMIN_LOCK_LEVEL: u32 = u32::MAX;
 
+/// How far back any limit or guard counts (the longest window, plus an hour to spare): rows
+/// older than this may be purged without changing a decision.
+pub fn purge_horizon(limits: &Limits, guard: &GuardConfig) -> Duration {
+    let breaker = guard.breaker_window()
+        + limits.pin_ttl()
+        + Duration::from_secs(guard.breaker_grace_secs.unwrap_or(0));
+    [
+        limits.failure_window(),
+        limits.sms_window(),
+        Duration::from_secs(24 * 3600),
+        breaker,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or_default()
+        + Duration::from_secs(3600)
+}
+
 /// Refuses a PIN length out of range before anything is recorded.
 fn check_length(length: usize) -> Result<(), SendRefusal> {
     if (crate::verify::pin::MIN_LENGTH..=crate::verify::pin::MAX_LENGTH).contains(&length) {
@@ -1145,6 +1163,29 @@ mod tests {
                 .unwrap(),
             1
         );
+    }
+
+    /// The purge keeps what the longest window needs (the day budget, by default) and drops
+    /// the rest, the guard's counts included.
+    #[test]
+    fn the_purge_horizon_covers_the_longest_window() {
+        let hour = Duration::from_secs(3600);
+        let g = GuardConfig::default();
+        assert_eq!(purge_horizon(&Limits::default(), &g), 25 * hour);
+        let week = Limits {
+            failure_window_secs: 7 * 24 * 3600,
+            ..Limits::default()
+        };
+        assert_eq!(purge_horizon(&week, &g), 7 * 24 * hour + hour);
+        let (_dir, v) = setup(Limits::default());
+        v.prepare_pin("c1", CALLER, 6, Instant::now(), wall(0))
+            .unwrap();
+        v.check_pin("c1", "000000", Instant::now(), wall(1));
+        let kept = v.store().purge(wall(0)).unwrap();
+        assert_eq!(kept.failures + kept.sms_sends + kept.guard_rows, 0);
+        let gone = v.store().purge(wall(2)).unwrap();
+        assert_eq!((gone.failures, gone.sms_sends), (1, 1));
+        assert!(gone.guard_rows >= 1, "{gone:?}");
     }
 
     fn guarded(guard: GuardConfig) -> (tempfile::TempDir, Verifier) {
