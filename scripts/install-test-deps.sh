@@ -43,6 +43,11 @@ missing_packages() {
     if ! command -v tcpdump >/dev/null 2>&1 && [ ! -x /usr/sbin/tcpdump ]; then
         pkgs+=(tcpdump)
     fi
+    # The system's time zone database: `hours` steps read it through jiff (tests use
+    # Europe/Berlin); minimal images leave it out.
+    if [ ! -f /usr/share/zoneinfo/Europe/Berlin ]; then
+        pkgs+=(tzdata)
+    fi
     if ! command -v groff >/dev/null 2>&1; then
         pkgs+=(groff-base)
     fi

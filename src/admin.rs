@@ -21,7 +21,14 @@ pub fn check(cfg: &Config) -> ExitCode {
         eprintln!("warning: {warning}");
     }
     match load_flows(cfg) {
-        Ok((prompts, plans)) => {
+        Ok(crate::server::Flows {
+            prompts,
+            plans,
+            warnings,
+        }) => {
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
             let langs: Vec<&str> = prompts.languages().collect();
             let dirs: Vec<String> = cfg
                 .media
@@ -204,6 +211,7 @@ fn find_plan(cfg: &Config, prompts: &PromptLibrary, which: &str) -> anyhow::Resu
     };
     dialplan::apply_site_vars(std::slice::from_mut(&mut plan), &cfg.dialplans.vars, false)
         .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+    plan.calendar = Arc::new(cfg.dialplans.calendar().map_err(anyhow::Error::msg)?);
     Ok(plan)
 }
 
@@ -272,6 +280,68 @@ pub fn graph(cfg: &Config, which: &str, mermaid: bool) -> ExitCode {
     }
 }
 
+/// `ivrd sms test NUMBER`: one text through the configured provider, to check its
+/// credentials and sender before the first caller needs a PIN. The text carries no PIN and
+/// no limit counts it (an admin with the config's secrets runs it). Exit 0 when the provider
+/// accepted the message, 1 otherwise, with the provider's reason.
+pub fn sms_test(cfg: &Config, number: &str, text: Option<String>) -> ExitCode {
+    let to = match crate::store::normalize_phone(number, &cfg.store.default_region) {
+        Ok(e164) => e164,
+        Err(e) => {
+            eprintln!("ivrd: {number:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(kind) = crate::store::not_mobile(&to) {
+        eprintln!(
+            "warning: {to} is {kind}: the provider may accept the text, but it will not arrive"
+        );
+    }
+    let provider = match crate::verify::sms::build(&cfg.sms) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ivrd: [sms]: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = text.unwrap_or_else(|| {
+        format!(
+            "ivrd test message, sent {} UTC: the SMS settings work.",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        )
+    });
+    let msg = crate::verify::sms::SmsMessage {
+        to: to.clone(),
+        text,
+        reference: format!("ivrd-test-{}", uuid::Uuid::new_v4()),
+        ttl: std::time::Duration::from_secs(600),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ivrd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(provider.send(&msg)) {
+        Ok(_) => {
+            println!(
+                "sent to {to} through {} (reference {}); the provider accepted it, delivery is up to the network",
+                provider.name(),
+                msg.reference
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ivrd: {} did not send to {to}: {e}", provider.name());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// What `ivrd simulate` was asked to do.
 pub struct SimOptions {
     pub dialplan: String,
@@ -282,6 +352,9 @@ pub struct SimOptions {
     pub fail_transfer: Vec<String>,
     /// Use the configured database itself: the simulation spends its real limits.
     pub live: bool,
+    /// When the call starts, local time in `[dialplans] timezone` (default: now), for
+    /// `hours` steps.
+    pub at: Option<String>,
 }
 
 /// Runs a simulated call and returns its transcript.
@@ -350,7 +423,15 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
     };
     let durations = prompts.clone();
     let pauses = prompts.clone();
-    let call = SimCall::new(sim_facts(&opts.caller, &opts.dialed), &opts.keys)
+    let mut facts = sim_facts(&opts.caller, &opts.dialed);
+    facts.started = match &opts.at {
+        Some(at) => plan
+            .calendar
+            .local_time(at)
+            .map_err(|e| anyhow::anyhow!("--at: {e}"))?,
+        None => std::time::SystemTime::now(),
+    };
+    let call = SimCall::new(facts, &opts.keys)
         .map_err(|e| anyhow::anyhow!("--keys: {e}"))?
         .sms_capture(move || sent.lock().expect("capture lock").clone())
         .prompt_durations(move |lang, name| {

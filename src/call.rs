@@ -277,6 +277,11 @@ pub struct PlayOutcome {
 /// the simulator implements it with scripted keys and a virtual clock.
 pub trait CallIo {
     fn facts(&self) -> &CallFacts;
+    /// The time now, for time conditions: the clock on a live call, the virtual clock (from
+    /// the simulated call's start) in a simulation.
+    fn wall_clock(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now()
+    }
     fn language(&self) -> &str;
     fn set_language(&mut self, language: &str);
     /// Plays prompts by name in the call's language; with `barge_in`, a key stops playback

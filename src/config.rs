@@ -132,6 +132,11 @@ pub struct DialplansConfig {
     /// Site values that override the plans' `[vars]` (e.g. the queue and fallback URIs), so
     /// the same plan file can serve several PBXes.
     pub vars: std::collections::BTreeMap<String, String>,
+    /// The time zone of `hours` steps, an IANA name such as "Europe/Berlin" (default: the
+    /// host's).
+    pub timezone: Option<String>,
+    /// A file of holidays for `hours` steps: one `YYYY-MM-DD` per line, `#` comments.
+    pub holidays: Option<PathBuf>,
 }
 
 impl Default for DialplansConfig {
@@ -140,7 +145,19 @@ impl Default for DialplansConfig {
             dir: default_dir("dialplans"),
             default: Some("verify".into()),
             vars: Default::default(),
+            timezone: None,
+            holidays: None,
         }
+    }
+}
+
+impl DialplansConfig {
+    /// The calendar of `timezone` and `holidays`; an error names the setting.
+    pub fn calendar(&self) -> Result<crate::dialplan::calendar::Calendar, String> {
+        crate::dialplan::calendar::Calendar::load(
+            self.timezone.as_deref(),
+            self.holidays.as_deref(),
+        )
     }
 }
 
@@ -608,6 +625,7 @@ impl Config {
             &mut cfg.tls.key,
             &mut cfg.tls.client_ca,
             &mut cfg.tls.server_ca,
+            &mut cfg.dialplans.holidays,
         ]
         .into_iter()
         .flatten()

@@ -348,12 +348,28 @@ pub fn wav(data: &[u8]) {
 /// The bytes as a customer CSV: [`store::parse_customers_csv`], the reading and checking of
 /// `ivrd customers import` without the database.
 pub fn customers_csv(data: &[u8]) {
-    if let Ok(parsed) = store::parse_customers_csv(data, "DE") {
+    // The first byte picks the delimiter (`--delimiter`), so a semicolon file's paths and
+    // the one-column header hint are reached too.
+    let (delimiter, data) = match data.split_first() {
+        Some((b';', rest)) => (b';', rest),
+        Some((b'\t', rest)) => (b'\t', rest),
+        _ => (b',', data),
+    };
+    if let Ok(parsed) = store::parse_customers_csv_with(data, "DE", delimiter) {
         for row in &parsed.rejected {
             let _ = row.reason.to_string();
         }
+        assert_eq!(parsed.customers.len(), parsed.lines.len());
         for customer in &parsed.customers {
             assert!(customer.mobile.starts_with('+'), "{customer:?}");
+            // Refused on import: what is left is a number an SMS may reach.
+            assert!(
+                store::not_mobile(&customer.mobile).is_none(),
+                "{customer:?}"
+            );
+        }
+        for w in &parsed.warnings {
+            assert!(w.line >= 2, "{w:?}");
         }
     }
 }

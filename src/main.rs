@@ -67,6 +67,10 @@ enum Command {
         /// Run on the database itself, spending its real limits (default: a throw-away copy).
         #[arg(long)]
         live: bool,
+        /// When the call happens, local time in [dialplans] timezone, e.g. "2026-12-24 18:00"
+        /// (for hours steps; default: now).
+        #[arg(long)]
+        at: Option<String>,
     },
     /// Print a dialplan as a Graphviz DOT or Mermaid flowchart.
     Graph {
@@ -114,6 +118,15 @@ enum Command {
         #[command(subcommand)]
         command: Option<ivrd::audit_cli::AuditCommand>,
     },
+    /// The SMS provider: `ivrd sms test NUMBER` sends one text (no PIN, counted by no limit)
+    /// to check the configured credentials and sender.
+    Sms {
+        /// Configuration file ([sms] and its secrets; [store] default_region for the number).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: SmsCommand,
+    },
     /// The fraud guard: `ivrd guard status` shows the SMS budgets used and the open breakers.
     Guard {
         /// Configuration file ([guard] and the [store] path).
@@ -132,6 +145,19 @@ enum Command {
         /// The directory to write to (created if missing).
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Clone, clap::Subcommand)]
+enum SmsCommand {
+    /// Send one test text to NUMBER through the configured provider; exit 1 with the
+    /// provider's reason if it refused.
+    Test {
+        /// The number, national (read in [store] default_region) or international.
+        number: String,
+        /// The text (default: a line saying it is a test, with the time).
+        #[arg(long)]
+        text: Option<String>,
     },
 }
 
@@ -224,6 +250,7 @@ fn main() -> ExitCode {
             config,
             db,
             live,
+            at,
         } => {
             let mut cfg = match load_config(config.as_deref(), Secrets::Skip) {
                 Ok(cfg) => cfg,
@@ -240,6 +267,7 @@ fn main() -> ExitCode {
                 sms_fails,
                 fail_transfer,
                 live,
+                at,
             };
             admin::simulate(&cfg, opts)
         }
@@ -253,6 +281,15 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             admin::graph(&cfg, &dialplan, matches!(format, GraphFormat::Mermaid))
+        }
+        Command::Sms {
+            config,
+            command: SmsCommand::Test { number, text },
+        } => {
+            let Ok(cfg) = load_config(config.as_deref(), Secrets::Read) else {
+                return ExitCode::FAILURE;
+            };
+            admin::sms_test(&cfg, &number, text)
         }
         Command::Guard {
             config,

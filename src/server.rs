@@ -69,8 +69,15 @@ pub fn load_prompts(cfg: &Config) -> anyhow::Result<(PromptLibrary, String)> {
     Ok((prompts, from.join(", ")))
 }
 
+/// What [`load_flows`] loaded, and what deserves a warning without stopping anything.
+pub struct Flows {
+    pub prompts: PromptLibrary,
+    pub plans: Vec<Dialplan>,
+    pub warnings: Vec<String>,
+}
+
 /// Loads and checks prompts and dialplans (no database, no network): what `ivrd check` runs.
-pub fn load_flows(cfg: &Config) -> anyhow::Result<(PromptLibrary, Vec<Dialplan>)> {
+pub fn load_flows(cfg: &Config) -> anyhow::Result<Flows> {
     let (prompts, _) = load_prompts(cfg)?;
     if cfg.demo.enabled {
         let lang = &cfg.media.default_language;
@@ -87,7 +94,11 @@ pub fn load_flows(cfg: &Config) -> anyhow::Result<(PromptLibrary, Vec<Dialplan>)
                 cfg.media.prompts_dir.join(lang).display()
             );
         }
-        return Ok((prompts, Vec::new()));
+        return Ok(Flows {
+            prompts,
+            plans: Vec::new(),
+            warnings: Vec::new(),
+        });
     }
     let languages: Vec<String> = prompts.languages().map(str::to_string).collect();
     let exists = |lang: &str, name: &str| prompts.contains(lang, name);
@@ -102,8 +113,12 @@ pub fn load_flows(cfg: &Config) -> anyhow::Result<(PromptLibrary, Vec<Dialplan>)
             cfg.dialplans.dir.display()
         );
     }
-    crate::dialplan::apply_site_vars(&mut plans, &cfg.dialplans.vars, true)
+    let warnings = crate::dialplan::apply_site_vars(&mut plans, &cfg.dialplans.vars, true)
         .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+    let calendar = Arc::new(cfg.dialplans.calendar().map_err(anyhow::Error::msg)?);
+    for plan in &mut plans {
+        plan.calendar = calendar.clone();
+    }
     if let Some(name) = &cfg.dialplans.default
         && !plans.iter().any(|p| &p.name == name)
     {
@@ -114,7 +129,11 @@ pub fn load_flows(cfg: &Config) -> anyhow::Result<(PromptLibrary, Vec<Dialplan>)
             known.join(", ")
         );
     }
-    Ok((prompts, plans))
+    Ok(Flows {
+        prompts,
+        plans,
+        warnings,
+    })
 }
 
 /// Builds a snapshot over an open store.
@@ -124,7 +143,14 @@ pub fn build_snapshot(
     on_sent: Option<SentHook>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Snapshot> {
-    let (prompts, plans) = load_flows(cfg)?;
+    let Flows {
+        prompts,
+        plans,
+        warnings,
+    } = load_flows(cfg)?;
+    for w in &warnings {
+        warn!("{w}");
+    }
     let sms = crate::verify::sms::build(&cfg.sms).context("[sms]")?;
     let verifier = Verifier::new(store.clone(), cfg.limits.clone())
         .context("[limits]")?

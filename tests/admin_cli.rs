@@ -524,6 +524,118 @@ fn check_refuses_unknown_site_vars_and_a_queue_that_is_no_sip_uri() {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// Issue 14: `ivrd sms test NUMBER` sends one text through the configured provider (here the
+/// webhook provider to a real HTTP server on loopback) and says whether it was accepted;
+/// a refusal exits 1 with the provider's reason.
+#[test]
+fn sms_test_sends_one_text_through_the_configured_provider() {
+    let sink = common::SmsSink::start(200);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ivrd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\ndefault_region = \"GB\"\n[sms]\nprovider = \"webhook\"\nurl = \"{}\"\nmax_retries = 0\n",
+            sink.url()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let o = ivrd(&["sms", "test", "07400 123456", "-c", c], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("sent to +447400123456 through webhook"),
+        "{}",
+        text(&o)
+    );
+    let posts = sink.posts();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_eq!(posts[0].field("to"), "+447400123456");
+    assert!(posts[0].field("text").contains("ivrd test message"));
+    sink.set_status(400);
+    let o = ivrd(
+        &["sms", "test", "+447400123456", "--text", "hello", "-c", c],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("did not send to +447400123456"),
+        "{}",
+        text(&o)
+    );
+    let o = ivrd(&["sms", "test", "12", "-c", c], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+/// Issue 14, time conditions: an `hours` step branches on the site's time zone and holiday
+/// file, and `simulate --at` tries a moment (here Christmas Eve, a listed holiday, and the
+/// Monday after at 09:00 and at 20:00 in Berlin).
+#[test]
+fn simulate_at_a_moment_takes_the_hours_and_holidays_of_the_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    std::fs::write(
+        plans.join("hours.toml"),
+        "[dialplan]\nname = \"hours\"\nstart = \"when\"\n\n\
+         [steps.when]\nhours = [\"mon-fri 08:00-18:00\", \"sat 09:00-13:00\"]\n\
+         on_open = \"open\"\non_closed = \"closed\"\non_holiday = \"holiday\"\n\n\
+         [steps.open]\nhangup = [\"welcome\"]\n\n[steps.closed]\nhangup = [\"goodbye\"]\n\n\
+         [steps.holiday]\nhangup = []\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("holidays.txt"), "2026-12-24 Heiligabend\n").unwrap();
+    let cfg = dir.path().join("ivrd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[media]\nprompts_dir = {:?}\n[dialplans]\ndir = {:?}\ndefault = \"hours\"\n\
+             timezone = \"Europe/Berlin\"\nholidays = \"holidays.txt\"\n[store]\npath = \"ivrd.db\"\n",
+            repo().join("prompts"),
+            plans
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let at = |when: &str| {
+        text(&ivrd(
+            &["simulate", "hours", "-c", c, "--at", when],
+            dir.path(),
+        ))
+    };
+    assert!(
+        at("2026-12-24 10:00").contains("holiday -> holiday"),
+        "{}",
+        at("2026-12-24 10:00")
+    );
+    assert!(at("2026-12-28 09:00").contains("open -> open"));
+    assert!(at("2026-12-28 20:00").contains("closed -> closed"));
+    assert!(at("2026-12-26 12:59").contains("open -> open")); // Saturday morning
+    let o = ivrd(
+        &["simulate", "hours", "-c", c, "--at", "24.12.2026"],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--at: \"24.12.2026\" is not a local date and time"),
+        "{}",
+        text(&o)
+    );
+    assert!(ivrd(&["check", "-c", c], dir.path()).status.success());
+    // A time zone the host does not know is refused by check, naming the setting.
+    let body = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("Europe/Berlin", "Europe/Berlln");
+    std::fs::write(&cfg, body).unwrap();
+    let o = ivrd(&["check", "-c", c], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("[dialplans] timezone = \"Europe/Berlln\""),
+        "{}",
+        text(&o)
+    );
+}
+
 /// Issue 14, defect 1: with `[store] default_region = "GB"`, national numbers are British in
 /// `import` and `add` (they were stored as German numbers), and the options may come after
 /// the subcommand (`customers add ... --db F` was refused).

@@ -294,17 +294,20 @@ pub fn advisories(plan: &Dialplan) -> Vec<Problem> {
 }
 
 /// Sets the site's variables (`[dialplans] vars` of the config) in every plan, after checking
-/// them against the plans: a key no plan reads is a typo (with "did you mean"), a name ivrd
-/// sets itself cannot be overridden, and a transfer target that is now fixed text must be a
-/// SIP URI (`queue@pbx` would be sent as a Refer-To no PBX routes). Returns every problem,
-/// one sentence each, and changes nothing then. `every_plan`: `plans` are all the site's
-/// plans (not one file loaded on its own), so a key none of them reads is a typo.
+/// them against the plans: a key no plan reads but one letter off a variable a plan does read
+/// is a typo (an error, with "did you mean"); one no plan reads otherwise is a warning (a site
+/// may keep values for plans it does not load now); a name ivrd sets itself cannot be
+/// overridden; and a transfer target that is now fixed text must be a SIP URI (`queue@pbx`
+/// would be sent as a Refer-To no PBX routes). Returns the warnings, or every problem, one
+/// sentence each, and changes nothing then. `every_plan`: `plans` are all the site's plans
+/// (not one file loaded on its own), so what none of them reads can be judged.
 pub fn apply_site_vars(
     plans: &mut [Dialplan],
     vars: &BTreeMap<String, String>,
     every_plan: bool,
-) -> Result<(), Vec<String>> {
+) -> Result<Vec<String>, Vec<String>> {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     let mut known: BTreeSet<&str> = BTreeSet::new();
     for plan in plans.iter() {
         known.extend(plan.vars.keys().map(String::as_str));
@@ -320,11 +323,12 @@ pub fn apply_site_vars(
                 "[dialplans] vars: {key:?} is set by ivrd or a step; it cannot be set here"
             ));
         } else if every_plan && !known.contains(key.as_str()) {
-            let hint = did_you_mean(key, known.iter().copied())
-                .map_or(String::new(), |h| format!(" ({h})"));
-            problems.push(format!(
-                "[dialplans] vars: {key:?} is read by no dialplan{hint}"
-            ));
+            match did_you_mean(key, known.iter().copied()) {
+                Some(hint) => problems.push(format!(
+                    "[dialplans] vars: {key:?} is read by no dialplan ({hint})"
+                )),
+                None => warnings.push(format!("[dialplans] vars: {key:?} is read by no dialplan")),
+            }
         }
     }
     for plan in plans.iter() {
@@ -369,7 +373,7 @@ pub fn apply_site_vars(
             plan.vars.insert(k.clone(), v.clone());
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Why `uri` cannot be a REFER's target, if it cannot: it must be a SIP URI with a host
@@ -431,6 +435,8 @@ fn outcome_meaning(key: &str) -> &'static str {
         "on_not_found" => "when no customer (or more than one) matches",
         "on_locked" => "when the customer is locked out",
         "on_error" => "when the customer store fails",
+        "on_open" => "within the hours",
+        "on_closed" => "outside the hours",
         "on_sent" => "when the SMS is sent",
         "on_limited" => "when too many SMS were sent",
         "on_valid" => "when the PIN is right",
@@ -878,6 +884,12 @@ mod tests {
         );
         // One plan loaded on its own (simulate a file): other plans may read the key.
         assert!(apply_site_vars(&mut plans, &vars(&[("qeue", "sip:q@pbx")]), false).is_ok());
+        // Nothing like any variable: kept for plans not loaded now, with a warning.
+        let warned = apply_site_vars(&mut plans, &vars(&[("night_queue", "sip:n@pbx")]), true);
+        assert_eq!(
+            warned.unwrap(),
+            ["[dialplans] vars: \"night_queue\" is read by no dialplan"]
+        );
         let mut plans = vec![plan.clone()];
         let err = apply_site_vars(&mut plans, &vars(&[("queue", "queue@pbx")]), true).unwrap_err();
         assert_eq!(err.len(), 1, "{err:?}");

@@ -75,6 +75,7 @@
 //! - [`run`](mod@run): the interpreter over [`crate::call::CallIo`] and [`services::FlowServices`].
 //! - [`sim`]: a scripted caller on a virtual clock, with transcripts.
 //! - [`graph`]: Graphviz and Mermaid pictures.
+pub mod calendar;
 pub mod check;
 pub mod graph;
 pub mod model;

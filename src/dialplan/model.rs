@@ -29,6 +29,7 @@ pub const STEP_TYPES: &[&str] = &[
     "transfer",
     "hangup",
     "goto",
+    "hours",
 ];
 
 /// A parsed dialplan.
@@ -57,6 +58,9 @@ pub struct Dialplan {
     pub steps: Vec<Step>,
     /// Where `[dialplan]` is (for problems about the plan as a whole).
     pub pos: Pos,
+    /// The site's time zone and holidays, for `hours` steps (set with the site's settings;
+    /// the host's zone and no holidays until then).
+    pub calendar: std::sync::Arc<super::calendar::Calendar>,
 }
 
 impl Dialplan {
@@ -256,6 +260,15 @@ pub enum Action {
     Goto {
         target: Option<Target>,
     },
+    /// Business hours: open, closed or a holiday now, in the site's time zone
+    /// ([`super::calendar`]).
+    Hours {
+        rules: Vec<super::calendar::HoursRule>,
+        on_open: Option<Target>,
+        on_closed: Option<Target>,
+        /// Where a listed holiday goes; without it, holidays are closed.
+        on_holiday: Option<Target>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -338,6 +351,7 @@ impl Action {
             Action::Transfer { .. } => "transfer",
             Action::Hangup { .. } => "hangup",
             Action::Goto { .. } => "goto",
+            Action::Hours { .. } => "hours",
         }
     }
 
@@ -460,6 +474,19 @@ impl Action {
             Action::Transfer { on_failure, .. } => vec![t("on_failure", on_failure)],
             Action::Hangup { .. } => vec![],
             Action::Goto { target } => vec![t("goto", target)],
+            Action::Hours {
+                on_open,
+                on_closed,
+                on_holiday,
+                ..
+            } => {
+                let mut v = vec![t("on_open", on_open), t("on_closed", on_closed)];
+                // Optional: without it a holiday is closed.
+                if on_holiday.is_some() {
+                    v.push(t("on_holiday", on_holiday));
+                }
+                v
+            }
         }
     }
 
@@ -500,6 +527,7 @@ impl Action {
             | Action::Collect(_)
             | Action::Menu(_)
             | Action::Hangup { .. }
+            | Action::Hours { .. }
             | Action::Goto { .. } => {
                 vec![]
             }
@@ -565,6 +593,7 @@ mod tests {
             sms: BTreeMap::new(),
             steps: vec![],
             pos: Pos::default(),
+            calendar: Default::default(),
         }
     }
 

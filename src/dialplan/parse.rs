@@ -109,6 +109,7 @@ pub const STEP_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("transfer", &["headers", "on_failure"]),
+    ("hours", &["on_open", "on_closed", "on_holiday"]),
     ("hangup", &[]),
     ("goto", &[]),
 ];
@@ -317,6 +318,7 @@ pub(crate) fn parse_partial(file: &str, src: &str) -> Partial {
         sms,
         steps,
         pos: plan_pos,
+        calendar: Default::default(),
     };
     Partial {
         plan: Some(plan),
@@ -613,6 +615,12 @@ impl Parser<'_> {
                 headers: self.headers(&f),
                 on_failure: self.target(&f, "on_failure"),
             },
+            "hours" => Action::Hours {
+                rules: self.hours(&f),
+                on_open: self.target(&f, "on_open"),
+                on_closed: self.target(&f, "on_closed"),
+                on_holiday: self.target(&f, "on_holiday"),
+            },
             "hangup" => Action::Hangup {
                 prompts: self.prompts(&f, "hangup").unwrap_or_default(),
             },
@@ -756,6 +764,44 @@ impl Parser<'_> {
     }
 
     /// A prompt list: one name or an array of names. `None` if the key is absent.
+    /// `hours = ["mon-fri 08:00-18:00", ...]`: when the step says open.
+    fn hours(&mut self, f: &Fields<'_>) -> Vec<super::calendar::HoursRule> {
+        let Some((k, v)) = f.get("hours") else {
+            return Vec::new();
+        };
+        let specs: Vec<&str> = match v.get_ref() {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_str) => {
+                items.iter().filter_map(Value::as_str).collect()
+            }
+            other => {
+                self.wrong_type(
+                    f,
+                    k,
+                    other,
+                    "a list of \"DAYS HH:MM-HH:MM\" strings",
+                    "[\"mon-fri 08:00-18:00\", \"sat 09:00-13:00\"]",
+                );
+                return Vec::new();
+            }
+        };
+        let mut rules = Vec::new();
+        for spec in specs {
+            match super::calendar::HoursRule::parse(spec) {
+                Ok(r) => rules.push(r),
+                Err(e) => {
+                    let pos = self.lines.find(v.span(), spec);
+                    self.problem(
+                        pos,
+                        format!("step \"{}\": {e}", f.step),
+                        Some("days: mon..sun, ranges (mon-fri), lists (sat,sun) or *".into()),
+                    );
+                }
+            }
+        }
+        rules
+    }
+
     fn prompts(&mut self, f: &Fields<'_>, key: &str) -> Option<Vec<PromptRef>> {
         let (k, v) = f.get(key)?;
         let names: Vec<String> = match v.get_ref() {

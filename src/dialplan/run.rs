@@ -913,6 +913,21 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                 Ok(Flow::Hangup)
             }
             Action::Goto { target } => Ok(go("next", target)),
+            Action::Hours {
+                rules,
+                on_open,
+                on_closed,
+                on_holiday,
+            } => {
+                use super::calendar::Hours;
+                Ok(
+                    match self.plan.calendar.decide(rules, self.call.wall_clock()) {
+                        Hours::Open => go("open", on_open),
+                        Hours::Holiday if on_holiday.is_some() => go("holiday", on_holiday),
+                        Hours::Holiday | Hours::Closed => go("closed", on_closed),
+                    },
+                )
+            }
         }
     }
 

@@ -464,6 +464,10 @@ impl CallIo for SimCall {
         &self.facts
     }
 
+    fn wall_clock(&self) -> std::time::SystemTime {
+        self.facts.started + self.now()
+    }
+
     fn language(&self) -> &str {
         &self.language
     }
