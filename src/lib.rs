@@ -41,6 +41,9 @@
 //! - [`preflight`]: every address the config binds is on this host and free (`check`,
 //!   start-up).
 //! - [`audit`]: one row per call, group-committed by one writer thread.
+//! - [`live`]: per-plan counts of the transitions calls took and how they ended (the last
+//!   hour, per-minute buckets) and the step each call is in; [`live_page`]: the admin
+//!   listener's page at `/` (HTML, SVG drawn by [`dialplan::graph::to_svg`]) and `/live.json`.
 //! - [`redact`]: phone numbers masked for logs and status output.
 //! - [`secrets`]: `*_file` keys, read from systemd credentials or files beside the config.
 //! - `fuzzing` (hidden): the body of every fuzz target in `fuzz/`, one function each, shared
@@ -55,6 +58,8 @@ pub mod demo;
 pub mod dialplan;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod live;
+pub mod live_page;
 pub mod media;
 pub mod metrics;
 pub mod notify;
