@@ -9,7 +9,9 @@
 #             of every address, is stopped and disabled when this script installs it;
 #   kamailio tls.so - Debian package kamailio-tls-modules (the Kamailio tests over TLS);
 #   tcpdump - Debian package tcpdump (tests/baresip_srtp.rs captures loopback to check that an
-#             SRTP call shows none of a plain call's payload bytes; the tests run as root).
+#             SRTP call shows none of a plain call's payload bytes; the tests run as root);
+#   chromium - Debian package chromium (tests/live_page.rs loads the admin listener's live
+#             page in headless Chromium: a screenshot and the rendered DOM).
 # Idempotent: does nothing when everything is already there. Exits non-zero if the tools are
 # still missing afterwards, so a test run never starts without its peers.
 set -euo pipefail
@@ -41,6 +43,10 @@ missing_packages() {
     if ! command -v tcpdump >/dev/null 2>&1 && [ ! -x /usr/sbin/tcpdump ]; then
         pkgs+=(tcpdump)
     fi
+    # Headless Chromium renders the live page (tests/live_page.rs).
+    if ! command -v chromium >/dev/null 2>&1; then
+        pkgs+=(chromium)
+    fi
     # systemd-analyze checks the unit file (tests/systemd.rs).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
@@ -50,12 +56,12 @@ missing_packages() {
 
 need=$(missing_packages)
 if [ -z "$need" ]; then
-    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump and systemd-analyze already installed"
+    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump, systemd-analyze and chromium already installed"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module, tcpdump)" >&2
+    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module, tcpdump, Chromium)" >&2
     exit 1
 fi
 

@@ -382,8 +382,21 @@ pub fn to_svg(plan: &Dialplan, id: &str, counts: &SvgCounts<'_>) -> String {
                 (sx + ex) / 2.0,
                 (sy + ey) / 2.0,
             )
+        } else if to.depth == from.depth && e.from != e.to {
+            // Along the row: a straight line between the facing sides.
+            let y = from.y + NODE_H / 2.0;
+            let (sx, ex) = if to.x > from.x {
+                (from.x + from.w, to.x)
+            } else {
+                (from.x, to.x + to.w)
+            };
+            (
+                format!("M{sx:.1},{y:.1} L{ex:.1},{y:.1}"),
+                (sx + ex) / 2.0,
+                from.y - 9.0,
+            )
         } else {
-            // Back up, or along the row: an arc out of the source's right side, up a lane
+            // Back up: an arc out of the source's right side, up a lane
             // right of every box in the rows it passes, into the target's right side.
             back += 1;
             let sx = from.x + from.w;
@@ -453,7 +466,7 @@ pub fn to_svg(plan: &Dialplan, id: &str, counts: &SvgCounts<'_>) -> String {
     );
     let _ = writeln!(
         out,
-        "<defs><marker id=\"{id}-arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#555\"/></marker></defs>"
+        "<defs><marker id=\"{id}-arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerUnits=\"userSpaceOnUse\" markerWidth=\"9\" markerHeight=\"9\" orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#555\"/></marker></defs>"
     );
     out.push_str("<style>.edge path{fill:none;stroke:#bbb}.edge.taken path{stroke:#1f6feb}.label rect{fill:#fff;opacity:.85}.label text{font-size:10px;text-anchor:middle;fill:#777}.label.taken text{fill:#1f4e9e;font-weight:bold}.step rect{fill:#f6f8fa;stroke:#57606a}.step.end rect{fill:#ffeef0}.step.transfer rect{fill:#eef7ee;stroke-width:2}.step.choice rect{fill:#fff8e6}.step.sink rect{fill:#dafbe1}.step.missing rect{fill:#fff;stroke:#d00}.step text{font-size:12px;text-anchor:middle}.step .kind{font-size:10px;fill:#57606a}.step .now{font-size:10px;fill:#fff}.now-badge{fill:#cf222e}</style>\n");
     if let Some(start) = index(&nodes, &plan.start.step) {
