@@ -502,6 +502,23 @@ mod tests {
             health.starts_with("HTTP/1.1 503") && health.contains("draining"),
             "{health}"
         );
+        let page = tokio::task::spawn_blocking(move || get("/")).await.unwrap();
+        assert!(
+            page.starts_with("HTTP/1.1 200") && page.contains("text/html"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<span id=\"active-count\">1</span>") && page.contains("+49********67"),
+            "{page}"
+        );
+        assert!(!page.contains("+491701234567"), "{page}");
+        let json = tokio::task::spawn_blocking(move || get("/live.json"))
+            .await
+            .unwrap();
+        let doc: crate::live_page::LiveDoc =
+            serde_json::from_str(json.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(doc.active_calls.len(), 1);
+        assert_eq!(doc.active_calls[0].caller, "+49********67");
         let missing = tokio::task::spawn_blocking(move || get("/nope"))
             .await
             .unwrap();
