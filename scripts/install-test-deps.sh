@@ -9,9 +9,12 @@
 #             of every address, is stopped and disabled when this script installs it;
 #   kamailio tls.so - Debian package kamailio-tls-modules (the Kamailio tests over TLS);
 #   tcpdump - Debian package tcpdump (tests/baresip_srtp.rs captures loopback to check that an
-#             SRTP call shows none of a plain call's payload bytes; the tests run as root).
+#             SRTP call shows none of a plain call's payload bytes; the tests run as root);
 #   groff - Debian package groff-base (tests/man_pages.rs renders every man page with warnings
-#             on, as man(1) would).
+#             on, as man(1) would);
+#   chromium - Debian package chromium (tests/live_page.rs loads the admin listener's live
+#             page in headless Chromium: a screenshot and the rendered DOM);
+#   tzdata - the time zone database (hours steps, Europe/Berlin in the tests).
 # Idempotent: does nothing when everything is already there. Exits non-zero if the tools are
 # still missing afterwards, so a test run never starts without its peers.
 set -euo pipefail
@@ -51,6 +54,10 @@ missing_packages() {
     if ! command -v groff >/dev/null 2>&1; then
         pkgs+=(groff-base)
     fi
+    # Headless Chromium renders the live page (tests/live_page.rs).
+    if ! command -v chromium >/dev/null 2>&1; then
+        pkgs+=(chromium)
+    fi
     # systemd-analyze checks the unit file (tests/systemd.rs).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
@@ -60,12 +67,12 @@ missing_packages() {
 
 need=$(missing_packages)
 if [ -z "$need" ]; then
-    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump, groff and systemd-analyze already installed"
+    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump, groff, tzdata, systemd-analyze and chromium already installed"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module, tcpdump, groff)" >&2
+    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module, tcpdump, groff, tzdata, Chromium)" >&2
     exit 1
 fi
 

@@ -1,8 +1,9 @@
-//! The admin listener: `GET /metrics` (Prometheus), `/health` and `/status` (JSON), and
+//! The admin listener: `GET /metrics` (Prometheus), `/health` and `/status` (JSON), the live
+//! page at `/` (HTML, see [`crate::live_page`]) and its numbers at `/live.json`, and
 //! `POST /reload`, on loopback by default. Also the client side of `ivrd status` and
 //! `ivrd reload`.
 //!
-//! A few lines of HTTP/1.1 by hand instead of a web framework: four routes, one request per
+//! A few lines of HTTP/1.1 by hand instead of a web framework: a handful of routes, one request per
 //! connection, `Connection: close`. Anything else gets 404/405, a slow or huge request is cut
 //! off, and nothing here can block SIP or RTP (own tasks, bounded reads).
 //!
@@ -10,10 +11,13 @@
 //! tells its sender nothing, and `Type=notify-reload` needs systemd 253 (Debian 12 has 252).
 //! The unit's `ExecReload=ivrd reload` posts here and waits for the daemon's verdict.
 
+use crate::dialplan::Dialplan;
+use crate::live::Live;
 use crate::media::engine::MediaStats;
 use crate::metrics::Metrics;
 use crate::sip::core::CoreStats;
 use crate::sip::transport::TransportStatsHandle;
+use crate::store::Store;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +56,12 @@ pub struct AdminState {
     pub last_reload: Arc<std::sync::RwLock<Option<ReloadRecord>>>,
     /// Where `POST /reload` asks the daemon to reload (`None`: the route answers 503).
     pub reload: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
+    /// The dialplans loaded now, for the live page's pictures (changes on reload).
+    pub plans: Arc<std::sync::RwLock<Vec<Arc<Dialplan>>>>,
+    /// The live counts: transitions and outcomes over the last hour, steps of calls now.
+    pub live: Arc<Live>,
+    /// The database, for the live page's recent audit rows (`None`: not shown).
+    pub store: Option<Arc<Store>>,
 }
 
 /// The `/status` document.
@@ -105,6 +115,38 @@ impl AdminState {
         }
     }
 
+    /// The `/live.json` document.
+    fn live_doc(&self) -> crate::live_page::LiveDoc {
+        let calls = self.metrics.active_calls();
+        crate::live_page::LiveDoc {
+            counts: self.live.snapshot(),
+            active_calls: crate::live_page::call_rows(&calls, &self.live.steps()),
+        }
+    }
+
+    /// The live page (reads the database: run it off the async threads).
+    fn live_page(&self) -> String {
+        let calls = self.metrics.active_calls();
+        let rows = crate::live_page::call_rows(&calls, &self.live.steps());
+        let plans = self.plans.read().expect("plans lock").clone();
+        let counts = self.live.snapshot();
+        let audit = self.store.as_ref().map(|s| {
+            s.recent_audit(crate::live_page::AUDIT_ROWS)
+                .map_err(|e| e.to_string())
+        });
+        crate::live_page::render(&crate::live_page::Page {
+            version: env!("CARGO_PKG_VERSION"),
+            health: self.health_word(),
+            uptime_seconds: self.started.elapsed().unwrap_or_default().as_secs(),
+            calls: &rows,
+            plans: &plans,
+            counts: &counts,
+            audit,
+            last_reload: self.last_reload(),
+            now: SystemTime::now(),
+        })
+    }
+
     fn last_reload(&self) -> Option<ReloadRecord> {
         self.last_reload.read().expect("reload lock").clone()
     }
@@ -130,7 +172,7 @@ pub async fn serve(
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    info!(addr = %local, "admin listening (/metrics, /health, /status)");
+    info!(addr = %local, "admin listening (/, /live.json, /metrics, /health, /status)");
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = tokio::select! {
@@ -168,6 +210,13 @@ pub async fn serve(
                 }
                 let response = if buf[..len].starts_with(b"POST /reload ") {
                     reload(&state).await
+                } else if is_page(&buf[..len]) {
+                    // The page reads the audit from SQLite: not on an async worker.
+                    let state = state.clone();
+                    match tokio::task::spawn_blocking(move || state.live_page()).await {
+                        Ok(page) => http(200, "text/html; charset=utf-8", page),
+                        Err(_) => http(500, "text/plain", "the page failed\n".into()),
+                    }
                 } else {
                     respond(&state, &buf[..len])
                 };
@@ -197,6 +246,15 @@ async fn reload(state: &AdminState) -> Vec<u8> {
         }
         _ => http(503, "text/plain", "no verdict from the daemon\n".into()),
     }
+}
+
+/// `GET /` or `GET /live` (HEAD too).
+fn is_page(request: &[u8]) -> bool {
+    let line = request.split(|b| *b == b'\r').next().unwrap_or(b"");
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
+    let path = path.split(|b| *b == b'?').next().unwrap_or(b"");
+    matches!(method, b"GET" | b"HEAD") && matches!(path, b"/" | b"/live")
 }
 
 fn respond(state: &AdminState, request: &[u8]) -> Vec<u8> {
@@ -232,10 +290,14 @@ fn respond(state: &AdminState, request: &[u8]) -> Vec<u8> {
             let body = serde_json::to_string_pretty(&state.status()).unwrap_or_default() + "\n";
             http(200, "application/json", body)
         }
+        "/live.json" => {
+            let body = serde_json::to_string_pretty(&state.live_doc()).unwrap_or_default() + "\n";
+            http(200, "application/json", body)
+        }
         _ => http(
             404,
             "text/plain",
-            "try /metrics, /health or /status\n".into(),
+            "try /, /live.json, /metrics, /health or /status\n".into(),
         ),
     }
 }
@@ -395,6 +457,9 @@ mod tests {
             dialplans: Arc::new(std::sync::RwLock::new(vec!["verify".into()])),
             last_reload: Arc::default(),
             reload: None,
+            plans: Arc::default(),
+            live: Arc::default(),
+            store: None,
         }
     }
 
@@ -437,6 +502,23 @@ mod tests {
             health.starts_with("HTTP/1.1 503") && health.contains("draining"),
             "{health}"
         );
+        let page = tokio::task::spawn_blocking(move || get("/")).await.unwrap();
+        assert!(
+            page.starts_with("HTTP/1.1 200") && page.contains("text/html"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<span id=\"active-count\">1</span>") && page.contains("+49********67"),
+            "{page}"
+        );
+        assert!(!page.contains("+491701234567"), "{page}");
+        let json = tokio::task::spawn_blocking(move || get("/live.json"))
+            .await
+            .unwrap();
+        let doc: crate::live_page::LiveDoc =
+            serde_json::from_str(json.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(doc.active_calls.len(), 1);
+        assert_eq!(doc.active_calls[0].caller, "+49********67");
         let missing = tokio::task::spawn_blocking(move || get("/nope"))
             .await
             .unwrap();

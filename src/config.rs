@@ -104,12 +104,13 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// The admin listener: Prometheus metrics, health and status for operators.
+/// The admin listener: Prometheus metrics, health, status and the live page for operators.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// HTTP listen address (loopback by default: nothing here is for the outside world).
-    /// `GET /metrics`, `/health`, `/status`. Empty string disables the listener.
+    /// `GET /metrics`, `/health`, `/status`, `/` (the live page), `/live.json`. Empty string
+    /// disables the listener.
     pub listen: String,
 }
 

@@ -44,6 +44,9 @@
 //! - [`audit_cli`]: `ivrd audit`: the audit for the admin (filters; table, CSV, JSON Lines),
 //!   read-only beside the daemon; `ivrd audit prune`. `[audit] keep_days` prunes in `server`.
 //! - [`customers_cli`]: `ivrd customers`: import, list, show, lock-outs.
+//! - [`live`]: per-plan counts of the transitions calls took and how they ended (the last
+//!   hour, per-minute buckets) and the step each call is in; [`live_page`]: the admin
+//!   listener's page at `/` (HTML, SVG drawn by [`dialplan::graph::to_svg`]) and `/live.json`.
 //! - [`redact`]: phone numbers masked for logs and status output.
 //! - [`secrets`]: `*_file` keys, read from systemd credentials or files beside the config.
 //! - `fuzzing` (hidden): the body of every fuzz target in `fuzz/`, one function each, shared
@@ -59,6 +62,8 @@ pub mod demo;
 pub mod dialplan;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod live;
+pub mod live_page;
 pub mod media;
 pub mod metrics;
 pub mod notify;

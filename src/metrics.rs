@@ -24,6 +24,9 @@ const SMS_BUCKETS: [f64; 7] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// A call in progress, as `/status` lists it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ActiveCall {
+    /// The call's key in the active list (what [`CallGuard::id`] returns).
+    #[serde(skip)]
+    pub id: u64,
     pub call_id: String,
     /// Masked: status output ends up in tickets and chat.
     pub caller: String,
@@ -91,6 +94,7 @@ impl Metrics {
         self.active.lock().expect("metrics lock").insert(
             id,
             ActiveCall {
+                id,
                 call_id: call_id.to_string(),
                 caller: mask_number(caller),
                 dialed: dialed.to_string(),

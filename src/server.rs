@@ -310,6 +310,9 @@ pub async fn run(
     let plan_names: Arc<RwLock<Vec<String>>> = Arc::new(RwLock::new(
         snapshot.plans.iter().map(|p| p.name.clone()).collect(),
     ));
+    let loaded_plans: Arc<RwLock<Vec<Arc<Dialplan>>>> =
+        Arc::new(RwLock::new(snapshot.plans.clone()));
+    let live = Arc::new(crate::live::Live::default());
     info!(
         prompts = snapshot.prompts.len(),
         languages = %snapshot.prompts.languages().collect::<Vec<_>>().join(","),
@@ -424,6 +427,9 @@ pub async fn run(
             dialplans: plan_names.clone(),
             last_reload: last_reload.clone(),
             reload: Some(admin_reload_tx.clone()),
+            plans: loaded_plans.clone(),
+            live: live.clone(),
+            store: Some(store.clone()),
         };
         crate::admin_http::serve(&cfg.admin.listen, state, admin_shutdown.clone())
             .await
@@ -479,7 +485,7 @@ pub async fn run(
                     status_id: None,
                 };
                 let span = info_span!("call", call_id = %new.invite.call_id);
-                calls.spawn(handle_call(new, ctx, snap, audit.clone()).instrument(span));
+                calls.spawn(handle_call(new, ctx, snap, audit.clone(), live.clone()).instrument(span));
             }
             Some(()) = reload.recv() => {
                 let record = apply_reload(&ReloadContext {
@@ -490,6 +496,7 @@ pub async fn run(
                     metrics: &metrics,
                     current: &current,
                     plan_names: &plan_names,
+                    plans: &loaded_plans,
                     notifier: &notifier,
                     active: calls.len(),
                 }, &mut latest);
@@ -504,6 +511,7 @@ pub async fn run(
                     metrics: &metrics,
                     current: &current,
                     plan_names: &plan_names,
+                    plans: &loaded_plans,
                     notifier: &notifier,
                     active: calls.len(),
                 }, &mut latest);
@@ -678,6 +686,7 @@ struct ReloadContext<'a> {
     metrics: &'a Arc<Metrics>,
     current: &'a RwLock<Arc<Snapshot>>,
     plan_names: &'a RwLock<Vec<String>>,
+    plans: &'a RwLock<Vec<Arc<Dialplan>>>,
     notifier: &'a crate::notify::Notifier,
     active: usize,
 }
@@ -724,6 +733,7 @@ fn apply_reload(r: &ReloadContext, latest: &mut Config) -> ReloadRecord {
                 );
             }
             let names: Vec<String> = snap.plans.iter().map(|p| p.name.clone()).collect();
+            *r.plans.write().expect("plans lock") = snap.plans.clone();
             // Calls in progress keep the snapshot (settings included) they started with.
             *r.current.write().expect("snapshot lock") = Arc::new(snap);
             *r.plan_names.write().expect("dialplans lock") = names.clone();
@@ -759,7 +769,13 @@ fn apply_reload(r: &ReloadContext, latest: &mut Config) -> ReloadRecord {
 }
 
 /// One call: pick its dialplan, run it, write its audit row.
-async fn handle_call(new: NewCall, mut ctx: CallContext, snap: Arc<Snapshot>, audit: AuditWriter) {
+async fn handle_call(
+    new: NewCall,
+    mut ctx: CallContext,
+    snap: Arc<Snapshot>,
+    audit: AuditWriter,
+    live: Arc<crate::live::Live>,
+) {
     let dialed = new
         .invite
         .request_uri()
@@ -800,8 +816,15 @@ async fn handle_call(new: NewCall, mut ctx: CallContext, snap: Arc<Snapshot>, au
             shared: snap.services.clone(),
             plan: plan.clone(),
         };
+        // The live page's observer: the step the call is in, the transitions it takes.
+        let mut observer = live.call(active.id(), &plan.name);
         call::run(new, ctx, move |mut c| async move {
-            let r = dialplan::run(&plan, &mut c, &services).await;
+            let r = dialplan::run_observed(&plan, &mut c, &services, &mut observer).await;
+            if r.transferred_to.is_some()
+                && let Some(last) = r.trail.last()
+            {
+                observer.transferred(&last.step);
+            }
             info!(outcome = r.outcome.as_str(), plan = %plan.name, "flow finished");
             let result = r.call_result();
             (c, result, Some(r))
@@ -810,6 +833,7 @@ async fn handle_call(new: NewCall, mut ctx: CallContext, snap: Arc<Snapshot>, au
     };
     let row = audit_row(&summary, &dialed, transport);
     metrics.call_ended(&row.outcome);
+    live.call_ended(&plan_name, &row.outcome);
     if let Err(e) = audit.write(row).await {
         error!(error = %e, "audit row not written");
     }

@@ -60,6 +60,7 @@ const PEER_PACKAGES: &[(&str, &str)] = &[
     ("linphonec", "linphone-cli"),
     ("kamailio", "kamailio"),
     ("tcpdump", "tcpdump"),
+    ("chromium", "chromium"),
 ];
 
 /// Finds `name` on PATH (or in the sbin directories, where Debian puts `kamailio` and a
@@ -71,7 +72,7 @@ pub fn require_tool(name: &str) -> PathBuf {
             .find(|(tool, _)| *tool == name)
             .map_or(String::new(), |(_, p)| format!(" (Debian package {p})"));
         panic!(
-            "{name} not found{package}: run scripts/install-test-deps.sh, which installs sip-tester, baresip-core, linphone-cli, kamailio and tcpdump"
+            "{name} not found{package}: run scripts/install-test-deps.sh, which installs sip-tester, baresip-core, linphone-cli, kamailio, tcpdump and chromium"
         )
     })
 }
