@@ -713,6 +713,9 @@ impl<'p> Checker<'p> {
                     }
                 }
                 Action::Set { vars, .. } => set.extend(vars.iter().map(|a| a.name.clone())),
+                Action::Count { var, .. } => {
+                    set.insert(var.clone());
+                }
                 Action::LookupCustomer { .. } => has_lookup = true,
                 Action::SendPin { .. } => {
                     set.insert(format!("{}.minutes", step.name));

@@ -52,6 +52,7 @@
 //! | `transfer = "${queue}"` | `headers = { X-Name = "${v}" }` (empty values left out) | `on_failure` (success ends the flow) |
 //! | `hangup = ["goodbye"]` (played first; `[]` for none) | | |
 //! | `goto = "step"` | | |
+//! | `hours = ["mon-fri 08:00-18:00", "sat 09:00-13:00"]` (days `mon`..`sun`, ranges, lists or `*`; a range ending before it starts runs over midnight) | | `on_open`, `on_closed`, optional `on_holiday` (else closed): in `[dialplans] timezone` with its `holidays` file ([`calendar`]) |
 //!
 //! Durations are strings: `"500ms"`, `"8s"`, `"2m"`. Prompts are one name or a list.
 //! A collect's `pattern` is a regex the whole entry must match (anchor it: `^...$`); input

@@ -30,6 +30,7 @@ pub const STEP_TYPES: &[&str] = &[
     "hangup",
     "goto",
     "hours",
+    "count",
 ];
 
 /// A parsed dialplan.
@@ -260,6 +261,12 @@ pub enum Action {
     Goto {
         target: Option<Target>,
     },
+    /// A counter: `var` (read as a whole number, unset or not a number as 0) plus `add`.
+    Count {
+        var: String,
+        add: i64,
+        next: Option<Target>,
+    },
     /// Business hours: open, closed or a holiday now, in the site's time zone
     /// ([`super::calendar`]).
     Hours {
@@ -352,6 +359,7 @@ impl Action {
             Action::Hangup { .. } => "hangup",
             Action::Goto { .. } => "goto",
             Action::Hours { .. } => "hours",
+            Action::Count { .. } => "count",
         }
     }
 
@@ -369,7 +377,8 @@ impl Action {
             | Action::SayDigits { next, .. }
             | Action::SayNumber { next, .. }
             | Action::Set { next, .. }
-            | Action::SetLanguage { next, .. } => vec![t("next", next)],
+            | Action::SetLanguage { next, .. }
+            | Action::Count { next, .. } => vec![t("next", next)],
             Action::Collect(c) => {
                 let mut v = vec![t("on_input", &c.on_input), t("on_failure", &c.on_failure)];
                 // Optional: without them, `*` and the others are ordinary keys.
@@ -503,8 +512,9 @@ impl Action {
                 let mut v = Vec::new();
                 for c in cases {
                     v.push(&c.condition.left);
-                    if let super::template::Test::Eq(r) | super::template::Test::Ne(r) =
-                        &c.condition.test
+                    if let super::template::Test::Eq(r)
+                    | super::template::Test::Ne(r)
+                    | super::template::Test::Compare(r, _) = &c.condition.test
                     {
                         v.push(r);
                     }
@@ -528,6 +538,7 @@ impl Action {
             | Action::Menu(_)
             | Action::Hangup { .. }
             | Action::Hours { .. }
+            | Action::Count { .. }
             | Action::Goto { .. } => {
                 vec![]
             }

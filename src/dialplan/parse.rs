@@ -110,6 +110,7 @@ pub const STEP_KEYS: &[(&str, &[&str])] = &[
     ),
     ("transfer", &["headers", "on_failure"]),
     ("hours", &["on_open", "on_closed", "on_holiday"]),
+    ("count", &["add", "next"]),
     ("hangup", &[]),
     ("goto", &[]),
 ];
@@ -615,6 +616,21 @@ impl Parser<'_> {
                 headers: self.headers(&f),
                 on_failure: self.target(&f, "on_failure"),
             },
+            "count" => {
+                let (name, pos, _) = self.string(&f, "count", "\"resends\"")?;
+                if let Some(why) = unassignable(&name) {
+                    self.problem(
+                        pos,
+                        format!("step \"{}\": count \"{name}\": it {why}", f.step),
+                        None,
+                    );
+                }
+                Action::Count {
+                    var: name,
+                    add: self.int(&f, "add", 1, -1_000_000, 1_000_000),
+                    next: self.target(&f, "next"),
+                }
+            }
             "hours" => Action::Hours {
                 rules: self.hours(&f),
                 on_open: self.target(&f, "on_open"),

@@ -913,6 +913,12 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                 Ok(Flow::Hangup)
             }
             Action::Goto { target } => Ok(go("next", target)),
+            Action::Count { var, add, next } => {
+                // Unset or not a number counts from 0; saturating, so no input overflows.
+                let now = self.var(var).0.trim().parse::<i64>().unwrap_or(0);
+                self.set(var, now.saturating_add(*add).to_string(), false);
+                Ok(go("next", next))
+            }
             Action::Hours {
                 rules,
                 on_open,
@@ -1244,6 +1250,52 @@ hangup = []
         assert_eq!(heard(&s), ["enter-digits", "digit-1+digit-2"]);
         assert_eq!(s.result.outcome, Outcome::Completed);
         assert_eq!(s.result.end, None);
+    }
+
+    /// A counter counts up from unset (0), a branch compares it as a number, and the loop
+    /// ends at the limit: three resends, then the fallback.
+    #[test]
+    fn a_counter_and_a_numeric_branch_end_a_loop() {
+        let src = r#"
+[dialplan]
+name = "count"
+start = "again"
+
+[steps.again]
+count = "resends"
+next = "enough"
+
+[steps.enough]
+branch = [{ if = "${resends} > '2'", goto = "done" }]
+else = "again"
+
+[steps.done]
+say_number = "${resends}"
+next = "bye"
+
+[steps.bye]
+hangup = []
+"#;
+        let s = sim(src, "");
+        let text = s.format();
+        assert_eq!(text.matches("step again (count)").count(), 3, "{text}");
+        assert!(text.contains("set resends = \"3\""), "{text}");
+        assert!(text.contains("case-1 -> done"), "{text}");
+        // A negative step and a value that is not a number (read as 0).
+        let down = src
+            .replace("count = \"resends\"\n", "count = \"resends\"\nadd = -1\n")
+            .replace("${resends} > '2'", "${resends} < '-1'")
+            .replace("start = \"again\"", "start = \"init\"")
+            + "\n[steps.init]\nset = { resends = \"x\" }\nnext = \"again\"\n";
+        let text = sim(&down, "").format();
+        assert!(text.contains("set resends = \"-2\""), "{text}");
+        // A counter cannot be one of ivrd's own variables.
+        let bad = src.replace("count = \"resends\"", "count = \"caller\"");
+        let err = super::super::testing::check_with(&bad, &["en"], &|_, _| true).unwrap_err();
+        assert!(
+            err.iter().any(|p| p.message.contains("count \"caller\"")),
+            "{err:#?}"
+        );
     }
 
     /// A hotkey pressed first ends the collect at once (no terminator, no timeout) and goes

@@ -12,6 +12,7 @@
 
 use super::problem::Pos;
 use regex::Regex;
+use std::cmp::Ordering;
 
 /// Why a template could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,6 +166,9 @@ pub enum Test {
     Ne(Template),
     Matches(Regex),
     NotMatches(Regex),
+    /// `<`, `<=`, `>`, `>=` between whole numbers (a counter and a limit): which orderings
+    /// pass. Either side not a whole number: false.
+    Compare(Template, &'static [std::cmp::Ordering]),
 }
 
 /// `left OP right`, parsed.
@@ -180,7 +184,8 @@ impl Condition {
     pub fn parse(raw: &str, pos: Pos) -> Result<Condition, ConditionError> {
         let (left, rest) = operand(raw, pos)?;
         let rest = rest.trim_start();
-        let (op, rest) = ["==", "!=", "=~", "!~"]
+        // Two-character operators first, so `<=` is not read as `<` and `=`.
+        let (op, rest) = ["==", "!=", "=~", "!~", "<=", ">=", "<", ">"]
             .iter()
             .find_map(|op| rest.strip_prefix(op).map(|r| (*op, r)))
             .ok_or_else(|| ConditionError::ExpectedOperator(rest.to_string()))?;
@@ -198,7 +203,11 @@ impl Condition {
             "==" => Test::Eq(right),
             "!=" => Test::Ne(right),
             "=~" => Test::Matches(pattern("=~")?),
-            _ => Test::NotMatches(pattern("!~")?),
+            "!~" => Test::NotMatches(pattern("!~")?),
+            "<" => Test::Compare(right, &[Ordering::Less]),
+            "<=" => Test::Compare(right, &[Ordering::Less, Ordering::Equal]),
+            ">" => Test::Compare(right, &[Ordering::Greater]),
+            _ => Test::Compare(right, &[Ordering::Greater, Ordering::Equal]),
         };
         Ok(Condition {
             raw: raw.to_string(),
@@ -210,7 +219,7 @@ impl Condition {
     /// The variables the condition reads.
     pub fn vars(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.left.vars().collect();
-        if let Test::Eq(r) | Test::Ne(r) = &self.test {
+        if let Test::Eq(r) | Test::Ne(r) | Test::Compare(r, _) = &self.test {
             v.extend(r.vars());
         }
         v
@@ -223,6 +232,13 @@ impl Condition {
             Test::Ne(r) => left != r.render(&mut lookup),
             Test::Matches(re) => re.is_match(&left),
             Test::NotMatches(re) => !re.is_match(&left),
+            Test::Compare(r, pass) => {
+                let right = r.render(&mut lookup);
+                match (left.trim().parse::<i64>(), right.trim().parse::<i64>()) {
+                    (Ok(a), Ok(b)) => pass.contains(&a.cmp(&b)),
+                    _ => false,
+                }
+            }
         }
     }
 }
@@ -318,6 +334,23 @@ mod tests {
         assert!(!c("'x' == 'y'"));
         let cond = Condition::parse("${a} == '${b}'", p).unwrap();
         assert_eq!(cond.vars(), ["a", "b"]);
+        // Whole numbers compare as numbers ('10' > '9'); anything else is false.
+        let n = |s: &str| {
+            Condition::parse(s, p).unwrap().eval(|v| match v {
+                "tries" => "10".into(),
+                "limit" => " 9 ".into(),
+                "word" => "ten".into(),
+                _ => String::new(),
+            })
+        };
+        assert!(n("${tries} > ${limit}"));
+        assert!(n("${tries} >= '10'") && n("${tries} <= '10'"));
+        assert!(!n("${tries} < ${limit}"));
+        assert!(n("${limit} < '10'"));
+        assert!(!n("${word} > '1'") && !n("${word} <= '1'"));
+        assert!(!n("${unset} < '1'"));
+        let cmp = Condition::parse("${tries} >= ${limit}", p).unwrap();
+        assert_eq!(cmp.vars(), ["tries", "limit"]);
     }
 
     #[test]
