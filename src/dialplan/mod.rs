@@ -44,7 +44,8 @@
 //! | `collect = "var"` | `prompt`, `barge_in` (true), `min` (1), `max` (20), `terminator` ("#"; "" for none), `first_digit_timeout` ("5s"), `inter_digit_timeout` ("3s"), `tries` (3), `pattern`, `invalid_prompt`, `timeout_prompt`, `secret` (false) | `on_input`, `on_failure`; optional `hotkeys = { "0" = "operator" }` (a key pressed first ends the collect at once and goes to its step; later it is an ordinary key) and `on_star` (the same for "*", e.g. to send the PIN again) |
 //! | `menu = ["p", ...]` | `options = { "1" = "step" }`, `barge_in` (true), `tries` (3), `timeout` ("5s"), `invalid_prompt`, `timeout_prompt` | the options, `on_failure` |
 //! | `set = { name = "value ${x}" }` | | `next` |
-//! | `branch = [{ if = "${x} == 'y'", goto = "step" }, ...]` | | the cases, `else` |
+//! | `count = "var"` (a whole number; unset or not a number counts as 0) | `add` (1; negative counts down) | `next` |
+//! | `branch = [{ if = "${x} == 'y'", goto = "step" }, ...]` (`==`, `!=`, `=~ 'regex'`, `!~ 'regex'`, and `<`, `<=`, `>`, `>=` between whole numbers) | | the cases, `else` |
 //! | `set_language = "de"` or `"${customer.language}"` | | `next` |
 //! | `lookup_customer = "${customer_id}"` | `by` ("id" or "mobile"), `decoy` (false: unknown, several, disabled and locked-out ids go on as found with a decoy customer whose PIN is never sent and never valid; the audit keeps the truth) | `on_found`, `on_not_found` (also: several match), `on_locked` (both unused with `decoy`), `on_error` |
 //! | `send_pin = "${customer.id}"` | `length` (6; 4..=10), `prompt` (["sending-pin"], heard while sending) | `on_sent`, `on_limited`, `on_locked`, `on_failure` |
