@@ -614,23 +614,7 @@ fn print_table(
             ]
         })
         .collect();
-    let mut widths = [0usize; 10];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
+    crate::customers_cli::write_columns(out, &header, &rows)?;
     let n = records.len();
     writeln!(
         out,

@@ -391,23 +391,7 @@ fn print_table(customers: &[crate::store::Customer], out: &mut impl Write) -> io
             ]
         })
         .collect();
-    let mut widths = [0usize; 6];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
+    write_columns(out, &header, &rows)?;
     writeln!(out, "{}", plural(customers.len(), "customer", "customers"))
 }
 
@@ -505,6 +489,33 @@ fn print_import(
     } else {
         CliExit::RowsRejected
     })
+}
+
+/// A header and rows as aligned columns, two spaces apart, no trailing blanks (the `list`
+/// tables of `ivrd customers` and `ivrd audit`).
+pub(crate) fn write_columns<const N: usize>(
+    out: &mut impl Write,
+    header: &[String; N],
+    rows: &[[String; N]],
+) -> io::Result<()> {
+    let mut widths = [0usize; N];
+    for row in std::iter::once(header).chain(rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
