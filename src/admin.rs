@@ -253,9 +253,17 @@ fn parse_plan(cfg: &Config, which: &str) -> anyhow::Result<Dialplan> {
     )
 }
 
+/// What `ivrd graph` draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphKind {
+    Dot,
+    Mermaid,
+    Svg,
+}
+
 /// `ivrd graph`. Drawing needs no audio: without the prompts directory the plan is drawn
 /// unchecked, with a warning.
-pub fn graph(cfg: &Config, which: &str, mermaid: bool) -> ExitCode {
+pub fn graph(cfg: &Config, which: &str, kind: GraphKind) -> ExitCode {
     let result = match prompts(cfg) {
         Ok(p) => find_plan(cfg, &p, which),
         Err(e) => {
@@ -265,10 +273,24 @@ pub fn graph(cfg: &Config, which: &str, mermaid: bool) -> ExitCode {
     };
     match result {
         Ok(plan) => {
-            let out = if mermaid {
-                dialplan::to_mermaid(&plan)
-            } else {
-                dialplan::to_dot(&plan)
+            let out = match kind {
+                GraphKind::Dot => dialplan::to_dot(&plan),
+                GraphKind::Mermaid => dialplan::to_mermaid(&plan),
+                GraphKind::Svg => {
+                    let none = |_: &str, _: &str, _: &str| 0;
+                    let idle = |_: &str| 0;
+                    let counts = dialplan::graph::SvgCounts {
+                        edge: &none,
+                        active: &idle,
+                    };
+                    let body = dialplan::graph::to_svg(&plan, &plan.name, &counts);
+                    // Standalone: a file a browser or an image viewer opens.
+                    if body.contains("xmlns=") {
+                        body
+                    } else {
+                        body.replacen("<svg", "<svg xmlns=\"http://www.w3.org/2000/svg\"", 1)
+                    }
+                }
             };
             print!("{out}");
             ExitCode::SUCCESS

@@ -171,6 +171,8 @@ enum GuardCommand {
 enum GraphFormat {
     Dot,
     Mermaid,
+    /// A standalone SVG picture drawn by ivrd (the live page's, without counts).
+    Svg,
 }
 
 fn main() -> ExitCode {
@@ -280,7 +282,12 @@ fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
-            admin::graph(&cfg, &dialplan, matches!(format, GraphFormat::Mermaid))
+            let format = match format {
+                GraphFormat::Dot => admin::GraphKind::Dot,
+                GraphFormat::Mermaid => admin::GraphKind::Mermaid,
+                GraphFormat::Svg => admin::GraphKind::Svg,
+            };
+            admin::graph(&cfg, &dialplan, format)
         }
         Command::Sms {
             config,

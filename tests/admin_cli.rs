@@ -369,6 +369,29 @@ fn graph_prints_dot_and_mermaid() {
         dir.path(),
     ));
     assert!(mermaid.starts_with("flowchart"), "{mermaid}");
+    // A standalone SVG with every step of the plan on it.
+    let svg = ivrd(
+        &[
+            "graph",
+            "verify",
+            "--format",
+            "svg",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let svg = String::from_utf8_lossy(&svg.stdout).to_string();
+    assert!(
+        svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\"")
+            && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    let plan = std::fs::read_to_string(repo().join("dialplans/verify.toml")).unwrap();
+    for step in plan.lines().filter_map(|l| l.strip_prefix("[steps.")) {
+        let name = step.trim_end_matches(']');
+        assert!(svg.contains(&format!(">{name}<")), "step {name} not drawn");
+    }
 }
 
 #[test]
