@@ -234,12 +234,8 @@ fn parse_plan(cfg: &Config, which: &str) -> anyhow::Result<Dialplan> {
     if which.ends_with(".toml") || path.is_file() {
         return parse(path);
     }
-    let mut files: Vec<_> = std::fs::read_dir(&cfg.dialplans.dir)
-        .with_context(|| format!("reading {}", cfg.dialplans.dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
+    let files = dialplan::check::plan_files(&cfg.dialplans.dir)
+        .with_context(|| format!("reading {}", cfg.dialplans.dir.display()))?;
     for f in files {
         if let Ok(plan) = parse(&f)
             && plan.name == which
@@ -277,19 +273,7 @@ pub fn graph(cfg: &Config, which: &str, kind: GraphKind) -> ExitCode {
                 GraphKind::Dot => dialplan::to_dot(&plan),
                 GraphKind::Mermaid => dialplan::to_mermaid(&plan),
                 GraphKind::Svg => {
-                    let none = |_: &str, _: &str, _: &str| 0;
-                    let idle = |_: &str| 0;
-                    let counts = dialplan::graph::SvgCounts {
-                        edge: &none,
-                        active: &idle,
-                    };
-                    let body = dialplan::graph::to_svg(&plan, &plan.name, &counts);
-                    // Standalone: a file a browser or an image viewer opens.
-                    if body.contains("xmlns=") {
-                        body
-                    } else {
-                        body.replacen("<svg", "<svg xmlns=\"http://www.w3.org/2000/svg\"", 1)
-                    }
+                    dialplan::graph::to_svg(&plan, &plan.name, &dialplan::graph::SvgCounts::NONE)
                 }
             };
             print!("{out}");

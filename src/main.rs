@@ -303,11 +303,10 @@ fn main() -> ExitCode {
             db,
             command: GuardCommand::Status,
         } => {
-            let cfg = match load_config(config.as_deref(), Secrets::Skip) {
-                Ok(cfg) => cfg,
+            let (cfg, path) = match config_and_db(config.as_deref(), db) {
+                Ok(both) => both,
                 Err(code) => return code,
             };
-            let path = db.unwrap_or(cfg.store.path);
             let status = ivrd::store::Store::open(&path).and_then(|store| {
                 ivrd::verify::guard::status(&cfg.guard, &store, std::time::SystemTime::now())
             });
@@ -330,11 +329,10 @@ fn main() -> ExitCode {
         } => {
             use ivrd::audit_cli::{self, AuditCommand, AuditError};
             use ivrd::store::{Store, StoreError};
-            let cfg = match load_config(config.as_deref(), Secrets::Skip) {
-                Ok(cfg) => cfg,
+            let (cfg, path) = match config_and_db(config.as_deref(), db) {
+                Ok(both) => both,
                 Err(code) => return code,
             };
-            let path = db.unwrap_or(cfg.store.path);
             let now = std::time::SystemTime::now();
             let out = &mut std::io::stdout().lock();
             // Opening errors name the file once: some say it themselves, others need it.
@@ -375,11 +373,10 @@ fn main() -> ExitCode {
             db,
             command,
         } => {
-            let cfg = match load_config(config.as_deref(), Secrets::Skip) {
-                Ok(cfg) => cfg,
+            let (cfg, path) = match config_and_db(config.as_deref(), db) {
+                Ok(both) => both,
                 Err(code) => return code,
             };
-            let path = db.unwrap_or(cfg.store.path);
             let store = match ivrd::store::Store::open(&path) {
                 Ok(s) => s,
                 Err(e) => {
@@ -519,6 +516,17 @@ enum Secrets {
 }
 
 /// The config file if one was given, else the built-in defaults; a bad file exits with 2.
+/// The config (without secrets) and the database a command works on: `--db`, else the
+/// config's `[store] path` (the customers, guard and audit commands).
+fn config_and_db(
+    config: Option<&std::path::Path>,
+    db: Option<PathBuf>,
+) -> Result<(Config, PathBuf), ExitCode> {
+    let cfg = load_config(config, Secrets::Skip)?;
+    let path = db.unwrap_or_else(|| cfg.store.path.clone());
+    Ok((cfg, path))
+}
+
 fn load_config(path: Option<&std::path::Path>, secrets: Secrets) -> Result<Config, ExitCode> {
     let load = match secrets {
         Secrets::Read => Config::load,

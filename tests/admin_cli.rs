@@ -510,12 +510,12 @@ fn check_refuses_unknown_site_vars_and_a_queue_that_is_no_sip_uri() {
     let cfg = write_config(dir.path(), &plans);
     let base = std::fs::read_to_string(&cfg).unwrap();
     let c = cfg.to_str().unwrap();
-    std::fs::write(
-        &cfg,
-        format!("{base}[dialplans.vars]\nqeue = \"sip:q@pbx\"\n"),
-    )
-    .unwrap();
-    let o = ivrd(&["check", "--config", c], dir.path());
+    // `ivrd check` with `vars` as the site's [dialplans.vars].
+    let check_with = |vars: &str| {
+        std::fs::write(&cfg, format!("{base}[dialplans.vars]\n{vars}\n")).unwrap();
+        ivrd(&["check", "--config", c], dir.path())
+    };
+    let o = check_with("qeue = \"sip:q@pbx\"");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains(
@@ -524,12 +524,7 @@ fn check_refuses_unknown_site_vars_and_a_queue_that_is_no_sip_uri() {
         "{}",
         text(&o)
     );
-    std::fs::write(
-        &cfg,
-        format!("{base}[dialplans.vars]\nqueue = \"queue@pbx\"\n"),
-    )
-    .unwrap();
-    let o = ivrd(&["check", "--config", c], dir.path());
+    let o = check_with("queue = \"queue@pbx\"");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains(
@@ -538,12 +533,7 @@ fn check_refuses_unknown_site_vars_and_a_queue_that_is_no_sip_uri() {
         "{}",
         text(&o)
     );
-    std::fs::write(
-        &cfg,
-        format!("{base}[dialplans.vars]\nqueue = \"sip:queue@pbx.example.com\"\n"),
-    )
-    .unwrap();
-    let o = ivrd(&["check", "--config", c], dir.path());
+    let o = check_with("queue = \"sip:queue@pbx.example.com\"");
     assert!(o.status.success(), "{}", text(&o));
 }
 

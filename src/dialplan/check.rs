@@ -71,19 +71,23 @@ pub fn load_file(path: &Path, env: &CheckEnv<'_>) -> Result<Dialplan, DialplanEr
         .map_err(|problems| DialplanError::Invalid { problems })
 }
 
-/// Loads every `*.toml` in `dir` (sorted by name) and checks them together: every problem
-/// in every file, plus numbers two plans both claim.
-pub fn load_dir(dir: &Path, env: &CheckEnv<'_>) -> Result<Vec<Dialplan>, DialplanError> {
-    let read_err = |source| DialplanError::Read {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read_err)?
+/// The dialplan files of `dir`: every `*.toml`, sorted by name.
+pub fn plan_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// Loads every `*.toml` in `dir` (sorted by name) and checks them together: every problem
+/// in every file, plus numbers two plans both claim.
+pub fn load_dir(dir: &Path, env: &CheckEnv<'_>) -> Result<Vec<Dialplan>, DialplanError> {
+    let files = plan_files(dir).map_err(|source| DialplanError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut plans = Vec::new();
     let mut problems = Vec::new();
     for f in files {

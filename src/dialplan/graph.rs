@@ -131,6 +131,14 @@ pub struct SvgCounts<'a> {
     pub active: &'a dyn Fn(&str) -> u64,
 }
 
+impl SvgCounts<'static> {
+    /// No counts: the plan alone (`ivrd graph --format svg`, tests).
+    pub const NONE: SvgCounts<'static> = SvgCounts {
+        edge: &|_, _, _| 0,
+        active: &|_| 0,
+    };
+}
+
 /// The outcome the interpreter reports (`FlowEvent::Transition`'s `outcome`, `${STEP.outcome}`)
 /// for the `index`th of `action.transitions()`: `on_failure` is `failure`, a menu key is the
 /// key, the first branch case is `case-1`, a goto is `next`.
@@ -620,10 +628,6 @@ mod tests {
         assert!(demo.contains("-->|\"${round} == '2'\"|"), "{demo}");
     }
 
-    fn no_counts() -> (impl Fn(&str, &str, &str) -> u64, impl Fn(&str) -> u64) {
-        (|_: &str, _: &str, _: &str| 0, |_: &str| 0)
-    }
-
     /// Parses `svg` as XML (quick-xml): every tag closed in order, attributes well formed,
     /// only the five predefined entities and numeric references.
     fn assert_well_formed(svg: &str) {
@@ -679,15 +683,7 @@ mod tests {
     fn the_svg_of_the_shipped_plans_has_every_step_and_edge_and_is_xml() {
         for name in ["verify", "demo"] {
             let plan = shipped(name).unwrap();
-            let (edge, active) = no_counts();
-            let svg = to_svg(
-                &plan,
-                "p0",
-                &SvgCounts {
-                    edge: &edge,
-                    active: &active,
-                },
-            );
+            let svg = to_svg(&plan, "p0", &SvgCounts::NONE);
             assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
             assert_well_formed(&svg);
             for step in &plan.steps {
@@ -720,15 +716,7 @@ mod tests {
         }
         // Every box inside the picture, none on top of another.
         let plan = shipped("verify").unwrap();
-        let (edge, active) = no_counts();
-        let svg = to_svg(
-            &plan,
-            "p0",
-            &SvgCounts {
-                edge: &edge,
-                active: &active,
-            },
-        );
+        let svg = to_svg(&plan, "p0", &SvgCounts::NONE);
         let num = |s: &str, key: &str| -> f64 {
             let at = s.find(&format!(" {key}=\"")).unwrap() + key.len() + 3;
             s[at..s[at..].find('"').unwrap() + at].parse().unwrap()

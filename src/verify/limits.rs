@@ -668,18 +668,23 @@ mod tests {
         Arc::new(Store::open(path).unwrap())
     }
 
+    /// A customer `id` with a German mobile.
+    fn add_test_customer(store: &Store, id: &str) {
+        store
+            .add_customer(&NewCustomer {
+                id: id.into(),
+                name: "Test".into(),
+                mobile: "+491701234567".into(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
     fn setup(limits: Limits) -> (tempfile::TempDir, Verifier) {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir.path().join("ivrd.sqlite"));
         for id in ["c1", "c2"] {
-            store
-                .add_customer(&NewCustomer {
-                    id: id.into(),
-                    name: "Test".into(),
-                    mobile: "+491701234567".into(),
-                    ..Default::default()
-                })
-                .unwrap();
+            add_test_customer(&store, id);
         }
         (dir, Verifier::new(store, limits).unwrap())
     }
@@ -873,14 +878,7 @@ mod tests {
         let path = dir.path().join("ivrd.sqlite");
         {
             let store = open(&path);
-            store
-                .add_customer(&NewCustomer {
-                    id: "c1".into(),
-                    name: "Test".into(),
-                    mobile: "+491701234567".into(),
-                    ..Default::default()
-                })
-                .unwrap();
+            add_test_customer(&store, "c1");
             let v = Verifier::new(store, generous_sms()).unwrap();
             assert_eq!(fail_n(&v, 9, 0, 1), CheckPinOutcome::Exhausted);
             assert!(!v.is_locked("c1", wall(9)).unwrap());
@@ -1104,14 +1102,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ivrd.sqlite");
         let store = open(&path);
-        store
-            .add_customer(&NewCustomer {
-                id: "c1".into(),
-                name: "Test".into(),
-                mobile: "+491701234567".into(),
-                ..Default::default()
-            })
-            .unwrap();
+        add_test_customer(&store, "c1");
         let mut v = Verifier::new(store, generous_sms()).unwrap();
         let heard = |v: &Verifier, decoy: bool, call: u64| {
             let t = *EPOCH + Duration::from_secs(call * 1000);
@@ -1452,14 +1443,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ivrd.sqlite");
         let store = open(&path);
-        store
-            .add_customer(&NewCustomer {
-                id: "c1".into(),
-                name: "Test".into(),
-                mobile: "+491701234567".into(),
-                ..Default::default()
-            })
-            .unwrap();
+        add_test_customer(&store, "c1");
         let v = Verifier::new(store, Limits::default()).unwrap();
         for i in 0..3 {
             v.prepare_pin("c1", CALLER, 6, Instant::now(), wall(i))
@@ -1478,14 +1462,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ivrd.sqlite");
         let store = open(&path);
-        store
-            .add_customer(&NewCustomer {
-                id: "c1".into(),
-                name: "Test".into(),
-                mobile: "+491701234567".into(),
-                ..Default::default()
-            })
-            .unwrap();
+        add_test_customer(&store, "c1");
         let t = Instant::now();
         let pin = Verifier::new(store, Limits::default())
             .unwrap()
