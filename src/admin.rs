@@ -195,24 +195,36 @@ fn find_plan(cfg: &Config, prompts: &PromptLibrary, which: &str) -> anyhow::Resu
         languages: &languages,
     };
     let path = Path::new(which);
-    let mut plan = if which.ends_with(".toml") || path.is_file() {
-        dialplan::load_file(path, &env)?
+    let by_file = which.ends_with(".toml") || path.is_file();
+    // A plan file comes with the plans of the dialplans directory it calls or goes to.
+    let mut plans = if by_file {
+        let files = dialplan::check::with_linked_files(&[path.to_path_buf()], &cfg.dialplans.dir);
+        dialplan::check::load_set(&files, &env)?
     } else {
-        let plans = dialplan::load_dir(&cfg.dialplans.dir, &env)?;
-        let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
-        match plans.into_iter().find(|p| p.name == which) {
-            Some(p) => p,
-            None => bail!(
-                "no dialplan named {which:?} in {} (it has: {})",
-                cfg.dialplans.dir.display(),
-                names.join(", ")
-            ),
-        }
+        dialplan::load_dir(&cfg.dialplans.dir, &env)?
     };
-    dialplan::apply_site_vars(std::slice::from_mut(&mut plan), &cfg.dialplans.vars, false)
+    dialplan::apply_site_vars(&mut plans, &cfg.dialplans.vars, false)
         .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
-    plan.calendar = Arc::new(cfg.dialplans.calendar().map_err(anyhow::Error::msg)?);
-    Ok(plan)
+    let calendar = Arc::new(cfg.dialplans.calendar().map_err(anyhow::Error::msg)?);
+    for plan in &mut plans {
+        plan.calendar = calendar.clone();
+    }
+    dialplan::check::link(&mut plans);
+    let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
+    // By file: the first plan is the file's own.
+    let found = if by_file {
+        plans.into_iter().next()
+    } else {
+        plans.into_iter().find(|p| p.name == which)
+    };
+    match found {
+        Some(p) => Ok(p),
+        None => bail!(
+            "no dialplan named {which:?} in {} (it has: {})",
+            cfg.dialplans.dir.display(),
+            names.join(", ")
+        ),
+    }
 }
 
 fn prompts(cfg: &Config) -> anyhow::Result<PromptLibrary> {
@@ -423,10 +435,7 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
         metrics: Arc::default(),
         send_times: Default::default(),
     });
-    let services = CallServices {
-        shared,
-        plan: plan.clone(),
-    };
+    let services = CallServices { shared };
     let durations = prompts.clone();
     let pauses = prompts.clone();
     let mut facts = sim_facts(&opts.caller, &opts.dialed);

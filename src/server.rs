@@ -119,6 +119,7 @@ pub fn load_flows(cfg: &Config) -> anyhow::Result<Flows> {
     for plan in &mut plans {
         plan.calendar = calendar.clone();
     }
+    dialplan::check::link(&mut plans);
     if let Some(name) = &cfg.dialplans.default
         && !plans.iter().any(|p| &p.name == name)
     {
@@ -814,7 +815,6 @@ async fn handle_call(
         };
         let services = CallServices {
             shared: snap.services.clone(),
-            plan: plan.clone(),
         };
         // The live page's observer: the step the call is in, the transitions it takes.
         let mut observer = live.call(active.id(), &plan.name);

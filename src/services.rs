@@ -5,7 +5,6 @@
 //! SQLite calls are blocking: they run on tokio's blocking pool (`spawn_blocking`) so a slow disk
 //! never stalls the tasks that pace RTP and answer SIP.
 
-use crate::dialplan::Dialplan;
 use crate::dialplan::model::render_sms;
 use crate::dialplan::services::{
     CheckPinOutcome, CustomerRecord, FlowServices, LookupBy, LookupOutcome, PinRequest,
@@ -73,11 +72,11 @@ impl SendTimes {
     }
 }
 
-/// The services for one call: the shared parts plus the call's dialplan (for its SMS texts).
+/// The services for one call (the SMS texts come with each request, from the plan that
+/// sends).
 #[derive(Clone)]
 pub struct CallServices {
     pub shared: Arc<Shared>,
-    pub plan: Arc<Dialplan>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
@@ -180,7 +179,7 @@ impl FlowServices for CallServices {
             None => return SendPinOutcome::Failed("store task failed".into()),
         };
         let minutes = shared.verifier.limits().pin_minutes();
-        let Some(template) = self.plan.sms_template(&req.language) else {
+        let Some(template) = req.template.as_deref() else {
             shared.verifier.send_failed(&req.customer_id, &pin);
             return SendPinOutcome::Failed(format!("no SMS text for language {}", req.language));
         };

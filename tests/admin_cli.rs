@@ -224,8 +224,12 @@ fn simulate_runs_on_a_copy_unless_told_to_use_the_database() {
 fn the_commands_in_the_shipped_plans_headers_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut ran = 0;
-    for plan in ["verify.toml", "demo.toml"] {
-        let src = std::fs::read_to_string(repo().join("dialplans").join(plan)).unwrap();
+    for plan in [
+        "dialplans/verify.toml",
+        "dialplans/demo.toml",
+        "examples/dialplans/front.toml",
+    ] {
+        let src = std::fs::read_to_string(repo().join(plan)).unwrap();
         for line in src.lines().take_while(|l| l.starts_with('#')) {
             let Some((_, cmd)) = line.split_once("ivrd ") else {
                 continue;
@@ -238,7 +242,7 @@ fn the_commands_in_the_shipped_plans_headers_run() {
                     args.push(part.to_string());
                 } else {
                     args.extend(part.split_whitespace().map(|w| {
-                        if w.starts_with("dialplans/") {
+                        if w.starts_with("dialplans/") || w.starts_with("examples/") {
                             repo().join(w).display().to_string()
                         } else {
                             w.to_string()
@@ -644,6 +648,70 @@ fn simulate_at_a_moment_takes_the_hours_and_holidays_of_the_site() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains("[dialplans] timezone = \"Europe/Berlln\""),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Issue 14, reuse: a plan calls the shipped verify plan instead of copying its 13 steps.
+/// `check` follows the call (from the example file alone, finding verify in the dialplans
+/// directory; a typo'd plan name is named with a suggestion), and `simulate` runs the
+/// verification inside the sub-flow on a real database, naming its steps `verify:STEP`.
+#[test]
+fn a_plan_calls_the_verify_plan_and_check_and_simulate_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    copy_plans(&plans);
+    let example = repo().join("examples/dialplans/front.toml");
+    std::fs::copy(&example, plans.join("front.toml")).unwrap();
+    let cfg = write_config(dir.path(), &plans);
+    let c = cfg.to_str().unwrap();
+
+    let o = ivrd(&["check", "-c", c], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    // The example file on its own: verify comes from the configured directory.
+    let o = ivrd(&["check", "-c", c, example.to_str().unwrap()], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("dialplan \"front\""), "{}", text(&o));
+
+    let o = ivrd(
+        &[
+            "simulate",
+            "front",
+            "-c",
+            c,
+            "--at",
+            "2026-12-07 10:00",
+            "--keys",
+            "2 W 123456 W {pin}",
+        ],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("step verify (call)"), "{out}");
+    assert!(out.contains("call -> verify:welcome"), "{out}");
+    assert!(
+        out.contains("step verify:check_pin") || out.contains("step verify:check ("),
+        "{out}"
+    );
+    assert!(out.contains("end: verified"), "{out}");
+    // German was chosen in front, and the sub-flow speaks it.
+    assert!(out.contains("play welcome (de"), "{out}");
+    let o = ivrd(
+        &["simulate", "front", "-c", c, "--at", "2026-12-07 20:00"],
+        dir.path(),
+    );
+    assert!(text(&o).contains("closed -> closed"), "{}", text(&o));
+
+    let body = std::fs::read_to_string(plans.join("front.toml"))
+        .unwrap()
+        .replace("call = \"verify\"", "call = \"verfy\"");
+    std::fs::write(plans.join("front.toml"), body).unwrap();
+    let o = ivrd(&["check", "-c", c], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("call \"verfy\": there is no plan \"verfy\" (did you mean \"verify\"?)"),
         "{}",
         text(&o)
     );

@@ -306,7 +306,7 @@ hangup = []
             let mut facts = sim_facts("+4930111", "100");
             facts.started = p.calendar.local_time(at).unwrap();
             let call = SimCall::new(facts, "").unwrap();
-            let sim = block_on(simulate(p, call, &FakeServices::new(p)));
+            let sim = block_on(simulate(p, call, &FakeServices::new()));
             sim.format()
         };
         assert!(run(&p, "2026-12-07 09:00").contains("open -> open"));

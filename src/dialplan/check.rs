@@ -12,7 +12,7 @@
 //! [`load`] runs both and returns every problem, sorted by line, so an admin fixes a file in
 //! one pass instead of one error per reload.
 
-use super::model::{Action, Dialplan, Target};
+use super::model::{Action, Dialplan, Entry, Target};
 use super::parse::{BUILTIN_VARS, Partial, parse_partial};
 use super::problem::{Pos, Problem, closest, did_you_mean};
 use super::say;
@@ -52,7 +52,7 @@ pub fn load(file: &str, src: &str, env: &CheckEnv<'_>) -> Result<Dialplan, Vec<P
     let Some(plan) = plan else {
         return Err(problems);
     };
-    problems.extend(check_inner(&plan, env, &broken));
+    problems.extend(check_inner(&plan, env, &broken, &InSet::default()));
     if problems.is_empty() {
         Ok(plan)
     } else {
@@ -82,32 +82,358 @@ pub fn plan_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Loads every `*.toml` in `dir` (sorted by name) and checks them together: every problem
-/// in every file, plus numbers two plans both claim.
+/// in every file, plus numbers two plans both claim and the plans' calls into each other
+/// ([`check_links`]). The plans are not linked yet: [`link`] them once site variables and
+/// the calendar are set.
 pub fn load_dir(dir: &Path, env: &CheckEnv<'_>) -> Result<Vec<Dialplan>, DialplanError> {
     let files = plan_files(dir).map_err(|source| DialplanError::Read {
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut plans = Vec::new();
-    let mut problems = Vec::new();
+    load_set(&files, env)
+}
+
+/// [`load_dir`] for a list of files.
+pub fn load_set(files: &[PathBuf], env: &CheckEnv<'_>) -> Result<Vec<Dialplan>, DialplanError> {
+    let mut sources = Vec::new();
     for f in files {
-        match load_file(&f, env) {
-            Ok(p) => plans.push(p),
-            Err(DialplanError::Invalid { problems: p }) => problems.extend(p),
-            Err(e) => return Err(e),
+        let src = std::fs::read_to_string(f).map_err(|source| DialplanError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        sources.push((f.display().to_string(), src));
+    }
+    load_sources(&sources, env).map_err(|problems| DialplanError::Invalid { problems })
+}
+
+/// Parses and checks plans together, given as (file name, text): the plans, or every
+/// problem in any of them.
+pub fn load_sources(
+    sources: &[(String, String)],
+    env: &CheckEnv<'_>,
+) -> Result<Vec<Dialplan>, Vec<Problem>> {
+    let mut partials = Vec::new();
+    let mut problems = Vec::new();
+    for (file, src) in sources {
+        let partial = parse_partial(file, src);
+        problems.extend(partial.problems);
+        if let Some(plan) = partial.plan {
+            partials.push((plan, partial.broken));
         }
     }
+    // What the plans need from each other: the steps other plans enter (so they count as
+    // reached), and the variables set anywhere among plans that call or go to each other.
+    let plans_only: Vec<&Dialplan> = partials.iter().map(|(p, _)| p).collect();
+    for (plan, broken) in &partials {
+        let in_set = InSet::of(plan, &plans_only);
+        problems.extend(check_inner(plan, env, broken, &in_set));
+    }
+    let plans: Vec<Dialplan> = partials.into_iter().map(|(p, _)| p).collect();
     problems.extend(check_numbers(&plans));
+    problems.extend(check_links(&plans));
     if problems.is_empty() {
         Ok(plans)
     } else {
-        Err(DialplanError::Invalid { problems })
+        problems.sort_by(|a, b| (&a.file, a.pos()).cmp(&(&b.file, b.pos())));
+        Err(problems)
+    }
+}
+
+/// `files`, and the files of `dir` that hold the plans they `call` or `goto`, directly or
+/// through each other (for checking or simulating one file with what it needs). Files that
+/// do not parse are left to [`load_set`] to report.
+pub fn with_linked_files(files: &[PathBuf], dir: &Path) -> Vec<PathBuf> {
+    let parsed = |f: &Path| -> Option<Dialplan> {
+        let src = std::fs::read_to_string(f).ok()?;
+        parse_partial(&f.display().to_string(), &src).plan
+    };
+    let mut out: Vec<PathBuf> = files.to_vec();
+    let mut have: BTreeSet<String> = BTreeSet::new();
+    let mut wanted: VecDeque<String> = VecDeque::new();
+    let note = |plan: &Dialplan, have: &mut BTreeSet<String>, wanted: &mut VecDeque<String>| {
+        have.insert(plan.name.clone());
+        for (_, entry) in plan.entries() {
+            wanted.push_back(entry.plan_name(&plan.name).to_string());
+        }
+    };
+    for f in files {
+        if let Some(plan) = parsed(f) {
+            note(&plan, &mut have, &mut wanted);
+        }
+    }
+    if wanted.iter().all(|w| have.contains(w)) {
+        return out;
+    }
+    let dir_plans: Vec<(PathBuf, Dialplan)> = plan_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|f| parsed(&f).map(|p| (f, p)))
+        .collect();
+    while let Some(name) = wanted.pop_front() {
+        if have.contains(&name) {
+            continue;
+        }
+        if let Some((f, plan)) = dir_plans.iter().find(|(_, p)| p.name == name) {
+            out.push(f.clone());
+            note(plan, &mut have, &mut wanted);
+        } else {
+            // Reported by check_links, with the plans there are.
+            have.insert(name);
+        }
+    }
+    out
+}
+
+/// What a plan's check knows of the other plans in its set.
+#[derive(Default)]
+pub(crate) struct InSet {
+    /// Steps of this plan that other plans `call` or `goto`: reached, whatever its start
+    /// does.
+    entered: BTreeSet<String>,
+    /// Variables the plans it is linked with set (sub-flows share the call's variables),
+    /// and whether one of them looks up a customer.
+    vars: BTreeSet<String>,
+    lookup: bool,
+}
+
+impl InSet {
+    fn of(plan: &Dialplan, set: &[&Dialplan]) -> InSet {
+        let mut in_set = InSet::default();
+        let mut linked = false;
+        for other in set {
+            for (_, entry) in other.entries() {
+                if entry.plan_name(&other.name) != plan.name || std::ptr::eq(*other, plan) {
+                    continue;
+                }
+                linked = true;
+                in_set.entered.insert(
+                    entry
+                        .step
+                        .clone()
+                        .unwrap_or_else(|| plan.start.step.clone()),
+                );
+            }
+        }
+        linked |= plan.entries().next().is_some();
+        if linked {
+            for other in set.iter().filter(|o| !std::ptr::eq(**o, plan)) {
+                let (vars, lookup) = vars_set(other);
+                in_set.vars.extend(vars);
+                in_set.lookup |= lookup;
+            }
+        }
+        in_set
+    }
+}
+
+/// The variables a plan's own steps and `[vars]` set, and whether it looks up a customer.
+fn vars_set(plan: &Dialplan) -> (BTreeSet<String>, bool) {
+    let mut set: BTreeSet<String> = plan.vars.keys().cloned().collect();
+    let mut has_lookup = false;
+    for step in &plan.steps {
+        set.insert(format!("{}.outcome", step.name));
+        match &step.action {
+            Action::Collect(c) => {
+                set.insert(c.var.clone());
+            }
+            Action::Set { vars, .. } => set.extend(vars.iter().map(|a| a.name.clone())),
+            Action::Count { var, .. } => {
+                set.insert(var.clone());
+            }
+            Action::LookupCustomer { .. } => has_lookup = true,
+            Action::SendPin { .. } => {
+                set.insert(format!("{}.minutes", step.name));
+            }
+            Action::CheckPin { .. } => {
+                set.insert(format!("{}.tries_left", step.name));
+            }
+            Action::Transfer { .. } => {
+                set.insert(format!("{}.status", step.name));
+                set.insert(format!("{}.reason", step.name));
+            }
+            Action::Call { .. } => {
+                set.insert(format!("{}.result", step.name));
+            }
+            _ => {}
+        }
+    }
+    (set, has_lookup)
+}
+
+/// What `call` and `goto` steps need from the plans they enter: the plan exists, so does
+/// the step, the plan speaks every language the caller's plan may be in, and no plan calls
+/// itself back through others (a sub-flow that can never return; `goto` is the way back).
+pub fn check_links(plans: &[Dialplan]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let by_name: BTreeMap<&str, &Dialplan> = plans.iter().map(|p| (p.name.as_str(), p)).collect();
+    let names: Vec<&str> = by_name.keys().copied().collect();
+    for plan in plans {
+        for (step, entry) in plan.entries() {
+            let name = entry.plan_name(&plan.name);
+            let Some(target) = by_name.get(name) else {
+                problems.push(
+                    Problem::new(
+                        &plan.file,
+                        entry.pos,
+                        format!(
+                            "step \"{}\": {} \"{entry}\": there is no plan \"{name}\"",
+                            step.name,
+                            step.action.kind()
+                        ),
+                    )
+                    .with_hint(
+                        did_you_mean(name, names.iter().copied())
+                            .or_else(|| Some(format!("the plans are: {}", names.join(", ")))),
+                    ),
+                );
+                continue;
+            };
+            if let Some(s) = &entry.step
+                && target.step(s).is_none()
+            {
+                problems.push(
+                    Problem::new(
+                        &plan.file,
+                        entry.pos,
+                        format!(
+                            "step \"{}\": {} \"{entry}\": plan \"{name}\" has no step \"{s}\"",
+                            step.name,
+                            step.action.kind()
+                        ),
+                    )
+                    .with_hint(did_you_mean(
+                        s,
+                        target.steps.iter().map(|t| t.name.as_str()),
+                    )),
+                );
+            }
+            let missing: Vec<&str> = plan
+                .languages
+                .iter()
+                .filter(|l| !target.languages.contains(l))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                problems.push(
+                    Problem::new(
+                        &plan.file,
+                        entry.pos,
+                        format!(
+                            "step \"{}\": plan \"{name}\" does not speak {}, which this plan may be in",
+                            step.name,
+                            missing.join(", ")
+                        ),
+                    )
+                    .with_hint(Some(format!(
+                        "add {} to the languages of plan \"{name}\" (and its prompts)",
+                        missing.join(", ")
+                    ))),
+                );
+            }
+        }
+    }
+    // Calls between plans must not come back around: A calls B calls A.
+    let calls = |p: &Dialplan| -> BTreeSet<String> {
+        p.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Call {
+                    entry:
+                        Entry {
+                            plan: Some(other), ..
+                        },
+                    ..
+                } if *other != p.name => Some(other.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    for plan in plans {
+        let mut path = vec![plan.name.clone()];
+        if let Some(cycle) = call_cycle(&plan.name, &by_name, &calls, &mut path) {
+            // Reported once, at the plan whose name sorts first in the cycle.
+            if cycle.iter().min() == Some(&plan.name) {
+                problems.push(
+                    Problem::new(
+                        &plan.file,
+                        plan.pos,
+                        format!(
+                            "plans call each other in a circle: {}",
+                            cycle.join(" calls ")
+                        ),
+                    )
+                    .with_hint(Some(
+                        "a sub-flow cannot call the plan that called it; use goto to go back"
+                            .into(),
+                    )),
+                );
+            }
+        }
+    }
+    problems
+}
+
+/// A path of calls from `path`'s last plan back to `start`, if there is one.
+fn call_cycle(
+    start: &str,
+    plans: &BTreeMap<&str, &Dialplan>,
+    calls: &dyn Fn(&Dialplan) -> BTreeSet<String>,
+    path: &mut Vec<String>,
+) -> Option<Vec<String>> {
+    let last = plans.get(path.last()?.as_str())?;
+    for next in calls(last) {
+        if next == start {
+            let mut cycle = path.clone();
+            cycle.push(next);
+            return Some(cycle);
+        }
+        // Plans are few (a handful per site); the depth bound keeps this linear in them.
+        if path.contains(&next) || path.len() > plans.len() {
+            continue;
+        }
+        path.push(next);
+        if let Some(c) = call_cycle(start, plans, calls, path) {
+            return Some(c);
+        }
+        path.pop();
+    }
+    None
+}
+
+/// Gives every plan the plans its `call` and `goto` steps lead to, directly or through
+/// others ([`Dialplan::linked`]). Run it last, once the set passed [`load_dir`] and site
+/// variables and the calendar are set: the linked copies are taken as the plans are then.
+pub fn link(plans: &mut [Dialplan]) {
+    let bare: BTreeMap<String, std::sync::Arc<Dialplan>> = plans
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            p.linked.clear();
+            (p.name.clone(), std::sync::Arc::new(p))
+        })
+        .collect();
+    for plan in plans.iter_mut() {
+        let mut linked = BTreeMap::new();
+        let mut queue: VecDeque<&Dialplan> = VecDeque::from([&*plan]);
+        while let Some(p) = queue.pop_front() {
+            for (_, entry) in p.entries() {
+                let name = entry.plan_name(&p.name);
+                if name == plan.name || linked.contains_key(name) {
+                    continue;
+                }
+                if let Some(other) = bare.get(name) {
+                    linked.insert(name.to_string(), other.clone());
+                    queue.push_back(other);
+                }
+            }
+        }
+        plan.linked = linked;
     }
 }
 
 /// Checks a parsed plan as a whole (see the module docs).
 pub fn check(plan: &Dialplan, env: &CheckEnv<'_>) -> Vec<Problem> {
-    let mut problems = check_inner(plan, env, &BTreeSet::new());
+    let mut problems = check_inner(plan, env, &BTreeSet::new(), &InSet::default());
     problems.sort_by_key(Problem::pos);
     problems
 }
@@ -404,11 +730,13 @@ pub(crate) fn check_inner(
     plan: &Dialplan,
     env: &CheckEnv<'_>,
     broken: &BTreeSet<String>,
+    in_set: &InSet,
 ) -> Vec<Problem> {
     let mut c = Checker {
         plan,
         problems: Vec::new(),
         typos: BTreeMap::new(),
+        in_set,
     };
     c.transitions(broken);
     if broken.is_empty() {
@@ -426,6 +754,7 @@ struct Checker<'p> {
     /// Transition targets that do not exist but are one typo from a step that does: the
     /// step meant. Steps reached only through them are reported as cut off by the typo.
     typos: BTreeMap<String, String>,
+    in_set: &'p InSet,
 }
 
 /// What a missing transition means, so the message can ask the right question.
@@ -536,6 +865,7 @@ impl<'p> Checker<'p> {
         };
         let mut seen = BTreeSet::new();
         let mut queue = VecDeque::from([resolve(plan.start.step.as_str())]);
+        queue.extend(self.in_set.entered.iter().map(String::as_str));
         while let Some(name) = queue.pop_front() {
             if !seen.insert(name) {
                 continue;
@@ -704,36 +1034,18 @@ impl<'p> Checker<'p> {
         let plan = self.plan;
         let mut set: BTreeSet<String> = BUILTIN_VARS.iter().map(|s| s.to_string()).collect();
         set.insert("last.outcome".into());
-        set.extend(plan.vars.keys().cloned());
-        let mut secrets = BTreeSet::new();
-        let mut has_lookup = false;
-        for step in &plan.steps {
-            set.insert(format!("{}.outcome", step.name));
-            match &step.action {
-                Action::Collect(c) => {
-                    set.insert(c.var.clone());
-                    if c.secret {
-                        secrets.insert(c.var.clone());
-                    }
-                }
-                Action::Set { vars, .. } => set.extend(vars.iter().map(|a| a.name.clone())),
-                Action::Count { var, .. } => {
-                    set.insert(var.clone());
-                }
-                Action::LookupCustomer { .. } => has_lookup = true,
-                Action::SendPin { .. } => {
-                    set.insert(format!("{}.minutes", step.name));
-                }
-                Action::CheckPin { .. } => {
-                    set.insert(format!("{}.tries_left", step.name));
-                }
-                Action::Transfer { .. } => {
-                    set.insert(format!("{}.status", step.name));
-                    set.insert(format!("{}.reason", step.name));
-                }
-                _ => {}
-            }
-        }
+        let (own, own_lookup) = vars_set(plan);
+        set.extend(own);
+        set.extend(self.in_set.vars.iter().cloned());
+        let has_lookup = own_lookup || self.in_set.lookup;
+        let secrets: BTreeSet<String> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Collect(c) if c.secret => Some(c.var.clone()),
+                _ => None,
+            })
+            .collect();
         // Steps that did not parse may set anything; only their outcome names are sure.
         let lenient = !broken.is_empty();
         set.extend(broken.iter().map(|b| format!("{b}.outcome")));
@@ -1294,5 +1606,177 @@ hangup = []
         };
         let plans = load_dir(dir, &env).unwrap_or_else(|e| panic!("{e}"));
         assert!(plans.len() >= 2);
+    }
+}
+
+/// What `ivrd check` says about plans that call and go to each other.
+#[cfg(test)]
+mod link_tests {
+    use super::super::testing::plan_set;
+    use super::*;
+
+    fn problems(sources: &[&str]) -> Vec<String> {
+        match plan_set(sources) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    const CALLEE: &str = r#"
+[dialplan]
+name = "verify"
+start = "welcome"
+
+[steps.welcome]
+play = ["welcome"]
+next = "ask"
+
+[steps.ask]
+say_digits = "${customer_id}"
+next = "done"
+
+[steps.done]
+return = "ok"
+"#;
+
+    fn caller(call: &str) -> String {
+        format!(
+            r#"
+[dialplan]
+name = "menu"
+start = "main"
+
+[steps.main]
+collect = "customer_id"
+on_input = "sub"
+on_failure = "bye"
+
+[steps.sub]
+call = "{call}"
+next = "bye"
+
+[steps.bye]
+hangup = []
+"#
+        )
+    }
+
+    #[test]
+    fn a_call_into_a_plan_or_a_step_that_is_not_there_is_named_with_a_suggestion() {
+        // (Unlinked by the typo, verify's ${customer_id} is then never set: a second line.)
+        let p = problems(&[&caller("verfy"), CALLEE]);
+        assert!(p[0].starts_with("plan1.toml:12:1: step \"sub\""), "{p:?}");
+        assert!(
+            p[0].contains("call \"verfy\": there is no plan \"verfy\""),
+            "{p:?}"
+        );
+        assert!(p[0].contains("did you mean \"verify\""), "{p:?}");
+
+        let p = problems(&[&caller("verify:aks"), CALLEE]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("plan \"verify\" has no step \"aks\""),
+            "{p:?}"
+        );
+        assert!(p[0].contains("did you mean \"ask\""), "{p:?}");
+
+        // A section of the same plan is an ordinary transition: a typo is named like one.
+        let p = problems(&[&caller(":by"), CALLEE]);
+        assert!(
+            p.iter()
+                .any(|p| p.contains("call goes to \"by\", which does not exist")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_called_plan_reads_what_its_caller_set_and_a_step_entered_from_outside_is_reached() {
+        // `verify` reads ${customer_id}, which only `menu` sets; `ask` is entered directly.
+        assert_eq!(problems(&[&caller("verify"), CALLEE]), Vec::<String>::new());
+        assert_eq!(
+            problems(&[&caller("verify:ask"), CALLEE]),
+            Vec::<String>::new()
+        );
+        // Alone, the same plan has both problems.
+        let alone = CALLEE.replace("next = \"ask\"", "next = \"done\"");
+        let p = problems(&[&alone]);
+        assert!(
+            p.iter().any(|p| p.contains("${customer_id} is never set")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|p| p.contains("\"ask\" is never reached")),
+            "{p:?}"
+        );
+        let p = problems(&[&caller("verify:ask"), &alone]);
+        assert_eq!(p, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_called_plan_must_speak_the_callers_languages() {
+        let de = caller("verify").replace(
+            "start = \"main\"",
+            "start = \"main\"\nlanguages = [\"en\", \"de\"]",
+        );
+        let p = problems(&[&de, CALLEE]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("plan \"verify\" does not speak de"), "{p:?}");
+    }
+
+    #[test]
+    fn plans_that_call_each_other_in_a_circle_are_refused_but_goto_back_is_fine() {
+        let back = CALLEE.replace("return = \"ok\"", "call = \"menu\"\nnext = \"end\"")
+            + "\n[steps.end]\nhangup = []\n";
+        let p = problems(&[&caller("verify"), &back]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("plans call each other in a circle: menu calls verify calls menu"),
+            "{p:?}"
+        );
+        let goto_back = CALLEE.replace("return = \"ok\"", "goto = \"menu:\"");
+        assert_eq!(
+            problems(&[&caller("verify"), &goto_back]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn entries_that_name_nothing_are_refused_where_they_are_written() {
+        for bad in ["", ":", "a:b:c", "ver ify"] {
+            let p = problems(&[&caller(bad), CALLEE]);
+            assert!(
+                p.iter().any(|p| p.contains("names no plan or step")),
+                "{bad:?}: {p:?}"
+            );
+        }
+        let own = CALLEE.replace("return = \"ok\"", "goto = \":welcome\"");
+        let p = problems(&[&own]);
+        assert!(
+            p.iter()
+                .any(|p| p.contains("goto = \":welcome\" is a step of this plan")
+                    && p.contains("write goto = \"welcome\"")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn link_gives_each_plan_the_plans_it_reaches_through_others() {
+        let third = r#"
+[dialplan]
+name = "third"
+start = "x"
+
+[steps.x]
+return = ""
+"#;
+        let middle = CALLEE.replace("return = \"ok\"", "call = \"third\"\nnext = \"end\"")
+            + "\n[steps.end]\nreturn = \"ok\"\n";
+        let plans = plan_set(&[&caller("verify"), &middle, third]).unwrap();
+        let names = |p: &Dialplan| p.linked.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&plans[0]), ["third", "verify"]);
+        assert_eq!(names(&plans[1]), ["third"]);
+        assert!(names(&plans[2]).is_empty());
+        // The copies carry no links of their own (no reference cycles).
+        assert!(plans[0].linked["verify"].linked.is_empty());
     }
 }

@@ -24,7 +24,7 @@ pub fn to_dot(plan: &Dialplan) -> String {
     let mut missing = false;
     for step in &plan.steps {
         let shape = match step.action {
-            Action::Hangup { .. } => ", shape=doubleoctagon",
+            Action::Hangup { .. } | Action::Return { .. } => ", shape=doubleoctagon",
             Action::Transfer { .. } => ", shape=box, style=\"rounded,bold\"",
             Action::Branch { .. } | Action::Menu(_) => ", shape=diamond, style=solid",
             _ => "",
@@ -56,6 +56,16 @@ pub fn to_dot(plan: &Dialplan) -> String {
                 out,
                 "  {} -> \"(transferred)\" [label=\"transferred\"];",
                 dot_id(&step.name)
+            );
+        }
+        if let Some((entry, how)) = other_plan(&step.action) {
+            let node = dot_id(&format!("(plan {entry})"));
+            let _ = writeln!(
+                out,
+                "  {node} [shape=component, label={}];\n  {} -> {node} [label={}, style=dashed];",
+                dot_id(&format!("plan {entry}")),
+                dot_id(&step.name),
+                dot_id(how),
             );
         }
     }
@@ -113,6 +123,18 @@ pub fn to_mermaid(plan: &Dialplan) -> String {
             transferred = true;
             let _ = writeln!(out, "  {} -->|\"transferred\"| transferred", id(&step.name));
         }
+        if let Some((entry, how)) = other_plan(&step.action) {
+            let _ = writeln!(
+                out,
+                "  {} -.->|\"{how}\"| p{}[/\"plan {}\"/]",
+                id(&step.name),
+                plan.steps
+                    .iter()
+                    .position(|s| s.name == step.name)
+                    .unwrap_or(0),
+                mermaid_text(&entry.to_string())
+            );
+        }
     }
     if transferred {
         out.push_str("  transferred(((transferred)))\n");
@@ -121,6 +143,16 @@ pub fn to_mermaid(plan: &Dialplan) -> String {
         out.push_str("  missing[\"missing!\"]\n  style missing stroke:#d00,color:#d00\n");
     }
     out
+}
+
+/// A `call` or `goto` into another plan: where, and which of the two (drawn as an edge to a
+/// node for that plan; a section of the same plan is an ordinary edge).
+fn other_plan(action: &Action) -> Option<(&super::model::Entry, &'static str)> {
+    match action {
+        Action::Call { entry, .. } if entry.plan.is_some() => Some((entry, "call")),
+        Action::GotoPlan { entry } => Some((entry, "goto")),
+        _ => None,
+    }
 }
 
 /// What [`to_svg`] writes on the picture besides the plan: how many calls took each edge
@@ -798,7 +830,7 @@ mod tests {
             ("verify", ""),
         ] {
             let plan = shipped(name).unwrap();
-            let services = FakeServices::new(&plan);
+            let services = FakeServices::new();
             let call = SimCall::new(sim_facts("+4915112345678", "100"), script)
                 .unwrap()
                 .sms_capture(services.capture());
@@ -819,6 +851,38 @@ mod tests {
             }
             assert!(seen > 0 || script.is_empty());
         }
+    }
+
+    #[test]
+    fn calls_and_gotos_into_other_plans_are_drawn_to_a_node_for_that_plan() {
+        let plans = super::super::testing::plan_set(&[
+            "[dialplan]\nname = \"front\"\nstart = \"a\"\n[steps.a]\ncall = \"verify:b\"\nnext = \"s\"\n\
+             [steps.s]\ncall = \":t\"\nnext = \"g\"\n[steps.t]\nreturn = \"\"\n[steps.g]\ngoto = \"verify:\"\n",
+            "[dialplan]\nname = \"verify\"\nstart = \"b\"\n[steps.b]\nreturn = \"ok\"\n",
+        ])
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        let dot = to_dot(&plans[0]);
+        assert!(
+            dot.contains("\"(plan verify:b)\" [shape=component, label=\"plan verify:b\"]"),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("\"a\" -> \"(plan verify:b)\" [label=\"call\", style=dashed]"),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("\"g\" -> \"(plan verify)\" [label=\"goto\", style=dashed]"),
+            "{dot}"
+        );
+        // A section of the same plan is an ordinary edge.
+        assert!(dot.contains("\"s\" -> \"t\" [label=\"call\"]"), "{dot}");
+        assert!(!dot.contains("missing"), "{dot}");
+        let mermaid = to_mermaid(&plans[0]);
+        assert!(
+            mermaid.contains("-.->|\"call\"| p0[/\"plan verify:b\"/]"),
+            "{mermaid}"
+        );
+        assert!(!mermaid.contains("missing"), "{mermaid}");
     }
 
     #[test]

@@ -52,8 +52,17 @@
 //! | `check_pin = "${pin}"` | `customer` ("${customer.id}") | `on_valid`, `on_invalid` (tries left), `on_exhausted`, `on_expired`, `on_locked` |
 //! | `transfer = "${queue}"` | `headers = { X-Name = "${v}" }` (empty values left out) | `on_failure` (success ends the flow) |
 //! | `hangup = ["goodbye"]` (played first; `[]` for none) | | |
-//! | `goto = "step"` | | |
+//! | `goto = "step"`, or `"plan:step"` / `"plan:"` (another plan, its step or start; no way back) | | |
+//! | `call = "plan"`, `"plan:step"` or `":step"` (a section of this plan): a sub-flow | | `next` (after its `return`; `${STEP.result}` = the returned value) |
+//! | `return = "value"` (ends a sub-flow; with none, hangs up) | | |
 //! | `hours = ["mon-fri 08:00-18:00", "sat 09:00-13:00"]` (days `mon`..`sun`, ranges, lists or `*`; a range ending before it starts runs over midnight) | | `on_open`, `on_closed`, optional `on_holiday` (else closed): in `[dialplans] timezone` with its `holidays` file ([`calendar`]) |
+//!
+//! Sub-flows share the call's variables, language and verdict; a called plan's `[vars]` are
+//! defaults. [`check::load_dir`] checks a set of plans together ([`check::check_links`]:
+//! the plans and steps entered exist, languages match, no plans call each other in a
+//! circle) and [`check::link`] gives each plan the others it reaches
+//! ([`Dialplan::linked`](model::Dialplan::linked)), so a call keeps the set it started with
+//! across reloads. Steps of another plan are named `plan:step` in logs, trails and events.
 //!
 //! Durations are strings: `"500ms"`, `"8s"`, `"2m"`. Prompts are one name or a list.
 //! A collect's `pattern` is a regex the whole entry must match (anchor it: `^...$`); input
@@ -66,9 +75,10 @@
 //! `${customer.id}`, `${customer.name}`, `${customer.mobile}`, `${customer.language}` and
 //! `${customer.<field>}` for every other field of the record. Steps set `${STEP.outcome}`,
 //! `send_pin` also `${STEP.minutes}`, `check_pin` `${STEP.tries_left}`, a failed `transfer`
-//! `${STEP.status}` and `${STEP.reason}`. Names with a dot are ivrd's; a plan cannot assign
-//! them. A variable read but never set anywhere is a check problem; one that is unset at
-//! run time reads as "" with a warning. `$$` is a literal `$`.
+//! `${STEP.status}` and `${STEP.reason}`, `call` `${STEP.result}`. Names with a dot are
+//! ivrd's; a plan cannot assign them. A variable read but never set anywhere (in the plan,
+//! or in the plans it calls or is called from) is a check problem; one that is unset at run
+//! time reads as "" with a warning. `$$` is a literal `$`.
 //!
 //! # Modules
 //! - [`model`]: the types; [`template`]: `${...}` and conditions; [`say`]: digits and numbers.

@@ -31,6 +31,8 @@ pub const STEP_TYPES: &[&str] = &[
     "goto",
     "hours",
     "count",
+    "call",
+    "return",
 ];
 
 /// A parsed dialplan.
@@ -62,11 +64,36 @@ pub struct Dialplan {
     /// The site's time zone and holidays, for `hours` steps (set with the site's settings;
     /// the host's zone and no holidays until then).
     pub calendar: std::sync::Arc<super::calendar::Calendar>,
+    /// The other plans this one's `call` and `goto` steps can lead to, directly or through
+    /// each other, by name ([`super::check::link`] fills it once the whole set is loaded and
+    /// configured). They are the plans as loaded, without links of their own: a call keeps
+    /// the set it started with however often the daemon reloads, and plans that go to each
+    /// other form no reference cycle.
+    pub linked: BTreeMap<String, std::sync::Arc<Dialplan>>,
 }
 
 impl Dialplan {
     pub fn step(&self, name: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// The plan called `name` as a step of this one sees it: itself, or one it is linked to.
+    pub fn plan_named(&self, name: &str) -> Option<&Dialplan> {
+        if name == self.name {
+            Some(self)
+        } else {
+            self.linked.get(name).map(|p| &**p)
+        }
+    }
+
+    /// The entries into other plans its steps make (`call` and cross-plan `goto`).
+    pub fn entries(&self) -> impl Iterator<Item = (&Step, &Entry)> {
+        self.steps.iter().filter_map(|s| match &s.action {
+            Action::Call { entry, .. } | Action::GotoPlan { entry } if entry.plan.is_some() => {
+                Some((s, entry))
+            }
+            _ => None,
+        })
     }
 
     /// The SMS template for `language`, else the plan language's, else none (the SMS sender
@@ -167,6 +194,50 @@ pub struct Target {
     pub pos: Pos,
 }
 
+/// Where a `call` or a `goto` into another plan enters: `"plan"` (its start),
+/// `"plan:step"`, or `":step"` (a section of the plan the step is in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// `None`: the plan the step is written in.
+    pub plan: Option<String>,
+    /// `None`: the plan's start.
+    pub step: Option<String>,
+    pub pos: Pos,
+}
+
+impl Entry {
+    /// Reads `"plan"`, `"plan:"`, `"plan:step"` or `":step"`; `None` for `":"` and `""`.
+    pub fn parse(s: &str, pos: Pos) -> Option<Entry> {
+        let (plan, step) = match s.split_once(':') {
+            Some((plan, step)) => (plan, step),
+            None => (s, ""),
+        };
+        let some = |x: &str| (!x.is_empty()).then(|| x.to_string());
+        let entry = Entry {
+            plan: some(plan),
+            step: some(step),
+            pos,
+        };
+        (entry.plan.is_some() || entry.step.is_some()).then_some(entry)
+    }
+
+    /// The plan it enters, seen from a step of `here`.
+    pub fn plan_name<'a>(&'a self, here: &'a str) -> &'a str {
+        self.plan.as_deref().unwrap_or(here)
+    }
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.plan, &self.step) {
+            (Some(p), Some(s)) => write!(f, "{p}:{s}"),
+            (Some(p), None) => write!(f, "{p}"),
+            (None, Some(s)) => write!(f, ":{s}"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
 /// A prompt by name (the file stem under `prompts/<language>/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PromptRef {
@@ -260,6 +331,24 @@ pub enum Action {
     },
     Goto {
         target: Option<Target>,
+    },
+    /// `goto = "plan:step"`: the call goes on in another plan and does not come back.
+    GotoPlan {
+        entry: Entry,
+    },
+    /// A sub-flow: runs from `entry` until a `return` step, then goes on at `next`. A
+    /// sub-flow that transfers or hangs up ends the call as it would anywhere.
+    Call {
+        entry: Entry,
+        /// For a section of this plan (`":step"`): the step, as a transition the checker
+        /// and the graph follow.
+        section: Option<Target>,
+        next: Option<Target>,
+    },
+    /// Ends a sub-flow: the call goes on after the `call` step that started it, with
+    /// `${CALLSTEP.result}` = `value`. With no sub-flow to end, the call hangs up.
+    Return {
+        value: String,
     },
     /// A counter: `var` (read as a whole number, unset or not a number as 0) plus `add`.
     Count {
@@ -360,6 +449,9 @@ impl Action {
             Action::Goto { .. } => "goto",
             Action::Hours { .. } => "hours",
             Action::Count { .. } => "count",
+            Action::GotoPlan { .. } => "goto",
+            Action::Call { .. } => "call",
+            Action::Return { .. } => "return",
         }
     }
 
@@ -481,8 +573,16 @@ impl Action {
                 t("on_locked", on_locked),
             ],
             Action::Transfer { on_failure, .. } => vec![t("on_failure", on_failure)],
-            Action::Hangup { .. } => vec![],
+            Action::Hangup { .. } | Action::Return { .. } | Action::GotoPlan { .. } => vec![],
             Action::Goto { target } => vec![t("goto", target)],
+            Action::Call { section, next, .. } => {
+                let mut v = Vec::new();
+                if section.is_some() {
+                    v.push(t("call", section));
+                }
+                v.push(t("next", next));
+                v
+            }
             Action::Hours {
                 on_open,
                 on_closed,
@@ -539,7 +639,10 @@ impl Action {
             | Action::Hangup { .. }
             | Action::Hours { .. }
             | Action::Count { .. }
-            | Action::Goto { .. } => {
+            | Action::Goto { .. }
+            | Action::GotoPlan { .. }
+            | Action::Call { .. }
+            | Action::Return { .. } => {
                 vec![]
             }
         }
@@ -605,6 +708,7 @@ mod tests {
             steps: vec![],
             pos: Pos::default(),
             calendar: Default::default(),
+            linked: BTreeMap::new(),
         }
     }
 

@@ -113,6 +113,8 @@ pub const STEP_KEYS: &[(&str, &[&str])] = &[
     ("count", &["add", "next"]),
     ("hangup", &[]),
     ("goto", &[]),
+    ("call", &["next"]),
+    ("return", &[]),
 ];
 
 #[derive(Deserialize)]
@@ -320,6 +322,7 @@ pub(crate) fn parse_partial(file: &str, src: &str) -> Partial {
         steps,
         pos: plan_pos,
         calendar: Default::default(),
+        linked: BTreeMap::new(),
     };
     Partial {
         plan: Some(plan),
@@ -640,8 +643,46 @@ impl Parser<'_> {
             "hangup" => Action::Hangup {
                 prompts: self.prompts(&f, "hangup").unwrap_or_default(),
             },
-            _ => Action::Goto {
-                target: self.goto(&f),
+            "call" => {
+                let entry = self.entry(&f, "call")?;
+                let section = match &entry {
+                    Entry {
+                        plan: None,
+                        step: Some(step),
+                        pos,
+                    } => Some(Target {
+                        step: step.clone(),
+                        pos: *pos,
+                    }),
+                    _ => None,
+                };
+                Action::Call {
+                    entry,
+                    section,
+                    next: self.target(&f, "next"),
+                }
+            }
+            "return" => {
+                let (value, pos, _) = self.string(&f, "return", "\"done\"")?;
+                if !value.is_empty() && !is_step_name(&value) {
+                    self.problem(
+                        pos,
+                        format!(
+                            "step \"{}\": return \"{value}\": a result has letters, digits, '_' and '-' only",
+                            f.step
+                        ),
+                        Some("for example: return = \"found\"".into()),
+                    );
+                }
+                Action::Return { value }
+            }
+            _ => match f.get("goto").map(|(_, v)| v.get_ref()) {
+                Some(Value::String(s)) if s.contains(':') => Action::GotoPlan {
+                    entry: self.entry(&f, "goto")?,
+                },
+                _ => Action::Goto {
+                    target: self.goto(&f),
+                },
             },
         })
     }
@@ -773,6 +814,40 @@ impl Parser<'_> {
     fn target(&mut self, f: &Fields<'_>, key: &str) -> Option<Target> {
         let (step, pos, _) = self.string(f, key, "\"step_name\"")?;
         Some(Target { step, pos })
+    }
+
+    /// `"plan"`, `"plan:step"` or `":step"` (see [`Entry`]).
+    fn entry(&mut self, f: &Fields<'_>, key: &str) -> Option<Entry> {
+        let (s, pos, _) = self.string(f, key, "\"plan\" or \"plan:step\"")?;
+        let entry = Entry::parse(&s, pos);
+        let names_ok = entry.as_ref().is_some_and(|e| {
+            e.plan.as_deref().is_none_or(is_step_name) && e.step.as_deref().is_none_or(is_step_name)
+        });
+        if !names_ok || s.matches(':').count() > 1 {
+            self.problem(
+                pos,
+                format!("step \"{}\": {key} = \"{s}\" names no plan or step", f.step),
+                Some(format!(
+                    "write {key} = \"plan\" (its start), \"plan:step\", or \":step\" (a step of this plan)"
+                )),
+            );
+            return None;
+        }
+        if key == "goto"
+            && let Some(Entry {
+                plan: None,
+                step: Some(step),
+                ..
+            }) = &entry
+        {
+            self.problem(
+                pos,
+                format!("step \"{}\": goto = \"{s}\" is a step of this plan", f.step),
+                Some(format!("write goto = \"{step}\"")),
+            );
+            return None;
+        }
+        entry
     }
 
     fn goto(&mut self, f: &Fields<'_>) -> Option<Target> {

@@ -29,7 +29,7 @@
 //!    shutdown), a transfer is [`Outcome::TransferredUnverified`] or
 //!    [`Outcome::TransferFailed`], and a plan that just ends is [`Outcome::Completed`].
 
-use super::model::{Action, Collect, Dialplan, Menu, PromptRef, Step, Target};
+use super::model::{Action, Collect, Dialplan, Entry, Menu, PromptRef, Step, Target};
 use super::say;
 use super::services::{
     CheckPinOutcome, CustomerRecord, FlowServices, GuardKind, LookupOutcome, PinRequest,
@@ -271,7 +271,9 @@ pub async fn run_observed<C: CallIo + Send, S: FlowServices>(
     vars.insert("call_id".into(), facts.call_id.clone());
     call.set_language(&plan.language);
     let mut it = Interp {
+        root: plan,
         plan,
+        frames: Vec::new(),
         call,
         services,
         obs: observer,
@@ -302,9 +304,32 @@ pub async fn run_observed<C: CallIo + Send, S: FlowServices>(
 
 /// What a step did: go somewhere, or end the flow.
 enum Flow {
-    Go { outcome: String, to: Option<Target> },
+    Go {
+        outcome: String,
+        to: Option<Target>,
+    },
+    /// Into a sub-flow or another plan, or back from one: `to` is a step of the plan the
+    /// interpreter is now in.
+    Enter {
+        outcome: String,
+        to: String,
+        /// The step the observer sees the transition leave, if not the one that ran (a
+        /// `return` continues after its `call` step: the `next` edge of that step).
+        from: Option<(String, String)>,
+    },
     Transferred,
     Hangup,
+    Stop(String),
+}
+
+/// How deep sub-flows may nest: far more than a plan needs, few enough that a plan calling
+/// itself stops at once instead of after the step budget.
+pub const MAX_CALL_DEPTH: usize = 16;
+
+/// A `call` step waiting for its sub-flow to return.
+struct Frame<'a> {
+    plan: &'a Dialplan,
+    step: &'a Step,
 }
 
 fn go(outcome: &str, to: &Option<Target>) -> Flow {
@@ -315,7 +340,11 @@ fn go(outcome: &str, to: &Option<Target>) -> Flow {
 }
 
 struct Interp<'a, C, S> {
+    /// The plan the call started in (it holds the others, [`Dialplan::linked`]).
+    root: &'a Dialplan,
+    /// The plan the current step is in.
     plan: &'a Dialplan,
+    frames: Vec<Frame<'a>>,
     call: &'a mut C,
     services: &'a S,
     obs: &'a mut dyn Observer,
@@ -337,33 +366,42 @@ struct Interp<'a, C, S> {
     trail: Vec<TrailEntry>,
 }
 
-impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
+impl<'a, C: CallIo + Send, S: FlowServices> Interp<'a, C, S> {
     async fn run(&mut self) {
-        let plan = self.plan;
-        let mut current = plan.start.step.clone();
+        let mut current = self.plan.start.step.clone();
         for _ in 0..STEP_BUDGET {
+            let plan = self.plan;
             let Some(step) = plan.step(&current) else {
                 return self.stop(format!("step \"{current}\" does not exist"));
             };
-            debug!(step = %step.name, kind = step.action.kind(), "step");
+            let shown = self.shown(step);
+            debug!(step = %shown, kind = step.action.kind(), "step");
             self.obs.event(FlowEvent::Step {
-                step: step.name.clone(),
+                step: shown.clone(),
                 kind: step.action.kind(),
             });
-            // A decoy's verdict (unknown or locked out) was final at the lookup: what the
-            // caller does afterwards changes nothing in the audit.
-            let (was_decoy, verdict) = (self.decoy, self.verdict);
-            let stepped = self.step(step).await;
-            if was_decoy && self.decoy {
-                self.verdict = verdict;
-            }
-            let flow = match stepped {
-                Ok(flow) => flow,
-                Err(end) => {
-                    debug!(step = %step.name, reason = end.as_str(), "call ended during step");
-                    self.trail(step, "call-ended");
-                    self.end = Some(end);
-                    return;
+            // Sub-flows move between plans; they touch neither the call nor the verdict.
+            let flow = match &step.action {
+                Action::Call { entry, .. } => self.enter(step, entry, true),
+                Action::GotoPlan { entry } => self.enter(step, entry, false),
+                Action::Return { value } => self.leave(step, value),
+                _ => {
+                    // A decoy's verdict (unknown or locked out) was final at the lookup:
+                    // what the caller does afterwards changes nothing in the audit.
+                    let (was_decoy, verdict) = (self.decoy, self.verdict);
+                    let stepped = self.step(step).await;
+                    if was_decoy && self.decoy {
+                        self.verdict = verdict;
+                    }
+                    match stepped {
+                        Ok(flow) => flow,
+                        Err(end) => {
+                            debug!(step = %shown, reason = end.as_str(), "call ended during step");
+                            self.trail(&shown, "call-ended");
+                            self.end = Some(end);
+                            return;
+                        }
+                    }
                 }
             };
             match flow {
@@ -371,32 +409,131 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                     self.vars
                         .insert(format!("{}.outcome", step.name), outcome.clone());
                     self.vars.insert("last.outcome".into(), outcome.clone());
-                    self.trail(step, &outcome);
+                    self.trail(&shown, &outcome);
                     let Some(to) = to else {
                         return self.stop(format!(
-                            "step \"{}\" has no transition for \"{outcome}\"",
-                            step.name
+                            "step \"{shown}\" has no transition for \"{outcome}\""
                         ));
                     };
                     self.obs.event(FlowEvent::Transition {
-                        step: step.name.clone(),
+                        step: shown,
                         outcome,
-                        to: to.step.clone(),
+                        to: self.shown_name(&to.step),
                     });
                     current = to.step;
                 }
-                Flow::Transferred => return self.trail(step, "transferred"),
-                Flow::Hangup => return self.trail(step, "hangup"),
+                Flow::Enter { outcome, to, from } => {
+                    self.trail(&shown, &outcome);
+                    let (step, outcome) = from.unwrap_or((shown, outcome));
+                    self.obs.event(FlowEvent::Transition {
+                        step,
+                        outcome,
+                        to: self.shown_name(&to),
+                    });
+                    current = to;
+                }
+                Flow::Transferred => return self.trail(&shown, "transferred"),
+                Flow::Hangup => return self.trail(&shown, "hangup"),
+                Flow::Stop(why) => return self.stop(why),
             }
         }
         self.stop(format!(
-            "the plan ran {STEP_BUDGET} steps without ending (a loop?); last step \"{current}\""
+            "the plan ran {STEP_BUDGET} steps without ending (a loop?); last step \"{}\"",
+            self.shown_name(&current)
         ));
     }
 
-    fn trail(&mut self, step: &Step, outcome: &str) {
+    /// A step as logs, the trail and observers name it: `plan:step` in a plan other than the
+    /// one the call started in.
+    fn shown(&self, step: &Step) -> String {
+        self.shown_name(&step.name)
+    }
+
+    fn shown_name(&self, step: &str) -> String {
+        if std::ptr::eq(self.plan, self.root) {
+            step.to_string()
+        } else {
+            format!("{}:{step}", self.plan.name)
+        }
+    }
+
+    /// `call` (`returns`) or `goto` into another plan, or a section of this one.
+    fn enter(&mut self, step: &'a Step, entry: &Entry, returns: bool) -> Flow {
+        let name = entry.plan_name(&self.plan.name);
+        let Some(plan) = self.root.plan_named(name) else {
+            return Flow::Stop(format!(
+                "step \"{}\": plan \"{name}\" is not loaded",
+                self.shown(step)
+            ));
+        };
+        if returns {
+            if self.frames.len() >= MAX_CALL_DEPTH {
+                return Flow::Stop(format!(
+                    "step \"{}\": sub-flows nested {MAX_CALL_DEPTH} deep (a plan that calls itself?)",
+                    self.shown(step)
+                ));
+            }
+            self.frames.push(Frame {
+                plan: self.plan,
+                step,
+            });
+        }
+        if !std::ptr::eq(plan, self.plan) {
+            // The plan's own [vars] are its defaults: what the call set already stays.
+            for (k, v) in &plan.vars {
+                if !self.vars.contains_key(k) {
+                    self.vars.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        self.plan = plan;
+        let to = entry
+            .step
+            .clone()
+            .unwrap_or_else(|| plan.start.step.clone());
+        Flow::Enter {
+            outcome: if returns { "call" } else { "goto" }.into(),
+            to,
+            from: None,
+        }
+    }
+
+    /// A `return` step: back after the `call` that started the sub-flow, or, with none, the
+    /// end of the call.
+    fn leave(&mut self, step: &Step, value: &str) -> Flow {
+        let Some(frame) = self.frames.pop() else {
+            return Flow::Hangup;
+        };
+        self.set(
+            &format!("{}.result", frame.step.name),
+            value.to_string(),
+            false,
+        );
+        self.plan = frame.plan;
+        let next = match &frame.step.action {
+            Action::Call { next, .. } => next.clone(),
+            _ => None,
+        };
+        debug!(step = %step.name, to = %frame.step.name, "return");
+        self.vars
+            .insert(format!("{}.outcome", frame.step.name), "next".into());
+        self.vars.insert("last.outcome".into(), "next".into());
+        match next {
+            Some(to) => Flow::Enter {
+                outcome: "return".into(),
+                to: to.step,
+                from: Some((self.shown(frame.step), "next".into())),
+            },
+            None => Flow::Stop(format!(
+                "step \"{}\" has no transition for \"next\"",
+                self.shown(frame.step)
+            )),
+        }
+    }
+
+    fn trail(&mut self, step: &str, outcome: &str) {
         self.trail.push(TrailEntry {
-            step: step.name.clone(),
+            step: step.to_string(),
             outcome: outcome.to_string(),
         });
     }
@@ -712,10 +849,12 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                     self.verdict = Some((Outcome::SmsFailed, true));
                     return Ok(go("failure", on_failure));
                 }
+                let language = self.sms_language();
                 let req = PinRequest {
                     customer_id,
                     caller: self.call.facts().limit_key.clone(),
-                    language: self.sms_language(),
+                    template: self.plan.sms_template(&language).map(str::to_string),
+                    language,
                     length: *length,
                     decoy: self.decoy,
                 };
@@ -913,6 +1052,10 @@ impl<C: CallIo + Send, S: FlowServices> Interp<'_, C, S> {
                 Ok(Flow::Hangup)
             }
             Action::Goto { target } => Ok(go("next", target)),
+            // The run loop takes these itself (they move between plans).
+            Action::GotoPlan { .. } | Action::Call { .. } | Action::Return { .. } => Ok(
+                Flow::Stop(format!("step \"{}\" ran out of place", self.shown(step))),
+            ),
             Action::Count { var, add, next } => {
                 // Unset or not a number counts from 0; saturating, so no input overflows.
                 let now = self.var(var).0.trim().parse::<i64>().unwrap_or(0);
@@ -1187,7 +1330,7 @@ mod tests {
 
     fn sim(src: &str, script: &str) -> Simulation {
         let plan = plan(src);
-        let services = FakeServices::new(&plan);
+        let services = FakeServices::new();
         let call = SimCall::new(sim_facts("+4930111", "100"), script).unwrap();
         block_on(simulate(&plan, call, &services))
     }
@@ -1665,10 +1808,269 @@ hangup = []
     fn the_flow_future_is_send() {
         fn assert_send<T: Send>(_: &T) {}
         let plan = plan(COLLECT);
-        let services = FakeServices::new(&plan);
+        let services = FakeServices::new();
         let mut call = SimCall::new(sim_facts("1", "2"), "").unwrap();
         let fut = run(&plan, &mut call, &services);
         assert_send(&fut);
         assert_eq!(block_on(fut).outcome, Outcome::NoInput);
+    }
+}
+
+/// Sub-flows: `call` into another plan or a section of this one, `return`, and `goto` into
+/// another plan, run as the daemon runs them (linked plan sets).
+#[cfg(test)]
+mod subflow_tests {
+    use super::super::sim::{SimCall, Simulation, sim_facts, simulate};
+    use super::super::testing::{FakeServices, block_on, plan_set};
+    use super::*;
+
+    const MENU: &str = r#"
+[dialplan]
+name = "menu"
+start = "main"
+languages = ["en", "de"]
+
+[steps.main]
+menu = ["main-menu"]
+options = { "1" = "get_verified", "2" = "to_other" }
+on_failure = "bye"
+
+[steps.get_verified]
+call = "verify"
+next = "after"
+
+[steps.after]
+branch = [{ if = "${get_verified.result} == 'ok'", goto = "queue" }]
+else = "bye"
+
+[steps.queue]
+transfer = "sip:queue@pbx.example.com"
+headers = { X-Customer-Id = "${customer.id}" }
+on_failure = "bye"
+
+[steps.to_other]
+goto = "verify:ask_id"
+
+[steps.bye]
+hangup = ["goodbye"]
+"#;
+
+    const VERIFY: &str = r#"
+[dialplan]
+name = "verify"
+start = "welcome"
+languages = ["en", "de"]
+
+[sms.en]
+text = "Sub-flow PIN {pin}"
+
+[sms.de]
+text = "Unter-PIN {pin}"
+
+[steps.welcome]
+play = ["welcome"]
+next = "ask_id"
+
+[steps.ask_id]
+collect = "customer_id"
+min = 6
+max = 6
+on_input = "lookup"
+on_failure = "failed"
+
+[steps.lookup]
+lookup_customer = "${customer_id}"
+on_found = "send"
+on_not_found = "failed"
+on_locked = "failed"
+on_error = "failed"
+
+[steps.send]
+send_pin = "${customer.id}"
+on_sent = "ask_pin"
+on_limited = "failed"
+on_locked = "failed"
+on_failure = "failed"
+
+[steps.ask_pin]
+collect = "pin"
+secret = true
+min = 6
+max = 6
+on_input = "check"
+on_failure = "failed"
+
+[steps.check]
+check_pin = "${pin}"
+on_valid = "ok"
+on_invalid = "ask_pin"
+on_exhausted = "failed"
+on_expired = "failed"
+on_locked = "failed"
+
+[steps.ok]
+return = "ok"
+
+[steps.failed]
+return = "failed"
+"#;
+
+    fn run_menu(script: &str) -> (Simulation, FakeServices) {
+        let plans = plan_set(&[MENU, VERIFY]).unwrap_or_else(|p| panic!("{p:?}"));
+        let services = FakeServices::new();
+        let call = SimCall::new(sim_facts("+4930111", "100"), script)
+            .unwrap()
+            .sms_capture(services.capture());
+        let sim = block_on(simulate(&plans[0], call, &services));
+        (sim, services)
+    }
+
+    fn steps(sim: &Simulation) -> Vec<String> {
+        sim.result.trail.iter().map(|t| t.step.clone()).collect()
+    }
+
+    #[test]
+    fn a_called_plan_runs_and_returns_with_its_result() {
+        let (sim, services) = run_menu("1 W 123456 W {pin}");
+        assert_eq!(sim.result.outcome, Outcome::Verified, "{}", sim.format());
+        assert_eq!(
+            sim.result.transferred_to.as_deref(),
+            Some("sip:queue@pbx.example.com")
+        );
+        assert_eq!(
+            steps(&sim),
+            [
+                "main",
+                "get_verified",
+                "verify:welcome",
+                "verify:ask_id",
+                "verify:lookup",
+                "verify:send",
+                "verify:ask_pin",
+                "verify:check",
+                "verify:ok",
+                "after",
+                "queue"
+            ]
+        );
+        // The called plan's own SMS text, not the caller's (which has none).
+        let sent = services.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].text, "Sub-flow PIN 471183");
+        // The transition back is the call step's `next` edge, as the live page draws it.
+        let text = sim.format();
+        assert!(text.contains("set get_verified.result = \"ok\""), "{text}");
+        assert!(text.contains("  next -> after"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_sub_flow_returns_its_own_result() {
+        let (sim, _) = run_menu("1 W 999999");
+        assert_eq!(
+            sim.result.outcome,
+            Outcome::UnknownCustomer,
+            "{}",
+            sim.format()
+        );
+        let trail = steps(&sim);
+        assert_eq!(trail[trail.len() - 3..], ["verify:failed", "after", "bye"]);
+    }
+
+    #[test]
+    fn goto_into_another_plan_does_not_come_back() {
+        let (sim, _) = run_menu("2 999999");
+        let trail = steps(&sim);
+        assert_eq!(trail[..3], ["main", "to_other", "verify:ask_id"]);
+        // `failed` returns, but nothing called: the call ends there.
+        assert_eq!(trail.last().map(String::as_str), Some("verify:failed"));
+        assert_eq!(sim.result.trail.last().unwrap().outcome, "hangup");
+        assert_eq!(sim.result.outcome, Outcome::UnknownCustomer);
+    }
+
+    #[test]
+    fn a_section_of_the_same_plan_returns_to_each_caller() {
+        let src = r#"
+[dialplan]
+name = "sections"
+start = "first"
+
+[steps.first]
+call = ":confirm"
+next = "second"
+
+[steps.second]
+call = ":confirm"
+next = "done"
+
+[steps.confirm]
+play = ["thank-you"]
+next = "back"
+
+[steps.back]
+return = "heard"
+
+[steps.done]
+hangup = []
+"#;
+        let plans = plan_set(&[src]).unwrap_or_else(|p| panic!("{p:?}"));
+        let call = SimCall::new(sim_facts("+4930111", "100"), "").unwrap();
+        let sim = block_on(simulate(&plans[0], call, &FakeServices::new()));
+        assert_eq!(
+            steps(&sim),
+            [
+                "first", "confirm", "back", "second", "confirm", "back", "done"
+            ]
+        );
+        assert_eq!(sim.result.outcome, Outcome::Completed);
+    }
+
+    #[test]
+    fn a_section_that_calls_itself_stops_at_the_depth_bound() {
+        let src = r#"
+[dialplan]
+name = "deep"
+start = "again"
+
+[steps.again]
+call = ":again"
+next = "done"
+
+[steps.done]
+hangup = []
+"#;
+        let plans = plan_set(&[src]).unwrap_or_else(|p| panic!("{p:?}"));
+        let call = SimCall::new(sim_facts("+4930111", "100"), "").unwrap();
+        let sim = block_on(simulate(&plans[0], call, &FakeServices::new()));
+        assert_eq!(sim.result.outcome, Outcome::Error);
+        assert!(
+            sim.result
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("nested 16 deep"),
+            "{:?}",
+            sim.result.error
+        );
+        assert_eq!(sim.result.trail.len(), MAX_CALL_DEPTH);
+    }
+
+    #[test]
+    fn a_plan_run_alone_cannot_reach_a_plan_it_was_not_linked_to() {
+        // Checked as a set, then run without linking (as a caller that skipped link would):
+        // the interpreter stops with an error instead of guessing.
+        let mut plans = plan_set(&[MENU, VERIFY]).unwrap();
+        plans[0].linked.clear();
+        let call = SimCall::new(sim_facts("+4930111", "100"), "1").unwrap();
+        let sim = block_on(simulate(&plans[0], call, &FakeServices::new()));
+        assert_eq!(sim.result.outcome, Outcome::Error);
+        assert!(
+            sim.result
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("plan \"verify\" is not loaded"),
+            "{:?}",
+            sim.result.error
+        );
     }
 }

@@ -30,7 +30,7 @@ fn run_with(script: &str, services: &FakeServices, fail_transfers: &[&str]) -> S
 }
 
 fn run(script: &str, tweak: impl FnOnce(&mut FakeServices)) -> (Simulation, FakeServices) {
-    let mut services = FakeServices::new(&verify());
+    let mut services = FakeServices::new();
     tweak(&mut services);
     let sim = run_with(script, &services, &[]);
     (sim, services)
@@ -268,7 +268,7 @@ fn unknown_customer_hears_what_a_known_one_hears_and_fails_the_pin_check() {
 /// once; without them it plays in full.
 #[test]
 fn the_wait_prompt_is_cut_at_its_first_pause_once_the_sms_is_out() {
-    let services = FakeServices::new(&verify());
+    let services = FakeServices::new();
     let plan = verify();
     let call = SimCall::new(sim_facts("+4915112345678", "100"), "123456 W W {pin}")
         .unwrap()
@@ -491,7 +491,7 @@ fn expired_pin_and_store_errors_go_to_fallback() {
 
 #[test]
 fn failed_queue_transfer_says_goodbye() {
-    let services = FakeServices::new(&verify());
+    let services = FakeServices::new();
     let sim = run_with("123456 {pin}", &services, &[QUEUE]);
     let text = sim.format();
     assert_eq!(sim.result.outcome, Outcome::TransferFailed, "{text}");
@@ -577,7 +577,7 @@ fn print_transcripts() {
 #[test]
 fn the_demo_plan_reads_a_number_back_in_german() {
     let plan = shipped("demo").unwrap_or_else(|p| panic!("demo.toml: {p:?}"));
-    let services = FakeServices::new(&plan);
+    let services = FakeServices::new();
     let call = SimCall::new(sim_facts("+4930111", "200"), "2 W 2024# W W 0815#").unwrap();
     let sim = block_on(simulate(&plan, call, &services));
     let text = sim.format();

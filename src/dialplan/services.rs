@@ -96,6 +96,9 @@ pub struct PinRequest {
     pub language: String,
     /// PIN length, 4..=10.
     pub length: usize,
+    /// The SMS text in `language`, with `{pin}`, `{minutes}` and `{name}`: from the plan the
+    /// `send_pin` step is in (a sub-flow's own texts), `None` if it has none.
+    pub template: Option<String>,
     /// For a decoy customer (`decoy` on `lookup_customer`): send nothing, but take as long
     /// and count against the same limits as a real send.
     pub decoy: bool,

@@ -772,7 +772,7 @@ hangup = []
 
     fn sim_with(script: &str, durations: fn(&str, &str) -> Duration) -> Simulation {
         let plan = plan(PLAN);
-        let services = FakeServices::new(&plan);
+        let services = FakeServices::new();
         let call = SimCall::new(sim_facts("1", "2"), script)
             .unwrap()
             .prompt_durations(durations);

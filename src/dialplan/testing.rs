@@ -5,7 +5,7 @@
 //! fail in each way the real ones can. SQLite and real SMS providers are tested elsewhere.
 
 use super::check::{CheckEnv, PromptDir, load};
-use super::model::{Dialplan, SmsTemplate, render_sms};
+use super::model::{Dialplan, render_sms};
 use super::problem::Problem;
 use super::services::*;
 use super::sim::SentSms;
@@ -70,6 +70,24 @@ pub fn plan(src: &str) -> Dialplan {
     }
 }
 
+/// Loads test plans as one set (every prompt exists in en and de) and links them, as the
+/// daemon does: the plans in order, or the problems.
+pub fn plan_set(sources: &[&str]) -> Result<Vec<Dialplan>, Vec<Problem>> {
+    let languages = vec!["en".to_string(), "de".to_string()];
+    let env = CheckEnv {
+        prompt_exists: &|_, _| true,
+        languages: &languages,
+    };
+    let sources: Vec<(String, String)> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("plan{}.toml", i + 1), s.to_string()))
+        .collect();
+    let mut plans = super::check::load_sources(&sources, &env)?;
+    super::check::link(&mut plans);
+    Ok(plans)
+}
+
 /// Loads a plan against the given languages and prompts.
 pub fn check_with(
     src: &str,
@@ -119,17 +137,22 @@ pub struct FakeServices {
     pub check: Option<CheckPinOutcome>,
     /// Wrong tries allowed per PIN.
     pub tries: u32,
-    templates: BTreeMap<String, SmsTemplate>,
-    default_language: String,
     state: Arc<Mutex<State>>,
 }
 
 /// The PIN the fake sends, cut to the requested length.
 pub const FAKE_PIN: &str = "4711836295";
 
+impl Default for FakeServices {
+    fn default() -> Self {
+        FakeServices::new()
+    }
+}
+
 impl FakeServices {
-    /// Knows customer 123456 (Alice, no language) and 654321 (Bernd, de); SMS texts from `plan`.
-    pub fn new(plan: &Dialplan) -> FakeServices {
+    /// Knows customer 123456 (Alice, no language) and 654321 (Bernd, de); SMS texts come with
+    /// each request, from its plan.
+    pub fn new() -> FakeServices {
         FakeServices {
             customers: vec![
                 customer("123456", "Alice Example", None),
@@ -139,8 +162,6 @@ impl FakeServices {
             send: None,
             check: None,
             tries: 3,
-            templates: plan.sms.clone(),
-            default_language: plan.language.clone(),
             state: Arc::default(),
         }
     }
@@ -206,11 +227,7 @@ impl FlowServices for FakeServices {
             .iter()
             .find(|c| c.id == req.customer_id)
             .map_or("", |c| c.name.as_str());
-        let template = self
-            .templates
-            .get(&req.language)
-            .or_else(|| self.templates.get(&self.default_language))
-            .map_or("PIN {pin}", |t| t.text.as_str());
+        let template = req.template.as_deref().unwrap_or("PIN {pin}");
         st.sent.push(SentSms {
             to: "+4915112345678".into(),
             text: render_sms(template, &pin, 5, name),
