@@ -373,6 +373,9 @@ pub struct SimOptions {
     /// When the call starts, local time in `[dialplans] timezone` (default: now), for
     /// `hours` steps.
     pub at: Option<String>,
+    /// The answers `http` steps get ([`crate::http_lookup::HttpFakes`]); without them every
+    /// `http` step fails (a simulation never calls out).
+    pub http: Option<std::path::PathBuf>,
 }
 
 /// Runs a simulated call and returns its transcript.
@@ -434,6 +437,10 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
         on_sent: Some(hook),
         metrics: Arc::default(),
         send_times: Default::default(),
+        http: crate::services::HttpBackend::Fakes(match &opts.http {
+            Some(path) => crate::http_lookup::HttpFakes::load(path).map_err(anyhow::Error::msg)?,
+            None => Default::default(),
+        }),
     });
     let services = CallServices { shared };
     let durations = prompts.clone();

@@ -16,8 +16,12 @@
 //! - [`srtp`]: like [`rtp`], the whole input is one SRTP packet, then a sequence of
 //!   length-prefixed packets fed to one receiver; and the input as plain RTP must survive a
 //!   round trip. The key is [`SRTP_FUZZ_KEY`], so authentic seeds can be written for it.
+//! - [`http_response`]: `POINTERS \0 BODY`, the pointers one `var=/pointer` a line; without a
+//!   NUL byte the whole input is the body, read with [`HTTP_FUZZ_POINTERS`]. The whole input
+//!   is also read as an `ivrd simulate` fakes file.
 
 use crate::dialplan::{self, CheckEnv};
+use crate::http_lookup::{self, HttpFakes};
 use crate::media::dtmf::{InbandDetector, Rfc4733Receiver, parse_info};
 use crate::media::rtp::{self, Received};
 use crate::media::srtp::{MAX_TAG_LEN, MasterKey, SrtpError, SrtpReceiver, SrtpSender, Suite};
@@ -46,6 +50,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("dialplan", dialplan),
     ("wav", wav),
     ("customers_csv", customers_csv),
+    ("http_response", http_response),
 ];
 
 /// The function for a target name.
@@ -370,6 +375,60 @@ pub fn customers_csv(data: &[u8]) {
         }
         for w in &parsed.warnings {
             assert!(w.line >= 2, "{w:?}");
+        }
+    }
+}
+
+/// The pointers the [`http_response`] target reads a body with when the input has no NUL byte
+/// (so that a plain JSON file is a useful seed): a key, a nested key and an escaped one.
+pub const HTTP_FUZZ_POINTERS: &[(&str, &str)] = &[
+    ("name", "/name"),
+    ("tier", "/account/tier"),
+    ("escaped", "/a~1b~0c"),
+];
+
+/// An `http` step's answer mapped into variables: [`http_lookup::extract`] with the pointers
+/// and body taken from the input (see the module docs); every value it returns fits a
+/// variable. Then the input as a fakes file, [`HttpFakes::parse`].
+pub fn http_response(data: &[u8]) {
+    let (pointers, body): (Vec<(String, String)>, &[u8]) = match data.iter().position(|&b| b == 0) {
+        Some(nul) => {
+            let pointers = String::from_utf8_lossy(&data[..nul])
+                .lines()
+                .filter_map(|line| line.split_once('='))
+                .filter(|(_, pointer)| http_lookup::valid_pointer(pointer))
+                .take(16)
+                .map(|(var, pointer)| (var.to_string(), pointer.to_string()))
+                .collect();
+            (pointers, &data[nul + 1..])
+        }
+        None => {
+            let pointers = HTTP_FUZZ_POINTERS
+                .iter()
+                .map(|(var, pointer)| (var.to_string(), pointer.to_string()))
+                .collect();
+            (pointers, data)
+        }
+    };
+    if let Ok(values) = http_lookup::extract(body, &pointers) {
+        assert_eq!(values.len(), pointers.len(), "{values:?}");
+        for ((var, value), (wanted, _)) in values.iter().zip(&pointers) {
+            assert_eq!(var, wanted, "the variables came back out of order");
+            assert!(
+                value.len() <= http_lookup::MAX_VALUE,
+                "{var}: {} bytes",
+                value.len()
+            );
+        }
+    }
+    if let Ok(src) = std::str::from_utf8(data)
+        && let Ok(fakes) = HttpFakes::parse("fuzz", src)
+    {
+        for step in fakes.steps() {
+            let (answer, _) = fakes.answer(step).expect("a listed step has an answer");
+            if let Ok(response) = answer {
+                assert!(response.body.len() <= http_lookup::MAX_BODY);
+            }
         }
     }
 }

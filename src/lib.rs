@@ -62,6 +62,7 @@ pub mod demo;
 pub mod dialplan;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http_lookup;
 pub mod live;
 pub mod live_page;
 pub mod media;

@@ -71,6 +71,10 @@ enum Command {
         /// (for hours steps; default: now).
         #[arg(long)]
         at: Option<String>,
+        /// Answers for http steps, a TOML table per step (status, body or json, error, delay);
+        /// a simulation never calls out, so without it every http step fails.
+        #[arg(long, value_name = "FILE")]
+        http: Option<PathBuf>,
     },
     /// Print a dialplan as a Graphviz DOT or Mermaid flowchart.
     Graph {
@@ -253,6 +257,7 @@ fn main() -> ExitCode {
             db,
             live,
             at,
+            http,
         } => {
             let mut cfg = match load_config(config.as_deref(), Secrets::Skip) {
                 Ok(cfg) => cfg,
@@ -270,6 +275,7 @@ fn main() -> ExitCode {
                 fail_transfer,
                 live,
                 at,
+                http,
             };
             admin::simulate(&cfg, opts)
         }

@@ -174,6 +174,7 @@ pub fn build_snapshot(
             on_sent,
             metrics,
             send_times: Default::default(),
+            http: crate::services::HttpBackend::Client(crate::http_lookup::HttpClient::new()),
         }),
         demo: cfg.demo.enabled.then(|| cfg.demo.clone()),
         settings: Arc::new(call_settings(cfg)),

@@ -7,8 +7,8 @@
 
 use crate::dialplan::model::render_sms;
 use crate::dialplan::services::{
-    CheckPinOutcome, CustomerRecord, FlowServices, LookupBy, LookupOutcome, PinRequest,
-    SendPinOutcome,
+    CheckPinOutcome, CustomerRecord, FlowServices, HttpError, HttpRequest, HttpResponse, LookupBy,
+    LookupOutcome, PinRequest, SendPinOutcome,
 };
 use crate::redact::mask_number;
 use crate::store::{Customer, Store, normalize_phone};
@@ -16,7 +16,7 @@ use crate::verify::limits::{SendRefusal, Verifier};
 use crate::verify::sms::{SmsMessage, SmsProvider};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Called with every SMS that was sent and the PIN in it (the simulator types it back).
 pub type SentHook = Arc<dyn Fn(&SmsMessage, &str) + Send + Sync>;
@@ -32,6 +32,24 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// How long recent real sends took, for decoys to take as long.
     pub send_times: SendTimes,
+    /// Where `http` steps' requests go.
+    pub http: HttpBackend,
+}
+
+/// Where `http` steps' requests go: out (the daemon), or to answers from a file (`ivrd
+/// simulate`, which must never call the real CRM).
+pub enum HttpBackend {
+    Client(crate::http_lookup::HttpClient),
+    Fakes(crate::http_lookup::HttpFakes),
+}
+
+impl HttpBackend {
+    async fn send(&self, step: &str, req: &HttpRequest) -> Result<HttpResponse, HttpError> {
+        match self {
+            HttpBackend::Client(c) => c.send(req).await,
+            HttpBackend::Fakes(fakes) => fakes.respond(step, req),
+        }
+    }
 }
 
 /// The last few real SMS sends: how long each took and whether it went out. A decoy send
@@ -253,6 +271,20 @@ impl FlowServices for CallServices {
         .unwrap_or(CheckPinOutcome::LockedOut);
         metrics.pin_check(pin_check_label(&outcome));
         outcome
+    }
+
+    async fn http(&self, step: &str, req: &HttpRequest) -> Result<HttpResponse, HttpError> {
+        let started = Instant::now();
+        let answer = self.shared.http.send(step, req).await;
+        match &answer {
+            Ok(r) => {
+                debug!(%step, status = r.status, took_ms = started.elapsed().as_millis() as u64, "http step")
+            }
+            Err(e) => {
+                warn!(%step, error = %e, took_ms = started.elapsed().as_millis() as u64, "http step failed")
+            }
+        }
+        answer
     }
 }
 

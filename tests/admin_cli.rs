@@ -717,6 +717,95 @@ fn a_plan_calls_the_verify_plan_and_check_and_simulate_follow_it() {
     );
 }
 
+/// Issue 14, lookups beyond SQLite: `simulate` never calls the CRM an `http` step names; it
+/// takes the answers from `--http FILE`, and without one the step fails and says why.
+#[test]
+fn simulate_fakes_http_steps_from_a_file_and_never_calls_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    // Nothing listens on this port: a real request would fail with "cannot connect".
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    std::fs::write(
+        plans.join("crm.toml"),
+        format!(
+            "[dialplan]\nname = \"crm\"\nstart = \"ask\"\n\n\
+             [steps.ask]\ncollect = \"customer_id\"\nmin = 6\nmax = 6\non_input = \"lookup\"\non_failure = \"bye\"\n\n\
+             [steps.lookup]\nhttp = \"http://127.0.0.1:{port}/customers/${{customer_id}}\"\n\
+             vars = {{ tier = \"/tier\" }}\non_ok = \"tier\"\non_error = \"bye\"\n\n\
+             [steps.tier]\nsay_digits = \"${{tier}}\"\nnext = \"bye\"\n\n[steps.bye]\nhangup = []\n"
+        ),
+    )
+    .unwrap();
+    let cfg = dir.path().join("ivrd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[media]\nprompts_dir = {:?}\n[dialplans]\ndir = {:?}\ndefault = \"crm\"\n[store]\npath = \"ivrd.db\"\n",
+            repo().join("prompts"),
+            plans
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("fakes.toml"),
+        "[lookup]\nstatus = 200\njson = { tier = 42 }\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let o = ivrd(
+        &[
+            "simulate",
+            "crm",
+            "-c",
+            c,
+            "--keys",
+            "123456",
+            "--http",
+            "fakes.toml",
+        ],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "GET http://127.0.0.1:{port}/customers/123456 -> 200, 1 values"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("set tier = \"42\""), "{out}");
+    assert!(out.contains("play digit-4 + digit-2"), "{out}");
+    assert!(
+        !out.contains("play  ("),
+        "an empty prompt list plays nothing: {out}"
+    );
+
+    let o = ivrd(
+        &["simulate", "crm", "-c", c, "--keys", "123456"],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert!(out.contains("error -> bye"), "{out}");
+    assert!(out.contains("no answer for step"), "{out}");
+    assert!(
+        !out.contains("cannot connect"),
+        "simulate called out: {out}"
+    );
+
+    std::fs::write(dir.path().join("bad.toml"), "[lookup]\nstauts = 200\n").unwrap();
+    let o = ivrd(
+        &[
+            "simulate", "crm", "-c", c, "--keys", "123456", "--http", "bad.toml",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("bad.toml: [lookup]"), "{}", text(&o));
+}
+
 /// Issue 14, defect 1: with `[store] default_region = "GB"`, national numbers are British in
 /// `import` and `add` (they were stored as German numbers), and the options may come after
 /// the subcommand (`customers add ... --db F` was refused).

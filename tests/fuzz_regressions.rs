@@ -98,5 +98,6 @@ replay_tests!(
     digest,
     dialplan,
     wav,
-    customers_csv
+    customers_csv,
+    http_response
 );

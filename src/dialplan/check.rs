@@ -254,6 +254,11 @@ fn vars_set(plan: &Dialplan) -> (BTreeSet<String>, bool) {
             Action::Call { .. } => {
                 set.insert(format!("{}.result", step.name));
             }
+            Action::Http(h) => {
+                set.extend(h.vars.iter().map(|(v, _)| v.clone()));
+                set.insert(format!("{}.status", step.name));
+                set.insert(format!("{}.reason", step.name));
+            }
             _ => {}
         }
     }
@@ -767,7 +772,8 @@ fn outcome_meaning(key: &str) -> &'static str {
         "on_found" => "when the customer is found",
         "on_not_found" => "when no customer (or more than one) matches",
         "on_locked" => "when the customer is locked out",
-        "on_error" => "when the customer store fails",
+        "on_error" => "when the lookup fails",
+        "on_ok" => "when the request succeeds",
         "on_open" => "within the hours",
         "on_closed" => "outside the hours",
         "on_sent" => "when the SMS is sent",
@@ -1076,27 +1082,33 @@ impl<'p> Checker<'p> {
                     ));
                 }
             }
-            if let Action::Transfer {
-                target, headers, ..
-            } = &step.action
-            {
-                let leaks = std::iter::once(("the target", target))
+            // What leaves ivrd: a transfer's target and headers, an http request.
+            let outbound: Vec<(&str, &super::template::Template)> = match &step.action {
+                Action::Transfer {
+                    target, headers, ..
+                } => std::iter::once(("the target", target))
                     .chain(headers.iter().map(|(n, t)| (n.as_str(), t)))
-                    .flat_map(|(what, t)| {
-                        t.vars()
-                            .filter(|v| secrets.contains(*v))
-                            .map(move |v| (what, v, t.pos))
-                    });
-                for (what, v, pos) in leaks {
-                    found.push((
-                        pos,
-                        format!(
-                            "step \"{}\": {what} carries the secret ${{{v}}} out of ivrd",
-                            step.name
-                        ),
-                        Some("secrets (PINs) must not leave the IVR".into()),
-                    ));
-                }
+                    .collect(),
+                Action::Http(h) => std::iter::once(("the URL", &h.url))
+                    .chain(h.headers.iter().map(|(n, t)| (n.as_str(), t)))
+                    .chain(h.body.iter().map(|t| ("the body", t)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let leaks = outbound.into_iter().flat_map(|(what, t)| {
+                t.vars()
+                    .filter(|v| secrets.contains(*v))
+                    .map(move |v| (what, v, t.pos))
+            });
+            for (what, v, pos) in leaks {
+                found.push((
+                    pos,
+                    format!(
+                        "step \"{}\": {what} carries the secret ${{{v}}} out of ivrd",
+                        step.name
+                    ),
+                    Some("secrets (PINs) must not leave the IVR".into()),
+                ));
             }
         }
         for (pos, message, hint) in found {

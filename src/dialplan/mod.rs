@@ -55,6 +55,7 @@
 //! | `goto = "step"`, or `"plan:step"` / `"plan:"` (another plan, its step or start; no way back) | | |
 //! | `call = "plan"`, `"plan:step"` or `":step"` (a section of this plan): a sub-flow | | `next` (after its `return`; `${STEP.result}` = the returned value) |
 //! | `return = "value"` (ends a sub-flow; with none, hangs up) | | |
+//! | `http = "https://crm.example.com/c/${id}"` (scheme and host fixed; variables percent-encoded) | `method` ("GET" or "POST"), `body` (JSON; variables JSON-escaped), `headers`, `timeout` ("3s", at most 30s), `vars = { v = "/json/pointer" }`, `prompt` (played while waiting) | `on_ok`, `on_error` (`${STEP.status}`, `${STEP.reason}`) |
 //! | `hours = ["mon-fri 08:00-18:00", "sat 09:00-13:00"]` (days `mon`..`sun`, ranges, lists or `*`; a range ending before it starts runs over midnight) | | `on_open`, `on_closed`, optional `on_holiday` (else closed): in `[dialplans] timezone` with its `holidays` file ([`calendar`]) |
 //!
 //! Sub-flows share the call's variables, language and verdict; a called plan's `[vars]` are
@@ -75,10 +76,10 @@
 //! `${customer.id}`, `${customer.name}`, `${customer.mobile}`, `${customer.language}` and
 //! `${customer.<field>}` for every other field of the record. Steps set `${STEP.outcome}`,
 //! `send_pin` also `${STEP.minutes}`, `check_pin` `${STEP.tries_left}`, a failed `transfer`
-//! `${STEP.status}` and `${STEP.reason}`, `call` `${STEP.result}`. Names with a dot are
-//! ivrd's; a plan cannot assign them. A variable read but never set anywhere (in the plan,
-//! or in the plans it calls or is called from) is a check problem; one that is unset at run
-//! time reads as "" with a warning. `$$` is a literal `$`.
+//! `${STEP.status}` and `${STEP.reason}` (as does `http`), `call` `${STEP.result}`. Names
+//! with a dot are ivrd's; a plan cannot assign them. A variable read but never set anywhere
+//! (in the plan, or in the plans it calls or is called from) is a check problem; one that
+//! is unset at run time reads as "" with a warning. `$$` is a literal `$`.
 //!
 //! # Modules
 //! - [`model`]: the types; [`template`]: `${...}` and conditions; [`say`]: digits and numbers.

@@ -33,6 +33,7 @@ pub const STEP_TYPES: &[&str] = &[
     "count",
     "call",
     "return",
+    "http",
 ];
 
 /// A parsed dialplan.
@@ -345,6 +346,8 @@ pub enum Action {
         section: Option<Target>,
         next: Option<Target>,
     },
+    /// A lookup in another system (a CRM): a request whose answer fills variables.
+    Http(Http),
     /// Ends a sub-flow: the call goes on after the `call` step that started it, with
     /// `${CALLSTEP.result}` = `value`. With no sub-flow to end, the call hangs up.
     Return {
@@ -392,6 +395,40 @@ pub struct Collect {
     pub hotkeys: Vec<(char, Target)>,
     /// Whether the `*` hotkey was written as `on_star` (for problems and graphs).
     pub star_as_on_star: bool,
+}
+
+/// An `http` step: what to ask and which parts of the JSON answer to keep.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// The URL; variables in it are percent-encoded, and its scheme and host are fixed text
+    /// (the parser refuses a variable before the path), so a caller's input only ever lands
+    /// in the path or query.
+    pub url: Template,
+    pub method: crate::http_lookup::HttpMethod,
+    /// Variables in values are sent as they are; a value with a line break fails the request.
+    pub headers: Vec<(String, Template)>,
+    /// A JSON body (POST); variables in it are JSON-escaped, so write them inside quotes.
+    pub body: Option<Template>,
+    pub timeout: std::time::Duration,
+    /// (variable, JSON pointer into the answer), in the order written.
+    pub vars: Vec<(String, String)>,
+    /// Played while the request runs (nothing by default: a fast lookup needs no prompt).
+    pub prompts: Vec<PromptRef>,
+    /// A 2xx answer whose every pointer was found.
+    pub on_ok: Option<Target>,
+    /// Anything else: no answer in time, no connection, another status, an answer that is
+    /// not JSON or lacks a pointer (`${STEP.status}` and `${STEP.reason}` say which).
+    pub on_error: Option<Target>,
+}
+
+impl Http {
+    /// Every template the request is made of.
+    pub fn templates(&self) -> Vec<&Template> {
+        let mut v = vec![&self.url];
+        v.extend(self.headers.iter().map(|(_, t)| t));
+        v.extend(self.body.as_ref());
+        v
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -452,6 +489,7 @@ impl Action {
             Action::GotoPlan { .. } => "goto",
             Action::Call { .. } => "call",
             Action::Return { .. } => "return",
+            Action::Http(_) => "http",
         }
     }
 
@@ -573,6 +611,7 @@ impl Action {
                 t("on_locked", on_locked),
             ],
             Action::Transfer { on_failure, .. } => vec![t("on_failure", on_failure)],
+            Action::Http(h) => vec![t("on_ok", &h.on_ok), t("on_error", &h.on_error)],
             Action::Hangup { .. } | Action::Return { .. } | Action::GotoPlan { .. } => vec![],
             Action::Goto { target } => vec![t("goto", target)],
             Action::Call { section, next, .. } => {
@@ -633,6 +672,7 @@ impl Action {
                 v.extend(headers.iter().map(|(_, t)| t));
                 v
             }
+            Action::Http(h) => h.templates(),
             Action::Play { .. }
             | Action::Collect(_)
             | Action::Menu(_)
@@ -654,6 +694,7 @@ impl Action {
             Action::Play { prompts, .. }
             | Action::Hangup { prompts }
             | Action::SendPin { prompts, .. } => prompts.iter().collect(),
+            Action::Http(h) => h.prompts.iter().collect(),
             Action::Collect(c) => c
                 .prompts
                 .iter()

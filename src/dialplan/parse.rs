@@ -115,6 +115,12 @@ pub const STEP_KEYS: &[(&str, &[&str])] = &[
     ("goto", &[]),
     ("call", &["next"]),
     ("return", &[]),
+    (
+        "http",
+        &[
+            "method", "headers", "body", "timeout", "vars", "prompt", "on_ok", "on_error",
+        ],
+    ),
 ];
 
 #[derive(Deserialize)]
@@ -662,6 +668,7 @@ impl Parser<'_> {
                     next: self.target(&f, "next"),
                 }
             }
+            "http" => Action::Http(self.http(&f)?),
             "return" => {
                 let (value, pos, _) = self.string(&f, "return", "\"done\"")?;
                 if !value.is_empty() && !is_step_name(&value) {
@@ -814,6 +821,112 @@ impl Parser<'_> {
     fn target(&mut self, f: &Fields<'_>, key: &str) -> Option<Target> {
         let (step, pos, _) = self.string(f, key, "\"step_name\"")?;
         Some(Target { step, pos })
+    }
+
+    /// An `http` step (see [`Http`]).
+    fn http(&mut self, f: &Fields<'_>) -> Option<Http> {
+        use crate::http_lookup::{HttpMethod, check_url_prefix, valid_pointer};
+        let url = self.template(f, "http", None)?;
+        // The text before the first variable must hold the scheme and the whole host.
+        let prefix: String = match url.parts.first() {
+            Some(super::template::Part::Text(t)) => t.clone(),
+            _ => String::new(),
+        };
+        let has_vars = url
+            .parts
+            .iter()
+            .any(|p| matches!(p, super::template::Part::Var(_)));
+        if let Err(why) = check_url_prefix(&prefix, has_vars) {
+            self.problem(
+                url.pos,
+                format!("step \"{}\": http = \"{}\": {why}", f.step, url.raw),
+                Some("write the scheme and host out: \"https://crm.example.com/customers/${customer_id}\"".into()),
+            );
+        }
+        let method = match self.string(f, "method", "\"POST\"") {
+            None => HttpMethod::Get,
+            Some((m, _, _)) if m == "GET" => HttpMethod::Get,
+            Some((m, _, _)) if m == "POST" => HttpMethod::Post,
+            Some((m, pos, _)) => {
+                self.problem(
+                    pos,
+                    format!("step \"{}\": method = \"{m}\" is not GET or POST", f.step),
+                    None,
+                );
+                HttpMethod::Get
+            }
+        };
+        let body = match f.get("body") {
+            Some(_) => self.template(f, "body", None),
+            None => None,
+        };
+        if body.is_some() && method == HttpMethod::Get {
+            self.problem(
+                f.pos,
+                format!("step \"{}\": a GET request has no body", f.step),
+                Some("add: method = \"POST\"".into()),
+            );
+        }
+        let timeout = self.duration(f, "timeout", Duration::from_secs(3));
+        if timeout > Duration::from_secs(30) {
+            self.problem(
+                f.pos,
+                format!(
+                    "step \"{}\": timeout is over 30s; the caller waits that long",
+                    f.step
+                ),
+                Some("use at most \"30s\"".into()),
+            );
+        }
+        let mut vars = Vec::new();
+        if let Some((k, v)) = f.get("vars") {
+            match v.get_ref() {
+                Value::Table(t) => {
+                    for (name, pointer) in t {
+                        let pos = self.lines.find(v.span(), name);
+                        if let Some(why) = unassignable(name) {
+                            self.problem(
+                                pos,
+                                format!("step \"{}\": vars: \"{name}\" {why}", f.step),
+                                None,
+                            );
+                            continue;
+                        }
+                        match pointer.as_str() {
+                            Some(p) if valid_pointer(p) => vars.push((name.clone(), p.to_string())),
+                            _ => self.problem(
+                                pos,
+                                format!(
+                                    "step \"{}\": vars: {name} = {pointer} is not a JSON pointer",
+                                    f.step
+                                ),
+                                Some(format!(
+                                    "for example: {name} = \"/customer/name\" (RFC 6901)"
+                                )),
+                            ),
+                        }
+                    }
+                }
+                other => self.wrong_type(
+                    f,
+                    k,
+                    other,
+                    "a table of variable = \"/json/pointer\"",
+                    "{ crm_name = \"/name\" }",
+                ),
+            }
+        }
+        Some(Http {
+            url,
+            method,
+            headers: self.headers(f),
+            body,
+            timeout,
+            vars,
+            prompts: self.prompts(f, "prompt").unwrap_or_default(),
+            on_ok: self.target(f, "on_ok"),
+            on_error: self.target(f, "on_error"),
+        })
     }
 
     /// `"plan"`, `"plan:step"` or `":step"` (see [`Entry`]).

@@ -32,8 +32,8 @@
 use super::model::{Action, Collect, Dialplan, Entry, Menu, PromptRef, Step, Target};
 use super::say;
 use super::services::{
-    CheckPinOutcome, CustomerRecord, FlowServices, GuardKind, LookupOutcome, PinRequest,
-    SendPinOutcome,
+    CheckPinOutcome, CustomerRecord, FlowServices, GuardKind, HttpRequest, LookupOutcome,
+    PinRequest, SendPinOutcome,
 };
 use super::template::{Part, Template};
 use crate::call::{CallEnd, CallIo, CollectEnd, CollectSpec, PlayOutcome, TransferOutcome};
@@ -1052,6 +1052,7 @@ impl<'a, C: CallIo + Send, S: FlowServices> Interp<'a, C, S> {
                 Ok(Flow::Hangup)
             }
             Action::Goto { target } => Ok(go("next", target)),
+            Action::Http(h) => self.http(step, h).await,
             // The run loop takes these itself (they move between plans).
             Action::GotoPlan { .. } | Action::Call { .. } | Action::Return { .. } => Ok(
                 Flow::Stop(format!("step \"{}\" ran out of place", self.shown(step))),
@@ -1084,6 +1085,95 @@ impl<'a, C: CallIo + Send, S: FlowServices> Interp<'a, C, S> {
     /// own if the plan has an SMS text in it. A plan that keeps the caller in its default
     /// language until the PIN is checked (so that a customer's language is no oracle) still
     /// texts each customer in theirs.
+    /// Renders a template with every variable's value passed through `encode` (the text
+    /// around them is the admin's and stays as written).
+    fn render_encoded(&mut self, t: &Template, encode: fn(&str) -> String) -> String {
+        let mut out = String::new();
+        for p in &t.parts {
+            match p {
+                Part::Text(s) => out.push_str(s),
+                Part::Var(v) => {
+                    let (value, _) = self.var(v);
+                    out.push_str(&encode(&value));
+                }
+            }
+        }
+        out
+    }
+
+    /// An `http` step: the request, then the answer's values into variables.
+    async fn http(&mut self, step: &Step, h: &super::model::Http) -> Result<Flow, CallEnd> {
+        use crate::http_lookup::{extract, json_escape, url_encode};
+        let secret = h
+            .templates()
+            .iter()
+            .any(|t| t.vars().any(|v| self.secrets.contains(v)));
+        if secret {
+            // `ivrd check` refuses plans that do this; a secret set at run time (a `set`
+            // from a secret) is caught here.
+            self.warn(format!(
+                "step \"{}\": the request would carry a secret; not sent",
+                self.shown(step)
+            ));
+            self.set(&format!("{}.status", step.name), String::new(), false);
+            self.set(&format!("{}.reason", step.name), "secret".into(), false);
+            return Ok(go("error", &h.on_error));
+        }
+        let mut headers = Vec::new();
+        for (name, t) in &h.headers {
+            let (value, _) = self.render(t);
+            headers.push((name.clone(), value));
+        }
+        let req = HttpRequest {
+            method: h.method,
+            url: self.render_encoded(&h.url, url_encode),
+            headers,
+            body: h.body.as_ref().map(|b| self.render_encoded(b, json_escape)),
+            timeout: h.timeout,
+        };
+        let request = format!(
+            "{} {}",
+            match h.method {
+                crate::http_lookup::HttpMethod::Get => "GET",
+                crate::http_lookup::HttpMethod::Post => "POST",
+            },
+            req.url
+        );
+        let names: Vec<&str> = h.prompts.iter().map(|p| p.name.as_str()).collect();
+        // The services bound the wait by the step's timeout (the daemon's client does; the
+        // simulator's fakes answer a delay over it with a timeout).
+        let answer = self
+            .call
+            .run_with_prompt(&names, self.services.http(&step.name, &req))
+            .await?;
+        let (status, result) = match answer {
+            Ok(resp) if (200..300).contains(&resp.status) => {
+                (resp.status.to_string(), extract(&resp.body, &h.vars))
+            }
+            Ok(resp) => (
+                resp.status.to_string(),
+                Err(format!("the server answered {}", resp.status)),
+            ),
+            Err(e) => (String::new(), Err(e.to_string())),
+        };
+        self.set(&format!("{}.status", step.name), status.clone(), false);
+        match result {
+            Ok(values) => {
+                self.service(step, request, format!("{status}, {} values", values.len()));
+                for (name, value) in values {
+                    self.set(&name, value, false);
+                }
+                self.set(&format!("{}.reason", step.name), String::new(), false);
+                Ok(go("ok", &h.on_ok))
+            }
+            Err(reason) => {
+                self.service(step, request, format!("error: {reason}"));
+                self.set(&format!("{}.reason", step.name), reason, false);
+                Ok(go("error", &h.on_error))
+            }
+        }
+    }
+
     fn sms_language(&self) -> String {
         let speaking = self.call.language();
         if speaking == self.plan.language
@@ -2071,6 +2161,192 @@ hangup = []
                 .contains("plan \"verify\" is not loaded"),
             "{:?}",
             sim.result.error
+        );
+    }
+}
+
+/// `http` steps: what is sent (encoded), what comes back (into variables), and every way it
+/// fails, with the simulator's fakes as the server.
+#[cfg(test)]
+mod http_tests {
+    use super::super::sim::{SimCall, Simulation, sim_facts, simulate};
+    use super::super::testing::{FakeServices, block_on, check_with, plan};
+    use crate::http_lookup::{HttpFakes, HttpMethod};
+
+    const PLAN: &str = r#"
+[dialplan]
+name = "crm"
+start = "input"
+
+[vars]
+token = "t0k"
+
+[steps.input]
+set = { who = "../a b?c#d&e=1", quote = "say \"hi\"\\" }
+next = "lookup"
+
+[steps.lookup]
+http = "https://crm.example.com/api/${who}?q=${who}"
+method = "POST"
+body = '{"who": "${quote}", "n": 1}'
+headers = { Authorization = "Bearer ${token}" }
+vars = { tier = "/account/tier", name = "/name" }
+on_ok = "ok"
+on_error = "failed"
+
+[steps.ok]
+say_digits = "${tier}${name}"
+next = "end"
+
+[steps.failed]
+say_digits = "${lookup.status}${lookup.reason}"
+next = "end"
+
+[steps.end]
+hangup = []
+"#;
+
+    fn run(fakes: &str) -> (Simulation, FakeServices) {
+        let plan = plan(PLAN);
+        let mut services = FakeServices::new();
+        services.http = HttpFakes::parse("fakes.toml", fakes).unwrap();
+        let call = SimCall::new(sim_facts("+4930111", "100"), "").unwrap();
+        let sim = block_on(simulate(&plan, call, &services));
+        (sim, services)
+    }
+
+    fn var(sim: &Simulation, name: &str) -> Option<String> {
+        let text = sim.format();
+        let needle = format!("set {name} = ");
+        text.lines()
+            .filter_map(|l| {
+                l.split_once(&needle)
+                    .map(|(_, v)| v.trim_matches('"').to_string())
+            })
+            .next_back()
+    }
+
+    #[test]
+    fn the_request_carries_input_encoded_and_the_answer_fills_variables() {
+        let (sim, services) =
+            run("[lookup]\nstatus = 200\njson = { name = \"Ada\", account = { tier = 7 } }\n");
+        let sent = services.http_requests();
+        assert_eq!(sent.len(), 1);
+        let req = &sent[0];
+        assert_eq!(req.method, HttpMethod::Post);
+        // The caller's text cannot add a path segment, a query or a fragment.
+        assert_eq!(
+            req.url,
+            "https://crm.example.com/api/..%2Fa%20b%3Fc%23d%26e%3D1?q=..%2Fa%20b%3Fc%23d%26e%3D1"
+        );
+        let body: serde_json::Value = serde_json::from_str(req.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["who"], "say \"hi\"\\");
+        assert_eq!(body["n"], 1);
+        assert_eq!(
+            req.headers,
+            [("Authorization".to_string(), "Bearer t0k".to_string())]
+        );
+        assert_eq!(var(&sim, "tier").as_deref(), Some("7"));
+        assert_eq!(var(&sim, "name").as_deref(), Some("Ada"));
+        assert_eq!(var(&sim, "lookup.status").as_deref(), Some("200"));
+        assert!(sim.format().contains("  ok -> ok"), "{}", sim.format());
+    }
+
+    #[test]
+    fn every_failure_takes_on_error_with_its_status_and_reason() {
+        for (fakes, status, reason) in [
+            ("[lookup]\nstatus = 404\n", "404", "the server answered 404"),
+            (
+                "[lookup]\nbody = '{\"name\": \"Ada\"}'\n",
+                "200",
+                "no /account/tier in the response",
+            ),
+            ("[lookup]\nbody = 'not json'\n", "200", "not JSON"),
+            ("[lookup]\nerror = \"timeout\"\n", "", "no answer"),
+            (
+                "[lookup]\nstatus = 200\ndelay = \"4s\"\njson = { name = \"x\" }\n",
+                "",
+                "no answer",
+            ),
+            ("[other]\nstatus = 200\n", "", "no answer for step"),
+        ] {
+            let (sim, _) = run(fakes);
+            let text = sim.format();
+            assert!(text.contains("  error -> failed"), "{fakes}: {text}");
+            assert_eq!(
+                var(&sim, "lookup.status").as_deref(),
+                Some(status),
+                "{fakes}: {text}"
+            );
+            let got = var(&sim, "lookup.reason").unwrap_or_default();
+            assert!(got.contains(reason), "{fakes}: reason {got:?}\n{text}");
+            assert_eq!(var(&sim, "tier"), None, "{fakes}: no value on failure");
+        }
+    }
+
+    #[test]
+    fn check_refuses_requests_a_caller_could_steer_or_that_carry_a_secret() {
+        let problems = |step: &str| -> Vec<String> {
+            let src = format!(
+                "[dialplan]\nname = \"x\"\nstart = \"pin\"\n[steps.pin]\ncollect = \"pin\"\nsecret = true\non_input = \"h\"\non_failure = \"e\"\n[steps.h]\n{step}\non_ok = \"e\"\non_error = \"e\"\n[steps.e]\nhangup = []\n"
+            );
+            match check_with(&src, &["en"], &|_, _| true) {
+                Ok(_) => Vec::new(),
+                Err(p) => p.iter().map(|p| p.to_string()).collect(),
+            }
+        };
+        // Variables are checked as anywhere else.
+        let p = problems("http = \"https://crm.example.com/c/${pin_id}\"");
+        assert!(
+            p.len() == 1 && p[0].contains("step \"h\": ${pin_id} is never set"),
+            "{p:?}"
+        );
+        for (step, want) in [
+            ("http = \"https://${host}/c\"", "scheme and host"),
+            ("http = \"${url}\"", "scheme and host"),
+            ("http = \"ftp://crm.example.com/\"", "http"),
+            (
+                "http = \"https://crm.example.com/c/${pin}\"",
+                "the URL carries the secret ${pin}",
+            ),
+            (
+                "http = \"https://crm.example.com/c\"\nmethod = \"POST\"\nbody = '{\"p\": \"${pin}\"}'",
+                "the body carries the secret ${pin}",
+            ),
+            (
+                "http = \"https://crm.example.com/c\"\nheaders = { X-Pin = \"${pin}\" }",
+                "X-Pin carries the secret ${pin}",
+            ),
+            (
+                "http = \"https://crm.example.com/c\"\nbody = '{}'",
+                "a GET request has no body",
+            ),
+            (
+                "http = \"https://crm.example.com/c\"\nmethod = \"PUT\"",
+                "not GET or POST",
+            ),
+            (
+                "http = \"https://crm.example.com/c\"\nvars = { x = \"name\" }",
+                "not a JSON pointer",
+            ),
+            (
+                "http = \"https://crm.example.com/c\"\nvars = { \"customer.id\" = \"/id\" }",
+                "contains '.'",
+            ),
+            (
+                "http = \"https://crm.example.com/c\"\ntimeout = \"2m\"",
+                "over 30s",
+            ),
+        ] {
+            let p = problems(step);
+            assert!(
+                p.iter().any(|p| p.contains(want)),
+                "{step}: want {want:?} in {p:?}"
+            );
+        }
+        assert_eq!(
+            problems("http = \"https://crm.example.com/c\"\nvars = { x = \"/a/b\" }"),
+            Vec::<String>::new()
         );
     }
 }

@@ -1,10 +1,12 @@
-//! What a dialplan needs from outside the call: customers, PINs by SMS, and nothing else.
+//! What a dialplan needs from outside the call: customers, PINs by SMS, and lookups over
+//! HTTP (`http` steps), and nothing else.
 //!
 //! The interpreter sees only this trait (and [`crate::call::CallIo`] for the call itself), so
 //! the daemon, `ivrd simulate` and tests can each hand it their own implementation: the daemon
 //! wires it to SQLite and a real SMS provider, the simulator to SQLite and a capturing provider.
 //! Outcomes are plain enums: every one of them must map to a transition in the dialplan.
 
+pub use crate::http_lookup::{HttpError, HttpRequest, HttpResponse};
 use std::collections::BTreeMap;
 use std::future::Future;
 
@@ -119,4 +121,11 @@ pub trait FlowServices: Send + Sync {
         input: &str,
         decoy: bool,
     ) -> impl Future<Output = CheckPinOutcome> + Send;
+    /// An `http` step's request (`step` names it, for the simulator's fakes). The
+    /// interpreter bounds the wait by `req.timeout` as well.
+    fn http(
+        &self,
+        step: &str,
+        req: &HttpRequest,
+    ) -> impl Future<Output = Result<HttpResponse, HttpError>> + Send;
 }

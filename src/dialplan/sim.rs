@@ -517,6 +517,9 @@ impl CallIo for SimCall {
         // The task takes no virtual time: its effects (the SMS) exist as the prompt starts.
         let out = task.await;
         self.check_sms();
+        if prompts.is_empty() {
+            return Ok(out);
+        }
         // Done before the prompt starts: like the daemon's pacer, it ends at the first
         // prompt's first pause (or that prompt's end) and nothing after it plays.
         let cut = self.prompt_pauses.as_ref().and_then(|pauses| {

@@ -127,6 +127,7 @@ struct State {
     pins: BTreeMap<String, (String, u32)>,
     requests: Vec<PinRequest>,
     lookups: Vec<(LookupBy, String)>,
+    http: Vec<super::services::HttpRequest>,
 }
 
 /// In-memory services. Override fields make a service answer one way.
@@ -137,6 +138,8 @@ pub struct FakeServices {
     pub check: Option<CheckPinOutcome>,
     /// Wrong tries allowed per PIN.
     pub tries: u32,
+    /// What `http` steps get back (none: every request fails).
+    pub http: crate::http_lookup::HttpFakes,
     state: Arc<Mutex<State>>,
 }
 
@@ -162,6 +165,7 @@ impl FakeServices {
             send: None,
             check: None,
             tries: 3,
+            http: Default::default(),
             state: Arc::default(),
         }
     }
@@ -178,6 +182,11 @@ impl FakeServices {
 
     pub fn requests(&self) -> Vec<PinRequest> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Every `http` step's request, as sent.
+    pub fn http_requests(&self) -> Vec<super::services::HttpRequest> {
+        self.state.lock().unwrap().http.clone()
     }
 
     pub fn lookups(&self) -> Vec<(LookupBy, String)> {
@@ -235,6 +244,15 @@ impl FlowServices for FakeServices {
         });
         st.pins.insert(req.customer_id.clone(), (pin, 0));
         SendPinOutcome::Sent { minutes: 5 }
+    }
+
+    async fn http(
+        &self,
+        step: &str,
+        req: &super::services::HttpRequest,
+    ) -> Result<super::services::HttpResponse, super::services::HttpError> {
+        self.state.lock().unwrap().http.push(req.clone());
+        self.http.respond(step, req)
     }
 
     async fn check_pin(&self, customer_id: &str, input: &str, decoy: bool) -> CheckPinOutcome {
