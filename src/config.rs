@@ -42,6 +42,8 @@ pub struct Config {
     pub audit: AuditConfig,
     pub shutdown: ShutdownConfig,
     pub admin: AdminConfig,
+    /// The HTTP API for verifications outside calls (off unless `listen` is set).
+    pub api: ApiConfig,
     pub dialplans: DialplansConfig,
     /// The SMS provider (`provider = "log"` by default: no account needed).
     pub sms: crate::verify::sms::SmsConfig,
@@ -119,6 +121,92 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: "127.0.0.1:9060".into(),
         }
+    }
+}
+
+/// The HTTP API ([`crate::api`]): verifications of phone numbers by a code, for web
+/// sign-ups and other applications.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// HTTP listen address; empty (the default) turns the API off. Put a TLS reverse proxy in
+    /// front of it when it leaves the host.
+    pub listen: String,
+    /// Digits in a code (4 to 10).
+    pub code_length: usize,
+    /// Codes one API key may send in `[limits]`' SMS window (each number, or customer, has
+    /// `[limits] sms_per_customer`).
+    pub sends_per_key: u32,
+    /// The locale of a request that names none.
+    pub default_locale: String,
+    /// Texts by template name, then locale, with `{pin}`, `{minutes}` and `{name}` (`{name}`
+    /// is the customer's name, empty for a number that is no customer's). The template
+    /// `default` has built-in English and German texts.
+    pub templates: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// Concurrent connections the listener keeps; more are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: String::new(),
+            code_length: 6,
+            sends_per_key: 1000,
+            default_locale: "en".into(),
+            templates: Default::default(),
+            max_connections: 256,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The built-in texts of the `default` template.
+    pub const DEFAULT_TEXTS: [(&'static str, &'static str); 2] = [
+        (
+            "en",
+            "Your verification code is {pin}. It is valid for {minutes} minutes.",
+        ),
+        (
+            "de",
+            "Ihr Bestätigungscode lautet {pin}. Er ist {minutes} Minuten gültig.",
+        ),
+    ];
+
+    /// The text of `template` in `locale`; `None` if the template or the locale is unknown.
+    pub fn text(&self, template: &str, locale: &str) -> Option<String> {
+        if let Some(t) = self.templates.get(template).and_then(|t| t.get(locale)) {
+            return Some(t.clone());
+        }
+        (template == "default")
+            .then(|| Self::DEFAULT_TEXTS.iter().find(|(l, _)| *l == locale))
+            .flatten()
+            .map(|(_, t)| t.to_string())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(4..=10).contains(&self.code_length) {
+            return Err("[api] code_length must be 4 to 10".into());
+        }
+        if self.max_connections == 0 {
+            return Err("[api] max_connections must be at least 1".into());
+        }
+        for (name, texts) in &self.templates {
+            for (locale, text) in texts {
+                if !text.contains("{pin}") {
+                    return Err(format!(
+                        "[api.templates.{name}] {locale}: the text has no {{pin}}"
+                    ));
+                }
+            }
+        }
+        if self.text("default", &self.default_locale).is_none() {
+            return Err(format!(
+                "[api] default_locale = {:?}: the default template has no text in it; add [api.templates.default] {} = \"...\"",
+                self.default_locale, self.default_locale
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -707,6 +795,7 @@ impl Config {
 
     /// Range and consistency checks that TOML types alone cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        self.api.validate()?;
         if self.sip.udp.is_empty() && self.sip.tcp.is_empty() && self.sip.tls.is_empty() {
             return Err("[sip] needs at least one udp, tcp or tls listen address".into());
         }

@@ -19,6 +19,8 @@
 //! - [`http_response`]: `POINTERS \0 BODY`, the pointers one `var=/pointer` a line; without a
 //!   NUL byte the whole input is the body, read with [`HTTP_FUZZ_POINTERS`]. The whole input
 //!   is also read as an `ivrd simulate` fakes file.
+//! - [`api_request`]: the whole input is an HTTP API request body (start, check, resend),
+//!   and the `Authorization` value whose hash is looked up.
 
 use crate::dialplan::{self, CheckEnv};
 use crate::http_lookup::{self, HttpFakes};
@@ -51,6 +53,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("wav", wav),
     ("customers_csv", customers_csv),
     ("http_response", http_response),
+    ("api_request", api_request),
 ];
 
 /// The function for a target name.
@@ -430,5 +433,15 @@ pub fn http_response(data: &[u8]) {
                 assert!(response.body.len() <= http_lookup::MAX_BODY);
             }
         }
+    }
+}
+
+/// An HTTP API request body as the API reads it: JSON into each request type (unknown
+/// fields refused), then the number through the phone-number crate as a start reads it; and
+/// the bytes as a key, hashed. Whatever the client sends, nothing panics.
+pub fn api_request(data: &[u8]) {
+    crate::api::parse_bodies(data);
+    if let Ok(token) = std::str::from_utf8(data) {
+        assert_eq!(crate::api::keys::hash(token).len(), 64);
     }
 }

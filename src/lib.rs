@@ -30,12 +30,19 @@
 //!   [`media::clock`]: the pacers' absolute-deadline clock, timer slack and priority.
 //! - [`call`]: one call; the [`call::CallIo`] API that call flows use.
 //! - [`dialplan`]: the admin's call flows: parse, check (with advice on oracles), run,
-//!   simulate; a lookup may go on with a decoy so that no id is told apart before its PIN.
+//!   simulate; a lookup may go on with a decoy so that no id is told apart before its PIN;
+//!   plans call each other as sub-flows.
+//! - [`http_lookup`]: the `http` step's requests to a CRM (encoding, bounds, no redirects)
+//!   and the answers `ivrd simulate` fakes.
+//! - [`api`]: the HTTP API for verifications outside calls (web sign-ups): routes and
+//!   bounds ([`api`]), the operations over the IVR's PIN engine and limits
+//!   ([`api::service`]), keys ([`api::keys`]).
 //! - [`services`]: what a flow asks of the outside (customers, PINs, SMS), for the daemon.
 //! - [`verify::pin`] (the vault: digests, sealed resends), [`verify::limits`] (tries,
 //!   lock-outs, SMS limits, decoys), [`verify::guard`] (the fraud guard: budgets, regions,
 //!   breakers, the cap on wrong PINs in a row), [`verify::sms`] (the providers).
-//! - [`store`]: SQLite: customers, limits and the guard's counts, the audit; versioned.
+//! - [`store`]: SQLite: customers, limits and the guard's counts, the audit, the API's keys
+//!   and verifications; versioned.
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
 //! - [`preflight`]: every address the config binds is on this host and free (`check`,
@@ -53,6 +60,7 @@
 //!   with `tests/fuzz_regressions.rs`, which replays the seeds and crash inputs.
 pub mod admin;
 pub mod admin_http;
+pub mod api;
 pub mod audit;
 pub mod audit_cli;
 pub mod call;

@@ -142,6 +142,18 @@ enum Command {
         #[command(subcommand)]
         command: GuardCommand,
     },
+    /// API keys for the HTTP API ([api]): create (the key is printed once), list, revoke.
+    #[command(name = "api-keys")]
+    ApiKeys {
+        /// Configuration file (the [store] path).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Database file (overrides the config).
+        #[arg(long, global = true)]
+        db: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ApiKeysCommand,
+    },
     /// Write the man pages into DIR: ivrd.8 and a page per subcommand (generated from this
     /// command line), ivrd.toml.5 and ivrd-dialplan.5. Hidden: for packaging, not for admins.
     #[command(hide = true)]
@@ -169,6 +181,17 @@ enum SmsCommand {
 enum GuardCommand {
     /// Budgets used and left, regions allowed, open breakers.
     Status,
+}
+
+#[derive(Subcommand)]
+enum ApiKeysCommand {
+    /// Make a key named NAME and print it (the only time it is shown; the database keeps
+    /// its hash). The name shows in the audit as api:NAME.
+    Create { name: String },
+    /// Every key's name, creation and revocation (never the keys).
+    List,
+    /// Revoke the key named NAME: requests with it get 401 from now on.
+    Revoke { name: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -303,6 +326,28 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             };
             admin::sms_test(&cfg, &number, text)
+        }
+        Command::ApiKeys {
+            config,
+            db,
+            command,
+        } => {
+            let (_, path) = match config_and_db(config.as_deref(), db) {
+                Ok(both) => both,
+                Err(code) => return code,
+            };
+            let store = match ivrd::store::Store::open(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("ivrd: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match command {
+                ApiKeysCommand::Create { name } => ivrd::api::keys::create(&store, &name),
+                ApiKeysCommand::List => ivrd::api::keys::list(&store),
+                ApiKeysCommand::Revoke { name } => ivrd::api::keys::revoke(&store, &name),
+            }
         }
         Command::Guard {
             config,

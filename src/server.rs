@@ -52,6 +52,8 @@ pub struct Snapshot {
     /// What calls started from now on use: codecs, ring time, transfer credentials and
     /// timeout, ... (the transfer password is a secret, so a reload re-reads its file).
     pub settings: Arc<CallSettings>,
+    /// The HTTP API's texts and limits.
+    pub api: Arc<crate::config::ApiConfig>,
 }
 
 /// The configured prompts: `[media] prompts_dir` over the bundled set (see
@@ -143,6 +145,7 @@ pub fn build_snapshot(
     store: Arc<Store>,
     on_sent: Option<SentHook>,
     metrics: Arc<Metrics>,
+    previous: Option<&Verifier>,
 ) -> anyhow::Result<Snapshot> {
     let Flows {
         prompts,
@@ -153,9 +156,12 @@ pub fn build_snapshot(
         warn!("{w}");
     }
     let sms = crate::verify::sms::build(&cfg.sms).context("[sms]")?;
-    let verifier = Verifier::new(store.clone(), cfg.limits.clone())
+    let mut verifier = Verifier::new(store.clone(), cfg.limits.clone())
         .context("[limits]")?
         .with_guard(cfg.guard.clone());
+    if let Some(old) = previous {
+        verifier = verifier.keeping_pins_of(old);
+    }
     let plans: Vec<Arc<Dialplan>> = plans.into_iter().map(Arc::new).collect();
     let default_plan = cfg
         .dialplans
@@ -178,6 +184,7 @@ pub fn build_snapshot(
         }),
         demo: cfg.demo.enabled.then(|| cfg.demo.clone()),
         settings: Arc::new(call_settings(cfg)),
+        api: Arc::new(cfg.api.clone()),
     })
 }
 
@@ -268,6 +275,8 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         store.path,
         audit.keep_days,
         admin.listen,
+        api.listen,
+        api.max_connections,
         log.level,
     );
     changed
@@ -308,7 +317,7 @@ pub async fn run(
     let store = open_store(&cfg)?;
     let metrics = Arc::new(Metrics::default());
     crate::services::declare_metric_labels(&metrics);
-    let snapshot = build_snapshot(&cfg, store.clone(), None, metrics.clone())?;
+    let snapshot = build_snapshot(&cfg, store.clone(), None, metrics.clone(), None)?;
     let plan_names: Arc<RwLock<Vec<String>>> = Arc::new(RwLock::new(
         snapshot.plans.iter().map(|p| p.name.clone()).collect(),
     ));
@@ -441,6 +450,29 @@ pub async fn run(
                     cfg.admin.listen
                 )
             })?;
+    }
+    if !cfg.api.listen.is_empty() {
+        let snapshots = current.clone();
+        let context: crate::api::ContextSource = Arc::new(move || {
+            let snap = snapshots.read().expect("snapshot lock").clone();
+            crate::api::service::ApiContext {
+                shared: snap.services.clone(),
+                cfg: snap.api.clone(),
+            }
+        });
+        crate::api::serve(
+            &cfg.api.listen,
+            cfg.api.max_connections,
+            context,
+            admin_shutdown.clone(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "binding the API listener [api] listen = {:?}",
+                cfg.api.listen
+            )
+        })?;
     }
     info!(sip = %bound.iter().map(|(p, a)| format!("{}:{a}", p.via_name().to_lowercase())).collect::<Vec<_>>().join(","), "ivrd ready");
     // systemd: READY only now that every socket is bound and every file loaded; WATCHDOG only
@@ -706,7 +738,20 @@ fn apply_reload(r: &ReloadContext, latest: &mut Config) -> ReloadRecord {
         None => Ok(Config::embedded()),
     }
     .and_then(|cfg| {
-        let snap = build_snapshot(&cfg, r.store.clone(), None, r.metrics.clone())?;
+        let previous = r
+            .current
+            .read()
+            .expect("snapshot lock")
+            .services
+            .verifier
+            .clone();
+        let snap = build_snapshot(
+            &cfg,
+            r.store.clone(),
+            None,
+            r.metrics.clone(),
+            Some(&previous),
+        )?;
         // A renewed certificate takes effect here; a bad one fails the reload as a whole.
         let tls = if r.running.sip.tls.is_empty() {
             None

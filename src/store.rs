@@ -152,7 +152,39 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX decoy_failures_by_subject ON decoy_failures (subject, at);
     CREATE INDEX decoy_failures_by_time ON decoy_failures (at);
     "#,
+    // 8: the HTTP API (`crate::api`): its keys (only a SHA-256 of each is kept) and its
+    // verifications. A number that is no customer's is the subject `tel:+E164`; its sends
+    // and wrong codes go into `decoy_sends` and `decoy_failures` (no foreign key there).
+    r#"
+    CREATE TABLE api_keys (
+        name       TEXT PRIMARY KEY NOT NULL,
+        hash       TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    ) STRICT;
+    CREATE TABLE verifications (
+        id          TEXT PRIMARY KEY NOT NULL,
+        key_name    TEXT NOT NULL,
+        to_number   TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        customer_id TEXT,
+        channel     TEXT NOT NULL,
+        locale      TEXT NOT NULL,
+        template    TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        sends       INTEGER NOT NULL,
+        checks      INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX verifications_by_subject ON verifications (subject, status);
+    CREATE INDEX verifications_by_time ON verifications (created_at);
+    "#,
 ];
+
+mod verifications;
+pub use verifications::{ApiKey, Verification, VerificationStatus};
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -973,6 +1005,7 @@ impl Store {
     ) -> Result<SmsAdmission, StoreError> {
         self.admit(&Admission {
             decoy: false,
+            goes_out: true,
             subject: customer_id,
             caller,
             at,
@@ -990,6 +1023,7 @@ impl Store {
     pub fn admit(&self, a: &Admission<'_>) -> Result<SmsAdmission, StoreError> {
         let Admission {
             decoy,
+            goes_out,
             subject,
             caller,
             at,
@@ -1034,7 +1068,7 @@ impl Store {
         tx.execute(insert, params![subject, caller, to_ms(at)])?;
         // A decoy sends nothing: it spends no budget (but is refused when one is spent).
         if let Some(g) = guard
-            && !decoy
+            && goes_out
         {
             tx.execute(
                 "INSERT INTO guard_sends (prefix, code, at) VALUES (?1, ?2, ?3)",
@@ -1450,8 +1484,11 @@ pub struct LastCalls {
 /// One send to admit ([`Store::admit`]): whose, asked by whom, when, and under which limits.
 #[derive(Clone, Copy)]
 pub struct Admission<'a> {
-    /// A decoy's send (counted apart, spends no budget).
+    /// The subject is no customer (a decoy, or a number the API verifies): its sends are
+    /// counted in a table of their own.
     pub decoy: bool,
+    /// Something is sent: it spends the guard's budgets (a decoy's send does not).
+    pub goes_out: bool,
     /// The customer id, or the decoy's subject.
     pub subject: &'a str,
     pub caller: &'a str,

@@ -99,5 +99,6 @@ replay_tests!(
     dialplan,
     wav,
     customers_csv,
-    http_response
+    http_response,
+    api_request
 );

@@ -261,13 +261,33 @@ impl SendRefusal {
     }
 }
 
+/// Whom a verification through the HTTP API is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiSubject<'a> {
+    /// The customer whose mobile number it is (their id).
+    Customer(&'a str),
+    /// A number that is no customer's: `tel:+E164`.
+    Number(&'a str),
+}
+
+impl ApiSubject<'_> {
+    /// The key its PIN, sends and failures are kept under.
+    pub fn key(&self) -> &str {
+        match self {
+            ApiSubject::Customer(k) | ApiSubject::Number(k) => k,
+        }
+    }
+}
+
 /// Applies [`Limits`] over a [`PinVault`] and the [`Store`]. `Send + Sync`; share it in an `Arc`.
 #[derive(Debug)]
 pub struct Verifier {
     store: Arc<Store>,
     limits: Limits,
     guard: GuardConfig,
-    vault: Mutex<PinVault>,
+    /// Shared with the verifier of the configuration before a reload when the PINs' rules
+    /// did not change ([`Verifier::keeping_pins_of`]).
+    vault: Arc<Mutex<PinVault>>,
 }
 
 impl Verifier {
@@ -279,8 +299,20 @@ impl Verifier {
             store,
             limits,
             guard: GuardConfig::default(),
-            vault: Mutex::new(vault),
+            vault: Arc::new(Mutex::new(vault)),
         })
+    }
+
+    /// Keeps the outstanding PINs of `old` (the verifier before a reload) when their validity
+    /// and tries are the same: a code sent before a reload (a pending API verification, a
+    /// caller's second call) is still good after it.
+    pub fn keeping_pins_of(mut self, old: &Verifier) -> Verifier {
+        if self.limits.pin_ttl() == old.limits.pin_ttl()
+            && self.limits.wrong_tries_per_pin == old.limits.wrong_tries_per_pin
+        {
+            self.vault = old.vault.clone();
+        }
+        self
     }
 
     /// The fraud guard's settings (the defaults otherwise).
@@ -397,16 +429,42 @@ impl Verifier {
         wall: SystemTime,
         dest: Option<&Destination>,
     ) -> Result<(), SendRefusal> {
+        self.admit(
+            decoy,
+            !decoy,
+            subject,
+            caller,
+            self.limits.sms_per_caller,
+            wall,
+            dest,
+        )
+    }
+
+    /// [`Verifier::admit_send`] with all its knobs: `apart` counts the subject's sends in
+    /// the table of subjects that are no customer, `goes_out` spends the guard's budgets,
+    /// `per_caller` is the limit on whoever asks (a caller, an API key).
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        apart: bool,
+        goes_out: bool,
+        subject: &str,
+        caller: &str,
+        per_caller: u32,
+        wall: SystemTime,
+        dest: Option<&Destination>,
+    ) -> Result<(), SendRefusal> {
         let trips = |sends, verified| dest.is_some() && breaker_trips(&self.guard, sends, verified);
         let guard = self.guard_query(dest, &trips);
         let admission = self.store.admit(&Admission {
-            decoy,
+            decoy: apart,
+            goes_out,
             subject,
             caller,
             at: wall,
             since: wall.checked_sub(self.limits.sms_window()).unwrap_or(wall),
             per_subject: self.limits.sms_per_customer,
-            per_caller: self.limits.sms_per_caller,
+            per_caller,
             guard: Some(&guard),
         })?;
         self.admitted(admission, dest)
@@ -492,6 +550,124 @@ impl Verifier {
         match check {
             PinCheck::Invalid { tries_left } => CheckPinOutcome::Invalid { tries_left },
             _ => CheckPinOutcome::Exhausted,
+        }
+    }
+
+    /// A code for a verification through the HTTP API: the lock-out, the destination guard,
+    /// the SMS limits (per number or customer as for the IVR, per API key in `caller` up to
+    /// `per_key` in the SMS window) and the budgets, then the outstanding PIN again while it
+    /// is valid or a new one. A customer's number shares the customer's limits, lock-out
+    /// and PIN with the IVR.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_api_pin(
+        &self,
+        subject: &ApiSubject,
+        mobile: &str,
+        caller: &str,
+        per_key: u32,
+        length: usize,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<Pin, SendRefusal> {
+        check_length(length)?;
+        if self.api_locked(subject, wall)? {
+            return Err(SendRefusal::LockedOut);
+        }
+        let dest = Destination::of(mobile, self.guard.breaker_prefix_digits);
+        let Some(dest) = dest.filter(|d| self.guard.allows(d)) else {
+            return Err(SendRefusal::Guard(GuardRefusal::Country));
+        };
+        let apart = matches!(subject, ApiSubject::Number(_));
+        self.admit(
+            apart,
+            true,
+            subject.key(),
+            caller,
+            per_key,
+            wall,
+            Some(&dest),
+        )?;
+        Ok(self.vault().issue_or_resend(subject.key(), length, now)?)
+    }
+
+    /// Whether the subject may not have codes now: a customer's lock-out, or, for a number,
+    /// `failures_before_lockout` wrong codes within the failure window.
+    pub fn api_locked(&self, subject: &ApiSubject, wall: SystemTime) -> Result<bool, StoreError> {
+        match subject {
+            ApiSubject::Customer(id) => self.is_locked(id, wall),
+            ApiSubject::Number(key) => {
+                let since = wall
+                    .checked_sub(self.limits.failure_window())
+                    .unwrap_or(wall);
+                Ok(self.store.decoy_failures_since(key, since)?
+                    >= self.limits.failures_before_lockout)
+            }
+        }
+    }
+
+    /// Checks a code of a verification through the HTTP API: a customer's as
+    /// [`Verifier::check_pin`] does (their failures and lock-out are the IVR's); a number's
+    /// against the vault, its wrong codes persisted, the one that reaches
+    /// `failures_before_lockout` ending its tries (and its sends for the window).
+    pub fn check_api_pin(
+        &self,
+        subject: &ApiSubject,
+        mobile: &str,
+        input: &str,
+        now: Instant,
+        wall: SystemTime,
+    ) -> CheckPinOutcome {
+        let key = match subject {
+            ApiSubject::Customer(id) => return self.check_pin(id, input, now, wall),
+            ApiSubject::Number(key) => *key,
+        };
+        match self.api_locked(subject, wall) {
+            Ok(false) => {}
+            Ok(true) => {
+                self.vault().revoke(key);
+                return CheckPinOutcome::LockedOut;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a number's failures; refusing the check");
+                return CheckPinOutcome::LockedOut;
+            }
+        }
+        let check = self.vault().check(key, input, now);
+        match check {
+            PinCheck::Valid => {
+                let cleared = self
+                    .store
+                    .clear_decoy_failures(key)
+                    .map(drop)
+                    .and_then(|()| {
+                        match Destination::of(mobile, self.guard.breaker_prefix_digits) {
+                            Some(dest) => self.store.record_verified(&dest.prefix, wall),
+                            None => Ok(()),
+                        }
+                    });
+                if let Err(e) = cleared {
+                    tracing::warn!(error = %e, "cannot clear a number's failures after a valid code");
+                }
+                CheckPinOutcome::Valid
+            }
+            PinCheck::Invalid { .. } | PinCheck::Exhausted => {
+                let since = wall
+                    .checked_sub(self.limits.failure_window())
+                    .unwrap_or(wall);
+                match self.store.record_decoy_failure(key, wall, since) {
+                    Ok(n) if n >= self.limits.failures_before_lockout => {
+                        self.vault().revoke(key);
+                        return CheckPinOutcome::Exhausted;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot persist a wrong code"),
+                }
+                match check {
+                    PinCheck::Invalid { tries_left } => CheckPinOutcome::Invalid { tries_left },
+                    _ => CheckPinOutcome::Exhausted,
+                }
+            }
+            PinCheck::Expired | PinCheck::NoPin => CheckPinOutcome::Expired,
         }
     }
 

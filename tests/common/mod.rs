@@ -140,6 +140,18 @@ pub fn free_udp_port() -> u16 {
     panic!("no free loopback UDP port after 200 tries");
 }
 
+/// A free loopback TCP port (for an HTTP listener of the daemon).
+pub fn free_tcp_port() -> u16 {
+    for _ in 0..200 {
+        let tcp = TcpListener::bind((LOCALHOST, 0)).expect("bind an ephemeral TCP port");
+        let port = tcp.local_addr().expect("local addr").port();
+        if claim(port) {
+            return port;
+        }
+    }
+    panic!("no free loopback TCP port after 200 tries");
+}
+
 static MEDIA_SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// An even RTP port for a peer (SIPp, baresip) with the next three ports free too: SIPp's

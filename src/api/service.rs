@@ -1,0 +1,505 @@
+//! What the API's endpoints do, without HTTP: start a verification (send a code), check a
+//! code, resend, cancel, read one. The PIN engine, limits, fraud guard and audit are the
+//! IVR's ([`Verifier`](crate::verify::limits::Verifier), [`Store`](crate::store::Store)), so
+//! a customer locked out on the phone is locked out here
+//! too, and the other way round.
+//!
+//! Statuses follow Twilio Verify and tyntec 2FA: `pending` until the right code
+//! (`approved`), too many wrong ones (`max_attempts_reached`), the code's validity ending
+//! (`expired`, noticed on the next request), the client's `cancel` (`canceled`), or no code
+//! sent at all (`failed`). Every final status writes one audit row, named after the key.
+
+use super::ApiError;
+use crate::config::ApiConfig;
+use crate::dialplan::model::render_sms;
+use crate::dialplan::services::{CheckPinOutcome, GuardKind, SendPinOutcome};
+use crate::services::Shared;
+use crate::store::{AuditRow, Verification, VerificationStatus, normalize_phone, not_mobile};
+use crate::verify::limits::{ApiSubject, SendRefusal};
+use crate::verify::sms::SmsMessage;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{info, warn};
+
+/// The longest code a check accepts (the longest a PIN can be).
+const MAX_CODE: usize = 10;
+
+/// What a request works with: the configuration current when it arrived.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub shared: Arc<Shared>,
+    pub cfg: Arc<ApiConfig>,
+}
+
+/// `POST /v1/verifications`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// The phone number, in any format the phone-number crate reads (national numbers in
+    /// `[store] default_region`).
+    pub to: String,
+    /// `sms`, `voice` or `auto` (default `sms`).
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub locale: Option<String>,
+    /// A template name under `[api.templates]` (default `default`).
+    #[serde(default)]
+    pub template: Option<String>,
+}
+
+/// A verification and, after a check, the tries the code has left.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub verification: Verification,
+    /// Whether this request created it (a start that found a pending one resends its code).
+    pub created: bool,
+    pub tries_left: Option<u32>,
+}
+
+impl ApiContext {
+    fn verifier(&self) -> &crate::verify::limits::Verifier {
+        &self.shared.verifier
+    }
+
+    /// Starts a verification: or, when this key has one pending for the number, sends its
+    /// code again (the same code while it is valid, as the IVR's resend does).
+    pub async fn start(&self, key: &str, req: StartRequest) -> Result<Answer, ApiError> {
+        let to = normalize_phone(&req.to, &self.shared.default_region)
+            .map_err(|e| ApiError::bad("invalid_number", format!("\"to\": {e}")))?;
+        let channel = match req.channel.as_deref().unwrap_or("sms") {
+            "sms" => "sms",
+            "auto" => match not_mobile(&to) {
+                None => "sms",
+                Some(_) => "voice",
+            },
+            "voice" => "voice",
+            other => {
+                return Err(ApiError::bad(
+                    "invalid_channel",
+                    format!("\"channel\": {other:?} is not sms, voice or auto"),
+                ));
+            }
+        };
+        if channel == "voice" {
+            return Err(ApiError::new(
+                501,
+                "channel_unavailable",
+                "codes by voice call are not available on this ivrd yet; use channel sms \
+                 (with auto, this number is not a mobile)"
+                    .into(),
+            ));
+        }
+        if let Some(kind) = not_mobile(&to) {
+            return Err(ApiError::bad(
+                "not_mobile",
+                format!("{to} is {kind}: no SMS reaches it"),
+            ));
+        }
+        let locale = req
+            .locale
+            .clone()
+            .unwrap_or_else(|| self.cfg.default_locale.clone());
+        let template = req.template.clone().unwrap_or_else(|| "default".into());
+        if self.cfg.text(&template, &locale).is_none() {
+            return Err(ApiError::bad(
+                "unknown_template",
+                format!("no text for template {template:?} in locale {locale:?}"),
+            ));
+        }
+        let this = self.clone();
+        let key = key.to_string();
+        blocking(move || this.start_blocking(&key, &to, channel, &locale, &template)).await?
+    }
+
+    fn start_blocking(
+        &self,
+        key: &str,
+        to: &str,
+        channel: &str,
+        locale: &str,
+        template: &str,
+    ) -> Result<Answer, ApiError> {
+        let store = self.verifier().store();
+        let customers = store.find_by_mobile(to).map_err(ApiError::store)?;
+        let customer = match customers.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        };
+        let subject = match &customer {
+            Some(c) => c.id.clone(),
+            None => format!("tel:{to}"),
+        };
+        let wall = SystemTime::now();
+        let pending = store
+            .pending_verification(&subject, key)
+            .map_err(ApiError::store)?
+            .filter(|v| v.expires_at > wall);
+        let (mut v, created) = match pending {
+            Some(v) => (v, false),
+            None => (
+                Verification {
+                    id: format!("VE{}", uuid::Uuid::new_v4().simple()),
+                    key_name: key.to_string(),
+                    to: to.to_string(),
+                    subject,
+                    customer_id: customer.as_ref().map(|c| c.id.clone()),
+                    channel: channel.to_string(),
+                    locale: locale.to_string(),
+                    template: template.to_string(),
+                    status: VerificationStatus::Pending,
+                    sends: 0,
+                    checks: 0,
+                    created_at: wall,
+                    updated_at: wall,
+                    expires_at: wall,
+                },
+                true,
+            ),
+        };
+        let name = customer.map(|c| c.name).unwrap_or_default();
+        match self.send(key, &mut v, &name, wall) {
+            Ok(()) => {}
+            Err(e) if created && e.code == "sms_failed" => {
+                // Nothing went out: the verification is kept as failed, for its audit row.
+                // (A refusal by the limits creates none: the client is told to wait.)
+                v.status = VerificationStatus::Failed;
+                v.updated_at = SystemTime::now();
+                store.insert_verification(&v).map_err(ApiError::store)?;
+                self.audit(&v);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        if created {
+            store.insert_verification(&v).map_err(ApiError::store)?;
+        } else {
+            store.update_verification(&v).map_err(ApiError::store)?;
+        }
+        info!(verification = %v.id, key, created, "API verification code sent");
+        Ok(Answer {
+            verification: v,
+            created,
+            tries_left: None,
+        })
+    }
+
+    /// Admits and sends one code for `v` (its first or a resend), updating its counts and
+    /// expiry. Runs on a blocking thread: the SMS is sent from it on the runtime.
+    fn send(
+        &self,
+        key: &str,
+        v: &mut Verification,
+        name: &str,
+        wall: SystemTime,
+    ) -> Result<(), ApiError> {
+        let subject = api_subject(v);
+        let caller = format!("api:{key}");
+        let pin = self
+            .verifier()
+            .prepare_api_pin(
+                &subject,
+                &v.to,
+                &caller,
+                self.cfg.sends_per_key,
+                self.cfg.code_length,
+                Instant::now(),
+                wall,
+            )
+            .map_err(|r| self.refusal(r))?;
+        let limits = self.verifier().limits();
+        let Some(template) = self.cfg.text(&v.template, &v.locale) else {
+            self.verifier().send_failed(subject.key(), &pin);
+            return Err(ApiError::bad(
+                "unknown_template",
+                format!("no text for template {:?} in {:?}", v.template, v.locale),
+            ));
+        };
+        let msg = SmsMessage {
+            to: v.to.clone(),
+            text: render_sms(&template, pin.expose(), limits.pin_minutes(), name),
+            reference: v.id.clone(),
+            ttl: limits.pin_ttl(),
+        };
+        let started = Instant::now();
+        let sent = tokio::runtime::Handle::current().block_on(self.shared.sms.send(&msg));
+        self.shared.metrics.sms(sent.is_ok(), started.elapsed());
+        if let Err(e) = sent {
+            warn!(verification = %v.id, error = %e, "API verification code not sent");
+            self.verifier().send_failed(subject.key(), &pin);
+            return Err(ApiError::new(
+                502,
+                "sms_failed",
+                format!("the SMS provider did not take the message: {e}"),
+            ));
+        }
+        if pin.issue() == crate::verify::pin::Issue::New {
+            v.expires_at = wall + limits.pin_ttl();
+        }
+        v.sends += 1;
+        v.updated_at = wall;
+        Ok(())
+    }
+
+    /// A refusal as the API answers it: 429 with Retry-After for the limits, 403 for a
+    /// destination the guard does not text.
+    fn refusal(&self, r: SendRefusal) -> ApiError {
+        let limits = self.verifier().limits();
+        match r {
+            SendRefusal::CustomerRateLimited => ApiError::limited(
+                "number_rate_limited",
+                "too many codes for this number; wait before asking again".into(),
+                limits.sms_window(),
+            ),
+            SendRefusal::CallerRateLimited => ApiError::limited(
+                "key_rate_limited",
+                "this API key sent too many codes; wait before asking again".into(),
+                limits.sms_window(),
+            ),
+            SendRefusal::LockedOut => ApiError::limited(
+                "locked_out",
+                "too many wrong codes for this number; it is locked for a while".into(),
+                limits.failure_window(),
+            ),
+            other => match other.to_outcome() {
+                SendPinOutcome::Guarded(GuardKind::Country) => ApiError::new(
+                    403,
+                    "destination_refused",
+                    "codes are not sent to this country".into(),
+                ),
+                SendPinOutcome::Guarded(_) => ApiError::limited(
+                    "guard_refused",
+                    "the SMS budget is spent or sends to this destination are paused".into(),
+                    Duration::from_secs(3600),
+                ),
+                _ => ApiError::new(503, "unavailable", format!("cannot send now: {other}")),
+            },
+        }
+    }
+
+    /// Checks a code.
+    pub async fn check(&self, key: &str, id: &str, code: &str) -> Result<Answer, ApiError> {
+        if code.is_empty() || code.len() > MAX_CODE || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::bad(
+                "invalid_code",
+                format!("\"code\" must be 1 to {MAX_CODE} digits"),
+            ));
+        }
+        let (this, key, id, code) = (
+            self.clone(),
+            key.to_string(),
+            id.to_string(),
+            zeroize::Zeroizing::new(code.to_string()),
+        );
+        blocking(move || {
+            let mut v = this.pending(&key, &id)?;
+            let outcome = this.verifier().check_api_pin(
+                &api_subject(&v),
+                &v.to,
+                &code,
+                Instant::now(),
+                SystemTime::now(),
+            );
+            v.checks += 1;
+            let mut tries_left = None;
+            v.status = match outcome {
+                CheckPinOutcome::Valid => VerificationStatus::Approved,
+                CheckPinOutcome::Invalid { tries_left: t } => {
+                    tries_left = Some(t);
+                    VerificationStatus::Pending
+                }
+                CheckPinOutcome::Exhausted | CheckPinOutcome::LockedOut => {
+                    VerificationStatus::MaxAttemptsReached
+                }
+                CheckPinOutcome::Expired => VerificationStatus::Expired,
+            };
+            this.save(&mut v)?;
+            Ok(Answer {
+                verification: v,
+                created: false,
+                tries_left,
+            })
+        })
+        .await?
+    }
+
+    /// Sends the code again (the same one while it is valid).
+    pub async fn resend(
+        &self,
+        key: &str,
+        id: &str,
+        channel: Option<String>,
+    ) -> Result<Answer, ApiError> {
+        match channel.as_deref() {
+            None | Some("sms") | Some("auto") => {}
+            Some("voice") => {
+                return Err(ApiError::new(
+                    501,
+                    "channel_unavailable",
+                    "codes by voice call are not available on this ivrd yet; use channel sms"
+                        .into(),
+                ));
+            }
+            Some(other) => {
+                return Err(ApiError::bad(
+                    "invalid_channel",
+                    format!("\"channel\": {other:?} is not sms, voice or auto"),
+                ));
+            }
+        }
+        let (this, key, id) = (self.clone(), key.to_string(), id.to_string());
+        blocking(move || {
+            let mut v = this.pending(&key, &id)?;
+            let name = match &v.customer_id {
+                Some(c) => this
+                    .verifier()
+                    .store()
+                    .find_customer(c)
+                    .map_err(ApiError::store)?
+                    .map(|c| c.name)
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            this.send(&key, &mut v, &name, SystemTime::now())?;
+            this.save(&mut v)?;
+            Ok(Answer {
+                verification: v,
+                created: false,
+                tries_left: None,
+            })
+        })
+        .await?
+    }
+
+    /// Cancels a pending verification; its code is void.
+    pub async fn cancel(&self, key: &str, id: &str) -> Result<Answer, ApiError> {
+        let (this, key, id) = (self.clone(), key.to_string(), id.to_string());
+        blocking(move || {
+            let mut v = this.pending(&key, &id)?;
+            this.verifier().revoke_pin(&v.subject);
+            v.status = VerificationStatus::Canceled;
+            this.save(&mut v)?;
+            Ok(Answer {
+                verification: v,
+                created: false,
+                tries_left: None,
+            })
+        })
+        .await?
+    }
+
+    /// One verification (a pending one past its expiry is expired now).
+    pub async fn get(&self, key: &str, id: &str) -> Result<Answer, ApiError> {
+        let (this, key, id) = (self.clone(), key.to_string(), id.to_string());
+        blocking(move || {
+            let mut v = this.find(&key, &id)?;
+            if v.status == VerificationStatus::Pending && v.expires_at <= SystemTime::now() {
+                v.status = VerificationStatus::Expired;
+                this.save(&mut v)?;
+            }
+            Ok(Answer {
+                verification: v,
+                created: false,
+                tries_left: None,
+            })
+        })
+        .await?
+    }
+
+    /// The key's verification `id` (another key's is not found: ids are no way into
+    /// another application's verifications).
+    fn find(&self, key: &str, id: &str) -> Result<Verification, ApiError> {
+        match self.verifier().store().verification(id) {
+            Ok(Some(v)) if v.key_name == key => Ok(v),
+            Ok(_) => Err(ApiError::new(
+                404,
+                "not_found",
+                format!("no verification {id:?}"),
+            )),
+            Err(e) => Err(ApiError::store(e)),
+        }
+    }
+
+    /// [`ApiContext::find`], for a change: it must be pending (and not past its expiry,
+    /// which makes it expired here and now).
+    fn pending(&self, key: &str, id: &str) -> Result<Verification, ApiError> {
+        let mut v = self.find(key, id)?;
+        if v.status == VerificationStatus::Pending && v.expires_at <= SystemTime::now() {
+            v.status = VerificationStatus::Expired;
+            self.save(&mut v)?;
+        }
+        if v.status != VerificationStatus::Pending {
+            return Err(ApiError::new(
+                409,
+                "not_pending",
+                format!("verification {id} is {}", v.status.as_str()),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Writes a change; a final status also writes the audit row.
+    fn save(&self, v: &mut Verification) -> Result<(), ApiError> {
+        v.updated_at = SystemTime::now();
+        self.verifier()
+            .store()
+            .update_verification(v)
+            .map_err(ApiError::store)?;
+        if v.status.is_final() {
+            self.audit(v);
+        }
+        Ok(())
+    }
+
+    /// The audit row of a verification that ended: the key's name where a call has the
+    /// caller, the number where a call has the dialled number.
+    fn audit(&self, v: &Verification) {
+        let outcome = match v.status {
+            VerificationStatus::Approved => "verified",
+            VerificationStatus::MaxAttemptsReached => "wrong-pin",
+            VerificationStatus::Expired => "pin-expired",
+            VerificationStatus::Canceled => "completed",
+            VerificationStatus::Failed | VerificationStatus::Pending => "sms-failed",
+        };
+        let row = AuditRow {
+            call_id: v.id.clone(),
+            caller: format!("api:{}", v.key_name),
+            dialed: v.to.clone(),
+            customer_id: v.customer_id.clone(),
+            outcome: outcome.into(),
+            started_at: v.created_at,
+            ended_at: v.updated_at,
+            dtmf_methods: String::new(),
+            detail: Some(format!(
+                "api channel={} status={} sends={} checks={}",
+                v.channel,
+                v.status.as_str(),
+                v.sends,
+                v.checks
+            )),
+            transfer: None,
+            transport: Some("HTTP".into()),
+            srtp: None,
+        };
+        if let Err(e) = self.verifier().store().write_audit(&row) {
+            tracing::error!(verification = %v.id, error = %e, "cannot write the audit row");
+        }
+    }
+}
+
+fn api_subject(v: &Verification) -> ApiSubject<'_> {
+    match &v.customer_id {
+        Some(_) => ApiSubject::Customer(&v.subject),
+        None => ApiSubject::Number(&v.subject),
+    }
+}
+
+/// Runs store work (and the SMS send, which waits on the runtime from there) off the
+/// runtime's threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(500, "internal", format!("the request failed: {e}")))
+}

@@ -1,0 +1,334 @@
+//! The HTTP API's rows: its keys and its verifications (schema 8).
+//!
+//! A key is shown once, when it is made; the table keeps its SHA-256 only. The keys are 256
+//! random bits, so a plain hash is enough (a slow password hash guards guessable secrets),
+//! and a lookup by hash is an index probe, the same work for a good key and a bad one.
+
+use super::{Store, StoreError, from_ms, to_ms};
+use rusqlite::{OptionalExtension, params};
+use std::time::SystemTime;
+
+/// An API key as `ivrd api-keys list` shows it (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub name: String,
+    pub created_at: SystemTime,
+    pub revoked_at: Option<SystemTime>,
+}
+
+/// Where a verification stands, named as Twilio Verify and tyntec name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerificationStatus {
+    /// A code went out and may be checked.
+    Pending,
+    /// The right code was checked.
+    Approved,
+    /// The client canceled it.
+    Canceled,
+    /// Too many wrong codes (or the number or customer is locked out).
+    MaxAttemptsReached,
+    /// The code's validity ended before the right one was checked.
+    Expired,
+    /// No code could be sent.
+    Failed,
+}
+
+impl VerificationStatus {
+    pub const ALL: [VerificationStatus; 6] = [
+        VerificationStatus::Pending,
+        VerificationStatus::Approved,
+        VerificationStatus::Canceled,
+        VerificationStatus::MaxAttemptsReached,
+        VerificationStatus::Expired,
+        VerificationStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationStatus::Pending => "pending",
+            VerificationStatus::Approved => "approved",
+            VerificationStatus::Canceled => "canceled",
+            VerificationStatus::MaxAttemptsReached => "max_attempts_reached",
+            VerificationStatus::Expired => "expired",
+            VerificationStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<VerificationStatus> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Whether nothing can change it any more.
+    pub fn is_final(self) -> bool {
+        self != VerificationStatus::Pending
+    }
+}
+
+/// One verification started through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub id: String,
+    /// The API key that started it (its name).
+    pub key_name: String,
+    /// E.164.
+    pub to: String,
+    /// The customer id whose number it is, or `tel:` and the number: whose limits, PIN and
+    /// lock-out it uses.
+    pub subject: String,
+    pub customer_id: Option<String>,
+    /// `sms` (or `voice`).
+    pub channel: String,
+    pub locale: String,
+    pub template: String,
+    pub status: VerificationStatus,
+    /// Codes sent (the first and every resend).
+    pub sends: u32,
+    /// Codes checked.
+    pub checks: u32,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+const COLUMNS: &str = "id, key_name, to_number, subject, customer_id, channel, locale, template, \
+                       status, sends, checks, created_at, updated_at, expires_at";
+
+fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Verification> {
+    let status: String = r.get(8)?;
+    Ok(Verification {
+        id: r.get(0)?,
+        key_name: r.get(1)?,
+        to: r.get(2)?,
+        subject: r.get(3)?,
+        customer_id: r.get(4)?,
+        channel: r.get(5)?,
+        locale: r.get(6)?,
+        template: r.get(7)?,
+        // Only this module writes the column, from `as_str`.
+        status: VerificationStatus::parse(&status).unwrap_or(VerificationStatus::Failed),
+        sends: r.get(9)?,
+        checks: r.get(10)?,
+        created_at: from_ms(r.get(11)?),
+        updated_at: from_ms(r.get(12)?),
+        expires_at: from_ms(r.get(13)?),
+    })
+}
+
+impl Store {
+    /// Adds a key by its hash; `false` if the name is taken.
+    pub fn add_api_key(&self, name: &str, hash: &str, at: SystemTime) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "INSERT INTO api_keys (name, hash, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO NOTHING",
+            params![name, hash, to_ms(at)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The name of the key with this hash, if it exists and is not revoked.
+    pub fn api_key_by_hash(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT name FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
+                [hash],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Revokes a key; `false` if there is no such key or it was revoked already.
+    pub fn revoke_api_key(&self, name: &str, at: SystemTime) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE api_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+            params![name, to_ms(at)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Every key, by name.
+    pub fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT name, created_at, revoked_at FROM api_keys ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ApiKey {
+                name: r.get(0)?,
+                created_at: from_ms(r.get(1)?),
+                revoked_at: r.get::<_, Option<i64>>(2)?.map(from_ms),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert_verification(&self, v: &Verification) -> Result<(), StoreError> {
+        self.conn().execute(
+            &format!(
+                "INSERT INTO verifications ({COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            ),
+            params![
+                v.id,
+                v.key_name,
+                v.to,
+                v.subject,
+                v.customer_id,
+                v.channel,
+                v.locale,
+                v.template,
+                v.status.as_str(),
+                v.sends,
+                v.checks,
+                to_ms(v.created_at),
+                to_ms(v.updated_at),
+                to_ms(v.expires_at),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Writes what can change: status, counts, times.
+    pub fn update_verification(&self, v: &Verification) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE verifications SET status = ?2, sends = ?3, checks = ?4, updated_at = ?5,
+                                      expires_at = ?6, channel = ?7
+             WHERE id = ?1",
+            params![
+                v.id,
+                v.status.as_str(),
+                v.sends,
+                v.checks,
+                to_ms(v.updated_at),
+                to_ms(v.expires_at),
+                v.channel,
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn verification(&self, id: &str) -> Result<Option<Verification>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM verifications WHERE id = ?1"),
+                [id],
+                read,
+            )
+            .optional()?)
+    }
+
+    /// The newest pending verification of `subject` started by `key_name`, if any.
+    pub fn pending_verification(
+        &self,
+        subject: &str,
+        key_name: &str,
+    ) -> Result<Option<Verification>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM verifications
+                     WHERE subject = ?1 AND key_name = ?2 AND status = 'pending'
+                     ORDER BY created_at DESC LIMIT 1"
+                ),
+                params![subject, key_name],
+                read,
+            )
+            .optional()?)
+    }
+
+    /// Wrong codes or PINs for the subject (no customer) since `since`.
+    pub fn decoy_failures_since(
+        &self,
+        subject: &str,
+        since: SystemTime,
+    ) -> Result<u32, StoreError> {
+        super::count(
+            &self.conn(),
+            "SELECT COUNT(*) FROM decoy_failures WHERE subject = ?1 AND at >= ?2",
+            subject,
+            since,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("ivrd.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn keys_are_found_by_hash_until_revoked() {
+        let (_d, store) = store();
+        let now = SystemTime::now();
+        assert!(store.add_api_key("shop", "h1", now).unwrap());
+        assert!(
+            !store.add_api_key("shop", "h2", now).unwrap(),
+            "names are unique"
+        );
+        assert_eq!(
+            store.api_key_by_hash("h1").unwrap().as_deref(),
+            Some("shop")
+        );
+        assert_eq!(store.api_key_by_hash("h2").unwrap(), None);
+        assert!(store.revoke_api_key("shop", now).unwrap());
+        assert!(!store.revoke_api_key("shop", now).unwrap());
+        assert_eq!(store.api_key_by_hash("h1").unwrap(), None);
+        let keys = store.api_keys().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert!(keys[0].revoked_at.is_some());
+    }
+
+    #[test]
+    fn a_verification_round_trips_and_the_pending_one_is_found() {
+        let (_d, store) = store();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut v = Verification {
+            id: "VE1".into(),
+            key_name: "shop".into(),
+            to: "+4915112345678".into(),
+            subject: "tel:+4915112345678".into(),
+            customer_id: None,
+            channel: "sms".into(),
+            locale: "de".into(),
+            template: "default".into(),
+            status: VerificationStatus::Pending,
+            sends: 1,
+            checks: 0,
+            created_at: at,
+            updated_at: at,
+            expires_at: at + Duration::from_secs(300),
+        };
+        store.insert_verification(&v).unwrap();
+        assert_eq!(store.verification("VE1").unwrap().as_ref(), Some(&v));
+        assert_eq!(
+            store
+                .pending_verification("tel:+4915112345678", "shop")
+                .unwrap()
+                .map(|v| v.id),
+            Some("VE1".into())
+        );
+        assert_eq!(
+            store
+                .pending_verification("tel:+4915112345678", "other")
+                .unwrap(),
+            None
+        );
+        v.status = VerificationStatus::Approved;
+        v.checks = 2;
+        store.update_verification(&v).unwrap();
+        assert_eq!(store.verification("VE1").unwrap().as_ref(), Some(&v));
+        assert_eq!(
+            store
+                .pending_verification("tel:+4915112345678", "shop")
+                .unwrap(),
+            None
+        );
+    }
+}
