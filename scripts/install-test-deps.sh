@@ -14,7 +14,9 @@
 #             on, as man(1) would);
 #   chromium - Debian package chromium (tests/live_page.rs loads the admin listener's live
 #             page in headless Chromium: a screenshot and the rendered DOM);
-#   tzdata - the time zone database (hours steps, Europe/Berlin in the tests).
+#   tzdata - the time zone database (hours steps, Europe/Berlin in the tests);
+#   python3 - Debian package python3-minimal (tests/web_signup.rs runs the web sign-up
+#             example's backend, examples/web-signup/server.py, standard library only).
 # Idempotent: does nothing when everything is already there. Exits non-zero if the tools are
 # still missing afterwards, so a test run never starts without its peers.
 set -euo pipefail
@@ -58,6 +60,10 @@ missing_packages() {
     if ! command -v chromium >/dev/null 2>&1; then
         pkgs+=(chromium)
     fi
+    # The web sign-up example's backend (tests/web_signup.rs).
+    if ! command -v python3 >/dev/null 2>&1; then
+        pkgs+=(python3-minimal)
+    fi
     # systemd-analyze checks the unit file (tests/systemd.rs).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
@@ -67,7 +73,7 @@ missing_packages() {
 
 need=$(missing_packages)
 if [ -z "$need" ]; then
-    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump, groff, tzdata, systemd-analyze and chromium already installed"
+    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump, groff, tzdata, systemd-analyze, chromium and python3 already installed"
     exit 0
 fi
 

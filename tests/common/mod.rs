@@ -61,6 +61,7 @@ const PEER_PACKAGES: &[(&str, &str)] = &[
     ("kamailio", "kamailio"),
     ("tcpdump", "tcpdump"),
     ("chromium", "chromium"),
+    ("python3", "python3-minimal"),
 ];
 
 /// Finds `name` on PATH (or in the sbin directories, where Debian puts `kamailio` and a
