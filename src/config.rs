@@ -126,7 +126,7 @@ impl Default for AdminConfig {
 
 /// The HTTP API ([`crate::api`]): verifications of phone numbers by a code, for web
 /// sign-ups and other applications.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// HTTP listen address; empty (the default) turns the API off. Put a TLS reverse proxy in
@@ -145,6 +145,32 @@ pub struct ApiConfig {
     pub templates: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     /// Concurrent connections the listener keeps; more are closed at once.
     pub max_connections: usize,
+    /// Where each verification's status changes are POSTed (empty: nowhere). `https://`,
+    /// or `http://` on the loopback interface.
+    pub webhook_url: String,
+    /// The HMAC-SHA256 key that signs each callback (`X-Ivrd-Signature`); required with
+    /// `webhook_url`. A secret: prefer `webhook_secret_file`.
+    pub webhook_secret: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field("code_length", &self.code_length)
+            .field("sends_per_key", &self.sends_per_key)
+            .field("default_locale", &self.default_locale)
+            .field("templates", &self.templates)
+            .field("max_connections", &self.max_connections)
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "***"),
+            )
+            .field("webhook_secret_file", &self.webhook_secret_file)
+            .finish()
+    }
 }
 
 impl Default for ApiConfig {
@@ -156,6 +182,9 @@ impl Default for ApiConfig {
             default_locale: "en".into(),
             templates: Default::default(),
             max_connections: 256,
+            webhook_url: String::new(),
+            webhook_secret: None,
+            webhook_secret_file: None,
         }
     }
 }
@@ -198,6 +227,22 @@ impl ApiConfig {
                         "[api.templates.{name}] {locale}: the text has no {{pin}}"
                     ));
                 }
+            }
+        }
+        if !self.webhook_url.is_empty() {
+            crate::verify::sms::check_url("[api] webhook_url", &self.webhook_url)?;
+            if self
+                .webhook_secret
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+                && self.webhook_secret_file.is_none()
+            {
+                return Err(
+                    "[api] webhook_url needs webhook_secret_file (or webhook_secret): the key \
+                     that signs each callback"
+                        .into(),
+                );
             }
         }
         if self.text("default", &self.default_locale).is_none() {
@@ -774,6 +819,14 @@ impl Config {
     /// transfer password); see [`crate::secrets`]. Warnings go to [`Config::warnings`].
     pub fn resolve_secrets(&mut self, files: &crate::secrets::SecretFiles) -> Result<(), String> {
         self.sms.resolve_secrets(files, &mut self.warnings)?;
+        let api = &mut self.api;
+        files.resolve_option(
+            "[api]",
+            "webhook_secret",
+            &mut api.webhook_secret,
+            api.webhook_secret_file.as_deref(),
+            &mut self.warnings,
+        )?;
         let t = &mut self.transfer;
         files.resolve_option(
             "[transfer]",

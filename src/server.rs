@@ -460,6 +460,20 @@ pub async fn run(
                 cfg: snap.api.clone(),
             }
         });
+        // Status callbacks go out from the outbox, to the URL the current config names.
+        let snapshots = current.clone();
+        tokio::spawn(crate::api::webhooks::run(
+            store.clone(),
+            move || {
+                let snap = snapshots.read().expect("snapshot lock").clone();
+                let api = &snap.api;
+                (!api.webhook_url.is_empty()).then(|| crate::api::webhooks::Target {
+                    url: api.webhook_url.clone(),
+                    secret: api.webhook_secret.clone().unwrap_or_default(),
+                })
+            },
+            admin_shutdown.clone(),
+        ));
         crate::api::serve(
             &cfg.api.listen,
             cfg.api.max_connections,

@@ -181,10 +181,24 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX verifications_by_subject ON verifications (subject, status);
     CREATE INDEX verifications_by_time ON verifications (created_at);
     "#,
+    // 9: the API's status callbacks waiting to be delivered (`crate::api::webhooks`): an
+    // outbox, so that a restart or a receiver that is down loses none.
+    r#"
+    CREATE TABLE webhook_outbox (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        verification_id TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        attempts        INTEGER NOT NULL,
+        next_at         INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at);
+    CREATE INDEX webhook_outbox_by_verification ON webhook_outbox (verification_id, id);
+    "#,
 ];
 
 mod verifications;
-pub use verifications::{ApiKey, Verification, VerificationStatus};
+pub use verifications::{ApiKey, OutboxEvent, Verification, VerificationStatus};
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

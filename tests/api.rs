@@ -334,3 +334,108 @@ fn the_api_verifies_numbers_under_the_ivrs_limits_and_audit() {
         common::verify::assert_pin_not_logged(&daemon, c);
     }
 }
+
+/// Status callbacks: each status change is POSTed to `[api] webhook_url`, signed with the
+/// secret from `webhook_secret_file` (HMAC-SHA256 of `t.body`), retried with back-off while
+/// the receiver fails, and delivered in order (the later change waits for the earlier).
+#[test]
+fn status_callbacks_are_signed_retried_and_in_order() {
+    use hmac::{Hmac, Mac};
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hooks = rt.block_on(async {
+        let server = MockServer::start().await;
+        // The receiver is down for the first two tries.
+        Mock::given(method("POST"))
+            .and(path("/hook"))
+            .respond_with(ResponseTemplate::new(503))
+            .up_to_n_times(2)
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/hook"))
+            .respond_with(ResponseTemplate::new(204))
+            .with_priority(5)
+            .mount(&server)
+            .await;
+        server
+    });
+    let rig = Rig::new(200, free_udp_port());
+    let secret = rig.state.path().join("hook-secret");
+    std::fs::write(&secret, "hook s3cret\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let port = free_tcp_port();
+    let _daemon = rig.daemon(&format!(
+        "[api]\nlisten = {}\nwebhook_url = {}\nwebhook_secret_file = {}\n",
+        toml_str(&format!("127.0.0.1:{port}")),
+        toml_str(&format!("{}/hook", hooks.uri())),
+        toml_str(&secret.display().to_string()),
+    ));
+    let key = make_key(&rig.db_path(), "web");
+    let api = Api::new(port);
+    let (s, _, v) = api.start(&key, json!({"to": "+4915112345678"}));
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let code = code_in(&rig.sms.wait_posts(1, Duration::from_secs(10))[0]);
+    let (_, v) = api.check(&key, &id, &code);
+    assert_eq!(v["status"], "approved");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let requests = loop {
+        let r = rt.block_on(hooks.received_requests()).unwrap_or_default();
+        if r.len() >= 4 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seen: Vec<(String, String)> = requests
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            (
+                body["id"].as_str().unwrap().to_string(),
+                body["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = ["pending", "pending", "pending", "approved"]
+        .iter()
+        .map(|s| (id.clone(), s.to_string()))
+        .collect();
+    assert_eq!(seen, want, "two refused tries, then pending, then approved");
+    for r in &requests {
+        let sig = r.headers.get("x-ivrd-signature").unwrap().to_str().unwrap();
+        let (t, v1) = sig
+            .strip_prefix("t=")
+            .and_then(|s| s.split_once(",v1="))
+            .unwrap_or_else(|| panic!("signature {sig:?}"));
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"hook s3cret").unwrap();
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(&r.body);
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            v1,
+            hex,
+            "the signature of {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // The retries waited: 1 s, then 2 s.
+    let first = &requests[0];
+    let third = &requests[2];
+    let t = |r: &wiremock::Request| -> u64 {
+        r.headers.get("x-ivrd-signature").unwrap().to_str().unwrap()[2..12]
+            .parse()
+            .unwrap()
+    };
+    assert!(t(third) >= t(first) + 2, "back-off between tries");
+    let store = Store::open_read_only(rig.db_path()).unwrap();
+    assert_eq!(store.webhooks_waiting().unwrap(), 0, "the outbox is empty");
+}

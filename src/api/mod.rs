@@ -22,6 +22,7 @@
 
 pub mod keys;
 pub mod service;
+pub mod webhooks;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};

@@ -167,12 +167,14 @@ impl ApiContext {
                 v.updated_at = SystemTime::now();
                 store.insert_verification(&v).map_err(ApiError::store)?;
                 self.audit(&v);
+                self.notify(&v);
                 return Err(e);
             }
             Err(e) => return Err(e),
         }
         if created {
             store.insert_verification(&v).map_err(ApiError::store)?;
+            self.notify(&v);
         } else {
             store.update_verification(&v).map_err(ApiError::store)?;
         }
@@ -293,6 +295,7 @@ impl ApiContext {
         );
         blocking(move || {
             let mut v = this.pending(&key, &id)?;
+            let before = v.status;
             let outcome = this.verifier().check_api_pin(
                 &api_subject(&v),
                 &v.to,
@@ -313,7 +316,7 @@ impl ApiContext {
                 }
                 CheckPinOutcome::Expired => VerificationStatus::Expired,
             };
-            this.save(&mut v)?;
+            this.save(&mut v, before)?;
             Ok(Answer {
                 verification: v,
                 created: false,
@@ -361,7 +364,7 @@ impl ApiContext {
                 None => String::new(),
             };
             this.send(&key, &mut v, &name, SystemTime::now())?;
-            this.save(&mut v)?;
+            this.save(&mut v, VerificationStatus::Pending)?;
             Ok(Answer {
                 verification: v,
                 created: false,
@@ -378,7 +381,7 @@ impl ApiContext {
             let mut v = this.pending(&key, &id)?;
             this.verifier().revoke_pin(&v.subject);
             v.status = VerificationStatus::Canceled;
-            this.save(&mut v)?;
+            this.save(&mut v, VerificationStatus::Pending)?;
             Ok(Answer {
                 verification: v,
                 created: false,
@@ -395,7 +398,7 @@ impl ApiContext {
             let mut v = this.find(&key, &id)?;
             if v.status == VerificationStatus::Pending && v.expires_at <= SystemTime::now() {
                 v.status = VerificationStatus::Expired;
-                this.save(&mut v)?;
+                this.save(&mut v, VerificationStatus::Pending)?;
             }
             Ok(Answer {
                 verification: v,
@@ -426,7 +429,7 @@ impl ApiContext {
         let mut v = self.find(key, id)?;
         if v.status == VerificationStatus::Pending && v.expires_at <= SystemTime::now() {
             v.status = VerificationStatus::Expired;
-            self.save(&mut v)?;
+            self.save(&mut v, VerificationStatus::Pending)?;
         }
         if v.status != VerificationStatus::Pending {
             return Err(ApiError::new(
@@ -438,17 +441,32 @@ impl ApiContext {
         Ok(v)
     }
 
-    /// Writes a change; a final status also writes the audit row.
-    fn save(&self, v: &mut Verification) -> Result<(), ApiError> {
+    /// Writes a change; a new status is called back, and a final one audited.
+    fn save(&self, v: &mut Verification, before: VerificationStatus) -> Result<(), ApiError> {
         v.updated_at = SystemTime::now();
         self.verifier()
             .store()
             .update_verification(v)
             .map_err(ApiError::store)?;
-        if v.status.is_final() {
-            self.audit(v);
+        if v.status != before {
+            self.notify(v);
+            if v.status.is_final() {
+                self.audit(v);
+            }
         }
         Ok(())
+    }
+
+    /// Queues the status callback of `v` (with `[api] webhook_url` set).
+    fn notify(&self, v: &Verification) {
+        if self.cfg.webhook_url.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
+        let body = super::webhooks::body(v, now);
+        if let Err(e) = self.verifier().store().enqueue_webhook(&v.id, &body, now) {
+            tracing::error!(verification = %v.id, error = %e, "cannot queue the status callback");
+        }
     }
 
     /// The audit row of a verification that ended: the key's name where a call has the

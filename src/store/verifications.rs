@@ -252,6 +252,91 @@ impl Store {
     }
 }
 
+/// A status callback waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub id: i64,
+    pub verification_id: String,
+    /// The JSON sent, as signed.
+    pub body: String,
+    /// Deliveries tried so far.
+    pub attempts: u32,
+    pub created_at: SystemTime,
+}
+
+impl Store {
+    /// Queues a status callback, due at once.
+    pub fn enqueue_webhook(
+        &self,
+        verification_id: &str,
+        body: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO webhook_outbox (verification_id, body, attempts, next_at, created_at)
+             VALUES (?1, ?2, 0, ?3, ?3)",
+            params![verification_id, body, to_ms(at)],
+        )?;
+        Ok(())
+    }
+
+    /// Callbacks due at `now`, oldest first, at most `limit`; only the oldest waiting of
+    /// each verification (its later changes wait for it, so a receiver sees them in order).
+    pub fn due_webhooks(
+        &self,
+        now: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, verification_id, body, attempts, created_at FROM webhook_outbox w
+             WHERE next_at <= ?1
+               AND NOT EXISTS (SELECT 1 FROM webhook_outbox e
+                               WHERE e.verification_id = w.verification_id AND e.id < w.id)
+             ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![to_ms(now), limit], |r| {
+            Ok(OutboxEvent {
+                id: r.get(0)?,
+                verification_id: r.get(1)?,
+                body: r.get(2)?,
+                attempts: r.get(3)?,
+                created_at: from_ms(r.get(4)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Delivered (or given up): out of the outbox.
+    pub fn remove_webhook(&self, id: i64) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM webhook_outbox WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// A delivery failed: try again at `next_at`.
+    pub fn retry_webhook(
+        &self,
+        id: i64,
+        attempts: u32,
+        next_at: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE webhook_outbox SET attempts = ?2, next_at = ?3 WHERE id = ?1",
+            params![id, attempts, to_ms(next_at)],
+        )?;
+        Ok(())
+    }
+
+    /// Callbacks waiting, for the tests and for status.
+    pub fn webhooks_waiting(&self) -> Result<u32, StoreError> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM webhook_outbox", [], |r| r.get(0))?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +415,30 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_verifications_later_callbacks_wait_for_its_earlier_one() {
+        let (_d, store) = store();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        store.enqueue_webhook("VE1", "pending", t0).unwrap();
+        store.enqueue_webhook("VE2", "pending", t0).unwrap();
+        store.enqueue_webhook("VE1", "approved", t0).unwrap();
+        let due = store.due_webhooks(t0, 10).unwrap();
+        let bodies: Vec<&str> = due.iter().map(|e| e.body.as_str()).collect();
+        assert_eq!(bodies, ["pending", "pending"], "VE1's approval waits");
+        // VE1's first fails and waits 1 s: its approval still waits; VE2's goes.
+        store
+            .retry_webhook(due[0].id, 1, t0 + Duration::from_secs(1))
+            .unwrap();
+        store.remove_webhook(due[1].id).unwrap();
+        assert!(store.due_webhooks(t0, 10).unwrap().is_empty());
+        let later = store.due_webhooks(t0 + Duration::from_secs(1), 10).unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!((later[0].body.as_str(), later[0].attempts), ("pending", 1));
+        store.remove_webhook(later[0].id).unwrap();
+        let last = store.due_webhooks(t0 + Duration::from_secs(1), 10).unwrap();
+        assert_eq!(last[0].body, "approved");
+        assert_eq!(store.webhooks_waiting().unwrap(), 1);
     }
 }

@@ -127,6 +127,14 @@ pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<SmsReceipt, SmsErro
 
 /// Something that can send an SMS. Implementations retry by themselves (see the `retry` module);
 /// a caller should not loop on [`SmsError::Timeout`].
+/// Checks a URL ivrd sends something private to: `https://`, or `http://` on the loopback
+/// interface only. `name` names the setting in the message.
+pub fn check_url(name: &str, url: &str) -> Result<(), String> {
+    retry::parse_base_url(name, url)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 pub trait SmsProvider: Send + Sync {
     /// The provider's name as in the configuration, for logs and receipts.
     fn name(&self) -> &'static str;
