@@ -145,6 +145,9 @@ pub struct ApiConfig {
     pub templates: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     /// Concurrent connections the listener keeps; more are closed at once.
     pub max_connections: usize,
+    /// HTTPS with `[tls] cert` and `key` (no client certificate asked for, whatever `[tls]`
+    /// says for SIP). Read at start: a renewed certificate needs a restart.
+    pub tls: bool,
     /// Where each verification's status changes are POSTed (empty: nowhere). `https://`,
     /// or `http://` on the loopback interface.
     pub webhook_url: String,
@@ -163,6 +166,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("default_locale", &self.default_locale)
             .field("templates", &self.templates)
             .field("max_connections", &self.max_connections)
+            .field("tls", &self.tls)
             .field("webhook_url", &self.webhook_url)
             .field(
                 "webhook_secret",
@@ -182,6 +186,7 @@ impl Default for ApiConfig {
             default_locale: "en".into(),
             templates: Default::default(),
             max_connections: 256,
+            tls: false,
             webhook_url: String::new(),
             webhook_secret: None,
             webhook_secret_file: None,
@@ -849,6 +854,12 @@ impl Config {
     /// Range and consistency checks that TOML types alone cannot express.
     pub fn validate(&self) -> Result<(), String> {
         self.api.validate()?;
+        if self.api.tls && self.tls.files().is_none() {
+            return Err(
+                "[api] tls = true, but [tls] cert and key are not both set: name the PEM files"
+                    .into(),
+            );
+        }
         if self.sip.udp.is_empty() && self.sip.tcp.is_empty() && self.sip.tls.is_empty() {
             return Err("[sip] needs at least one udp, tcp or tls listen address".into());
         }

@@ -277,6 +277,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         admin.listen,
         api.listen,
         api.max_connections,
+        api.tls,
         log.level,
     );
     changed
@@ -474,9 +475,14 @@ pub async fn run(
             },
             admin_shutdown.clone(),
         ));
+        let api_tls = match cfg.tls.files().filter(|_| cfg.api.tls) {
+            Some(files) => Some(crate::api::tls_config(files).context("[api] tls")?),
+            None => None,
+        };
         crate::api::serve(
             &cfg.api.listen,
             cfg.api.max_connections,
+            api_tls,
             context,
             admin_shutdown.clone(),
         )

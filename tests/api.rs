@@ -439,3 +439,49 @@ fn status_callbacks_are_signed_retried_and_in_order() {
     let store = Store::open_read_only(rig.db_path()).unwrap();
     assert_eq!(store.webhooks_waiting().unwrap(), 0, "the outbox is empty");
 }
+
+/// `[api] tls = true`: HTTPS with `[tls]`'s certificate (a client that trusts its CA gets
+/// JSON answers); plain HTTP to the same port gets nothing.
+#[test]
+fn the_api_speaks_https_with_the_tls_certificate() {
+    let rig = Rig::new(200, free_udp_port());
+    let pki = TestPki::new();
+    let (cert, key_pem, ca) = pki.write_server(rig.state.path());
+    let port = free_tcp_port();
+    let _daemon = rig.daemon(&format!(
+        "[tls]\ncert = {}\nkey = {}\n[api]\nlisten = {}\ntls = true\n",
+        toml_str(&cert.display().to_string()),
+        toml_str(&key_pem.display().to_string()),
+        toml_str(&format!("127.0.0.1:{port}")),
+    ));
+    let key = make_key(&rig.db_path(), "web");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let (status, body) = rt.block_on(async {
+        let r = https
+            .post(format!("https://127.0.0.1:{port}/v1/verifications"))
+            .bearer_auth(&key)
+            .json(&json!({"to": "+4915112345678"}))
+            .send()
+            .await
+            .expect("HTTPS request");
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (201, Some("pending")),
+        "{body}"
+    );
+    let plain = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/v1/verifications/x"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+    });
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+}

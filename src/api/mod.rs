@@ -1,6 +1,6 @@
 //! The HTTP API: verifications of phone numbers by a code sent by SMS, for web sign-ups and
 //! other applications (the second use case ivrd came from). JSON over HTTP/1.1 on
-//! `[api] listen`, off by default; `docs/openapi.yaml` describes it.
+//! `[api] listen`, off by default (HTTPS with `[api] tls`); `docs/openapi.yaml` describes it.
 //!
 //! | route | does |
 //! |---|---|
@@ -131,10 +131,24 @@ pub fn router(context: ContextSource) -> Router {
         .with_state(AppState { context })
 }
 
-/// Binds `listen` and serves the API until `shutdown`.
+/// The TLS configuration of the listener: `[tls]`'s certificate and key, HTTP/1.1 by ALPN,
+/// no client certificate (the API's clients prove themselves with keys).
+pub fn tls_config(
+    mut files: crate::sip::tls::TlsFiles,
+) -> Result<Arc<rustls::ServerConfig>, crate::sip::tls::TlsError> {
+    files.client_ca = None;
+    files.require_client_cert = false;
+    let shared = crate::sip::tls::server_config(&files)?;
+    let mut config = (*shared).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Binds `listen` and serves the API until `shutdown` (over TLS with `tls`).
 pub async fn serve(
     listen: &str,
     max_connections: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
     context: ContextSource,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
@@ -142,7 +156,8 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let app = router(context);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    info!(%addr, "API listening");
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    info!(%addr, tls = acceptor.is_some(), "API listening");
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -160,32 +175,49 @@ pub async fn serve(
                 debug!(%peer, "API: too many connections; closing a new one");
                 continue;
             };
-            let app = app.clone();
-            let shutdown = shutdown.clone();
+            let (app, shutdown, acceptor) = (app.clone(), shutdown.clone(), acceptor.clone());
             tokio::spawn(async move {
                 let _slot = slot;
-                let service = hyper::service::service_fn(move |req| {
-                    use tower::ServiceExt;
-                    app.clone().oneshot(req)
-                });
-                let mut http = hyper::server::conn::http1::Builder::new();
-                http.timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(64 * 1024);
-                let conn = http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = &mut conn => {}
-                    _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
-                    _ = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                match acceptor {
+                    None => connection(tcp, app, shutdown).await,
+                    Some(acceptor) => {
+                        // The handshake is bounded like a request's head.
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => connection(stream, app, shutdown).await,
+                            Ok(Err(e)) => debug!(%peer, error = %e, "API: TLS handshake failed"),
+                            Err(_) => debug!(%peer, "API: TLS handshake timed out"),
+                        }
                     }
                 }
             });
         }
     });
     Ok(addr)
+}
+
+/// One connection: HTTP/1.1 with the header timeout, for at most [`CONNECTION_LIFETIME`].
+async fn connection<I>(io: I, app: Router, shutdown: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        use tower::ServiceExt;
+        app.clone().oneshot(req)
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = &mut conn => {}
+        _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
 }
 
 /// The key the request carries, by name; 401 otherwise.
