@@ -7,20 +7,11 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CALLS: usize = 12;
-
-/// Headless Chromium, or a failure that names the package (never a skip).
-fn chromium() -> PathBuf {
-    ["chromium", "chromium-browser"]
-        .iter()
-        .map(|n| Path::new("/usr/bin").join(n))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| require_tool("chromium"))
-}
 
 /// Runs headless Chromium with `args` then `url`; returns its stdout. Each run has its own
 /// profile directory (runs in parallel would fight over one) and a deadline.
@@ -28,15 +19,8 @@ fn run_chromium(profile: &Path, args: &[&str], url: &str) -> String {
     let out_path = profile.join(format!("out-{}.txt", rand_suffix()));
     let err_path = profile.join(format!("err-{}.txt", rand_suffix()));
     let mut child = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-extensions",
-            "--hide-scrollbars",
-        ])
+        .args(CHROMIUM_HEADLESS)
+        .arg("--hide-scrollbars")
         .arg(format!(
             "--user-data-dir={}",
             profile.join("profile").display()

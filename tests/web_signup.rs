@@ -12,7 +12,7 @@ use common::verify::{Rig, pin_in, toml_str, wrong_pin};
 use common::*;
 use serde_json::{Value, json};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,14 +24,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn chromium() -> PathBuf {
-    ["chromium", "chromium-browser"]
-        .iter()
-        .map(|n| Path::new("/usr/bin").join(n))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| require_tool("chromium"))
 }
 
 fn wait_listening(port: u16, what: &str) {
@@ -55,15 +47,8 @@ impl Browser {
         let profile = tempfile::tempdir().unwrap();
         let process = Killed(
             Command::new(chromium())
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--no-first-run",
-                    "--disable-extensions",
-                    "--remote-debugging-port=0",
-                ])
+                .args(CHROMIUM_HEADLESS)
+                .arg("--remote-debugging-port=0")
                 .arg(format!("--user-data-dir={}", profile.path().display()))
                 .arg("about:blank")
                 .stdout(Stdio::null())

@@ -250,11 +250,10 @@ async fn authorize(
     Ok((context, name))
 }
 
-/// Runs an operation under [`REQUEST_TIMEOUT`].
-async fn bounded(
-    work: impl std::future::Future<Output = Result<Answer, ApiError>>,
-) -> Result<Answer, ApiError> {
-    tokio::time::timeout(REQUEST_TIMEOUT, work)
+/// Runs a request under [`REQUEST_TIMEOUT`] and answers with its verification (201 when it
+/// created one) or its error.
+async fn respond(work: impl std::future::Future<Output = Result<Answer, ApiError>>) -> Response {
+    let result = tokio::time::timeout(REQUEST_TIMEOUT, work)
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::new(
@@ -262,7 +261,11 @@ async fn bounded(
                 "timeout",
                 "the request took too long; its verification may have changed: read it".into(),
             ))
-        })
+        });
+    match result {
+        Ok(a) => answer(a),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// A JSON body, or a 400 that says what is wrong with it.
@@ -290,7 +293,12 @@ fn time(t: std::time::SystemTime) -> String {
         .unwrap_or_default()
 }
 
-fn answer(a: Answer, status: StatusCode) -> Response {
+fn answer(a: Answer) -> Response {
+    let status = if a.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let v = &a.verification;
     let mut json = serde_json::json!({
         "id": v.id,
@@ -316,17 +324,12 @@ async fn start(
     headers: HeaderMap,
     bytes: axum::body::Bytes,
 ) -> Response {
-    let result = async {
+    respond(async {
         let (ctx, key) = authorize(&state, &headers).await?;
         let req: StartRequest = body(&bytes)?;
-        bounded(ctx.start(&key, req)).await
-    }
-    .await;
-    match result {
-        Ok(a) if a.created => answer(a, StatusCode::CREATED),
-        Ok(a) => answer(a, StatusCode::OK),
-        Err(e) => e.into_response(),
-    }
+        ctx.start(&key, req).await
+    })
+    .await
 }
 
 async fn read(
@@ -334,15 +337,11 @@ async fn read(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = async {
+    respond(async {
         let (ctx, key) = authorize(&state, &headers).await?;
-        bounded(ctx.get(&key, &id)).await
-    }
-    .await;
-    match result {
-        Ok(a) => answer(a, StatusCode::OK),
-        Err(e) => e.into_response(),
-    }
+        ctx.get(&key, &id).await
+    })
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -357,17 +356,13 @@ async fn check(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Response {
-    let result = async {
+    respond(async {
         let (ctx, key) = authorize(&state, &headers).await?;
         let req: CheckRequest = body(&bytes)?;
         let code = zeroize::Zeroizing::new(req.code);
-        bounded(ctx.check(&key, &id, &code)).await
-    }
-    .await;
-    match result {
-        Ok(a) => answer(a, StatusCode::OK),
-        Err(e) => e.into_response(),
-    }
+        ctx.check(&key, &id, &code).await
+    })
+    .await
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -383,20 +378,16 @@ async fn resend(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Response {
-    let result = async {
+    respond(async {
         let (ctx, key) = authorize(&state, &headers).await?;
         let req: ResendRequest = if bytes.is_empty() {
             ResendRequest::default()
         } else {
             body(&bytes)?
         };
-        bounded(ctx.resend(&key, &id, req.channel)).await
-    }
-    .await;
-    match result {
-        Ok(a) => answer(a, StatusCode::OK),
-        Err(e) => e.into_response(),
-    }
+        ctx.resend(&key, &id, req.channel).await
+    })
+    .await
 }
 
 async fn cancel(
@@ -404,13 +395,9 @@ async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = async {
+    respond(async {
         let (ctx, key) = authorize(&state, &headers).await?;
-        bounded(ctx.cancel(&key, &id)).await
-    }
-    .await;
-    match result {
-        Ok(a) => answer(a, StatusCode::OK),
-        Err(e) => e.into_response(),
-    }
+        ctx.cancel(&key, &id).await
+    })
+    .await
 }

@@ -57,6 +57,17 @@ pub struct Answer {
     pub tries_left: Option<u32>,
 }
 
+impl Answer {
+    /// A verification that existed before the request.
+    fn of(verification: Verification) -> Answer {
+        Answer {
+            verification,
+            created: false,
+            tries_left: None,
+        }
+    }
+}
+
 impl ApiContext {
     fn verifier(&self) -> &crate::verify::limits::Verifier {
         &self.shared.verifier
@@ -67,29 +78,7 @@ impl ApiContext {
     pub async fn start(&self, key: &str, req: StartRequest) -> Result<Answer, ApiError> {
         let to = normalize_phone(&req.to, &self.shared.default_region)
             .map_err(|e| ApiError::bad("invalid_number", format!("\"to\": {e}")))?;
-        let channel = match req.channel.as_deref().unwrap_or("sms") {
-            "sms" => "sms",
-            "auto" => match not_mobile(&to) {
-                None => "sms",
-                Some(_) => "voice",
-            },
-            "voice" => "voice",
-            other => {
-                return Err(ApiError::bad(
-                    "invalid_channel",
-                    format!("\"channel\": {other:?} is not sms, voice or auto"),
-                ));
-            }
-        };
-        if channel == "voice" {
-            return Err(ApiError::new(
-                501,
-                "channel_unavailable",
-                "codes by voice call are not available on this ivrd yet; use channel sms \
-                 (with auto, this number is not a mobile)"
-                    .into(),
-            ));
-        }
+        let channel = channel(req.channel.as_deref(), &to)?;
         if let Some(kind) = not_mobile(&to) {
             return Err(ApiError::bad(
                 "not_mobile",
@@ -331,28 +320,12 @@ impl ApiContext {
         &self,
         key: &str,
         id: &str,
-        channel: Option<String>,
+        requested: Option<String>,
     ) -> Result<Answer, ApiError> {
-        match channel.as_deref() {
-            None | Some("sms") | Some("auto") => {}
-            Some("voice") => {
-                return Err(ApiError::new(
-                    501,
-                    "channel_unavailable",
-                    "codes by voice call are not available on this ivrd yet; use channel sms"
-                        .into(),
-                ));
-            }
-            Some(other) => {
-                return Err(ApiError::bad(
-                    "invalid_channel",
-                    format!("\"channel\": {other:?} is not sms, voice or auto"),
-                ));
-            }
-        }
         let (this, key, id) = (self.clone(), key.to_string(), id.to_string());
         blocking(move || {
             let mut v = this.pending(&key, &id)?;
+            channel(requested.as_deref(), &v.to)?;
             let name = match &v.customer_id {
                 Some(c) => this
                     .verifier()
@@ -365,11 +338,7 @@ impl ApiContext {
             };
             this.send(&key, &mut v, &name, SystemTime::now())?;
             this.save(&mut v, VerificationStatus::Pending)?;
-            Ok(Answer {
-                verification: v,
-                created: false,
-                tries_left: None,
-            })
+            Ok(Answer::of(v))
         })
         .await?
     }
@@ -382,11 +351,7 @@ impl ApiContext {
             this.verifier().revoke_pin(&v.subject);
             v.status = VerificationStatus::Canceled;
             this.save(&mut v, VerificationStatus::Pending)?;
-            Ok(Answer {
-                verification: v,
-                created: false,
-                tries_left: None,
-            })
+            Ok(Answer::of(v))
         })
         .await?
     }
@@ -400,11 +365,7 @@ impl ApiContext {
                 v.status = VerificationStatus::Expired;
                 this.save(&mut v, VerificationStatus::Pending)?;
             }
-            Ok(Answer {
-                verification: v,
-                created: false,
-                tries_left: None,
-            })
+            Ok(Answer::of(v))
         })
         .await?
     }
@@ -503,6 +464,32 @@ impl ApiContext {
             tracing::error!(verification = %v.id, error = %e, "cannot write the audit row");
         }
     }
+}
+
+/// The channel a request asks for (`sms` by default; `auto`: SMS for mobiles, voice for the
+/// rest), refused while voice calls are not available.
+fn channel(requested: Option<&str>, to: &str) -> Result<&'static str, ApiError> {
+    let voice = match requested.unwrap_or("sms") {
+        "sms" => false,
+        "auto" => not_mobile(to).is_some(),
+        "voice" => true,
+        other => {
+            return Err(ApiError::bad(
+                "invalid_channel",
+                format!("\"channel\": {other:?} is not sms, voice or auto"),
+            ));
+        }
+    };
+    if voice {
+        return Err(ApiError::new(
+            501,
+            "channel_unavailable",
+            "codes by voice call are not available on this ivrd yet; use channel sms \
+             (with auto: this number is not a mobile)"
+                .into(),
+        ));
+    }
+    Ok("sms")
 }
 
 fn api_subject(v: &Verification) -> ApiSubject<'_> {

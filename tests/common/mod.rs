@@ -141,6 +141,26 @@ pub fn free_udp_port() -> u16 {
     panic!("no free loopback UDP port after 200 tries");
 }
 
+/// Headless Chromium (Debian package `chromium`), or a failure that names the package.
+pub fn chromium() -> PathBuf {
+    ["chromium", "chromium-browser"]
+        .iter()
+        .map(|n| Path::new("/usr/bin").join(n))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| require_tool("chromium"))
+}
+
+/// The flags every headless Chromium run of the tests takes (no sandbox: the tests run as
+/// root in CI; no GPU, no /dev/shm, no first-run or extension work).
+pub const CHROMIUM_HEADLESS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-extensions",
+];
+
 /// A free loopback TCP port (for an HTTP listener of the daemon).
 pub fn free_tcp_port() -> u16 {
     for _ in 0..200 {
