@@ -872,6 +872,61 @@ pub fn finish(mut head: String, body: Option<(&str, Bytes)>) -> Bytes {
     }
 }
 
+/// The ACK for a 300-699 `response` to `invite` (RFC 3261 17.1.1.3), which the client INVITE
+/// transaction sends (see [`ClientInvite`](super::transaction::ClientInvite)): the INVITE's
+/// Request-URI, one Via equal to the INVITE's top Via (same branch, so the server transaction
+/// matches it), the INVITE's From and Call-ID, the response's To (with the tag it added), the
+/// INVITE's CSeq number with method ACK, the INVITE's Route headers, Max-Forwards 70 and no body.
+///
+/// `invite` is the request as we sent it, parsed; `response` is the failure as received. The ACK
+/// of a 2xx is a different request (a new transaction, built by the dialog, RFC 3261 13.2.2.4).
+pub fn ack_for_failure(invite: &Message, response: &Message) -> Bytes {
+    debug_assert!(invite.is_request() && response.status().is_some());
+    let to = response.header(&Name::TO).unwrap_or_default();
+    invite_companion(invite, "ACK", to)
+}
+
+/// A CANCEL for `invite` (RFC 3261 9.1): Request-URI, Call-ID, From and To (so without a To tag
+/// when the INVITE had none) as in the INVITE, its CSeq number with method CANCEL, one Via equal
+/// to its top Via (same branch: the CANCEL is matched to the INVITE by it), its Route headers,
+/// Max-Forwards 70 and no body. Send it in its own [`ClientNonInvite`] transaction, and only
+/// after a provisional response (RFC 3261 9.1).
+///
+/// [`ClientNonInvite`]: super::transaction::ClientNonInvite
+pub fn cancel_for(invite: &Message) -> Bytes {
+    debug_assert!(invite.is_request());
+    let to = invite.header(&Name::TO).unwrap_or_default();
+    invite_companion(invite, "CANCEL", to)
+}
+
+/// The request that goes with `invite` on its own transaction (ACK for a failure, CANCEL):
+/// everything copied as written, since the peer matches these requests to the INVITE by
+/// comparing the values (RFC 3261 9.2, 17.2.3).
+fn invite_companion(invite: &Message, method: &str, to: &str) -> Bytes {
+    let uri = invite.request_uri().unwrap_or_default();
+    let mut head = String::with_capacity(512);
+    let _ = write!(head, "{method} {uri} SIP/2.0\r\n");
+    // A single Via: the INVITE's top one as written (a `Message` built by hand rather than
+    // parsed may have no raw Via; its decoded top Via is printed then).
+    let top_via = invite
+        .headers
+        .get_raw(&Name::VIA)
+        .flat_map(|v| split_header_list(v))
+        .next()
+        .unwrap_or_else(|| invite.vias[0].print_ctx(PrintCtx::default()).to_string());
+    let _ = write!(head, "Via: {top_via}\r\n");
+    head.push_str("Max-Forwards: 70\r\n");
+    for route in invite.headers.get_raw(&Name::ROUTE) {
+        let _ = write!(head, "Route: {route}\r\n");
+    }
+    let from = invite.header(&Name::FROM).unwrap_or_default();
+    let _ = write!(head, "From: {from}\r\n");
+    let _ = write!(head, "To: {to}\r\n");
+    let _ = write!(head, "Call-ID: {}\r\n", invite.call_id);
+    let _ = write!(head, "CSeq: {} {method}\r\n", invite.cseq);
+    finish(head, None)
+}
+
 /// The standard reason phrase for the codes ivrd sends.
 pub fn reason_phrase(code: u16) -> &'static str {
     match code {
@@ -1240,5 +1295,134 @@ From: <sip:a@h>;tag=1\r\nTo: <sip:ivr@h>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n\r
             split_header_list("<sip:a,b@h;lr>, <sip:c@h>"),
             vec!["<sip:a,b@h;lr>".to_string(), "<sip:c@h>".to_string()]
         );
+    }
+
+    /// An outbound INVITE as ivrd sends it through a proxy: two Route headers, no To tag.
+    const OUTBOUND_INVITE: &str = "INVITE sip:+4930123456@pbx.example.com;user=phone SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKout-42;rport\r\n\
+Max-Forwards: 70\r\n\
+Route: <sip:edge.example.com;lr>\r\n\
+Route: <sip:10.9.9.9:5080;lr;transport=udp>\r\n\
+From: \"ivrd\" <sip:ivr@ivr.example.com>;tag=ivr-1\r\n\
+To: <sip:+4930123456@pbx.example.com;user=phone>\r\n\
+Call-ID: out-1@192.0.2.10\r\n\
+CSeq: 2 INVITE\r\n\
+Contact: <sip:ivr@192.0.2.10:5060>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 10\r\n\r\nv=0\r\no=x\r\n";
+
+    /// The 486 the callee's side sends back, with its To tag and the proxy's received/rport.
+    const BUSY_486: &str = "SIP/2.0 486 Busy Here\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKout-42;rport=5060;received=192.0.2.10\r\n\
+From: \"ivrd\" <sip:ivr@ivr.example.com>;tag=ivr-1\r\n\
+To: <sip:+4930123456@pbx.example.com;user=phone>;tag=busy-7\r\n\
+Call-ID: out-1@192.0.2.10\r\n\
+CSeq: 2 INVITE\r\n\
+Content-Length: 0\r\n\r\n";
+
+    fn raw_values(m: &Message, name: &Name) -> Vec<String> {
+        m.headers.get_raw(name).map(|v| v.to_string()).collect()
+    }
+
+    /// What the ACK and the CANCEL share: the INVITE's URI, one Via (its top one), From,
+    /// Call-ID, CSeq number, Route headers, Max-Forwards 70, no body and nothing else copied.
+    fn assert_invite_companion(m: &Message, invite: &Message, method: Method) {
+        assert!(m.is_request());
+        assert_eq!(m.method(), &method);
+        assert_eq!(m.request_uri(), invite.request_uri());
+        assert_eq!(
+            m.request_uri(),
+            Some("sip:+4930123456@pbx.example.com;user=phone")
+        );
+        assert_eq!(m.vias.len(), 1);
+        assert_eq!(
+            raw_values(m, &Name::VIA),
+            vec!["SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKout-42;rport"]
+        );
+        assert_eq!(m.branch(), Some("z9hG4bKout-42"));
+        assert_eq!(m.branch(), invite.branch());
+        assert_eq!(
+            m.header(&Name::FROM),
+            Some("\"ivrd\" <sip:ivr@ivr.example.com>;tag=ivr-1")
+        );
+        assert_eq!(m.from_tag(), Some("ivr-1"));
+        assert_eq!(&m.call_id[..], "out-1@192.0.2.10");
+        assert_eq!(m.cseq, 2);
+        assert_eq!(m.cseq_method, method);
+        assert_eq!(
+            raw_values(m, &Name::ROUTE),
+            vec![
+                "<sip:edge.example.com;lr>",
+                "<sip:10.9.9.9:5080;lr;transport=udp>"
+            ]
+        );
+        assert_eq!(m.header(&Name::MAX_FORWARDS), Some("70"));
+        assert_eq!(m.header(&Name::CONTENT_LENGTH), Some("0"));
+        assert!(m.body.is_empty());
+        assert_eq!(m.header(&Name::CONTACT), None);
+        assert_eq!(m.header(&Name::CONTENT_TYPE), None);
+    }
+
+    #[test]
+    fn ack_for_failure_follows_rfc3261_17_1_1_3() {
+        let invite = parse(OUTBOUND_INVITE).unwrap();
+        let busy = parse(BUSY_486).unwrap();
+        let bytes = ack_for_failure(&invite, &busy);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.starts_with("ACK sip:+4930123456@pbx.example.com;user=phone SIP/2.0\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{text}");
+        let ack = Message::parse(bytes).unwrap();
+        assert_invite_companion(&ack, &invite, Method::ACK);
+        // To is the response's, with the tag the UAS added.
+        assert_eq!(
+            ack.header(&Name::TO),
+            Some("<sip:+4930123456@pbx.example.com;user=phone>;tag=busy-7")
+        );
+        assert_eq!(ack.to_tag(), Some("busy-7"));
+        // Not the response's Via (with received/rport filled in): the INVITE's.
+        assert_eq!(ack.vias[0].params.get("received"), None);
+    }
+
+    #[test]
+    fn cancel_for_follows_rfc3261_9_1() {
+        let invite = parse(OUTBOUND_INVITE).unwrap();
+        let bytes = cancel_for(&invite);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.starts_with("CANCEL sip:+4930123456@pbx.example.com;user=phone SIP/2.0\r\n"),
+            "{text}"
+        );
+        let cancel = Message::parse(bytes).unwrap();
+        assert_invite_companion(&cancel, &invite, Method::CANCEL);
+        // To as in the INVITE: no tag.
+        assert_eq!(cancel.header(&Name::TO), invite.header(&Name::TO));
+        assert_eq!(cancel.to_tag(), None);
+    }
+
+    /// Only the top Via is copied, even from a comma-joined list, and a request without Route
+    /// headers gives none.
+    #[test]
+    fn ack_and_cancel_take_only_the_top_via_and_no_invented_routes() {
+        let invite = parse(
+            &OUTBOUND_INVITE
+                .replace(
+                    "branch=z9hG4bKout-42;rport\r\n",
+                    "branch=z9hG4bKout-42;rport, SIP/2.0/UDP 10.1.1.1;branch=z9hG4bKlower\r\n",
+                )
+                .replace("Route: <sip:edge.example.com;lr>\r\n", "")
+                .replace("Route: <sip:10.9.9.9:5080;lr;transport=udp>\r\n", ""),
+        )
+        .unwrap();
+        assert_eq!(invite.vias.len(), 2);
+        let busy = parse(BUSY_486).unwrap();
+        for bytes in [ack_for_failure(&invite, &busy), cancel_for(&invite)] {
+            let m = Message::parse(bytes).unwrap();
+            assert_eq!(m.vias.len(), 1);
+            assert_eq!(m.branch(), Some("z9hG4bKout-42"));
+            assert!(raw_values(&m, &Name::ROUTE).is_empty());
+        }
     }
 }

@@ -24,10 +24,13 @@
 //! 100..=699) are ignored: the RFC tells transactions to absorb stray
 //! messages, and a no-op is the one reaction that cannot corrupt state.
 //!
-//! Only the machines ivrd needs exist: it is a UAS for INVITE and sends
-//! non-INVITE requests (BYE, REFER, NOTIFY, INFO) itself, but never sends an
-//! INVITE, so there is no client INVITE machine (Timers A, B, D and M are
-//! still named in [`Timer`] for completeness of the table).
+//! Only the machines ivrd needs exist: [`ServerInvite`] and [`ServerNonInvite`]
+//! for the calls it answers, [`ClientNonInvite`] for the requests it sends
+//! itself (BYE, REFER, NOTIFY, INFO, CANCEL), and [`ClientInvite`] for the
+//! INVITEs of outbound calls (a PIN read out by voice call). The ACK and
+//! CANCEL of such an INVITE are built by
+//! [`ack_for_failure`](super::message::ack_for_failure) and
+//! [`cancel_for`](super::message::cancel_for).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -68,11 +71,15 @@ impl Default for Timers {
 /// (L and M).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timer {
-    /// INVITE request retransmit (client, unreliable only).
+    /// INVITE request retransmit (client, Calling, unreliable only): T1,
+    /// doubling without cap.
     A,
-    /// INVITE transaction timeout (client).
+    /// INVITE transaction timeout (client, Calling only: none runs in
+    /// Proceeding, RFC 3261 17.1.1.2).
     B,
-    /// Wait time for response retransmits (client INVITE).
+    /// Wait time for response retransmits (client INVITE, Completed), during
+    /// which each retransmitted final response is answered with the ACK
+    /// again; at least 32 s unreliable, 0 reliable.
     D,
     /// Non-INVITE request retransmit (client, unreliable only).
     E,
@@ -104,8 +111,9 @@ impl Timers {
     /// timers only run over unreliable transports, RFC 3261 17.1.1.2,
     /// 17.1.2.2, 17.2.1).
     ///
-    /// All timer arithmetic lives here and in [`Timers::backoff`] so the
-    /// table can be checked against RFC 3261 table 4 in one place.
+    /// All timer arithmetic lives here, in [`Timers::backoff`] and in
+    /// [`Timers::invite_backoff`] so the table can be checked against
+    /// RFC 3261 table 4 in one place.
     pub fn duration(&self, timer: Timer, reliable: bool) -> Option<Duration> {
         let sixty_four_t1 = self.t1.checked_mul(64).unwrap_or(Duration::MAX);
         match timer {
@@ -138,6 +146,13 @@ impl Timers {
             .min(self.t2)
     }
 
+    /// Timer A's interval that follows `previous`: doubled, with no cap
+    /// (RFC 3261 17.1.1.2; unlike E and G, Timer A is not capped at T2, and
+    /// Timer B ends the doubling after six retransmissions).
+    pub fn invite_backoff(&self, previous: Duration) -> Duration {
+        previous.checked_mul(2).unwrap_or(Duration::MAX)
+    }
+
     /// Timer E's interval once a provisional response has been seen: a
     /// flat T2 (RFC 3261 17.1.2.2, Proceeding state).
     pub fn proceeding_interval(&self) -> Duration {
@@ -148,9 +163,10 @@ impl Timers {
 /// What the owner must act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// Timer H (server INVITE: no ACK for a non-2xx final) or Timer F
-    /// (client non-INVITE: no final response; the owner treats it as a
-    /// 408, RFC 3261 8.1.3.1).
+    /// Timer H (server INVITE: no ACK for a non-2xx final), Timer F
+    /// (client non-INVITE: no final response) or Timer B (client INVITE:
+    /// no response at all); for the two client timers the owner treats it
+    /// as a 408, RFC 3261 8.1.3.1.
     Timeout,
     /// No ACK for our 2xx within 64*T1 (RFC 3261 13.3.1.4, Timer L of
     /// RFC 6026): the dialog must send BYE.
@@ -165,15 +181,19 @@ pub enum Event {
 
 /// Transaction states. Each machine uses a subset:
 /// server INVITE: Proceeding, Accepted, Completed, Confirmed, Terminated;
+/// client INVITE: Calling, Proceeding, Accepted, Completed, Terminated;
 /// server and client non-INVITE: Trying, Proceeding, Completed, Terminated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
+    /// Client INVITE: the INVITE is sent, no response yet (RFC 3261 17.1.1.2).
+    Calling,
     /// Non-INVITE: request seen / sent, no response yet.
     Trying,
     /// A provisional response has been sent / received (server INVITE
     /// starts here: RFC 3261 17.2.1).
     Proceeding,
-    /// Server INVITE after a 2xx (RFC 6026 section 7.1).
+    /// INVITE after a 2xx (RFC 6026: section 7.1 for the server, 8.4 for the
+    /// client).
     Accepted,
     /// A non-2xx final response has been sent / received.
     Completed,
@@ -194,7 +214,7 @@ pub enum ResponseDisposition {
     Final,
 }
 
-/// A retransmission timer (G, E, or the 2xx timer) and its current interval.
+/// A retransmission timer (A, E, G, or the 2xx timer) and its current interval.
 #[derive(Clone, Copy, Debug)]
 struct Retransmit {
     at: Instant,
@@ -222,7 +242,7 @@ impl Retransmit {
     }
 }
 
-/// A one-shot timer that ends the current state (H, I, J, K, L, F).
+/// A one-shot timer that ends the current state (B, D, F, H, I, J, K, L, M).
 #[derive(Clone, Copy, Debug)]
 struct Deadline {
     timer: Timer,
@@ -726,6 +746,241 @@ impl ClientNonInvite {
     }
 }
 
+/// What the client INVITE transaction tells the owner about a received response
+/// (see [`ClientInvite::handle_response`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InviteResponse {
+    /// A 1xx in Calling or Proceeding: pass it up (RFC 3261 17.1.1.2 passes every one up).
+    Provisional,
+    /// A 2xx in Calling, Proceeding or Accepted: pass it up. The TU, not the transaction,
+    /// ACKs a 2xx (RFC 3261 13.2.2.4), so this is also returned for each retransmission of a
+    /// 2xx in Accepted (RFC 6026 8.4), which the TU answers by re-sending its ACK, and for a
+    /// 2xx from another fork (a different To tag), which the TU ACKs and usually ends with BYE.
+    Success,
+    /// The first 300-699 final response: pass it up. The transaction has already queued the
+    /// ACK for it (RFC 3261 17.1.1.3); retransmissions of it are absorbed (`None`) and
+    /// answered with the same ACK.
+    Failure,
+}
+
+/// Client INVITE transaction: RFC 3261 17.1.1 as amended by RFC 6026, for the INVITEs of
+/// outbound calls.
+///
+/// * Calling: the INVITE is sent at once and, over unreliable transports, re-sent on Timer A
+///   (T1, doubling with no cap, 17.1.1.2); Timer B (64*T1) ends the transaction with
+///   [`Event::Timeout`] if no response at all arrived.
+/// * Proceeding (after a 1xx): no retransmission and **no timer**: RFC 3261 runs Timer B in
+///   Calling only, so a call that rings forever keeps the transaction forever. The TU must bound
+///   ringing itself and send a CANCEL (its own non-INVITE transaction, built with
+///   [`cancel_for`](super::message::cancel_for); only once `state()` is Proceeding, RFC 3261
+///   9.1). The 487 that follows ends this transaction as any failure does; if none comes
+///   within 64*T1 of the CANCEL, the TU may drop the machine (RFC 3261 9.1): it owes nothing.
+/// * Accepted (after a 2xx, RFC 6026 8.4): lingers for Timer M (64*T1) so that 2xx
+///   retransmissions, and 2xx from other forks, still reach the TU, which ACKs them.
+/// * Completed (after 300-699): the transaction sends the ACK, again for every retransmission
+///   of the final response, until Timer D (at least 32 s unreliable, 0 reliable).
+///
+/// **The ACK for a failure.** The machine never parses SIP, but that ACK must carry the To tag
+/// of the response (17.1.1.3), so the owner builds it (with
+/// [`ack_for_failure`](super::message::ack_for_failure)). It hands over a builder together with
+/// the response: `handle_response(now, status, || ack_for_failure(&invite, &response))`. The
+/// machine calls it exactly once, for the first 300-699 in Calling or Proceeding, keeps the
+/// bytes and re-sends them for each retransmission. Compared with an event asking for the ACK
+/// and a later `send_ack` call, this is one call with no state in between in which Completed
+/// has no ACK (a retransmission arriving there would go unanswered) and no reply the owner can
+/// forget; compared with passing finished ACK bytes with every response, nothing is built for
+/// the 1xx, 2xx and retransmissions that need none, and the machine, not the owner, decides
+/// whether an ACK is due.
+///
+/// Responses are not carried by events (the other machines' [`Event`] stays payload-free): like
+/// [`ClientNonInvite::handle_response`], `handle_response` returns whether and how to pass the
+/// response up, and the owner still holds it. The events are [`Event::Timeout`] (Timer B),
+/// [`Event::TransportError`] and a final [`Event::Terminated`].
+#[derive(Debug)]
+pub struct ClientInvite {
+    state: State,
+    timers: Timers,
+    reliable: bool,
+    /// The INVITE, while Timer A may still re-send it (Calling only).
+    request: Option<Bytes>,
+    /// The ACK for the failure response, in Completed.
+    ack: Option<Bytes>,
+    /// Timer A (Calling, unreliable transports only).
+    retransmit: Option<Retransmit>,
+    /// Timer B in Calling, M in Accepted, D in Completed.
+    deadline: Option<Deadline>,
+    out: Outputs,
+}
+
+impl ClientInvite {
+    /// Starts the transaction in Calling: `invite` is queued for transmission at once, Timer B
+    /// (64*T1) starts, and on unreliable transports Timer A (T1) as well (RFC 3261 17.1.1.2).
+    pub fn new(now: Instant, timers: Timers, reliable: bool, invite: Bytes) -> Self {
+        let mut out = Outputs::default();
+        out.transmits.push_back(invite.clone());
+        let retransmit = Retransmit::start(now, timers.duration(Timer::A, reliable));
+        let b = timers
+            .duration(Timer::B, reliable)
+            .and_then(|d| deadline(now, Timer::B, d));
+        Self {
+            state: State::Calling,
+            timers,
+            reliable,
+            // Kept only for Timer A: over a reliable transport it is never re-sent.
+            request: retransmit.is_some().then_some(invite),
+            ack: None,
+            retransmit,
+            deadline: b,
+            out,
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Bytes of message this transaction keeps for retransmission (memory accounting): the
+    /// INVITE while Timer A runs, the ACK in Completed.
+    pub fn held_bytes(&self) -> usize {
+        self.request.as_ref().map_or(0, Bytes::len) + self.ack.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// A response matching this transaction arrived (RFC 3261 17.1.3: top Via branch and CSeq
+    /// method INVITE). Returns whether and how the owner passes it up to the TU:
+    ///
+    /// * 1xx in Calling or Proceeding: `Provisional`; enters Proceeding, which stops Timers A
+    ///   and B (no timer runs in Proceeding: the TU bounds ringing, see the type's docs).
+    /// * 2xx in Calling or Proceeding: `Success`; enters Accepted (RFC 6026 8.4), stops A and B
+    ///   and starts Timer M (64*T1). 2xx in Accepted: `Success` again, M keeps its deadline.
+    /// * 300-699 in Calling or Proceeding: `Failure`; calls `ack` once and queues the ACK it
+    ///   returns, enters Completed, stops A and B and starts Timer D (at least 32 s on
+    ///   unreliable transports; zero, i.e. terminates at once after queueing the ACK, on
+    ///   reliable ones).
+    /// * 300-699 in Completed: `None`, and the same ACK is queued again (17.1.1.2).
+    /// * Anything else (a 1xx after a final, a failure in Accepted, a 2xx in Completed, any
+    ///   response after termination, a status outside 100..=699): `None`, absorbed, and `ack`
+    ///   is not called.
+    pub fn handle_response(
+        &mut self,
+        now: Instant,
+        status: u16,
+        ack: impl FnOnce() -> Bytes,
+    ) -> Option<InviteResponse> {
+        let class = classify(status)?;
+        match (self.state, class) {
+            (State::Calling | State::Proceeding, Class::Provisional) => {
+                self.state = State::Proceeding;
+                self.stop_calling_timers();
+                Some(InviteResponse::Provisional)
+            }
+            (State::Calling | State::Proceeding, Class::Success) => {
+                self.state = State::Accepted;
+                self.stop_calling_timers();
+                self.arm(now, Timer::M);
+                Some(InviteResponse::Success)
+            }
+            (State::Accepted, Class::Success) => Some(InviteResponse::Success),
+            (State::Calling | State::Proceeding, Class::Failure) => {
+                self.state = State::Completed;
+                self.stop_calling_timers();
+                let ack = ack();
+                self.out.transmits.push_back(ack.clone());
+                self.ack = Some(ack);
+                self.arm(now, Timer::D);
+                Some(InviteResponse::Failure)
+            }
+            (State::Completed, Class::Failure) => {
+                if let Some(ack) = &self.ack {
+                    self.out.transmits.push_back(ack.clone());
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The owner failed to send the INVITE (or the ACK) (RFC 3261 17.1.4): report
+    /// [`Event::TransportError`] (the TU treats it like a 503) and terminate.
+    pub fn handle_transport_error(&mut self, _now: Instant) {
+        if self.state != State::Terminated {
+            self.out.events.push_back(Event::TransportError);
+            self.terminate();
+        }
+    }
+
+    /// Fires every timer whose deadline is at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // The state-ending timer first: when Timer B is due, a Timer A retransmission due at
+        // the same instant is moot.
+        if let Some(d) = self.deadline
+            && d.at <= now
+        {
+            // Timer B: no response at all (RFC 3261 17.1.1.2); the TU treats it as a 408.
+            // D and M end quietly.
+            if d.timer == Timer::B {
+                self.out.events.push_back(Event::Timeout);
+            }
+            self.terminate();
+            return;
+        }
+        if let Some(r) = self.retransmit
+            && r.at <= now
+        {
+            if let Some(invite) = &self.request {
+                self.out.transmits.push_back(invite.clone());
+            }
+            self.retransmit = Retransmit::rearm(now, self.timers.invite_backoff(r.interval));
+        }
+    }
+
+    /// The next instant at which [`ClientInvite::handle_timeout`] must be called, if any timer
+    /// is running (none in Proceeding).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        earliest(self.retransmit.map(|r| r.at), self.deadline.map(|d| d.at))
+    }
+
+    /// The next message to send (the INVITE, or the ACK for a failure), oldest first.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.out.transmits.pop_front()
+    }
+
+    /// The next event for the owner, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.out.events.pop_front()
+    }
+
+    /// Leaving Calling: no more retransmissions of the INVITE (so its bytes can go) and no
+    /// Timer B.
+    fn stop_calling_timers(&mut self) {
+        self.retransmit = None;
+        self.deadline = None;
+        self.request = None;
+    }
+
+    /// Arms the state-ending timer; a zero duration (D on reliable transports) terminates at
+    /// once.
+    fn arm(&mut self, now: Instant, timer: Timer) {
+        match self.timers.duration(timer, self.reliable) {
+            Some(d) if d.is_zero() => self.terminate(),
+            Some(d) => self.deadline = deadline(now, timer, d),
+            None => self.deadline = None,
+        }
+    }
+
+    fn terminate(&mut self) {
+        if self.state == State::Terminated {
+            return;
+        }
+        self.state = State::Terminated;
+        self.retransmit = None;
+        self.deadline = None;
+        self.request = None;
+        self.ack = None;
+        self.out.events.push_back(Event::Terminated);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,6 +1019,7 @@ mod tests {
     machine!(ServerInvite);
     machine!(ServerNonInvite);
     machine!(ClientNonInvite);
+    machine!(ClientInvite);
 
     /// What happened while the clock ran, as offsets from the test's base.
     #[derive(Debug, Default)]
@@ -1449,5 +1705,332 @@ mod tests {
         let mut c = ClientNonInvite::new(base, timers, false, b(BYE));
         c.handle_response(base, 200);
         assert_eq!(c.poll_timeout(), Some(base + ms(5000)));
+    }
+
+    // ---- Client INVITE ----
+
+    const INVITE: &[u8] = b"INVITE sip:+4930123@pbx SIP/2.0\r\n\r\n";
+    const ACK: &[u8] = b"ACK sip:+4930123@pbx SIP/2.0\r\n\r\n";
+
+    fn ack() -> Bytes {
+        b(ACK)
+    }
+
+    /// For responses that must not make the transaction build an ACK.
+    fn no_ack() -> Bytes {
+        panic!("the transaction asked for an ACK it must not send")
+    }
+
+    #[test]
+    fn timer_a_backoff_doubles_without_cap() {
+        let t = Timers::default();
+        assert_eq!(t.invite_backoff(ms(500)), ms(1000));
+        // E and G stop at T2 = 4 s; A does not.
+        assert_eq!(t.invite_backoff(ms(4000)), ms(8000));
+        assert_eq!(t.invite_backoff(ms(16_000)), ms(32_000));
+        assert_eq!(t.invite_backoff(Duration::MAX), Duration::MAX);
+    }
+
+    #[test]
+    fn client_invite_timer_a_doubles_uncapped_then_timer_b_udp() {
+        let base = Instant::now();
+        let mut c = ClientInvite::new(base, Timers::default(), false, b(INVITE));
+        assert_eq!(c.state(), State::Calling);
+        assert_eq!(transmits(&mut c), vec![b(INVITE)]);
+        assert_eq!(c.held_bytes(), INVITE.len());
+        assert_eq!(c.poll_timeout(), Some(base + ms(500)));
+        let trace = run(&mut c, base, Duration::from_secs(100));
+        // Gaps of T1, 2T1, 4T1, 8T1, 16T1, 32T1: 4 s, 8 s, 16 s are past T2 (no cap); the next
+        // one (63.5 s) is after Timer B.
+        assert_eq!(
+            trace.transmit_times(),
+            ms_list(&[500, 1500, 3500, 7500, 15_500, 31_500])
+        );
+        assert!(trace.transmits.iter().all(|(_, m)| *m == b(INVITE)));
+        assert_eq!(
+            trace.events,
+            vec![
+                (ms(32_000), Event::Timeout),
+                (ms(32_000), Event::Terminated)
+            ]
+        );
+        assert_eq!(c.state(), State::Terminated);
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.held_bytes(), 0);
+    }
+
+    #[test]
+    fn client_invite_reliable_never_retransmits_and_times_out_at_64_t1() {
+        let base = Instant::now();
+        let mut c = ClientInvite::new(base, Timers::default(), true, b(INVITE));
+        assert_eq!(transmits(&mut c), vec![b(INVITE)]);
+        // Nothing kept: over TCP the INVITE is never sent again.
+        assert_eq!(c.held_bytes(), 0);
+        assert_eq!(c.poll_timeout(), Some(base + ms(32_000)));
+        let trace = run(&mut c, base, Duration::from_secs(100));
+        assert!(trace.transmits.is_empty());
+        assert_eq!(
+            trace.events,
+            vec![
+                (ms(32_000), Event::Timeout),
+                (ms(32_000), Event::Terminated)
+            ]
+        );
+    }
+
+    #[test]
+    fn client_invite_custom_t1_scales_a_and_b() {
+        let timers = Timers {
+            t1: ms(100),
+            ..Timers::default()
+        };
+        let base = Instant::now();
+        let mut c = ClientInvite::new(base, timers, false, b(INVITE));
+        transmits(&mut c);
+        let trace = run(&mut c, base, Duration::from_secs(100));
+        assert_eq!(
+            trace.transmit_times(),
+            ms_list(&[100, 300, 700, 1500, 3100, 6300])
+        );
+        assert_eq!(
+            trace.events,
+            vec![(ms(6400), Event::Timeout), (ms(6400), Event::Terminated)]
+        );
+    }
+
+    #[test]
+    fn client_invite_late_timeout_call_sends_one_retransmit_not_a_burst() {
+        let base = Instant::now();
+        let mut c = ClientInvite::new(base, Timers::default(), false, b(INVITE));
+        transmits(&mut c);
+        // The owner oversleeps past the 0.5, 1.5 and 3.5 s retransmissions.
+        c.handle_timeout(base + ms(4000));
+        assert_eq!(transmits(&mut c), vec![b(INVITE)]);
+        // Resumes from the actual firing time with the next interval (1 s after 0.5 s).
+        assert_eq!(c.poll_timeout(), Some(base + ms(5000)));
+    }
+
+    #[test]
+    fn client_invite_provisional_stops_retransmission_and_every_timer() {
+        let base = Instant::now();
+        let mut c = ClientInvite::new(base, Timers::default(), false, b(INVITE));
+        transmits(&mut c);
+        let trace = run(&mut c, base, ms(2000));
+        assert_eq!(trace.transmit_times(), ms_list(&[500, 1500]));
+        assert_eq!(
+            c.handle_response(base + ms(2000), 100, no_ack),
+            Some(InviteResponse::Provisional)
+        );
+        assert_eq!(c.state(), State::Proceeding);
+        // Neither Timer A nor Timer B runs in Proceeding, and the INVITE is no longer held.
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.held_bytes(), 0);
+        // Every further 1xx is passed up.
+        for status in [180, 183, 180] {
+            assert_eq!(
+                c.handle_response(base + ms(3000), status, no_ack),
+                Some(InviteResponse::Provisional)
+            );
+        }
+        // Long after Timer B would have fired in Calling: nothing is sent, nothing ends.
+        c.handle_timeout(base + Duration::from_secs(600));
+        assert_eq!(c.poll_transmit(), None);
+        assert_eq!(c.poll_event(), None);
+        assert_eq!(c.state(), State::Proceeding);
+    }
+
+    #[test]
+    fn client_invite_2xx_accepted_passes_every_2xx_up_then_timer_m() {
+        let base = Instant::now();
+        let mut c = ClientInvite::new(base, Timers::default(), false, b(INVITE));
+        transmits(&mut c);
+        c.handle_response(base + ms(100), 180, no_ack);
+        assert_eq!(
+            c.handle_response(base + ms(1000), 200, no_ack),
+            Some(InviteResponse::Success)
+        );
+        assert_eq!(c.state(), State::Accepted);
+        // The transaction sends nothing for a 2xx: the TU ACKs it.
+        assert_eq!(c.poll_transmit(), None);
+        assert_eq!(c.poll_timeout(), Some(base + ms(33_000)));
+        // A retransmitted 2xx (or one from another fork) goes up again, and M is not restarted.
+        for at in [1500, 2500, 20_000] {
+            assert_eq!(
+                c.handle_response(base + ms(at), 200, no_ack),
+                Some(InviteResponse::Success)
+            );
+        }
+        assert_eq!(c.poll_timeout(), Some(base + ms(33_000)));
+        // Late provisionals and failures are absorbed, without an ACK.
+        assert_eq!(c.handle_response(base + ms(3000), 180, no_ack), None);
+        assert_eq!(c.handle_response(base + ms(3000), 486, no_ack), None);
+        assert_eq!(c.state(), State::Accepted);
+        let trace = run(&mut c, base, Duration::from_secs(100));
+        assert!(trace.transmits.is_empty());
+        // Timer M ends it quietly: no Timeout.
+        assert_eq!(trace.events, vec![(ms(33_000), Event::Terminated)]);
+        assert_eq!(c.handle_response(base + ms(34_000), 200, no_ack), None);
+        assert_eq!(c.poll_event(), None);
+    }
+
+    #[test]
+    fn client_invite_2xx_in_calling_stops_timer_a_and_m_runs_on_tcp_too() {
+        let base = Instant::now();
+        let mut c = ClientInvite::new(base, Timers::default(), false, b(INVITE));
+        transmits(&mut c);
+        assert_eq!(
+            c.handle_response(base + ms(200), 202, no_ack),
+            Some(InviteResponse::Success)
+        );
+        assert_eq!(c.held_bytes(), 0);
+        let trace = run(&mut c, base, Duration::from_secs(100));
+        assert!(trace.transmits.is_empty());
+        assert_eq!(trace.events, vec![(ms(32_200), Event::Terminated)]);
+
+        let mut c = ClientInvite::new(base, Timers::default(), true, b(INVITE));
+        c.handle_response(base, 200, no_ack);
+        assert_eq!(c.state(), State::Accepted);
+        assert_eq!(c.poll_timeout(), Some(base + ms(32_000)));
+    }
+
+    #[test]
+    fn client_invite_failure_acked_once_then_per_retransmission_until_timer_d_udp() {
+        let base = Instant::now();
+        let mut c = ClientInvite::new(base, Timers::default(), false, b(INVITE));
+        transmits(&mut c);
+        let trace = run(&mut c, base, ms(1000));
+        assert_eq!(trace.transmit_times(), ms_list(&[500]));
+        let built = std::cell::Cell::new(0);
+        let counting = || {
+            built.set(built.get() + 1);
+            b(ACK)
+        };
+        assert_eq!(
+            c.handle_response(base + ms(1000), 486, counting),
+            Some(InviteResponse::Failure)
+        );
+        assert_eq!(c.state(), State::Completed);
+        assert_eq!(transmits(&mut c), vec![b(ACK)]);
+        assert_eq!(c.held_bytes(), ACK.len());
+        // Timer A is gone; Timer D runs 32 s.
+        assert_eq!(c.poll_timeout(), Some(base + ms(33_000)));
+        // Each retransmitted 486 is absorbed and answered with the stored ACK: built once.
+        for at in [1500, 2500] {
+            assert_eq!(c.handle_response(base + ms(at), 486, counting), None);
+            assert_eq!(transmits(&mut c), vec![b(ACK)]);
+        }
+        assert_eq!(built.get(), 1);
+        // Other responses in Completed are absorbed and get no ACK.
+        assert_eq!(c.handle_response(base + ms(3000), 200, no_ack), None);
+        assert_eq!(c.handle_response(base + ms(3000), 180, no_ack), None);
+        assert_eq!(c.poll_transmit(), None);
+        assert_eq!(c.poll_event(), None);
+        c.handle_timeout(base + ms(32_999));
+        assert_eq!(c.state(), State::Completed);
+        let trace = run(&mut c, base, Duration::from_secs(100));
+        assert!(trace.transmits.is_empty());
+        assert_eq!(trace.events, vec![(ms(33_000), Event::Terminated)]);
+        assert_eq!(c.held_bytes(), 0);
+        // After Timer D a retransmitted 486 gets no ACK from this transaction.
+        assert_eq!(c.handle_response(base + ms(34_000), 486, no_ack), None);
+        assert_eq!(c.poll_transmit(), None);
+    }
+
+    /// Timer D is at least 32 s on UDP even when 64*T1 is shorter.
+    #[test]
+    fn client_invite_timer_d_floor_of_32s_with_short_t1() {
+        let timers = Timers {
+            t1: ms(100),
+            ..Timers::default()
+        };
+        let base = Instant::now();
+        let mut c = ClientInvite::new(base, timers, false, b(INVITE));
+        c.handle_response(base + ms(50), 180, no_ack);
+        assert_eq!(
+            c.handle_response(base + ms(50), 404, ack),
+            Some(InviteResponse::Failure)
+        );
+        assert_eq!(c.poll_timeout(), Some(base + ms(32_050)));
+    }
+
+    #[test]
+    fn client_invite_failure_over_tcp_acks_and_terminates_at_once() {
+        let now = Instant::now();
+        let mut c = ClientInvite::new(now, Timers::default(), true, b(INVITE));
+        assert_eq!(
+            c.handle_response(now, 180, no_ack),
+            Some(InviteResponse::Provisional)
+        );
+        assert_eq!(
+            c.handle_response(now, 603, ack),
+            Some(InviteResponse::Failure)
+        );
+        // The ACK still goes out before the transaction is dropped (Timer D = 0).
+        assert_eq!(transmits(&mut c), vec![b(INVITE), b(ACK)]);
+        assert_eq!(c.state(), State::Terminated);
+        assert_eq!(events(&mut c), vec![Event::Terminated]);
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.held_bytes(), 0);
+        assert_eq!(c.handle_response(now, 603, no_ack), None);
+        assert_eq!(c.poll_transmit(), None);
+        assert_eq!(c.poll_event(), None);
+    }
+
+    #[test]
+    fn client_invite_ignores_invalid_status_and_responses_after_termination() {
+        let base = Instant::now();
+        let mut c = ClientInvite::new(base, Timers::default(), false, b(INVITE));
+        transmits(&mut c);
+        for status in [0, 99, 700, 999] {
+            assert_eq!(c.handle_response(base, status, no_ack), None, "{status}");
+        }
+        assert_eq!(c.state(), State::Calling);
+        assert_eq!(c.poll_timeout(), Some(base + ms(500)));
+        assert_eq!(c.poll_transmit(), None);
+        assert_eq!(c.poll_event(), None);
+        // Timer B ends it; then every response is a stray.
+        let trace = run(&mut c, base, Duration::from_secs(100));
+        assert_eq!(trace.events(), vec![Event::Timeout, Event::Terminated]);
+        for status in [100, 180, 200, 486, 699] {
+            assert_eq!(
+                c.handle_response(base + ms(40_000), status, no_ack),
+                None,
+                "{status}"
+            );
+        }
+        c.handle_timeout(base + ms(100_000));
+        assert_eq!(c.state(), State::Terminated);
+        assert_eq!(c.poll_transmit(), None);
+        assert_eq!(c.poll_event(), None);
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn client_invite_transport_error_reports_once_in_any_live_state() {
+        let now = Instant::now();
+        let mut c = ClientInvite::new(now, Timers::default(), false, b(INVITE));
+        transmits(&mut c);
+        c.handle_transport_error(now);
+        c.handle_transport_error(now);
+        c.handle_timeout(now + Duration::from_secs(60));
+        assert_eq!(c.handle_response(now, 200, no_ack), None);
+        assert_eq!(
+            events(&mut c),
+            vec![Event::TransportError, Event::Terminated]
+        );
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.poll_transmit(), None);
+        assert_eq!(c.held_bytes(), 0);
+
+        // In Completed (the ACK could not be sent) it ends as well, without Timer D.
+        let mut c = ClientInvite::new(now, Timers::default(), false, b(INVITE));
+        c.handle_response(now, 486, ack);
+        c.handle_transport_error(now);
+        assert_eq!(
+            events(&mut c),
+            vec![Event::TransportError, Event::Terminated]
+        );
+        assert_eq!(c.state(), State::Terminated);
+        assert_eq!(c.poll_timeout(), None);
     }
 }
