@@ -175,6 +175,8 @@ pub async fn serve(
                 debug!(%peer, "API: too many connections; closing a new one");
                 continue;
             };
+            // Answers are small and whole: send them at once, not after the peer's ACK.
+            let _ = tcp.set_nodelay(true);
             let (app, shutdown, acceptor) = (app.clone(), shutdown.clone(), acceptor.clone());
             tokio::spawn(async move {
                 let _slot = slot;
