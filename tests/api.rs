@@ -485,3 +485,51 @@ fn the_api_speaks_https_with_the_tls_certificate() {
     });
     assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
 }
+
+/// The two statuses the first test cannot reach quickly: `expired` (a code past its validity,
+/// `[limits] pin_ttl_secs = 2` here, noticed on the next request) and `failed` (the SMS
+/// provider refused: 502 `sms_failed`, and the verification is kept as failed). Both end in
+/// an audit row.
+#[test]
+fn codes_expire_and_a_send_the_provider_refuses_fails() {
+    let rig = Rig::new(200, free_udp_port());
+    let port = free_tcp_port();
+    let _daemon = rig.daemon(&format!(
+        "[api]\nlisten = {}\n[limits]\npin_ttl_secs = 2\n",
+        toml_str(&format!("127.0.0.1:{port}"))
+    ));
+    let key = make_key(&rig.db_path(), "web");
+    let api = Api::new(port);
+    let (s, _, v) = api.start(&key, json!({"to": "+4915112345678"}));
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let code = code_in(&rig.sms.wait_posts(1, Duration::from_secs(10))[0]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (s, _, v) = api.call("GET", &format!("/v1/verifications/{id}"), Some(&key), None);
+    assert_eq!((s, v["status"].as_str()), (200, Some("expired")), "{v}");
+    let (s, v) = api.check(&key, &id, &code);
+    assert_eq!((s, v["code"].as_str()), (409, Some("not_pending")), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().ends_with("is expired"),
+        "{v}"
+    );
+
+    rig.sms.set_status(500);
+    let (s, _, v) = api.start(&key, json!({"to": "+4915112345679"}));
+    assert_eq!((s, v["code"].as_str()), (502, Some("sms_failed")), "{v}");
+    rig.sms.set_status(200);
+
+    let rows = rig.wait_audit(2, Duration::from_secs(5));
+    let outcomes: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.dialed.as_str(), r.outcome.as_str()))
+        .collect();
+    assert!(
+        outcomes.contains(&("+4915112345678", "pin-expired")),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&("+4915112345679", "sms-failed")),
+        "{outcomes:?}"
+    );
+}
