@@ -66,8 +66,8 @@ pub fn media_ip_usable(ip: IpAddr) -> Result<(), std::io::Error> {
     UdpSocket::bind(SocketAddr::new(ip, 0)).map(drop)
 }
 
-/// Every problem with the addresses `cfg` binds: SIP listeners, the admin listener, the media
-/// addresses and their port range.
+/// Every problem with the addresses `cfg` binds: SIP listeners, the admin and API listeners,
+/// the media addresses and their port range.
 pub fn probe(cfg: &Config) -> Vec<AddrProblem> {
     let mut out = Vec::new();
     for a in &cfg.sip.udp {
@@ -82,19 +82,25 @@ pub fn probe(cfg: &Config) -> Vec<AddrProblem> {
             }
         }
     }
-    if !cfg.admin.listen.is_empty() {
-        match cfg.admin.listen.to_socket_addrs() {
+    for (setting, listen) in [
+        ("[admin] listen", &cfg.admin.listen),
+        ("[api] listen", &cfg.api.listen),
+    ] {
+        if listen.is_empty() {
+            continue;
+        }
+        match listen.to_socket_addrs() {
             Ok(addrs) => {
                 for a in addrs {
                     if let Err(e) = TcpListener::bind(a) {
-                        out.push(problem("[admin] listen", &cfg.admin.listen, &e));
+                        out.push(problem(setting, listen, &e));
                         break;
                     }
                 }
             }
             Err(e) => out.push(AddrProblem {
-                setting: "[admin] listen",
-                addr: cfg.admin.listen.clone(),
+                setting,
+                addr: listen.clone(),
                 why: format!("not an address ({e})"),
                 in_use: false,
             }),
@@ -161,6 +167,29 @@ mod tests {
         assert!(!problems[1].in_use);
         assert!(
             text[1].starts_with("[media] rtp_ip = 192.0.2.10: not an address of this host"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn the_api_listener_is_probed_like_the_admin_listener() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let c = cfg(&format!(
+            "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[admin]\nlisten = \"\"\n\
+             [api]\nlisten = \"127.0.0.1:{port}\"\n"
+        ));
+        let text: Vec<String> = probe(&c).iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(
+            text[0].starts_with(&format!("[api] listen = 127.0.0.1:{port}: in use")),
+            "{text:?}"
+        );
+        let c = cfg("[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[api]\nlisten = \"nowhere\"\n");
+        let text: Vec<String> = probe(&c).iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("[api] listen = nowhere: not an address")),
             "{text:?}"
         );
     }
