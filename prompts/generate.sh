@@ -102,6 +102,17 @@ both sms-failed \
     "Sorry, we could not send the text message." \
     "Entschuldigung, wir konnten die Textnachricht nicht senden."
 
+# The code read out on a voice verification call (src/verify/voice.rs).
+both voice-press-key \
+    "Press any key to hear your verification code." \
+    "Drücken Sie eine beliebige Taste, um Ihren Bestätigungscode zu hören."
+both voice-code-is \
+    "Your verification code is" \
+    "Ihr Bestätigungscode lautet"
+both voice-press-1 \
+    "To hear it again, press 1." \
+    "Um ihn noch einmal zu hören, drücken Sie die 1."
+
 # Spoken key names, used to read back entered digits.
 en_keys=(zero one two three four five six seven eight nine)
 de_keys=(null eins zwei drei vier fünf sechs sieben acht neun)

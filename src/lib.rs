@@ -40,7 +40,8 @@
 //! - [`services`]: what a flow asks of the outside (customers, PINs, SMS), for the daemon.
 //! - [`verify::pin`] (the vault: digests, sealed resends), [`verify::limits`] (tries,
 //!   lock-outs, SMS limits, decoys), [`verify::guard`] (the fraud guard: budgets, regions,
-//!   breakers, the cap on wrong PINs in a row), [`verify::sms`] (the providers).
+//!   breakers, the cap on wrong PINs in a row), [`verify::sms`] (the providers),
+//!   [`verify::voice`] (the code read out on a call, over [`call::CallIo`]).
 //! - [`store`]: SQLite: customers, limits and the guard's counts, the audit, the API's keys
 //!   and verifications; versioned.
 //! - [`demo`]: the built-in demo flow.

@@ -101,7 +101,7 @@ pub mod sim;
 pub mod template;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 #[cfg(test)]
 mod scenarios;

@@ -287,6 +287,11 @@ impl SimCall {
         self.with(|s| s.now)
     }
 
+    /// What happened so far (for flows other than a dialplan's, which [`simulate`] returns).
+    pub fn transcript(&self) -> Vec<TranscriptEntry> {
+        self.with(|s| s.entries.clone())
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
         let mut guard = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)

@@ -4,3 +4,4 @@ pub mod guard;
 pub mod limits;
 pub mod pin;
 pub mod sms;
+pub mod voice;

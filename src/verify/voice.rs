@@ -1,0 +1,219 @@
+//! The code read out on a call: what the callee of a voice verification hears once the call
+//! is answered (issue 15's voice channel; placing the call is the SIP core's job).
+//!
+//! ```text
+//! [key_first]  "Press any key to hear your verification code."  (a key within key_wait, twice)
+//!              none: "Goodbye."  ->  NoKey   (a voicemail box records no code)
+//! readings x   "Your verification code is" 4 9 3 8 1 7
+//! up to        "To hear it again, press 1."  1 -> read again
+//! max_repeats
+//!              "Goodbye."  ->  Read { times }
+//! ```
+//!
+//! The code is spoken digit by digit with the digit prompts every language has, so a locale
+//! needs no prompt per number. It never reaches a log: prompts are played by name, and the
+//! daemon logs prompt names only when one is missing, which `ivrd check` and start-up rule
+//! out for the digits. Everything runs over [`CallIo`], so the simulator's virtual clock tests
+//! it exactly as the daemon runs it.
+
+use crate::call::{CallEnd, CallIo, CollectSpec};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// The prompts a read-out plays, besides `digit-0` ... `digit-9`.
+pub const PROMPTS: [&str; 4] = ["voice-press-key", "voice-code-is", "voice-press-1", "goodbye"];
+
+/// What to read and how.
+#[derive(Clone)]
+pub struct ReadOut {
+    /// The code's digits.
+    pub code: Zeroizing<String>,
+    /// Times the code is read unasked.
+    pub readings: u32,
+    /// Further readings the callee may ask for with 1.
+    pub max_repeats: u32,
+    /// Wait for a key before reading the code, as Twilio's `DtmfInputRequired`: an answering
+    /// machine presses none, so it records no code.
+    pub key_first: bool,
+    /// How long each wait for that key lasts (there are two).
+    pub key_wait: Duration,
+    /// How long "press 1" waits for the 1.
+    pub repeat_wait: Duration,
+}
+
+impl ReadOut {
+    /// Two readings, up to three more on request, no key first, 8 s and 5 s waits.
+    pub fn new(code: &str) -> ReadOut {
+        ReadOut {
+            code: Zeroizing::new(code.to_string()),
+            readings: 2,
+            max_repeats: 3,
+            key_first: false,
+            key_wait: Duration::from_secs(8),
+            repeat_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a read-out went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// The code was read `times` times in full.
+    Read { times: u32 },
+    /// `key_first`, and no key came: the code was not read.
+    NoKey,
+}
+
+/// One key within `wait`, or none.
+fn one_key(wait: Duration) -> CollectSpec {
+    CollectSpec {
+        min: 1,
+        max: 1,
+        terminator: None,
+        escape: Vec::new(),
+        first_digit_timeout: wait,
+        inter_digit_timeout: wait,
+    }
+}
+
+/// Reads `r.code` to the callee (see the module docs); the call ending under it is the error.
+pub async fn read_out<C: CallIo + Send>(call: &mut C, r: &ReadOut) -> Result<Heard, CallEnd> {
+    if r.key_first {
+        let mut pressed = false;
+        for _ in 0..2 {
+            call.play(&["voice-press-key"], true).await?;
+            if !call.collect(&one_key(r.key_wait)).await?.digits.is_empty() {
+                pressed = true;
+                break;
+            }
+        }
+        if !pressed {
+            call.play(&["goodbye"], false).await?;
+            return Ok(Heard::NoKey);
+        }
+    }
+    // The digit prompt of each key: anything else in a code is skipped (codes are digits).
+    const DIGITS: [&str; 10] = [
+        "digit-0", "digit-1", "digit-2", "digit-3", "digit-4", "digit-5", "digit-6", "digit-7",
+        "digit-8", "digit-9",
+    ];
+    let mut reading: Vec<&str> = vec!["voice-code-is"];
+    reading.extend(
+        r.code
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .map(|b| DIGITS[usize::from(b - b'0')]),
+    );
+    let mut times = 0;
+    for _ in 0..r.readings.max(1) {
+        // No barge-in: a key pressed in the middle must not cut the code short.
+        call.play(&reading, false).await?;
+        times += 1;
+    }
+    for _ in 0..r.max_repeats {
+        call.play(&["voice-press-1"], true).await?;
+        if call.collect(&one_key(r.repeat_wait)).await?.digits != "1" {
+            break;
+        }
+        call.play(&reading, false).await?;
+        times += 1;
+    }
+    call.play(&["goodbye"], false).await?;
+    Ok(Heard::Read { times })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialplan::sim::{SimCall, SimEvent, sim_facts};
+    use crate::dialplan::testing::block_on;
+
+    /// Runs a read-out of 493817 against a callee pressing `keys`; what they heard, prompt
+    /// lists joined with "+", and how it went.
+    fn run(r: &ReadOut, keys: &str) -> (Vec<String>, Result<Heard, CallEnd>) {
+        let mut call = SimCall::new(sim_facts("ivrd", "+4915112345678"), keys).unwrap();
+        let heard = block_on(read_out(&mut call, r));
+        let plays = call
+            .transcript()
+            .into_iter()
+            .filter_map(|e| match e.event {
+                SimEvent::Play { prompts, .. } => Some(prompts.join("+")),
+                _ => None,
+            })
+            .collect();
+        (plays, heard)
+    }
+
+    const CODE: &str = "voice-code-is+digit-4+digit-9+digit-3+digit-8+digit-1+digit-7";
+
+    #[test]
+    fn the_code_is_read_twice_then_once_more_on_1() {
+        let r = ReadOut::new("493817");
+        let (plays, heard) = run(&r, "");
+        assert_eq!(plays, [CODE, CODE, "voice-press-1", "goodbye"]);
+        assert_eq!(heard, Ok(Heard::Read { times: 2 }));
+        // "1" while "press 1" plays (it barges in), then nothing: three readings.
+        let (plays, heard) = run(&r, "WWW1");
+        assert_eq!(
+            plays,
+            [CODE, CODE, "voice-press-1", CODE, "voice-press-1", "goodbye"]
+        );
+        assert_eq!(heard, Ok(Heard::Read { times: 3 }));
+        // Another key ends it.
+        let (_, heard) = run(&r, "WWW5");
+        assert_eq!(heard, Ok(Heard::Read { times: 2 }));
+    }
+
+    #[test]
+    fn repeats_are_bounded() {
+        let r = ReadOut {
+            max_repeats: 2,
+            ..ReadOut::new("12")
+        };
+        let (plays, heard) = run(&r, "WWW1 WW1 WW1 WW1");
+        assert_eq!(heard, Ok(Heard::Read { times: 4 }));
+        assert_eq!(plays.last().map(String::as_str), Some("goodbye"));
+    }
+
+    #[test]
+    fn with_key_first_no_key_means_no_code() {
+        let r = ReadOut {
+            key_first: true,
+            ..ReadOut::new("493817")
+        };
+        let (plays, heard) = run(&r, "");
+        assert_eq!(plays, ["voice-press-key", "voice-press-key", "goodbye"]);
+        assert_eq!(heard, Ok(Heard::NoKey));
+        assert!(!plays.iter().any(|p| p.contains("digit-")), "no digit was read");
+        // A key during the second invitation: the code follows.
+        let (plays, heard) = run(&r, "W w w w w w w w w W 5");
+        assert_eq!(plays[..3], ["voice-press-key", "voice-press-key", CODE]);
+        assert_eq!(heard, Ok(Heard::Read { times: 2 }));
+    }
+
+    #[test]
+    fn a_hang_up_in_the_middle_ends_it() {
+        let r = ReadOut::new("493817");
+        let (_, heard) = run(&r, "w!");
+        assert_eq!(heard, Err(CallEnd::CallerHangup));
+    }
+
+    #[test]
+    fn every_bundled_language_has_the_read_out_prompts() {
+        let dir = crate::dialplan::PromptDir::scan(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/prompts"
+        )))
+        .unwrap();
+        assert!(dir.languages().len() >= 2);
+        for lang in dir.languages() {
+            for name in PROMPTS
+                .iter()
+                .map(|p| p.to_string())
+                .chain((0..10).map(|d| format!("digit-{d}")))
+            {
+                assert!(dir.exists(lang, &name), "prompts/{lang}/{name}.wav");
+            }
+        }
+    }
+}
