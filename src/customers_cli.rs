@@ -29,7 +29,7 @@ pub enum CustomersCommand {
         /// The CSV file, or `-` for standard input.
         file: PathBuf,
         /// Country for numbers written without an international prefix (ISO 3166 code);
-        /// default: the config's [store] default_region.
+        /// default: default_region in the config's store section.
         #[arg(long)]
         region: Option<String>,
         /// The field separator, e.g. ';' for a German or French spreadsheet's CSV.
@@ -55,7 +55,7 @@ pub enum CustomersCommand {
         #[arg(long)]
         language: Option<String>,
         /// Country for a number written without an international prefix (ISO 3166 code);
-        /// default: the config's [store] default_region.
+        /// default: default_region in the config's store section.
         #[arg(long)]
         region: Option<String>,
     },

@@ -344,7 +344,7 @@ impl CoreConfig {
     /// Live server transactions by default: 2,000 calls/s over UDP keep about 85,000 alive
     /// (a BYE for 64*T1, an INVITE until its ACK wait ends).
     pub const MAX_TRANSACTIONS: usize = 150_000;
-    /// Bytes they may hold by default, as [`ServerTx`] counts them.
+    /// Bytes they may hold by default, as the server transactions (`ServerTx`) count them.
     pub const MAX_TRANSACTION_BYTES: usize = 96 << 20;
 
     /// The defaults `[sip]` starts from: the given timers, no overload control.
