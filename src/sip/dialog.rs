@@ -1,6 +1,8 @@
-//! The UAS side of a dialog (RFC 3261 12): its identity, sequence numbers, route set and
-//! remote target, and the in-dialog requests built from them. No IO: the call owns one and
-//! hands the bytes it builds to the SIP core.
+//! A dialog (RFC 3261 12), as the UAS that answered an INVITE ([`Dialog::new_uas`]) or the
+//! UAC whose INVITE was answered ([`Dialog::new_uac`], for calls ivrd places): its identity,
+//! sequence numbers, route set and remote target, and the in-dialog requests built from them
+//! (and, for a UAC, the ACK of the 2xx, [`Dialog::ack`]). No IO: the call owns one and hands
+//! the bytes it builds to the SIP core.
 
 use super::message::{Message, extract_uri, finish, parse_sip_uri};
 use super::transport::Protocol;
@@ -88,6 +90,63 @@ impl Dialog {
             local_contact,
             protocol,
         }
+    }
+
+    /// The dialog created when the INVITE we sent (`invite`) was answered by the 2xx `ok`
+    /// (RFC 3261 12.1.2): our tag is the INVITE's From tag, theirs the 2xx's To tag; the route
+    /// set is the 2xx's Record-Route in reverse; the remote target is its Contact; our CSeq
+    /// goes on from the INVITE's, and theirs is unknown until their first request. Each 2xx
+    /// with another To tag (a fork) is a dialog of its own.
+    pub fn new_uac(
+        invite: &Message,
+        ok: &Message,
+        local_contact: String,
+        protocol: Protocol,
+    ) -> Dialog {
+        let mut route_set = ok.record_routes();
+        route_set.reverse();
+        Dialog {
+            id: DialogId {
+                call_id: invite.call_id.to_string(),
+                local_tag: invite.from_tag().unwrap_or_default().to_string(),
+                remote_tag: ok.to_tag().unwrap_or_default().to_string(),
+            },
+            local_party: invite
+                .header(&ezk_sip_types::Name::FROM)
+                .unwrap_or_default()
+                .to_string(),
+            remote_party: ok
+                .header(&ezk_sip_types::Name::TO)
+                .unwrap_or_default()
+                .to_string(),
+            local_cseq: invite.cseq,
+            // Any first request of theirs is in order.
+            remote_cseq: 0,
+            remote_target: ok
+                .contact_uri()
+                .unwrap_or_else(|| invite.request_uri().unwrap_or_default().to_string()),
+            route_set,
+            local_contact,
+            protocol,
+        }
+    }
+
+    /// The ACK of the 2xx that made this (UAC) dialog (RFC 3261 13.2.2.4): an in-dialog
+    /// request with the INVITE's CSeq number (not a new one), its own branch, and the
+    /// credentials the INVITE carried (`extra_headers`: e.g. `Proxy-Authorization`). The
+    /// transaction layer does not send it: the call does, for every 2xx it receives.
+    pub fn ack(
+        &mut self,
+        via_host: SocketAddr,
+        branch: &str,
+        extra_headers: &[(&str, String)],
+        body: Option<(&str, Bytes)>,
+    ) -> Bytes {
+        let cseq = self.local_cseq;
+        self.local_cseq = cseq.saturating_sub(1);
+        let ack = self.request("ACK", via_host, branch, extra_headers, body);
+        self.local_cseq = cseq;
+        ack
     }
 
     /// Checks and records the CSeq of an in-dialog request from the caller.
@@ -297,5 +356,96 @@ CSeq: 7 INVITE\r\nContact: <sip:alice@10.0.0.1;transport=tls>\r\nContent-Length:
             Err(InDialogError::CSeqOutOfOrder)
         );
         assert!(d.accept_remote_cseq(&mk(7, "ACK")).is_ok());
+    }
+
+    /// The INVITE ivrd sends for an outbound call, and the callee's 2xx through two proxies.
+    fn placed() -> (Message, Message) {
+        let invite = Message::parse(Bytes::from(
+            "INVITE sip:+4915112345678@trunk.example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKinv;rport\r\n\
+From: <sip:ivrd@127.0.0.1>;tag=ours\r\nTo: <sip:+4915112345678@trunk.example.com>\r\n\
+Call-ID: out-1\r\nCSeq: 2 INVITE\r\nProxy-Authorization: Digest username=\"ivrd\"\r\n\
+Contact: <sip:ivrd@127.0.0.1:5060>\r\nContent-Length: 0\r\n\r\n",
+        ))
+        .unwrap();
+        let ok = Message::parse(Bytes::from(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKinv;rport\r\n\
+Record-Route: <sip:10.0.0.2:5080;lr>\r\nRecord-Route: <sip:10.0.0.1;lr>\r\n\
+From: <sip:ivrd@127.0.0.1>;tag=ours\r\nTo: <sip:+4915112345678@trunk.example.com>;tag=theirs\r\n\
+Call-ID: out-1\r\nCSeq: 2 INVITE\r\nContact: <sip:callee@10.0.0.3:5062>\r\nContent-Length: 0\r\n\r\n",
+        ))
+        .unwrap();
+        (invite, ok)
+    }
+
+    #[test]
+    fn a_uac_dialog_reverses_the_route_set_and_acks_with_the_invites_cseq() {
+        let (invite, ok) = placed();
+        let mut d = Dialog::new_uac(
+            &invite,
+            &ok,
+            "sip:ivrd@127.0.0.1:5060".into(),
+            Protocol::Udp,
+        );
+        assert_eq!(
+            d.id,
+            DialogId {
+                call_id: "out-1".into(),
+                local_tag: "ours".into(),
+                remote_tag: "theirs".into(),
+            }
+        );
+        // The first hop is the proxy nearest to us: the last Record-Route of the 2xx.
+        assert_eq!(
+            d.next_hop(Protocol::Udp),
+            Some("10.0.0.1:5060".parse().unwrap())
+        );
+        let ack = Message::parse(d.ack(
+            "127.0.0.1:5060".parse().unwrap(),
+            "z9hG4bKack",
+            &[("Proxy-Authorization", "Digest username=\"ivrd\"".into())],
+            None,
+        ))
+        .unwrap();
+        assert_eq!(ack.method().to_string(), "ACK");
+        assert_eq!(ack.cseq, 2, "the INVITE's CSeq number");
+        assert_eq!(ack.request_uri(), Some("sip:callee@10.0.0.3:5062"));
+        let routes: Vec<_> = ack
+            .headers
+            .get_raw(&ezk_sip_types::Name::ROUTE)
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(routes, ["<sip:10.0.0.1;lr>", "<sip:10.0.0.2:5080;lr>"]);
+        assert_eq!(ack.from_tag(), Some("ours"));
+        assert_eq!(ack.to_tag(), Some("theirs"));
+        assert!(
+            ack.header(&ezk_sip_types::Name::PROXY_AUTHORIZATION)
+                .is_some()
+        );
+        // The BYE after it is the next CSeq.
+        let bye = Message::parse(d.request(
+            "BYE",
+            "127.0.0.1:5060".parse().unwrap(),
+            "z9hG4bKbye",
+            &[],
+            None,
+        ))
+        .unwrap();
+        assert_eq!(bye.cseq, 3);
+        assert_eq!(bye.to_tag(), Some("theirs"));
+    }
+
+    #[test]
+    fn a_callees_request_is_routed_to_the_uac_dialog_and_any_first_cseq_is_in_order() {
+        let (invite, ok) = placed();
+        let mut d = Dialog::new_uac(&invite, &ok, "sip:ivrd@127.0.0.1".into(), Protocol::Udp);
+        let bye = Message::parse(Bytes::from(
+            "BYE sip:ivrd@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx\r\n\
+From: <sip:+4915112345678@trunk.example.com>;tag=theirs\r\nTo: <sip:ivrd@127.0.0.1>;tag=ours\r\n\
+Call-ID: out-1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        ))
+        .unwrap();
+        assert_eq!(DialogId::of_request(&bye).as_ref(), Some(&d.id));
+        assert!(d.accept_remote_cseq(&bye).is_ok());
     }
 }
