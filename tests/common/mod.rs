@@ -103,42 +103,45 @@ fn claim(port: u16) -> bool {
     true
 }
 
-/// A loopback port that is free for both UDP and TCP (SIP listens on both with one number).
-pub fn free_sip_port() -> u16 {
-    for _ in 0..200 {
-        let udp = UdpSocket::bind((LOCALHOST, 0)).expect("bind an ephemeral UDP port");
-        let port = udp.local_addr().expect("local addr").port();
-        if TcpListener::bind((LOCALHOST, port)).is_ok() && claim(port) {
+/// Where the tests' listening ports come from: below the kernel's ephemeral range (32768 and
+/// up on Linux) and below the RTP ranges the daemons get (20000 and up), so no socket bound to
+/// port 0, in any process, can take a port between the test's check and the daemon's bind.
+/// (Taking them from `bind(0)` did race: a daemon once failed with "Address already in use"
+/// on the SIP port its test had just found free.) Also below the benchmark's fixed ports.
+const PORT_POOL: std::ops::Range<u16> = 10000..15000;
+
+static PORT_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The next port of [`PORT_POOL`] this process has not handed out and `free` accepts; each
+/// process starts at its own place in the pool, so parallel test binaries rarely meet.
+fn pick(free: impl Fn(u16) -> bool) -> u16 {
+    let len = u32::from(PORT_POOL.end - PORT_POOL.start);
+    let offset = std::process::id().wrapping_mul(7919) % len;
+    for _ in 0..len {
+        let n = (offset + PORT_SEQ.fetch_add(1, Ordering::Relaxed)) % len;
+        let port = PORT_POOL.start + n as u16;
+        if free(port) && claim(port) {
             return port;
         }
     }
-    panic!("no loopback port free for both UDP and TCP after 200 tries");
+    panic!("no free loopback port in {PORT_POOL:?}");
+}
+
+/// A loopback port that is free for both UDP and TCP (SIP listens on both with one number).
+pub fn free_sip_port() -> u16 {
+    pick(|p| UdpSocket::bind((LOCALHOST, p)).is_ok() && TcpListener::bind((LOCALHOST, p)).is_ok())
 }
 
 /// A port free for both UDP and TCP on the IPv6 loopback `[::1]`, for a peer that listens
 /// there (baresip over IPv6).
 pub fn free_sip_port_v6() -> u16 {
     let v6 = std::net::Ipv6Addr::LOCALHOST;
-    for _ in 0..200 {
-        let udp = UdpSocket::bind((v6, 0)).expect("bind an ephemeral UDP port on [::1]");
-        let port = udp.local_addr().expect("local addr").port();
-        if TcpListener::bind((v6, port)).is_ok() && claim(port) {
-            return port;
-        }
-    }
-    panic!("no [::1] port free for both UDP and TCP after 200 tries");
+    pick(|p| UdpSocket::bind((v6, p)).is_ok() && TcpListener::bind((v6, p)).is_ok())
 }
 
 /// A free loopback UDP port.
 pub fn free_udp_port() -> u16 {
-    for _ in 0..200 {
-        let udp = UdpSocket::bind((LOCALHOST, 0)).expect("bind an ephemeral UDP port");
-        let port = udp.local_addr().expect("local addr").port();
-        if claim(port) {
-            return port;
-        }
-    }
-    panic!("no free loopback UDP port after 200 tries");
+    pick(|p| UdpSocket::bind((LOCALHOST, p)).is_ok())
 }
 
 /// Headless Chromium (Debian package `chromium`), or a failure that names the package.
@@ -163,14 +166,7 @@ pub const CHROMIUM_HEADLESS: &[&str] = &[
 
 /// A free loopback TCP port (for an HTTP listener of the daemon).
 pub fn free_tcp_port() -> u16 {
-    for _ in 0..200 {
-        let tcp = TcpListener::bind((LOCALHOST, 0)).expect("bind an ephemeral TCP port");
-        let port = tcp.local_addr().expect("local addr").port();
-        if claim(port) {
-            return port;
-        }
-    }
-    panic!("no free loopback TCP port after 200 tries");
+    pick(|p| TcpListener::bind((LOCALHOST, p)).is_ok())
 }
 
 static MEDIA_SEQ: AtomicU32 = AtomicU32::new(0);
