@@ -872,6 +872,58 @@ pub fn finish(mut head: String, body: Option<(&str, Bytes)>) -> Bytes {
     }
 }
 
+/// What an INVITE ivrd sends starts from (an outbound call, RFC 3261 8.1.1).
+pub struct OutboundInvite<'a> {
+    /// The Request-URI (and the To URI): the callee at the trunk.
+    pub request_uri: &'a str,
+    /// Our address of record, the From URI.
+    pub from: &'a str,
+    pub from_tag: &'a str,
+    pub call_id: &'a str,
+    /// 1 for the first INVITE, one more for the retry with credentials (same Call-ID, From
+    /// tag and body: RFC 3261 22.2).
+    pub cseq: u32,
+    /// The transport and where the request leaves from (for Via).
+    pub protocol: super::transport::Protocol,
+    pub via_host: std::net::SocketAddr,
+    pub branch: &'a str,
+    /// Our Contact URI: where the callee's in-dialog requests come.
+    pub contact: &'a str,
+    /// `(header name, value)` answering a challenge: `Authorization` (401) or
+    /// `Proxy-Authorization` (407).
+    pub credentials: Option<(&'a str, String)>,
+    pub user_agent: &'a str,
+    /// The SDP offer.
+    pub sdp: Bytes,
+}
+
+/// An INVITE for an outbound call: Via with `rport` (a peer behind NAT answers where the
+/// request came from), Max-Forwards 70, From with our tag and To without one, Contact, Allow,
+/// and the SDP offer. No `Supported: timer`: ivrd's session-timer code speaks as the UAS.
+pub fn invite_request(i: &OutboundInvite<'_>) -> Bytes {
+    let mut head = String::with_capacity(768);
+    let _ = write!(head, "INVITE {} SIP/2.0\r\n", i.request_uri);
+    let _ = write!(
+        head,
+        "Via: SIP/2.0/{} {};branch={};rport\r\n",
+        i.protocol.via_name(),
+        super::dialog::fmt_host_port(i.via_host),
+        i.branch
+    );
+    head.push_str("Max-Forwards: 70\r\n");
+    let _ = write!(head, "From: <{}>;tag={}\r\n", i.from, i.from_tag);
+    let _ = write!(head, "To: <{}>\r\n", i.request_uri);
+    let _ = write!(head, "Call-ID: {}\r\n", i.call_id);
+    let _ = write!(head, "CSeq: {} INVITE\r\n", i.cseq);
+    let _ = write!(head, "Contact: <{}>\r\n", i.contact);
+    if let Some((name, value)) = &i.credentials {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    head.push_str("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, UPDATE\r\n");
+    let _ = write!(head, "User-Agent: {}\r\n", i.user_agent);
+    finish(head, Some(("application/sdp", i.sdp.clone())))
+}
+
 /// The ACK for a 300-699 `response` to `invite` (RFC 3261 17.1.1.3), which the client INVITE
 /// transaction sends (see [`ClientInvite`](super::transaction::ClientInvite)): the INVITE's
 /// Request-URI, one Via equal to the INVITE's top Via (same branch, so the server transaction
@@ -1361,6 +1413,71 @@ Content-Length: 0\r\n\r\n";
         assert!(m.body.is_empty());
         assert_eq!(m.header(&Name::CONTACT), None);
         assert_eq!(m.header(&Name::CONTENT_TYPE), None);
+    }
+
+    #[test]
+    fn an_outbound_invite_parses_back_and_its_companions_match_it() {
+        let sdp = Bytes::from_static(b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 20000 RTP/AVP 0\r\n");
+        let build = |cseq: u32, credentials: Option<(&str, String)>| {
+            invite_request(&OutboundInvite {
+                request_uri: "sip:+4915112345678@trunk.example.com",
+                from: "sip:ivrd@127.0.0.1",
+                from_tag: "ft1",
+                call_id: "out-1@ivrd",
+                cseq,
+                protocol: super::super::transport::Protocol::Udp,
+                via_host: "127.0.0.1:5060".parse().unwrap(),
+                branch: "z9hG4bKinv1",
+                contact: "sip:ivrd@127.0.0.1:5060",
+                credentials,
+                user_agent: "ivrd/test",
+                sdp: sdp.clone(),
+            })
+        };
+        let invite = Message::parse(build(1, None)).unwrap();
+        assert!(invite.is_request());
+        assert_eq!(invite.method().to_string(), "INVITE");
+        assert_eq!(
+            invite.request_uri(),
+            Some("sip:+4915112345678@trunk.example.com")
+        );
+        assert_eq!(invite.from_tag(), Some("ft1"));
+        assert_eq!(invite.to_tag(), None);
+        assert_eq!((invite.cseq, &invite.call_id[..]), (1, "out-1@ivrd"));
+        assert_eq!(
+            invite.contact_uri().as_deref(),
+            Some("sip:ivrd@127.0.0.1:5060")
+        );
+        assert_eq!(invite.header(&Name::CONTENT_TYPE), Some("application/sdp"));
+        assert_eq!(&invite.body[..], &sdp[..]);
+        let via = invite
+            .headers
+            .get_raw(&Name::VIA)
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(
+            via.contains("branch=z9hG4bKinv1") && via.ends_with(";rport"),
+            "{via}"
+        );
+        // The retry after a 407 carries the credentials under the name the challenge asked for.
+        let retry =
+            Message::parse(build(2, Some(("Proxy-Authorization", "Digest x".into())))).unwrap();
+        assert_eq!(retry.cseq, 2);
+        assert_eq!(retry.header(&Name::PROXY_AUTHORIZATION), Some("Digest x"));
+        // Its CANCEL has the same branch and CSeq number, and no body.
+        let cancel = Message::parse(cancel_for(&invite)).unwrap();
+        assert_eq!(cancel.method().to_string(), "CANCEL");
+        assert_eq!(cancel.cseq, 1);
+        assert!(
+            cancel
+                .headers
+                .get_raw(&Name::VIA)
+                .next()
+                .unwrap()
+                .contains("branch=z9hG4bKinv1")
+        );
+        assert!(cancel.body.is_empty());
     }
 
     #[test]
