@@ -21,7 +21,12 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// The prompts a read-out plays, besides `digit-0` ... `digit-9`.
-pub const PROMPTS: [&str; 4] = ["voice-press-key", "voice-code-is", "voice-press-1", "goodbye"];
+pub const PROMPTS: [&str; 4] = [
+    "voice-press-key",
+    "voice-code-is",
+    "voice-press-1",
+    "goodbye",
+];
 
 /// What to read and how.
 #[derive(Clone)]
@@ -156,7 +161,14 @@ mod tests {
         let (plays, heard) = run(&r, "WWW1");
         assert_eq!(
             plays,
-            [CODE, CODE, "voice-press-1", CODE, "voice-press-1", "goodbye"]
+            [
+                CODE,
+                CODE,
+                "voice-press-1",
+                CODE,
+                "voice-press-1",
+                "goodbye"
+            ]
         );
         assert_eq!(heard, Ok(Heard::Read { times: 3 }));
         // Another key ends it.
@@ -184,7 +196,10 @@ mod tests {
         let (plays, heard) = run(&r, "");
         assert_eq!(plays, ["voice-press-key", "voice-press-key", "goodbye"]);
         assert_eq!(heard, Ok(Heard::NoKey));
-        assert!(!plays.iter().any(|p| p.contains("digit-")), "no digit was read");
+        assert!(
+            !plays.iter().any(|p| p.contains("digit-")),
+            "no digit was read"
+        );
         // A key during the second invitation: the code follows.
         let (plays, heard) = run(&r, "W w w w w w w w w W 5");
         assert_eq!(plays[..3], ["voice-press-key", "voice-press-key", CODE]);
