@@ -177,22 +177,7 @@ fn classify(e: reqwest::Error) -> HttpError {
 /// An error and its causes as one line, without the URL (which may carry a caller's data).
 fn describe(e: &reqwest::Error) -> String {
     let mut text = String::new();
-    let mut source = std::error::Error::source(e);
-    let mut depth = 0;
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-        depth += 1;
-        if depth > 4 {
-            break;
-        }
-    }
+    crate::verify::sms::retry::push_causes(e, &mut text);
     if text.is_empty() {
         // reqwest's own text names the URL; without it, what kind of failure it was.
         text = if e.is_connect() {

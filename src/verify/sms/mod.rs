@@ -19,7 +19,7 @@
 
 mod azure;
 mod log;
-mod retry;
+pub(crate) mod retry;
 mod twilio;
 mod tyntec;
 mod vonage;

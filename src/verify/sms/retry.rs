@@ -262,12 +262,22 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed".to_string()
     };
-    let mut source = std::error::Error::source(e);
+    push_causes(e, &mut text);
+    text
+}
+
+/// Appends the causes of `e` to `text`, each after ": " (none before the first when `text` is
+/// empty), leaving out one already in it and stopping after five: reqwest's own message names
+/// the URL, its causes do not. Shared by the SMS providers and the dialplan's `http` step.
+pub(crate) fn push_causes(e: &dyn std::error::Error, text: &mut String) {
+    let mut source = e.source();
     let mut depth = 0;
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {
-            text.push_str(": ");
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
             text.push_str(&cause_text);
         }
         source = cause.source();
@@ -276,7 +286,6 @@ fn describe(e: &reqwest::Error) -> String {
             break;
         }
     }
-    text
 }
 
 /// Checks a provider base URL: it must parse, and be `https://` unless it points at the
