@@ -70,7 +70,8 @@ class Gateway(http.server.ThreadingHTTPServer):
         super().__init__((HOST, SMS_HTTP_PORT), Handler)
 
 
-def config(run_dir):
+def config(run_dir, extra=""):
+    """ivrd.toml for the API workloads; `extra` is appended (wvoice.py's [outbound])."""
     cfg = f"""
 [sip]
 udp = ["{HOST}:{SIP_PORT}"]
@@ -110,7 +111,7 @@ listen = "{HOST}:{ADMIN_PORT}"
 [log]
 level = "warn"
 """
-    return bench.write_config(run_dir, cfg)
+    return bench.write_config(run_dir, cfg + extra)
 
 
 def cpu_secs(pid):

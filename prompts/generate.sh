@@ -101,6 +101,16 @@ both fallback \
 both sms-failed \
     "Sorry, we could not send the text message." \
     "Entschuldigung, wir konnten die Textnachricht nicht senden."
+# The PIN read out by a call to the mobile on file (send_pin with channel = "voice").
+both calling-pin \
+    "Thank you. We are calling your mobile phone now to read you a PIN. Please answer it." \
+    "Danke. Wir rufen jetzt Ihr Mobiltelefon an und lesen Ihnen eine PIN vor. Bitte nehmen Sie den Anruf an."
+both enter-pin-call \
+    "Please enter the PIN we read to you." \
+    "Bitte geben Sie die PIN ein, die wir Ihnen vorgelesen haben."
+both call-failed \
+    "Sorry, we could not reach your mobile phone." \
+    "Entschuldigung, wir konnten Ihr Mobiltelefon nicht erreichen."
 
 # The code read out on a voice verification call (src/verify/voice.rs).
 both voice-press-key \

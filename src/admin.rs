@@ -441,6 +441,7 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
             Some(path) => crate::http_lookup::HttpFakes::load(path).map_err(anyhow::Error::msg)?,
             None => Default::default(),
         }),
+        voice: Default::default(),
     });
     let services = CallServices { shared };
     let durations = prompts.clone();

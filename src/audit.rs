@@ -25,6 +25,7 @@ pub fn outcome_names() -> Vec<&'static str> {
         .iter()
         .map(|o| o.as_str())
         .chain(crate::call::CallEnd::NAMES)
+        .chain(crate::call::outbound::Delivery::AUDIT_OUTCOMES)
         .collect();
     names.sort_unstable();
     names.dedup();

@@ -44,6 +44,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The HTTP API for verifications outside calls (off unless `listen` is set).
     pub api: ApiConfig,
+    /// Calls ivrd places (codes read out by voice); off unless `proxy` is set.
+    pub outbound: OutboundConfig,
     pub dialplans: DialplansConfig,
     /// The SMS provider (`provider = "log"` by default: no account needed).
     pub sms: crate::verify::sms::SmsConfig,
@@ -255,6 +257,166 @@ impl ApiConfig {
                 "[api] default_locale = {:?}: the default template has no text in it; add [api.templates.default] {} = \"...\"",
                 self.default_locale, self.default_locale
             ));
+        }
+        Ok(())
+    }
+}
+
+/// Calls ivrd places through a trunk or PBX, to read a verification code out
+/// ([`crate::call::outbound`]).
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// The trunk or PBX every call goes to, `IP:port` (an address: no DNS on this path); empty
+    /// (the default) turns calls out off.
+    pub proxy: String,
+    /// `udp`, `tcp` or `tls`; a `[sip]` listener of that transport sends the INVITE.
+    pub transport: String,
+    /// The Request-URI, with `{number}` for the callee in E.164 (`+4930...`). Default
+    /// `sip:{number}@PROXY`.
+    pub request_uri: String,
+    /// The From URI (the caller ID a trunk may pass on). Default `sip:ivrd@` and the address
+    /// the INVITE leaves from.
+    pub from: String,
+    /// Digest credentials for a trunk that challenges the INVITE (401/407).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The password read from a file instead (see [`crate::secrets`]).
+    pub password_file: Option<PathBuf>,
+    /// How long the callee's phone rings before the call is cancelled (5 to 300).
+    pub ring_timeout_secs: u64,
+    /// Calls out at once (1 to 1000); a start beyond them is refused with 429.
+    pub max_calls: usize,
+    /// Wait for a key before reading the code (an answering machine presses none).
+    pub key_first: bool,
+    /// Times the code is read unasked (1 to 5), and further readings on request (0 to 9).
+    pub readings: u32,
+    pub max_repeats: u32,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            proxy: String::new(),
+            transport: "udp".into(),
+            request_uri: String::new(),
+            from: String::new(),
+            username: None,
+            password: None,
+            password_file: None,
+            ring_timeout_secs: 30,
+            max_calls: 10,
+            key_first: false,
+            readings: 2,
+            max_repeats: 3,
+        }
+    }
+}
+
+/// The password prints as `***`, so a config can be logged.
+impl std::fmt::Debug for OutboundConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundConfig")
+            .field("proxy", &self.proxy)
+            .field("transport", &self.transport)
+            .field("request_uri", &self.request_uri)
+            .field("from", &self.from)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
+            .field("ring_timeout_secs", &self.ring_timeout_secs)
+            .field("max_calls", &self.max_calls)
+            .field("key_first", &self.key_first)
+            .field("readings", &self.readings)
+            .field("max_repeats", &self.max_repeats)
+            .finish()
+    }
+}
+
+impl OutboundConfig {
+    /// Whether calls out are configured.
+    pub fn enabled(&self) -> bool {
+        !self.proxy.is_empty()
+    }
+
+    /// The proxy's address (checked by `validate`).
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy.parse().ok()
+    }
+
+    /// The transport (checked by `validate`).
+    pub fn protocol(&self) -> crate::sip::transport::Protocol {
+        use crate::sip::transport::Protocol;
+        match self.transport.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "tls" => Protocol::Tls,
+            _ => Protocol::Udp,
+        }
+    }
+
+    fn validate(&self, sip: &SipConfig) -> Result<(), String> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.proxy_addr().is_none() {
+            return Err(format!(
+                "[outbound] proxy = {:?}: write the trunk as IP:port (e.g. \"192.0.2.10:5060\")",
+                self.proxy
+            ));
+        }
+        let listeners = match self.transport.to_ascii_lowercase().as_str() {
+            "udp" => &sip.udp,
+            "tcp" => &sip.tcp,
+            "tls" => &sip.tls,
+            other => {
+                return Err(format!(
+                    "[outbound] transport = {other:?}: use udp, tcp or tls"
+                ));
+            }
+        };
+        if listeners.is_empty() {
+            return Err(format!(
+                "[outbound] transport = {:?}, but [sip] has no {} listener to send from",
+                self.transport, self.transport
+            ));
+        }
+        if !self.request_uri.is_empty() {
+            let lower = self.request_uri.to_ascii_lowercase();
+            if !(lower.starts_with("sip:") || lower.starts_with("sips:"))
+                || !self.request_uri.contains("{number}")
+                || self.request_uri.contains(['<', '>', '"', ' ', '\r', '\n'])
+            {
+                return Err(format!(
+                    "[outbound] request_uri = {:?}: a sip: or sips: URI with {{number}} for the \
+                     callee (e.g. \"sip:{{number}}@trunk.example.com\")",
+                    self.request_uri
+                ));
+            }
+        }
+        if !self.from.is_empty() {
+            let lower = self.from.to_ascii_lowercase();
+            if !(lower.starts_with("sip:")
+                || lower.starts_with("sips:")
+                || lower.starts_with("tel:"))
+                || self.from.contains(['<', '>', '"', ' ', '\r', '\n'])
+            {
+                return Err(format!(
+                    "[outbound] from = {:?}: a sip:, sips: or tel: URI",
+                    self.from
+                ));
+            }
+        }
+        if !(5..=300).contains(&self.ring_timeout_secs) {
+            return Err("[outbound] ring_timeout_secs must be 5 to 300".into());
+        }
+        if !(1..=1000).contains(&self.max_calls) {
+            return Err("[outbound] max_calls must be 1 to 1000".into());
+        }
+        if !(1..=5).contains(&self.readings) {
+            return Err("[outbound] readings must be 1 to 5".into());
+        }
+        if self.max_repeats > 9 {
+            return Err("[outbound] max_repeats must be 0 to 9".into());
         }
         Ok(())
     }
@@ -832,6 +994,21 @@ impl Config {
             api.webhook_secret_file.as_deref(),
             &mut self.warnings,
         )?;
+        let o = &mut self.outbound;
+        files.resolve_option(
+            "[outbound]",
+            "password",
+            &mut o.password,
+            o.password_file.as_deref(),
+            &mut self.warnings,
+        )?;
+        if o.username.is_some() != o.password.is_some() {
+            return Err(
+                "[outbound] username and password (or password_file) go together: set both \
+                 or neither"
+                    .into(),
+            );
+        }
         let t = &mut self.transfer;
         files.resolve_option(
             "[transfer]",
@@ -854,6 +1031,7 @@ impl Config {
     /// Range and consistency checks that TOML types alone cannot express.
     pub fn validate(&self) -> Result<(), String> {
         self.api.validate()?;
+        self.outbound.validate(&self.sip)?;
         if self.api.tls && self.tls.files().is_none() {
             return Err(
                 "[api] tls = true, but [tls] cert and key are not both set: name the PEM files"

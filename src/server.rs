@@ -145,7 +145,7 @@ pub fn build_snapshot(
     store: Arc<Store>,
     on_sent: Option<SentHook>,
     metrics: Arc<Metrics>,
-    previous: Option<&Verifier>,
+    previous: Option<&Shared>,
 ) -> anyhow::Result<Snapshot> {
     let Flows {
         prompts,
@@ -160,7 +160,7 @@ pub fn build_snapshot(
         .context("[limits]")?
         .with_guard(cfg.guard.clone());
     if let Some(old) = previous {
-        verifier = verifier.keeping_pins_of(old);
+        verifier = verifier.keeping_pins_of(&old.verifier);
     }
     let plans: Vec<Arc<Dialplan>> = plans.into_iter().map(Arc::new).collect();
     let default_plan = cfg
@@ -181,6 +181,7 @@ pub fn build_snapshot(
             metrics,
             send_times: Default::default(),
             http: crate::services::HttpBackend::Client(crate::http_lookup::HttpClient::new()),
+            voice: previous.map(|p| p.voice.clone()).unwrap_or_default(),
         }),
         demo: cfg.demo.enabled.then(|| cfg.demo.clone()),
         settings: Arc::new(call_settings(cfg)),
@@ -278,6 +279,17 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         api.listen,
         api.max_connections,
         api.tls,
+        outbound.proxy,
+        outbound.transport,
+        outbound.request_uri,
+        outbound.from,
+        outbound.username,
+        outbound.password,
+        outbound.ring_timeout_secs,
+        outbound.max_calls,
+        outbound.key_first,
+        outbound.readings,
+        outbound.max_repeats,
         log.level,
     );
     changed
@@ -452,13 +464,64 @@ pub async fn run(
                 )
             })?;
     }
+    let voice = match outbound_settings(&cfg, &bound)? {
+        Some(out) => {
+            info!(
+                proxy = %out.proxy,
+                transport = out.protocol.via_name(),
+                from = %out.local,
+                "calls out (codes by voice) go through the trunk"
+            );
+            let snapshots = current.clone();
+            let (core, media, hangup_all, metrics) = (
+                core.clone(),
+                media.clone(),
+                hangup_all.clone(),
+                metrics.clone(),
+            );
+            Some(crate::verify::voice::VoiceChannel::new(
+                out,
+                crate::verify::voice::ReadOutStyle {
+                    key_first: cfg.outbound.key_first,
+                    readings: cfg.outbound.readings,
+                    max_repeats: cfg.outbound.max_repeats,
+                },
+                cfg.outbound.max_calls,
+                calls.clone(),
+                move || {
+                    let snap = snapshots.read().expect("snapshot lock").clone();
+                    CallContext {
+                        core: core.clone(),
+                        media: media.clone(),
+                        prompts: snap.prompts.clone(),
+                        settings: snap.settings.clone(),
+                        hangup_all: hangup_all.clone(),
+                        metrics: metrics.clone(),
+                        status_id: None,
+                    }
+                },
+            ))
+        }
+        None => None,
+    };
+    if let Some(channel) = &voice {
+        // Every snapshot shares the slot: reloads keep the channel.
+        let _ = current
+            .read()
+            .expect("snapshot lock")
+            .services
+            .voice
+            .set(channel.clone());
+    }
     if !cfg.api.listen.is_empty() {
         let snapshots = current.clone();
+        let voice = voice.clone();
         let context: crate::api::ContextSource = Arc::new(move || {
             let snap = snapshots.read().expect("snapshot lock").clone();
             crate::api::service::ApiContext {
                 shared: snap.services.clone(),
                 cfg: snap.api.clone(),
+                voice: voice.clone(),
             }
         });
         // Status callbacks go out from the outbox, to the URL the current config names.
@@ -598,6 +661,80 @@ pub async fn run(
     admin_shutdown.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// `[outbound]` as calls need it, with the addresses the listeners really got; `None` when
+/// calls out are off.
+pub fn outbound_settings(
+    cfg: &Config,
+    bound: &[(Protocol, SocketAddr)],
+) -> anyhow::Result<Option<crate::call::outbound::OutboundSettings>> {
+    let o = &cfg.outbound;
+    let Some(proxy) = o.proxy_addr().filter(|_| o.enabled()) else {
+        return Ok(None);
+    };
+    let protocol = o.protocol();
+    let local = bound
+        .iter()
+        .find(|(p, a)| *p == protocol && a.is_ipv4() == proxy.is_ipv4())
+        .or_else(|| bound.iter().find(|(p, _)| *p == protocol))
+        .map(|(_, a)| *a)
+        .with_context(|| {
+            format!(
+                "[outbound] transport = {:?}: no such [sip] listener",
+                o.transport
+            )
+        })?;
+    // A wildcard listener cannot be written in Via and Contact: the public host if it is an
+    // address, else the address this host uses towards the trunk.
+    let advertised_ip = if local.ip().is_unspecified() {
+        match cfg
+            .sip
+            .public_host
+            .as_deref()
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        {
+            Some(ip) => ip,
+            None => {
+                let probe = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))
+                    .and_then(|s| s.connect(proxy).map(|_| s))
+                    .and_then(|s| s.local_addr())
+                    .context("[outbound] proxy: no route to the trunk")?;
+                probe.ip()
+            }
+        }
+    } else {
+        local.ip()
+    };
+    let advertised = SocketAddr::new(advertised_ip, local.port());
+    let transport_param = match protocol {
+        Protocol::Udp => "",
+        Protocol::Tcp => ";transport=tcp",
+        Protocol::Tls => ";transport=tls",
+    };
+    let host = crate::sip::dialog::fmt_host_port(proxy);
+    Ok(Some(crate::call::outbound::OutboundSettings {
+        proxy,
+        protocol,
+        local,
+        advertised,
+        request_uri: if o.request_uri.is_empty() {
+            format!("sip:{{number}}@{host}{transport_param}")
+        } else {
+            o.request_uri.clone()
+        },
+        from: if o.from.is_empty() {
+            format!("sip:ivrd@{}", crate::sip::dialog::fmt_host_port(advertised))
+        } else {
+            o.from.clone()
+        },
+        credentials: o
+            .username
+            .clone()
+            .zip(o.password.clone())
+            .map(|(username, password)| crate::call::Credentials { username, password }),
+        ring_timeout: Duration::from_secs(o.ring_timeout_secs),
+    }))
 }
 
 /// How often the daemon's housekeeping runs after the run at start: audit rows then live at
@@ -758,13 +895,7 @@ fn apply_reload(r: &ReloadContext, latest: &mut Config) -> ReloadRecord {
         None => Ok(Config::embedded()),
     }
     .and_then(|cfg| {
-        let previous = r
-            .current
-            .read()
-            .expect("snapshot lock")
-            .services
-            .verifier
-            .clone();
+        let previous = r.current.read().expect("snapshot lock").services.clone();
         let snap = build_snapshot(
             &cfg,
             r.store.clone(),

@@ -8,7 +8,7 @@
 use crate::dialplan::model::render_sms;
 use crate::dialplan::services::{
     CheckPinOutcome, CustomerRecord, FlowServices, HttpError, HttpRequest, HttpResponse, LookupBy,
-    LookupOutcome, PinRequest, SendPinOutcome,
+    LookupOutcome, PinChannel, PinRequest, SendPinOutcome,
 };
 use crate::redact::mask_number;
 use crate::store::{Customer, Store, normalize_phone};
@@ -34,7 +34,14 @@ pub struct Shared {
     pub send_times: SendTimes,
     /// Where `http` steps' requests go.
     pub http: HttpBackend,
+    /// The calls that read PINs out (`send_pin` with `channel = "voice"`), once the daemon
+    /// has its SIP core; shared by every snapshot. Empty: no `[outbound]` trunk (or `ivrd
+    /// simulate`, which never calls out).
+    pub voice: VoiceSlot,
 }
+
+/// Where the daemon puts its [`VoiceChannel`](crate::verify::voice::VoiceChannel).
+pub type VoiceSlot = Arc<std::sync::OnceLock<crate::verify::voice::VoiceChannel>>;
 
 /// Where `http` steps' requests go: out (the daemon), or to answers from a file (`ivrd
 /// simulate`, which must never call the real CRM).
@@ -197,6 +204,9 @@ impl FlowServices for CallServices {
             None => return SendPinOutcome::Failed("store task failed".into()),
         };
         let minutes = shared.verifier.limits().pin_minutes();
+        if req.channel == PinChannel::Voice {
+            return self.call_pin(req, &customer, pin, minutes);
+        }
         let Some(template) = req.template.as_deref() else {
             shared.verifier.send_failed(&req.customer_id, &pin);
             return SendPinOutcome::Failed(format!("no SMS text for language {}", req.language));
@@ -289,6 +299,85 @@ impl FlowServices for CallServices {
 }
 
 impl CallServices {
+    /// Places the call that reads `pin` to the customer's number on file; the step goes on
+    /// once it is placed (the caller waits for it on the line they are on). The call's
+    /// outcome is logged and audited (`voice-answered`, `voice-busy`, ...) when it is over.
+    fn call_pin(
+        &self,
+        req: &PinRequest,
+        customer: &crate::store::Customer,
+        pin: crate::verify::pin::Pin,
+        minutes: u32,
+    ) -> SendPinOutcome {
+        let shared = self.shared.clone();
+        let Some(voice) = shared.voice.get() else {
+            if let Some(hook) = &shared.on_sent {
+                // `ivrd simulate`: nobody is called; the admin is shown the code instead.
+                let msg = SmsMessage {
+                    to: customer.mobile.clone(),
+                    text: format!("(read out by a call) {}", pin.expose()),
+                    reference: String::new(),
+                    ttl: shared.verifier.limits().pin_ttl(),
+                };
+                hook(&msg, pin.expose());
+                return SendPinOutcome::Sent { minutes };
+            }
+            shared.verifier.send_failed(&req.customer_id, &pin);
+            warn!(customer = %req.customer_id, "PIN by call asked for, but [outbound] has no trunk");
+            return SendPinOutcome::Failed("calls out need an [outbound] trunk".into());
+        };
+        let job = crate::verify::voice::VoiceJob {
+            // Only ever the number on file, as for SMS.
+            to: customer.mobile.clone(),
+            code: zeroize::Zeroizing::new(pin.expose().to_string()),
+            language: req.language.clone(),
+            reference: format!("customer {}", req.customer_id),
+        };
+        let (store, id, caller, to) = (
+            shared.store.clone(),
+            req.customer_id.clone(),
+            req.caller.clone(),
+            customer.mobile.clone(),
+        );
+        let transport = voice.protocol().via_name();
+        let dialed = voice.dial(job, move |report| {
+            let row = crate::store::AuditRow {
+                call_id: report
+                    .call_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-pin-call", uuid::Uuid::new_v4().simple())),
+                caller,
+                dialed: to,
+                customer_id: Some(id),
+                outcome: format!("voice-{}", report.delivery.as_str()),
+                started_at: report.started,
+                ended_at: report.ended,
+                dtmf_methods: String::new(),
+                detail: Some(format!(
+                    "pin call delivery={} sip_status={}: {}",
+                    report.delivery.as_str(),
+                    report.status.map_or("-".to_string(), |s| s.to_string()),
+                    report.reason
+                )),
+                transfer: None,
+                transport: Some(transport.into()),
+                srtp: report.srtp.map(str::to_string),
+            };
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.write_audit(&row) {
+                    tracing::error!(error = %e, "cannot write the PIN call's audit row");
+                }
+            });
+        });
+        if !dialed {
+            shared.verifier.send_failed(&req.customer_id, &pin);
+            warn!(customer = %req.customer_id, "PIN call not placed: every line is taken");
+            return SendPinOutcome::Failed("every line for calls out is taken".into());
+        }
+        info!(customer = %req.customer_id, to = %mask_number(&customer.mobile), "PIN call placed");
+        SendPinOutcome::Sent { minutes }
+    }
+
     /// A send for a decoy customer: admitted against the limits like a real one, then as long
     /// a wait as a real send took; nothing goes out. The log says so at debug only, as it
     /// says nothing at info for an unknown id either (the audit row has the truth).
@@ -302,6 +391,10 @@ impl CallServices {
         })
         .await;
         match admitted {
+            // A real PIN call goes on as soon as it is placed: so does a decoy's.
+            Some(Ok(())) if req.channel == PinChannel::Voice => SendPinOutcome::Sent {
+                minutes: self.shared.verifier.limits().pin_minutes(),
+            },
             Some(Ok(())) => {
                 let (took, sent) = self.shared.send_times.sample();
                 tokio::time::sleep(took).await;

@@ -195,6 +195,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at);
     CREATE INDEX webhook_outbox_by_verification ON webhook_outbox (verification_id, id);
     "#,
+    // 10: how the last code of a verification was delivered: `sent` (the SMS provider took
+    // it), or a call's outcome (`calling`, `answered`, `busy`, `no-answer`, `rejected`,
+    // `failed`).
+    r#"
+    ALTER TABLE verifications ADD COLUMN delivery TEXT;
+    "#,
 ];
 
 mod verifications;

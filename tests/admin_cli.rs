@@ -228,6 +228,7 @@ fn the_commands_in_the_shipped_plans_headers_run() {
         "dialplans/verify.toml",
         "dialplans/demo.toml",
         "examples/dialplans/front.toml",
+        "examples/dialplans/call-pin.toml",
     ] {
         let src = std::fs::read_to_string(repo().join(plan)).unwrap();
         for line in src.lines().take_while(|l| l.starts_with('#')) {

@@ -8,88 +8,13 @@
 
 mod common;
 
+use common::api::{Api, make_key};
 use common::verify::{Rig, pin_in, toml_str, wrong_pin};
 use common::*;
 use ivrd::store::Store;
 use serde_json::{Value, json};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
-
-struct Api {
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    fn new(port: u16) -> Api {
-        Api {
-            rt: tokio::runtime::Runtime::new().unwrap(),
-            http: reqwest::Client::new(),
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// `(status, Retry-After, JSON body)`.
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Option<String>, Value) {
-        self.rt.block_on(async {
-            let url = format!("{}{path}", self.base);
-            let mut req = match method {
-                "GET" => self.http.get(url),
-                _ => self.http.post(url),
-            };
-            if let Some(k) = key {
-                req = req.bearer_auth(k);
-            }
-            if let Some(b) = body {
-                req = req.json(&b);
-            }
-            let resp = req.send().await.expect("API request");
-            let status = resp.status().as_u16();
-            let retry = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let json: Value = resp.json().await.expect("a JSON body");
-            (status, retry, json)
-        })
-    }
-
-    fn start(&self, key: &str, body: Value) -> (u16, Option<String>, Value) {
-        self.call("POST", "/v1/verifications", Some(key), Some(body))
-    }
-
-    fn check(&self, key: &str, id: &str, code: &str) -> (u16, Value) {
-        let (s, _, v) = self.call(
-            "POST",
-            &format!("/v1/verifications/{id}/check"),
-            Some(key),
-            Some(json!({ "code": code })),
-        );
-        (s, v)
-    }
-}
-
-fn make_key(db: &std::path::Path, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ivrd"))
-        .args(["api-keys", "create", name, "--db"])
-        .arg(db)
-        .output()
-        .expect("run ivrd api-keys");
-    assert!(
-        out.status.success(),
-        "ivrd api-keys create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 fn code_in(post: &SmsPost) -> String {
     pin_in(&post.text(), 6)
@@ -143,7 +68,7 @@ fn the_api_verifies_numbers_under_the_ivrs_limits_and_audit() {
     let (s, _, body) = api.start(&key, json!({"to": "+49 30 12345678", "channel": "auto"}));
     assert_eq!(
         (s, body["code"].as_str()),
-        (501, Some("channel_unavailable")),
+        (501, Some("voice_unavailable")),
         "{body}"
     );
     let (s, _, body) = api.start(&key, json!({"to": "+4915112345678", "channel": "fax"}));

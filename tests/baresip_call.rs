@@ -69,6 +69,36 @@ fn hears_prompts_and_types_digits(daemon: &Daemon, phone: &mut Baresip, uri: &st
         rms > 0.01,
         "what baresip heard is (near) silence: RMS {rms:.5} of full scale over {length:?}"
     );
+
+    // And it heard the read-back: of all the demo's prompts (welcome, enter-digits,
+    // you-entered, the digits, goodbye) only the read-back speaks digit prompts, so the digits
+    // in the recording are exactly 4 2 7, in that order, one digit prompt's length apart.
+    let recording = phone.heard_wav();
+    let started = std::time::Instant::now();
+    let heard = digits::digits_heard(&recording, "en");
+    let took = started.elapsed();
+    let (samples, _) = digits::read_recording(&recording);
+    let scored = digits::find_digits(&samples, "en");
+    eprintln!("digit prompts found in {took:?}: {scored:?}");
+    let found: String = heard.iter().map(|(d, _)| *d).collect();
+    assert_eq!(
+        found, "427",
+        "digit prompts heard by baresip (expected the read-back of 427): {heard:?}"
+    );
+    for pair in heard.windows(2) {
+        let gap = pair[1].1 - pair[0].1;
+        let first = prompt_duration("en", &format!("digit-{}", pair[0].0));
+        assert!(
+            // A packet the jitter buffer drops or adds moves a prompt by 20 ms.
+            gap + Duration::from_millis(60) >= first && gap < first + Duration::from_millis(300),
+            "digit {} at {:?} follows digit {} at {:?}, yet the prompts play back to back \
+             ({first:?} long)",
+            pair[1].0,
+            pair[1].1,
+            pair[0].0,
+            pair[0].1
+        );
+    }
 }
 
 const DEMO_ONE_ROUND: &str =

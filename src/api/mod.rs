@@ -314,6 +314,7 @@ fn answer(a: Answer) -> Response {
         "created_at": time(v.created_at),
         "updated_at": time(v.updated_at),
         "expires_at": time(v.expires_at),
+        "delivery": v.delivery,
     });
     if let Some(t) = a.tries_left {
         json["tries_left"] = t.into();

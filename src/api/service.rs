@@ -29,6 +29,8 @@ const MAX_CODE: usize = 10;
 pub struct ApiContext {
     pub shared: Arc<Shared>,
     pub cfg: Arc<ApiConfig>,
+    /// Calls that read codes out, with `[outbound]` set.
+    pub voice: Option<crate::verify::voice::VoiceChannel>,
 }
 
 /// `POST /v1/verifications`.
@@ -78,8 +80,8 @@ impl ApiContext {
     pub async fn start(&self, key: &str, req: StartRequest) -> Result<Answer, ApiError> {
         let to = normalize_phone(&req.to, &self.shared.default_region)
             .map_err(|e| ApiError::bad("invalid_number", format!("\"to\": {e}")))?;
-        let channel = channel(req.channel.as_deref(), &to)?;
-        if let Some(kind) = not_mobile(&to) {
+        let channel = self.channel(req.channel.as_deref(), &to)?;
+        if let (Some(kind), "sms") = (not_mobile(&to), channel) {
             return Err(ApiError::bad(
                 "not_mobile",
                 format!("{to} is {kind}: no SMS reaches it"),
@@ -142,14 +144,17 @@ impl ApiContext {
                     created_at: wall,
                     updated_at: wall,
                     expires_at: wall,
+                    delivery: None,
                 },
                 true,
             ),
         };
+        // A start that finds one pending resends over the channel asked for now.
+        v.channel = channel.to_string();
         let name = customer.map(|c| c.name).unwrap_or_default();
         match self.send(key, &mut v, &name, wall) {
             Ok(()) => {}
-            Err(e) if created && e.code == "sms_failed" => {
+            Err(e) if created && matches!(e.code, "sms_failed" | "voice_unavailable") => {
                 // Nothing went out: the verification is kept as failed, for its audit row.
                 // (A refusal by the limits creates none: the client is told to wait.)
                 v.status = VerificationStatus::Failed;
@@ -199,30 +204,38 @@ impl ApiContext {
             )
             .map_err(|r| self.refusal(r))?;
         let limits = self.verifier().limits();
-        let Some(template) = self.cfg.text(&v.template, &v.locale) else {
-            self.verifier().send_failed(subject.key(), &pin);
-            return Err(ApiError::bad(
-                "unknown_template",
-                format!("no text for template {:?} in {:?}", v.template, v.locale),
-            ));
-        };
-        let msg = SmsMessage {
-            to: v.to.clone(),
-            text: render_sms(&template, pin.expose(), limits.pin_minutes(), name),
-            reference: v.id.clone(),
-            ttl: limits.pin_ttl(),
-        };
-        let started = Instant::now();
-        let sent = tokio::runtime::Handle::current().block_on(self.shared.sms.send(&msg));
-        self.shared.metrics.sms(sent.is_ok(), started.elapsed());
-        if let Err(e) = sent {
-            warn!(verification = %v.id, error = %e, "API verification code not sent");
-            self.verifier().send_failed(subject.key(), &pin);
-            return Err(ApiError::new(
-                502,
-                "sms_failed",
-                format!("the SMS provider did not take the message: {e}"),
-            ));
+        if v.channel == "voice" {
+            let subject_key = subject.key().to_string();
+            self.call(key, v, &pin).inspect_err(|_| {
+                self.verifier().send_failed(&subject_key, &pin);
+            })?;
+        } else {
+            let Some(template) = self.cfg.text(&v.template, &v.locale) else {
+                self.verifier().send_failed(subject.key(), &pin);
+                return Err(ApiError::bad(
+                    "unknown_template",
+                    format!("no text for template {:?} in {:?}", v.template, v.locale),
+                ));
+            };
+            let msg = SmsMessage {
+                to: v.to.clone(),
+                text: render_sms(&template, pin.expose(), limits.pin_minutes(), name),
+                reference: v.id.clone(),
+                ttl: limits.pin_ttl(),
+            };
+            let started = Instant::now();
+            let sent = tokio::runtime::Handle::current().block_on(self.shared.sms.send(&msg));
+            self.shared.metrics.sms(sent.is_ok(), started.elapsed());
+            if let Err(e) = sent {
+                warn!(verification = %v.id, error = %e, "API verification code not sent");
+                self.verifier().send_failed(subject.key(), &pin);
+                return Err(ApiError::new(
+                    502,
+                    "sms_failed",
+                    format!("the SMS provider did not take the message: {e}"),
+                ));
+            }
+            v.delivery = Some("sent".into());
         }
         if pin.issue() == crate::verify::pin::Issue::New {
             v.expires_at = wall + limits.pin_ttl();
@@ -230,6 +243,96 @@ impl ApiContext {
         v.sends += 1;
         v.updated_at = wall;
         Ok(())
+    }
+
+    /// Calls `v.to` to read `pin` out; the call's outcome is recorded when it is over
+    /// ([`ApiContext::call_over`]). Fails only when no call could start.
+    fn call(
+        &self,
+        key: &str,
+        v: &mut Verification,
+        pin: &crate::verify::pin::Pin,
+    ) -> Result<(), ApiError> {
+        let Some(voice) = &self.voice else {
+            return Err(ApiError::new(
+                501,
+                "voice_unavailable",
+                "codes by voice call need an [outbound] trunk on this ivrd".into(),
+            ));
+        };
+        let job = crate::verify::voice::VoiceJob {
+            to: v.to.clone(),
+            code: zeroize::Zeroizing::new(pin.expose().to_string()),
+            language: v.locale.clone(),
+            reference: v.id.clone(),
+        };
+        let (this, key, id) = (self.clone(), key.to_string(), v.id.clone());
+        let dialed = voice.dial(job, move |report| {
+            tokio::task::spawn_blocking(move || this.call_over(&key, &id, &report));
+        });
+        if !dialed {
+            return Err(ApiError::limited(
+                "voice_lines_busy",
+                "every line for calls out is taken; try again shortly".into(),
+                Duration::from_secs(30),
+            ));
+        }
+        v.delivery = Some("calling".into());
+        Ok(())
+    }
+
+    /// A code call is over: its outcome goes into the verification (`delivery`, called back
+    /// like a status change) and into an audit row of its own.
+    fn call_over(&self, key: &str, id: &str, report: &crate::verify::voice::VoiceReport) {
+        let store = self.verifier().store();
+        let delivery = report.delivery.as_str();
+        if let Err(e) = store.set_verification_delivery(id, delivery, report.ended) {
+            tracing::error!(verification = %id, error = %e, "cannot record the call's outcome");
+        }
+        let v = match store.verification(id) {
+            Ok(Some(v)) => v,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(verification = %id, error = %e, "cannot read the verification");
+                return;
+            }
+        };
+        info!(verification = %id, delivery, "code call over");
+        self.notify(&v);
+        let heard = match report.heard {
+            Some(crate::verify::voice::Heard::Read { times }) => format!("read {times}x"),
+            Some(crate::verify::voice::Heard::NoKey) => "no key".into(),
+            None => "not read".into(),
+        };
+        let row = AuditRow {
+            call_id: report
+                .call_id
+                .clone()
+                .unwrap_or_else(|| format!("{id}-call-{}", v.sends)),
+            caller: format!("api:{key}"),
+            dialed: v.to.clone(),
+            customer_id: v.customer_id.clone(),
+            outcome: format!("voice-{delivery}"),
+            started_at: report.started,
+            ended_at: report.ended,
+            dtmf_methods: String::new(),
+            detail: Some(format!(
+                "api verification={id} delivery={delivery} sip_status={} code={heard}: {}",
+                report.status.map_or("-".to_string(), |s| s.to_string()),
+                report.reason
+            )),
+            transfer: None,
+            transport: Some(
+                self.voice
+                    .as_ref()
+                    .map_or("SIP", |c| c.protocol().via_name())
+                    .into(),
+            ),
+            srtp: report.srtp.map(str::to_string),
+        };
+        if let Err(e) = store.write_audit(&row) {
+            tracing::error!(verification = %id, error = %e, "cannot write the call's audit row");
+        }
     }
 
     /// A refusal as the API answers it: 429 with Retry-After for the limits, 403 for a
@@ -266,6 +369,35 @@ impl ApiContext {
                 _ => ApiError::new(503, "unavailable", format!("cannot send now: {other}")),
             },
         }
+    }
+
+    /// The channel a request asks for: `sms` by default; `auto` is SMS for mobiles and a
+    /// call for the rest; a call needs `[outbound]`.
+    fn channel(&self, requested: Option<&str>, to: &str) -> Result<&'static str, ApiError> {
+        let voice = match requested.unwrap_or("sms") {
+            "sms" => false,
+            "auto" => not_mobile(to).is_some(),
+            "voice" => true,
+            other => {
+                return Err(ApiError::bad(
+                    "invalid_channel",
+                    format!("\"channel\": {other:?} is not sms, voice or auto"),
+                ));
+            }
+        };
+        if !voice {
+            return Ok("sms");
+        }
+        if self.voice.is_none() {
+            return Err(ApiError::new(
+                501,
+                "voice_unavailable",
+                "codes by voice call need an [outbound] trunk on this ivrd; use channel sms \
+                 (with auto: this number is not a mobile)"
+                    .into(),
+            ));
+        }
+        Ok("voice")
     }
 
     /// Checks a code.
@@ -325,7 +457,15 @@ impl ApiContext {
         let (this, key, id) = (self.clone(), key.to_string(), id.to_string());
         blocking(move || {
             let mut v = this.pending(&key, &id)?;
-            channel(requested.as_deref(), &v.to)?;
+            if let Some(requested) = requested.as_deref() {
+                v.channel = this.channel(Some(requested), &v.to)?.to_string();
+            }
+            if let (Some(kind), "sms") = (not_mobile(&v.to), v.channel.as_str()) {
+                return Err(ApiError::bad(
+                    "not_mobile",
+                    format!("{} is {kind}: no SMS reaches it", v.to),
+                ));
+            }
             let name = match &v.customer_id {
                 Some(c) => this
                     .verifier()
@@ -464,32 +604,6 @@ impl ApiContext {
             tracing::error!(verification = %v.id, error = %e, "cannot write the audit row");
         }
     }
-}
-
-/// The channel a request asks for (`sms` by default; `auto`: SMS for mobiles, voice for the
-/// rest), refused while voice calls are not available.
-fn channel(requested: Option<&str>, to: &str) -> Result<&'static str, ApiError> {
-    let voice = match requested.unwrap_or("sms") {
-        "sms" => false,
-        "auto" => not_mobile(to).is_some(),
-        "voice" => true,
-        other => {
-            return Err(ApiError::bad(
-                "invalid_channel",
-                format!("\"channel\": {other:?} is not sms, voice or auto"),
-            ));
-        }
-    };
-    if voice {
-        return Err(ApiError::new(
-            501,
-            "channel_unavailable",
-            "codes by voice call are not available on this ivrd yet; use channel sms \
-             (with auto: this number is not a mobile)"
-                .into(),
-        ));
-    }
-    Ok("sms")
 }
 
 fn api_subject(v: &Verification) -> ApiSubject<'_> {

@@ -44,6 +44,7 @@ pub fn body(v: &Verification, at: SystemTime) -> String {
         "status": v.status.as_str(),
         "sends": v.sends,
         "checks": v.checks,
+        "delivery": v.delivery,
         "at": secs,
     })
     .to_string()

@@ -16,6 +16,7 @@ use super::model::{Action, Dialplan, Entry, Target};
 use super::parse::{BUILTIN_VARS, Partial, parse_partial};
 use super::problem::{Pos, Problem, closest, did_you_mean};
 use super::say;
+use super::services::PinChannel;
 use super::template::Part;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -1118,11 +1119,16 @@ impl<'p> Checker<'p> {
 
     fn sms(&mut self) {
         let plan = self.plan;
-        let Some(first) = plan
-            .steps
-            .iter()
-            .find(|s| matches!(s.action, Action::SendPin { .. }))
-        else {
+        // A PIN read out by a call needs no text.
+        let Some(first) = plan.steps.iter().find(|s| {
+            matches!(
+                s.action,
+                Action::SendPin {
+                    channel: PinChannel::Sms,
+                    ..
+                }
+            )
+        }) else {
             return;
         };
         for l in &plan.languages {

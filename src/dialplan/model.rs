@@ -8,7 +8,7 @@
 //! plan cannot be drawn.
 
 use super::problem::Pos;
-use super::services::LookupBy;
+use super::services::{LookupBy, PinChannel};
 use super::template::{Condition, Template};
 use regex::Regex;
 use std::collections::BTreeMap;
@@ -305,6 +305,8 @@ pub enum Action {
         /// Whose mobile number on file gets the PIN.
         customer: Template,
         length: usize,
+        /// By SMS, or read out by a call to that number (`[outbound]`).
+        channel: PinChannel,
         /// Played while the SMS goes out.
         prompts: Vec<PromptRef>,
         on_sent: Option<Target>,

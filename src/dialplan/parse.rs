@@ -11,7 +11,7 @@
 
 use super::model::*;
 use super::problem::{LineIndex, Pos, Problem, did_you_mean};
-use super::services::LookupBy;
+use super::services::{LookupBy, PinChannel};
 use super::template::{Condition, Template, first_line, is_var_name};
 use regex::Regex;
 use serde::Deserialize;
@@ -90,6 +90,7 @@ pub const STEP_KEYS: &[(&str, &[&str])] = &[
         "send_pin",
         &[
             "length",
+            "channel",
             "prompt",
             "on_sent",
             "on_limited",
@@ -600,6 +601,19 @@ impl Parser<'_> {
             "send_pin" => Action::SendPin {
                 customer: self.template(&f, "send_pin", None)?,
                 length: self.int(&f, "length", DEFAULT_PIN_LENGTH, 4, 10) as usize,
+                channel: match self.string(&f, "channel", "\"voice\"") {
+                    None => PinChannel::Sms,
+                    Some((c, _, _)) if c == "sms" => PinChannel::Sms,
+                    Some((c, _, _)) if c == "voice" => PinChannel::Voice,
+                    Some((c, pos, _)) => {
+                        self.problem(
+                            pos,
+                            format!("step \"{}\": channel = \"{c}\" is not sms or voice", f.step),
+                            Some("channel = \"voice\" calls the number on file and reads the PIN out".into()),
+                        );
+                        PinChannel::Sms
+                    }
+                },
                 prompts: self.prompts(&f, "prompt").unwrap_or_else(|| {
                     vec![PromptRef {
                         name: "sending-pin".into(),
@@ -1427,6 +1441,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pin_goes_by_sms_or_by_a_call() {
+        let plan = |channel: &str| {
+            format!(
+                "[dialplan]\nname = \"d\"\nstart = \"send\"\n[steps.send]\n\
+                 send_pin = \"${{customer.id}}\"\nchannel = {channel}\n"
+            )
+        };
+        let parsed = parse("d.toml", &plan("\"voice\"")).unwrap();
+        assert!(matches!(
+            parsed.step("send").unwrap().action,
+            Action::SendPin {
+                channel: PinChannel::Voice,
+                ..
+            }
+        ));
+        for (bad, says) in [
+            ("\"fax\"", "channel = \"fax\" is not sms or voice"),
+            ("2", "channel"),
+        ] {
+            let problems = parse("d.toml", &plan(bad)).unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.message.contains(says)),
+                "{bad}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
     fn documented_defaults() {
         let src = r##"
 [dialplan]
@@ -1481,12 +1523,14 @@ play = "welcome"
             length,
             prompts,
             on_limited,
+            channel,
             ..
         } = &plan.step("send").unwrap().action
         else {
             panic!()
         };
         assert_eq!(*length, 6);
+        assert_eq!(*channel, PinChannel::Sms);
         assert_eq!(prompts[0].name, "sending-pin");
         assert!(
             on_limited.is_none(),

@@ -33,7 +33,7 @@ use super::model::{Action, Collect, Dialplan, Entry, Menu, PromptRef, Step, Targ
 use super::say;
 use super::services::{
     CheckPinOutcome, CustomerRecord, FlowServices, GuardKind, HttpRequest, LookupOutcome,
-    PinRequest, SendPinOutcome,
+    PinChannel, PinRequest, SendPinOutcome,
 };
 use super::template::{Part, Template};
 use crate::call::{CallEnd, CallIo, CollectEnd, CollectSpec, PlayOutcome, TransferOutcome};
@@ -834,6 +834,7 @@ impl<'a, C: CallIo + Send, S: FlowServices> Interp<'a, C, S> {
             Action::SendPin {
                 customer,
                 length,
+                channel,
                 prompts,
                 on_sent,
                 on_limited,
@@ -857,10 +858,17 @@ impl<'a, C: CallIo + Send, S: FlowServices> Interp<'a, C, S> {
                     language,
                     length: *length,
                     decoy: self.decoy,
+                    channel: *channel,
                 };
                 let request = format!(
-                    "customer {}, {}, {} digits",
-                    req.customer_id, req.language, req.length
+                    "customer {}, {}, {} digits{}",
+                    req.customer_id,
+                    req.language,
+                    req.length,
+                    match req.channel {
+                        PinChannel::Sms => "",
+                        PinChannel::Voice => ", by call",
+                    }
                 );
                 let names: Vec<&str> = prompts.iter().map(|p| p.name.as_str()).collect();
                 let sent = self

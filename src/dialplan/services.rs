@@ -104,6 +104,18 @@ pub struct PinRequest {
     /// For a decoy customer (`decoy` on `lookup_customer`): send nothing, but take as long
     /// and count against the same limits as a real send.
     pub decoy: bool,
+    /// By SMS, or read out by a call to the number on file.
+    pub channel: PinChannel,
+}
+
+/// How a `send_pin` step delivers the PIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PinChannel {
+    #[default]
+    Sms,
+    /// A call to the customer's number on file reads it out (`[outbound]`): for a mobile that
+    /// cannot take SMS. The step goes on as soon as the call is placed.
+    Voice,
 }
 
 pub trait FlowServices: Send + Sync {

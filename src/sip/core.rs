@@ -17,12 +17,12 @@
 //! they are capped: in total, in the bytes they hold, and per untrusted source, alongside that
 //! source's new calls per second and INVITEs waiting for their ACK ([`super::peers`]).
 
-use super::dialog::DialogId;
-use super::message::{Message, ResponseBuilder, reason_phrase, stateless_tag};
+use super::dialog::{Dialog, DialogId};
+use super::message::{Message, ResponseBuilder, ack_for_failure, reason_phrase, stateless_tag};
 use super::peers::{Budgets, Refusal, SourceBudgets, Trust};
 use super::transaction::{
-    ClientNonInvite, Event as TxEvent, ResponseDisposition, ServerInvite, ServerNonInvite, State,
-    Timers,
+    ClientInvite, ClientNonInvite, Event as TxEvent, InviteResponse, ResponseDisposition,
+    ServerInvite, ServerNonInvite, State, Timers,
 };
 use super::transport::{Flow, Incoming, RequestTarget, Transports};
 use bytes::Bytes;
@@ -82,6 +82,28 @@ pub struct NewCall {
     pub trust: Trust,
 }
 
+/// What the core tells the placer of an outbound INVITE ([`CoreHandle::invite`]) about it.
+#[derive(Debug)]
+pub enum InviteEvent {
+    /// A 1xx (ringing, session progress).
+    Provisional(Box<Message>),
+    /// The first 2xx. The core has already ACKed it (and ACKs its retransmissions) and routes
+    /// the dialog's requests to the placer's [`SipEvent`] channel from now on. A 2xx from
+    /// another fork is ACKed and ended with a BYE by the core: a verification call has one
+    /// callee.
+    Answered(Box<Message>),
+    /// A 300-699 final response; the transaction has ACKed it.
+    Failed(Box<Message>),
+    /// No response at all within Timer B, or the transport failed: no call.
+    NoResponse(RequestError),
+}
+
+/// The placer's ends of an outbound INVITE: the transaction's news, then the dialog's requests.
+pub struct Placed {
+    pub invite: mpsc::UnboundedReceiver<InviteEvent>,
+    pub dialog: mpsc::UnboundedReceiver<SipEvent>,
+}
+
 /// Why a request we sent got no final response.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
@@ -105,6 +127,15 @@ enum Command {
         branch: String,
         msg: Bytes,
         reply: oneshot::Sender<Result<Message, RequestError>>,
+    },
+    /// Send an INVITE of ours in a client INVITE transaction.
+    Invite {
+        flow: Flow,
+        to: RequestTarget,
+        invite: Box<Message>,
+        bytes: Bytes,
+        events: mpsc::UnboundedSender<InviteEvent>,
+        dialog: mpsc::UnboundedSender<SipEvent>,
     },
     EndDialog(DialogId),
     /// Stop taking new calls: INVITEs get 503 with Retry-After from now on.
@@ -188,6 +219,35 @@ impl CoreHandle {
             })
             .map_err(|_| RequestError::CoreGone)?;
         rx.await.map_err(|_| RequestError::CoreGone)?
+    }
+
+    /// Sends an INVITE of ours (`bytes`, built with
+    /// [`invite_request`](super::message::invite_request)) to `to` and reports what becomes of
+    /// it. A CANCEL for it is an ordinary [`CoreHandle::request`] on the INVITE's branch (the
+    /// core tells the two apart by the responses' CSeq method). Dropping [`Placed::invite`]
+    /// while the call still rings makes the core forget the transaction: do so only after the
+    /// final response, or 64*T1 after a CANCEL that brought none (RFC 3261 9.1).
+    pub fn invite(&self, flow: Flow, to: RequestTarget, bytes: Bytes) -> Result<Placed, String> {
+        let invite = Message::parse(bytes.clone()).map_err(|e| e.to_string())?;
+        if invite.branch().is_none() {
+            return Err("INVITE without a Via branch".into());
+        }
+        let (events, invite_rx) = mpsc::unbounded_channel();
+        let (dialog, dialog_rx) = mpsc::unbounded_channel();
+        self.commands
+            .send(Command::Invite {
+                flow,
+                to,
+                invite: Box::new(invite),
+                bytes,
+                events,
+                dialog,
+            })
+            .map_err(|_| RequestError::CoreGone.to_string())?;
+        Ok(Placed {
+            invite: invite_rx,
+            dialog: dialog_rx,
+        })
     }
 
     /// Stops routing requests to a dialog (the call is over).
@@ -302,6 +362,21 @@ struct ClientTx {
     scheduled: Option<Instant>,
 }
 
+/// An INVITE of ours (an outbound call) and what the core does for it on its own.
+struct InviteTx {
+    machine: ClientInvite,
+    /// The INVITE as sent, parsed: for the failure's ACK and the 2xx's dialog.
+    invite: Message,
+    flow: Flow,
+    target: SocketAddr,
+    events: mpsc::UnboundedSender<InviteEvent>,
+    /// Where the dialog's requests go, handed to the dialog on the first 2xx.
+    dialog: Option<mpsc::UnboundedSender<SipEvent>>,
+    /// The answered 2xx: its To tag, our ACK and where it went (re-sent on retransmissions).
+    answered: Option<(String, Bytes, SocketAddr)>,
+    scheduled: Option<Instant>,
+}
+
 struct DialogEntry {
     events: mpsc::UnboundedSender<SipEvent>,
     /// The INVITE transaction that created the dialog, until its 2xx is ACKed.
@@ -323,6 +398,7 @@ struct DialogEntry {
 enum TimerRef {
     Server(TxId),
     Client(String),
+    Invite(String),
 }
 
 /// Settings the core needs.
@@ -381,6 +457,8 @@ struct Core {
     server: HashMap<TxId, ServerTx>,
     server_index: HashMap<TxKey, TxId>,
     client: HashMap<String, ClientTx>,
+    /// Our INVITEs by branch. Apart from `client`: a CANCEL has its INVITE's branch.
+    invites: HashMap<String, InviteTx>,
     dialogs: HashMap<DialogId, DialogEntry>,
     heap: BinaryHeap<Reverse<(Instant, TimerRef)>>,
     new_calls: mpsc::Sender<NewCall>,
@@ -425,6 +503,7 @@ pub fn spawn(
         server: HashMap::new(),
         server_index: HashMap::new(),
         client: HashMap::new(),
+        invites: HashMap::new(),
         dialogs: HashMap::new(),
         heap: BinaryHeap::new(),
         new_calls,
@@ -488,6 +567,15 @@ impl Core {
             self.budgets.sweep(now);
             self.next_sweep = now + SourceBudgets::SWEEP_EVERY;
         }
+        // An INVITE still ringing whose placer is gone has no timer to end it (Proceeding
+        // runs none): forget it, or it stays forever.
+        self.invites.retain(|branch, tx| {
+            let keep = !(tx.events.is_closed() && tx.machine.state() == State::Proceeding);
+            if !keep {
+                debug!(%branch, "outbound INVITE forgotten: its placer gave up");
+            }
+            keep
+        });
     }
 
     fn handle_request(&mut self, msg: Message, flow: Flow, arrived: Instant, trust: Trust) {
@@ -859,6 +947,9 @@ impl Core {
             return;
         };
         let Some(status) = msg.status() else { return };
+        if msg.cseq_method == Method::INVITE {
+            return self.handle_invite_response(msg, branch, status, now);
+        }
         let Some(tx) = self.client.get_mut(&branch) else {
             // Retransmitted 2xx for requests we never sent, or stray responses: nothing to do.
             debug!(%branch, status, "response for unknown transaction");
@@ -927,6 +1018,35 @@ impl Core {
                 );
                 self.drive_client(&branch);
             }
+            Command::Invite {
+                flow,
+                to,
+                invite,
+                bytes,
+                events,
+                dialog,
+            } => {
+                let target = self.transports.connect_for(&flow, to);
+                let Some(branch) = invite.branch().map(str::to_string) else {
+                    return;
+                };
+                let machine =
+                    ClientInvite::new(now, self.cfg.timers, flow.protocol.reliable(), bytes);
+                self.invites.insert(
+                    branch.clone(),
+                    InviteTx {
+                        machine,
+                        invite: *invite,
+                        flow,
+                        target,
+                        events,
+                        dialog: Some(dialog),
+                        answered: None,
+                        scheduled: None,
+                    },
+                );
+                self.drive_invite(&branch);
+            }
             Command::EndDialog(id) => {
                 self.remove_dialog(&id);
             }
@@ -961,6 +1081,13 @@ impl Core {
                         tx.scheduled = None;
                         tx.machine.handle_timeout(now);
                         self.drive_client(&branch);
+                    }
+                }
+                TimerRef::Invite(branch) => {
+                    if let Some(tx) = self.invites.get_mut(&branch) {
+                        tx.scheduled = None;
+                        tx.machine.handle_timeout(now);
+                        self.drive_invite(&branch);
                     }
                 }
             }
@@ -1175,6 +1302,157 @@ impl Core {
             }
             self.drive_client(&branch);
         }
+        let invites: Vec<String> = self
+            .invites
+            .iter()
+            .filter(|(_, tx)| tx.flow.local == local && tx.target == peer)
+            .map(|(branch, _)| branch.clone())
+            .collect();
+        for branch in invites {
+            if let Some(tx) = self.invites.get_mut(&branch) {
+                tx.machine.handle_transport_error(now);
+            }
+            self.drive_invite(&branch);
+        }
+    }
+
+    /// A response to one of our INVITEs (RFC 3261 17.1.3: branch and CSeq method).
+    fn handle_invite_response(&mut self, msg: Message, branch: String, status: u16, now: Instant) {
+        let Some(tx) = self.invites.get_mut(&branch) else {
+            debug!(%branch, status, "response for unknown INVITE transaction");
+            return;
+        };
+        let invite = &tx.invite;
+        match tx
+            .machine
+            .handle_response(now, status, || ack_for_failure(invite, &msg))
+        {
+            Some(InviteResponse::Provisional) => {
+                let _ = tx.events.send(InviteEvent::Provisional(Box::new(msg)));
+            }
+            Some(InviteResponse::Failure) => {
+                let _ = tx.events.send(InviteEvent::Failed(Box::new(msg)));
+            }
+            Some(InviteResponse::Success) => self.invite_answered(&branch, msg),
+            None => {
+                self.stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.drive_invite(&branch);
+    }
+
+    /// A 2xx to our INVITE: the first makes the call's dialog, which the core ACKs (RFC 3261
+    /// 13.2.2.4) and routes from now on; its retransmissions get the same ACK; a 2xx from
+    /// another fork gets an ACK and a BYE.
+    fn invite_answered(&mut self, branch: &str, ok: Message) {
+        let Some(tx) = self.invites.get_mut(branch) else {
+            return;
+        };
+        let to_tag = ok.to_tag().unwrap_or_default().to_string();
+        if let Some((tag, ack, to)) = &tx.answered
+            && *tag == to_tag
+        {
+            self.stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+            self.transports.send(&tx.flow, *to, ack.clone());
+            return;
+        }
+        let flow = tx.flow;
+        let contact = tx.invite.contact_uri().unwrap_or_default();
+        let mut dialog = Dialog::new_uac(&tx.invite, &ok, contact, flow.protocol);
+        // The ACK carries the INVITE's credentials (RFC 3261 22.1).
+        let credentials: Vec<(&str, String)> = ["Proxy-Authorization", "Authorization"]
+            .into_iter()
+            .filter_map(|name| {
+                tx.invite
+                    .headers
+                    .get_raw(&Name::from(name))
+                    .next()
+                    .map(|v| (name, v.to_string()))
+            })
+            .collect();
+        let ack = dialog.ack(flow.local, &new_branch(), &credentials, None);
+        let next_hop = dialog.next_hop(flow.protocol);
+        let target = self.transports.connect_for(
+            &flow,
+            RequestTarget {
+                addr: next_hop.unwrap_or(tx.target),
+                reconnect: next_hop,
+            },
+        );
+        self.transports.send(&flow, target, ack.clone());
+        let Some(events) = tx.dialog.take() else {
+            // Another fork answered after the call's own 2xx: one callee is all we want.
+            info!(call_id = %ok.call_id, "a second fork answered; ending it with BYE");
+            let bye_branch = new_branch();
+            let bye = dialog.request("BYE", flow.local, &bye_branch, &[], None);
+            let machine = ClientNonInvite::new(
+                Instant::now(),
+                self.cfg.timers,
+                flow.protocol.reliable(),
+                bye,
+            );
+            self.client.insert(
+                bye_branch.clone(),
+                ClientTx {
+                    machine,
+                    flow,
+                    target,
+                    reply: None,
+                    scheduled: None,
+                },
+            );
+            return self.drive_client(&bye_branch);
+        };
+        tx.answered = Some((to_tag, ack, target));
+        let _ = tx.events.send(InviteEvent::Answered(Box::new(ok)));
+        self.transports.pin(&flow, true);
+        self.dialogs.insert(
+            dialog.id.clone(),
+            DialogEntry {
+                events,
+                invite_tx: None,
+                flow,
+                unconfirmed: None,
+                charged_call: None,
+                reinvites: Vec::new(),
+            },
+        );
+    }
+
+    /// Sends what one of our INVITE transactions queued and passes on its events.
+    fn drive_invite(&mut self, branch: &str) {
+        let Some(tx) = self.invites.get_mut(branch) else {
+            return;
+        };
+        while let Some(out) = tx.machine.poll_transmit() {
+            self.transports.send(&tx.flow, tx.target, out);
+        }
+        let mut terminated = false;
+        while let Some(ev) = tx.machine.poll_event() {
+            match ev {
+                TxEvent::Timeout => {
+                    let _ = tx
+                        .events
+                        .send(InviteEvent::NoResponse(RequestError::Timeout));
+                }
+                TxEvent::TransportError => {
+                    let _ = tx
+                        .events
+                        .send(InviteEvent::NoResponse(RequestError::Transport));
+                }
+                TxEvent::Terminated => terminated = true,
+                TxEvent::AckTimeout => {}
+            }
+        }
+        let next = tx.machine.poll_timeout();
+        if let Some(at) = next.filter(|_| next != tx.scheduled) {
+            tx.scheduled = next;
+            self.heap
+                .push(Reverse((at, TimerRef::Invite(branch.to_string()))));
+        }
+        if terminated {
+            self.invites.remove(branch);
+        }
     }
 
     fn drive_client(&mut self, branch: &str) {
@@ -1284,6 +1562,7 @@ fn precheck(msg: &Message) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::message::cancel_for;
     use super::*;
 
     fn msg(s: &str) -> Message {
@@ -1577,6 +1856,229 @@ mod tests {
         );
         let unk = base.replace("OPTIONS sip:a@b", "OPTIONS http:a@b");
         assert_eq!(precheck(&msg(&format!("{unk}\r\n"))), Some(416));
+    }
+
+    /// The INVITE of an outbound call to `callee`, from the core's `local` socket.
+    fn our_invite(local: SocketAddr, callee: SocketAddr, branch: &str) -> Bytes {
+        super::super::message::invite_request(&super::super::message::OutboundInvite {
+            request_uri: &format!("sip:+4930123456@{callee}"),
+            from: "sip:ivrd@127.0.0.1",
+            from_tag: "ourtag",
+            call_id: "out-1@ivrd",
+            cseq: 1,
+            protocol: super::super::transport::Protocol::Udp,
+            via_host: local,
+            branch,
+            contact: &format!("sip:ivrd@{local}"),
+            credentials: Some(("Proxy-Authorization", "Digest username=\"u\"".into())),
+            user_agent: "test",
+            sdp: Bytes::from_static(b"v=0\r\n"),
+        })
+    }
+
+    /// A response of the callee to the request `req` (as received), with `code`, a To tag
+    /// (none for 100) and whatever `extra` headers.
+    fn answer(req: &str, code: u16, to_tag: Option<&str>, extra: &str) -> String {
+        let header = |name: &str| {
+            req.lines()
+                .find(|l| l.starts_with(&format!("{name}:")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let to = match to_tag {
+            Some(t) => format!("{};tag={t}", header("To")),
+            None => header("To"),
+        };
+        format!(
+            "SIP/2.0 {code} {}\r\n{}\r\n{}\r\n{to}\r\n{}\r\n{}\r\n{extra}Content-Length: 0\r\n\r\n",
+            reason_phrase(code),
+            header("Via"),
+            header("From"),
+            header("Call-ID"),
+            header("CSeq"),
+        )
+    }
+
+    async fn next_invite_event(placed: &mut Placed) -> InviteEvent {
+        tokio::time::timeout(std::time::Duration::from_secs(5), placed.invite.recv())
+            .await
+            .expect("an INVITE event within 5 s")
+            .expect("the core is running")
+    }
+
+    /// An outbound INVITE that rings and is CANCELled: the CANCEL (same branch, its own
+    /// transaction) gets its own 200, the 487 ends the INVITE and is ACKed with its To tag on
+    /// the INVITE's branch. Before the core kept INVITE client transactions apart, the
+    /// CANCEL's response would have been matched to whichever shared the branch.
+    #[tokio::test]
+    async fn an_outbound_invite_rings_is_cancelled_and_its_487_is_acked() {
+        let (core, _in, _calls, peer, local, shutdown) =
+            core_with(CoreConfig::new(Timers::default(), "test")).await;
+        let callee = SocketAddr::from(([127, 0, 0, 1], peer.local_addr().unwrap().port()));
+        let flow = Flow {
+            protocol: super::super::transport::Protocol::Udp,
+            local,
+            remote: callee,
+        };
+        let branch = new_branch();
+        let mut placed = core
+            .invite(flow, callee.into(), our_invite(local, callee, &branch))
+            .unwrap();
+        let inv = next_response(&peer).await;
+        assert!(inv.starts_with("INVITE "), "{inv}");
+        peer.send_to(answer(&inv, 180, Some("theirs"), "").as_bytes(), local)
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_invite_event(&mut placed).await,
+            InviteEvent::Provisional(r) if r.status() == Some(180)
+        ));
+        let cancel = cancel_for(&msg(&inv));
+        let req = {
+            let core = core.clone();
+            tokio::spawn(async move { core.request(flow, callee.into(), branch, cancel).await })
+        };
+        let cancel = next_response(&peer).await;
+        assert!(cancel.starts_with("CANCEL "), "{cancel}");
+        assert_eq!(via_branch_of(&cancel), via_branch_of(&inv));
+        peer.send_to(answer(&cancel, 200, Some("theirs"), "").as_bytes(), local)
+            .await
+            .unwrap();
+        let resp = req.await.unwrap().expect("the CANCEL's own 200");
+        assert_eq!(resp.status(), Some(200));
+        assert_eq!(resp.cseq_method, Method::CANCEL);
+        peer.send_to(answer(&inv, 487, Some("theirs"), "").as_bytes(), local)
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_invite_event(&mut placed).await,
+            InviteEvent::Failed(r) if r.status() == Some(487)
+        ));
+        let ack = next_response(&peer).await;
+        assert!(ack.starts_with("ACK "), "{ack}");
+        assert!(ack.contains(";tag=theirs"), "{ack}");
+        assert!(ack.contains("CSeq: 1 ACK"), "{ack}");
+        assert_eq!(via_branch_of(&ack), via_branch_of(&inv));
+        // A retransmitted 487 is absorbed and answered with the same ACK.
+        peer.send_to(answer(&inv, 487, Some("theirs"), "").as_bytes(), local)
+            .await
+            .unwrap();
+        assert_eq!(next_response(&peer).await, ack);
+        shutdown.cancel();
+    }
+
+    /// An answered outbound INVITE: the core ACKs the 2xx (new branch, the INVITE's CSeq and
+    /// credentials, to the Contact), ACKs its retransmission again, ends a second fork with
+    /// ACK and BYE, and routes the callee's BYE to the call.
+    #[tokio::test]
+    async fn an_answered_outbound_invite_is_acked_and_its_dialog_routed() {
+        let (core, _in, _calls, peer, local, shutdown) =
+            core_with(CoreConfig::new(Timers::default(), "test")).await;
+        let callee = SocketAddr::from(([127, 0, 0, 1], peer.local_addr().unwrap().port()));
+        let flow = Flow {
+            protocol: super::super::transport::Protocol::Udp,
+            local,
+            remote: callee,
+        };
+        let branch = new_branch();
+        let mut placed = core
+            .invite(flow, callee.into(), our_invite(local, callee, &branch))
+            .unwrap();
+        let inv = next_response(&peer).await;
+        let contact = format!("Contact: <sip:callee@{callee}>\r\n");
+        let ok = answer(&inv, 200, Some("theirs"), &contact);
+        peer.send_to(ok.as_bytes(), local).await.unwrap();
+        assert!(matches!(
+            next_invite_event(&mut placed).await,
+            InviteEvent::Answered(r) if r.to_tag() == Some("theirs")
+        ));
+        let ack = next_response(&peer).await;
+        assert!(
+            ack.starts_with(&format!("ACK sip:callee@{callee} ")),
+            "{ack}"
+        );
+        assert!(ack.contains("CSeq: 1 ACK"), "{ack}");
+        assert!(ack.contains("Proxy-Authorization: Digest"), "{ack}");
+        assert_ne!(via_branch_of(&ack), via_branch_of(&inv));
+        // The 2xx again (our ACK was lost): the same ACK again, and no second Answered.
+        peer.send_to(ok.as_bytes(), local).await.unwrap();
+        assert_eq!(next_response(&peer).await, ack);
+        // Another fork answers: ACK and BYE for it, nothing for the call.
+        let fork = answer(&inv, 200, Some("fork2"), &contact);
+        peer.send_to(fork.as_bytes(), local).await.unwrap();
+        let fork_ack = next_response(&peer).await;
+        assert!(
+            fork_ack.starts_with("ACK ") && fork_ack.contains("tag=fork2"),
+            "{fork_ack}"
+        );
+        let bye = next_response(&peer).await;
+        assert!(
+            bye.starts_with("BYE ") && bye.contains("tag=fork2"),
+            "{bye}"
+        );
+        assert!(bye.contains("CSeq: 2 BYE"), "{bye}");
+        assert!(
+            placed.invite.try_recv().is_err(),
+            "the fork is not the call's business"
+        );
+        // The callee hangs up: the core answers and tells the call.
+        let their_bye = format!(
+            "BYE sip:ivrd@{local} SIP/2.0\r\nVia: SIP/2.0/UDP {callee};branch=z9hG4bKbye1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:+4930123456@{callee}>;tag=theirs\r\n\
+             To: <sip:ivrd@127.0.0.1>;tag=ourtag\r\nCall-ID: out-1@ivrd\r\nCSeq: 1 BYE\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        peer.send_to(their_bye.as_bytes(), local).await.unwrap();
+        let ok = next_response(&peer).await;
+        assert!(
+            ok.starts_with("SIP/2.0 200 ") && ok.contains("CSeq: 1 BYE"),
+            "{ok}"
+        );
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), placed.dialog.recv())
+            .await
+            .unwrap();
+        assert!(matches!(ev, Some(SipEvent::Bye)), "{ev:?}");
+        shutdown.cancel();
+    }
+
+    /// A ringing INVITE whose placer is gone is forgotten (Proceeding has no timer of its
+    /// own): the next housekeeping removes it.
+    #[tokio::test]
+    async fn a_ringing_invite_without_its_placer_is_forgotten() {
+        let (core, _in, _calls, peer, local, shutdown) =
+            core_with(CoreConfig::new(Timers::default(), "test")).await;
+        let callee = SocketAddr::from(([127, 0, 0, 1], peer.local_addr().unwrap().port()));
+        let flow = Flow {
+            protocol: super::super::transport::Protocol::Udp,
+            local,
+            remote: callee,
+        };
+        let branch = new_branch();
+        let placed = core
+            .invite(flow, callee.into(), our_invite(local, callee, &branch))
+            .unwrap();
+        let inv = next_response(&peer).await;
+        peer.send_to(answer(&inv, 180, Some("theirs"), "").as_bytes(), local)
+            .await
+            .unwrap();
+        drop(placed);
+        // Housekeeping runs every 250 ms; then the 487 finds no transaction: no ACK.
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        peer.send_to(answer(&inv, 487, Some("theirs"), "").as_bytes(), local)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let got = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            peer.recv_from(&mut buf),
+        )
+        .await;
+        assert!(got.is_err(), "the forgotten INVITE still ACKed its 487");
+        shutdown.cancel();
+    }
+
+    fn via_branch_of(m: &str) -> String {
+        msg(m).branch().unwrap_or_default().to_string()
     }
 
     #[test]

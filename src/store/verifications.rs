@@ -88,10 +88,13 @@ pub struct Verification {
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
     pub expires_at: SystemTime,
+    /// How the last code went out: `sent` (SMS), or the call's outcome (`calling`,
+    /// `answered`, `busy`, `no-answer`, `rejected`, `failed`).
+    pub delivery: Option<String>,
 }
 
 const COLUMNS: &str = "id, key_name, to_number, subject, customer_id, channel, locale, template, \
-                       status, sends, checks, created_at, updated_at, expires_at";
+                       status, sends, checks, created_at, updated_at, expires_at, delivery";
 
 fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Verification> {
     let status: String = r.get(8)?;
@@ -111,6 +114,7 @@ fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Verification> {
         created_at: from_ms(r.get(11)?),
         updated_at: from_ms(r.get(12)?),
         expires_at: from_ms(r.get(13)?),
+        delivery: r.get(14)?,
     })
 }
 
@@ -165,7 +169,7 @@ impl Store {
         self.conn().execute(
             &format!(
                 "INSERT INTO verifications ({COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             ),
             params![
                 v.id,
@@ -182,6 +186,7 @@ impl Store {
                 to_ms(v.created_at),
                 to_ms(v.updated_at),
                 to_ms(v.expires_at),
+                v.delivery,
             ],
         )?;
         Ok(())
@@ -191,7 +196,7 @@ impl Store {
     pub fn update_verification(&self, v: &Verification) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE verifications SET status = ?2, sends = ?3, checks = ?4, updated_at = ?5,
-                                      expires_at = ?6, channel = ?7
+                                      expires_at = ?6, channel = ?7, delivery = ?8
              WHERE id = ?1",
             params![
                 v.id,
@@ -201,7 +206,23 @@ impl Store {
                 to_ms(v.updated_at),
                 to_ms(v.expires_at),
                 v.channel,
+                v.delivery,
             ],
+        )?;
+        Ok(())
+    }
+
+    /// Records how a code went out, changing nothing else (a call's outcome arrives while
+    /// checks may be changing the status).
+    pub fn set_verification_delivery(
+        &self,
+        id: &str,
+        delivery: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE verifications SET delivery = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, delivery, to_ms(at)],
         )?;
         Ok(())
     }
@@ -389,6 +410,7 @@ mod tests {
             created_at: at,
             updated_at: at,
             expires_at: at + Duration::from_secs(300),
+            delivery: Some("sent".into()),
         };
         store.insert_verification(&v).unwrap();
         assert_eq!(store.verification("VE1").unwrap().as_ref(), Some(&v));
@@ -408,6 +430,14 @@ mod tests {
         v.status = VerificationStatus::Approved;
         v.checks = 2;
         store.update_verification(&v).unwrap();
+        assert_eq!(store.verification("VE1").unwrap().as_ref(), Some(&v));
+        // A call's outcome changes the delivery alone.
+        let later = at + Duration::from_secs(60);
+        store
+            .set_verification_delivery("VE1", "busy", later)
+            .unwrap();
+        v.delivery = Some("busy".into());
+        v.updated_at = later;
         assert_eq!(store.verification("VE1").unwrap().as_ref(), Some(&v));
         assert_eq!(
             store

@@ -16,8 +16,14 @@
 //! out for the digits. Everything runs over [`CallIo`], so the simulator's virtual clock tests
 //! it exactly as the daemon runs it.
 
-use crate::call::{CallEnd, CallIo, CollectSpec};
-use std::time::Duration;
+use crate::call::outbound::{Delivery, OutboundSettings};
+use crate::call::{Call, CallContext, CallEnd, CallIo, CollectSpec};
+use crate::redact::mask_number;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span};
 use zeroize::Zeroizing;
 
 /// The prompts a read-out plays, besides `digit-0` ... `digit-9`.
@@ -125,6 +131,158 @@ pub async fn read_out<C: CallIo + Send>(call: &mut C, r: &ReadOut) -> Result<Hea
     }
     call.play(&["goodbye"], false).await?;
     Ok(Heard::Read { times })
+}
+
+/// How a read-out call goes, besides the code (`[outbound]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOutStyle {
+    pub key_first: bool,
+    pub readings: u32,
+    pub max_repeats: u32,
+}
+
+/// One code to read to one number.
+pub struct VoiceJob {
+    /// E.164.
+    pub to: String,
+    pub code: Zeroizing<String>,
+    pub language: String,
+    /// What the call is for (a verification id), for the logs.
+    pub reference: String,
+}
+
+/// How a read-out call went.
+#[derive(Debug, Clone)]
+pub struct VoiceReport {
+    pub delivery: Delivery,
+    /// The final SIP status of a call that was not answered, if one came.
+    pub status: Option<u16>,
+    /// A sentence for logs and the audit.
+    pub reason: String,
+    /// For an answered call: whether the code was read (`None`: the callee hung up first).
+    pub heard: Option<Heard>,
+    /// The SIP Call-ID (the audit row's key).
+    pub call_id: Option<String>,
+    /// The SRTP suite of an answered call's media, if SRTP.
+    pub srtp: Option<&'static str>,
+    pub started: SystemTime,
+    pub ended: SystemTime,
+}
+
+/// The calls that read codes out: at most `max_calls` at once, each on the daemon's call
+/// tracker (so a shutdown drains them like any call), with the prompts and call settings of
+/// the configuration current when it starts.
+#[derive(Clone)]
+pub struct VoiceChannel {
+    inner: Arc<VoiceInner>,
+}
+
+struct VoiceInner {
+    out: OutboundSettings,
+    style: ReadOutStyle,
+    context: Box<dyn Fn() -> CallContext + Send + Sync>,
+    lines: Arc<Semaphore>,
+    calls: TaskTracker,
+}
+
+impl VoiceChannel {
+    pub fn new(
+        out: OutboundSettings,
+        style: ReadOutStyle,
+        max_calls: usize,
+        calls: TaskTracker,
+        context: impl Fn() -> CallContext + Send + Sync + 'static,
+    ) -> VoiceChannel {
+        VoiceChannel {
+            inner: Arc::new(VoiceInner {
+                out,
+                style,
+                context: Box::new(context),
+                lines: Arc::new(Semaphore::new(max_calls)),
+                calls,
+            }),
+        }
+    }
+
+    /// The transport calls go out on.
+    pub fn protocol(&self) -> crate::sip::transport::Protocol {
+        self.inner.out.protocol
+    }
+
+    /// Calls out now and reports to `done` when the call is over; `false` (nothing started)
+    /// when every line is taken or the daemon is shutting down.
+    pub fn dial(&self, job: VoiceJob, done: impl FnOnce(VoiceReport) + Send + 'static) -> bool {
+        if self.inner.calls.is_closed() {
+            return false;
+        }
+        let Ok(line) = self.inner.lines.clone().try_acquire_owned() else {
+            return false;
+        };
+        let this = self.clone();
+        let span = info_span!("voice", reference = %job.reference);
+        self.inner.calls.spawn(
+            async move {
+                let report = this.call(job).await;
+                drop(line);
+                done(report);
+            }
+            .instrument(span),
+        );
+        true
+    }
+
+    async fn call(&self, job: VoiceJob) -> VoiceReport {
+        let started = SystemTime::now();
+        let ctx = (self.inner.context)();
+        info!(to = %mask_number(&job.to), "calling to read a code out");
+        let mut call = match Call::place(ctx, &self.inner.out, &job.to).await {
+            Ok(call) => call,
+            Err(n) => {
+                info!(delivery = n.delivery.as_str(), status = n.status, reason = %n.reason, "code call not answered");
+                return VoiceReport {
+                    delivery: n.delivery,
+                    status: n.status,
+                    reason: n.reason,
+                    heard: None,
+                    call_id: None,
+                    srtp: None,
+                    started,
+                    ended: SystemTime::now(),
+                };
+            }
+        };
+        call.set_language(&job.language);
+        let style = self.inner.style;
+        let readout = ReadOut {
+            readings: style.readings,
+            max_repeats: style.max_repeats,
+            key_first: style.key_first,
+            ..ReadOut::new(&job.code)
+        };
+        let (heard, end) = match read_out(&mut call, &readout).await {
+            Ok(h) => (Some(h), CallEnd::Completed),
+            Err(end) => (None, end),
+        };
+        let reason = match heard {
+            Some(Heard::Read { times }) => format!("the code was read {times} times"),
+            Some(Heard::NoKey) => "no key was pressed: the code was not read".into(),
+            None => format!("the call ended before the code was read: {}", end.as_str()),
+        };
+        info!(reason = %reason, "code call over");
+        let call_id = call.facts().call_id.clone();
+        let srtp = call.srtp_suite();
+        call.finish(&end).await;
+        VoiceReport {
+            delivery: Delivery::Answered,
+            status: Some(200),
+            reason,
+            heard,
+            call_id: Some(call_id),
+            srtp,
+            started,
+            ended: SystemTime::now(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,11 @@
 //! tls module (Debian `kamailio-tls-modules`) listens on a TLS port of its own and every call
 //! goes to ivrd's TLS listener. Its certificate, key and CA (from the test's [`TestPki`]) and
 //! tests/kamailio/tls.cfg.in are written into the temporary directory, removed with it.
+//!
+//! [`Kamailio::start_outbound`] runs it with `WITH_OUTBOUND` defined (`-A WITH_OUTBOUND`):
+//! Kamailio is also the trunk for ivrd's outbound calls, challenging ivrd's INVITE with 407
+//! and relaying it, authenticated, to a callee (a baresip) or refusing it by the number's last
+//! digits (486, 603, 404).
 
 use super::*;
 use std::os::unix::process::CommandExt;
@@ -34,6 +39,9 @@ pub struct Kamailio {
     queue_port: u16,
     password: String,
     tls: Option<TlsLeg>,
+    /// With `WITH_OUTBOUND`: where ivrd's outbound calls go (the callee's SIP port on
+    /// 127.0.0.1, UDP).
+    callee_port: Option<u16>,
 }
 
 /// Kamailio's TLS side (with `WITH_TLS`).
@@ -68,6 +76,7 @@ impl Kamailio {
             queue_port,
             password: password.to_string(),
             tls: None,
+            callee_port: None,
         };
         kamailio.spawn();
         kamailio
@@ -114,9 +123,52 @@ impl Kamailio {
                 ca_pem: pki.ca_pem(),
                 probe: pki.leaf(&["127.0.0.1"]),
             }),
+            callee_port: None,
         };
         kamailio.spawn();
         kamailio
+    }
+
+    /// Kamailio as ivrd's outbound trunk (`WITH_OUTBOUND`) on `port` of 127.0.0.1 (UDP and
+    /// TCP). An initial INVITE from 127.0.0.1:`ivrd_port` (ivrd sends from its SIP port) is
+    /// ivrd's outbound call: challenged with 407 (realm [`KAMAILIO_REALM`], qop=auth) until it
+    /// carries the credentials of [`KAMAILIO_USER`] with `password` (a wrong password is
+    /// challenged again, another user gets 403), then, by the Request-URI user's last digits,
+    /// answered `486 Busy Here` (..486), `603 Decline` (..603), `404 Not Found` (..404), or
+    /// record-routed and relayed to `sip:tester@127.0.0.1:callee_port` (a [`Baresip`], whose
+    /// account is `tester`). Its in-dialog requests and CANCEL are relayed; INVITEs from
+    /// anywhere else still go to ivrd.
+    ///
+    /// What the trace shows ([`Kamailio::count`], [`Kamailio::wait_count`]):
+    /// `INVITE challenged (credentials of user [..])` for each 407,
+    /// `INVITE refused: user [..]` for a 403,
+    /// `INVITE authenticated (user [ivrd])`, then `outbound call to [<user>]`, and the callee's
+    /// replies as `reply <code> <reason> to INVITE from 127.0.0.1:<callee_port> (udp)`.
+    pub fn start_outbound(port: u16, ivrd_port: u16, callee_port: u16, password: &str) -> Kamailio {
+        require_tool("kamailio");
+        let dir = tempfile::Builder::new()
+            .prefix("kamailio-test-")
+            .tempdir()
+            .expect("create temp dir");
+        fs::create_dir(dir.path().join("run")).expect("create runtime dir");
+        let mut kamailio = Kamailio {
+            child: None,
+            dir,
+            port,
+            ivrd_port,
+            queue_port: 0,
+            password: password.to_string(),
+            tls: None,
+            callee_port: Some(callee_port),
+        };
+        kamailio.spawn();
+        kamailio
+    }
+
+    /// Where ivrd's outbound calls go (only after [`Kamailio::start_outbound`]).
+    pub fn callee_port(&self) -> u16 {
+        self.callee_port
+            .expect("Kamailio started without WITH_OUTBOUND")
     }
 
     /// Where Kamailio listens for TLS (only after [`Kamailio::start_tls`]).
@@ -160,6 +212,7 @@ impl Kamailio {
             .replace("@PORT@", &self.port.to_string())
             .replace("@IVRD_PORT@", &self.ivrd_port.to_string())
             .replace("@QUEUE_PORT@", &self.queue_port.to_string())
+            .replace("@CALLEE_PORT@", &self.callee_port.unwrap_or(0).to_string())
             .replace("@REALM@", KAMAILIO_REALM)
             .replace("@USER@", KAMAILIO_USER)
             .replace("@PASSWORD@", &self.password)
@@ -188,6 +241,9 @@ impl Kamailio {
             .arg(&binary)
             .arg("-f")
             .arg(self.config_path());
+        if self.callee_port.is_some() {
+            command.args(["-A", "WITH_OUTBOUND"]);
+        }
         if let Some(tls) = &self.tls {
             command.args(["-A", "WITH_TLS"]);
             if tls.close_after_ack {

@@ -12,6 +12,8 @@
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod api;
+pub mod digits;
 pub mod kamailio;
 pub mod linphone;
 pub mod verify;
@@ -1956,6 +1958,8 @@ pub struct Baresip {
     token: u32,
     /// The UDP ports baresip's media may use (first, last).
     rtp_ports: (u16, u16),
+    /// The port of `sip_listen` (UDP and TCP; TLS on the next one).
+    sip_port: u16,
 }
 
 /// What a [`Baresip`] adds to the shared config and account: for SRTP over TLS,
@@ -2003,9 +2007,17 @@ impl Baresip {
         fs::create_dir(&dump_dir).expect("create dump dir");
         let source = dir.path().join("source.wav");
         write_tone_wav(&source, 120);
-        let (sip_port, host) = match family {
-            Family::V4 => (free_sip_port(), "127.0.0.1"),
-            Family::V6 => (free_sip_port_v6(), "::1"),
+        // baresip also listens for TLS on the port after its SIP port: that one must be
+        // nobody else's either (another test's daemon once got it: baresip exited with 98).
+        let (sip_port, host) = loop {
+            let (port, host) = match family {
+                Family::V4 => (free_sip_port(), "127.0.0.1"),
+                Family::V6 => (free_sip_port_v6(), "::1"),
+            };
+            let next_free = TcpListener::bind((host, port + 1)).is_ok();
+            if next_free && claim(port + 1) {
+                break (port, host);
+            }
         };
         let sip_listen = match family {
             Family::V4 => format!("{host}:{sip_port}"),
@@ -2073,6 +2085,7 @@ impl Baresip {
             events: Vec::new(),
             token: 0,
             rtp_ports: (rtp_min, rtp_min + 3),
+            sip_port,
         };
         phone.connect_ctrl(SocketAddr::from((LOCALHOST, ctrl_port)));
         phone
@@ -2114,9 +2127,21 @@ impl Baresip {
         self.rtp_ports
     }
 
+    /// The port baresip listens on for SIP (UDP and TCP), on 127.0.0.1 or `[::1]`: where a
+    /// proxy sends calls for it (`sip:tester@127.0.0.1:<port>`).
+    pub fn sip_port(&self) -> u16 {
+        self.sip_port
+    }
+
     /// What the one call so far sounded like at baresip's end: the RMS (fraction of full
     /// scale) and length of its `dump-*-dec.wav`, complete once the call is closed.
     pub fn heard(&self) -> (f64, Duration) {
+        wav_rms(&self.heard_wav())
+    }
+
+    /// The recording of what the one call so far heard (`dump-*-dec.wav`: 8 kHz mono s16 for
+    /// G.711), complete once the call is closed. Panics unless there is exactly one.
+    pub fn heard_wav(&self) -> PathBuf {
         let dumps: Vec<PathBuf> = fs::read_dir(self.dump_dir())
             .expect("read dump dir")
             .flatten()
@@ -2134,7 +2159,7 @@ impl Baresip {
             self.dump_dir().display(),
             self.log()
         );
-        wav_rms(&dumps[0])
+        dumps[0].clone()
     }
 
     pub fn log(&self) -> String {

@@ -32,6 +32,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub mod outbound;
+
 /// Keys kept while no collect is waiting for them (type-ahead).
 const MAX_TYPEAHEAD: usize = 32;
 
@@ -737,6 +739,11 @@ impl Call {
                 _ = self.ctx.hangup_all.cancelled() => return Err(unconfirmed(CallEnd::Shutdown)),
             }
         }
+    }
+
+    /// The SRTP suite of the call's media, if every negotiation so far was SRTP.
+    pub fn srtp_suite(&self) -> Option<&'static str> {
+        self.srtp.suite()
     }
 
     /// Ends the call: BYE when we owe one, then releases the dialog and media.
