@@ -308,3 +308,71 @@ fn a_call_nobody_answers_is_cancelled_at_the_ring_timeout() {
         "{row:?}"
     );
 }
+
+/// Calls out over TLS with SRTP: ivrd connects to the trunk (Kamailio over TLS, checking its
+/// certificate against `[tls] server_ca` and presenting its own), offers SRTP with SDES keys
+/// in the TLS-protected SDP (`[media] srtp = "required"`), the callee (baresip, `srtp-mand`)
+/// answers SRTP, and the code it decrypted and heard verifies. The audit row names the suite.
+#[test]
+fn a_code_call_over_tls_carries_srtp_to_the_callee() {
+    let rig = Rig::new(200, free_udp_port());
+    let files = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let (cert, key_file, ca) = pki.write_server(files.path());
+    let mut phone = Baresip::start_with(
+        1,
+        Family::V4,
+        &BaresipExtras {
+            config: "\nmodule\t\t\tsrtp.so\n".into(),
+            account_params: ";answermode=auto;mediaenc=srtp-mand".into(),
+        },
+    );
+    let kamailio = Kamailio::start_outbound_tls(free_sip_port(), phone.sip_port(), PASSWORD, &pki);
+    let api_port = free_tcp_port();
+    let tls_port = free_sip_port();
+    let daemon = rig.daemon(&format!(
+        "[sip]\ntls = [\"127.0.0.1:{tls_port}\"]\n\
+         [tls]\ncert = {cert}\nkey = {key}\nserver_ca = {ca}\n\
+         [media]\nsrtp = \"required\"\n\
+         [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+         [outbound]\nproxy = \"{proxy}\"\ntransport = \"tls\"\nusername = \"{KAMAILIO_USER}\"\n\
+         password = \"{PASSWORD}\"\nmax_repeats = 0\n",
+        cert = toml_str(&cert.display().to_string()),
+        key = toml_str(&key_file.display().to_string()),
+        ca = toml_str(&ca.display().to_string()),
+        proxy = kamailio.tls_addr(),
+    ));
+    let key = make_key(&rig.db_path(), "web");
+    let api = Api::new(api_port);
+    let id = start_call(&api, &key, "+4930123459");
+    phone.wait_event("CALL_ESTABLISHED", Duration::from_secs(15));
+    phone.wait_event("CALL_CLOSED", Duration::from_secs(60));
+    let v = wait_delivery(&api, &key, &id, Duration::from_secs(10));
+    assert_eq!(v["delivery"], "answered", "{v}");
+    // Kamailio saw the INVITE over TLS and authenticated it.
+    assert_eq!(
+        kamailio.count("INVITE authenticated (user [ivrd])"),
+        1,
+        "{}",
+        kamailio.log()
+    );
+    assert!(
+        kamailio.count("over tls") >= 1,
+        "no message over TLS at Kamailio:\n{}",
+        kamailio.log()
+    );
+    let heard = code_heard(&phone);
+    eprintln!("the callee heard {heard} over SRTP");
+    assert_eq!(heard.len(), 12, "{heard}\n{}", phone.log());
+    let (s, v) = api.check(&key, &id, &heard[..6]);
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+    let row = voice_row(&rig, "+4930123459", "voice-answered");
+    assert_eq!(row.transport.as_deref(), Some("TLS"), "{row:?}");
+    assert!(
+        row.srtp
+            .as_deref()
+            .is_some_and(|s| s.starts_with("AES_CM_128_HMAC_SHA1")),
+        "{row:?}"
+    );
+    drop(daemon);
+}

@@ -57,6 +57,25 @@ struct TlsLeg {
     probe: (String, String),
 }
 
+/// A temporary directory for a Kamailio with TLS: its runtime directory, a certificate for
+/// 127.0.0.1 signed by `pki`'s CA, the CA, and tests/kamailio/tls.cfg.in filled in.
+fn tls_dir(pki: &TestPki) -> tempfile::TempDir {
+    require_tool("kamailio");
+    require_tls_module();
+    let dir = tempfile::Builder::new()
+        .prefix("kamailio-test-")
+        .tempdir()
+        .expect("create temp dir");
+    fs::create_dir(dir.path().join("run")).expect("create runtime dir");
+    let (cert, key) = pki.leaf(&["127.0.0.1", "kamailio.test"]);
+    fs::write(dir.path().join("kamailio-cert.pem"), cert).expect("write certificate");
+    fs::write(dir.path().join("kamailio-key.pem"), key).expect("write key");
+    fs::write(dir.path().join("ca.pem"), pki.ca_pem()).expect("write CA");
+    let tls_config = TLS_CONFIG_TEMPLATE.replace("@DIR@", &dir.path().display().to_string());
+    fs::write(dir.path().join("tls.cfg"), tls_config).expect("write tls.cfg");
+    dir
+}
+
 impl Kamailio {
     /// Starts Kamailio on `port` of 127.0.0.1 (UDP and TCP; take it from `free_sip_port()`,
     /// before ivrd, whose transfer targets point at Kamailio), forwarding calls to ivrd's SIP
@@ -96,19 +115,7 @@ impl Kamailio {
         pki: &TestPki,
         close_after_ack: bool,
     ) -> Kamailio {
-        require_tool("kamailio");
-        require_tls_module();
-        let dir = tempfile::Builder::new()
-            .prefix("kamailio-test-")
-            .tempdir()
-            .expect("create temp dir");
-        fs::create_dir(dir.path().join("run")).expect("create runtime dir");
-        let (cert, key) = pki.leaf(&["127.0.0.1", "kamailio.test"]);
-        fs::write(dir.path().join("kamailio-cert.pem"), cert).expect("write certificate");
-        fs::write(dir.path().join("kamailio-key.pem"), key).expect("write key");
-        fs::write(dir.path().join("ca.pem"), pki.ca_pem()).expect("write CA");
-        let tls_config = TLS_CONFIG_TEMPLATE.replace("@DIR@", &dir.path().display().to_string());
-        fs::write(dir.path().join("tls.cfg"), tls_config).expect("write tls.cfg");
+        let dir = tls_dir(pki);
         let mut kamailio = Kamailio {
             child: None,
             dir,
@@ -159,6 +166,37 @@ impl Kamailio {
             queue_port: 0,
             password: password.to_string(),
             tls: None,
+            callee_port: Some(callee_port),
+        };
+        kamailio.spawn();
+        kamailio
+    }
+
+    /// [`Kamailio::start_outbound`] with ivrd coming over TLS: Kamailio listens for TLS on a
+    /// port of its own ([`Kamailio::tls_addr`]) with a certificate for 127.0.0.1 from `pki`,
+    /// requires and checks ivrd's client certificate, takes every initial INVITE over TLS as
+    /// ivrd's call, and relays it to the callee over UDP.
+    pub fn start_outbound_tls(
+        port: u16,
+        callee_port: u16,
+        password: &str,
+        pki: &TestPki,
+    ) -> Kamailio {
+        let dir = tls_dir(pki);
+        let mut kamailio = Kamailio {
+            child: None,
+            dir,
+            port,
+            ivrd_port: 0,
+            queue_port: 0,
+            password: password.to_string(),
+            tls: Some(TlsLeg {
+                port: free_sip_port(),
+                ivrd_port: 0,
+                close_after_ack: false,
+                ca_pem: pki.ca_pem(),
+                probe: pki.leaf(&["127.0.0.1"]),
+            }),
             callee_port: Some(callee_port),
         };
         kamailio.spawn();
