@@ -292,6 +292,8 @@ pub struct OutboundConfig {
     /// Times the code is read unasked (1 to 5), and further readings on request (0 to 9).
     pub readings: u32,
     pub max_repeats: u32,
+    /// What one reading plays: prompt names, with `{code}` where the digits go (once).
+    pub readout: Vec<String>,
 }
 
 impl Default for OutboundConfig {
@@ -309,6 +311,7 @@ impl Default for OutboundConfig {
             key_first: false,
             readings: 2,
             max_repeats: 3,
+            readout: crate::verify::voice::default_template(),
         }
     }
 }
@@ -329,6 +332,7 @@ impl std::fmt::Debug for OutboundConfig {
             .field("key_first", &self.key_first)
             .field("readings", &self.readings)
             .field("max_repeats", &self.max_repeats)
+            .field("readout", &self.readout)
             .finish()
     }
 }
@@ -417,6 +421,18 @@ impl OutboundConfig {
         }
         if self.max_repeats > 9 {
             return Err("[outbound] max_repeats must be 0 to 9".into());
+        }
+        let codes = self
+            .readout
+            .iter()
+            .filter(|p| *p == crate::verify::voice::CODE)
+            .count();
+        if codes != 1 || self.readout.len() > 16 {
+            return Err(format!(
+                "[outbound] readout = {:?}: prompt names with \"{{code}}\" once where the \
+                 digits go (at most 16 entries), e.g. [\"voice-code-is\", \"{{code}}\"]",
+                self.readout
+            ));
         }
         Ok(())
     }
@@ -1478,5 +1494,50 @@ mod tests {
         assert!(cfg.validate().unwrap_err().contains("rtp_probation"));
         cfg.media.rtp_probation = 32;
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn outbound_settings_are_checked() {
+        let base = "[outbound]\nproxy = \"127.0.0.1:5070\"\n";
+        let parse = |extra: &str| -> Result<Config, String> {
+            let body = if extra.starts_with("proxy") {
+                format!("[outbound]\n{extra}")
+            } else {
+                format!("{base}{extra}")
+            };
+            let cfg: Config = toml::from_str(&body).map_err(|e| e.to_string())?;
+            cfg.validate().map(|()| cfg)
+        };
+        let cfg = parse("").unwrap();
+        assert!(cfg.outbound.enabled());
+        assert_eq!(
+            cfg.outbound.proxy_addr(),
+            Some("127.0.0.1:5070".parse().unwrap())
+        );
+        assert!(!Config::default().outbound.enabled());
+        for (extra, says) in [
+            (
+                "proxy = \"trunk.example.com\"\n",
+                "write the trunk as IP:port",
+            ),
+            ("transport = \"sctp\"\n", "use udp, tcp or tls"),
+            ("transport = \"tls\"\n", "no tls listener"),
+            ("request_uri = \"sip:trunk.example.com\"\n", "with {number}"),
+            ("request_uri = \"http://{number}\"\n", "a sip: or sips: URI"),
+            ("from = \"<sip:x@y>\"\n", "a sip:, sips: or tel: URI"),
+            ("ring_timeout_secs = 1\n", "ring_timeout_secs"),
+            ("max_calls = 0\n", "max_calls"),
+            ("readings = 0\n", "readings"),
+            ("max_repeats = 10\n", "max_repeats"),
+            ("readout = [\"voice-code-is\"]\n", "{code}"),
+            ("readout = [\"{code}\", \"{code}\"]\n", "{code}"),
+        ] {
+            let e = parse(extra).map(|_| ()).unwrap_err();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+        let proxy =
+            "[outbound]\nproxy = \"127.0.0.1:5070\"\nusername = \"u\"\npassword = \"secret-7\"\n";
+        let cfg: Config = toml::from_str(proxy).unwrap();
+        assert!(!format!("{cfg:?}").contains("secret-7"));
     }
 }

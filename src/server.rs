@@ -81,6 +81,9 @@ pub struct Flows {
 /// Loads and checks prompts and dialplans (no database, no network): what `ivrd check` runs.
 pub fn load_flows(cfg: &Config) -> anyhow::Result<Flows> {
     let (prompts, _) = load_prompts(cfg)?;
+    if cfg.outbound.enabled() {
+        check_readout_prompts(cfg, &prompts)?;
+    }
     if cfg.demo.enabled {
         let lang = &cfg.media.default_language;
         let missing: Vec<&str> = crate::demo::PROMPTS
@@ -137,6 +140,36 @@ pub fn load_flows(cfg: &Config) -> anyhow::Result<Flows> {
         plans,
         warnings,
     })
+}
+
+/// A code call speaks every language the prompts have (the verification's locale picks one):
+/// each must have the read-out's prompts and the ten digits.
+fn check_readout_prompts(cfg: &Config, prompts: &PromptLibrary) -> anyhow::Result<()> {
+    let digits: Vec<String> = (0..10).map(|d| format!("digit-{d}")).collect();
+    let needed: Vec<&str> = cfg
+        .outbound
+        .readout
+        .iter()
+        .filter(|p| *p != crate::verify::voice::CODE)
+        .map(String::as_str)
+        .chain(crate::verify::voice::PROMPTS)
+        .chain(digits.iter().map(String::as_str))
+        .collect();
+    for lang in prompts.languages() {
+        let missing: Vec<&str> = needed
+            .iter()
+            .copied()
+            .filter(|p| !prompts.contains(lang, p))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "[outbound]: language {lang:?} lacks the prompts a code call plays: {} (add {}/<name>.wav files, or fix [outbound] readout)",
+                missing.join(", "),
+                cfg.media.prompts_dir.join(lang).display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Builds a snapshot over an open store.
@@ -290,6 +323,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         outbound.key_first,
         outbound.readings,
         outbound.max_repeats,
+        outbound.readout,
         log.level,
     );
     changed
@@ -485,6 +519,7 @@ pub async fn run(
                     key_first: cfg.outbound.key_first,
                     readings: cfg.outbound.readings,
                     max_repeats: cfg.outbound.max_repeats,
+                    template: cfg.outbound.readout.clone(),
                 },
                 cfg.outbound.max_calls,
                 calls.clone(),

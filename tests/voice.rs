@@ -376,3 +376,56 @@ fn a_code_call_over_tls_carries_srtp_to_the_callee() {
     );
     drop(daemon);
 }
+
+/// `key_first` (Twilio's `DtmfInputRequired`): the code is read only after the callee presses
+/// a key (an RFC 4733 event from baresip on our outbound call); a callee that presses none,
+/// as an answering machine would, hears "press any key" twice and goodbye, and no digit of
+/// the code.
+#[test]
+fn with_key_first_the_code_waits_for_a_key_and_a_voicemail_hears_none() {
+    let rig = Rig::new(200, free_udp_port());
+    let mut phone = callee("auto");
+    let api_port = free_tcp_port();
+    let _daemon = daemon(
+        &rig,
+        api_port,
+        &format!(
+            "proxy = \"127.0.0.1:{}\"\nrequest_uri = \"sip:tester@127.0.0.1:{};n={{number}}\"\n\
+             key_first = true\nmax_repeats = 0\n",
+            phone.sip_port(),
+            phone.sip_port()
+        ),
+    );
+    let key = make_key(&rig.db_path(), "web");
+    let api = Api::new(api_port);
+
+    // Nobody presses anything: no code.
+    let id = start_call(&api, &key, "+4930123461");
+    phone.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    phone.wait_event("CALL_CLOSED", Duration::from_secs(60));
+    let v = wait_delivery(&api, &key, &id, Duration::from_secs(10));
+    assert_eq!(v["delivery"], "answered", "{v}");
+    assert_eq!(code_heard(&phone), "", "a code was read without a key");
+    let row = voice_row(&rig, "+4930123461", "voice-answered");
+    assert!(
+        row.detail
+            .as_deref()
+            .is_some_and(|d| d.contains("code=no key")),
+        "{row:?}"
+    );
+
+    // A person presses 5 after the question: the code, twice.
+    std::fs::remove_dir_all(phone.dump_dir()).unwrap();
+    std::fs::create_dir(phone.dump_dir()).unwrap();
+    let id = start_call(&api, &key, "+4930123462");
+    phone.wait_events("CALL_ESTABLISHED", 2, Duration::from_secs(10));
+    std::thread::sleep(prompt_duration("en", "voice-press-key") + Duration::from_millis(300));
+    phone.command("sndcode", "5");
+    phone.wait_events("CALL_CLOSED", 2, Duration::from_secs(60));
+    let v = wait_delivery(&api, &key, &id, Duration::from_secs(10));
+    assert_eq!(v["delivery"], "answered", "{v}");
+    let heard = code_heard(&phone);
+    assert_eq!(heard.len(), 12, "{heard}");
+    let (s, v) = api.check(&key, &id, &heard[..6]);
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+}

@@ -50,6 +50,16 @@ pub struct ReadOut {
     pub key_wait: Duration,
     /// How long "press 1" waits for the 1.
     pub repeat_wait: Duration,
+    /// What one reading plays: prompt names, with [`CODE`] where the code's digits go.
+    pub template: Vec<String>,
+}
+
+/// The place of the code's digits in a read-out template.
+pub const CODE: &str = "{code}";
+
+/// One reading by default: "Your verification code is" and the digits.
+pub fn default_template() -> Vec<String> {
+    vec!["voice-code-is".into(), CODE.into()]
 }
 
 impl ReadOut {
@@ -62,6 +72,7 @@ impl ReadOut {
             key_first: false,
             key_wait: Duration::from_secs(8),
             repeat_wait: Duration::from_secs(5),
+            template: default_template(),
         }
     }
 }
@@ -108,13 +119,19 @@ pub async fn read_out<C: CallIo + Send>(call: &mut C, r: &ReadOut) -> Result<Hea
         "digit-0", "digit-1", "digit-2", "digit-3", "digit-4", "digit-5", "digit-6", "digit-7",
         "digit-8", "digit-9",
     ];
-    let mut reading: Vec<&str> = vec!["voice-code-is"];
-    reading.extend(
-        r.code
-            .bytes()
-            .filter(u8::is_ascii_digit)
-            .map(|b| DIGITS[usize::from(b - b'0')]),
-    );
+    let mut reading: Vec<&str> = Vec::new();
+    for part in &r.template {
+        if part == CODE {
+            reading.extend(
+                r.code
+                    .bytes()
+                    .filter(u8::is_ascii_digit)
+                    .map(|b| DIGITS[usize::from(b - b'0')]),
+            );
+        } else {
+            reading.push(part);
+        }
+    }
     let mut times = 0;
     for _ in 0..r.readings.max(1) {
         // No barge-in: a key pressed in the middle must not cut the code short.
@@ -134,11 +151,13 @@ pub async fn read_out<C: CallIo + Send>(call: &mut C, r: &ReadOut) -> Result<Hea
 }
 
 /// How a read-out call goes, besides the code (`[outbound]`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ReadOutStyle {
     pub key_first: bool,
     pub readings: u32,
     pub max_repeats: u32,
+    /// What one reading plays (`[outbound] readout`).
+    pub template: Vec<String>,
 }
 
 /// One code to read to one number.
@@ -252,11 +271,12 @@ impl VoiceChannel {
             }
         };
         call.set_language(&job.language);
-        let style = self.inner.style;
+        let style = &self.inner.style;
         let readout = ReadOut {
             readings: style.readings,
             max_repeats: style.max_repeats,
             key_first: style.key_first,
+            template: style.template.clone(),
             ..ReadOut::new(&job.code)
         };
         let (heard, end) = match read_out(&mut call, &readout).await {
@@ -308,6 +328,22 @@ mod tests {
     }
 
     const CODE: &str = "voice-code-is+digit-4+digit-9+digit-3+digit-8+digit-1+digit-7";
+
+    #[test]
+    fn the_template_says_what_one_reading_plays() {
+        let r = ReadOut {
+            template: vec!["welcome".into(), super::CODE.into(), "hash".into()],
+            readings: 1,
+            max_repeats: 0,
+            ..ReadOut::new("4093")
+        };
+        let (plays, heard) = run(&r, "");
+        assert_eq!(
+            plays,
+            ["welcome+digit-4+digit-0+digit-9+digit-3+hash", "goodbye"]
+        );
+        assert_eq!(heard, Ok(Heard::Read { times: 1 }));
+    }
 
     #[test]
     fn the_code_is_read_twice_then_once_more_on_1() {

@@ -1,0 +1,1 @@
+taskset -c 1 sipp -sf /work/main/bench/scenarios/uas_callee.xml -i 127.0.0.1 -p 15070 -mi 127.0.0.1 -mp 16000 -m 1000 -buff_size 4194304 -nostdin -trace_stat -stf stat.csv -fd 1 -trace_err -error_file errors.log
