@@ -62,6 +62,18 @@ pub struct AdminState {
     pub live: Arc<Live>,
     /// The database, for the live page's recent audit rows (`None`: not shown).
     pub store: Option<Arc<Store>>,
+    /// What `POST /drain` and `POST /resume` act on (`None`: the routes answer 503).
+    pub drain: Option<DrainControl>,
+}
+
+/// A node taken out of service for maintenance and put back: `ivrd drain` and `ivrd resume`.
+#[derive(Clone)]
+pub struct DrainControl {
+    pub core: crate::sip::core::CoreHandle,
+    /// The Retry-After of the 503s while drained.
+    pub retry_after_secs: u32,
+    /// Cancelled when the daemon is stopping: a stopping node cannot be resumed.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The `/status` document.
@@ -210,6 +222,10 @@ pub async fn serve(
                 }
                 let response = if buf[..len].starts_with(b"POST /reload ") {
                     reload(&state).await
+                } else if buf[..len].starts_with(b"POST /drain ") {
+                    drain(&state, true)
+                } else if buf[..len].starts_with(b"POST /resume ") {
+                    drain(&state, false)
                 } else if is_page(&buf[..len]) {
                     // The page reads the audit from SQLite: not on an async worker.
                     let state = state.clone();
@@ -248,6 +264,38 @@ async fn reload(state: &AdminState) -> Vec<u8> {
     }
 }
 
+/// `POST /drain` (`on`) and `POST /resume`: new calls get 503 (OPTIONS too, so a dispatcher
+/// in front takes the node out of its rotation) while the calls up go on; or calls are taken
+/// again. Answers the node's state and its calls up, like `/health`.
+fn drain(state: &AdminState, on: bool) -> Vec<u8> {
+    let Some(control) = &state.drain else {
+        return http(503, "text/plain", "drain is not available here\n".into());
+    };
+    if !on && control.stopping.is_cancelled() {
+        return http(
+            409,
+            "text/plain",
+            "the daemon is shutting down: it cannot take calls again\n".into(),
+        );
+    }
+    if on {
+        control.core.drain(control.retry_after_secs);
+    } else {
+        control.core.resume();
+    }
+    state
+        .metrics
+        .draining
+        .store(on, std::sync::atomic::Ordering::Relaxed);
+    let body = serde_json::json!({
+        "status": state.health_word(),
+        "active_calls": state.metrics.active_count(),
+    })
+    .to_string()
+        + "\n";
+    http(200, "application/json", body)
+}
+
 /// `GET /` or `GET /live` (HEAD too).
 fn is_page(request: &[u8]) -> bool {
     let line = request.split(|b| *b == b'\r').next().unwrap_or(b"");
@@ -263,7 +311,11 @@ fn respond(state: &AdminState, request: &[u8]) -> Vec<u8> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     if method != "GET" && method != "HEAD" {
-        return http(405, "text/plain", "only GET, and POST /reload\n".into());
+        return http(
+            405,
+            "text/plain",
+            "only GET, and POST /reload, /drain or /resume\n".into(),
+        );
     }
     match path {
         "/metrics" => http(
@@ -306,6 +358,7 @@ fn http(code: u16, content_type: &str, body: String) -> Vec<u8> {
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
+        409 => "Conflict",
         500 => "Internal Server Error",
         405 => "Method Not Allowed",
         503 => "Service Unavailable",
@@ -318,8 +371,9 @@ fn http(code: u16, content_type: &str, body: String) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `ivrd status`: asks a running daemon's admin listener and prints what it says.
-pub fn status_command(addr: &str) -> Result<String, String> {
+/// Sends `request` (`GET /status`, `POST /drain`, ...) to the admin listener at `addr` and
+/// returns the answer's status code and body; the error says why the daemon could not be asked.
+fn admin_request(addr: &str, request: &str, wait: Duration) -> Result<(u16, String), String> {
     let not_running = |e: std::io::Error| {
         format!(
             "cannot reach ivrd's admin listener at {addr} ({e}): is ivrd running, and is [admin] listen set?"
@@ -330,20 +384,39 @@ pub fn status_command(addr: &str) -> Result<String, String> {
         .map_err(|_| format!("[admin] listen = {addr:?} is not an address"))?;
     let mut stream =
         std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(not_running)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(not_running)?;
+    stream.set_read_timeout(Some(wait)).map_err(not_running)?;
+    let (method, path) = request.split_once(' ').unwrap_or(("GET", request));
+    let length = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
     stream
         .write_all(
-            format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{length}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .map_err(not_running)?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(not_running)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b)
         .unwrap_or("");
+    Ok((code, body.to_string()))
+}
+
+/// `ivrd status`: asks a running daemon's admin listener and prints what it says.
+pub fn status_command(addr: &str) -> Result<String, String> {
+    let (_, body) = admin_request(addr, "GET /status", Duration::from_secs(5))?;
+    let body = body.as_str();
     let status: Status =
         serde_json::from_str(body).map_err(|e| format!("unexpected answer from {addr}: {e}"))?;
     let mut out = format!(
@@ -400,31 +473,9 @@ pub enum ReloadError {
 /// `ivrd reload`: asks a running daemon to reload, over its admin listener, and waits for the
 /// verdict. `Ok` carries the daemon's message.
 pub fn reload_command(addr: &str) -> Result<String, ReloadError> {
-    let unreachable = |e: std::io::Error| {
-        ReloadError::Unreachable(format!(
-            "cannot reach ivrd's admin listener at {addr} ({e}): is ivrd running, and is [admin] listen set?"
-        ))
-    };
-    let sock: SocketAddr = addr.parse().map_err(|_| {
-        ReloadError::Unreachable(format!("[admin] listen = {addr:?} is not an address"))
-    })?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).map_err(unreachable)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(130)))
-        .map_err(unreachable)?;
-    stream
-        .write_all(
-            format!("POST /reload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .map_err(unreachable)?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(unreachable)?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("");
+    let (_, body) = admin_request(addr, "POST /reload", Duration::from_secs(130))
+        .map_err(ReloadError::Unreachable)?;
+    let body = body.as_str();
     match serde_json::from_str::<ReloadRecord>(body) {
         Ok(r) if r.ok => Ok(r.message),
         Ok(r) => Err(ReloadError::Failed(r.message)),
@@ -433,6 +484,47 @@ pub fn reload_command(addr: &str) -> Result<String, ReloadError> {
             body.trim()
         ))),
     }
+}
+
+/// `ivrd drain` (`on`) and `ivrd resume`: takes the node out of service, or back in; with
+/// `wait`, a drain then waits (up to that long) for the calls up to end. `Ok` says how the node
+/// is.
+pub fn drain_command(addr: &str, on: bool, wait: Option<Duration>) -> Result<String, String> {
+    let path = if on { "POST /drain" } else { "POST /resume" };
+    let (code, body) = admin_request(addr, path, Duration::from_secs(5))?;
+    if code != 200 {
+        return Err(format!("{addr} answered {code}: {}", body.trim()));
+    }
+    let calls = |body: &str| -> u64 {
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["active_calls"].as_u64())
+            .unwrap_or(0)
+    };
+    let mut left = calls(&body);
+    if let (true, Some(wait)) = (on, wait) {
+        let deadline = std::time::Instant::now() + wait;
+        while left > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            let (_, body) = admin_request(addr, "GET /health", Duration::from_secs(5))?;
+            left = calls(&body);
+        }
+        if left > 0 {
+            return Err(format!(
+                "drained, but {left} call{} still up after {} s",
+                if left == 1 { " is" } else { "s are" },
+                wait.as_secs()
+            ));
+        }
+    }
+    Ok(if on {
+        format!(
+            "draining: new calls get 503 (OPTIONS too); {left} call{} up",
+            if left == 1 { "" } else { "s" }
+        )
+    } else {
+        "taking calls again".to_string()
+    })
 }
 
 fn fmt_duration(secs: u64) -> String {
@@ -460,6 +552,7 @@ mod tests {
             plans: Arc::default(),
             live: Arc::default(),
             store: None,
+            drain: None,
         }
     }
 

@@ -96,6 +96,21 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Take the running daemon out of service for maintenance: new calls get 503 (and OPTIONS,
+    /// so a dispatcher in front moves them to the other nodes) while the calls up go on. Exit 0
+    /// once drained (with --wait: once its calls have ended), 1 otherwise, 2 when unreachable.
+    Drain {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Wait up to this many seconds for the calls up to end.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+    },
+    /// Put a drained daemon back into service: it takes calls again (OPTIONS 200).
+    Resume {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Manage the customers in the database: import, add, list, disable, enable, remove, unlock.
     Customers {
         /// Configuration file whose [store] path names the database and default_region.
@@ -229,6 +244,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Drain { config, wait } => drain_or_resume(config, true, wait),
+        Command::Resume { config } => drain_or_resume(config, false, None),
         Command::Reload { config } => {
             // Only the admin address is read here: a config the daemon will refuse must still
             // reach the daemon, whose verdict (and reason) is the answer.
@@ -633,4 +650,31 @@ async fn wait_for_signals(shutdown: CancellationToken, reload: tokio::sync::mpsc
     }
     tracing::info!("signal received; shutting down");
     shutdown.cancel();
+}
+
+/// `ivrd drain` and `ivrd resume`, over the admin listener of the config given (or the
+/// embedded default's).
+fn drain_or_resume(config: Option<PathBuf>, on: bool, wait: Option<u64>) -> ExitCode {
+    let listen = match &config {
+        Some(path) => Config::admin_listen_in(path),
+        None => Config::embedded().admin.listen,
+    };
+    if listen.is_empty() {
+        eprintln!("ivrd: [admin] listen is off: the daemon cannot be asked");
+        return ExitCode::from(2);
+    }
+    match ivrd::admin_http::drain_command(&listen, on, wait.map(std::time::Duration::from_secs)) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.starts_with("cannot reach") || e.contains("is not an address") => {
+            eprintln!("ivrd: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("ivrd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -488,6 +488,11 @@ pub async fn run(
             plans: loaded_plans.clone(),
             live: live.clone(),
             store: Some(store.clone()),
+            drain: Some(crate::admin_http::DrainControl {
+                core: core.clone(),
+                retry_after_secs: cfg.shutdown.drain_secs.clamp(1, u64::from(u32::MAX)) as u32,
+                stopping: shutdown.clone(),
+            }),
         };
         crate::admin_http::serve(&cfg.admin.listen, state, admin_shutdown.clone())
             .await

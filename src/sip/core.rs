@@ -142,6 +142,8 @@ enum Command {
     Drain {
         retry_after_secs: u32,
     },
+    /// Take new calls again after a drain.
+    Resume,
 }
 
 /// The calls' handle to the core; cheap to clone.
@@ -258,6 +260,11 @@ impl CoreHandle {
     /// From now on, new INVITEs get 503 + Retry-After and OPTIONS say the same.
     pub fn drain(&self, retry_after_secs: u32) {
         let _ = self.commands.send(Command::Drain { retry_after_secs });
+    }
+
+    /// Takes new calls again (OPTIONS 200), after [`CoreHandle::drain`].
+    pub fn resume(&self) {
+        let _ = self.commands.send(Command::Resume);
     }
 }
 
@@ -1053,6 +1060,11 @@ impl Core {
             Command::Drain { retry_after_secs } => {
                 info!(retry_after_secs, "no longer accepting calls");
                 self.draining = Some(retry_after_secs);
+            }
+            Command::Resume => {
+                if self.draining.take().is_some() {
+                    info!("accepting calls again");
+                }
             }
         }
     }

@@ -42,6 +42,9 @@ pub struct Kamailio {
     /// With `WITH_OUTBOUND`: where ivrd's outbound calls go (the callee's SIP port on
     /// 127.0.0.1, UDP).
     callee_port: Option<u16>,
+    /// A shipped configuration run instead of tests/kamailio/kamailio.cfg.in (its text, the
+    /// test's ports and paths already in).
+    shipped: Option<String>,
 }
 
 /// Kamailio's TLS side (with `WITH_TLS`).
@@ -96,6 +99,7 @@ impl Kamailio {
             password: password.to_string(),
             tls: None,
             callee_port: None,
+            shipped: None,
         };
         kamailio.spawn();
         kamailio
@@ -131,6 +135,7 @@ impl Kamailio {
                 probe: pki.leaf(&["127.0.0.1"]),
             }),
             callee_port: None,
+            shipped: None,
         };
         kamailio.spawn();
         kamailio
@@ -167,6 +172,7 @@ impl Kamailio {
             password: password.to_string(),
             tls: None,
             callee_port: Some(callee_port),
+            shipped: None,
         };
         kamailio.spawn();
         kamailio
@@ -198,6 +204,64 @@ impl Kamailio {
                 probe: pki.leaf(&["127.0.0.1"]),
             }),
             callee_port: Some(callee_port),
+            shipped: None,
+        };
+        kamailio.spawn();
+        kamailio
+    }
+
+    /// The shipped dispatcher configuration (packaging/kamailio/ivrd-dispatcher.cfg) in front of
+    /// `nodes`, listening on `port` of 127.0.0.1 (UDP and TCP). Only the `listen` lines and the
+    /// node list's path are changed; the list has one line per node (set 1, `name=node-N`).
+    /// Its trace lines: `call <Call-ID> to sip:<node>`, `node sip:<node> failed the call ...`.
+    pub fn start_dispatcher(port: u16, nodes: &[SocketAddr]) -> Kamailio {
+        require_tool("kamailio");
+        let dir = tempfile::Builder::new()
+            .prefix("kamailio-test-")
+            .tempdir()
+            .expect("create temp dir");
+        fs::create_dir(dir.path().join("run")).expect("create runtime dir");
+        let list = dir.path().join("ivrd-nodes.list");
+        let lines: String = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("1 sip:{n} 0 0 name=node-{i}\n"))
+            .collect();
+        fs::write(&list, lines).expect("write the node list");
+        let mut config = fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/kamailio/ivrd-dispatcher.cfg"),
+        )
+        .expect("read packaging/kamailio/ivrd-dispatcher.cfg");
+        for (from, to) in [
+            (
+                "listen=udp:0.0.0.0:5060".to_string(),
+                format!("listen=udp:127.0.0.1:{port}"),
+            ),
+            (
+                "listen=tcp:0.0.0.0:5060".to_string(),
+                format!("listen=tcp:127.0.0.1:{port}"),
+            ),
+            (
+                "/etc/kamailio/ivrd-nodes.list".to_string(),
+                list.display().to_string(),
+            ),
+        ] {
+            assert!(
+                config.contains(&from),
+                "packaging/kamailio/ivrd-dispatcher.cfg no longer has {from:?}"
+            );
+            config = config.replace(&from, &to);
+        }
+        let mut kamailio = Kamailio {
+            child: None,
+            dir,
+            port,
+            ivrd_port: 0,
+            queue_port: 0,
+            password: String::new(),
+            tls: None,
+            callee_port: None,
+            shipped: Some(config),
         };
         kamailio.spawn();
         kamailio
@@ -260,6 +324,7 @@ impl Kamailio {
                 "@TLS_CONFIG@",
                 &self.dir.path().join("tls.cfg").display().to_string(),
             );
+        let config = self.shipped.clone().unwrap_or(config);
         let left = regex::Regex::new("@[A-Z_]+@").expect("regex");
         assert!(
             !left.is_match(&config),
@@ -413,7 +478,11 @@ impl Kamailio {
     pub fn trace(&self) -> Vec<String> {
         self.log()
             .lines()
-            .filter_map(|l| l.split_once("ivrd-test: ").map(|(_, t)| t.to_string()))
+            .filter_map(|l| {
+                l.split_once("ivrd-test: ")
+                    .or_else(|| l.split_once("ivrd-dispatcher: "))
+                    .map(|(_, t)| t.to_string())
+            })
             .collect()
     }
 

@@ -1425,6 +1425,9 @@ pub struct RawUac {
     to: String,
     /// The daemon's Contact URI: the Request-URI of our in-dialog requests.
     remote_target: String,
+    /// The 200's Record-Route in reverse (a proxy such as Kamailio in between): our in-dialog
+    /// requests carry them as Route (RFC 3261 12.1.2).
+    routes: Vec<String>,
     cseq: u32,
     rtp: Option<RtpPump>,
     /// Our RTP address (the one in our SDP) and the daemon's (from its answer).
@@ -1492,6 +1495,7 @@ impl RawUac {
             from,
             to: format!("<sip:{user}@{daemon}>"),
             remote_target: format!("sip:{user}@{daemon}"),
+            routes: Vec::new(),
             cseq: 1,
             rtp: None,
             rtp_local,
@@ -1563,6 +1567,13 @@ impl RawUac {
             .unwrap_or_default()
             .to_string();
         uac.invite_ok_cseq = header_value(&ok, "CSeq", None).unwrap_or_default();
+        uac.routes = header_values(&ok, "Record-Route")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .collect();
+        uac.routes.reverse();
         let ack_branch = format!("z9hG4bK-{}", uac_token());
         let target = uac.remote_target.clone();
         uac.ack = uac.request("ACK", &target, &ack_branch, 1, &[], "");
@@ -1654,6 +1665,9 @@ impl RawUac {
              User-Agent: ivrd-tests RawUac\r\n",
             self.local, self.from, self.to, self.call_id, self.local
         );
+        for route in &self.routes {
+            m.push_str(&format!("Route: {route}\r\n"));
+        }
         for (n, v) in extra {
             m.push_str(&format!("{n}: {v}\r\n"));
         }
