@@ -457,6 +457,24 @@ pub struct Call {
     refresh_tx: mpsc::UnboundedSender<bool>,
 }
 
+/// What makes a [`Call`]: what answering or placing it set up.
+struct CallParts {
+    facts: CallFacts,
+    dialog: Dialog,
+    flow: Flow,
+    session: LocalSession,
+    stream: StreamHandle,
+    params: StreamParams,
+    sip_events: mpsc::UnboundedReceiver<SipEvent>,
+    media_events: mpsc::UnboundedReceiver<MediaEvent>,
+    max_deadline: Option<tokio::time::Instant>,
+    awaiting_answer: bool,
+    awaiting_first_ack: bool,
+    srtp: SrtpRecord,
+    timer: SessionTimer,
+    ctx: CallContext,
+}
+
 enum Wake {
     Digit,
     /// A NOTIFY reported new progress of our REFER.
@@ -623,7 +641,6 @@ impl Call {
         let contact = contact_uri(&flow, settings.public_host.as_deref(), sips);
         let dialog = Dialog::new_uas(&invite, &local_tag, contact.clone(), flow.protocol);
         let max_deadline = settings.max_call.map(|d| tokio::time::Instant::now() + d);
-        let (refresh_tx, refresh_results) = mpsc::unbounded_channel();
         if !settings.ring.is_zero() {
             let ringing = ResponseBuilder::new(&invite, 180, "Ringing")
                 .received_from(flow.remote)
@@ -670,8 +687,7 @@ impl Call {
             trusted = trust.is_trusted(),
             "call started"
         );
-        let mut call = Call {
-            language: settings.default_language.clone(),
+        let mut call = Call::assemble(CallParts {
             facts,
             dialog,
             flow,
@@ -680,23 +696,13 @@ impl Call {
             params,
             sip_events,
             media_events,
-            typeahead: VecDeque::new(),
-            dedup: DigitDedup::new(settings.dtmf_dedup_window),
-            methods_seen: Vec::new(),
-            next_token: 1,
             max_deadline,
             awaiting_answer: !invite.has_sdp(),
-            refer_status: None,
-            transferred: false,
             awaiting_first_ack: true,
-            last_transfer: None,
             srtp,
             timer,
-            refresh_pending: false,
-            refresh_results,
-            refresh_tx,
             ctx,
-        };
+        });
         match call.await_ack().await {
             Ok(()) => Ok(call),
             // The ACK came but its answer was unusable: the dialog is confirmed, so it ends
@@ -709,6 +715,38 @@ impl Call {
                 call.ctx.core.end_dialog(call.dialog.id.clone());
                 Err(end)
             }
+        }
+    }
+
+    /// A call from its parts (answered or placed), with nothing typed or transferred yet.
+    fn assemble(p: CallParts) -> Call {
+        let (refresh_tx, refresh_results) = mpsc::unbounded_channel();
+        Call {
+            language: p.ctx.settings.default_language.clone(),
+            dedup: DigitDedup::new(p.ctx.settings.dtmf_dedup_window),
+            facts: p.facts,
+            dialog: p.dialog,
+            flow: p.flow,
+            session: p.session,
+            stream: p.stream,
+            params: p.params,
+            sip_events: p.sip_events,
+            media_events: p.media_events,
+            typeahead: VecDeque::new(),
+            methods_seen: Vec::new(),
+            next_token: 1,
+            max_deadline: p.max_deadline,
+            awaiting_answer: p.awaiting_answer,
+            refer_status: None,
+            transferred: false,
+            awaiting_first_ack: p.awaiting_first_ack,
+            last_transfer: None,
+            srtp: p.srtp,
+            timer: p.timer,
+            refresh_pending: false,
+            refresh_results,
+            refresh_tx,
+            ctx: p.ctx,
         }
     }
 

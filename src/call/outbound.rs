@@ -278,9 +278,7 @@ impl Call {
             Ok(n) => params_from(n),
             Err(_) => initial,
         };
-        let (refresh_tx, refresh_results) = mpsc::unbounded_channel();
-        let call = Call {
-            language: settings.default_language.clone(),
+        let call = Call::assemble(CallParts {
             facts,
             dialog,
             flow,
@@ -289,23 +287,14 @@ impl Call {
             params,
             sip_events,
             media_events,
-            typeahead: VecDeque::new(),
-            dedup: DigitDedup::new(settings.dtmf_dedup_window),
-            methods_seen: Vec::new(),
-            next_token: 1,
             max_deadline: settings.max_call.map(|d| tokio::time::Instant::now() + d),
             awaiting_answer: false,
-            refer_status: None,
-            transferred: false,
             awaiting_first_ack: false,
-            last_transfer: None,
             srtp: SrtpRecord::Unknown.and(negotiated.as_ref().ok()),
+            // ivrd asks for no session timer on its own INVITE; a callee's refresh is served.
             timer: SessionTimer::new(settings.session_min_se),
-            refresh_pending: false,
-            refresh_results,
-            refresh_tx,
             ctx,
-        };
+        });
         match negotiated {
             Ok(n) => {
                 call.stream.update(call.params);

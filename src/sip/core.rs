@@ -1911,6 +1911,47 @@ mod tests {
         )
     }
 
+    /// A core that has just sent an outbound INVITE to `peer` (the callee), and the INVITE as
+    /// the callee received it.
+    struct OutboundRig {
+        core: CoreHandle,
+        peer: tokio::net::UdpSocket,
+        local: SocketAddr,
+        callee: SocketAddr,
+        flow: Flow,
+        branch: String,
+        placed: Placed,
+        inv: String,
+        shutdown: CancellationToken,
+    }
+
+    async fn outbound_rig() -> OutboundRig {
+        let (core, _in, _calls, peer, local, shutdown) =
+            core_with(CoreConfig::new(Timers::default(), "test")).await;
+        let callee = SocketAddr::from(([127, 0, 0, 1], peer.local_addr().unwrap().port()));
+        let flow = Flow {
+            protocol: super::super::transport::Protocol::Udp,
+            local,
+            remote: callee,
+        };
+        let branch = new_branch();
+        let placed = core
+            .invite(flow, callee.into(), our_invite(local, callee, &branch))
+            .unwrap();
+        let inv = next_response(&peer).await;
+        OutboundRig {
+            core,
+            peer,
+            local,
+            callee,
+            flow,
+            branch,
+            placed,
+            inv,
+            shutdown,
+        }
+    }
+
     async fn next_invite_event(placed: &mut Placed) -> InviteEvent {
         tokio::time::timeout(std::time::Duration::from_secs(5), placed.invite.recv())
             .await
@@ -1924,19 +1965,17 @@ mod tests {
     /// CANCEL's response would have been matched to whichever shared the branch.
     #[tokio::test]
     async fn an_outbound_invite_rings_is_cancelled_and_its_487_is_acked() {
-        let (core, _in, _calls, peer, local, shutdown) =
-            core_with(CoreConfig::new(Timers::default(), "test")).await;
-        let callee = SocketAddr::from(([127, 0, 0, 1], peer.local_addr().unwrap().port()));
-        let flow = Flow {
-            protocol: super::super::transport::Protocol::Udp,
+        let OutboundRig {
+            core,
+            peer,
             local,
-            remote: callee,
-        };
-        let branch = new_branch();
-        let mut placed = core
-            .invite(flow, callee.into(), our_invite(local, callee, &branch))
-            .unwrap();
-        let inv = next_response(&peer).await;
+            callee,
+            flow,
+            branch,
+            mut placed,
+            inv,
+            shutdown,
+        } = outbound_rig().await;
         assert!(inv.starts_with("INVITE "), "{inv}");
         peer.send_to(answer(&inv, 180, Some("theirs"), "").as_bytes(), local)
             .await
@@ -1984,19 +2023,15 @@ mod tests {
     /// ACK and BYE, and routes the callee's BYE to the call.
     #[tokio::test]
     async fn an_answered_outbound_invite_is_acked_and_its_dialog_routed() {
-        let (core, _in, _calls, peer, local, shutdown) =
-            core_with(CoreConfig::new(Timers::default(), "test")).await;
-        let callee = SocketAddr::from(([127, 0, 0, 1], peer.local_addr().unwrap().port()));
-        let flow = Flow {
-            protocol: super::super::transport::Protocol::Udp,
+        let OutboundRig {
+            peer,
             local,
-            remote: callee,
-        };
-        let branch = new_branch();
-        let mut placed = core
-            .invite(flow, callee.into(), our_invite(local, callee, &branch))
-            .unwrap();
-        let inv = next_response(&peer).await;
+            callee,
+            mut placed,
+            inv,
+            shutdown,
+            ..
+        } = outbound_rig().await;
         let contact = format!("Contact: <sip:callee@{callee}>\r\n");
         let ok = answer(&inv, 200, Some("theirs"), &contact);
         peer.send_to(ok.as_bytes(), local).await.unwrap();
@@ -2057,19 +2092,14 @@ mod tests {
     /// own): the next housekeeping removes it.
     #[tokio::test]
     async fn a_ringing_invite_without_its_placer_is_forgotten() {
-        let (core, _in, _calls, peer, local, shutdown) =
-            core_with(CoreConfig::new(Timers::default(), "test")).await;
-        let callee = SocketAddr::from(([127, 0, 0, 1], peer.local_addr().unwrap().port()));
-        let flow = Flow {
-            protocol: super::super::transport::Protocol::Udp,
+        let OutboundRig {
+            peer,
             local,
-            remote: callee,
-        };
-        let branch = new_branch();
-        let placed = core
-            .invite(flow, callee.into(), our_invite(local, callee, &branch))
-            .unwrap();
-        let inv = next_response(&peer).await;
+            placed,
+            inv,
+            shutdown,
+            ..
+        } = outbound_rig().await;
         peer.send_to(answer(&inv, 180, Some("theirs"), "").as_bytes(), local)
             .await
             .unwrap();
