@@ -263,6 +263,29 @@ fn through_a_challenging_trunk_calls_are_answered_busy_rejected_or_failed() {
         kamailio.log()
     );
 
+    // A mobile that is busy: the client resends by SMS, the code comes in the text, and it
+    // is the code of the same verification.
+    let id = start_call(&api, &key, "+4915112345486");
+    let v = wait_delivery(&api, &key, &id, Duration::from_secs(15));
+    assert_eq!(v["delivery"], "busy", "{v}");
+    let (s, _, v) = api.call(
+        "POST",
+        &format!("/v1/verifications/{id}/resend"),
+        Some(&key),
+        Some(json!({"channel": "sms"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["channel"].as_str(), v["delivery"].as_str()),
+        (Some("sms"), Some("sent"))
+    );
+    assert_eq!(v["sends"], 2, "{v}");
+    let posts = rig.sms.wait_posts(1, Duration::from_secs(10));
+    assert_eq!(posts[0].field("to"), "+4915112345486");
+    let code = common::verify::pin_in(&posts[0].text(), 6);
+    let (s, v) = api.check(&key, &id, &code);
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+
     // The trunk's password changes under ivrd: the retry with credentials is challenged
     // again, and the attempt fails (once: no loop of retries).
     kamailio.restart_with_password("changed-elsewhere");
