@@ -17,11 +17,31 @@
 #   tzdata - the time zone database (hours steps, Europe/Berlin in the tests);
 #   python3 - Debian package python3-minimal (tests/web_signup.rs runs the web sign-up
 #             example's backend, examples/web-signup/server.py, standard library only).
+#   postgresql - Debian package postgresql (the store tests against PostgreSQL start a
+#             throw-away cluster of their own with initdb and pg_ctl, tests/common/postgres.rs,
+#             and talk to it with psql). Debian keeps the server binaries in
+#             /usr/lib/postgresql/<version>/bin, off PATH; the package's own cluster (main, port
+#             5432) is stopped and disabled when this script installs it.
 # Idempotent: does nothing when everything is already there. Exits non-zero if the tools are
 # still missing afterwards, so a test run never starts without its peers.
 set -euo pipefail
 
 PCAP=/usr/share/sip-tester/dtmf_2833_1.pcap
+
+# True if one directory holds a PostgreSQL server's initdb, pg_ctl and postgres, with psql
+# beside them or on PATH (the places tests/common/postgres.rs looks). initdb on PATH may be a
+# symlink into /usr/lib/postgresql/<version>/bin, so it is resolved first.
+have_postgres_server() {
+    local initdb dir
+    initdb=$(command -v initdb 2>/dev/null || true)
+    for dir in ${initdb:+"$(dirname "$(readlink -f "$initdb")")"} /usr/lib/postgresql/*/bin; do
+        if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ] && [ -x "$dir/postgres" ] &&
+            { [ -x "$dir/psql" ] || command -v psql >/dev/null 2>&1; }; then
+            return 0
+        fi
+    done
+    return 1
+}
 
 # Prints the Debian packages still needed, space-separated (empty when all is there).
 missing_packages() {
@@ -64,6 +84,11 @@ missing_packages() {
     if ! command -v python3 >/dev/null 2>&1; then
         pkgs+=(python3-minimal)
     fi
+    # initdb, pg_ctl, postgres and psql of one PostgreSQL (tests/common/postgres.rs): on PATH
+    # or in Debian's /usr/lib/postgresql/<version>/bin, which is not on PATH.
+    if ! have_postgres_server; then
+        pkgs+=(postgresql)
+    fi
     # systemd-analyze checks the unit file (tests/systemd.rs).
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         pkgs+=(systemd)
@@ -73,12 +98,12 @@ missing_packages() {
 
 need=$(missing_packages)
 if [ -z "$need" ]; then
-    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump, groff, tzdata, systemd-analyze, chromium and python3 already installed"
+    echo "install-test-deps: sipp, baresip, linphonec, kamailio (with tls.so), tcpdump, groff, tzdata, systemd-analyze, chromium, python3 and postgresql already installed"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module, tcpdump, groff, tzdata, Chromium)" >&2
+    echo "install-test-deps: no apt-get here; install by hand: $need (SIPp >= 3.6 with pcap play, baresip, linphonec, Kamailio 5 with its tls module, tcpdump, groff, tzdata, Chromium, a PostgreSQL server with initdb, pg_ctl and psql)" >&2
     exit 1
 fi
 
@@ -118,6 +143,17 @@ case " $need " in
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
         echo "install-test-deps: stopping and disabling the packaged kamailio.service (the tests run their own)"
         "${sudo[@]}" systemctl disable --now kamailio.service || true
+    fi
+    ;;
+esac
+
+# Debian creates and starts a cluster on install (main, localhost port 5432); the tests run
+# their own throw-away clusters, so it only takes memory.
+case " $need " in
+*" postgresql "*)
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        echo "install-test-deps: stopping and disabling the packaged postgresql.service (the tests run their own)"
+        "${sudo[@]}" systemctl disable --now postgresql.service || true
     fi
     ;;
 esac

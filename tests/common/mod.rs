@@ -16,6 +16,7 @@ pub mod api;
 pub mod digits;
 pub mod kamailio;
 pub mod linphone;
+pub mod postgres;
 pub mod verify;
 
 use std::fs::{self, File};
