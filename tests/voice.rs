@@ -61,6 +61,50 @@ fn through_kamailio(
     (daemon, kamailio, Api::new(api_port), key)
 }
 
+/// Calls out over TCP: ivrd opens a connection of its own to the trunk from its TCP
+/// listener's address; the challenge, the answer, the in-dialog requests and the BYE all go
+/// on it.
+#[test]
+fn a_code_call_over_tcp_goes_through_the_trunk() {
+    let rig = Rig::new(200, free_udp_port());
+    let mut phone = callee("auto");
+    let kamailio_port = free_sip_port();
+    let api_port = free_tcp_port();
+    let daemon = daemon(
+        &rig,
+        api_port,
+        &format!(
+            "proxy = \"127.0.0.1:{kamailio_port}\"\ntransport = \"tcp\"\n\
+             username = \"{KAMAILIO_USER}\"\npassword = \"{PASSWORD}\"\nmax_repeats = 0\n"
+        ),
+    );
+    let kamailio =
+        Kamailio::start_outbound(kamailio_port, daemon.sip_port(), phone.sip_port(), PASSWORD);
+    let key = make_key(&rig.db_path(), "web");
+    let api = Api::new(api_port);
+    let id = start_call(&api, &key, "+4930123463");
+    phone.wait_event("CALL_CLOSED", Duration::from_secs(60));
+    let v = wait_delivery(&api, &key, &id, Duration::from_secs(10));
+    assert_eq!(v["delivery"], "answered", "{v}");
+    assert_eq!(kamailio.count("INVITE authenticated (user [ivrd])"), 1);
+    assert!(
+        kamailio.count("INVITE sip:+4930123463") >= 2
+            && kamailio
+                .trace()
+                .iter()
+                .filter(|l| l.starts_with("INVITE sip:+4930123463"))
+                .all(|l| l.ends_with("over tcp")),
+        "{}",
+        kamailio.log()
+    );
+    let heard = code_heard(&phone);
+    assert_eq!(heard.len(), 12, "{heard}");
+    let (s, v) = api.check(&key, &id, &heard[..6]);
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+    let row = voice_row(&rig, "+4930123463", "voice-answered");
+    assert_eq!(row.transport.as_deref(), Some("TCP"));
+}
+
 /// Starts a verification by call to `to`; its id.
 fn start_call(api: &Api, key: &str, to: &str) -> String {
     let (s, _, v) = api.start(key, json!({"to": to, "channel": "voice"}));
