@@ -614,6 +614,10 @@ pub async fn run(
     }
     let mut beat = tokio::time::interval(Duration::from_millis(100));
     let (mut core_turns, mut pacer_ticks) = (0u64, 0u64);
+    // Readiness for OPTIONS: the database answers (probed every 2 s off the runtime), and a
+    // call would find an RTP port.
+    let database_ok = spawn_store_probe(store.clone(), shutdown.clone());
+    let rtp_slots = cfg.rtp_slots() as usize;
 
     loop {
         tokio::select! {
@@ -629,6 +633,17 @@ pub async fn run(
                     pacer_ticks = ticks;
                     hb.beat(2);
                 }
+                let streams = media
+                    .stats()
+                    .active_streams
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                core.stats.set_unready(if !database_ok.load(std::sync::atomic::Ordering::Relaxed) {
+                    Some(core::Unready::Database)
+                } else if streams >= rtp_slots {
+                    Some(core::Unready::NoRtpPort)
+                } else {
+                    None
+                });
             }
             Some(new) = calls_rx.recv() => {
                 let snap = current.read().expect("snapshot lock").clone();
@@ -775,6 +790,43 @@ pub fn outbound_settings(
             .map(|(username, password)| crate::call::Credentials { username, password }),
         ring_timeout: Duration::from_secs(o.ring_timeout_secs),
     }))
+}
+
+/// Asks the database every 2 s whether it answers (2 s at most per probe); the flag says
+/// whether the last probe did. A failed or late probe is logged once per outage.
+fn spawn_store_probe(
+    store: Arc<Store>,
+    stop: CancellationToken,
+) -> Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ok = Arc::new(AtomicBool::new(true));
+    let flag = ok.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let store = store.clone();
+            let probe = tokio::task::spawn_blocking(move || store.ping());
+            let answered = match tokio::time::timeout(Duration::from_secs(2), probe).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 2 s".to_string()),
+            };
+            let was = flag.swap(answered.is_ok(), Ordering::Relaxed);
+            match (was, answered) {
+                (true, Err(e)) => {
+                    warn!(error = %e, "the database does not answer: OPTIONS say 503")
+                }
+                (false, Ok(())) => info!("the database answers again"),
+                _ => {}
+            }
+        }
+    });
+    ok
 }
 
 /// How often the daemon's housekeeping runs after the run at start: audit rows then live at

@@ -654,6 +654,15 @@ impl Store {
         &self.path
     }
 
+    /// Whether the database answers a query (the node's readiness probe).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.conn()
+            .query_row("SELECT count(*) FROM customers WHERE id = ''", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+        Ok(())
+    }
+
     /// The schema version on disk (equal to [`SCHEMA_VERSION`] after a successful open).
     pub fn schema_version(&self) -> Result<u32, StoreError> {
         Ok(read_version(&self.conn())?)

@@ -5,6 +5,7 @@
 //! the other at once (fr_timer), and is out of the rotation after the next probe. Callers are
 //! `RawUac`s talking to Kamailio (their in-dialog requests follow its Record-Route); each node
 //! runs the demo flow and keeps its own SQLite database (shared state comes with PostgreSQL).
+//! A node that cannot take a call (no free RTP port) says so to OPTIONS on its own.
 
 mod common;
 
@@ -204,4 +205,59 @@ fn a_killed_node_loses_its_new_calls_to_the_other_at_once() {
     assert_eq!(answered(&b), 6);
     // B's own call never noticed.
     assert_eq!(on_b.bye(), 200);
+}
+
+/// A node whose RTP ports are all taken says so to OPTIONS (503, Retry-After, a Warning with
+/// the reason), so a dispatcher's probe takes it out before a call is refused; once the call
+/// ends it answers 200 again.
+#[test]
+fn a_node_without_a_free_rtp_port_answers_options_503() {
+    // Two ports: one call's worth (RTP and RTCP).
+    let node =
+        Daemon::start_with_rtp_ports(2, "[demo]\nrounds = 1\nfirst_digit_timeout_ms = 60000\n");
+    let probe = RawUdp::new(node.sip_addr());
+    let ask = |n: u32| -> String {
+        probe.send(
+            options_request(
+                node.sip_addr(),
+                probe.local_addr(),
+                &format!("ready-{n}"),
+                "UDP",
+            )
+            .as_bytes(),
+        );
+        probe
+            .recv(Duration::from_secs(2))
+            .expect("an answer to OPTIONS")
+    };
+    assert!(ask(1).starts_with("SIP/2.0 200 "));
+    let mut call = RawUac::call(node.sip_addr(), "100");
+    // The daemon looks every 100 ms.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut n = 2;
+    let busy = loop {
+        let answer = ask(n);
+        n += 1;
+        if answer.starts_with("SIP/2.0 503 ") || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(busy.starts_with("SIP/2.0 503 "), "{busy}");
+    assert!(
+        busy.contains("Warning: 399 ivrd \"no free RTP port\""),
+        "{busy}"
+    );
+    assert!(busy.contains("Retry-After: 5"), "{busy}");
+    assert_eq!(call.bye(), 200);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let answer = ask(n);
+        n += 1;
+        if answer.starts_with("SIP/2.0 200 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -176,6 +176,49 @@ pub struct CoreStats {
     /// Goes up on every turn of the core's loop (at least four times a second when idle): the
     /// watchdog's proof that SIP is being served, not just that the process exists.
     pub loop_turns: AtomicU64,
+    /// Why the node cannot take a call now (a [`Unready`] as its number, 0: it can), set by
+    /// the daemon: OPTIONS answer 503 meanwhile, so a dispatcher in front moves calls away.
+    pub unready: std::sync::atomic::AtomicU8,
+}
+
+/// Why a node is not ready for a call, besides draining (what OPTIONS say in a Warning).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Unready {
+    /// Every RTP port is taken by a call.
+    NoRtpPort = 1,
+    /// The database does not answer.
+    Database = 2,
+}
+
+impl Unready {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unready::NoRtpPort => "no free RTP port",
+            Unready::Database => "the database does not answer",
+        }
+    }
+
+    fn from_u8(n: u8) -> Option<Unready> {
+        match n {
+            1 => Some(Unready::NoRtpPort),
+            2 => Some(Unready::Database),
+            _ => None,
+        }
+    }
+}
+
+impl CoreStats {
+    /// Records why the node cannot take a call (`None`: it can).
+    pub fn set_unready(&self, why: Option<Unready>) {
+        self.unready
+            .store(why.map_or(0, |w| w as u8), Ordering::Relaxed);
+    }
+
+    /// Why the node cannot take a call, if it cannot.
+    pub fn unready(&self) -> Option<Unready> {
+        Unready::from_u8(self.unready.load(Ordering::Relaxed))
+    }
 }
 
 /// The refusals counted in [`CoreStats::refused`], in its order.
@@ -451,6 +494,10 @@ const MAX_PENDING_REINVITES: usize = 4;
 /// 200 sources held 29,364 transactions and 25 MiB, more than the edge's 64 MiB bound
 /// allows next to the calls.
 const UNTRUSTED_SHARE: usize = 8;
+
+/// Retry-After on an OPTIONS 503 of a node not ready for a call (no RTP port, no database):
+/// it may be ready again at any moment.
+const UNREADY_RETRY_AFTER_SECS: u32 = 5;
 
 /// Retry-After on an overload 503 (RFC 3261 21.5.4): short, because the overload is a queue
 /// that drains in well under a second once new calls stop joining it.
@@ -941,7 +988,16 @@ impl Core {
                 extra.push(("Retry-After", retry.to_string()));
                 503
             }
-            None => 200,
+            None => match self.stats.unready() {
+                // Not ready for a call now: a dispatcher's probe takes the node out until it
+                // is (RFC 3261 20.43: 399 is a warning for people).
+                Some(why) => {
+                    extra.push(("Retry-After", UNREADY_RETRY_AFTER_SECS.to_string()));
+                    extra.push(("Warning", format!("399 ivrd \"{}\"", why.as_str())));
+                    503
+                }
+                None => 200,
+            },
         };
         // Stateless: an OPTIONS ping needs no memory of itself. A retransmission gets the same
         // answer (with the same tag) built again.
