@@ -28,7 +28,9 @@
 //! - [`media::rtp`], [`media::srtp`] (RFC 3711, in place), [`media::g711`], [`media::prompt`],
 //!   [`media::dtmf`], [`media::engine`];
 //!   [`media::clock`]: the pacers' absolute-deadline clock, timer slack and priority.
-//! - [`call`]: one call; the [`call::CallIo`] API that call flows use.
+//! - [`call`]: one call; the [`call::CallIo`] API that call flows use;
+//!   [`call::outbound`] places calls (the INVITE through the trunk, its challenge, ringing,
+//!   CANCEL) and hands over the answered one as the same `Call`.
 //! - [`dialplan`]: the admin's call flows: parse, check (with advice on oracles), run,
 //!   simulate; a lookup may go on with a decoy so that no id is told apart before its PIN;
 //!   plans call each other as sub-flows.
@@ -41,7 +43,8 @@
 //! - [`verify::pin`] (the vault: digests, sealed resends), [`verify::limits`] (tries,
 //!   lock-outs, SMS limits, decoys), [`verify::guard`] (the fraud guard: budgets, regions,
 //!   breakers, the cap on wrong PINs in a row), [`verify::sms`] (the providers),
-//!   [`verify::voice`] (the code read out on a call, over [`call::CallIo`]).
+//!   [`verify::voice`] (the code read out on a call, over [`call::CallIo`], and the lines
+//!   that place such calls).
 //! - [`store`]: SQLite: customers, limits and the guard's counts, the audit, the API's keys
 //!   and verifications; versioned.
 //! - [`demo`]: the built-in demo flow.
