@@ -898,6 +898,54 @@ impl Store {
         )
     }
 
+    /// Records one wrong PIN for the customer at `at` and, when that makes `threshold` or more
+    /// since `since`, locks the customer out (one level above the last lock-out, for
+    /// `lockout_for(level)`) and forgets the failures the lock-out used up, all in one
+    /// transaction: two wrong PINs checked at the same moment cannot both count before either
+    /// locks, nor lock twice at one level. Returns the new lock-out's level and the failures
+    /// that made it, if one was made.
+    pub fn record_failure_and_lock(
+        &self,
+        customer_id: &str,
+        at: SystemTime,
+        since: SystemTime,
+        threshold: u32,
+        lockout_for: impl Fn(u32) -> std::time::Duration,
+    ) -> Result<Option<(u32, u32)>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO failures (customer_id, at) VALUES (?1, ?2)",
+            params![customer_id, to_ms(at)],
+        )?;
+        let failures = count(
+            &tx,
+            "SELECT COUNT(*) FROM failures WHERE customer_id = ?1 AND at >= ?2",
+            customer_id,
+            since,
+        )?;
+        if failures < threshold {
+            tx.commit()?;
+            return Ok(None);
+        }
+        let level = tx
+            .query_row(
+                "SELECT level FROM lockouts WHERE customer_id = ?1",
+                [customer_id],
+                |r| r.get::<_, u32>(0),
+            )
+            .optional()?
+            .map_or(1, |level| level.saturating_add(1));
+        tx.execute(
+            "INSERT INTO lockouts (customer_id, until, level) VALUES (?1, ?2, ?3)
+             ON CONFLICT (customer_id) DO UPDATE SET until = excluded.until, level = excluded.level",
+            params![customer_id, to_ms(at + lockout_for(level)), level],
+        )?;
+        tx.execute("DELETE FROM failures WHERE customer_id = ?1", [customer_id])?;
+        tx.commit()?;
+        Ok(Some((level, failures)))
+    }
+
     /// Forgets the customer's recorded wrong PINs.
     pub fn clear_failures(&self, customer_id: &str) -> Result<(), StoreError> {
         self.conn()
@@ -2735,6 +2783,44 @@ id,name,mobile,language,branch
             store.record_failure("ghost", t(0)),
             Err(StoreError::Sqlite(_))
         ));
+    }
+
+    /// Wrong PINs of one customer checked at the same moment by several calls: each lock-out
+    /// is made exactly once, by the failure that reached the threshold, one level above the
+    /// last. (As separate statements, two failures could both count three before either
+    /// locked, and lock twice at one level.)
+    #[test]
+    fn concurrent_failures_lock_out_once_per_threshold() {
+        let (_dir, store) = temp_store();
+        store.add_customer(&erika()).unwrap();
+        let store = std::sync::Arc::new(store);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (threads, each, threshold) = (8u32, 30u32, 3u32);
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut locks = 0u32;
+                    for i in 0..each {
+                        let at = t0 + Duration::from_millis(u64::from(i));
+                        let made = store
+                            .record_failure_and_lock("123456", at, t0, threshold, |level| {
+                                Duration::from_secs(60 * u64::from(level))
+                            })
+                            .unwrap();
+                        if let Some((_, failures)) = made {
+                            assert_eq!(failures, threshold);
+                            locks += 1;
+                        }
+                    }
+                    locks
+                })
+            })
+            .collect();
+        let locks: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(locks, threads * each / threshold);
+        assert_eq!(store.lockout("123456").unwrap().unwrap().1, locks);
+        assert_eq!(store.failures_since("123456", t0).unwrap(), 0);
     }
 
     #[test]

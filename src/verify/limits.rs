@@ -796,23 +796,22 @@ impl Verifier {
         if self.over_the_cap(customer_id)? {
             return Ok(true);
         }
-        self.store.record_failure(customer_id, wall)?;
         let since = wall
             .checked_sub(self.limits.failure_window())
             .unwrap_or(wall);
-        let failures = self.store.failures_since(customer_id, since)?;
-        if failures < self.limits.failures_before_lockout {
+        // One transaction: the failure, the count, and the lock-out it may make. The lock-out
+        // uses these failures up: after it ends the customer gets a fresh set of tries, and
+        // the level (not the old failures) makes the next lock-out longer.
+        let Some((level, failures)) = self.store.record_failure_and_lock(
+            customer_id,
+            wall,
+            since,
+            self.limits.failures_before_lockout,
+            |level| self.limits.lockout_for(level),
+        )?
+        else {
             return Ok(false);
-        }
-        let level = self
-            .store
-            .lockout(customer_id)?
-            .map_or(1, |(_, level)| level.saturating_add(1));
-        let until = wall + self.limits.lockout_for(level);
-        self.store.lock(customer_id, until, level)?;
-        // The lock-out has used these failures up: after it ends the customer gets a fresh set of
-        // tries, and the level (not the old failures) makes the next lock-out longer.
-        self.store.clear_failures(customer_id)?;
+        };
         tracing::warn!(
             customer = customer_id,
             level,
