@@ -86,11 +86,7 @@ pub fn load_flows(cfg: &Config) -> anyhow::Result<Flows> {
     }
     if cfg.demo.enabled {
         let lang = &cfg.media.default_language;
-        let missing: Vec<&str> = crate::demo::PROMPTS
-            .iter()
-            .copied()
-            .filter(|p| !prompts.contains(lang, p))
-            .collect();
+        let missing = missing_prompts(&prompts, lang, crate::demo::PROMPTS.iter().copied());
         if !missing.is_empty() {
             bail!(
                 "{}: language {lang:?} lacks the demo prompts {} (add {}/<name>.wav files)",
@@ -142,6 +138,15 @@ pub fn load_flows(cfg: &Config) -> anyhow::Result<Flows> {
     })
 }
 
+/// The prompts of `names` that `lang` lacks.
+fn missing_prompts<'a>(
+    prompts: &PromptLibrary,
+    lang: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Vec<&'a str> {
+    names.filter(|p| !prompts.contains(lang, p)).collect()
+}
+
 /// A code call speaks every language the prompts have (the verification's locale picks one):
 /// each must have the read-out's prompts and the ten digits.
 fn check_readout_prompts(cfg: &Config, prompts: &PromptLibrary) -> anyhow::Result<()> {
@@ -156,11 +161,7 @@ fn check_readout_prompts(cfg: &Config, prompts: &PromptLibrary) -> anyhow::Resul
         .chain(digits.iter().map(String::as_str))
         .collect();
     for lang in prompts.languages() {
-        let missing: Vec<&str> = needed
-            .iter()
-            .copied()
-            .filter(|p| !prompts.contains(lang, p))
-            .collect();
+        let missing = missing_prompts(prompts, lang, needed.iter().copied());
         if !missing.is_empty() {
             bail!(
                 "[outbound]: language {lang:?} lacks the prompts a code call plays: {} (add {}/<name>.wav files, or fix [outbound] readout)",

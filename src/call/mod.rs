@@ -540,16 +540,7 @@ impl Call {
             }
         }
         let (media_tx, media_events) = mpsc::unbounded_channel();
-        let initial = StreamParams {
-            codec: settings.codecs[0],
-            payload_type: settings.codecs[0].payload_type(),
-            dtmf_payload_type: None,
-            ptime_ms: 20,
-            remote: None,
-            send: false,
-            expect_rtp: true,
-            protection: Protection::Plain,
-        };
+        let initial = silent_params(&settings, true);
         // The media address of the offer's family (IPv6 callers get IPv6 media); for a late
         // offer or a hold address, the family the call's signalling came in on.
         let secure = signalling_is_secure(&flow);
@@ -1413,6 +1404,21 @@ fn sipfrag_status(body: &[u8]) -> Option<u16> {
     let line = text.lines().next()?.trim();
     let rest = line.strip_prefix("SIP/2.0")?.trim_start();
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// A stream's parameters before any SDP is agreed: our first codec, nothing sent, and
+/// whether the peer's RTP is owed already.
+fn silent_params(settings: &CallSettings, expect_rtp: bool) -> StreamParams {
+    StreamParams {
+        codec: settings.codecs[0],
+        payload_type: settings.codecs[0].payload_type(),
+        dtmf_payload_type: None,
+        ptime_ms: 20,
+        remote: None,
+        send: false,
+        expect_rtp,
+        protection: Protection::Plain,
+    }
 }
 
 fn params_from(n: &Negotiated) -> StreamParams {

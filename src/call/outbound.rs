@@ -143,17 +143,8 @@ impl Call {
             .or(settings.media_addrs.first().copied())
             .ok_or_else(|| NotReached::failed("no media address"))?;
         let (media_tx, media_events) = mpsc::unbounded_channel();
-        let initial = StreamParams {
-            codec: settings.codecs[0],
-            payload_type: settings.codecs[0].payload_type(),
-            dtmf_payload_type: None,
-            ptime_ms: 20,
-            remote: None,
-            send: false,
-            // Nothing is owed before the answer (early media is not played through).
-            expect_rtp: false,
-            protection: Protection::Plain,
-        };
+        // Nothing is owed before the answer (early media is not played through).
+        let initial = silent_params(&settings, false);
         let stream = ctx
             .media
             .open_at(media_addr.bind, initial, media_tx)

@@ -1321,10 +1321,9 @@ impl Core {
             ServerMachine::Invite(m) => m.poll_timeout(),
             ServerMachine::NonInvite(m) => m.poll_timeout(),
         };
-        if let Some(at) = next.filter(|_| next != tx.scheduled) {
-            tx.scheduled = next;
-            self.heap.push(Reverse((at, TimerRef::Server(id))));
-        }
+        schedule(&mut self.heap, &mut tx.scheduled, next, || {
+            TimerRef::Server(id)
+        });
         let held = if terminated { 0 } else { tx.held_bytes() };
         self.tx_bytes = self.tx_bytes - tx.bytes + held;
         if tx.charged.is_some() {
@@ -1513,11 +1512,9 @@ impl Core {
             }
         }
         let next = tx.machine.poll_timeout();
-        if let Some(at) = next.filter(|_| next != tx.scheduled) {
-            tx.scheduled = next;
-            self.heap
-                .push(Reverse((at, TimerRef::Invite(branch.to_string()))));
-        }
+        schedule(&mut self.heap, &mut tx.scheduled, next, || {
+            TimerRef::Invite(branch.to_string())
+        });
         if terminated {
             self.invites.remove(branch);
         }
@@ -1553,14 +1550,26 @@ impl Core {
             }
         }
         let next = tx.machine.poll_timeout();
-        if let Some(at) = next.filter(|_| next != tx.scheduled) {
-            tx.scheduled = next;
-            self.heap
-                .push(Reverse((at, TimerRef::Client(branch.to_string()))));
-        }
+        schedule(&mut self.heap, &mut tx.scheduled, next, || {
+            TimerRef::Client(branch.to_string())
+        });
         if terminated {
             self.client.remove(branch);
         }
+    }
+}
+
+/// Puts a transaction's next deadline on the timer heap, unless it is the one already there
+/// (a deadline that moved leaves its old entry behind: firing it finds nothing due).
+fn schedule(
+    heap: &mut BinaryHeap<Reverse<(Instant, TimerRef)>>,
+    scheduled: &mut Option<Instant>,
+    next: Option<Instant>,
+    timer: impl FnOnce() -> TimerRef,
+) {
+    if let Some(at) = next.filter(|_| next != *scheduled) {
+        *scheduled = next;
+        heap.push(Reverse((at, timer())));
     }
 }
 
