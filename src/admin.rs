@@ -392,21 +392,21 @@ pub fn simulate_transcript(cfg: &Config, opts: SimOptions) -> anyhow::Result<Str
             live,
             format!(
                 "(simulating on {} itself: the limits it spends are real)\n",
-                cfg.store.path.display()
+                cfg.store.database().describe()
             ),
         )
     } else {
         let dir = tempfile::tempdir().context("a directory for the simulation's database")?;
         let copy = dir.path().join("simulation.sqlite");
         live.copy_to(&copy)
-            .with_context(|| format!("copying {}", cfg.store.path.display()))?;
+            .with_context(|| format!("copying {}", cfg.store.database().describe()))?;
         drop(live);
         _copy_dir = dir;
         (
             Arc::new(crate::store::Store::open(&copy)?),
             format!(
                 "(simulating on a throw-away copy of {}: nothing it spends or records is kept; --live to use it)\n",
-                cfg.store.path.display()
+                cfg.store.database().describe()
             ),
         )
     };

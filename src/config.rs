@@ -478,13 +478,29 @@ impl DialplansConfig {
     }
 }
 
-/// The SQLite database (customers, lock-outs, SMS sends, audit).
-#[derive(Debug, Clone, Deserialize)]
+/// The database (customers, lock-outs, SMS sends, verifications, audit): a SQLite file for
+/// one node, or PostgreSQL (`url`) shared by several.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Database file; created with its schema on first use. Under systemd the unit's
-    /// `StateDirectory=` makes `/var/lib/ivrd` writable for it.
+    /// `StateDirectory=` makes `/var/lib/ivrd` writable for it. Unused when `url` is set.
     pub path: PathBuf,
+    /// A PostgreSQL database instead of the file: `postgres://user@host:port/dbname`, with
+    /// `?sslmode=require` for TLS (certificate checked against `ca` or the system's roots).
+    pub url: Option<String>,
+    /// The database password (better: `password_file`, or a systemd credential of that name).
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA that signs the PostgreSQL server's certificate.
+    pub ca: Option<PathBuf>,
+    /// PostgreSQL connections this node keeps at most.
+    pub pool_size: u32,
+    /// How long a store call waits for a connection before the database counts as away
+    /// (the call's step fails, OPTIONS says 503).
+    pub connect_timeout_ms: u64,
+    /// The server cancels a statement or a lock wait that takes longer.
+    pub statement_timeout_ms: u64,
     /// Customers imported when the database is created (a demo needs someone to verify).
     pub seed_csv: Option<PathBuf>,
     /// Region for phone numbers written without a country code (CSV imports, caller lookups).
@@ -497,11 +513,115 @@ impl Default for StoreConfig {
         let dir = std::env::var_os("STATE_DIRECTORY")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
+        let pg = crate::store::PgOptions::default();
         StoreConfig {
             path: dir.join("ivrd.db"),
+            url: None,
+            password: None,
+            password_file: None,
+            ca: None,
+            pool_size: pg.pool_size,
+            connect_timeout_ms: pg.connect_timeout.as_millis() as u64,
+            statement_timeout_ms: pg.statement_timeout.as_millis() as u64,
             seed_csv: None,
             default_region: "DE".into(),
         }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("path", &self.path)
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("password_file", &self.password_file)
+            .field("ca", &self.ca)
+            .field("pool_size", &self.pool_size)
+            .field("seed_csv", &self.seed_csv)
+            .field("default_region", &self.default_region)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreConfig {
+    /// The database these settings name.
+    pub fn database(&self) -> crate::store::Database {
+        match &self.url {
+            Some(url) => crate::store::Database::Postgres {
+                url: url.clone(),
+                opts: self.pg_options(),
+            },
+            None => crate::store::Database::Sqlite(self.path.clone()),
+        }
+    }
+
+    /// The database `--db` names (a file, or a `postgres://` URL with these settings'
+    /// password and pool), else these settings' own.
+    pub fn database_or(&self, db: Option<&str>) -> crate::store::Database {
+        match db {
+            Some(url) if crate::store::Database::is_url(url) => crate::store::Database::Postgres {
+                url: url.to_owned(),
+                opts: self.pg_options(),
+            },
+            Some(path) => crate::store::Database::Sqlite(PathBuf::from(path)),
+            None => self.database(),
+        }
+    }
+
+    fn pg_options(&self) -> crate::store::PgOptions {
+        crate::store::PgOptions {
+            pool_size: self.pool_size,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            statement_timeout: Duration::from_millis(self.statement_timeout_ms),
+            ca_file: self.ca.clone(),
+            password: self.password.clone(),
+            ..crate::store::PgOptions::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.url {
+            if !crate::store::Database::is_url(url) {
+                return Err(format!(
+                    "[store] url = {url:?}: expected postgres://user@host:port/dbname"
+                ));
+            }
+            if !(1..=1000).contains(&self.pool_size) {
+                return Err("[store] pool_size must be 1 to 1000".into());
+            }
+            if !(100..=60_000).contains(&self.connect_timeout_ms)
+                || !(100..=600_000).contains(&self.statement_timeout_ms)
+            {
+                return Err(
+                    "[store] connect_timeout_ms must be 100 to 60000 and statement_timeout_ms \
+                     100 to 600000"
+                        .into(),
+                );
+            }
+        } else if self.password.is_some() || self.password_file.is_some() || self.ca.is_some() {
+            return Err(
+                "[store] password, password_file and ca are for a PostgreSQL url; the SQLite \
+                 file needs none"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads `password_file` into `password`.
+    pub fn resolve_secret(
+        &mut self,
+        files: &crate::secrets::SecretFiles,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), String> {
+        files.resolve_option(
+            "[store]",
+            "password",
+            &mut self.password,
+            self.password_file.as_deref(),
+            warnings,
+        )
     }
 }
 
@@ -954,6 +1074,11 @@ impl Config {
         if cfg.store.path.is_relative() {
             cfg.store.path = base.join(&cfg.store.path);
         }
+        if let Some(ca) = &cfg.store.ca
+            && ca.is_relative()
+        {
+            cfg.store.ca = Some(base.join(ca));
+        }
         if let Some(seed) = &cfg.store.seed_csv
             && seed.is_relative()
         {
@@ -1002,6 +1127,7 @@ impl Config {
     /// transfer password); see [`crate::secrets`]. Warnings go to [`Config::warnings`].
     pub fn resolve_secrets(&mut self, files: &crate::secrets::SecretFiles) -> Result<(), String> {
         self.sms.resolve_secrets(files, &mut self.warnings)?;
+        self.store.resolve_secret(files, &mut self.warnings)?;
         let api = &mut self.api;
         files.resolve_option(
             "[api]",
@@ -1047,6 +1173,7 @@ impl Config {
     /// Range and consistency checks that TOML types alone cannot express.
     pub fn validate(&self) -> Result<(), String> {
         self.api.validate()?;
+        self.store.validate()?;
         self.outbound.validate(&self.sip)?;
         if self.api.tls && self.tls.files().is_none() {
             return Err(

@@ -61,7 +61,7 @@ enum Command {
         fail_transfer: Vec<String>,
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Database file (overrides the config).
+        /// Database file or postgres:// URL (overrides the config).
         #[arg(long)]
         db: Option<PathBuf>,
         /// Run on the database itself, spending its real limits (default: a throw-away copy).
@@ -116,7 +116,7 @@ enum Command {
         /// Configuration file whose [store] path names the database and default_region.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
-        /// Database file (overrides the config).
+        /// Database file or postgres:// URL (overrides the config).
         #[arg(long, global = true)]
         db: Option<PathBuf>,
         #[command(subcommand)]
@@ -129,7 +129,7 @@ enum Command {
         /// Configuration file whose [store] path names the database.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Database file (overrides the config).
+        /// Database file or postgres:// URL (overrides the config).
         #[arg(long)]
         db: Option<PathBuf>,
         #[command(flatten)]
@@ -151,7 +151,7 @@ enum Command {
         /// Configuration file ([guard] and the [store] path).
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
-        /// Database file (overrides the config).
+        /// Database file or postgres:// URL (overrides the config).
         #[arg(long, global = true)]
         db: Option<PathBuf>,
         #[command(subcommand)]
@@ -163,7 +163,7 @@ enum Command {
         /// Configuration file (the [store] path).
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
-        /// Database file (overrides the config).
+        /// Database file or postgres:// URL (overrides the config).
         #[arg(long, global = true)]
         db: Option<PathBuf>,
         #[command(subcommand)]
@@ -303,8 +303,17 @@ fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
+            if let Err(code) = store_secret(&mut cfg, config.as_deref()) {
+                return code;
+            }
             if let Some(db) = db {
-                cfg.store.path = db;
+                let db = db.to_string_lossy().into_owned();
+                if ivrd::store::Database::is_url(&db) {
+                    cfg.store.url = Some(db);
+                } else {
+                    cfg.store.path = PathBuf::from(db);
+                    cfg.store.url = None;
+                }
             }
             let opts = admin::SimOptions {
                 dialplan,
@@ -349,11 +358,11 @@ fn main() -> ExitCode {
             db,
             command,
         } => {
-            let (_, path) = match config_and_db(config.as_deref(), db) {
+            let (_, database) = match config_and_db(config.as_deref(), db) {
                 Ok(both) => both,
                 Err(code) => return code,
             };
-            let store = match ivrd::store::Store::open(&path) {
+            let store = match database.open() {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("ivrd: {e}");
@@ -371,11 +380,11 @@ fn main() -> ExitCode {
             db,
             command: GuardCommand::Status,
         } => {
-            let (cfg, path) = match config_and_db(config.as_deref(), db) {
+            let (cfg, database) = match config_and_db(config.as_deref(), db) {
                 Ok(both) => both,
                 Err(code) => return code,
             };
-            let status = ivrd::store::Store::open(&path).and_then(|store| {
+            let status = database.open().and_then(|store| {
                 ivrd::verify::guard::status(&cfg.guard, &store, std::time::SystemTime::now())
             });
             match status {
@@ -384,7 +393,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {}: {e}", path.display());
+                    eprintln!("error: {}: {e}", database.describe());
                     ExitCode::from(2)
                 }
             }
@@ -396,8 +405,8 @@ fn main() -> ExitCode {
             command,
         } => {
             use ivrd::audit_cli::{self, AuditCommand, AuditError};
-            use ivrd::store::{Store, StoreError};
-            let (cfg, path) = match config_and_db(config.as_deref(), db) {
+            use ivrd::store::StoreError;
+            let (cfg, database) = match config_and_db(config.as_deref(), db) {
                 Ok(both) => both,
                 Err(code) => return code,
             };
@@ -408,11 +417,12 @@ fn main() -> ExitCode {
                 StoreError::Open { .. } | StoreError::Create { .. } | StoreError::NotFound(_) => {
                     e.to_string()
                 }
-                e => format!("{}: {e}", path.display()),
+                e => format!("{}: {e}", database.describe()),
             };
             let result = match command {
                 // Listing opens read-only: it never creates, upgrades or locks the file.
-                None => Store::open_read_only(&path)
+                None => database
+                    .open_read_only()
                     .map_err(opening)
                     .and_then(|store| {
                         audit_cli::list(&store, &list, now, &cfg.store.default_region, out)
@@ -421,7 +431,7 @@ fn main() -> ExitCode {
                 Some(AuditCommand::Prune { older_than }) => {
                     match audit_cli::listing_option(&list) {
                         Some(option) => Err(AuditError::FilterWithPrune(option).to_string()),
-                        None => Store::open(&path).map_err(opening).and_then(|store| {
+                        None => database.open().map_err(opening).and_then(|store| {
                             audit_cli::prune(&store, &older_than, now, out)
                                 .map_err(|e| e.to_string())
                         }),
@@ -441,14 +451,14 @@ fn main() -> ExitCode {
             db,
             command,
         } => {
-            let (cfg, path) = match config_and_db(config.as_deref(), db) {
+            let (cfg, database) = match config_and_db(config.as_deref(), db) {
                 Ok(both) => both,
                 Err(code) => return code,
             };
-            let store = match ivrd::store::Store::open(&path) {
+            let store = match database.open() {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("error: {}: {e}", path.display());
+                    eprintln!("error: {}: {e}", database.describe());
                     return ExitCode::from(ivrd::customers_cli::CliError::EXIT_CODE);
                 }
             };
@@ -586,13 +596,33 @@ enum Secrets {
 /// The config file if one was given, else the built-in defaults; a bad file exits with 2.
 /// The config (without secrets) and the database a command works on: `--db`, else the
 /// config's `[store] path` (the customers, guard and audit commands).
+/// A PostgreSQL password comes from `[store] password_file` (or its systemd credential):
+/// the one secret these commands read.
 fn config_and_db(
     config: Option<&std::path::Path>,
     db: Option<PathBuf>,
-) -> Result<(Config, PathBuf), ExitCode> {
-    let cfg = load_config(config, Secrets::Skip)?;
-    let path = db.unwrap_or_else(|| cfg.store.path.clone());
-    Ok((cfg, path))
+) -> Result<(Config, ivrd::store::Database), ExitCode> {
+    let mut cfg = load_config(config, Secrets::Skip)?;
+    store_secret(&mut cfg, config)?;
+    let db = db.map(|p| p.to_string_lossy().into_owned());
+    let database = cfg.store.database_or(db.as_deref());
+    Ok((cfg, database))
+}
+
+/// Reads the database password (`[store] password_file`) for a command that loaded its
+/// config without secrets: the one secret every database command needs.
+fn store_secret(cfg: &mut Config, config: Option<&std::path::Path>) -> Result<(), ExitCode> {
+    let Some(path) = config else {
+        return Ok(());
+    };
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let files = ivrd::secrets::SecretFiles::from_env(base);
+    cfg.store
+        .resolve_secret(&files, &mut Vec::new())
+        .map_err(|e| {
+            eprintln!("ivrd: {}: {e}", path.display());
+            ExitCode::from(2)
+        })
 }
 
 fn load_config(path: Option<&std::path::Path>, secrets: Secrets) -> Result<Config, ExitCode> {

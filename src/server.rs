@@ -330,12 +330,17 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     changed
 }
 
-/// Opens the database; a new one gets the seed customers, if configured.
+/// Opens the database; a new one gets the seed customers, if configured (on PostgreSQL only
+/// the node whose migration created the schema seeds it). Blocking: call it off the async
+/// runtime (the PostgreSQL client runs one of its own).
 pub fn open_store(cfg: &Config) -> anyhow::Result<Arc<Store>> {
-    let fresh = !cfg.store.path.exists();
-    let store = Store::open(&cfg.store.path)
-        .with_context(|| format!("opening {}", cfg.store.path.display()))?;
-    if fresh && let Some(seed) = &cfg.store.seed_csv {
+    let database = cfg.store.database();
+    let store = database
+        .open()
+        .with_context(|| format!("opening {}", database.describe()))?;
+    if store.was_created()
+        && let Some(seed) = &cfg.store.seed_csv
+    {
         let file = std::fs::File::open(seed)
             .with_context(|| format!("seed customers {}", seed.display()))?;
         let report = store.import_csv(file, &cfg.store.default_region)?;
@@ -362,7 +367,12 @@ pub async fn run(
     mut reload: mpsc::Receiver<()>,
     ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> anyhow::Result<()> {
-    let store = open_store(&cfg)?;
+    let store = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || open_store(&cfg))
+            .await
+            .context("opening the database")??
+    };
     let metrics = Arc::new(Metrics::default());
     crate::services::declare_metric_labels(&metrics);
     let snapshot = build_snapshot(&cfg, store.clone(), None, metrics.clone(), None)?;

@@ -18,10 +18,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::Connection;
+
+mod backend;
+mod pg_migrations;
+pub use backend::PgOptions;
+use backend::{Backend, Dialect, End, Mode, Row, Tx, Value, args};
 
 /// Schema steps in order; step `i` takes the file from version `i` to `i + 1`.
 /// Append only: never edit a step that has shipped.
@@ -229,11 +233,11 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// SQLite could not open the database file.
-    #[error("could not open the database {}: {source}", path.display())]
+    /// The database could not be opened (a SQLite file, or a PostgreSQL server).
+    #[error("could not open the database {target}: {source}")]
     Open {
-        path: PathBuf,
-        source: rusqlite::Error,
+        target: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A read-only open found no file: nothing is created for a reader.
     #[error("no database at {}: the daemon creates it on its first start", .0.display())]
@@ -251,9 +255,31 @@ pub enum StoreError {
         "the database has schema version {found}, newer than version {known} that this ivrd knows; upgrade ivrd or use another file"
     )]
     SchemaTooNew { found: u32, known: u32 },
-    /// A statement failed.
+    /// A SQLite statement failed.
     #[error("the database failed: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A PostgreSQL statement failed.
+    #[error("the database failed: {0}")]
+    Db(String),
+    /// The database is not answering (server down, connection lost, no connection free
+    /// within the timeout): nothing was written. The daemon treats it as an outage.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A constraint refused the write (an unknown customer, a duplicate key).
+    #[error("the database refused the write: {0}")]
+    Constraint(String),
+    /// A value read back is not what the schema holds.
+    #[error("the database returned an unexpected value: {0}")]
+    Decode(String),
+    /// The PostgreSQL URL does not parse.
+    #[error("the database URL is unusable: {0}")]
+    Url(String),
+    /// The TLS set-up for PostgreSQL failed (the CA file).
+    #[error("the database's TLS set-up failed: {0}")]
+    Tls(String),
+    /// A caller's callback stopped an iteration (its own error is returned instead).
+    #[error("stopped by the caller")]
+    Interrupted,
     /// `add_customer` found the id taken.
     #[error("a customer with id {0:?} already exists")]
     DuplicateCustomer(String),
@@ -579,37 +605,92 @@ pub struct PurgeReport {
     pub guard_rows: usize,
 }
 
-/// The SQLite store. Cheap to share behind an `Arc`; every method takes the connection lock for
-/// the duration of one statement or transaction.
+/// Which database a store is on, as the configuration (or `--db`) names it.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres { url: String, opts: PgOptions },
+}
+
+impl Database {
+    /// Whether `s` names a PostgreSQL database rather than a file.
+    pub fn is_url(s: &str) -> bool {
+        s.starts_with("postgres://") || s.starts_with("postgresql://")
+    }
+
+    /// Opens it for the daemon or an admin command: created and migrated as needed.
+    pub fn open(&self) -> Result<Store, StoreError> {
+        match self {
+            Database::Sqlite(path) => Store::open(path),
+            Database::Postgres { url, opts } => Store::connect(url, opts),
+        }
+    }
+
+    /// Opens it for reading only (reports beside the daemon).
+    pub fn open_read_only(&self) -> Result<Store, StoreError> {
+        match self {
+            Database::Sqlite(path) => Store::open_read_only(path),
+            Database::Postgres { url, opts } => Store::connect_read_only(url, opts),
+        }
+    }
+
+    /// For messages: the file, or the URL without a password.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres { url, .. } => match url.parse::<postgres::Config>() {
+                Ok(config) => backend::describe_pg(&config),
+                Err(_) => "postgres://(unparsable URL)".into(),
+            },
+        }
+    }
+}
+
+/// The store. Cheap to share behind an `Arc`; every method is one transaction on its backend
+/// (SQLite's one connection, or a pooled PostgreSQL connection).
 pub struct Store {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    backend: Box<dyn Backend>,
+    /// This open brought the schema from nothing: the database is new (the daemon seeds it).
+    created: bool,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("database", &self.backend.describe())
+            .finish()
     }
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, configures it and brings the schema up
-    /// to [`SCHEMA_VERSION`].
+    /// Opens (creating if needed) the SQLite database at `path`, configures it and brings the
+    /// schema up to [`SCHEMA_VERSION`].
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let path = path.as_ref().to_path_buf();
         create_private(&path).map_err(|source| StoreError::Create {
             path: path.clone(),
             source,
         })?;
-        let mut conn = Connection::open(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            target: path.display().to_string(),
+            source: Box::new(source),
         })?;
         configure(&conn)?;
-        migrate(&mut conn)?;
+        Store::migrated(Box::new(backend::Sqlite::new(conn, path)))
+    }
+
+    /// Connects to the PostgreSQL database at `url` (`postgres://user@host:port/db`, with
+    /// `?sslmode=require` for TLS) and brings its schema up to [`SCHEMA_VERSION`]; several
+    /// nodes may do this at once (the migration takes an advisory lock).
+    pub fn connect(url: &str, opts: &PgOptions) -> Result<Store, StoreError> {
+        Store::migrated(Box::new(backend::Postgres::connect(url, opts)?))
+    }
+
+    fn migrated(backend: Box<dyn Backend>) -> Result<Store, StoreError> {
+        let from = migrate(backend.as_ref())?;
         Ok(Store {
-            conn: Mutex::new(conn),
-            path,
+            backend,
+            created: from == 0,
         })
     }
 
@@ -626,11 +707,25 @@ impl Store {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
+            target: path.display().to_string(),
+            source: Box::new(source),
         })?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        let found = read_version(&conn)?;
+        Store::current(Box::new(backend::Sqlite::new(conn, path)))
+    }
+
+    /// [`Store::open_read_only`] for PostgreSQL: every transaction is read-only.
+    pub fn connect_read_only(url: &str, opts: &PgOptions) -> Result<Store, StoreError> {
+        Store::current(Box::new(backend::Postgres::connect(url, opts)?))
+    }
+
+    /// A store on a database whose schema must be this build's already.
+    fn current(backend: Box<dyn Backend>) -> Result<Store, StoreError> {
+        let store = Store {
+            backend,
+            created: false,
+        };
+        let found = store.schema_version()?;
         if found > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew {
                 found,
@@ -643,37 +738,64 @@ impl Store {
                 known: SCHEMA_VERSION,
             });
         }
-        Ok(Store {
-            conn: Mutex::new(conn),
-            path,
-        })
+        Ok(store)
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The SQLite file, if the store is one.
+    pub fn path(&self) -> Option<&Path> {
+        self.backend.path()
+    }
+
+    /// The database, for messages (a file, or a PostgreSQL URL without its password).
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// Whether this open created the schema (a new database): only then is it seeded.
+    pub fn was_created(&self) -> bool {
+        self.created
     }
 
     /// Whether the database answers a query (the node's readiness probe).
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.conn()
-            .query_row("SELECT count(*) FROM customers WHERE id = ''", [], |r| {
-                r.get::<_, i64>(0)
-            })?;
-        Ok(())
+        self.read(|tx| {
+            tx.count("SELECT count(*) FROM customers WHERE id = ''", &[])
+                .map(|_| ())
+        })
     }
 
-    /// The schema version on disk (equal to [`SCHEMA_VERSION`] after a successful open).
+    /// The schema version in the database (equal to [`SCHEMA_VERSION`] after a successful
+    /// open).
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(read_version(&self.conn())?)
+        self.read(read_version)
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written: an open transaction
-        // rolls back when dropped. So the connection is still sound and we keep serving.
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Runs `body` in one transaction, committed if it returns `Ok`.
+    fn transaction<T>(
+        &self,
+        mode: Mode,
+        mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut out = None;
+        self.backend.transaction(mode, &mut |tx| {
+            out = Some(body(tx)?);
+            Ok(End::Commit)
+        })?;
+        out.ok_or_else(|| StoreError::Decode("a transaction ended without its result".into()))
+    }
+
+    fn read<T>(
+        &self,
+        body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transaction(Mode::Read, body)
+    }
+
+    fn write<T>(
+        &self,
+        body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transaction(Mode::Write, body)
     }
 
     // ---------------------------------------------------------------- customers
@@ -681,98 +803,107 @@ impl Store {
     /// Adds a new (enabled) customer; fails with [`StoreError::DuplicateCustomer`] if the id exists.
     pub fn add_customer(&self, customer: &NewCustomer) -> Result<(), StoreError> {
         let customer = validate(customer)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        if customer_exists(&tx, &customer.id)? {
-            return Err(StoreError::DuplicateCustomer(customer.id));
-        }
-        write_customer(&tx, &customer, now_ms())?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            // Insert-or-nothing decides in one statement: two nodes adding the same id at once
+            // cannot both succeed (one would silently update the other's row).
+            let now = now_ms();
+            let n = tx.exec(
+                "INSERT INTO customers (id, name, mobile, language, enabled, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5) ON CONFLICT (id) DO NOTHING",
+                args![&customer.id, &customer.name, &customer.mobile, &customer.language, now],
+            )?;
+            if n == 0 {
+                return Err(StoreError::DuplicateCustomer(customer.id.clone()));
+            }
+            write_fields(tx, &customer)
+        })
     }
 
     /// Adds the customer or replaces the record of an existing one (name, mobile, language and
     /// extra fields; the enabled flag and creation time are kept). Returns true if it was new.
     pub fn upsert_customer(&self, customer: &NewCustomer) -> Result<bool, StoreError> {
         let customer = validate(customer)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let created = !customer_exists(&tx, &customer.id)?;
-        write_customer(&tx, &customer, now_ms())?;
-        tx.commit()?;
-        Ok(created)
+        self.write(|tx| {
+            tx.lock(&format!("customer:{}", customer.id))?;
+            let created = !customer_exists(tx, &customer.id)?;
+            write_customer(tx, &customer, now_ms())?;
+            Ok(created)
+        })
     }
 
     /// The customer with this id, enabled or not.
     pub fn find_customer(&self, id: &str) -> Result<Option<Customer>, StoreError> {
-        let conn = self.conn();
-        let customer = conn
-            .query_row(
-                &format!("{SELECT_CUSTOMER} WHERE id = ?1"),
-                [id],
-                customer_from_row,
-            )
-            .optional()?;
-        match customer {
-            Some(mut c) => {
-                c.extra = load_fields(&conn, &c.id)?;
-                Ok(Some(c))
-            }
-            None => Ok(None),
-        }
+        self.read(|tx| {
+            let Some(row) = tx.query_opt(&format!("{SELECT_CUSTOMER} WHERE id = ?1"), args![id])?
+            else {
+                return Ok(None);
+            };
+            let mut c = customer_from_row(&row)?;
+            c.extra = load_fields(tx, &c.id)?;
+            Ok(Some(c))
+        })
     }
 
     /// Every customer (enabled or not) with this E.164 mobile number, by id.
     pub fn find_by_mobile(&self, e164: &str) -> Result<Vec<Customer>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("{SELECT_CUSTOMER} WHERE mobile = ?1 ORDER BY id"))?;
-        let mut customers = stmt
-            .query_map([e164], customer_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        for c in &mut customers {
-            c.extra = load_fields(&conn, &c.id)?;
-        }
-        Ok(customers)
+        self.read(|tx| {
+            let rows = tx.query(
+                &format!("{SELECT_CUSTOMER} WHERE mobile = ?1 ORDER BY id"),
+                args![e164],
+            )?;
+            let mut customers = Vec::with_capacity(rows.len());
+            for row in rows {
+                let mut c = customer_from_row(&row)?;
+                c.extra = load_fields(tx, &c.id)?;
+                customers.push(c);
+            }
+            Ok(customers)
+        })
     }
 
     /// All customers by id.
     pub fn list_customers(&self) -> Result<Vec<Customer>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("{SELECT_CUSTOMER} ORDER BY id"))?;
-        let mut customers = stmt
-            .query_map([], customer_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        // One pass over all fields rather than one query per customer.
-        let mut fields: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-        let mut stmt = conn.prepare("SELECT customer_id, name, value FROM customer_fields")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
-        })?;
-        for row in rows {
-            let (id, name, value) = row?;
-            fields.entry(id).or_default().insert(name, value);
-        }
-        for c in &mut customers {
-            c.extra = fields.remove(&c.id).unwrap_or_default();
-        }
-        Ok(customers)
+        self.read(|tx| {
+            let mut customers = Vec::new();
+            tx.for_each(&format!("{SELECT_CUSTOMER} ORDER BY id"), &[], &mut |r| {
+                customers.push(customer_from_row(&r)?);
+                Ok(())
+            })?;
+            // One pass over all fields rather than one query per customer.
+            let mut fields: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+            tx.for_each(
+                "SELECT customer_id, name, value FROM customer_fields",
+                &[],
+                &mut |r| {
+                    fields
+                        .entry(r.text(0)?)
+                        .or_default()
+                        .insert(r.text(1)?, r.text(2)?);
+                    Ok(())
+                },
+            )?;
+            for c in &mut customers {
+                c.extra = fields.remove(&c.id).unwrap_or_default();
+            }
+            Ok(customers)
+        })
     }
 
     /// Enables or disables a customer. Returns false if there is no such customer.
     pub fn set_enabled(&self, id: &str, enabled: bool) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
-            "UPDATE customers SET enabled = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, enabled, now_ms()],
-        )?;
+        let n = self.write(|tx| {
+            tx.exec(
+                "UPDATE customers SET enabled = ?2, updated_at = ?3 WHERE id = ?1",
+                args![id, enabled, now_ms()],
+            )
+        })?;
         Ok(n > 0)
     }
 
     /// Removes a customer with its fields, failures, lock-out and SMS history (the audit log
     /// keeps its rows). Returns false if there was no such customer.
     pub fn remove_customer(&self, id: &str) -> Result<bool, StoreError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM customers WHERE id = ?1", [id])?;
+        let n = self.write(|tx| tx.exec("DELETE FROM customers WHERE id = ?1", args![id]))?;
         Ok(n > 0)
     }
 
@@ -808,102 +939,56 @@ impl Store {
             lines,
             warnings,
         } = parse_customers_csv_with(reader, &opts.region, opts.delimiter)?;
-        let mut report = ImportReport {
+        let mut seed = Some(ImportReport {
             rejected,
             warnings,
             ..ImportReport::default()
-        };
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let now = now_ms();
-        let in_file: HashSet<&str> = good.iter().map(|c| c.id.as_str()).collect();
-        for (c, &line) in good.iter().zip(&lines) {
-            // Another customer (not in this file, which was checked on its own) with the
-            // same mobile.
-            let mut others = tx.prepare_cached(
-                "SELECT id FROM customers WHERE mobile = ?1 AND id != ?2 AND enabled = 1",
-            )?;
-            let shared: Vec<String> = others
-                .query_map(params![c.mobile, c.id], |r| r.get(0))?
-                .filter(|id: &rusqlite::Result<String>| {
-                    id.as_ref()
-                        .map_or(true, |id| !in_file.contains(id.as_str()))
-                })
-                .collect::<rusqlite::Result<_>>()?;
-            // Under a sync that will disable them, the others are no clash.
-            let others_disabled = opts.sync && report.rejected.is_empty();
-            if !shared.is_empty() && !others_disabled {
-                report.warnings.push(ImportWarning {
-                    line,
-                    message: format!(
-                        "mobile {} is also customer {}'s: a lookup by caller ID finds neither",
-                        c.mobile,
-                        shared.join(", ")
-                    ),
-                });
-            }
-            if customer_exists(&tx, &c.id)? {
-                report.updated += 1;
+        });
+        let mut result = None;
+        self.backend.transaction(Mode::Write, &mut |tx| {
+            // Two imports (two nodes' admins) serialise: the created/updated counts come
+            // from reads made before the writes.
+            tx.lock("import")?;
+            let seed = seed.take().ok_or(StoreError::Interrupted)?;
+            result = Some(import_rows(tx, &good, &lines, opts, seed)?);
+            Ok(if opts.dry_run {
+                End::Rollback
             } else {
-                report.created += 1;
-            }
-            write_customer(&tx, c, now)?;
-        }
-        if opts.sync {
-            if report.rejected.is_empty() {
-                let enabled: Vec<String> = tx
-                    .prepare("SELECT id FROM customers WHERE enabled = 1 ORDER BY id")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                for id in enabled {
-                    if !in_file.contains(id.as_str()) {
-                        tx.execute(
-                            "UPDATE customers SET enabled = 0, updated_at = ?2 WHERE id = ?1",
-                            params![id, now],
-                        )?;
-                        report.disabled.push(id);
-                    }
-                }
-            } else {
-                report.sync_skipped = true;
-            }
-        }
-        report.warnings.sort_by_key(|w| w.line);
-        if opts.dry_run {
-            tx.rollback()?;
-        } else {
-            tx.commit()?;
-        }
-        Ok(report)
+                End::Commit
+            })
+        })?;
+        result.ok_or_else(|| StoreError::Decode("the import ended without its report".into()))
     }
 
     // ---------------------------------------------------------------- failures and lock-outs
 
     /// Records one wrong PIN for the customer at `at`.
     pub fn record_failure(&self, customer_id: &str, at: SystemTime) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO failures (customer_id, at) VALUES (?1, ?2)",
-            params![customer_id, to_ms(at)],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO failures (customer_id, at) VALUES (?1, ?2)",
+                args![customer_id, to_ms(at)],
+            )
+        })?;
         Ok(())
     }
 
     /// Wrong PINs recorded for the customer at or after `since`.
     pub fn failures_since(&self, customer_id: &str, since: SystemTime) -> Result<u32, StoreError> {
-        count(
-            &self.conn(),
-            "SELECT COUNT(*) FROM failures WHERE customer_id = ?1 AND at >= ?2",
-            customer_id,
-            since,
-        )
+        self.read(|tx| {
+            tx.count(
+                "SELECT COUNT(*) FROM failures WHERE customer_id = ?1 AND at >= ?2",
+                args![customer_id, to_ms(since)],
+            )
+        })
     }
 
     /// Records one wrong PIN for the customer at `at` and, when that makes `threshold` or more
     /// since `since`, locks the customer out (one level above the last lock-out, for
     /// `lockout_for(level)`) and forgets the failures the lock-out used up, all in one
-    /// transaction: two wrong PINs checked at the same moment cannot both count before either
-    /// locks, nor lock twice at one level. Returns the new lock-out's level and the failures
-    /// that made it, if one was made.
+    /// transaction under the customer's lock: two wrong PINs checked at the same moment (on
+    /// one node or two) cannot both count before either locks, nor lock twice at one level.
+    /// Returns the new lock-out's level and the failures that made it, if one was made.
     pub fn record_failure_and_lock(
         &self,
         customer_id: &str,
@@ -912,120 +997,155 @@ impl Store {
         threshold: u32,
         lockout_for: impl Fn(u32) -> std::time::Duration,
     ) -> Result<Option<(u32, u32)>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO failures (customer_id, at) VALUES (?1, ?2)",
-            params![customer_id, to_ms(at)],
-        )?;
-        let failures = count(
-            &tx,
-            "SELECT COUNT(*) FROM failures WHERE customer_id = ?1 AND at >= ?2",
-            customer_id,
-            since,
-        )?;
-        if failures < threshold {
-            tx.commit()?;
-            return Ok(None);
-        }
-        let level = tx
-            .query_row(
-                "SELECT level FROM lockouts WHERE customer_id = ?1",
-                [customer_id],
-                |r| r.get::<_, u32>(0),
-            )
-            .optional()?
-            .map_or(1, |level| level.saturating_add(1));
-        tx.execute(
-            "INSERT INTO lockouts (customer_id, until, level) VALUES (?1, ?2, ?3)
-             ON CONFLICT (customer_id) DO UPDATE SET until = excluded.until, level = excluded.level",
-            params![customer_id, to_ms(at + lockout_for(level)), level],
-        )?;
-        tx.execute("DELETE FROM failures WHERE customer_id = ?1", [customer_id])?;
-        tx.commit()?;
-        Ok(Some((level, failures)))
+        self.write(|tx| {
+            tx.lock(&format!("subject:{customer_id}"))?;
+            tx.exec(
+                "INSERT INTO failures (customer_id, at) VALUES (?1, ?2)",
+                args![customer_id, to_ms(at)],
+            )?;
+            let failures = tx.count(
+                "SELECT COUNT(*) FROM failures WHERE customer_id = ?1 AND at >= ?2",
+                args![customer_id, to_ms(since)],
+            )?;
+            if failures < threshold {
+                return Ok(None);
+            }
+            let level = tx
+                .query_opt(
+                    "SELECT level FROM lockouts WHERE customer_id = ?1",
+                    args![customer_id],
+                )?
+                .map(|r| r.count(0))
+                .transpose()?
+                .map_or(1, |level| level.saturating_add(1));
+            tx.exec(
+                "INSERT INTO lockouts (customer_id, until, level) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (customer_id) DO UPDATE SET until = excluded.until, level = excluded.level",
+                args![customer_id, to_ms(at + lockout_for(level)), level],
+            )?;
+            tx.exec(
+                "DELETE FROM failures WHERE customer_id = ?1",
+                args![customer_id],
+            )?;
+            Ok(Some((level, failures)))
+        })
     }
 
     /// Forgets the customer's recorded wrong PINs.
     pub fn clear_failures(&self, customer_id: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM failures WHERE customer_id = ?1", [customer_id])?;
+        self.write(|tx| {
+            tx.exec(
+                "DELETE FROM failures WHERE customer_id = ?1",
+                args![customer_id],
+            )
+        })?;
         Ok(())
     }
 
-    /// Writes a consistent copy of the whole database to `path` (SQLite's `VACUUM INTO`,
-    /// safe while the daemon writes), e.g. for a simulation that must not spend real limits.
+    /// Writes a consistent copy of what decides a call (customers, their fields, failures,
+    /// lock-outs, sends, the guard's counts and breakers; not the audit, API keys or
+    /// verifications) to a new SQLite file at `path`, e.g. for a simulation that must not
+    /// spend real limits. Works from either backend.
     pub fn copy_to(&self, path: &Path) -> Result<(), StoreError> {
-        let target = path.to_str().ok_or_else(|| StoreError::Create {
-            path: path.to_owned(),
-            source: std::io::Error::other("the path is not valid UTF-8"),
+        let copy = Store::open(path)?;
+        let mut tables: Vec<(&str, &str, Vec<Vec<backend::Value>>)> = COPIED_TABLES
+            .iter()
+            .map(|(t, c)| (*t, *c, Vec::new()))
+            .collect();
+        // One read transaction: a consistent snapshot of every table.
+        self.read(|tx| {
+            for (table, columns, rows) in tables.iter_mut() {
+                rows.clear();
+                tx.for_each(&format!("SELECT {columns} FROM {table}"), &[], &mut |r| {
+                    rows.push(r.into_values());
+                    Ok(())
+                })?;
+            }
+            Ok(())
         })?;
-        self.conn().execute("VACUUM INTO ?1", [target])?;
-        Ok(())
+        copy.write(|tx| {
+            for (table, columns, rows) in &tables {
+                let n = columns.split(',').count();
+                let marks: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+                let sql = format!(
+                    "INSERT INTO {table} ({columns}) VALUES ({})",
+                    marks.join(", ")
+                );
+                for row in rows {
+                    tx.exec(&sql, row)?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Records a wrong PIN typed for the decoy `subject` at `at` and returns how many it has
-    /// had since `since` (this one included), in one transaction.
+    /// had since `since` (this one included), in one transaction under the subject's lock.
     pub fn record_decoy_failure(
         &self,
         subject: &str,
         at: SystemTime,
         since: SystemTime,
     ) -> Result<u32, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO decoy_failures (subject, at) VALUES (?1, ?2)",
-            params![subject, to_ms(at)],
-        )?;
-        let n = count(
-            &tx,
-            "SELECT COUNT(*) FROM decoy_failures WHERE subject = ?1 AND at >= ?2",
-            subject,
-            since,
-        )?;
-        tx.commit()?;
-        Ok(n)
+        self.write(|tx| {
+            tx.lock(&format!("subject:{subject}"))?;
+            tx.exec(
+                "INSERT INTO decoy_failures (subject, at) VALUES (?1, ?2)",
+                args![subject, to_ms(at)],
+            )?;
+            tx.count(
+                "SELECT COUNT(*) FROM decoy_failures WHERE subject = ?1 AND at >= ?2",
+                args![subject, to_ms(since)],
+            )
+        })
     }
 
     /// Forgets the wrong PINs typed for the decoy `subject`; returns how many there were.
     pub fn clear_decoy_failures(&self, subject: &str) -> Result<usize, StoreError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM decoy_failures WHERE subject = ?1", [subject])?)
+        let n = self.write(|tx| {
+            tx.exec(
+                "DELETE FROM decoy_failures WHERE subject = ?1",
+                args![subject],
+            )
+        })?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Locks the customer out until `until`, at `level` (1 for the first lock-out; the policy
     /// makes waits grow with it). Replaces any earlier lock-out.
     pub fn lock(&self, customer_id: &str, until: SystemTime, level: u32) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO lockouts (customer_id, until, level) VALUES (?1, ?2, ?3)
-             ON CONFLICT (customer_id) DO UPDATE SET until = excluded.until, level = excluded.level",
-            params![customer_id, to_ms(until), level],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO lockouts (customer_id, until, level) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (customer_id) DO UPDATE SET until = excluded.until, level = excluded.level",
+                args![customer_id, to_ms(until), level],
+            )
+        })?;
         Ok(())
     }
 
     /// The customer's last lock-out (`until`, `level`), whether or not it has ended: the level is
     /// what makes the next wait longer.
     pub fn lockout(&self, customer_id: &str) -> Result<Option<(SystemTime, u32)>, StoreError> {
-        let row = self
-            .conn()
-            .query_row(
+        self.read(|tx| {
+            tx.query_opt(
                 "SELECT until, level FROM lockouts WHERE customer_id = ?1",
-                [customer_id],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)),
-            )
-            .optional()?;
-        Ok(row.map(|(until, level)| (from_ms(until), level)))
+                args![customer_id],
+            )?
+            .map(|r| Ok((from_ms(r.int(0)?), r.count(1)?)))
+            .transpose()
+        })
     }
 
     /// Ends the customer's lock-out and resets its level (a verified caller, or an admin's unlock).
     /// Returns whether there was a lock-out row.
     pub fn clear_lockout(&self, customer_id: &str) -> Result<bool, StoreError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM lockouts WHERE customer_id = ?1", [customer_id])?;
+        let n = self.write(|tx| {
+            tx.exec(
+                "DELETE FROM lockouts WHERE customer_id = ?1",
+                args![customer_id],
+            )
+        })?;
         Ok(n > 0)
     }
 
@@ -1038,10 +1158,12 @@ impl Store {
         caller: &str,
         at: SystemTime,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO sms_sends (customer_id, caller, at) VALUES (?1, ?2, ?3)",
-            params![customer_id, caller, to_ms(at)],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO sms_sends (customer_id, caller, at) VALUES (?1, ?2, ?3)",
+                args![customer_id, caller, to_ms(at)],
+            )
+        })?;
         Ok(())
     }
 
@@ -1051,22 +1173,22 @@ impl Store {
         customer_id: &str,
         since: SystemTime,
     ) -> Result<u32, StoreError> {
-        count(
-            &self.conn(),
-            "SELECT COUNT(*) FROM sms_sends WHERE customer_id = ?1 AND at >= ?2",
-            customer_id,
-            since,
-        )
+        self.read(|tx| {
+            tx.count(
+                "SELECT COUNT(*) FROM sms_sends WHERE customer_id = ?1 AND at >= ?2",
+                args![customer_id, to_ms(since)],
+            )
+        })
     }
 
     /// PIN SMS requested by the caller (for any customer) at or after `since`.
     pub fn sms_count_for_caller(&self, caller: &str, since: SystemTime) -> Result<u32, StoreError> {
-        count(
-            &self.conn(),
-            "SELECT COUNT(*) FROM sms_sends WHERE caller = ?1 AND at >= ?2",
-            caller,
-            since,
-        )
+        self.read(|tx| {
+            tx.count(
+                "SELECT COUNT(*) FROM sms_sends WHERE caller = ?1 AND at >= ?2",
+                args![caller, to_ms(since)],
+            )
+        })
     }
 
     /// Checks both SMS limits and records the send only if neither is reached, in one
@@ -1094,9 +1216,10 @@ impl Store {
     }
 
     /// Admits one send under its limits (and the fraud guard's, if asked), recording it only
-    /// if admitted, all in one transaction: two calls, or two nodes, cannot both take the
-    /// last allowed send. A decoy's sends (an id that is no usable customer) are counted in
-    /// a table of their own; the caller's limit counts real and decoy sends together.
+    /// if admitted, all in one transaction under the subject's, the caller's and (with a
+    /// guard) the guard's locks: two calls, or two nodes, cannot both take the last allowed
+    /// send. A decoy's sends (an id that is no usable customer) are counted in a table of
+    /// their own; the caller's limit counts real and decoy sends together.
     pub fn admit(&self, a: &Admission<'_>) -> Result<SmsAdmission, StoreError> {
         let Admission {
             decoy,
@@ -1120,71 +1243,74 @@ impl Store {
                 "INSERT INTO sms_sends (customer_id, caller, at) VALUES (?1, ?2, ?3)",
             )
         };
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(g) = guard
-            && let Some(stop) = guard_stop(&tx, g, at)?
-        {
-            // A breaker that just tripped is recorded: keep that, though nothing is sent.
-            tx.commit()?;
-            return Ok(SmsAdmission::Guard(stop));
-        }
-        if count(&tx, count_subject, subject, since)? >= max_per_subject {
-            return Ok(SmsAdmission::CustomerLimit);
-        }
-        let for_caller = count(
-            &tx,
-            "SELECT (SELECT COUNT(*) FROM sms_sends WHERE caller = ?1 AND at >= ?2)
-                  + (SELECT COUNT(*) FROM decoy_sends WHERE caller = ?1 AND at >= ?2)",
-            caller,
-            since,
-        )?;
-        if for_caller >= max_per_caller {
-            return Ok(SmsAdmission::CallerLimit);
-        }
-        tx.execute(insert, params![subject, caller, to_ms(at)])?;
-        // A decoy sends nothing: it spends no budget (but is refused when one is spent).
-        if let Some(g) = guard
-            && goes_out
-        {
-            tx.execute(
-                "INSERT INTO guard_sends (prefix, code, at) VALUES (?1, ?2, ?3)",
-                params![g.prefix, g.code, to_ms(at)],
+        self.write(|tx| {
+            // Always in this order (subject, caller, guard): no two decisions wait on each other.
+            tx.lock(&format!("subject:{subject}"))?;
+            tx.lock(&format!("caller:{caller}"))?;
+            if let Some(g) = guard {
+                tx.lock("guard")?;
+                // A breaker that just tripped is recorded: keep that, though nothing is sent.
+                if let Some(stop) = guard_stop(tx, g, at)? {
+                    return Ok(SmsAdmission::Guard(stop));
+                }
+            }
+            if tx.count(count_subject, args![subject, to_ms(since)])? >= max_per_subject {
+                return Ok(SmsAdmission::CustomerLimit);
+            }
+            let for_caller = tx.count(
+                "SELECT (SELECT COUNT(*) FROM sms_sends WHERE caller = ?1 AND at >= ?2)
+                      + (SELECT COUNT(*) FROM decoy_sends WHERE caller = ?1 AND at >= ?2)",
+                args![caller, to_ms(since)],
             )?;
-        }
-        tx.commit()?;
-        Ok(SmsAdmission::Recorded)
+            if for_caller >= max_per_caller {
+                return Ok(SmsAdmission::CallerLimit);
+            }
+            tx.exec(insert, args![subject, caller, to_ms(at)])?;
+            // A decoy sends nothing: it spends no budget (but is refused when one is spent).
+            if let Some(g) = guard
+                && goes_out
+            {
+                tx.exec(
+                    "INSERT INTO guard_sends (prefix, code, at) VALUES (?1, ?2, ?3)",
+                    args![g.prefix, g.code, to_ms(at)],
+                )?;
+            }
+            Ok(SmsAdmission::Recorded)
+        })
     }
 
     /// A PIN sent to `prefix` was verified at `at` (the breaker's ratio).
     pub fn record_verified(&self, prefix: &str, at: SystemTime) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO guard_verified (prefix, at) VALUES (?1, ?2)",
-            params![prefix, to_ms(at)],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO guard_verified (prefix, at) VALUES (?1, ?2)",
+                args![prefix, to_ms(at)],
+            )
+        })?;
         Ok(())
     }
 
     /// Open breakers at `at`: prefix and until when.
     pub fn open_breakers(&self, at: SystemTime) -> Result<Vec<(String, SystemTime)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT prefix, until FROM breakers WHERE until > ?1 ORDER BY prefix LIMIT 1000",
-        )?;
-        let rows = stmt.query_map([to_ms(at)], |r| {
-            Ok((r.get::<_, String>(0)?, from_ms(r.get::<_, i64>(1)?)))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            tx.query(
+                "SELECT prefix, until FROM breakers WHERE until > ?1 ORDER BY prefix LIMIT 1000",
+                args![to_ms(at)],
+            )?
+            .into_iter()
+            .map(|r| Ok((r.text(0)?, from_ms(r.int(1)?))))
+            .collect()
+        })
     }
 
     /// PIN SMS counted by the guard since `since`, all destinations.
     pub fn guard_sends_since(&self, since: SystemTime) -> Result<u32, StoreError> {
-        let n: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM guard_sends WHERE at >= ?1",
-            [to_ms(since)],
-            |r| r.get(0),
-        )?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        self.read(|tx| {
+            tx.count(
+                "SELECT COUNT(*) FROM guard_sends WHERE at >= ?1",
+                args![to_ms(since)],
+            )
+        })
     }
 
     /// PIN SMS counted by the guard to calling code `code` since `since`.
@@ -1193,91 +1319,95 @@ impl Store {
         code: &str,
         since: SystemTime,
     ) -> Result<u32, StoreError> {
-        count(
-            &self.conn(),
-            "SELECT COUNT(*) FROM guard_sends WHERE code = ?1 AND at >= ?2",
-            code,
-            since,
-        )
+        self.read(|tx| {
+            tx.count(
+                "SELECT COUNT(*) FROM guard_sends WHERE code = ?1 AND at >= ?2",
+                args![code, to_ms(since)],
+            )
+        })
     }
 
     /// One more wrong PIN in a row for the customer; returns the new count.
     pub fn bump_failures_in_a_row(&self, customer_id: &str) -> Result<u32, StoreError> {
-        let n: Option<i64> = self
-            .conn()
-            .query_row(
+        self.write(|tx| {
+            tx.query_opt(
                 "UPDATE customers SET failures_in_a_row = failures_in_a_row + 1 WHERE id = ?1
                  RETURNING failures_in_a_row",
-                [customer_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(n.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+                args![customer_id],
+            )?
+            .map_or(Ok(0), |r| r.count(0))
+        })
     }
 
     /// The customer's wrong PINs in a row.
     pub fn failures_in_a_row(&self, customer_id: &str) -> Result<u32, StoreError> {
-        let n: Option<i64> = self
-            .conn()
-            .query_row(
+        self.read(|tx| {
+            tx.query_opt(
                 "SELECT failures_in_a_row FROM customers WHERE id = ?1",
-                [customer_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(n.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)))
+                args![customer_id],
+            )?
+            .map_or(Ok(0), |r| r.count(0))
+        })
     }
 
     /// A right PIN, or an admin's unlock: the count starts again.
     pub fn reset_failures_in_a_row(&self, customer_id: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE customers SET failures_in_a_row = 0 WHERE id = ?1",
-            [customer_id],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE customers SET failures_in_a_row = 0 WHERE id = ?1",
+                args![customer_id],
+            )
+        })?;
         Ok(())
     }
 
     /// Takes back one send that [`Store::admit_sms`] recorded for `customer_id` and `caller`
-    /// at `at`, because nothing went out: it no longer counts against either limit.
+    /// at `at`, because nothing went out: it no longer counts against either limit, nor
+    /// (with the same time) against the guard's budgets. One transaction: a crash cannot
+    /// take back one and not the other.
     pub fn refund_sms(
         &self,
         customer_id: &str,
         caller: &str,
         at: SystemTime,
     ) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
-            "DELETE FROM sms_sends WHERE rowid =
-                (SELECT rowid FROM sms_sends WHERE customer_id = ?1 AND caller = ?2 AND at = ?3
-                 LIMIT 1)",
-            params![customer_id, caller, to_ms(at)],
-        )?;
-        if n == 1 {
-            self.conn().execute(
-                "DELETE FROM guard_sends WHERE rowid =
-                    (SELECT rowid FROM guard_sends WHERE at = ?1 LIMIT 1)",
-                [to_ms(at)],
+        self.write(|tx| {
+            let row = tx.dialect().row_locator();
+            let n = tx.exec(
+                &format!(
+                    "DELETE FROM sms_sends WHERE {row} =
+                        (SELECT {row} FROM sms_sends WHERE customer_id = ?1 AND caller = ?2
+                         AND at = ?3 LIMIT 1)"
+                ),
+                args![customer_id, caller, to_ms(at)],
             )?;
-        }
-        Ok(n == 1)
+            if n == 1 {
+                tx.exec(
+                    &format!(
+                        "DELETE FROM guard_sends WHERE {row} =
+                            (SELECT {row} FROM guard_sends WHERE at = ?1 LIMIT 1)"
+                    ),
+                    args![to_ms(at)],
+                )?;
+            }
+            Ok(n == 1)
+        })
     }
 
     /// Deletes failures, SMS sends and the guard's counts older than `older_than` (they no
     /// longer count towards any window). Lock-outs and the audit log are kept.
     pub fn purge(&self, older_than: SystemTime) -> Result<PurgeReport, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
         let cutoff = to_ms(older_than);
-        let failures = tx.execute("DELETE FROM failures WHERE at < ?1", [cutoff])?
-            + tx.execute("DELETE FROM decoy_failures WHERE at < ?1", [cutoff])?;
-        let sms_sends = tx.execute("DELETE FROM sms_sends WHERE at < ?1", [cutoff])?
-            + tx.execute("DELETE FROM decoy_sends WHERE at < ?1", [cutoff])?;
-        let guard_rows = tx.execute("DELETE FROM guard_sends WHERE at < ?1", [cutoff])?
-            + tx.execute("DELETE FROM guard_verified WHERE at < ?1", [cutoff])?;
-        tx.commit()?;
-        Ok(PurgeReport {
-            failures,
-            sms_sends,
-            guard_rows,
+        self.write(|tx| {
+            let mut delete = |table: &str| -> Result<usize, StoreError> {
+                let n = tx.exec(&format!("DELETE FROM {table} WHERE at < ?1"), args![cutoff])?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            };
+            Ok(PurgeReport {
+                failures: delete("failures")? + delete("decoy_failures")?,
+                sms_sends: delete("sms_sends")? + delete("decoy_sends")?,
+                guard_rows: delete("guard_sends")? + delete("guard_verified")?,
+            })
         })
     }
 
@@ -1291,115 +1421,121 @@ impl Store {
     /// Writes several audit rows in one transaction: one commit (one fsync) for all of them.
     /// All or none: a failure rolls the whole batch back.
     pub fn write_audit_batch(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
-                                    ended_at, dtmf_methods, detail, transfer_target,
-                                    transfer_status, transfer_ms, transport, srtp)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?;
+        self.write(|tx| {
             for row in rows {
-                stmt.execute(params![
-                    row.call_id,
-                    row.caller,
-                    row.dialed,
-                    row.customer_id,
-                    row.outcome,
-                    to_ms(row.started_at),
-                    to_ms(row.ended_at),
-                    row.dtmf_methods,
-                    row.detail,
-                    row.transfer.as_ref().map(|t| t.target.as_str()),
-                    row.transfer.as_ref().and_then(|t| t.status),
-                    row.transfer
-                        .as_ref()
-                        .map(|t| i64::try_from(t.ms).unwrap_or(i64::MAX)),
-                    row.transport,
-                    row.srtp,
-                ])?;
+                tx.exec(
+                    "INSERT INTO audit (call_id, caller, dialed, customer_id, outcome, started_at,
+                                        ended_at, dtmf_methods, detail, transfer_target,
+                                        transfer_status, transfer_ms, transport, srtp)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    args![
+                        &row.call_id,
+                        &row.caller,
+                        &row.dialed,
+                        &row.customer_id,
+                        &row.outcome,
+                        to_ms(row.started_at),
+                        to_ms(row.ended_at),
+                        &row.dtmf_methods,
+                        &row.detail,
+                        row.transfer.as_ref().map(|t| t.target.as_str()),
+                        row.transfer.as_ref().and_then(|t| t.status),
+                        row.transfer
+                            .as_ref()
+                            .map(|t| i64::try_from(t.ms).unwrap_or(i64::MAX)),
+                        &row.transport,
+                        &row.srtp,
+                    ],
+                )?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Raw SQL against the store, for tests that must break it on purpose.
     #[cfg(test)]
     pub(crate) fn execute_batch_for_tests(&self, sql: &str) -> Result<(), StoreError> {
-        self.conn().execute_batch(sql)?;
-        Ok(())
+        self.write(|tx| tx.batch(sql))
     }
 
     /// The outcome and end of the customer's last audited call, and the end of their last
     /// verified one (for `ivrd customers show`).
     pub fn last_calls(&self, customer_id: &str) -> Result<LastCalls, StoreError> {
-        let conn = self.conn();
-        let last = conn
-            .query_row(
-                "SELECT outcome, ended_at FROM audit WHERE customer_id = ?1
-                 ORDER BY started_at DESC, id DESC LIMIT 1",
-                [customer_id],
-                |r| Ok((r.get::<_, String>(0)?, from_ms(r.get(1)?))),
-            )
-            .optional()?;
-        let verified = conn
-            .query_row(
-                "SELECT ended_at FROM audit WHERE customer_id = ?1 AND outcome = 'verified'
-                 ORDER BY started_at DESC, id DESC LIMIT 1",
-                [customer_id],
-                |r| Ok(from_ms(r.get(0)?)),
-            )
-            .optional()?;
-        Ok(LastCalls { last, verified })
+        self.read(|tx| {
+            let last = tx
+                .query_opt(
+                    "SELECT outcome, ended_at FROM audit WHERE customer_id = ?1
+                     ORDER BY started_at DESC, id DESC LIMIT 1",
+                    args![customer_id],
+                )?
+                .map(|r| Ok::<_, StoreError>((r.text(0)?, from_ms(r.int(1)?))))
+                .transpose()?;
+            let verified = tx
+                .query_opt(
+                    "SELECT ended_at FROM audit WHERE customer_id = ?1 AND outcome = 'verified'
+                     ORDER BY started_at DESC, id DESC LIMIT 1",
+                    args![customer_id],
+                )?
+                .map(|r| r.int(0).map(from_ms))
+                .transpose()?;
+            Ok(LastCalls { last, verified })
+        })
     }
 
     /// Forgets the customer's SMS sends (they no longer count against the limit).
     pub fn clear_sms_sends(&self, customer_id: &str) -> Result<usize, StoreError> {
-        Ok(self.conn().execute(
-            "DELETE FROM sms_sends WHERE customer_id = ?1",
-            [customer_id],
-        )?)
+        let n = self.write(|tx| {
+            tx.exec(
+                "DELETE FROM sms_sends WHERE customer_id = ?1",
+                args![customer_id],
+            )
+        })?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// The last `limit` audit rows written, newest first.
     pub fn recent_audit(&self, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"
-        ))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map([limit], |r| audit_from_row(r, 0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        self.read(|tx| {
+            tx.query(
+                &format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"),
+                args![limit],
+            )?
+            .iter()
+            .map(|r| audit_from_row(r, 0))
+            .collect()
+        })
     }
 
     /// Hands `each` the audit rows that match `filter`, newest call first (by start, then by
     /// the order written), one at a time: an export of the whole table needs no memory for it.
     /// Stops at the first error `each` returns. The filter is bound as parameters, and the
-    /// query is shaped so that SQLite walks `audit_by_customer` (a customer given) or
+    /// query is shaped so that the database walks `audit_by_customer` (a customer given) or
     /// `audit_by_start` in the order wanted, with no sort.
     pub fn for_each_audit<E: From<StoreError>>(
         &self,
         filter: &AuditFilter,
         mut each: impl FnMut(AuditRecord) -> Result<(), E>,
     ) -> Result<(), E> {
-        let conn = self.conn();
         let (sql, values) = audit_query(filter);
-        let mut stmt = conn.prepare(&sql).map_err(StoreError::from)?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(values))
-            .map_err(StoreError::from)?;
-        while let Some(r) = rows.next().map_err(StoreError::from)? {
-            let record = AuditRecord {
-                id: r.get(0).map_err(StoreError::from)?,
-                row: audit_from_row(r, 1).map_err(StoreError::from)?,
-            };
-            each(record)?;
+        let mut stopped: Option<E> = None;
+        let done = self.read(|tx| {
+            tx.for_each(&sql, &values, &mut |r| {
+                let record = AuditRecord {
+                    id: r.int(0)?,
+                    row: audit_from_row(&r, 1)?,
+                };
+                each(record).map_err(|e| {
+                    stopped = Some(e);
+                    StoreError::Interrupted
+                })
+            })
+        });
+        match (done, stopped) {
+            (_, Some(e)) => Err(e),
+            (Err(e), None) => Err(e.into()),
+            (Ok(()), None) => Ok(()),
         }
-        Ok(())
     }
 
     /// Deletes the audit rows of calls that started before `older_than` (`[audit] keep_days`,
@@ -1424,13 +1560,15 @@ impl Store {
         let cutoff = to_ms(older_than);
         let mut total = 0;
         loop {
-            // The guard is dropped at the end of the statement: others get the connection
-            // between batches.
-            let n = self.conn().execute(
-                "DELETE FROM audit WHERE id IN
-                    (SELECT id FROM audit WHERE started_at < ?1 ORDER BY started_at LIMIT ?2)",
-                params![cutoff, limit],
-            )?;
+            // Each batch is its own transaction: others get the connection between batches.
+            let n = self.write(|tx| {
+                tx.exec(
+                    "DELETE FROM audit WHERE id IN
+                        (SELECT id FROM audit WHERE started_at < ?1 ORDER BY started_at LIMIT ?2)",
+                    args![cutoff, limit],
+                )
+            })?;
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
             total += n;
             if n < batch || !keep_going() {
                 return Ok(total);
@@ -1442,6 +1580,23 @@ impl Store {
     }
 }
 
+/// What [`Store::copy_to`] copies, parents before children (foreign keys).
+const COPIED_TABLES: [(&str, &str); 10] = [
+    (
+        "customers",
+        "id, name, mobile, language, enabled, created_at, updated_at, failures_in_a_row",
+    ),
+    ("customer_fields", "customer_id, name, value"),
+    ("failures", "customer_id, at"),
+    ("lockouts", "customer_id, until, level"),
+    ("sms_sends", "customer_id, caller, at"),
+    ("decoy_sends", "subject, caller, at"),
+    ("decoy_failures", "subject, at"),
+    ("guard_sends", "prefix, code, at"),
+    ("guard_verified", "prefix, at"),
+    ("breakers", "prefix, until"),
+];
+
 /// Rows per statement of [`Store::prune_audit`]: a few milliseconds of work each.
 pub const AUDIT_PRUNE_BATCH: usize = 1000;
 
@@ -1450,32 +1605,34 @@ const AUDIT_COLUMNS: &str = "call_id, caller, dialed, customer_id, outcome, star
      ended_at, dtmf_methods, detail, transfer_target, transfer_status, transfer_ms, transport, srtp";
 
 /// An [`AuditRow`] from [`AUDIT_COLUMNS`] starting at column `first`.
-fn audit_from_row(r: &Row<'_>, first: usize) -> rusqlite::Result<AuditRow> {
+fn audit_from_row(r: &Row, first: usize) -> Result<AuditRow, StoreError> {
     let c = |i: usize| first + i;
     Ok(AuditRow {
-        call_id: r.get(c(0))?,
-        caller: r.get(c(1))?,
-        dialed: r.get(c(2))?,
-        customer_id: r.get(c(3))?,
-        outcome: r.get(c(4))?,
-        started_at: from_ms(r.get(c(5))?),
-        ended_at: from_ms(r.get(c(6))?),
-        dtmf_methods: r.get(c(7))?,
-        detail: r.get(c(8))?,
-        transfer: r
-            .get::<_, Option<String>>(c(9))?
-            .map(|target| AuditTransfer {
-                target,
-                status: r.get::<_, Option<u16>>(c(10)).ok().flatten(),
-                ms: r
-                    .get::<_, Option<i64>>(c(11))
-                    .ok()
-                    .flatten()
-                    .and_then(|ms| u64::try_from(ms).ok())
-                    .unwrap_or(0),
-            }),
-        transport: r.get(c(12))?,
-        srtp: r.get(c(13))?,
+        call_id: r.text(c(0))?,
+        caller: r.text(c(1))?,
+        dialed: r.text(c(2))?,
+        customer_id: r.opt_text(c(3))?,
+        outcome: r.text(c(4))?,
+        started_at: from_ms(r.int(c(5))?),
+        ended_at: from_ms(r.int(c(6))?),
+        dtmf_methods: r.text(c(7))?,
+        detail: r.opt_text(c(8))?,
+        transfer: r.opt_text(c(9))?.map(|target| AuditTransfer {
+            target,
+            status: r
+                .opt_int(c(10))
+                .ok()
+                .flatten()
+                .and_then(|s| u16::try_from(s).ok()),
+            ms: r
+                .opt_int(c(11))
+                .ok()
+                .flatten()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or(0),
+        }),
+        transport: r.opt_text(c(12))?,
+        srtp: r.opt_text(c(13))?,
     })
 }
 
@@ -1505,8 +1662,7 @@ pub struct AuditRecord {
 /// The SQL and its bound values for `filter`. Only placeholders are put into the text, never
 /// a value. `ORDER BY started_at DESC, id DESC` matches both audit indexes (an index holds
 /// the rowid, which `id` is), so SQLite reads them backwards instead of sorting.
-fn audit_query(filter: &AuditFilter) -> (String, Vec<rusqlite::types::Value>) {
-    use rusqlite::types::Value;
+fn audit_query(filter: &AuditFilter) -> (String, Vec<Value>) {
     let mut values: Vec<Value> = Vec::new();
     let mut conds: Vec<String> = Vec::new();
     let bind = |values: &mut Vec<Value>, v: Value| {
@@ -1518,11 +1674,11 @@ fn audit_query(filter: &AuditFilter) -> (String, Vec<rusqlite::types::Value>) {
         conds.push(format!("customer_id = {p}"));
     }
     if let Some(t) = filter.since {
-        let p = bind(&mut values, Value::Integer(to_ms(t)));
+        let p = bind(&mut values, Value::Int(to_ms(t)));
         conds.push(format!("started_at >= {p}"));
     }
     if let Some(t) = filter.until {
-        let p = bind(&mut values, Value::Integer(to_ms(t)));
+        let p = bind(&mut values, Value::Int(to_ms(t)));
         conds.push(format!("started_at < {p}"));
     }
     for (column, list) in [("outcome", &filter.outcomes), ("caller", &filter.callers)] {
@@ -1544,7 +1700,7 @@ fn audit_query(filter: &AuditFilter) -> (String, Vec<rusqlite::types::Value>) {
     if let Some(limit) = filter.limit {
         let p = bind(
             &mut values,
-            Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
+            Value::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
         );
         sql.push_str(&format!(" LIMIT {p}"));
     }
@@ -1614,30 +1770,28 @@ pub enum GuardStop {
 
 /// The guard's verdict inside an admission's transaction; a breaker that trips is recorded.
 fn guard_stop(
-    tx: &Connection,
+    tx: &mut dyn Tx,
     g: &GuardQuery<'_>,
     at: SystemTime,
 ) -> Result<Option<GuardStop>, StoreError> {
     let now = to_ms(at);
     let ago = |d: Duration| to_ms(at.checked_sub(d).unwrap_or(UNIX_EPOCH));
     let until: Option<i64> = tx
-        .query_row(
+        .query_opt(
             "SELECT until FROM breakers WHERE prefix = ?1",
-            [g.prefix],
-            |r| r.get(0),
-        )
-        .optional()?;
+            args![g.prefix],
+        )?
+        .map(|r| r.int(0))
+        .transpose()?;
     if until.is_some_and(|u| u > now) {
         return Ok(Some(GuardStop::Breaker));
     }
     let hour = ago(Duration::from_secs(3600));
-    let total = |since: i64| -> Result<u32, StoreError> {
-        let n: i64 = tx.query_row(
+    let mut total = |since: i64| {
+        tx.count(
             "SELECT COUNT(*) FROM guard_sends WHERE at >= ?1",
-            [since],
-            |r| r.get(0),
-        )?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+            args![since],
+        )
     };
     if g.per_hour > 0 && total(hour)? >= g.per_hour {
         return Ok(Some(GuardStop::HourBudget));
@@ -1646,34 +1800,30 @@ fn guard_stop(
         return Ok(Some(GuardStop::DayBudget));
     }
     if let Some(max) = g.code_per_hour {
-        let n: i64 = tx.query_row(
+        let n = tx.count(
             "SELECT COUNT(*) FROM guard_sends WHERE code = ?1 AND at >= ?2",
-            params![g.code, hour],
-            |r| r.get(0),
+            args![g.code, hour],
         )?;
-        if n >= i64::from(max) {
+        if n >= max {
             return Ok(Some(GuardStop::CodeBudget));
         }
     }
     if !g.breaker_window.is_zero() && !g.prefix.is_empty() {
         // Half-open after a pause: only what came after it is judged.
         let since = ago(g.breaker_window).max(until.unwrap_or(i64::MIN));
-        let sends: i64 = tx.query_row(
+        let sends = tx.count(
             "SELECT COUNT(*) FROM guard_sends WHERE prefix = ?1 AND at >= ?2 AND at < ?3",
-            params![g.prefix, since, ago(g.breaker_grace)],
-            |r| r.get(0),
+            args![g.prefix, since, ago(g.breaker_grace)],
         )?;
-        let verified: i64 = tx.query_row(
+        let verified = tx.count(
             "SELECT COUNT(*) FROM guard_verified WHERE prefix = ?1 AND at >= ?2",
-            params![g.prefix, since],
-            |r| r.get(0),
+            args![g.prefix, since],
         )?;
-        let c = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-        if (g.trips)(c(sends), c(verified)) {
-            tx.execute(
+        if (g.trips)(sends, verified) {
+            tx.exec(
                 "INSERT INTO breakers (prefix, until) VALUES (?1, ?2)
                  ON CONFLICT (prefix) DO UPDATE SET until = excluded.until",
-                params![g.prefix, to_ms(at + g.breaker_pause)],
+                args![g.prefix, to_ms(at + g.breaker_pause)],
             )?;
             return Ok(Some(GuardStop::Breaker));
         }
@@ -1728,100 +1878,195 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn read_version(conn: &Connection) -> rusqlite::Result<u32> {
-    let exists: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !exists {
+/// The schema version in the database, 0 for an empty one.
+fn read_version(tx: &mut dyn Tx) -> Result<u32, StoreError> {
+    let exists = match tx.dialect() {
+        Dialect::Sqlite => tx.count(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+            &[],
+        )?,
+        Dialect::Postgres => tx.count(
+            "SELECT COUNT(*) FROM pg_catalog.pg_tables
+             WHERE schemaname = current_schema() AND tablename = 'schema_version'",
+            &[],
+        )?,
+    };
+    if exists == 0 {
         return Ok(0);
     }
-    Ok(conn
-        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
+    tx.query_opt("SELECT version FROM schema_version", &[])?
+        .map_or(Ok(0), |r| r.count(0))
 }
 
-/// Applies the missing migrations, each in its own IMMEDIATE transaction that re-reads the
-/// version first, so two processes opening a fresh file at once cannot both apply a step.
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Applies the missing migrations, each in its own write transaction that takes the
+/// migration lock and re-reads the version first, so two processes (two nodes) opening a
+/// fresh database at once cannot both apply a step. Returns the version it found first.
+fn migrate(backend: &dyn Backend) -> Result<u32, StoreError> {
+    let mut first = None;
     loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-        let version = read_version(&tx)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                found: version,
-                known: SCHEMA_VERSION,
-            });
+        let mut done = false;
+        backend.transaction(Mode::Write, &mut |tx| {
+            tx.lock("migrate")?;
+            let (create, steps) = match tx.dialect() {
+                Dialect::Sqlite => (
+                    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+                    MIGRATIONS,
+                ),
+                Dialect::Postgres => (
+                    "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)",
+                    pg_migrations::PG_MIGRATIONS,
+                ),
+            };
+            let version = read_version(tx)?;
+            first.get_or_insert(version);
+            if version > SCHEMA_VERSION {
+                return Err(StoreError::SchemaTooNew {
+                    found: version,
+                    known: SCHEMA_VERSION,
+                });
+            }
+            if version == SCHEMA_VERSION {
+                done = true;
+                return Ok(End::Commit);
+            }
+            tx.batch(create)?;
+            tx.batch(steps[version as usize])?;
+            tx.exec("DELETE FROM schema_version", &[])?;
+            tx.exec(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                args![version + 1],
+            )?;
+            Ok(End::Commit)
+        })?;
+        if done {
+            return Ok(first.unwrap_or(SCHEMA_VERSION));
         }
-        if version == SCHEMA_VERSION {
-            tx.commit()?;
-            return Ok(());
-        }
-        tx.execute_batch(MIGRATIONS[version as usize])?;
-        tx.execute("DELETE FROM schema_version", [])?;
-        tx.execute(
-            "INSERT INTO schema_version (version) VALUES (?1)",
-            [version + 1],
-        )?;
-        tx.commit()?;
     }
 }
 
 const SELECT_CUSTOMER: &str =
     "SELECT id, name, mobile, language, enabled, created_at, updated_at FROM customers";
 
-fn customer_from_row(r: &Row<'_>) -> rusqlite::Result<Customer> {
+fn customer_from_row(r: &Row) -> Result<Customer, StoreError> {
     Ok(Customer {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        mobile: r.get(2)?,
-        language: r.get(3)?,
-        enabled: r.get(4)?,
-        created_at: from_ms(r.get(5)?),
-        updated_at: from_ms(r.get(6)?),
+        id: r.text(0)?,
+        name: r.text(1)?,
+        mobile: r.text(2)?,
+        language: r.opt_text(3)?,
+        enabled: r.int(4)? != 0,
+        created_at: from_ms(r.int(5)?),
+        updated_at: from_ms(r.int(6)?),
         extra: BTreeMap::new(),
     })
 }
 
-fn load_fields(conn: &Connection, id: &str) -> rusqlite::Result<BTreeMap<String, String>> {
-    let mut stmt =
-        conn.prepare("SELECT name, value FROM customer_fields WHERE customer_id = ?1")?;
-    stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect()
+fn load_fields(tx: &mut dyn Tx, id: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    tx.query(
+        "SELECT name, value FROM customer_fields WHERE customer_id = ?1",
+        args![id],
+    )?
+    .into_iter()
+    .map(|r| Ok((r.text(0)?, r.text(1)?)))
+    .collect()
 }
 
-fn customer_exists(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<bool> {
-    tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM customers WHERE id = ?1)",
-        [id],
-        |r| r.get(0),
-    )
+fn customer_exists(tx: &mut dyn Tx, id: &str) -> Result<bool, StoreError> {
+    Ok(tx.count("SELECT COUNT(*) FROM customers WHERE id = ?1", args![id])? > 0)
 }
 
 /// Inserts or updates the customer row (keeping `enabled` and `created_at` of an existing one)
 /// and replaces its extra fields.
-fn write_customer(tx: &Transaction<'_>, c: &NewCustomer, now: i64) -> rusqlite::Result<()> {
-    tx.execute(
+fn write_customer(tx: &mut dyn Tx, c: &NewCustomer, now: i64) -> Result<(), StoreError> {
+    tx.exec(
         "INSERT INTO customers (id, name, mobile, language, enabled, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, mobile = excluded.mobile,
              language = excluded.language, updated_at = excluded.updated_at",
-        params![c.id, c.name, c.mobile, c.language, now],
+        args![&c.id, &c.name, &c.mobile, &c.language, now],
     )?;
-    tx.execute(
+    write_fields(tx, c)
+}
+
+/// Replaces the customer's extra fields.
+fn write_fields(tx: &mut dyn Tx, c: &NewCustomer) -> Result<(), StoreError> {
+    tx.exec(
         "DELETE FROM customer_fields WHERE customer_id = ?1",
-        [&c.id],
-    )?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO customer_fields (customer_id, name, value) VALUES (?1, ?2, ?3)",
+        args![&c.id],
     )?;
     for (name, value) in &c.extra {
-        insert.execute(params![c.id, name, value])?;
+        tx.exec(
+            "INSERT INTO customer_fields (customer_id, name, value) VALUES (?1, ?2, ?3)",
+            args![&c.id, name, value],
+        )?;
     }
     Ok(())
+}
+
+/// The writing half of [`Store::import_csv_with`], inside its transaction.
+fn import_rows(
+    tx: &mut dyn Tx,
+    good: &[NewCustomer],
+    lines: &[u64],
+    opts: &ImportOptions,
+    mut report: ImportReport,
+) -> Result<ImportReport, StoreError> {
+    let now = now_ms();
+    let in_file: HashSet<&str> = good.iter().map(|c| c.id.as_str()).collect();
+    for (c, &line) in good.iter().zip(lines) {
+        // Another customer (not in this file, which was checked on its own) with the
+        // same mobile.
+        let shared: Vec<String> = tx
+            .query(
+                "SELECT id FROM customers WHERE mobile = ?1 AND id != ?2 AND enabled = 1",
+                args![&c.mobile, &c.id],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|id| !in_file.contains(id.as_str()))
+            .collect();
+        // Under a sync that will disable them, the others are no clash.
+        let others_disabled = opts.sync && report.rejected.is_empty();
+        if !shared.is_empty() && !others_disabled {
+            report.warnings.push(ImportWarning {
+                line,
+                message: format!(
+                    "mobile {} is also customer {}'s: a lookup by caller ID finds neither",
+                    c.mobile,
+                    shared.join(", ")
+                ),
+            });
+        }
+        if customer_exists(tx, &c.id)? {
+            report.updated += 1;
+        } else {
+            report.created += 1;
+        }
+        write_customer(tx, c, now)?;
+    }
+    if opts.sync {
+        if report.rejected.is_empty() {
+            let enabled = tx.query(
+                "SELECT id FROM customers WHERE enabled = 1 ORDER BY id",
+                &[],
+            )?;
+            for row in enabled {
+                let id = row.text(0)?;
+                if !in_file.contains(id.as_str()) {
+                    tx.exec(
+                        "UPDATE customers SET enabled = 0, updated_at = ?2 WHERE id = ?1",
+                        args![&id, now],
+                    )?;
+                    report.disabled.push(id);
+                }
+            }
+        } else {
+            report.sync_skipped = true;
+        }
+    }
+    report.warnings.sort_by_key(|w| w.line);
+    Ok(report)
 }
 
 /// Checks and normalises a record: trimmed id and name, an E.164 mobile, a normalised language.
@@ -2159,11 +2404,6 @@ fn unify_line_ends(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-fn count(conn: &Connection, sql: &str, key: &str, since: SystemTime) -> Result<u32, StoreError> {
-    let n: i64 = conn.query_row(sql, params![key, to_ms(since)], |r| r.get(0))?;
-    Ok(u32::try_from(n).unwrap_or(u32::MAX))
-}
-
 fn now_ms() -> i64 {
     to_ms(SystemTime::now())
 }
@@ -2188,6 +2428,11 @@ fn from_ms(ms: i64) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SQLite connection under a store, for checks below the store's API.
+    fn sqlite_conn(store: &Store) -> std::sync::MutexGuard<'_, Connection> {
+        store.backend.sqlite().expect("a SQLite store").conn()
+    }
 
     fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -2215,7 +2460,7 @@ mod tests {
         let path = dir.path().join("ivrd.sqlite");
         assert!(path.is_file());
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        let conn = store.conn();
+        let conn = sqlite_conn(&store);
         let mode: String = conn
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
@@ -2239,8 +2484,7 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         assert!(store.find_customer("123456").unwrap().is_some());
-        let rows: i64 = store
-            .conn()
+        let rows: i64 = sqlite_conn(&store)
             .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 1);
@@ -2530,8 +2774,7 @@ mod tests {
         // Cascades (foreign_keys=ON): no orphaned failures, fields or lock-outs.
         assert_eq!(store.failures_since("123456", t(0)).unwrap(), 0);
         assert_eq!(store.lockout("123456").unwrap(), None);
-        let orphans: i64 = store
-            .conn()
+        let orphans: i64 = sqlite_conn(&store)
             .query_row("SELECT COUNT(*) FROM customer_fields", [], |r| r.get(0))
             .unwrap();
         assert_eq!(orphans, 0);
@@ -2998,7 +3241,7 @@ id,name,mobile,language,branch
         let (_dir, store) = temp_store();
         let plan = |f: &AuditFilter| -> String {
             let (sql, values) = audit_query(f);
-            let conn = store.conn();
+            let conn = sqlite_conn(&store);
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             stmt.query_map(rusqlite::params_from_iter(values), |r| {
                 r.get::<_, String>(3)
@@ -3108,7 +3351,10 @@ id,name,mobile,language,branch
         assert!(err.to_string().contains("older than version"), "{err}");
         // Still version 1: the reader upgraded nothing.
         let conn = Connection::open(&path).unwrap();
-        assert_eq!(read_version(&conn).unwrap(), 1);
+        let version: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub const MAX_ATTEMPTS: u32 = 16;
 pub const TRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the outbox is looked at.
 const TICK: Duration = Duration::from_millis(250);
+/// Events claimed per round.
+const CLAIM: u32 = 32;
+/// How long a claimed event is this node's: longer than a round's tries take (they run one
+/// after another), so no other node sends it meanwhile; a node that dies with it leaves it
+/// to the others after this.
+const LEASE: Duration = Duration::from_secs(CLAIM as u64 * TRY_TIMEOUT.as_secs() + 60);
 
 /// The callback body of `v`'s current status.
 pub fn body(v: &Verification, at: SystemTime) -> String {
@@ -99,7 +105,10 @@ pub async fn run(
         };
         let due = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.due_webhooks(SystemTime::now(), 32)).await
+            tokio::task::spawn_blocking(move || {
+                store.claim_webhooks(SystemTime::now(), LEASE, CLAIM)
+            })
+            .await
         };
         let due = match due {
             Ok(Ok(due)) => due,

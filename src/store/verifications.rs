@@ -4,8 +4,8 @@
 //! random bits, so a plain hash is enough (a slow password hash guards guessable secrets),
 //! and a lookup by hash is an index probe, the same work for a good key and a bad one.
 
+use super::backend::{Row, args};
 use super::{Store, StoreError, from_ms, to_ms};
-use rusqlite::{OptionalExtension, params};
 use std::time::SystemTime;
 
 /// An API key as `ivrd api-keys list` shows it (never the key itself).
@@ -96,119 +96,131 @@ pub struct Verification {
 const COLUMNS: &str = "id, key_name, to_number, subject, customer_id, channel, locale, template, \
                        status, sends, checks, created_at, updated_at, expires_at, delivery";
 
-fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Verification> {
-    let status: String = r.get(8)?;
+fn read(r: &Row) -> Result<Verification, StoreError> {
+    let status = r.text(8)?;
     Ok(Verification {
-        id: r.get(0)?,
-        key_name: r.get(1)?,
-        to: r.get(2)?,
-        subject: r.get(3)?,
-        customer_id: r.get(4)?,
-        channel: r.get(5)?,
-        locale: r.get(6)?,
-        template: r.get(7)?,
+        id: r.text(0)?,
+        key_name: r.text(1)?,
+        to: r.text(2)?,
+        subject: r.text(3)?,
+        customer_id: r.opt_text(4)?,
+        channel: r.text(5)?,
+        locale: r.text(6)?,
+        template: r.text(7)?,
         // Only this module writes the column, from `as_str`.
         status: VerificationStatus::parse(&status).unwrap_or(VerificationStatus::Failed),
-        sends: r.get(9)?,
-        checks: r.get(10)?,
-        created_at: from_ms(r.get(11)?),
-        updated_at: from_ms(r.get(12)?),
-        expires_at: from_ms(r.get(13)?),
-        delivery: r.get(14)?,
+        sends: r.count(9)?,
+        checks: r.count(10)?,
+        created_at: from_ms(r.int(11)?),
+        updated_at: from_ms(r.int(12)?),
+        expires_at: from_ms(r.int(13)?),
+        delivery: r.opt_text(14)?,
     })
 }
 
 impl Store {
     /// Adds a key by its hash; `false` if the name is taken.
     pub fn add_api_key(&self, name: &str, hash: &str, at: SystemTime) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
-            "INSERT INTO api_keys (name, hash, created_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO NOTHING",
-            params![name, hash, to_ms(at)],
-        )?;
+        let n = self.write(|tx| {
+            tx.exec(
+                "INSERT INTO api_keys (name, hash, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO NOTHING",
+                args![name, hash, to_ms(at)],
+            )
+        })?;
         Ok(n == 1)
     }
 
     /// The name of the key with this hash, if it exists and is not revoked.
     pub fn api_key_by_hash(&self, hash: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.read(|tx| {
+            tx.query_opt(
                 "SELECT name FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
-                [hash],
-                |r| r.get(0),
-            )
-            .optional()?)
+                args![hash],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
+        })
     }
 
     /// Revokes a key; `false` if there is no such key or it was revoked already.
     pub fn revoke_api_key(&self, name: &str, at: SystemTime) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
-            "UPDATE api_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
-            params![name, to_ms(at)],
-        )?;
+        let n = self.write(|tx| {
+            tx.exec(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                args![name, to_ms(at)],
+            )
+        })?;
         Ok(n == 1)
     }
 
     /// Every key, by name.
     pub fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT name, created_at, revoked_at FROM api_keys ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(ApiKey {
-                name: r.get(0)?,
-                created_at: from_ms(r.get(1)?),
-                revoked_at: r.get::<_, Option<i64>>(2)?.map(from_ms),
+        self.read(|tx| {
+            tx.query(
+                "SELECT name, created_at, revoked_at FROM api_keys ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(ApiKey {
+                    name: r.text(0)?,
+                    created_at: from_ms(r.int(1)?),
+                    revoked_at: r.opt_int(2)?.map(from_ms),
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     pub fn insert_verification(&self, v: &Verification) -> Result<(), StoreError> {
-        self.conn().execute(
-            &format!(
-                "INSERT INTO verifications ({COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-            ),
-            params![
-                v.id,
-                v.key_name,
-                v.to,
-                v.subject,
-                v.customer_id,
-                v.channel,
-                v.locale,
-                v.template,
-                v.status.as_str(),
-                v.sends,
-                v.checks,
-                to_ms(v.created_at),
-                to_ms(v.updated_at),
-                to_ms(v.expires_at),
-                v.delivery,
-            ],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                &format!(
+                    "INSERT INTO verifications ({COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                ),
+                args![
+                    &v.id,
+                    &v.key_name,
+                    &v.to,
+                    &v.subject,
+                    &v.customer_id,
+                    &v.channel,
+                    &v.locale,
+                    &v.template,
+                    v.status.as_str(),
+                    v.sends,
+                    v.checks,
+                    to_ms(v.created_at),
+                    to_ms(v.updated_at),
+                    to_ms(v.expires_at),
+                    &v.delivery,
+                ],
+            )
+        })?;
         Ok(())
     }
 
     /// Writes what can change: status, counts, times.
     pub fn update_verification(&self, v: &Verification) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE verifications SET status = ?2, sends = ?3, checks = ?4, updated_at = ?5,
-                                      expires_at = ?6, channel = ?7, delivery = ?8
-             WHERE id = ?1",
-            params![
-                v.id,
-                v.status.as_str(),
-                v.sends,
-                v.checks,
-                to_ms(v.updated_at),
-                to_ms(v.expires_at),
-                v.channel,
-                v.delivery,
-            ],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE verifications SET status = ?2, sends = ?3, checks = ?4, updated_at = ?5,
+                                          expires_at = ?6, channel = ?7, delivery = ?8
+                 WHERE id = ?1",
+                args![
+                    &v.id,
+                    v.status.as_str(),
+                    v.sends,
+                    v.checks,
+                    to_ms(v.updated_at),
+                    to_ms(v.expires_at),
+                    &v.channel,
+                    &v.delivery,
+                ],
+            )
+        })?;
         Ok(())
     }
 
@@ -220,22 +232,24 @@ impl Store {
         delivery: &str,
         at: SystemTime,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE verifications SET delivery = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, delivery, to_ms(at)],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE verifications SET delivery = ?2, updated_at = ?3 WHERE id = ?1",
+                args![id, delivery, to_ms(at)],
+            )
+        })?;
         Ok(())
     }
 
     pub fn verification(&self, id: &str) -> Result<Option<Verification>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.read(|tx| {
+            tx.query_opt(
                 &format!("SELECT {COLUMNS} FROM verifications WHERE id = ?1"),
-                [id],
-                read,
-            )
-            .optional()?)
+                args![id],
+            )?
+            .map(|r| read(&r))
+            .transpose()
+        })
     }
 
     /// The newest pending verification of `subject` started by `key_name`, if any.
@@ -244,18 +258,18 @@ impl Store {
         subject: &str,
         key_name: &str,
     ) -> Result<Option<Verification>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.read(|tx| {
+            tx.query_opt(
                 &format!(
                     "SELECT {COLUMNS} FROM verifications
                      WHERE subject = ?1 AND key_name = ?2 AND status = 'pending'
                      ORDER BY created_at DESC LIMIT 1"
                 ),
-                params![subject, key_name],
-                read,
-            )
-            .optional()?)
+                args![subject, key_name],
+            )?
+            .map(|r| read(&r))
+            .transpose()
+        })
     }
 
     /// Wrong codes or PINs for the subject (no customer) since `since`.
@@ -264,12 +278,12 @@ impl Store {
         subject: &str,
         since: SystemTime,
     ) -> Result<u32, StoreError> {
-        super::count(
-            &self.conn(),
-            "SELECT COUNT(*) FROM decoy_failures WHERE subject = ?1 AND at >= ?2",
-            subject,
-            since,
-        )
+        self.read(|tx| {
+            tx.count(
+                "SELECT COUNT(*) FROM decoy_failures WHERE subject = ?1 AND at >= ?2",
+                args![subject, to_ms(since)],
+            )
+        })
     }
 }
 
@@ -293,45 +307,65 @@ impl Store {
         body: &str,
         at: SystemTime,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO webhook_outbox (verification_id, body, attempts, next_at, created_at)
-             VALUES (?1, ?2, 0, ?3, ?3)",
-            params![verification_id, body, to_ms(at)],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO webhook_outbox (verification_id, body, attempts, next_at, created_at)
+                 VALUES (?1, ?2, 0, ?3, ?3)",
+                args![verification_id, body, to_ms(at)],
+            )
+        })?;
         Ok(())
     }
 
     /// Callbacks due at `now`, oldest first, at most `limit`; only the oldest waiting of
     /// each verification (its later changes wait for it, so a receiver sees them in order).
-    pub fn due_webhooks(
+    /// Each is leased to this node for `lease`: another node's deliverer (several nodes on
+    /// one database) does not see it until the lease ends, so a callback is sent once, and
+    /// the events of a node that died come due again.
+    pub fn claim_webhooks(
         &self,
         now: SystemTime,
+        lease: std::time::Duration,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, verification_id, body, attempts, created_at FROM webhook_outbox w
-             WHERE next_at <= ?1
-               AND NOT EXISTS (SELECT 1 FROM webhook_outbox e
-                               WHERE e.verification_id = w.verification_id AND e.id < w.id)
-             ORDER BY id LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![to_ms(now), limit], |r| {
-            Ok(OutboxEvent {
-                id: r.get(0)?,
-                verification_id: r.get(1)?,
-                body: r.get(2)?,
-                attempts: r.get(3)?,
-                created_at: from_ms(r.get(4)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.write(|tx| {
+            // One deliverer at a time decides what is due (the lock), so two nodes never
+            // claim the same event; the claim moves `next_at` past the lease.
+            tx.lock("webhooks")?;
+            let events: Vec<OutboxEvent> = tx
+                .query(
+                    "SELECT id, verification_id, body, attempts, created_at FROM webhook_outbox w
+                     WHERE next_at <= ?1
+                       AND NOT EXISTS (SELECT 1 FROM webhook_outbox e
+                                       WHERE e.verification_id = w.verification_id
+                                         AND e.id < w.id)
+                     ORDER BY id LIMIT ?2",
+                    args![to_ms(now), limit],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(OutboxEvent {
+                        id: r.int(0)?,
+                        verification_id: r.text(1)?,
+                        body: r.text(2)?,
+                        attempts: r.count(3)?,
+                        created_at: from_ms(r.int(4)?),
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?;
+            for e in &events {
+                tx.exec(
+                    "UPDATE webhook_outbox SET next_at = ?2 WHERE id = ?1",
+                    args![e.id, to_ms(now + lease)],
+                )?;
+            }
+            Ok(events)
+        })
     }
 
     /// Delivered (or given up): out of the outbox.
     pub fn remove_webhook(&self, id: i64) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM webhook_outbox WHERE id = ?1", [id])?;
+        self.write(|tx| tx.exec("DELETE FROM webhook_outbox WHERE id = ?1", args![id]))?;
         Ok(())
     }
 
@@ -342,19 +376,18 @@ impl Store {
         attempts: u32,
         next_at: SystemTime,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE webhook_outbox SET attempts = ?2, next_at = ?3 WHERE id = ?1",
-            params![id, attempts, to_ms(next_at)],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE webhook_outbox SET attempts = ?2, next_at = ?3 WHERE id = ?1",
+                args![id, attempts, to_ms(next_at)],
+            )
+        })?;
         Ok(())
     }
 
     /// Callbacks waiting, for the tests and for status.
     pub fn webhooks_waiting(&self) -> Result<u32, StoreError> {
-        let n: i64 = self
-            .conn()
-            .query_row("SELECT COUNT(*) FROM webhook_outbox", [], |r| r.get(0))?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        self.read(|tx| tx.count("SELECT COUNT(*) FROM webhook_outbox", &[]))
     }
 }
 
@@ -454,21 +487,40 @@ mod tests {
         store.enqueue_webhook("VE1", "pending", t0).unwrap();
         store.enqueue_webhook("VE2", "pending", t0).unwrap();
         store.enqueue_webhook("VE1", "approved", t0).unwrap();
-        let due = store.due_webhooks(t0, 10).unwrap();
+        let lease = Duration::from_secs(60);
+        let due = store.claim_webhooks(t0, lease, 10).unwrap();
         let bodies: Vec<&str> = due.iter().map(|e| e.body.as_str()).collect();
         assert_eq!(bodies, ["pending", "pending"], "VE1's approval waits");
+        // Claimed: another deliverer (another node) sees none of them until the lease ends.
+        assert!(store.claim_webhooks(t0, lease, 10).unwrap().is_empty());
         // VE1's first fails and waits 1 s: its approval still waits; VE2's goes.
         store
             .retry_webhook(due[0].id, 1, t0 + Duration::from_secs(1))
             .unwrap();
         store.remove_webhook(due[1].id).unwrap();
-        assert!(store.due_webhooks(t0, 10).unwrap().is_empty());
-        let later = store.due_webhooks(t0 + Duration::from_secs(1), 10).unwrap();
+        assert!(store.claim_webhooks(t0, lease, 10).unwrap().is_empty());
+        let later = store
+            .claim_webhooks(t0 + Duration::from_secs(1), lease, 10)
+            .unwrap();
         assert_eq!(later.len(), 1);
         assert_eq!((later[0].body.as_str(), later[0].attempts), ("pending", 1));
         store.remove_webhook(later[0].id).unwrap();
-        let last = store.due_webhooks(t0 + Duration::from_secs(1), 10).unwrap();
+        let last = store
+            .claim_webhooks(t0 + Duration::from_secs(1), lease, 10)
+            .unwrap();
         assert_eq!(last[0].body, "approved");
         assert_eq!(store.webhooks_waiting().unwrap(), 1);
+        // A deliverer that died with it: due again once the lease has run out.
+        let t = t0 + Duration::from_secs(1) + lease;
+        assert!(
+            store
+                .claim_webhooks(t - Duration::from_millis(1), lease, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.claim_webhooks(t, lease, 10).unwrap()[0].body,
+            "approved"
+        );
     }
 }
