@@ -501,6 +501,10 @@ pub struct StoreConfig {
     pub connect_timeout_ms: u64,
     /// The server cancels a statement or a lock wait that takes longer.
     pub statement_timeout_ms: u64,
+    /// New calls while the database does not answer: `refuse` (503 with Retry-After, so a
+    /// dispatcher or PBX tries elsewhere) or `answer` (the plan runs and its `on_error`
+    /// branches route the caller, usually to the fallback extension).
+    pub when_away: WhenAway,
     /// Customers imported when the database is created (a demo needs someone to verify).
     pub seed_csv: Option<PathBuf>,
     /// Region for phone numbers written without a country code (CSV imports, caller lookups).
@@ -523,10 +527,19 @@ impl Default for StoreConfig {
             pool_size: pg.pool_size,
             connect_timeout_ms: pg.connect_timeout.as_millis() as u64,
             statement_timeout_ms: pg.statement_timeout.as_millis() as u64,
+            when_away: WhenAway::Refuse,
             seed_csv: None,
             default_region: "DE".into(),
         }
     }
+}
+
+/// `[store] when_away`: what a new call gets while the database does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenAway {
+    Refuse,
+    Answer,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -538,6 +551,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("password_file", &self.password_file)
             .field("ca", &self.ca)
             .field("pool_size", &self.pool_size)
+            .field("when_away", &self.when_away)
             .field("seed_csv", &self.seed_csv)
             .field("default_region", &self.default_region)
             .finish_non_exhaustive()
@@ -626,16 +640,44 @@ impl StoreConfig {
 }
 
 /// The call audit (one row per call in the database's `audit` table).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// Rows of calls that started more than this many days ago are deleted, at start and then
     /// every hour. 0 (the default) keeps every row: how long call records may or must be kept
     /// is the operator's policy, not ours. Takes effect on restart.
     pub keep_days: u32,
+    /// Where audit rows wait while the database does not answer (JSON lines, flushed to the
+    /// database in order once it answers again). Default `audit-spool.jsonl` beside the
+    /// SQLite file's default place (`$STATE_DIRECTORY`). Takes effect on restart.
+    pub spool_path: PathBuf,
+    /// Rows the spool holds at most (0: no spool; a row that cannot be written is an error
+    /// for its call). Rows beyond it are refused, never the file grown without bound.
+    pub spool_max_rows: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        let dir = std::env::var_os("STATE_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        AuditConfig {
+            keep_days: 0,
+            spool_path: dir.join("audit-spool.jsonl"),
+            spool_max_rows: 100_000,
+        }
+    }
 }
 
 impl AuditConfig {
+    /// The audit writer's spool, unless turned off.
+    pub fn spool(&self) -> Option<crate::audit::Spool> {
+        (self.spool_max_rows > 0).then(|| crate::audit::Spool {
+            path: self.spool_path.clone(),
+            max_rows: self.spool_max_rows,
+        })
+    }
+
     /// How long rows are kept, or `None` to keep them forever.
     pub fn keep(&self) -> Option<Duration> {
         (self.keep_days > 0).then(|| Duration::from_secs(u64::from(self.keep_days) * 86_400))
@@ -1073,6 +1115,9 @@ impl Config {
         }
         if cfg.store.path.is_relative() {
             cfg.store.path = base.join(&cfg.store.path);
+        }
+        if cfg.audit.spool_path.is_relative() {
+            cfg.audit.spool_path = base.join(&cfg.audit.spool_path);
         }
         if let Some(ca) = &cfg.store.ca
             && ca.is_relative()

@@ -111,6 +111,18 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Bring the database's schema up to this ivrd's version (the daemon does it at start too)
+    /// and say from which version; several nodes may run it at once (PostgreSQL: an advisory
+    /// lock makes the others wait and find the work done). Run it before starting upgraded
+    /// nodes so that none starts on a schema another node is changing.
+    Migrate {
+        /// Configuration file whose [store] names the database.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Database file or postgres:// URL (overrides the config).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
     /// Manage the customers in the database: import, add, list, disable, enable, remove, unlock.
     Customers {
         /// Configuration file whose [store] path names the database and default_region.
@@ -245,6 +257,35 @@ fn main() -> ExitCode {
             }
         }
         Command::Drain { config, wait } => drain_or_resume(config, true, wait),
+        Command::Migrate { config, db } => {
+            let (_, database) = match config_and_db(config.as_deref(), db) {
+                Ok(both) => both,
+                Err(code) => return code,
+            };
+            match database.open() {
+                Ok(store) if store.migrated_from() == ivrd::store::SCHEMA_VERSION => {
+                    println!(
+                        "{}: schema version {}, nothing to do",
+                        database.describe(),
+                        ivrd::store::SCHEMA_VERSION
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(store) => {
+                    println!(
+                        "{}: schema version {} -> {}",
+                        database.describe(),
+                        store.migrated_from(),
+                        ivrd::store::SCHEMA_VERSION
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", database.describe());
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Resume { config } => drain_or_resume(config, false, None),
         Command::Reload { config } => {
             // Only the admin address is read here: a config the daemon will refuse must still

@@ -394,7 +394,13 @@ pub async fn run(
     // Settings a reload may change that are read after the loop ends (the drain).
     let mut latest = cfg.clone();
     // The database path changes only on restart, so one audit writer serves every snapshot.
-    let audit = AuditWriter::start(store.clone()).context("starting the audit writer")?;
+    let audit =
+        AuditWriter::start_with_spool(store.clone(), cfg.audit.spool()).with_context(|| {
+            format!(
+                "starting the audit writer (spool {})",
+                cfg.audit.spool_path.display()
+            )
+        })?;
     if let Some(keep) = cfg.audit.keep() {
         spawn_audit_pruning(store.clone(), keep, shutdown.clone());
     }
@@ -476,6 +482,7 @@ pub async fn run(
             budgets: cfg.sip.budgets(cfg.rtp_slots()),
             max_transactions: cfg.sip.max_transactions,
             max_transaction_bytes: cfg.sip.max_transaction_kib.saturating_mul(1024),
+            refuse_without_database: cfg.store.when_away == crate::config::WhenAway::Refuse,
         },
         transports,
         incoming_rx,
@@ -1201,7 +1208,12 @@ mod tests {
             .write_audit_batch(&[row("old", 91), row("older", 400), row("recent", 89)])
             .unwrap();
         let stop = CancellationToken::new();
-        let keep = crate::config::AuditConfig { keep_days: 90 }.keep().unwrap();
+        let keep = crate::config::AuditConfig {
+            keep_days: 90,
+            ..Default::default()
+        }
+        .keep()
+        .unwrap();
         spawn_audit_pruning(store.clone(), keep, stop.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {

@@ -650,8 +650,8 @@ impl Database {
 /// (SQLite's one connection, or a pooled PostgreSQL connection).
 pub struct Store {
     backend: Box<dyn Backend>,
-    /// This open brought the schema from nothing: the database is new (the daemon seeds it).
-    created: bool,
+    /// The schema version this open found (0: a new database, which the daemon seeds).
+    migrated_from: u32,
 }
 
 impl std::fmt::Debug for Store {
@@ -690,7 +690,7 @@ impl Store {
         let from = migrate(backend.as_ref())?;
         Ok(Store {
             backend,
-            created: from == 0,
+            migrated_from: from,
         })
     }
 
@@ -723,7 +723,7 @@ impl Store {
     fn current(backend: Box<dyn Backend>) -> Result<Store, StoreError> {
         let store = Store {
             backend,
-            created: false,
+            migrated_from: SCHEMA_VERSION,
         };
         let found = store.schema_version()?;
         if found > SCHEMA_VERSION {
@@ -753,7 +753,12 @@ impl Store {
 
     /// Whether this open created the schema (a new database): only then is it seeded.
     pub fn was_created(&self) -> bool {
-        self.created
+        self.migrated_from == 0
+    }
+
+    /// The schema version this open found before migrating.
+    pub fn migrated_from(&self) -> u32 {
+        self.migrated_from
     }
 
     /// Whether the database answers a query (the node's readiness probe).

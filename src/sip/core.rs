@@ -464,6 +464,10 @@ pub struct CoreConfig {
     /// Caps on all server transactions together.
     pub max_transactions: usize,
     pub max_transaction_bytes: usize,
+    /// A new INVITE while the database does not answer ([`Unready::Database`]) gets 503 with
+    /// Retry-After (a dispatcher in front tries another node); false: the call is answered
+    /// and its plan's `on_error` branches route the caller (usually to the fallback).
+    pub refuse_without_database: bool,
 }
 
 impl CoreConfig {
@@ -482,6 +486,7 @@ impl CoreConfig {
             budgets: Budgets::default(),
             max_transactions: Self::MAX_TRANSACTIONS,
             max_transaction_bytes: Self::MAX_TRANSACTION_BYTES,
+            refuse_without_database: true,
         }
     }
 }
@@ -790,6 +795,23 @@ impl Core {
                 trust,
                 503,
                 &[("Retry-After", retry.to_string())],
+            );
+        }
+        if self.cfg.refuse_without_database && self.stats.unready() == Some(Unready::Database) {
+            // Nobody could be looked up or verified: better another node, or the caller's
+            // PBX routing elsewhere, than a call that can only fail.
+            return self.respond_stateless(
+                &msg,
+                flow,
+                trust,
+                503,
+                &[
+                    ("Retry-After", UNREADY_RETRY_AFTER_SECS.to_string()),
+                    (
+                        "Warning",
+                        format!("399 ivrd \"{}\"", Unready::Database.as_str()),
+                    ),
+                ],
             );
         }
         // An untrusted source pays for the call up front: a token from its call rate and one
