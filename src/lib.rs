@@ -45,13 +45,15 @@
 //!   breakers, the cap on wrong PINs in a row), [`verify::sms`] (the providers),
 //!   [`verify::voice`] (the code read out on a call, over [`call::CallIo`], and the lines
 //!   that place such calls).
-//! - [`store`]: SQLite: customers, limits and the guard's counts, the audit, the API's keys
-//!   and verifications; versioned.
+//! - [`store`]: customers, limits and the guard's counts, the audit, the API's keys and
+//!   verifications; versioned; every query and decision written once over its `Backend`
+//!   trait, SQLite (one node) or PostgreSQL (several nodes, decisions under advisory locks).
 //! - [`demo`]: the built-in demo flow.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
 //! - [`preflight`]: every address the config binds is on this host and free (`check`,
 //!   start-up).
-//! - [`audit`]: one row per call, group-committed by one writer thread.
+//! - [`audit`]: one row per call, group-committed by one writer thread; spooled to disk while
+//!   the database is away.
 //! - [`audit_cli`]: `ivrd audit`: the audit for the admin (filters; table, CSV, JSON Lines),
 //!   read-only beside the daemon; `ivrd audit prune`. `[audit] keep_days` prunes in `server`.
 //! - [`customers_cli`]: `ivrd customers`: import, list, show, lock-outs.

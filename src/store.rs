@@ -1,14 +1,20 @@
-//! The SQLite store: customers, persisted PIN failures and lock-outs, SMS sends and the audit log.
+//! The store: customers, persisted PIN failures and lock-outs, SMS sends, the fraud guard's
+//! counts, the API's keys and verifications, and the audit log.
 //!
-//! SQLite is embedded (rusqlite, bundled), so ivrd needs no database server and one file holds
-//! everything that must survive a restart: a lock-out or an SMS rate limit that a restart could
-//! reset would be no limit at all. The API is synchronous; async callers use `spawn_blocking` or a
-//! dedicated thread. One connection sits behind a mutex, which makes [`Store`] `Send + Sync`;
-//! the write rate (a few rows per call) is far below what one connection serves.
+//! Two databases, one store: SQLite (embedded, rusqlite bundled: one node needs no database
+//! server, and one file holds everything that must survive a restart) and PostgreSQL (shared
+//! by several nodes, `[store] url`). A lock-out or an SMS rate limit that a restart, or a
+//! second node, could reset would be no limit at all. Every query and every decision is
+//! written once in this module over the `Tx` of src/store/backend.rs (see there for how the
+//! two differ and how decisions stay atomic across nodes). The API is synchronous; async callers use
+//! `spawn_blocking` or a dedicated thread (the PostgreSQL client must never run on an async
+//! runtime's thread).
 //!
-//! The schema is versioned: `schema_version` holds the version and [`MIGRATIONS`] lists the steps,
-//! each applied in its own transaction, so a crash mid-upgrade leaves the last complete version.
-//! A file written by a newer ivrd is refused rather than misread.
+//! The schema is versioned: `schema_version` holds the version and [`MIGRATIONS`] lists the steps
+//! (with their PostgreSQL text in `pg_migrations`), each applied in its own transaction under
+//! the migration lock, so a crash mid-upgrade leaves the last complete version and two nodes
+//! starting at once take turns. A database written by a newer ivrd is refused rather than
+//! misread.
 //!
 //! Times are stored as milliseconds since the Unix epoch and always passed in by the caller
 //! (except customer bookkeeping timestamps), so the simulator can run on a virtual clock.

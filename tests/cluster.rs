@@ -4,7 +4,7 @@
 //! goes on, and `ivrd resume` puts it back; a node killed with SIGKILL loses its new calls to
 //! the other at once (fr_timer), and is out of the rotation after the next probe. Callers are
 //! `RawUac`s talking to Kamailio (their in-dialog requests follow its Record-Route); each node
-//! runs the demo flow and keeps its own SQLite database (shared state comes with PostgreSQL).
+//! runs the demo flow on its own SQLite database (tests/cluster_pg.rs shares one PostgreSQL).
 //! A node that cannot take a call (no free RTP port) says so to OPTIONS on its own.
 
 mod common;
