@@ -494,6 +494,11 @@ pub struct StoreConfig {
     pub password_file: Option<PathBuf>,
     /// PEM file of the CA that signs the PostgreSQL server's certificate.
     pub ca: Option<PathBuf>,
+    /// A secret every node shares (32 characters at least, `openssl rand -hex 32`): outstanding
+    /// PINs then live in the database, digested and sealed under keys derived from it, so any
+    /// node checks or resends a code another sent. Unset: PINs stay in each process's memory.
+    pub pin_key_file: Option<PathBuf>,
+    pub pin_key: Option<String>,
     /// PostgreSQL connections this node keeps at most.
     pub pool_size: u32,
     /// How long a store call waits for a connection before the database counts as away
@@ -524,6 +529,8 @@ impl Default for StoreConfig {
             password: None,
             password_file: None,
             ca: None,
+            pin_key_file: None,
+            pin_key: None,
             pool_size: pg.pool_size,
             connect_timeout_ms: pg.connect_timeout.as_millis() as u64,
             statement_timeout_ms: pg.statement_timeout.as_millis() as u64,
@@ -550,6 +557,8 @@ impl std::fmt::Debug for StoreConfig {
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
             .field("password_file", &self.password_file)
             .field("ca", &self.ca)
+            .field("pin_key", &self.pin_key.as_ref().map(|_| "<hidden>"))
+            .field("pin_key_file", &self.pin_key_file)
             .field("pool_size", &self.pool_size)
             .field("when_away", &self.when_away)
             .field("seed_csv", &self.seed_csv)
@@ -623,7 +632,7 @@ impl StoreConfig {
         Ok(())
     }
 
-    /// Reads `password_file` into `password`.
+    /// Reads `password_file` into `password` and `pin_key_file` into `pin_key`.
     pub fn resolve_secret(
         &mut self,
         files: &crate::secrets::SecretFiles,
@@ -635,7 +644,24 @@ impl StoreConfig {
             &mut self.password,
             self.password_file.as_deref(),
             warnings,
-        )
+        )?;
+        files.resolve_option(
+            "[store]",
+            "pin_key",
+            &mut self.pin_key,
+            self.pin_key_file.as_deref(),
+            warnings,
+        )?;
+        if let Some(key) = &self.pin_key
+            && key.trim().len() < crate::verify::shared_pins::MIN_SECRET_LEN
+        {
+            return Err(format!(
+                "[store] pin_key has {} characters; it needs {} at least (`openssl rand -hex 32`)",
+                key.trim().len(),
+                crate::verify::shared_pins::MIN_SECRET_LEN
+            ));
+        }
+        Ok(())
     }
 }
 

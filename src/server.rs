@@ -193,6 +193,11 @@ pub fn build_snapshot(
     let mut verifier = Verifier::new(store.clone(), cfg.limits.clone())
         .context("[limits]")?
         .with_guard(cfg.guard.clone());
+    if let Some(secret) = &cfg.store.pin_key {
+        verifier = verifier
+            .with_shared_pins(secret.trim().as_bytes())
+            .context("[store] pin_key")?;
+    }
     if let Some(old) = previous {
         verifier = verifier.keeping_pins_of(&old.verifier);
     }

@@ -211,9 +211,25 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE verifications ADD COLUMN delivery TEXT;
     "#,
+    // 11: outstanding PINs, for several nodes on one database (`verify::shared_pins`): the
+    // digits' HMAC digest and their AES-GCM seal (base64), under keys derived from a secret
+    // the nodes share and the database never sees. Used only with `[store] pin_key_file`.
+    r#"
+    CREATE TABLE pins (
+        subject    TEXT PRIMARY KEY NOT NULL,
+        digest     TEXT NOT NULL,
+        sealed     TEXT NOT NULL,
+        length     INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        tries_left INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX pins_by_expiry ON pins (expires_at);
+    "#,
 ];
 
+mod pins;
 mod verifications;
+pub use pins::{PinUpdate, StoredPin};
 pub use verifications::{ApiKey, OutboxEvent, Verification, VerificationStatus};
 
 /// The schema version this build writes and understands.
@@ -1419,6 +1435,11 @@ impl Store {
                 sms_sends: delete("sms_sends")? + delete("decoy_sends")?,
                 guard_rows: delete("guard_sends")? + delete("guard_verified")?,
             })
+            .and_then(|report| {
+                // PINs long expired (an expired one is also deleted when it is checked).
+                tx.exec("DELETE FROM pins WHERE expires_at < ?1", args![cutoff])?;
+                Ok(report)
+            })
         })
     }
 
@@ -1878,7 +1899,23 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 /// hand an attacker fresh tries and erase the evidence.
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    // Switching a new file to WAL takes an exclusive lock that SQLite does not wait for with
+    // the busy handler: two processes creating the file at once (the daemon and an admin
+    // command) would see "database is locked". So wait here, as long as the busy timeout.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mode: String = loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other?,
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::NoWal(mode));
     }

@@ -7,7 +7,9 @@
 //!   node committed (its SMS sends, its finished calls' audit rows) is all there;
 //! - PostgreSQL stopped during a call: that caller goes down the failure branch, the node
 //!   answers OPTIONS and new INVITEs 503 meanwhile, takes calls again once the database is
-//!   back (no restart), and no audit row is lost (the audit writer spools to disk meanwhile).
+//!   back (no restart), and no audit row is lost (the audit writer spools to disk meanwhile);
+//! - with `[store] pin_key_file`, a code the HTTP API sent through one node is resent and
+//!   checked through the other.
 //!
 //! The database is a throw-away cluster (tests/common/postgres.rs); each node's config names it
 //! with `[store] url`, and the first node to start creates the schema and imports the example
@@ -15,11 +17,13 @@
 
 mod common;
 
+use common::api::{Api, make_key};
 use common::kamailio::Kamailio;
 use common::postgres::Postgres;
 use common::verify::*;
 use common::*;
 use ivrd::store::{AuditRow, PgOptions, Store};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -373,4 +377,70 @@ fn a_database_outage_sends_callers_to_the_fallback_and_loses_no_audit_row() {
     assert_eq!(ids, [Some(JOHN), Some(ERIKA)], "{rows:#?}");
     assert_eq!(rows[0].outcome, "verified", "{rows:#?}");
     assert_ne!(rows[1].outcome, "verified", "{rows:#?}");
+}
+
+/// `[store] pin_key_file`, the same secret on both nodes: a code the HTTP API sent through one
+/// node is resent (the same digits) and checked through the other; the table holds no code.
+#[test]
+fn an_api_code_sent_through_one_node_is_checked_through_the_other() {
+    let pg = Postgres::new();
+    pg.create_database("ivrd");
+    let url = pg.url("ivrd");
+    let rig = Rig::new(200, free_udp_port());
+    let secret = rig.state.path().join("pin-key");
+    std::fs::write(
+        &secret,
+        "5f0c8e2a9b4d7f1e3a6c0b9d8e7f6a5b4c3d2e1f0a9b8c7d\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let ports = [free_tcp_port(), free_tcp_port()];
+    let nodes: Vec<Daemon> = ports
+        .iter()
+        .map(|port| {
+            rig.daemon(&format!(
+                "[store]\nurl = {}\npin_key_file = {}\n[api]\nlisten = {}\n",
+                toml_str(&url),
+                toml_str(&secret.display().to_string()),
+                toml_str(&format!("127.0.0.1:{port}"))
+            ))
+        })
+        .collect();
+    let key = make_key(std::path::Path::new(&url), "web");
+    let (a, b) = (Api::new(ports[0]), Api::new(ports[1]));
+
+    let (s, _, v) = a.start(&key, json!({"to": "+4915112345678"}));
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let posts = rig.sms.wait_posts(1, Duration::from_secs(10));
+    let code = pin_in(&posts[0].text(), 6);
+    let store = Store::connect(&url, &PgOptions::default()).unwrap();
+    assert_eq!(store.pins_outstanding().unwrap(), 1);
+    let dump = pg
+        .psql("ivrd", "SELECT digest || sealed FROM pins")
+        .unwrap();
+    assert!(
+        !dump.contains(&code),
+        "the code is in the pins table: {dump}"
+    );
+
+    // Started again through B: the pending verification's code goes out again, unchanged.
+    let (s, _, v) = b.start(&key, json!({"to": "+4915112345678"}));
+    assert!(s == 200 || s == 201, "{s} {v}");
+    assert_eq!(v["id"].as_str(), Some(id.as_str()), "{v}");
+    let posts = rig.sms.wait_posts(2, Duration::from_secs(10));
+    assert_eq!(
+        pin_in(&posts[1].text(), 6),
+        code,
+        "a resend through the other node"
+    );
+
+    // A wrong code through A costs a try there and here; the right one through B approves.
+    let wrong = wrong_pin(&code);
+    let (s, v) = a.check(&key, &id, &wrong);
+    assert_eq!((s, v["status"].as_str()), (200, Some("pending")), "{v}");
+    let (s, v) = b.check(&key, &id, &code);
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+    assert_eq!(store.pins_outstanding().unwrap(), 0, "a used code is gone");
+    drop(nodes);
 }

@@ -177,4 +177,16 @@ pub(super) const PG_MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE verifications ADD COLUMN delivery TEXT;
     "#,
+    // 11: outstanding PINs shared by the nodes (digest and seal, base64).
+    r#"
+    CREATE TABLE pins (
+        subject    TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+        digest     TEXT NOT NULL,
+        sealed     TEXT NOT NULL,
+        length     BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        tries_left BIGINT NOT NULL
+    );
+    CREATE INDEX pins_by_expiry ON pins (expires_at);
+    "#,
 ];

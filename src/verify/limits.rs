@@ -23,6 +23,7 @@ use crate::dialplan::services::{CheckPinOutcome, GuardKind, SendPinOutcome};
 use crate::store::{Admission, GuardQuery, GuardStop, SmsAdmission, Store, StoreError};
 use crate::verify::guard::{Destination, GuardConfig, GuardRefusal, breaker_trips};
 use crate::verify::pin::{Issue, MAX_TTL, Pin, PinCheck, PinError, PinVault};
+use crate::verify::shared_pins::{SharedPinError, SharedVault};
 
 /// The end of a lock-out that only an admin ends (NIST SP 800-63B's cap on failures in a
 /// row): the end of the year 9999.
@@ -287,7 +288,72 @@ pub struct Verifier {
     guard: GuardConfig,
     /// Shared with the verifier of the configuration before a reload when the PINs' rules
     /// did not change ([`Verifier::keeping_pins_of`]).
-    vault: Arc<Mutex<PinVault>>,
+    pins: Pins,
+}
+
+/// Where outstanding PINs live: this process's memory, or the database every node shares
+/// (`[store] pin_key_file`), where any node can check or resend a code another one sent.
+#[derive(Debug, Clone)]
+enum Pins {
+    Local(Arc<Mutex<PinVault>>),
+    Shared(Arc<SharedVault>),
+}
+
+impl Pins {
+    fn local(&self) -> Option<MutexGuard<'_, PinVault>> {
+        match self {
+            // The vault's operations leave it consistent at every step; a panic elsewhere
+            // while the lock was held does not make its contents wrong.
+            Pins::Local(v) => Some(v.lock().unwrap_or_else(|p| p.into_inner())),
+            Pins::Shared(_) => None,
+        }
+    }
+
+    fn issue_or_resend(
+        &self,
+        subject: &str,
+        length: usize,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<Pin, SendRefusal> {
+        match self {
+            Pins::Shared(v) => v
+                .issue_or_resend(subject, length, wall)
+                .map_err(|e| match e {
+                    SharedPinError::Pin(e) => e.into(),
+                    SharedPinError::Store(e) => e.into(),
+                }),
+            Pins::Local(_) => Ok(self
+                .local()
+                .expect("a local vault")
+                .issue_or_resend(subject, length, now)?),
+        }
+    }
+
+    /// A check; a shared vault that cannot be read fails closed (no PIN to match).
+    fn check(&self, subject: &str, input: &str, now: Instant, wall: SystemTime) -> PinCheck {
+        match self {
+            Pins::Shared(v) => v.check(subject, input, wall).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the shared PINs; the check fails");
+                PinCheck::NoPin
+            }),
+            Pins::Local(_) => self
+                .local()
+                .expect("a local vault")
+                .check(subject, input, now),
+        }
+    }
+
+    fn revoke(&self, subject: &str) -> bool {
+        match self {
+            Pins::Shared(v) => v.revoke(subject).unwrap_or_else(|e| {
+                // It expires by itself within the PIN's validity.
+                tracing::warn!(error = %e, "cannot void a shared PIN");
+                false
+            }),
+            Pins::Local(_) => self.local().expect("a local vault").revoke(subject),
+        }
+    }
 }
 
 impl Verifier {
@@ -299,18 +365,33 @@ impl Verifier {
             store,
             limits,
             guard: GuardConfig::default(),
-            vault: Arc::new(Mutex::new(vault)),
+            pins: Pins::Local(Arc::new(Mutex::new(vault))),
         })
+    }
+
+    /// Keeps outstanding PINs in the database, under keys derived from `secret` (the same on
+    /// every node), instead of in this process: any node checks or resends any node's code.
+    pub fn with_shared_pins(mut self, secret: &[u8]) -> Result<Verifier, LimitsError> {
+        let vault = SharedVault::new(
+            secret,
+            self.limits.pin_ttl(),
+            self.limits.wrong_tries_per_pin,
+            self.store.clone(),
+        )?;
+        self.pins = Pins::Shared(Arc::new(vault));
+        Ok(self)
     }
 
     /// Keeps the outstanding PINs of `old` (the verifier before a reload) when their validity
     /// and tries are the same: a code sent before a reload (a pending API verification, a
     /// caller's second call) is still good after it.
     pub fn keeping_pins_of(mut self, old: &Verifier) -> Verifier {
+        // A shared vault keeps its PINs in the database anyway.
         if self.limits.pin_ttl() == old.limits.pin_ttl()
             && self.limits.wrong_tries_per_pin == old.limits.wrong_tries_per_pin
+            && let (Pins::Local(_), Pins::Local(_)) = (&self.pins, &old.pins)
         {
-            self.vault = old.vault.clone();
+            self.pins = old.pins.clone();
         }
         self
     }
@@ -416,7 +497,7 @@ impl Verifier {
             return Err(SendRefusal::Guard(GuardRefusal::Country));
         };
         self.admit_send(false, customer_id, caller, wall, Some(&dest))?;
-        Ok(self.vault().issue_or_resend(customer_id, length, now)?)
+        self.pins.issue_or_resend(customer_id, length, now, wall)
     }
 
     /// Admits one send of `subject` (a customer, or a decoy's number) under the SMS limits
@@ -511,8 +592,8 @@ impl Verifier {
         check_length(length)?;
         // When a budget is spent, decoys are refused too (or the refusal would tell real ids).
         self.admit_send(true, subject, caller, wall, None)?;
-        self.vault()
-            .issue_or_resend(&decoy_subject(subject), length, now)?;
+        self.pins
+            .issue_or_resend(&decoy_subject(subject), length, now, wall)?;
         Ok(())
     }
 
@@ -525,7 +606,7 @@ impl Verifier {
         now: Instant,
         wall: SystemTime,
     ) -> CheckPinOutcome {
-        let check = self.vault().check(&decoy_subject(subject), input, now);
+        let check = self.pins.check(&decoy_subject(subject), input, now, wall);
         if matches!(check, PinCheck::Expired | PinCheck::NoPin) {
             return CheckPinOutcome::Expired;
         }
@@ -541,7 +622,7 @@ impl Verifier {
                 if let Err(e) = self.store.clear_decoy_failures(subject) {
                     tracing::warn!(error = %e, "cannot clear a decoy's failures");
                 }
-                self.vault().revoke(&decoy_subject(subject));
+                self.pins.revoke(&decoy_subject(subject));
                 return CheckPinOutcome::Exhausted;
             }
             Ok(_) => {}
@@ -587,7 +668,7 @@ impl Verifier {
             wall,
             Some(&dest),
         )?;
-        Ok(self.vault().issue_or_resend(subject.key(), length, now)?)
+        self.pins.issue_or_resend(subject.key(), length, now, wall)
     }
 
     /// Whether the subject may not have codes now: a customer's lock-out, or, for a number,
@@ -624,7 +705,7 @@ impl Verifier {
         match self.api_locked(subject, wall) {
             Ok(false) => {}
             Ok(true) => {
-                self.vault().revoke(key);
+                self.pins.revoke(key);
                 return CheckPinOutcome::LockedOut;
             }
             Err(e) => {
@@ -632,7 +713,7 @@ impl Verifier {
                 return CheckPinOutcome::LockedOut;
             }
         }
-        let check = self.vault().check(key, input, now);
+        let check = self.pins.check(key, input, now, wall);
         match check {
             PinCheck::Valid => {
                 let cleared = self
@@ -656,7 +737,7 @@ impl Verifier {
                     .unwrap_or(wall);
                 match self.store.record_decoy_failure(key, wall, since) {
                     Ok(n) if n >= self.limits.failures_before_lockout => {
-                        self.vault().revoke(key);
+                        self.pins.revoke(key);
                         return CheckPinOutcome::Exhausted;
                     }
                     Ok(_) => {}
@@ -673,14 +754,14 @@ impl Verifier {
 
     /// Voids the customer's outstanding PIN (e.g. the SMS could not be sent).
     pub fn revoke_pin(&self, customer_id: &str) -> bool {
-        self.vault().revoke(customer_id)
+        self.pins.revoke(customer_id)
     }
 
     /// The SMS carrying `pin` failed: a new PIN is void (nobody can know it); a resent one
     /// stays, since the first SMS delivered it and a caller may be typing it now.
     pub fn send_failed(&self, customer_id: &str, pin: &Pin) {
         if pin.issue() == Issue::New {
-            self.vault().revoke(customer_id);
+            self.pins.revoke(customer_id);
         }
     }
 
@@ -712,7 +793,7 @@ impl Verifier {
         match self.is_locked(customer_id, wall) {
             Ok(false) => {}
             Ok(true) => {
-                self.vault().revoke(customer_id);
+                self.pins.revoke(customer_id);
                 return CheckPinOutcome::LockedOut;
             }
             Err(e) => {
@@ -721,7 +802,7 @@ impl Verifier {
                 return CheckPinOutcome::LockedOut;
             }
         }
-        let check = self.vault().check(customer_id, input, now);
+        let check = self.pins.check(customer_id, input, now, wall);
         match check {
             PinCheck::Valid => {
                 if let Err(e) = self
@@ -743,7 +824,7 @@ impl Verifier {
                     // tries are over ("exhausted", so the call is audited as a wrong PIN);
                     // the lock-out is what the next call meets (LockedOut at lookup).
                     Ok(true) => {
-                        self.vault().revoke(customer_id);
+                        self.pins.revoke(customer_id);
                         return CheckPinOutcome::Exhausted;
                     }
                     Ok(false) => {}
@@ -819,12 +900,6 @@ impl Verifier {
             "customer locked out after {failures} wrong PINs"
         );
         Ok(true)
-    }
-
-    fn vault(&self) -> MutexGuard<'_, PinVault> {
-        // The vault's operations leave it consistent at every step; a panic elsewhere while the
-        // lock was held does not make it unsafe to use.
-        self.vault.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -3,5 +3,6 @@
 pub mod guard;
 pub mod limits;
 pub mod pin;
+pub mod shared_pins;
 pub mod sms;
 pub mod voice;

@@ -27,7 +27,7 @@ use hmac::{Hmac, Mac};
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use sha2::Sha256;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -57,6 +57,9 @@ pub enum PinError {
     /// Zero tries would make every PIN useless.
     #[error("a PIN must allow at least one try")]
     NoTries,
+    /// The secret the nodes share for their PIN keys is too short to be one.
+    #[error("the shared PIN secret has {0} bytes; it needs 32 at least (`openssl rand -hex 32`)")]
+    Secret(usize),
 }
 
 /// A PIN in clear. Prints as `****`; zeroed on drop; deliberately neither `Clone` nor `PartialEq`
@@ -96,6 +99,11 @@ impl Pin {
         Ok(Pin(digits, Issue::New))
     }
 
+    /// The outstanding PIN, unsealed for a resend.
+    pub(crate) fn resent(digits: Zeroizing<String>) -> Pin {
+        Pin(digits, Issue::Resend)
+    }
+
     /// New, or the outstanding PIN sent again.
     pub fn issue(&self) -> Issue {
         self.1
@@ -129,6 +137,113 @@ impl fmt::Display for Pin {
     }
 }
 
+/// The two keys a vault works with: one for the PINs' HMAC digests, one that seals the digits
+/// for a resend (AES-256-GCM). Random per process for the in-memory vault; derived from a
+/// secret every node shares for the vault in the database ([`PinKeys::derive`]).
+pub struct PinKeys {
+    mac: Zeroizing<[u8; 32]>,
+    seal: LessSafeKey,
+}
+
+impl fmt::Debug for PinKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PinKeys(..)")
+    }
+}
+
+impl PinKeys {
+    /// Fresh keys from the OS CSPRNG.
+    pub fn random() -> Result<PinKeys, PinError> {
+        let mut mac = Zeroizing::new([0u8; 32]);
+        OsRng
+            .try_fill_bytes(mac.as_mut())
+            .map_err(|e| PinError::Rng(e.to_string()))?;
+        let mut seal = Zeroizing::new([0u8; 32]);
+        OsRng
+            .try_fill_bytes(seal.as_mut())
+            .map_err(|e| PinError::Rng(e.to_string()))?;
+        Ok(PinKeys::from_parts(mac, &seal))
+    }
+
+    /// Keys derived from a shared secret (HMAC-SHA256 of a label under it, one per key), so
+    /// that every node digests and seals alike and neither key is the secret itself.
+    pub fn derive(secret: &[u8]) -> PinKeys {
+        let part = |label: &[u8]| {
+            let mut mac =
+                HmacSha256::new_from_slice(secret).expect("HMAC-SHA256 accepts keys of any length");
+            mac.update(label);
+            Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()))
+        };
+        PinKeys::from_parts(part(b"ivrd pin digest"), &part(b"ivrd pin seal"))
+    }
+
+    fn from_parts(mac: Zeroizing<[u8; 32]>, seal: &[u8; 32]) -> PinKeys {
+        let seal =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, seal).expect("a 32-byte AES-256 key"));
+        PinKeys { mac, seal }
+    }
+
+    /// The digest of `pin` for `subject`: bound to the subject, so a digest copied to another
+    /// subject's row checks nothing.
+    pub fn digest(&self, subject: &str, pin: &str) -> [u8; 32] {
+        self.mac_of(subject, pin).finalize().into_bytes().into()
+    }
+
+    /// Whether `input` is the PIN whose digest is `digest`, compared in constant time
+    /// (`verify_slice` uses `subtle::ConstantTimeEq`), whatever the input's length or content.
+    pub fn matches(&self, subject: &str, input: &str, digest: &[u8]) -> bool {
+        self.mac_of(subject, input).verify_slice(digest).is_ok()
+    }
+
+    fn mac_of(&self, subject: &str, pin: &str) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(self.mac.as_ref())
+            .expect("HMAC-SHA256 accepts keys of any length");
+        mac.update(subject.as_bytes());
+        mac.update(&[0]);
+        mac.update(pin.as_bytes());
+        mac
+    }
+
+    /// The digits sealed for `subject`: nonce, ciphertext, tag.
+    pub fn seal(&self, subject: &str, digits: &str) -> Result<Vec<u8>, PinError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        // A random 96-bit nonce per seal: a key seals at most a few PINs a second for the
+        // process's life, far below the 2^32 seals a random nonce allows.
+        OsRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|e| PinError::Rng(e.to_string()))?;
+        let mut out = Vec::with_capacity(NONCE_LEN + digits.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(digits.as_bytes());
+        let tag = self
+            .seal
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(subject.as_bytes()),
+                &mut out[NONCE_LEN..],
+            )
+            .map_err(|_| PinError::Rng("AES-GCM seal failed".into()))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// The digits [`PinKeys::seal`] sealed for `subject`, if these keys sealed them.
+    pub fn unseal(&self, subject: &str, sealed: &[u8]) -> Option<Zeroizing<String>> {
+        let (nonce, body) = sealed.split_at_checked(NONCE_LEN)?;
+        let mut buf = Zeroizing::new(body.to_vec());
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let clear = self
+            .seal
+            .open_in_place(nonce, Aad::from(subject.as_bytes()), buf.as_mut())
+            .ok()?;
+        let mut digits = Zeroizing::new(String::with_capacity(clear.len()));
+        for &b in clear.iter() {
+            digits.push(char::from(b));
+        }
+        Some(digits)
+    }
+}
+
 /// The result of checking an entered PIN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PinCheck {
@@ -157,9 +272,8 @@ struct Entry {
 
 /// Outstanding PINs by subject, as HMAC digests under a per-process key.
 pub struct PinVault {
-    key: [u8; 32],
-    /// Seals the digits for a resend; drawn once per process, never stored.
-    seal: LessSafeKey,
+    /// Drawn once per process, never stored.
+    keys: PinKeys,
     ttl: Duration,
     tries: u32,
     entries: HashMap<String, Entry>,
@@ -176,12 +290,6 @@ impl fmt::Debug for PinVault {
     }
 }
 
-impl Drop for PinVault {
-    fn drop(&mut self) {
-        self.key.zeroize();
-    }
-}
-
 impl PinVault {
     /// A vault whose PINs live `ttl` (at most [`MAX_TTL`]) and allow `tries` wrong attempts,
     /// with a fresh 32-byte key from the OS CSPRNG.
@@ -192,20 +300,8 @@ impl PinVault {
         if tries == 0 {
             return Err(PinError::NoTries);
         }
-        let mut key = [0u8; 32];
-        OsRng
-            .try_fill_bytes(&mut key)
-            .map_err(|e| PinError::Rng(e.to_string()))?;
-        let mut seal_key = Zeroizing::new([0u8; 32]);
-        OsRng
-            .try_fill_bytes(seal_key.as_mut())
-            .map_err(|e| PinError::Rng(e.to_string()))?;
-        let seal = LessSafeKey::new(
-            UnboundKey::new(&AES_256_GCM, seal_key.as_ref()).expect("a 32-byte AES-256 key"),
-        );
         Ok(PinVault {
-            key,
-            seal,
+            keys: PinKeys::random()?,
             ttl,
             tries,
             entries: HashMap::new(),
@@ -228,8 +324,8 @@ impl PinVault {
         let pin = Pin::generate(length)?;
         self.purge_expired(now);
         let entry = Entry {
-            digest: self.digest(pin.expose()),
-            sealed: self.seal(pin.expose())?,
+            digest: self.keys.digest(subject, pin.expose()),
+            sealed: self.keys.seal(subject, pin.expose())?,
             length,
             expires: now + self.ttl,
             tries_left: self.tries,
@@ -251,48 +347,11 @@ impl PinVault {
         if let Some(entry) = self.entries.get(subject)
             && entry.length == length
             && entry.tries_left > 0
-            && let Some(digits) = self.unseal(&entry.sealed)
+            && let Some(digits) = self.keys.unseal(subject, &entry.sealed)
         {
             return Ok(Pin(digits, Issue::Resend));
         }
         self.issue(subject, length, now)
-    }
-
-    fn seal(&self, digits: &str) -> Result<Vec<u8>, PinError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        // A random 96-bit nonce per seal: a key seals at most a few PINs a second for the
-        // process's life, far below the 2^32 seals a random nonce allows.
-        OsRng
-            .try_fill_bytes(&mut nonce)
-            .map_err(|e| PinError::Rng(e.to_string()))?;
-        let mut out = Vec::with_capacity(NONCE_LEN + digits.len() + AES_256_GCM.tag_len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(digits.as_bytes());
-        let tag = self
-            .seal
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
-                &mut out[NONCE_LEN..],
-            )
-            .map_err(|_| PinError::Rng("AES-GCM seal failed".into()))?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
-    }
-
-    fn unseal(&self, sealed: &[u8]) -> Option<Zeroizing<String>> {
-        let (nonce, body) = sealed.split_at_checked(NONCE_LEN)?;
-        let mut buf = Zeroizing::new(body.to_vec());
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let clear = self
-            .seal
-            .open_in_place(nonce, Aad::empty(), buf.as_mut())
-            .ok()?;
-        let mut digits = Zeroizing::new(String::with_capacity(clear.len()));
-        for &b in clear.iter() {
-            digits.push(char::from(b));
-        }
-        Some(digits)
     }
 
     /// Checks `input` against the outstanding PIN of `subject`.
@@ -305,11 +364,7 @@ impl PinVault {
             None => PinCheck::NoPin,
             Some(entry) if now >= entry.expires => PinCheck::Expired,
             Some(entry) => {
-                let mut mac = HmacSha256::new_from_slice(&self.key)
-                    .expect("HMAC-SHA256 accepts keys of any length");
-                mac.update(input.as_bytes());
-                // verify_slice compares the two 32-byte tags in constant time (subtle::ConstantTimeEq).
-                if mac.verify_slice(&entry.digest).is_ok() {
+                if self.keys.matches(subject, input, &entry.digest) {
                     PinCheck::Valid
                 } else {
                     entry.tries_left = entry.tries_left.saturating_sub(1);
@@ -346,13 +401,6 @@ impl PinVault {
     /// Number of outstanding (not yet purged) PINs.
     pub fn outstanding(&self) -> usize {
         self.entries.len()
-    }
-
-    fn digest(&self, pin: &str) -> [u8; 32] {
-        let mut mac =
-            HmacSha256::new_from_slice(&self.key).expect("HMAC-SHA256 accepts keys of any length");
-        mac.update(pin.as_bytes());
-        mac.finalize().into_bytes().into()
     }
 }
 
@@ -442,9 +490,9 @@ mod tests {
         let pin = vault.issue("123456", 8, now).unwrap();
         let shown = format!("{vault:?}");
         assert!(!shown.contains(pin.expose()));
-        let key_hex: String = vault.key.iter().map(|b| format!("{b:02x}")).collect();
+        let key_hex: String = vault.keys.mac.iter().map(|b| format!("{b:02x}")).collect();
         assert!(!shown.contains(&key_hex[..8]));
-        assert!(!shown.contains(&format!("{:?}", vault.key)));
+        assert!(!shown.contains(&format!("{:?}", vault.keys.mac.as_ref())));
         assert!(shown.contains("outstanding: 1"));
     }
 
@@ -626,14 +674,21 @@ mod tests {
     fn the_sealed_pin_opens_only_under_its_own_vaults_key() {
         let v1 = PinVault::with_defaults().unwrap();
         let v2 = PinVault::with_defaults().unwrap();
-        let sealed = v1.seal("482913").unwrap();
+        let sealed = v1.keys.seal("c", "482913").unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"482913"));
-        assert_eq!(v1.unseal(&sealed).unwrap().as_str(), "482913");
-        assert!(v2.unseal(&sealed).is_none(), "another process's key");
+        assert_eq!(v1.keys.unseal("c", &sealed).unwrap().as_str(), "482913");
+        assert!(
+            v2.keys.unseal("c", &sealed).is_none(),
+            "another process's key"
+        );
+        assert!(
+            v1.keys.unseal("d", &sealed).is_none(),
+            "sealed for another subject"
+        );
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
-        assert!(v1.unseal(&tampered).is_none());
-        assert!(v1.unseal(&sealed[..5]).is_none());
+        assert!(v1.keys.unseal("c", &tampered).is_none());
+        assert!(v1.keys.unseal("c", &sealed[..5]).is_none());
     }
 
     #[test]
@@ -665,14 +720,25 @@ mod tests {
     fn digest_depends_on_the_vault_key() {
         let v1 = PinVault::with_defaults().unwrap();
         let v2 = PinVault::with_defaults().unwrap();
-        assert_ne!(v1.key, v2.key);
-        assert_ne!(v1.digest("123456"), v2.digest("123456"));
-        // Deterministic under one key, and not the plain SHA-256 of the PIN.
-        assert_eq!(v1.digest("123456"), v1.digest("123456"));
-        assert_ne!(v1.digest("123456"), v1.digest("123457"));
+        assert_ne!(v1.keys.mac.as_ref(), v2.keys.mac.as_ref());
+        let d = |v: &PinVault, s: &str, pin: &str| v.keys.digest(s, pin);
+        assert_ne!(d(&v1, "c", "123456"), d(&v2, "c", "123456"));
+        // Deterministic under one key, bound to the subject, and not the plain SHA-256.
+        assert_eq!(d(&v1, "c", "123456"), d(&v1, "c", "123456"));
+        assert_ne!(d(&v1, "c", "123456"), d(&v1, "c", "123457"));
+        assert_ne!(d(&v1, "c", "123456"), d(&v1, "d", "123456"));
         use sha2::Digest;
         let plain: [u8; 32] = Sha256::digest(b"123456").into();
-        assert_ne!(v1.digest("123456"), plain);
+        assert_ne!(d(&v1, "c", "123456"), plain);
+        // Keys derived from one secret agree on every node; another secret's do not.
+        let (n1, n2) = (PinKeys::derive(b"shared"), PinKeys::derive(b"shared"));
+        assert_eq!(n1.digest("c", "123456"), n2.digest("c", "123456"));
+        assert!(n2.matches("c", "123456", &n1.digest("c", "123456")));
+        let sealed = n1.seal("c", "123456").unwrap();
+        assert_eq!(n2.unseal("c", &sealed).unwrap().as_str(), "123456");
+        let other = PinKeys::derive(b"other");
+        assert!(!other.matches("c", "123456", &n1.digest("c", "123456")));
+        assert!(other.unseal("c", &sealed).is_none());
     }
 
     #[test]
