@@ -255,6 +255,7 @@ suite! {
         concurrent_admissions_take_exactly_the_caller_limit,
         concurrent_admissions_take_exactly_the_guards_hour_budget,
         concurrent_decoy_failures_count_a_strict_sequence,
+        concurrent_pin_updates_take_turns,
         concurrent_webhook_claims_hand_out_every_event_once,
         concurrent_adds_of_one_id_let_exactly_one_win,
         concurrent_first_opens_migrate_once,
@@ -2053,6 +2054,58 @@ fn concurrent_decoy_failures_count_a_strict_sequence(f: &dyn Fixture) {
         f.store().decoy_failures_since(subject, t(0)).unwrap(),
         16 * each
     );
+}
+
+/// Two nodes check one shared PIN at the same moment (`[store] pin_key_file`): each
+/// `update_pin` reads and writes its row under the subject's lock, so every one of 16 tries
+/// sees the count the one before left, none is lost and none is given twice.
+fn concurrent_pin_updates_take_turns(f: &dyn Fixture) {
+    use ivrd::store::{PinUpdate, StoredPin};
+    let tries = 16u32;
+    f.store()
+        .update_pin("123456", |_| {
+            let row = StoredPin {
+                digest: vec![7; 32],
+                sealed: vec![1, 2, 3],
+                length: 6,
+                expires_at: t(3600),
+                tries_left: tries,
+            };
+            (PinUpdate::Put(row), ())
+        })
+        .unwrap();
+    let seen = on_two_nodes(f, |store, _| {
+        store
+            .update_pin("123456", |row| {
+                let mut row = row.expect("the PIN is there");
+                let before = row.tries_left;
+                row.tries_left -= 1;
+                let update = if row.tries_left == 0 {
+                    PinUpdate::Delete
+                } else {
+                    PinUpdate::Put(row)
+                };
+                (update, before)
+            })
+            .unwrap()
+    });
+    let mut seen: Vec<u32> = seen;
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=tries).collect::<Vec<_>>(),
+        "each try saw its own count"
+    );
+    assert_eq!(
+        f.store().pins_outstanding().unwrap(),
+        0,
+        "the last try removed it"
+    );
+    let row = f
+        .store()
+        .update_pin("123456", |row| (PinUpdate::Keep, row))
+        .unwrap();
+    assert_eq!(row, None);
 }
 
 /// Two nodes' deliverers (eight threads each) drain one outbox: every event is handed out
