@@ -1749,7 +1749,11 @@ fn a_verification_round_trips_and_the_newest_pending_one_is_found(f: &dyn Fixtur
     newer.expires_at = at + Duration::from_secs(20);
     newer.channel = "voice".into();
     newer.delivery = Some("answered".into());
-    store.update_verification(&newer).unwrap();
+    assert!(
+        store
+            .update_verification(&newer, VerificationStatus::Pending)
+            .unwrap()
+    );
     assert_eq!(store.verification("VE2").unwrap().as_ref(), Some(&newer));
     assert_eq!(
         pending("tel:+4915112345678", "shop").as_deref(),
@@ -1764,9 +1768,14 @@ fn a_verification_round_trips_and_the_newest_pending_one_is_found(f: &dyn Fixtur
     v.updated_at = later;
     assert_eq!(store.verification("VE1").unwrap().as_ref(), Some(&v));
     for status in VerificationStatus::ALL {
+        let was = v.status;
         v.status = status;
-        store.update_verification(&v).unwrap();
+        assert!(store.update_verification(&v, was).unwrap());
         assert_eq!(store.verification("VE1").unwrap().unwrap().status, status);
+        // Written over a status the row no longer has: refused, the row unchanged.
+        let mut stale = v.clone();
+        stale.checks += 1;
+        assert!(!store.update_verification(&stale, was).unwrap() || was == status);
     }
     assert_eq!(pending("tel:+4915112345678", "shop"), None);
 }

@@ -170,7 +170,11 @@ impl ApiContext {
             store.insert_verification(&v).map_err(ApiError::store)?;
             self.notify(&v);
         } else {
-            store.update_verification(&v).map_err(ApiError::store)?;
+            // A resend leaves the status pending; if another node ended the verification
+            // meanwhile, its state stands (the code went out regardless).
+            store
+                .update_verification(&v, VerificationStatus::Pending)
+                .map_err(ApiError::store)?;
         }
         info!(verification = %v.id, key, created, "API verification code sent");
         Ok(Answer {
@@ -543,12 +547,20 @@ impl ApiContext {
     }
 
     /// Writes a change; a new status is called back, and a final one audited.
+    /// Written only over the status it was read with: if another node (another check, a
+    /// cancel) changed it meanwhile, that change stands and `v` becomes the row as it is.
     fn save(&self, v: &mut Verification, before: VerificationStatus) -> Result<(), ApiError> {
         v.updated_at = SystemTime::now();
-        self.verifier()
-            .store()
-            .update_verification(v)
-            .map_err(ApiError::store)?;
+        let store = self.verifier().store();
+        if !store
+            .update_verification(v, before)
+            .map_err(ApiError::store)?
+        {
+            if let Some(current) = store.verification(&v.id).map_err(ApiError::store)? {
+                *v = current;
+            }
+            return Ok(());
+        }
         if v.status != before {
             self.notify(v);
             if v.status.is_final() {

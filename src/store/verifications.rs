@@ -202,13 +202,19 @@ impl Store {
         Ok(())
     }
 
-    /// Writes what can change: status, counts, times.
-    pub fn update_verification(&self, v: &Verification) -> Result<(), StoreError> {
-        self.write(|tx| {
+    /// Writes what can change (status, counts, times), if the row's status is still `was`:
+    /// a change decided on a status another node has changed since (an approval, a cancel)
+    /// is not written over it. Returns whether it was written.
+    pub fn update_verification(
+        &self,
+        v: &Verification,
+        was: VerificationStatus,
+    ) -> Result<bool, StoreError> {
+        let n = self.write(|tx| {
             tx.exec(
                 "UPDATE verifications SET status = ?2, sends = ?3, checks = ?4, updated_at = ?5,
                                           expires_at = ?6, channel = ?7, delivery = ?8
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND status = ?9",
                 args![
                     &v.id,
                     v.status.as_str(),
@@ -218,10 +224,11 @@ impl Store {
                     to_ms(v.expires_at),
                     &v.channel,
                     &v.delivery,
+                    was.as_str(),
                 ],
             )
         })?;
-        Ok(())
+        Ok(n == 1)
     }
 
     /// Records how a code went out, changing nothing else (a call's outcome arrives while
@@ -462,7 +469,19 @@ mod tests {
         );
         v.status = VerificationStatus::Approved;
         v.checks = 2;
-        store.update_verification(&v).unwrap();
+        assert!(
+            store
+                .update_verification(&v, VerificationStatus::Pending)
+                .unwrap()
+        );
+        // Another node's change over a status that is no longer there is not written.
+        let mut stale = v.clone();
+        stale.status = VerificationStatus::Canceled;
+        assert!(
+            !store
+                .update_verification(&stale, VerificationStatus::Pending)
+                .unwrap()
+        );
         assert_eq!(store.verification("VE1").unwrap().as_ref(), Some(&v));
         // A call's outcome changes the delivery alone.
         let later = at + Duration::from_secs(60);
