@@ -444,3 +444,48 @@ fn an_api_code_sent_through_one_node_is_checked_through_the_other() {
     assert_eq!(store.pins_outstanding().unwrap(), 0, "a used code is gone");
     drop(nodes);
 }
+
+/// `ivrd migrate` on an empty PostgreSQL database creates the schema and says from which
+/// version; run again, it has nothing to do; a daemon then starts on it without migrating.
+#[test]
+fn ivrd_migrate_brings_an_empty_database_up_once() {
+    let pg = Postgres::new();
+    pg.create_database("ivrd");
+    let url = pg.url("ivrd");
+    let migrate = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_ivrd"))
+            .args(["migrate", "--db", &url])
+            .output()
+            .expect("run ivrd migrate");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = migrate();
+    let version = ivrd::store::SCHEMA_VERSION;
+    assert!(
+        first.contains(&format!("schema version 0 -> {version}")),
+        "{first}"
+    );
+    assert!(!first.contains("password"), "{first}");
+    let again = migrate();
+    assert!(again.contains("nothing to do"), "{again}");
+    let rows = pg
+        .psql("ivrd", "SELECT version FROM schema_version")
+        .unwrap();
+    assert_eq!(rows.trim(), version.to_string(), "{rows}");
+    // A wrong database is an error with the server's words, not a hang.
+    let out = Command::new(env!("CARGO_BIN_EXE_ivrd"))
+        .args(["migrate", "--db", &pg.url("nosuchdb")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nosuchdb") && err.contains("does not exist"),
+        "{err}"
+    );
+}
