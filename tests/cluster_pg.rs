@@ -131,19 +131,7 @@ fn audit(url: &str) -> Vec<AuditRow> {
 }
 
 fn wait_audit(url: &str, count: usize, timeout: Duration) -> Vec<AuditRow> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let rows = audit(url);
-        if rows.len() >= count {
-            return rows;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} audit rows after {timeout:?}, expected {count}: {rows:#?}",
-            rows.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_audit_rows(|| audit(url), count, timeout)
 }
 
 /// Wrong PINs on one node lock the customer out on the other; the SMS budget of a customer

@@ -146,19 +146,29 @@ impl Rig {
     /// Waits until there are `count` audit rows (they are written once a call has ended) and
     /// returns them newest first.
     pub fn wait_audit(&self, count: usize, timeout: Duration) -> Vec<AuditRow> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let rows = self.audit();
-            if rows.len() >= count {
-                return rows;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} audit rows after {timeout:?}, expected {count}: {rows:#?}",
-                rows.len()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        wait_audit_rows(|| self.audit(), count, timeout)
+    }
+}
+
+/// Waits until `read` (the audit rows of some database, newest first) finds `count` rows and
+/// returns them.
+pub fn wait_audit_rows(
+    read: impl Fn() -> Vec<AuditRow>,
+    count: usize,
+    timeout: Duration,
+) -> Vec<AuditRow> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = read();
+        if rows.len() >= count {
+            return rows;
         }
+        assert!(
+            Instant::now() < deadline,
+            "{} audit rows after {timeout:?}, expected {count}: {rows:#?}",
+            rows.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
