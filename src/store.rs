@@ -1274,6 +1274,20 @@ impl Store {
             // Always in this order (subject, caller, guard): no two decisions wait on each other.
             tx.lock(&format!("subject:{subject}"))?;
             tx.lock(&format!("caller:{caller}"))?;
+            // A lock-out made a moment ago (on another node, say) between the caller's check
+            // and this send: decided here, under the subject's lock, it lets no SMS out.
+            if !decoy
+                && tx
+                    .query_opt(
+                        "SELECT until FROM lockouts WHERE customer_id = ?1",
+                        args![subject],
+                    )?
+                    .map(|r| r.int(0))
+                    .transpose()?
+                    .is_some_and(|until| until > to_ms(at))
+            {
+                return Ok(SmsAdmission::LockedOut);
+            }
             if let Some(g) = guard {
                 tx.lock("guard")?;
                 // A breaker that just tripped is recorded: keep that, though nothing is sent.
@@ -1874,6 +1888,8 @@ pub enum SmsAdmission {
     CallerLimit,
     /// The fraud guard refused it.
     Guard(GuardStop),
+    /// The customer is locked out.
+    LockedOut,
 }
 
 // -------------------------------------------------------------------- helpers

@@ -1111,6 +1111,17 @@ fn admit_sms_enforces_both_limits(f: &dyn Fixture) {
             .unwrap(),
         SmsAdmission::Recorded
     );
+    // A lock-out made since the caller looked (on another node) refuses the send itself,
+    // and records nothing; once it has ended, sends are admitted again.
+    store.lock("2", t(100), 1).unwrap();
+    assert_eq!(admit("2", "+4930333", t(50)), SmsAdmission::LockedOut);
+    assert_eq!(store.sms_count_for_customer("2", t(0)).unwrap(), 2);
+    assert_eq!(
+        store
+            .admit_sms("2", "+4930333", t(100), t(99), 2, 3)
+            .unwrap(),
+        SmsAdmission::Recorded
+    );
 }
 
 fn admit_with_a_guard_spends_its_budgets(f: &dyn Fixture) {

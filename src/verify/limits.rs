@@ -561,6 +561,7 @@ impl Verifier {
             SmsAdmission::Recorded => return Ok(()),
             SmsAdmission::CustomerLimit => return Err(SendRefusal::CustomerRateLimited),
             SmsAdmission::CallerLimit => return Err(SendRefusal::CallerRateLimited),
+            SmsAdmission::LockedOut => return Err(SendRefusal::LockedOut),
             SmsAdmission::Guard(stop) => stop,
         };
         let refusal = match stop {
