@@ -1869,12 +1869,7 @@ fn copy_to_writes_a_sqlite_copy_of_what_decides_a_call(f: &dyn Fixture) {
         .unwrap();
     store.add_customer(&customer("B", &mobile(3))).unwrap();
     store.set_enabled("B", false).unwrap();
-    store
-        .lock("123456", t(900) + Duration::from_millis(9), u32::MAX)
-        .unwrap();
-    store.lock("é-2", t(60), 2).unwrap();
-    store.record_failure("é-2", t(30)).unwrap();
-    store.bump_failures_in_a_row("é-2").unwrap();
+    // A send before the lock-out (a locked-out customer's send is refused).
     let guard = hour_budget(10);
     assert_eq!(
         store
@@ -1882,6 +1877,12 @@ fn copy_to_writes_a_sqlite_copy_of_what_decides_a_call(f: &dyn Fixture) {
             .unwrap(),
         SmsAdmission::Recorded
     );
+    store
+        .lock("123456", t(900) + Duration::from_millis(9), u32::MAX)
+        .unwrap();
+    store.lock("é-2", t(60), 2).unwrap();
+    store.record_failure("é-2", t(30)).unwrap();
+    store.bump_failures_in_a_row("é-2").unwrap();
     store
         .record_decoy_failure("tel:+4930", t(41), t(0))
         .unwrap();
