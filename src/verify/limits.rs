@@ -299,16 +299,13 @@ enum Pins {
     Shared(Arc<SharedVault>),
 }
 
-impl Pins {
-    fn local(&self) -> Option<MutexGuard<'_, PinVault>> {
-        match self {
-            // The vault's operations leave it consistent at every step; a panic elsewhere
-            // while the lock was held does not make its contents wrong.
-            Pins::Local(v) => Some(v.lock().unwrap_or_else(|p| p.into_inner())),
-            Pins::Shared(_) => None,
-        }
-    }
+/// The in-memory vault. Its operations leave it consistent at every step; a panic elsewhere
+/// while the lock was held does not make its contents wrong.
+fn lock(vault: &Mutex<PinVault>) -> MutexGuard<'_, PinVault> {
+    vault.lock().unwrap_or_else(|p| p.into_inner())
+}
 
+impl Pins {
     fn issue_or_resend(
         &self,
         subject: &str,
@@ -323,10 +320,7 @@ impl Pins {
                     SharedPinError::Pin(e) => e.into(),
                     SharedPinError::Store(e) => e.into(),
                 }),
-            Pins::Local(_) => Ok(self
-                .local()
-                .expect("a local vault")
-                .issue_or_resend(subject, length, now)?),
+            Pins::Local(v) => Ok(lock(v).issue_or_resend(subject, length, now)?),
         }
     }
 
@@ -337,10 +331,7 @@ impl Pins {
                 tracing::error!(error = %e, "cannot read the shared PINs; the check fails");
                 PinCheck::NoPin
             }),
-            Pins::Local(_) => self
-                .local()
-                .expect("a local vault")
-                .check(subject, input, now),
+            Pins::Local(v) => lock(v).check(subject, input, now),
         }
     }
 
@@ -351,7 +342,7 @@ impl Pins {
                 tracing::warn!(error = %e, "cannot void a shared PIN");
                 false
             }),
-            Pins::Local(_) => self.local().expect("a local vault").revoke(subject),
+            Pins::Local(v) => lock(v).revoke(subject),
         }
     }
 }
