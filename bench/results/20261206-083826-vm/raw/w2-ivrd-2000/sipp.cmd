@@ -1,0 +1,1 @@
+taskset -c 1 sipp 127.0.0.1:15060 -sf /work/main/bench/scenarios/uac_hold.xml -s 100 -i 127.0.0.1 -p 15070 -mi 127.0.0.1 -mp 16000 -key sdp_port 16000 -l 2000 -r 100 -m 2000 -d 123000 -buff_size 4194304 -nostdin -trace_stat -stf stat.csv -fd 1 -trace_err -error_file errors.log -trace_screen -screen_file screen.log -trace_logs -log_file rtp_ports.log
