@@ -5,6 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
+
+# A clean build of every test target and the fuzz targets takes about 3 GB under target/
+# (Cargo.toml keeps line tables only in debug builds). Incremental compilation would add as
+# much again for nothing on a fresh checkout, so it is off unless asked for. A disk too full
+# for the build says so here, not as an LLVM I/O error half-way through.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+need_kb=$((4 * 1024 * 1024))
+mkdir -p target
+free_kb=$(df -Pk target | awk 'NR == 2 { print $4 }')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+    echo "test.sh: $((free_kb / 1024)) MiB free under $(pwd)/target; the build needs about 4 GiB" >&2
+    du -sh target >&2 || true
+    exit 1
+fi
 cargo test --all-targets "$@"
 
 # The fuzz targets (fuzz/, see the README's Fuzzing section) are built here but not run: a
