@@ -576,6 +576,7 @@ pub async fn run(
             .voice
             .set(channel.clone());
     }
+    let mut webhooks = None;
     if !cfg.api.listen.is_empty() {
         let snapshots = current.clone();
         let voice = voice.clone();
@@ -589,7 +590,7 @@ pub async fn run(
         });
         // Status callbacks go out from the outbox, to the URL the current config names.
         let snapshots = current.clone();
-        tokio::spawn(crate::api::webhooks::run(
+        webhooks = Some(tokio::spawn(crate::api::webhooks::run(
             store.clone(),
             move || {
                 let snap = snapshots.read().expect("snapshot lock").clone();
@@ -600,7 +601,7 @@ pub async fn run(
                 })
             },
             admin_shutdown.clone(),
-        ));
+        )));
         let api_tls = match cfg.tls.files().filter(|_| cfg.api.tls) {
             Some(files) => Some(crate::api::tls_config(files).context("[api] tls")?),
             None => None,
@@ -737,6 +738,12 @@ pub async fn run(
     }
     sip_shutdown.cancel();
     admin_shutdown.cancel();
+    if let Some(task) = webhooks {
+        // The callback in flight gets its try (bounded); the round's untried claims go back
+        // to the outbox for the other nodes at once, not after their lease.
+        let bound = crate::api::webhooks::TRY_TIMEOUT + Duration::from_secs(1);
+        let _ = tokio::time::timeout(bound, task).await;
+    }
     info!("stopped");
     Ok(())
 }

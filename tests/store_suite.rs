@@ -22,7 +22,8 @@
 //! - the audit log (round trip, NUL bytes, filters, batched pruning, last calls), API keys,
 //!   verifications, the webhook outbox and its leases, `copy_to`;
 //! - several nodes at once (two stores on one database, eight threads each): lock-outs,
-//!   admissions, the guard's budget, decoy failure counts, webhook claims, first opens;
+//!   admissions, the guard's budget, decoy failure counts, webhook claims, starts of one
+//!   verification, first opens;
 //! - PostgreSQL only: an outage fails calls fast as `Unavailable`, and the same store works
 //!   again once the server is back.
 //!
@@ -247,6 +248,8 @@ suite! {
         api_keys_by_hash_revoke_and_list_by_name,
         a_verification_round_trips_and_the_newest_pending_one_is_found,
         webhook_claims_are_leased_and_keep_each_verifications_order,
+        a_start_joins_a_pending_verification_of_its_subject_and_key,
+        released_webhook_claims_are_due_again_at_once,
         // Copies
         copy_to_writes_a_sqlite_copy_of_what_decides_a_call,
         // Several nodes at once
@@ -258,6 +261,7 @@ suite! {
         concurrent_pin_updates_take_turns,
         concurrent_webhook_claims_hand_out_every_event_once,
         concurrent_adds_of_one_id_let_exactly_one_win,
+        concurrent_starts_of_one_verification_make_one,
         concurrent_first_opens_migrate_once,
     ],
     postgres_only: [
@@ -1854,6 +1858,112 @@ fn webhook_claims_are_leased_and_keep_each_verifications_order(f: &dyn Fixture) 
     assert_eq!(again, ["VE1 approved", "VE3 later"]);
 }
 
+/// A pending SMS verification of `to` by key `shop`, started (and its code sent) at `at`.
+fn started(id: &str, to: &str, at: SystemTime) -> Verification {
+    Verification {
+        id: id.into(),
+        key_name: "shop".into(),
+        to: to.into(),
+        subject: format!("tel:{to}"),
+        customer_id: None,
+        channel: "sms".into(),
+        locale: "en".into(),
+        template: "default".into(),
+        status: VerificationStatus::Pending,
+        sends: 1,
+        checks: 0,
+        created_at: at,
+        updated_at: at,
+        expires_at: at + Duration::from_secs(600),
+        delivery: Some("sent".into()),
+    }
+}
+
+fn a_start_joins_a_pending_verification_of_its_subject_and_key(f: &dyn Fixture) {
+    let (node_a, node_b) = (f.store(), f.store());
+    let at = t(7000);
+    let first = started("VE1", "+4915112345678", at);
+    let (got, created) = node_a.start_verification(&first, at).unwrap();
+    assert!(created);
+    assert_eq!(got, first);
+    // Another node sent a code for the same number and key a second later: it becomes
+    // VE1's resend (channel and delivery of the latest send, the later expiry).
+    let later = at + Duration::from_secs(1);
+    let second = Verification {
+        channel: "voice".into(),
+        delivery: Some("calling".into()),
+        ..started("VE2", "+4915112345678", later)
+    };
+    let (got, created) = node_b.start_verification(&second, later).unwrap();
+    assert!(!created);
+    let want = Verification {
+        sends: 2,
+        channel: "voice".into(),
+        updated_at: later,
+        expires_at: later + Duration::from_secs(600),
+        delivery: Some("calling".into()),
+        ..first.clone()
+    };
+    assert_eq!(got, want);
+    assert_eq!(node_a.verification("VE1").unwrap(), Some(want));
+    assert_eq!(node_a.verification("VE2").unwrap(), None, "not written");
+    // Another key, another number: verifications of their own.
+    let other_key = Verification {
+        key_name: "other".into(),
+        ..started("VE3", "+4915112345678", later)
+    };
+    assert!(node_b.start_verification(&other_key, later).unwrap().1);
+    assert!(
+        node_b
+            .start_verification(&started("VE4", "+4915199999999", later), later)
+            .unwrap()
+            .1
+    );
+    // VE1 expired, or ended: a new start makes a new one.
+    let after = at + Duration::from_secs(2000);
+    assert!(
+        node_a
+            .start_verification(&started("VE5", "+4915112345678", after), after)
+            .unwrap()
+            .1
+    );
+    let mut ve5 = node_a.verification("VE5").unwrap().unwrap();
+    let was = ve5.status;
+    ve5.status = VerificationStatus::Approved;
+    assert!(node_a.update_verification(&ve5, was).unwrap());
+    assert!(
+        node_b
+            .start_verification(&started("VE6", "+4915112345678", after), after)
+            .unwrap()
+            .1
+    );
+}
+
+fn released_webhook_claims_are_due_again_at_once(f: &dyn Fixture) {
+    let (node_a, node_b) = (f.store(), f.store());
+    let t0 = t(8000);
+    let lease = Duration::from_secs(600);
+    for body in ["VE1 pending", "VE1 approved", "VE2 pending"] {
+        let id = &body[..3];
+        node_a.enqueue_webhook(id, body, t0).unwrap();
+    }
+    let claimed = node_a.claim_webhooks(t0, lease, 10).unwrap();
+    assert_eq!(claimed.len(), 2, "VE1's approval waits for its pending");
+    assert!(node_b.claim_webhooks(t0, lease, 10).unwrap().is_empty());
+    // Node A stops before trying them: it hands them back, and node B takes them now, in
+    // each verification's order, not when the lease ends.
+    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    node_a.release_webhooks(&ids, t0).unwrap();
+    node_a.release_webhooks(&[], t0).unwrap();
+    let again: Vec<String> = node_b
+        .claim_webhooks(t0, lease, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.body)
+        .collect();
+    assert_eq!(again, ["VE1 pending", "VE2 pending"]);
+}
+
 // =============================================================================================
 // Copies
 // =============================================================================================
@@ -2211,6 +2321,28 @@ fn concurrent_adds_of_one_id_let_exactly_one_win(f: &dyn Fixture) {
     let c = f.store().find_customer("123456").unwrap().unwrap();
     assert_eq!(c.name, format!("Writer {}", winners[0]));
     assert_eq!(c.extra["branch"], "Köln", "the winner's fields, once");
+}
+
+/// Sixteen starts of one number's verification at once on two nodes, each having found none
+/// pending: one verification, with every code counted as its send.
+fn concurrent_starts_of_one_verification_make_one(f: &dyn Fixture) {
+    let at = t(9500);
+    let results = on_two_nodes(f, |store, i| {
+        store
+            .start_verification(&started(&format!("VE{i}"), "+4915112345678", at), at)
+            .unwrap()
+    });
+    let created: Vec<&Verification> = results.iter().filter(|(_, c)| *c).map(|(v, _)| v).collect();
+    assert_eq!(created.len(), 1, "{results:?}");
+    let id = &created[0].id;
+    assert!(results.iter().all(|(v, _)| &v.id == id));
+    let row = f.store().verification(id).unwrap().unwrap();
+    assert_eq!(row.sends, results.len() as u32);
+    assert_eq!(
+        f.raw_count("SELECT COUNT(*) FROM verifications"),
+        1,
+        "one row in all"
+    );
 }
 
 /// Four nodes starting at once on a new, empty database: all open it, the schema is made

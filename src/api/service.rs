@@ -126,7 +126,7 @@ impl ApiContext {
             .pending_verification(&subject, key)
             .map_err(ApiError::store)?
             .filter(|v| v.expires_at > wall);
-        let (mut v, created) = match pending {
+        let (mut v, mut created) = match pending {
             Some(v) => (v, false),
             None => (
                 Verification {
@@ -167,8 +167,18 @@ impl ApiContext {
             Err(e) => return Err(e),
         }
         if created {
-            store.insert_verification(&v).map_err(ApiError::store)?;
-            self.notify(&v);
+            let (recorded, fresh) = store
+                .start_verification(&v, wall)
+                .map_err(ApiError::store)?;
+            if fresh {
+                self.notify(&v);
+            } else {
+                // Another node started this one's verification since we looked: the code
+                // that went out is a resend of that one (the same digits with shared PINs).
+                info!(verification = %recorded.id, key, "joined a verification started meanwhile");
+                v = recorded;
+                created = false;
+            }
         } else {
             // A resend leaves the status pending; if another node ended the verification
             // meanwhile, its state stands (the code went out regardless).

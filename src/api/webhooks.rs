@@ -120,10 +120,16 @@ pub async fn run(
         };
         // One verification's callbacks in order: after a failure, its later ones wait.
         let mut held: Vec<String> = Vec::new();
+        // Claimed but not tried this round: handed back at its end rather than left to the
+        // lease, so a stop or a failure delays them for no node.
+        let mut untried: Vec<i64> = Vec::new();
         for event in due {
-            if held.contains(&event.verification_id) {
+            if held.contains(&event.verification_id) || shutdown.is_cancelled() {
+                untried.push(event.id);
                 continue;
             }
+            // A try in flight is not cut short by a stop (it is bounded by TRY_TIMEOUT): a
+            // callback the receiver took is not sent again by another node.
             let delivered = deliver(&client, &t, &event).await;
             let store = store.clone();
             let id = event.verification_id.clone();
@@ -134,6 +140,16 @@ pub async fn run(
                 Ok(Ok(false)) => held.push(id),
                 Ok(Err(e)) => warn!(error = %e, "cannot update the webhook outbox"),
                 Err(_) => {}
+            }
+        }
+        if !untried.is_empty() {
+            let store = store.clone();
+            let released = tokio::task::spawn_blocking(move || {
+                store.release_webhooks(&untried, SystemTime::now())
+            })
+            .await;
+            if let Ok(Err(e)) = released {
+                warn!(error = %e, "cannot hand back webhook claims (they come due after their lease)");
             }
         }
     }
@@ -225,6 +241,56 @@ mod tests {
             signature("s3cret", 1_700_000_001, r#"{"a":1}"#),
             signature("s3cret", 1_700_000_000, r#"{"a":1}"#)
         );
+    }
+
+    /// A stop during a round: the try in flight ends (the receiver takes it), and the
+    /// round's other claims are due again at once for another node, not after the lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_hands_back_the_claims_it_did_not_try() {
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("ivrd.db")).unwrap());
+        for v in ["VE1", "VE2", "VE3"] {
+            store
+                .enqueue_webhook(v, &format!("{v} pending"), SystemTime::now())
+                .unwrap();
+        }
+        let receiver = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(204).set_delay(Duration::from_millis(700)))
+            .mount(&receiver)
+            .await;
+        let shutdown = CancellationToken::new();
+        let url = format!("{}/hook", receiver.uri());
+        let task = tokio::spawn(run(
+            store.clone(),
+            move || {
+                Some(Target {
+                    url: url.clone(),
+                    secret: "s3cret".into(),
+                })
+            },
+            shutdown.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while receiver.received_requests().await.unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "no callback came");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        tokio::time::timeout(TRY_TIMEOUT, task)
+            .await
+            .expect("the deliverer stops within a try")
+            .unwrap();
+        assert_eq!(receiver.received_requests().await.unwrap().len(), 1);
+        assert_eq!(store.webhooks_waiting().unwrap(), 2, "the first delivered");
+        let due: Vec<String> = store
+            .claim_webhooks(SystemTime::now(), LEASE, CLAIM)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.body)
+            .collect();
+        assert_eq!(due, ["VE2 pending", "VE3 pending"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! random bits, so a plain hash is enough (a slow password hash guards guessable secrets),
 //! and a lookup by hash is an index probe, the same work for a good key and a bad one.
 
-use super::backend::{Row, args};
+use super::backend::{Row, Tx, args};
 use super::{Store, StoreError, from_ms, to_ms};
 use std::time::SystemTime;
 
@@ -118,6 +118,33 @@ fn read(r: &Row) -> Result<Verification, StoreError> {
     })
 }
 
+fn insert(tx: &mut dyn Tx, v: &Verification) -> Result<(), StoreError> {
+    tx.exec(
+        &format!(
+            "INSERT INTO verifications ({COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        ),
+        args![
+            &v.id,
+            &v.key_name,
+            &v.to,
+            &v.subject,
+            &v.customer_id,
+            &v.channel,
+            &v.locale,
+            &v.template,
+            v.status.as_str(),
+            v.sends,
+            v.checks,
+            to_ms(v.created_at),
+            to_ms(v.updated_at),
+            to_ms(v.expires_at),
+            &v.delivery,
+        ],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Adds a key by its hash; `false` if the name is taken.
     pub fn add_api_key(&self, name: &str, hash: &str, at: SystemTime) -> Result<bool, StoreError> {
@@ -174,32 +201,57 @@ impl Store {
     }
 
     pub fn insert_verification(&self, v: &Verification) -> Result<(), StoreError> {
+        self.write(|tx| insert(tx, v))
+    }
+
+    /// Records `v`, a new pending verification whose first code just went out, unless a
+    /// verification of the same subject and key is still pending at `now`: then that code
+    /// counts as a resend of that one, which is returned with `false`. Two nodes taking one
+    /// number's start in the same instant (each found none pending when it looked) so end
+    /// with one verification, which every later check and resend finds.
+    pub fn start_verification(
+        &self,
+        v: &Verification,
+        now: SystemTime,
+    ) -> Result<(Verification, bool), StoreError> {
         self.write(|tx| {
+            tx.lock(&format!("verification:{}:{}", v.key_name, v.subject))?;
+            let pending = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {COLUMNS} FROM verifications
+                         WHERE subject = ?1 AND key_name = ?2 AND status = 'pending'
+                           AND expires_at > ?3
+                         ORDER BY created_at DESC LIMIT 1"
+                    ),
+                    args![&v.subject, &v.key_name, to_ms(now)],
+                )?
+                .map(|r| read(&r))
+                .transpose()?;
+            let Some(mut joined) = pending else {
+                insert(tx, v)?;
+                return Ok((v.clone(), true));
+            };
+            joined.sends = joined.sends.saturating_add(v.sends);
+            joined.channel = v.channel.clone();
+            joined.updated_at = v.updated_at;
+            joined.expires_at = joined.expires_at.max(v.expires_at);
+            joined.delivery = v.delivery.clone();
             tx.exec(
-                &format!(
-                    "INSERT INTO verifications ({COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-                ),
+                "UPDATE verifications SET sends = ?2, channel = ?3, updated_at = ?4,
+                                          expires_at = ?5, delivery = ?6
+                 WHERE id = ?1",
                 args![
-                    &v.id,
-                    &v.key_name,
-                    &v.to,
-                    &v.subject,
-                    &v.customer_id,
-                    &v.channel,
-                    &v.locale,
-                    &v.template,
-                    v.status.as_str(),
-                    v.sends,
-                    v.checks,
-                    to_ms(v.created_at),
-                    to_ms(v.updated_at),
-                    to_ms(v.expires_at),
-                    &v.delivery,
+                    &joined.id,
+                    joined.sends,
+                    &joined.channel,
+                    to_ms(joined.updated_at),
+                    to_ms(joined.expires_at),
+                    &joined.delivery,
                 ],
-            )
-        })?;
-        Ok(())
+            )?;
+            Ok((joined, false))
+        })
     }
 
     /// Writes what can change (status, counts, times), if the row's status is still `was`:
@@ -367,6 +419,24 @@ impl Store {
                 )?;
             }
             Ok(events)
+        })
+    }
+
+    /// Claimed events this node will not try after all (a round cut short by a stop, or
+    /// events held behind a failed one): due again at `now` for any node, instead of at the
+    /// end of their lease.
+    pub fn release_webhooks(&self, ids: &[i64], now: SystemTime) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            for id in ids {
+                tx.exec(
+                    "UPDATE webhook_outbox SET next_at = ?2 WHERE id = ?1",
+                    args![*id, to_ms(now)],
+                )?;
+            }
+            Ok(())
         })
     }
 
