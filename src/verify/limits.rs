@@ -835,9 +835,8 @@ impl Verifier {
         }
     }
 
-    /// Records a failure and locks the customer if that reaches the threshold in the window.
-    /// Returns whether the customer is now locked.
-    /// A verified PIN for the breaker of the prefix it was sent to.
+    /// A verified PIN for the breaker of the prefix it was sent to. The number is read again
+    /// (one indexed read per verified call): the PIN does not carry where it went.
     fn record_verified(&self, customer_id: &str, wall: SystemTime) -> Result<(), StoreError> {
         if let Some(c) = self.store.find_customer(customer_id)?
             && let Some(dest) = Destination::of(&c.mobile, self.guard.breaker_prefix_digits)
