@@ -376,6 +376,27 @@ fn audit_calls(store: &Store, filter: &AuditFilter) -> Vec<String> {
     seen
 }
 
+/// A pending SMS verification of `to` by key `shop`, started (and its code sent) at `at`.
+fn started(id: &str, to: &str, at: SystemTime) -> Verification {
+    Verification {
+        id: id.into(),
+        key_name: "shop".into(),
+        to: to.into(),
+        subject: format!("tel:{to}"),
+        customer_id: None,
+        channel: "sms".into(),
+        locale: "en".into(),
+        template: "default".into(),
+        status: VerificationStatus::Pending,
+        sends: 1,
+        checks: 0,
+        created_at: at,
+        updated_at: at,
+        expires_at: at + Duration::from_secs(600),
+        delivery: Some("sent".into()),
+    }
+}
+
 /// Two stores on one database (two nodes), eight threads on each, started together by a
 /// barrier: `work(store, thread)` for threads 0..16; their results in thread order.
 fn on_two_nodes<T: Send>(f: &dyn Fixture, work: impl Fn(&Store, usize) -> T + Sync) -> Vec<T> {
@@ -1704,21 +1725,9 @@ fn a_verification_round_trips_and_the_newest_pending_one_is_found(f: &dyn Fixtur
     let store = f.store();
     let at = t(1000) + Duration::from_millis(1);
     let mut v = Verification {
-        id: "VE1".into(),
-        key_name: "shop".into(),
-        to: "+4915112345678".into(),
-        subject: "tel:+4915112345678".into(),
-        customer_id: None,
-        channel: "sms".into(),
         locale: "de".into(),
-        template: "default".into(),
-        status: VerificationStatus::Pending,
-        sends: 1,
-        checks: 0,
-        created_at: at,
-        updated_at: at,
         expires_at: at + Duration::from_secs(300),
-        delivery: Some("sent".into()),
+        ..started("VE1", "+4915112345678", at)
     };
     store.insert_verification(&v).unwrap();
     assert_eq!(store.verification("VE1").unwrap().as_ref(), Some(&v));
@@ -1856,27 +1865,6 @@ fn webhook_claims_are_leased_and_keep_each_verifications_order(f: &dyn Fixture) 
         .map(|e| e.body)
         .collect();
     assert_eq!(again, ["VE1 approved", "VE3 later"]);
-}
-
-/// A pending SMS verification of `to` by key `shop`, started (and its code sent) at `at`.
-fn started(id: &str, to: &str, at: SystemTime) -> Verification {
-    Verification {
-        id: id.into(),
-        key_name: "shop".into(),
-        to: to.into(),
-        subject: format!("tel:{to}"),
-        customer_id: None,
-        channel: "sms".into(),
-        locale: "en".into(),
-        template: "default".into(),
-        status: VerificationStatus::Pending,
-        sends: 1,
-        checks: 0,
-        created_at: at,
-        updated_at: at,
-        expires_at: at + Duration::from_secs(600),
-        delivery: Some("sent".into()),
-    }
 }
 
 fn a_start_joins_a_pending_verification_of_its_subject_and_key(f: &dyn Fixture) {
