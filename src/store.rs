@@ -660,7 +660,7 @@ impl Database {
     pub fn describe(&self) -> String {
         match self {
             Database::Sqlite(path) => path.display().to_string(),
-            Database::Postgres { url, .. } => match url.parse::<postgres::Config>() {
+            Database::Postgres { url, .. } => match url.parse::<tokio_postgres::Config>() {
                 Ok(config) => backend::describe_pg(&config),
                 Err(_) => "postgres://(unparsable URL)".into(),
             },

@@ -289,6 +289,27 @@ fn a_killed_node_loses_nothing_it_committed() {
 /// verifies again without a restart; every call's audit row reaches the database.
 #[test]
 fn a_database_outage_sends_callers_to_the_fallback_and_loses_no_audit_row() {
+    database_away(Outage::Stopped);
+}
+
+/// The same with the server frozen (SIGSTOP: a hung host, a stalled disk) instead of stopped:
+/// its connections stay open and nothing answers, so only ivrd's own deadline on each
+/// exchange (`statement_timeout_ms + connect_timeout_ms`, 7 s by default) ends the wait. The
+/// caller still reaches the fallback, in well under the flow's timeout.
+#[test]
+fn a_frozen_database_sends_callers_to_the_fallback_and_loses_no_audit_row() {
+    database_away(Outage::Frozen);
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// `pg_ctl stop`: connections are closed, new ones refused.
+    Stopped,
+    /// SIGSTOP to every server process: connections hang.
+    Frozen,
+}
+
+fn database_away(outage: Outage) {
     let mut pg = Postgres::new();
     pg.create_database("ivrd");
     let url = pg.url("ivrd");
@@ -301,9 +322,19 @@ fn a_database_outage_sends_callers_to_the_fallback_and_loses_no_audit_row() {
     uac.info_digits(ERIKA, KEY_GAP);
     let posts = rig.sms.wait_posts(1, FLOW_TIMEOUT);
     let pin = check_sms(&posts[0], ERIKA_MOBILE, "de");
-    pg.stop();
+    match outage {
+        Outage::Stopped => pg.stop(),
+        Outage::Frozen => pg.freeze(),
+    }
     uac.info_digits(&pin, KEY_GAP);
+    let typed = Instant::now();
     let refer = uac.expect_request("REFER", FLOW_TIMEOUT);
+    let waited = typed.elapsed();
+    eprintln!("{outage:?}: the caller was transferred {waited:?} after typing the PIN");
+    assert!(
+        waited < Duration::from_secs(25),
+        "{outage:?}: the caller waited {waited:?} for the fallback"
+    );
     assert_eq!(
         refer_to(&refer),
         format!("<{}?X-Customer-Id={ERIKA}&X-Verified=no>", rig.fallback),
@@ -339,7 +370,10 @@ fn a_database_outage_sends_callers_to_the_fallback_and_loses_no_audit_row() {
     assert!(refused.contains("Retry-After: 5"), "{refused}");
 
     // Back: OPTIONS 200 again without a restart, and a call verifies.
-    pg.start();
+    match outage {
+        Outage::Stopped => pg.start(),
+        Outage::Frozen => pg.thaw(),
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     while status_code(&ask_options(node.sip_addr(), 1000 + n)) != Some(200) {
         n += 1;

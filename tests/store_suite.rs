@@ -266,6 +266,7 @@ suite! {
     ],
     postgres_only: [
         an_outage_fails_fast_and_the_same_store_recovers,
+        a_hung_server_fails_calls_by_the_deadline_and_the_same_store_recovers,
     ],
 }
 
@@ -2416,4 +2417,64 @@ fn an_outage_fails_fast_and_the_same_store_recovers() {
     }
     store.record_failure("123456", t(1)).unwrap();
     assert_eq!(store.failures_since("123456", t(0)).unwrap(), 1);
+}
+
+/// The server hangs (SIGSTOP: a frozen host, a stalled disk) with connections open: the
+/// kernel still acknowledges what the client sends, so neither TCP nor the server's own
+/// `statement_timeout` ends a wait. A store call still fails as `Unavailable` by the client's
+/// deadline (`statement_timeout + connect_timeout`), on a pooled connection and on a new one,
+/// and the same store works again once the server goes on.
+fn a_hung_server_fails_calls_by_the_deadline_and_the_same_store_recovers() {
+    let mut pg = Postgres::new();
+    pg.create_database("hung");
+    let opts = PgOptions {
+        pool_size: 2,
+        connect_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(1),
+        ..PgOptions::default()
+    };
+    let store = std::sync::Arc::new(Store::connect(&pg.url("hung"), &opts).unwrap());
+    store.add_customer(&erika()).unwrap();
+    pg.freeze();
+    // Each call in a thread of its own, so a hang shows as a failed test, not a stuck one.
+    let call = |what: &'static str, f: fn(&Store) -> Result<(), StoreError>| {
+        let store = store.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let r = f(&store);
+            let _ = tx.send((r, started.elapsed()));
+        });
+        let (r, took) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{what}: still waiting for a hung server after 20 s"));
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(_))),
+            "{what} on a hung server: {r:?}"
+        );
+        assert!(took < Duration::from_secs(6), "{what} took {took:?}");
+        eprintln!("{what}: failed after {took:?}");
+    };
+    // Three calls one after another: the first on the pooled connection, which the deadline
+    // breaks, then on new connections (the server accepts none while it hangs).
+    call("a read", |s| s.find_customer("123456").map(|_| ()));
+    call("a write", |s| s.record_failure("123456", t(1)));
+    call("a ping", |s| s.ping());
+    pg.thaw();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.find_customer("123456") {
+            Ok(found) => {
+                assert_eq!(found.unwrap().name, "Erika Mustermann");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "after the thaw: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        store.failures_since("123456", t(0)).unwrap(),
+        0,
+        "the write cut short wrote nothing"
+    );
 }

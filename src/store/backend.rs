@@ -379,7 +379,9 @@ pub struct PgOptions {
     /// fail fast and take its `on_error` branch, not hang.
     pub connect_timeout: Duration,
     /// The server cancels a statement (`statement_timeout`) or a lock wait (`lock_timeout`)
-    /// that takes longer.
+    /// that takes longer. A server that cannot answer at all (hung, frozen, cut off) is not
+    /// waited for past `statement_timeout + connect_timeout`: the call fails
+    /// as [`StoreError::Unavailable`] and the pool drops that connection.
     pub statement_timeout: Duration,
     /// PEM file of the CA that signs the server's certificate (TLS: `sslmode=require` in the
     /// URL); the system's roots when absent.
@@ -418,52 +420,151 @@ impl Default for PgOptions {
 
 /// A pooled PostgreSQL client with its prepared statements.
 pub(crate) struct PgConn {
-    client: postgres::Client,
-    statements: HashMap<String, postgres::Statement>,
+    client: tokio_postgres::Client,
+    statements: HashMap<String, tokio_postgres::Statement>,
+    /// The task that drives the connection's socket, on [`PgLink`]'s runtime.
+    driver: tokio::task::JoinHandle<()>,
+    /// A deadline passed mid-exchange: what the server made of it is unknown, so the pool
+    /// drops this connection ([`PgManager::has_broken`]) rather than reuse it.
+    broken: bool,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // A healthy connection ends by itself once its client is gone (it says Terminate);
+        // a broken one may be stuck writing to a server that does not read: cut it.
+        if self.broken {
+            self.driver.abort();
+        }
+    }
 }
 
 /// Most statements kept prepared per connection: the store's texts are a few dozen, but the
 /// audit filter's `IN (...)` lists make texts of their own.
 const MAX_PREPARED: usize = 256;
 
+/// How long the client waits for the server, whatever the server's own timeouts say.
+///
+/// `statement_timeout` and `lock_timeout` are enforced by the server, so they end a slow
+/// statement but not a wait on a server that cannot answer: a frozen host or a stalled disk
+/// keeps the connection open (the kernel still acknowledges what is sent), and a network
+/// that drops packets leaves TCP retrying for many minutes. Every exchange with the server
+/// (connecting, each statement, each batch of rows, commit) is therefore bounded here too,
+/// so a call's step fails and takes its `on_error` branch instead of holding the caller in
+/// silence and a thread forever.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PgDeadline {
+    /// A new connection: TCP, TLS, start-up and authentication together.
+    connect: Duration,
+    /// One exchange on an open connection: the server's own limit plus time for its answer.
+    exchange: Duration,
+}
+
+impl PgDeadline {
+    fn of(opts: &PgOptions) -> PgDeadline {
+        PgDeadline {
+            connect: opts.connect_timeout,
+            exchange: opts.statement_timeout + opts.connect_timeout,
+        }
+    }
+}
+
+/// What every exchange with one database needs: the runtime that drives its connections
+/// (one worker thread; store calls wait on it from their own blocking threads), the
+/// deadlines, and the name errors give it. Shared by the pool's manager and the backend.
+pub(crate) struct PgLink {
+    rt: tokio::runtime::Runtime,
+    deadline: PgDeadline,
+    target: String,
+}
+
+impl PgLink {
+    /// Runs `fut` to its end or to `limit`; past the limit the connection is `broken`.
+    fn wait<T>(
+        &self,
+        broken: &mut bool,
+        limit: Duration,
+        fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        // The timer is made inside the runtime (a `Sleep` needs its time driver).
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(limit, fut).await })
+        {
+            Ok(r) => r.map_err(|e| pg_error(&self.target, e)),
+            Err(_) => {
+                *broken = true;
+                Err(StoreError::Unavailable(format!(
+                    "{}: no answer within {} ms",
+                    self.target,
+                    limit.as_millis()
+                )))
+            }
+        }
+    }
+}
+
 pub(crate) struct PgManager {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
+    link: std::sync::Arc<PgLink>,
 }
 
 impl r2d2::ManageConnection for PgManager {
     type Connection = PgConn;
-    type Error = postgres::Error;
+    type Error = StoreError;
 
-    fn connect(&self) -> Result<PgConn, postgres::Error> {
+    fn connect(&self) -> Result<PgConn, StoreError> {
+        let link = &self.link;
+        let mut timed_out = false;
+        let (client, connection) = link.wait(
+            &mut timed_out,
+            link.deadline.connect,
+            self.config.connect(self.tls.clone()),
+        )?;
+        let driver = link.rt.spawn(async move {
+            // Its error (the server went away) reaches the client's next call as an error.
+            let _ = connection.await;
+        });
         Ok(PgConn {
-            client: self.config.connect(self.tls.clone())?,
+            client,
             statements: HashMap::new(),
+            driver,
+            broken: false,
         })
     }
 
-    fn is_valid(&self, conn: &mut PgConn) -> Result<(), postgres::Error> {
-        conn.client.simple_query("").map(|_| ())
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), StoreError> {
+        let PgConn { client, broken, .. } = conn;
+        self.link
+            .wait(broken, self.link.deadline.exchange, client.simple_query(""))
+            .map(|_| ())
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
-        conn.client.is_closed()
+        conn.broken || conn.client.is_closed()
     }
 }
 
 /// A pool of connections to one PostgreSQL database.
 pub(crate) struct Postgres {
-    /// Taken by `Drop`, which must not close connections on an async runtime's thread.
-    pool: Option<r2d2::Pool<PgManager>>,
+    /// The pool and the runtime under it. Taken by `Drop`, which must not close connections
+    /// or stop their runtime on an async runtime's thread.
+    parts: Option<PgParts>,
     target: String,
+}
+
+struct PgParts {
+    pool: r2d2::Pool<PgManager>,
+    link: std::sync::Arc<PgLink>,
 }
 
 impl Postgres {
     /// Connects (the first connection is made here, so a wrong URL or password fails now).
     pub(crate) fn connect(url: &str, opts: &PgOptions) -> Result<Postgres, StoreError> {
-        let mut config: postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e: postgres::Error| StoreError::Url(e.to_string()))?;
+            .map_err(|e: tokio_postgres::Error| StoreError::Url(e.to_string()))?;
         if let Some(password) = &opts.password {
             config.password(password);
         }
@@ -473,7 +574,10 @@ impl Postgres {
             .connect_timeout(opts.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
-            .options(&format!(
+            // Sent data unacknowledged this long (a host gone from the network) closes the
+            // socket, so even an idle pooled connection does not outlive its server by long.
+            .tcp_user_timeout(PgDeadline::of(opts).exchange)
+            .options(format!(
                 "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
                 ms(opts.statement_timeout),
                 ms(opts.statement_timeout),
@@ -481,11 +585,27 @@ impl Postgres {
             ));
         let target = describe_pg(&config);
         let tls = tls_connector(opts.ca_file.as_deref())?;
-        let manager = PgManager { config, tls };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ivrd-pg")
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("{target}: no runtime: {e}")))?;
+        let link = std::sync::Arc::new(PgLink {
+            rt,
+            deadline: PgDeadline::of(opts),
+            target: target.clone(),
+        });
+        let manager = PgManager {
+            config,
+            tls,
+            link: link.clone(),
+        };
         // One connection by hand first: a wrong URL, password or certificate is an error at
         // start, in the server's own words (the pool would only say it timed out).
-        let first = r2d2::ManageConnection::connect(&manager).map_err(|e| pg_error(&target, e))?;
-        drop(first);
+        let first = r2d2::ManageConnection::connect(&manager);
+        drop(first?);
         let pool = r2d2::Pool::builder()
             .max_size(opts.pool_size.max(1))
             .min_idle(Some(0))
@@ -496,18 +616,19 @@ impl Postgres {
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
         Ok(Postgres {
-            pool: Some(pool),
+            parts: Some(PgParts { pool, link }),
             target,
         })
     }
 
-    fn pool(&self) -> &r2d2::Pool<PgManager> {
-        // Only `Drop` takes it.
-        self.pool.as_ref().expect("the pool lives until drop")
+    fn parts(&self) -> &PgParts {
+        // Only `Drop` takes them.
+        self.parts.as_ref().expect("the pool lives until drop")
     }
 
     fn checkout(&self) -> Result<r2d2::PooledConnection<PgManager>, StoreError> {
-        self.pool()
+        self.parts()
+            .pool
             .get()
             .map_err(|e| StoreError::Unavailable(format!("no connection to {}: {e}", self.target)))
     }
@@ -515,23 +636,23 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // `postgres::Client` closes its connection by blocking on its own runtime, which
-        // panics on a thread that runs an async runtime (where the daemon drops its store).
-        if let Some(pool) = self.pool.take() {
+        // Stopping the connections' runtime blocks, which panics on a thread that runs an
+        // async runtime (where the daemon drops its store): a plain thread does it.
+        if let Some(parts) = self.parts.take() {
             let _ = std::thread::Builder::new()
                 .name("ivrd-pg-close".into())
-                .spawn(move || drop(pool));
+                .spawn(move || drop(parts));
         }
     }
 }
 
-pub(crate) fn describe_pg(config: &postgres::Config) -> String {
+pub(crate) fn describe_pg(config: &tokio_postgres::Config) -> String {
     let host = config
         .get_hosts()
         .first()
         .map(|h| match h {
-            postgres::config::Host::Tcp(name) => name.clone(),
-            postgres::config::Host::Unix(path) => path.display().to_string(),
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
         })
         .unwrap_or_else(|| "localhost".into());
     let port = config.get_ports().first().copied().unwrap_or(5432);
@@ -590,7 +711,7 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
 /// A PostgreSQL error as the store reports it: the server being away (connection lost,
 /// shutting down, too many connections) is [`StoreError::Unavailable`], which the daemon
 /// treats as an outage; a refused constraint is [`StoreError::Constraint`].
-pub(crate) fn pg_error(target: &str, e: postgres::Error) -> StoreError {
+pub(crate) fn pg_error(target: &str, e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => {
             let code = db.code().code();
@@ -623,13 +744,13 @@ fn dollar_placeholders(sql: &str) -> String {
     out
 }
 
-impl postgres::types::ToSql for Value {
+impl tokio_postgres::types::ToSql for Value {
     fn to_sql(
         &self,
-        ty: &postgres::types::Type,
+        ty: &tokio_postgres::types::Type,
         out: &mut bytes::BytesMut,
-    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        use postgres::types::{IsNull, Type};
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use tokio_postgres::types::{IsNull, Type};
         match self {
             Value::Null => Ok(IsNull::Yes),
             Value::Int(n) => match *ty {
@@ -645,23 +766,23 @@ impl postgres::types::ToSql for Value {
         }
     }
 
-    fn accepts(ty: &postgres::types::Type) -> bool {
-        use postgres::types::Type;
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        use tokio_postgres::types::Type;
         matches!(
             *ty,
             Type::INT2 | Type::INT4 | Type::INT8 | Type::BOOL | Type::TEXT | Type::VARCHAR
         )
     }
 
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
-impl<'a> postgres::types::FromSql<'a> for Value {
+impl<'a> tokio_postgres::types::FromSql<'a> for Value {
     fn from_sql(
-        ty: &postgres::types::Type,
+        ty: &tokio_postgres::types::Type,
         raw: &'a [u8],
     ) -> Result<Value, Box<dyn std::error::Error + Sync + Send>> {
-        use postgres::types::Type;
+        use tokio_postgres::types::Type;
         Ok(match *ty {
             Type::INT2 => Value::Int(i16::from_sql(ty, raw)?.into()),
             Type::INT4 => Value::Int(i32::from_sql(ty, raw)?.into()),
@@ -672,56 +793,74 @@ impl<'a> postgres::types::FromSql<'a> for Value {
     }
 
     fn from_sql_null(
-        _: &postgres::types::Type,
+        _: &tokio_postgres::types::Type,
     ) -> Result<Value, Box<dyn std::error::Error + Sync + Send>> {
         Ok(Value::Null)
     }
 
-    fn accepts(ty: &postgres::types::Type) -> bool {
-        <Value as postgres::types::ToSql>::accepts(ty)
-            || <String as postgres::types::FromSql>::accepts(ty)
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <Value as tokio_postgres::types::ToSql>::accepts(ty)
+            || <String as tokio_postgres::types::FromSql>::accepts(ty)
     }
 }
 
-struct PgTx<'a, 'c> {
-    tx: postgres::Transaction<'c>,
-    statements: &'a mut HashMap<String, postgres::Statement>,
-    target: &'a str,
+/// One transaction on one pooled connection. `BEGIN` and `COMMIT` are sent as statements
+/// (not through `tokio_postgres::Transaction`, whose borrow of the client would not let the
+/// deadline mark the connection broken).
+struct PgTx<'a> {
+    link: &'a PgLink,
+    conn: &'a mut PgConn,
 }
 
-impl PgTx<'_, '_> {
-    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
-        if let Some(stmt) = self.statements.get(sql) {
+impl PgTx<'_> {
+    fn statement(&mut self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
+        if let Some(stmt) = self.conn.statements.get(sql) {
             return Ok(stmt.clone());
         }
+        let PgConn { client, broken, .. } = &mut *self.conn;
+        let text = dollar_placeholders(sql);
         let stmt = self
-            .tx
-            .prepare(&dollar_placeholders(sql))
-            .map_err(|e| pg_error(self.target, e))?;
-        if self.statements.len() >= MAX_PREPARED {
-            self.statements.clear();
+            .link
+            .wait(broken, self.link.deadline.exchange, client.prepare(&text))?;
+        let statements = &mut self.conn.statements;
+        if statements.len() >= MAX_PREPARED {
+            statements.clear();
         }
-        self.statements.insert(sql.to_owned(), stmt.clone());
+        statements.insert(sql.to_owned(), stmt.clone());
         Ok(stmt)
+    }
+
+    /// Sends `sql` (no parameters, no rows) under the deadline.
+    fn simple(&mut self, sql: &str) -> Result<(), StoreError> {
+        let PgConn { client, broken, .. } = &mut *self.conn;
+        self.link.wait(
+            broken,
+            self.link.deadline.exchange,
+            client.batch_execute(sql),
+        )
     }
 }
 
-fn bind(args: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+fn bind(args: &[Value]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
     args.iter()
-        .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect()
 }
 
-impl Tx for PgTx<'_, '_> {
+impl Tx for PgTx<'_> {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }
 
     fn exec(&mut self, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
         let stmt = self.statement(sql)?;
-        self.tx
-            .execute(&stmt, &bind(args))
-            .map_err(|e| pg_error(self.target, e))
+        let PgConn { client, broken, .. } = &mut *self.conn;
+        let params = bind(args);
+        self.link.wait(
+            broken,
+            self.link.deadline.exchange,
+            client.execute(&stmt, &params),
+        )
     }
 
     fn for_each(
@@ -730,14 +869,19 @@ impl Tx for PgTx<'_, '_> {
         args: &[Value],
         each: &mut dyn FnMut(Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        use postgres::fallible_iterator::FallibleIterator;
+        use futures_util::StreamExt;
         let stmt = self.statement(sql)?;
-        let target = self.target;
-        let mut rows = self
-            .tx
-            .query_raw(&stmt, args.iter())
-            .map_err(|e| pg_error(target, e))?;
-        while let Some(r) = rows.next().map_err(|e| pg_error(target, e))? {
+        let PgConn { client, broken, .. } = &mut *self.conn;
+        let limit = self.link.deadline.exchange;
+        let rows = self
+            .link
+            .wait(broken, limit, client.query_raw(&stmt, args.iter()))?;
+        let mut rows = std::pin::pin!(rows);
+        // Each row under the deadline: a large result is read as it comes, never held whole.
+        while let Some(r) = self
+            .link
+            .wait(broken, limit, async { rows.next().await.transpose() })?
+        {
             let mut values = Vec::with_capacity(r.len());
             for i in 0..r.len() {
                 values.push(
@@ -760,9 +904,7 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        self.tx
-            .batch_execute(sql)
-            .map_err(|e| pg_error(self.target, e))
+        self.simple(sql)
     }
 }
 
@@ -773,24 +915,26 @@ impl Backend for Postgres {
         body: &mut dyn FnMut(&mut dyn Tx) -> Result<End, StoreError>,
     ) -> Result<(), StoreError> {
         let mut conn = self.checkout()?;
-        let PgConn { client, statements } = &mut *conn;
-        let tx = client
-            .build_transaction()
-            .read_only(mode == Mode::Read)
-            .start()
-            .map_err(|e| pg_error(&self.target, e))?;
         let mut pg = PgTx {
-            tx,
-            statements,
-            target: &self.target,
+            link: &self.parts().link,
+            conn: &mut conn,
         };
-        let end = body(&mut pg)?;
-        let PgTx { tx, .. } = pg;
-        match end {
-            End::Commit => tx.commit(),
-            End::Rollback => tx.rollback(),
+        pg.simple(match mode {
+            Mode::Read => "BEGIN READ ONLY",
+            Mode::Write => "BEGIN",
+        })?;
+        match body(&mut pg) {
+            Ok(End::Commit) => pg.simple("COMMIT"),
+            Ok(End::Rollback) => pg.simple("ROLLBACK"),
+            Err(e) => {
+                // The statement's error is the one to report; a connection whose rollback
+                // fails too is broken (or closed) and leaves the pool.
+                if !pg.conn.broken && pg.simple("ROLLBACK").is_err() {
+                    pg.conn.broken = true;
+                }
+                Err(e)
+            }
         }
-        .map_err(|e| pg_error(&self.target, e))
     }
 
     fn describe(&self) -> String {

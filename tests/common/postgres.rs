@@ -54,6 +54,8 @@ pub struct Postgres {
     /// tests run as root, None otherwise.
     run_as: Option<(u32, u32)>,
     running: bool,
+    /// SIGSTOPped by [`Postgres::freeze`].
+    frozen: bool,
     /// Stops the server and removes the directory if this process dies (see the module doc).
     watchdog: Option<Child>,
 }
@@ -79,6 +81,7 @@ impl Postgres {
             port: free_tcp_port(),
             run_as,
             running: false,
+            frozen: false,
             watchdog: None,
         };
         pg.create_cluster();
@@ -111,6 +114,54 @@ impl Postgres {
     /// `postgres://ivrd@127.0.0.1:10042/ivrd` (no password: loopback is trusted).
     pub fn url(&self, db: &str) -> String {
         format!("postgres://{PG_USER}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Freezes the server (SIGSTOP to the postmaster and every process it started), as a hung
+    /// host or a stalled disk would: connections stay open and the kernel still acknowledges
+    /// what clients send, but nothing answers, so only a client's own deadline ends a wait.
+    /// [`Postgres::thaw`] lets it go on; dropping the cluster thaws it first.
+    pub fn freeze(&mut self) {
+        self.signal_server(libc::SIGSTOP);
+        self.frozen = true;
+    }
+
+    /// Lets a frozen server go on where it stopped.
+    pub fn thaw(&mut self) {
+        self.signal_server(libc::SIGCONT);
+        self.frozen = false;
+    }
+
+    /// Sends `signal` to the postmaster (its pid is the first line of `postmaster.pid`) and
+    /// to every process whose parent it is (the backends and helpers).
+    fn signal_server(&self, signal: i32) {
+        let pid_file = fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .expect("postmaster.pid: is the server running?");
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a pid on postmaster.pid's first line");
+        let mut pids = vec![postmaster];
+        for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // /proc/PID/stat: "PID (comm) STATE PPID ...", comm may hold spaces.
+            let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            // SAFETY: kill(2) with a pid read from the cluster's own files; no memory involved.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
     }
 
     /// Whether the server was started and not stopped or killed since.
@@ -322,6 +373,9 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        if self.frozen {
+            self.thaw();
+        }
         if let Some(mut watchdog) = self.watchdog.take() {
             let _ = watchdog.kill();
             let _ = watchdog.wait();
