@@ -24,8 +24,9 @@
 //! - several nodes at once (two stores on one database, eight threads each): lock-outs,
 //!   admissions, the guard's budget, decoy failure counts, webhook claims, starts of one
 //!   verification, first opens;
-//! - PostgreSQL only: an outage fails calls fast as `Unavailable`, and the same store works
-//!   again once the server is back.
+//! - PostgreSQL only: an outage (stopped, or frozen with SIGSTOP) fails calls by their
+//!   deadline as `Unavailable`, and the same store works again once the server is back; a
+//!   server that takes no writes is an outage too, and its sessions are replaced.
 //!
 //! Time (2 cores, debug): SQLite's side takes under a second; PostgreSQL's about 4 s, plus
 //! 9 s for the outage test (on a cluster of its own), whose calls wait out the 2 s connect
@@ -267,6 +268,7 @@ suite! {
     postgres_only: [
         an_outage_fails_fast_and_the_same_store_recovers,
         a_hung_server_fails_calls_by_the_deadline_and_the_same_store_recovers,
+        a_server_that_takes_no_writes_is_away_and_its_connections_are_replaced,
     ],
 }
 
@@ -2477,4 +2479,65 @@ fn a_hung_server_fails_calls_by_the_deadline_and_the_same_store_recovers() {
         0,
         "the write cut short wrote nothing"
     );
+}
+
+/// A server that no longer takes writes (a standby, or a primary a failover demoted; here
+/// the database's `default_transaction_read_only`, which new sessions take): a write fails as
+/// `Unavailable` (an outage: the call takes its `on_error` branch), and the connection it ran
+/// on leaves the pool, so the same store writes again as soon as a new session may (with a
+/// multi-host URL and `target_session_attrs=read-write`, on the new primary).
+fn a_server_that_takes_no_writes_is_away_and_its_connections_are_replaced() {
+    let pg = Postgres::new();
+    pg.create_database("standby");
+    let opts = PgOptions {
+        pool_size: 1,
+        ..PgOptions::default()
+    };
+    let store = Store::connect(&pg.url("standby"), &opts).unwrap();
+    store.add_customer(&erika()).unwrap();
+    pg.psql(
+        "standby",
+        "ALTER DATABASE standby SET default_transaction_read_only = on",
+    )
+    .unwrap();
+    // The pooled session was opened before: it still writes. Ending it (as a failover's
+    // restart would) makes the next one read-only.
+    pg.psql(
+        "standby",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = 'standby' AND pid <> pg_backend_pid()",
+    )
+    .unwrap();
+    let mut refused = None;
+    for _ in 0..3 {
+        match store.record_failure("123456", t(1)) {
+            Err(StoreError::Unavailable(e)) if e.contains("25006") => {
+                refused = Some(e);
+                break;
+            }
+            // The terminated session's own error first.
+            Err(StoreError::Unavailable(_)) => continue,
+            other => panic!("a write on a read-only server: {other:?}"),
+        }
+    }
+    let refused = refused.expect("no write was refused as read-only");
+    assert!(refused.contains("read-only"), "{refused}");
+    // Reads still work (on a new, read-only session). Writes come back once sessions may
+    // write again: a session opened before that fails one write and is replaced.
+    assert!(store.find_customer("123456").unwrap().is_some());
+    pg.psql(
+        "standby",
+        "SET default_transaction_read_only = off; \
+         ALTER DATABASE standby SET default_transaction_read_only = off",
+    )
+    .unwrap();
+    let first = store.record_failure("123456", t(1));
+    if first.is_err() {
+        assert!(
+            matches!(first, Err(StoreError::Unavailable(_))),
+            "{first:?}"
+        );
+        store.record_failure("123456", t(1)).unwrap();
+    }
+    assert_eq!(store.failures_since("123456", t(0)).unwrap(), 1);
 }

@@ -491,7 +491,16 @@ impl PgLink {
             .rt
             .block_on(async { tokio::time::timeout(limit, fut).await })
         {
-            Ok(r) => r.map_err(|e| pg_error(&self.target, e)),
+            Ok(r) => r.map_err(|e| {
+                let e = pg_error(&self.target, e);
+                // A server that is going away, full, or no longer takes writes: a new
+                // connection (to the same host, or to the new primary that a multi-host URL
+                // with `target_session_attrs=read-write` finds) is the way back, not this one.
+                if matches!(e, StoreError::Unavailable(_)) {
+                    *broken = true;
+                }
+                e
+            }),
             Err(_) => {
                 *broken = true;
                 Err(StoreError::Unavailable(format!(
@@ -718,7 +727,12 @@ pub(crate) fn pg_error(target: &str, e: tokio_postgres::Error) -> StoreError {
             let text = format!("{target}: {} ({code})", db.message());
             if code.starts_with("23") {
                 StoreError::Constraint(text)
-            } else if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") {
+            } else if code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                // read_only_sql_transaction: a standby, or a primary demoted by a failover.
+                || code == "25006"
+            {
                 StoreError::Unavailable(text)
             } else {
                 StoreError::Db(text)
