@@ -600,7 +600,9 @@ pub async fn run(
                     secret: api.webhook_secret.clone().unwrap_or_default(),
                 })
             },
-            admin_shutdown.clone(),
+            // Stops when the node starts to stop, so its last try overlaps the drain and
+            // its untried claims go to the other nodes at once (waited for below).
+            shutdown.clone(),
         )));
         let api_tls = match cfg.tls.files().filter(|_| cfg.api.tls) {
             Some(files) => Some(crate::api::tls_config(files).context("[api] tls")?),
@@ -739,8 +741,8 @@ pub async fn run(
     sip_shutdown.cancel();
     admin_shutdown.cancel();
     if let Some(task) = webhooks {
-        // The callback in flight gets its try (bounded); the round's untried claims go back
-        // to the outbox for the other nodes at once, not after their lease.
+        // Stopped since the drain began: its try in flight (bounded by TRY_TIMEOUT, which
+        // the drain usually outlasts) ended and its untried claims went back to the outbox.
         let bound = crate::api::webhooks::TRY_TIMEOUT + Duration::from_secs(1);
         let _ = tokio::time::timeout(bound, task).await;
     }
