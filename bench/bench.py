@@ -130,6 +130,11 @@ def metrics():
             if attempt == 2 or not timed_out:
                 raise
             log(f"  /metrics did not answer in {timeout} s; again")
+    return parse_metrics(text)
+
+
+def parse_metrics(text):
+    """Prometheus text as {name{labels}: value}; comments and unparsable values skipped."""
     out = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):

@@ -98,15 +98,7 @@ def metrics_or_none(timeout=2.0):
             text = r.read().decode()
     except OSError:
         return None
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, val = line.rpartition(" ")
-            try:
-                out[name] = float(val)
-            except ValueError:
-                pass
-    return out
+    return bench.parse_metrics(text)
 
 
 def counter_deltas(a, b):

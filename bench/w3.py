@@ -270,11 +270,12 @@ level = "{log_level}"
     return bench.write_config(run_dir, cfg)
 
 
-def busy_ports():
-    """The benchmark's ports that something else holds (another bench run or ivrd)."""
+def busy_ports(extra=()):
+    """The benchmark's ports (and `extra`, (kind, port) pairs) that something else holds
+    (another bench run or ivrd)."""
     busy = []
     for kind, port in (("udp", SIP_PORT), ("udp", SIPP_PORT), ("udp", SMS_SIP_PORT), ("udp", MEDIA_PORT),
-                       ("tcp", SIP_PORT), ("tcp", ADMIN_PORT), ("tcp", SMS_HTTP_PORT)):
+                       ("tcp", SIP_PORT), ("tcp", ADMIN_PORT), ("tcp", SMS_HTTP_PORT), *extra):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
         try:
             if kind == "tcp":

@@ -71,16 +71,7 @@ PING = "SELECT count(*) FROM customers WHERE id = ''"
 def metrics_at(port):
     """An ivrd node's /metrics as {name{labels}: value} (bench.metrics, at another port)."""
     with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, val = line.rpartition(" ")
-            try:
-                out[name] = float(val)
-            except ValueError:
-                pass
-    return out
+        return bench.parse_metrics(r.read().decode())
 
 
 def options_status(port, timeout=1.0):
@@ -160,21 +151,6 @@ def sipp_errors(run_dir):
         if msg.startswith("SIP/2.0 200") and re.search(r"(?im)^CSeq:\s*\d+\s+NOTIFY", msg) and c:
             late_200.add(c.group(1))
     return dict(aborts=aborts, bye_before_notify_200=len(bye_first & late_200))
-
-
-def busy_ports(extra):
-    busy = w3.busy_ports()
-    for kind, port in extra:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
-        try:
-            if kind == "tcp":
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((HOST, port))
-        except OSError:
-            busy.append(f"{kind}/{port}")
-        finally:
-            s.close()
-    return busy
 
 
 def log_counts(path):
@@ -550,7 +526,7 @@ def step(args, name, rate, secs, out, pg):
     extra = [(k, n["sip"]) for n in nodes_spec for k in ("udp", "tcp")] + [("tcp", n["admin"]) for n in nodes_spec]
     if conf["pg"]:
         extra = [e for e in extra if e != ("tcp", ADMIN_PORT)]
-    busy = busy_ports(extra if conf["pg"] else [])
+    busy = w3.busy_ports(extra if conf["pg"] else [])
     if busy:
         raise SystemExit(f"ports in use: {', '.join(busy)} (another benchmark or ivrd running?)")
     res = dict(config=name, what=conf["what"], rate=rate, secs=secs, total=total, nodes=conf["nodes"],
@@ -937,7 +913,7 @@ def main():
     os.sched_setaffinity(0, {1})     # the gateway shares CPU 1 with SIPp, Kamailio, PostgreSQL
     pg = None
     if any(CONFIGS[c]["pg"] for c in configs):
-        if busy_ports([("tcp", PG_PORT)]):
+        if w3.busy_ports([("tcp", PG_PORT)]):
             raise SystemExit(f"port {PG_PORT} in use")
         pg = Postgres(args.pg_dir, PG_PORT, os.path.join(out, "raw", "postgres.log"))
         data["postgres"] = dict(version=pg.version, dir=pg.dir, fs=" ".join(pg.fs.split()), settings=pg.settings)

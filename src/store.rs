@@ -1037,14 +1037,8 @@ impl Store {
             if failures < threshold {
                 return Ok(None);
             }
-            let level = tx
-                .query_opt(
-                    "SELECT level FROM lockouts WHERE customer_id = ?1",
-                    args![customer_id],
-                )?
-                .map(|r| r.count(0))
-                .transpose()?
-                .map_or(1, |level| level.saturating_add(1));
+            let level =
+                read_lockout(tx, customer_id)?.map_or(1, |(_, level)| level.saturating_add(1));
             tx.exec(
                 "INSERT INTO lockouts (customer_id, until, level) VALUES (?1, ?2, ?3)
                  ON CONFLICT (customer_id) DO UPDATE SET until = excluded.until, level = excluded.level",
@@ -1154,14 +1148,7 @@ impl Store {
     /// The customer's last lock-out (`until`, `level`), whether or not it has ended: the level is
     /// what makes the next wait longer.
     pub fn lockout(&self, customer_id: &str) -> Result<Option<(SystemTime, u32)>, StoreError> {
-        self.read(|tx| {
-            tx.query_opt(
-                "SELECT until, level FROM lockouts WHERE customer_id = ?1",
-                args![customer_id],
-            )?
-            .map(|r| Ok((from_ms(r.int(0)?), r.count(1)?)))
-            .transpose()
-        })
+        self.read(|tx| read_lockout(tx, customer_id))
     }
 
     /// Ends the customer's lock-out and resets its level (a verified caller, or an admin's unlock).
@@ -1276,16 +1263,7 @@ impl Store {
             tx.lock(&format!("caller:{caller}"))?;
             // A lock-out made a moment ago (on another node, say) between the caller's check
             // and this send: decided here, under the subject's lock, it lets no SMS out.
-            if !decoy
-                && tx
-                    .query_opt(
-                        "SELECT until FROM lockouts WHERE customer_id = ?1",
-                        args![subject],
-                    )?
-                    .map(|r| r.int(0))
-                    .transpose()?
-                    .is_some_and(|until| until > to_ms(at))
-            {
+            if !decoy && read_lockout(tx, subject)?.is_some_and(|(until, _)| until > at) {
                 return Ok(SmsAdmission::LockedOut);
             }
             if let Some(g) = guard {
@@ -2478,6 +2456,19 @@ fn to_ms(t: SystemTime) -> i64 {
         Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     }
+}
+
+/// The customer's last lock-out row (`until`, `level`), inside a transaction.
+fn read_lockout(
+    tx: &mut dyn Tx,
+    customer_id: &str,
+) -> Result<Option<(SystemTime, u32)>, StoreError> {
+    tx.query_opt(
+        "SELECT until, level FROM lockouts WHERE customer_id = ?1",
+        args![customer_id],
+    )?
+    .map(|r| Ok((from_ms(r.int(0)?), r.count(1)?)))
+    .transpose()
 }
 
 fn from_ms(ms: i64) -> SystemTime {

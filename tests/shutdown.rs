@@ -55,19 +55,7 @@ fn audit(db: &Path) -> Vec<AuditRow> {
 
 /// Waits until the database has `count` audit rows and returns them, newest first.
 fn wait_audit(db: &Path, count: usize, timeout: Duration) -> Vec<AuditRow> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let rows = audit(db);
-        if rows.len() >= count {
-            return rows;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} audit rows after {timeout:?}, expected {count}: {rows:#?}",
-            rows.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::verify::wait_audit_rows(|| audit(db), count, timeout)
 }
 
 /// Waits until the daemon's RTP (prompt or silence) reaches the caller: the call is really up.

@@ -290,16 +290,23 @@ impl fmt::Debug for PinVault {
     }
 }
 
+/// The rules every vault takes (in memory or shared): a validity within (0, [`MAX_TTL`]] and
+/// at least one try.
+pub(crate) fn check_rules(ttl: Duration, tries: u32) -> Result<(), PinError> {
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(PinError::Ttl(ttl));
+    }
+    if tries == 0 {
+        return Err(PinError::NoTries);
+    }
+    Ok(())
+}
+
 impl PinVault {
     /// A vault whose PINs live `ttl` (at most [`MAX_TTL`]) and allow `tries` wrong attempts,
     /// with a fresh 32-byte key from the OS CSPRNG.
     pub fn new(ttl: Duration, tries: u32) -> Result<PinVault, PinError> {
-        if ttl.is_zero() || ttl > MAX_TTL {
-            return Err(PinError::Ttl(ttl));
-        }
-        if tries == 0 {
-            return Err(PinError::NoTries);
-        }
+        check_rules(ttl, tries)?;
         Ok(PinVault {
             keys: PinKeys::random()?,
             ttl,

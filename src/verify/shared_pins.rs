@@ -8,7 +8,7 @@
 //! Times are wall-clock (`SystemTime`): rows outlive the process, and the nodes' clocks must
 //! agree (NTP), as for every window the store counts.
 
-use super::pin::{MAX_TTL, Pin, PinCheck, PinError, PinKeys};
+use super::pin::{Pin, PinCheck, PinError, PinKeys, check_rules};
 use crate::store::{PinUpdate, Store, StoreError, StoredPin};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -50,12 +50,7 @@ impl SharedVault {
         tries: u32,
         store: Arc<Store>,
     ) -> Result<SharedVault, PinError> {
-        if ttl.is_zero() || ttl > MAX_TTL {
-            return Err(PinError::Ttl(ttl));
-        }
-        if tries == 0 {
-            return Err(PinError::NoTries);
-        }
+        check_rules(ttl, tries)?;
         if secret.len() < MIN_SECRET_LEN {
             return Err(PinError::Secret(secret.len()));
         }
