@@ -207,8 +207,10 @@ impl PinKeys {
     /// The digits sealed for `subject`: nonce, ciphertext, tag.
     pub fn seal(&self, subject: &str, digits: &str) -> Result<Vec<u8>, PinError> {
         let mut nonce = [0u8; NONCE_LEN];
-        // A random 96-bit nonce per seal: a key seals at most a few PINs a second for the
-        // process's life, far below the 2^32 seals a random nonce allows.
+        // A random 96-bit nonce per seal, safe for 2^32 seals under one key. A process's
+        // random key seals a few PINs a second for its life; a key derived from the shared
+        // secret serves every node for as long as the secret is kept: at 10 PINs a second
+        // that is 13 years, so rotate the secret well before (README, shared PINs).
         OsRng
             .try_fill_bytes(&mut nonce)
             .map_err(|e| PinError::Rng(e.to_string()))?;
